@@ -1,0 +1,41 @@
+"""``load_from_name``: registry name or local file -> (model, preprocess)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .model.clip import CLIP
+from .registry import get_card
+from .transforms import image_transform
+
+DEFAULT_ROOT = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
+
+
+def load_from_name(
+    name: str,
+    device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
+    download_root: Optional[Union[str, Path]] = None,
+    vision_model_name: Optional[str] = None,
+    text_model_name: Optional[str] = None,
+    input_resolution: Optional[int] = None,
+    precision: str = "fp32",
+) -> Tuple[CLIP, Callable]:
+    """Fetch (or find) a checkpoint by registry name, or open a local file, and load it.
+
+    Returns ``(model, preprocess)``. The model is in eval mode, in ``precision`` (fp32 as the
+    published evaluation), on ``device``.
+    """
+    if os.path.isfile(name):
+        arch = f"{vision_model_name}@{text_model_name}" if vision_model_name and text_model_name else None
+        model = load_checkpoint(name, arch, device=device, precision=precision)
+        return model, image_transform(input_resolution or model.image_size)
+    card = get_card(name)
+    from .hub import fetch_checkpoint  # deferred: huggingface_hub is slow to import
+
+    path = fetch_checkpoint(card, download_root=download_root)
+    model = load_checkpoint(path, card.arch, device=device, precision=precision)
+    return model, image_transform(card.resolution)

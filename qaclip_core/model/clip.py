@@ -1,0 +1,85 @@
+"""The CLIP model: a vision tower, a BERT text tower and the two projections."""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .config import ArchConfig, arch_config
+from .text import BertModel
+from .vision import ModifiedResNet, build_vision
+
+PAD_ID = 0
+
+
+def trim_padding(text: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row; features do not change."""
+    used = (text != PAD_ID).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return text[:, :length]
+
+
+class CLIP(nn.Module):
+    """Chinese CLIP with the API of the QA-CLIP example."""
+
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        self.arch = arch
+        self.visual = build_vision(arch.vision)
+        self.bert = BertModel(arch.text)
+        self.text_projection = nn.Parameter(torch.empty(arch.text.hidden_size, arch.vision.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        nn.init.normal_(self.text_projection, std=arch.text.hidden_size**-0.5)
+        self.trim_text_padding = True
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (inputs are cast to it)."""
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def image_size(self) -> int:
+        """Input resolution of the vision tower."""
+        return self.arch.vision.image_size
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint embedding space."""
+        return self.arch.vision.embed_dim
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image features, [N, embed_dim]."""
+        return self.visual(image.to(self.dtype))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features from [N, L] token ids, [N, embed_dim]."""
+        if self.trim_text_padding:
+            text = trim_padding(text)
+        hidden = self.bert(text, attention_mask=text != PAD_ID)
+        return hidden[:, 0, :] @ self.text_projection
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image and text features and the logit scale (exp)."""
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        return image_features, text_features, self.logit_scale.exp()
+
+    def get_similarity(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Scaled cosine similarities: (logits_per_image [N_img, N_txt], logits_per_text)."""
+        image_features, text_features, scale = self(image, text)
+        logits_per_image = scale * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+def create_model(arch: str) -> CLIP:
+    """A randomly initialised model of architecture ``VISION@TEXT``, in fp32, in eval mode."""
+    return CLIP(arch_config(arch)).eval()
+
+
+def is_resnet(model: CLIP) -> bool:
+    """Whether the vision tower is a ModifiedResNet."""
+    return isinstance(model.visual, ModifiedResNet)

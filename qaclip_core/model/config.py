@@ -1,0 +1,112 @@
+"""Architecture configs: JSON files under ``configs/`` named after the tower they describe."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+from ..errors import UnknownModelError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """One vision tower: a ModifiedResNet (``kind: resnet``) or a ViT (``kind: vit``)."""
+
+    name: str
+    kind: str
+    embed_dim: int
+    image_size: int
+    layers: Union[int, Tuple[int, ...]]
+    width: int
+    head_width: int = 64
+    patch_size: Optional[int] = None
+
+    @property
+    def heads(self) -> int:
+        """Number of attention heads (of the attention pool for a ResNet)."""
+        if self.kind == "resnet":
+            return self.width * 32 // self.head_width
+        return self.width // self.head_width
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """One BERT text tower."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    layer_norm_eps: float = 1e-12
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A full CLIP architecture, named ``VISION@TEXT`` like the reference does."""
+
+    vision: VisionConfig
+    text: TextConfig
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The ``VISION@TEXT`` name."""
+        return f"{self.vision.name}@{self.text.name}"
+
+
+def _names(kind: str) -> List[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.json"))
+
+
+def vision_names() -> List[str]:
+    """Names of the vision towers with a config file."""
+    return _names("vision")
+
+
+def text_names() -> List[str]:
+    """Names of the text towers with a config file."""
+    return _names("text")
+
+
+def _read(kind: str, name: str) -> dict:
+    path = CONFIG_DIR / kind / f"{name.replace('/', '-')}.json"
+    if not path.is_file():
+        known = ", ".join(_names(kind))
+        raise UnknownModelError(f"unknown {kind} tower {name!r}; known {kind} towers: {known}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@lru_cache(maxsize=None)
+def vision_config(name: str) -> VisionConfig:
+    """Read the config of vision tower ``name`` (for example ``ViT-B-16``)."""
+    raw = _read("vision", name)
+    if isinstance(raw.get("layers"), list):
+        raw["layers"] = tuple(raw["layers"])
+    return VisionConfig(name=name.replace("/", "-"), **raw)
+
+
+@lru_cache(maxsize=None)
+def text_config(name: str) -> TextConfig:
+    """Read the config of text tower ``name`` (for example ``RBT3-chinese``)."""
+    return TextConfig(name=name, **_read("text", name))
+
+
+def arch_config(arch: str) -> ArchConfig:
+    """Parse ``VISION@TEXT`` (for example ``RN50@RBT3-chinese``) into an :class:`ArchConfig`."""
+    if arch.count("@") != 1:
+        raise ValueError(
+            f"architecture {arch!r} must be written VISION@TEXT, for example "
+            f"'ViT-B-16@RoBERTa-wwm-ext-base-chinese'; vision towers: {', '.join(vision_names())}; "
+            f"text towers: {', '.join(text_names())}"
+        )
+    vision, text = arch.split("@")
+    return ArchConfig(vision=vision_config(vision), text=text_config(text))

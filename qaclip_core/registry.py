@@ -1,0 +1,126 @@
+"""Model cards: which checkpoints exist, their architecture, and where to fetch them.
+
+The cards live in ``cards/models.yaml``; more card files can be added with :func:`register_cards`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import yaml
+
+from .errors import UnknownModelError
+
+CARDS_DIR = Path(__file__).parent / "cards"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One published checkpoint."""
+
+    name: str
+    family: str
+    display: str
+    vision: str
+    text: str
+    resolution: int
+    hub_repo: Optional[str] = None
+    hub_filename: Optional[str] = None
+    hub_revision: Optional[str] = None
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    params_m: Optional[float] = None
+    aliases: tuple = ()
+    adapter: str = "native"
+    test_only: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def arch(self) -> str:
+        """``VISION@TEXT`` architecture name."""
+        return f"{self.vision}@{self.text}"
+
+    @property
+    def filename(self) -> str:
+        """File name of the checkpoint in a download directory."""
+        return self.hub_filename or f"{self.name}.pt"
+
+
+_CARDS: Dict[str, ModelCard] = {}
+_ALIASES: Dict[str, str] = {}
+_KNOWN_KEYS = {
+    "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256",
+    "params_m", "aliases", "adapter", "test_only",
+}
+
+
+def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
+    unknown = set(raw) - _KNOWN_KEYS
+    if unknown:
+        raise ValueError(f"{source}: card {raw.get('name')!r} has unknown keys {sorted(unknown)}")
+    missing = {"name", "family", "display", "vision", "text", "resolution"} - set(raw)
+    if missing:
+        raise ValueError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
+    hub = raw.get("hub") or {}
+    return ModelCard(
+        name=raw["name"],
+        family=raw["family"],
+        display=raw["display"],
+        vision=raw["vision"],
+        text=raw["text"],
+        resolution=int(raw["resolution"]),
+        hub_repo=hub.get("repo"),
+        hub_filename=hub.get("filename"),
+        hub_revision=hub.get("revision"),
+        url=raw.get("url"),
+        sha256=raw.get("sha256"),
+        params_m=raw.get("params_m"),
+        aliases=tuple(raw.get("aliases") or ()),
+        adapter=raw.get("adapter", "native"),
+        test_only=bool(raw.get("test_only", False)),
+    )
+
+
+def register_cards(path: Union[str, Path]) -> List[ModelCard]:
+    """Add the cards of a YAML file (``models: [...]``) to the registry."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
+    for card in cards:
+        if card.name in _CARDS or card.name in _ALIASES:
+            raise ValueError(f"{path}: model name {card.name!r} is registered twice")
+        _CARDS[card.name] = card
+        for alias in card.aliases:
+            if alias in _CARDS or alias in _ALIASES:
+                raise ValueError(f"{path}: alias {alias!r} of {card.name!r} is already taken")
+            _ALIASES[alias] = card.name
+    return cards
+
+
+def _ensure_loaded() -> None:
+    if not _CARDS:
+        for path in sorted(CARDS_DIR.glob("*.yaml")):
+            register_cards(path)
+
+
+def all_cards(include_test_only: bool = True) -> List[ModelCard]:
+    """Every registered card, in file order."""
+    _ensure_loaded()
+    return [c for c in _CARDS.values() if include_test_only or not c.test_only]
+
+
+def available_models() -> List[str]:
+    """Names ``load_from_name`` accepts: the QA-CLIP example's aliases first, then every card."""
+    _ensure_loaded()
+    return list(_ALIASES) + [c.name for c in _CARDS.values() if not c.test_only]
+
+
+def get_card(name: str) -> ModelCard:
+    """The card registered under ``name`` or one of its aliases."""
+    _ensure_loaded()
+    key = _ALIASES.get(name, name)
+    if key not in _CARDS:
+        raise UnknownModelError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return _CARDS[key]
