@@ -114,7 +114,9 @@ def all_cards(include_test_only: bool = True) -> List[ModelCard]:
 def available_models() -> List[str]:
     """Names ``load_from_name`` accepts: the QA-CLIP example's aliases first, then every card."""
     _ensure_loaded()
-    return list(_ALIASES) + [c.name for c in _CARDS.values() if not c.test_only]
+    # The example prints ['ViT-B-16', 'ViT-L-14', 'RN50']: keep that order for the aliases.
+    aliases = sorted(_ALIASES, key=lambda a: ("RN" in a, a))
+    return aliases + [c.name for c in _CARDS.values() if not c.test_only]
 
 
 def get_card(name: str) -> ModelCard:

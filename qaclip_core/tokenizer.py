@@ -32,6 +32,11 @@ _CJK_RANGES = (
 )
 
 
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def _is_cjk(cp: int) -> bool:
     return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
 
@@ -106,7 +111,7 @@ class Tokenizer:
 
     def __init__(self, vocab_path: Union[str, Path] = VOCAB_PATH, sha256: str = VOCAB_SHA256):
         data = Path(vocab_path).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if sha256 and digest != sha256:
             raise ValueError(f"vocabulary {vocab_path}: sha256 {digest} does not match the pinned {sha256}")
         self.vocab: Dict[str, int] = {}
