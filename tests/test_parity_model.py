@@ -66,7 +66,7 @@ def test_untrimmed_text_path_matches_trimmed(tmp_path):
     ids = qaclip_core.tokenize(CAPTIONS)
     with torch.no_grad():
         trimmed = _normed(model.encode_text(ids))
-        model.trim_text_padding = False
+        model.text_fast_path = False
         full = _normed(model.encode_text(ids))
     assert (trimmed - full).abs().max().item() <= TOL
 

@@ -32,7 +32,7 @@ class CLIP(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(arch.text.hidden_size, arch.vision.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         nn.init.normal_(self.text_projection, std=arch.text.hidden_size**-0.5)
-        self.trim_text_padding = True
+        self.text_fast_path = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -55,10 +55,15 @@ class CLIP(nn.Module):
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features from [N, L] token ids, [N, embed_dim]."""
-        if self.trim_text_padding:
-            text = trim_padding(text)
-        hidden = self.bert(text, attention_mask=text != PAD_ID)
-        return hidden[:, 0, :] @ self.text_projection
+        if not self.text_fast_path:
+            return self.bert(text, attention_mask=text != PAD_ID)[:, 0, :] @ self.text_projection
+        text = trim_padding(text)
+        mask = text != PAD_ID
+        if bool(mask[:, 0].all()):
+            cls = self.bert.encode_first_token(text, attention_mask=mask)
+        else:  # a row starting with padding (not produced by tokenize): plain path
+            cls = self.bert(text, attention_mask=mask)[:, 0, :]
+        return cls @ self.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised image and text features and the logit scale (exp)."""

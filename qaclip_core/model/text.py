@@ -57,6 +57,20 @@ class BertSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(n, length, width)
 
+    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+        """Attend with real tokens packed as [T, D]; outputs only at the packed rows ``queries``."""
+        n, length = layout.shape
+        width = x.shape[-1]
+        k, v = (layout.unpack(p(x)).view(n, length, self.heads, -1).transpose(1, 2) for p in (self.key, self.value))
+        if queries is layout.all_rows:
+            q = layout.unpack(self.query(x)).view(n, length, self.heads, -1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
+            return layout.pack(out.transpose(1, 2).reshape(n, length, width))
+        # one query per sequence (its [CLS] token)
+        q = self.query(x[queries]).view(n, 1, self.heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
+        return out.transpose(1, 2).reshape(n, width)
+
 
 class _DenseNorm(nn.Module):
     """Linear, residual add, LayerNorm: BERT's attention-output and output sub-layers."""
@@ -83,6 +97,11 @@ class BertAttention(nn.Module):
         """Post-norm attention sub-layer."""
         return self.output(self.self(x, mask), x)
 
+    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+        """Packed variant: rows ``queries`` of the output only."""
+        residual = x if queries is layout.all_rows else x[queries]
+        return self.output(self.self.forward_packed(x, layout, queries), residual)
+
 
 class BertIntermediate(nn.Module):
     """The feed-forward expansion with exact (erf) GELU."""
@@ -108,6 +127,11 @@ class BertLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention then feed-forward."""
         x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+        """Packed variant: rows ``queries`` of the output only."""
+        x = self.attention.forward_packed(x, layout, queries)
         return self.output(self.intermediate(x), x)
 
 
@@ -145,5 +169,52 @@ class BertModel(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode [N, L] ids; ``attention_mask`` is 1 for real tokens and 0 for padding."""
         x = self.embeddings(ids)
-        mask = (1.0 - attention_mask.to(x.dtype))[:, None, None, :] * MASK_VALUE
-        return self.encoder(x, mask)
+        return self.encoder(x, _additive_mask(attention_mask, x.dtype))
+
+    def encode_first_token(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden state of token 0 ([CLS]), [N, D]: the same values as ``forward(...)[:, 0]``.
+
+        Padding is removed before every position-wise layer (projections, feed-forward,
+        LayerNorm), which is where the time goes, and the last layer computes [CLS] only.
+        Padded positions never reach a real token's output (their keys are masked), so the
+        result does not change.
+        """
+        x = self.embeddings(ids)
+        layout = PackedLayout(attention_mask.bool(), _additive_mask(attention_mask, x.dtype))
+        h = layout.pack(x)
+        layers = self.encoder.layer
+        for i, layer in enumerate(layers):
+            h = layer.forward_packed(h, layout, layout.first_rows if i == len(layers) - 1 else layout.all_rows)
+        return h
+
+
+def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_VALUE
+
+
+class PackedLayout:
+    """Where the real tokens of a padded [N, L] batch sit once packed into [T] rows."""
+
+    def __init__(self, valid: torch.Tensor, mask: torch.Tensor):
+        n, length = valid.shape
+        self.shape = (n, length)
+        self.mask = mask
+        self.flat_index = valid.reshape(-1).nonzero().squeeze(1)  # packed row -> padded position
+        self.all_rows = self.flat_index  # sentinel object: "every packed row"
+        # packed row of each sequence's token 0 ([CLS])
+        first = torch.full((n * length,), -1, dtype=torch.long, device=valid.device)
+        first[self.flat_index] = torch.arange(len(self.flat_index), device=valid.device)
+        self.first_rows = first.view(n, length)[:, 0]
+        if bool((self.first_rows < 0).any()):
+            raise ValueError("a sequence whose first token is padding cannot be encoded in packed form")
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, L, D] -> [T, D]."""
+        return x.reshape(-1, x.shape[-1])[self.flat_index]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, D] -> [N, L, D] with zeros at padded positions."""
+        n, length = self.shape
+        out = x.new_zeros(n * length, x.shape[-1])
+        out[self.flat_index] = x
+        return out.view(n, length, -1)

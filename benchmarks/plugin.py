@@ -1,0 +1,178 @@
+"""The reproduction suite's session: options, data and checkpoint resolution, model cache, report."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, get_dataset
+from qaclip_core.errors import DownloadError
+from qaclip_core.expected import ExpectedCase, load_expected
+from qaclip_core.registry import ModelCard, get_card
+from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED_DIR = REPO / "expected"
+CACHE = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
+
+
+def expected_cases(kind: str) -> List[ExpectedCase]:
+    """Cases of ``kind`` from expected/, grouped by model so that each model loads once."""
+    cases = [c for c in load_expected(EXPECTED_DIR) if c.kind == kind]
+    return sorted(cases, key=lambda c: c.model)
+
+
+def case_params(kind: str) -> list:
+    """pytest params with ids ``<dataset>-<model>``."""
+    return [pytest.param(c, id=c.id, marks=pytest.mark.reproduction) for c in expected_cases(kind)]
+
+
+class Suite:
+    """Everything one pytest run shares between reproduction cases."""
+
+    def __init__(self, config: pytest.Config):
+        opt = config.getoption
+        self.data_root = Path(opt("--data-root") or CACHE / "data").expanduser()
+        self.checkpoint_dir = Path(opt("--checkpoint-dir") or CACHE / "checkpoints").expanduser()
+        self.device = opt("--device")
+        self.precision = opt("--precision")
+        self.batch_size = int(opt("--batch-size"))
+        self.num_workers = int(opt("--num-workers"))
+        self.download = bool(opt("--download"))
+        self.results: List[CaseResult] = []
+        self._encoder_key: Optional[tuple] = None
+        self._encoder = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
+        self._fixture_root: Optional[Path] = None
+        self._local_hub = None
+
+    # -- data -------------------------------------------------------------------------------
+    def data_root_for(self, card: DatasetCard) -> Path:
+        """The data root holding ``card``: generated into a temporary root for fixture datasets."""
+        if not card.generator:
+            return self.data_root
+        if self._fixture_root is None:
+            from qaclip_core.fixture.shapes import write_shapes_dataset
+
+            root = self._tmp / "fixture-data"
+            write_shapes_dataset(root)
+            self._fixture_root = root
+        return self._fixture_root
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_for(self, card: ModelCard) -> Path:
+        """Local path of ``card``'s checkpoint, fetched through the hub code when absent."""
+        from qaclip_core.hub import fetch_checkpoint
+
+        if card.test_only:
+            # The fixture travels the real path: served over HTTP on 127.0.0.1, downloaded into a
+            # fresh folder, checksummed, then loaded.
+            hub = self._fixture_hub()
+            return fetch_checkpoint(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
+        return fetch_checkpoint(card, download_root=self.checkpoint_dir)
+
+    def _fixture_hub(self):
+        if self._local_hub is None:
+            from qaclip_core.fixture import CHECKPOINT
+            from qaclip_core.local_hub import serve_directory
+
+            card = get_card("fixture-tiny")
+            served = self._tmp / "hub"
+            (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
+            self._local_hub = serve_directory(served)
+        return self._local_hub
+
+    def encoder_for(self, card: ModelCard):
+        """The encoder of ``card``; the previous one is released so only one model is in memory."""
+        from qaclip_core.adapters import load_encoder
+
+        key = (card.name, self.device, self.precision)
+        if key != self._encoder_key:
+            self._encoder = None
+            path = self.checkpoint_for(card)
+            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision)
+            self._encoder_key = key
+        return self._encoder
+
+    # -- one case ---------------------------------------------------------------------------
+    def run_case(self, case: ExpectedCase) -> CaseResult:
+        """Evaluate ``case``; skip (with a one-line reason) when data or weights are missing."""
+        from qaclip_core.eval.runner import evaluate_card
+
+        ds = get_dataset(case.dataset)
+        model_card = get_card(case.model)
+        root = self.data_root_for(ds)
+        base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
+        try:
+            from qaclip_core.data.catalog import ensure_dataset
+
+            ensure_dataset(ds, root, download=self.download)
+            encoder = self.encoder_for(model_card)
+        except (DatasetMissingError, DownloadError, ImportError) as e:
+            reason = str(e).splitlines()[0]
+            self.results.append(CaseResult(status="skipped", reason=reason, **base))
+            pytest.skip(reason)
+        start = time.perf_counter()
+        out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
+                            download=self.download, progress=False)
+        checks = case.check(out.metrics, self.precision)
+        result = CaseResult.from_checks(
+            device=str(encoder.device), measured=out.metrics, counts=out.counts,
+            seconds=round(time.perf_counter() - start, 2), checks=checks, **base,
+        )
+        self.results.append(result)
+        if result.status != "passed":
+            pytest.fail(f"{case.id} ({self.precision}) is outside tolerance (gate: {case.gate}):\n"
+                        + failure_table(checks), pytrace=False)
+        return result
+
+    def close(self) -> None:
+        """Stop the local hub and remove temporary files."""
+        if self._local_hub is not None:
+            self._local_hub.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+_SUITE_KEY = pytest.StashKey[Suite]()
+
+
+@pytest.fixture(scope="session")
+def suite(request) -> Suite:
+    """The session's :class:`Suite`."""
+    s = Suite(request.config)
+    request.config.stash[_SUITE_KEY] = s
+    yield s
+    s.close()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # Reproduction cases of one model run back to back, so its weights load once.
+    def model_of(item):
+        spec = getattr(item, "callspec", None)
+        case = spec.params.get("case") if spec else None
+        return case.model if isinstance(case, ExpectedCase) else None
+
+    repro = [i for i in items if model_of(i) is not None]
+    if repro:
+        order = sorted(repro, key=lambda i: model_of(i))
+        it = iter(order)
+        items[:] = [next(it) if model_of(i) is not None else i for i in items]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    suite = config.stash.get(_SUITE_KEY, None)
+    if suite is None or not suite.results:
+        return
+    terminalreporter.section("QA-CLIP reproduction report")
+    terminalreporter.write_line(render_text(suite.results))
+    out = config.getoption("--report")
+    if out:
+        meta = {"precision": suite.precision, "device": suite.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for path in write_reports(suite.results, out, meta):
+            terminalreporter.write_line(f"report written to {path}")

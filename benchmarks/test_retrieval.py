@@ -1,0 +1,12 @@
+"""Published retrieval numbers (Flickr30K-CN, MUGE, COCO-CN, fixture) as pytest cases."""
+from __future__ import annotations
+
+import pytest
+
+from .plugin import case_params
+
+
+@pytest.mark.parametrize("case", case_params("retrieval"))
+def test_retrieval(case, suite):
+    """Recall@1/5/10 both ways within the tolerance of expected/<dataset>.yaml."""
+    suite.run_case(case)

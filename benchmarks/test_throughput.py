@@ -1,0 +1,93 @@
+"""Throughput of encode_image / encode_text for every registry architecture, ours beside cn_clip.
+
+Random weights of the real architecture cost what the real ones cost, so these cases run on
+every machine. Each reference case sits in the same benchmark group as ours, so the saved JSON
+and the terminal table put them side by side (``tools/throughput_report.py`` prints the ratios).
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from qaclip_core.tokenizer import tokenize
+
+from .throughput_support import (
+    architectures,
+    batch_sizes,
+    device_name,
+    device_precisions,
+    models,
+    realistic_captions,
+    rounds_for,
+    timed_call,
+)
+
+IMPLS = ["qaclip_core", "cn_clip"]
+
+
+def _params(tower: str) -> list:
+    params = []
+    for arch_id, arch in architectures():
+        for device, precision in device_precisions():
+            for batch in batch_sizes(device, tower):
+                for impl in IMPLS:
+                    params.append(pytest.param(arch, device, precision, batch, impl,
+                                               id=f"{arch_id}-{precision}-b{batch}-{impl}"))
+    return params
+
+
+@pytest.fixture(autouse=True)
+def _no_xdist(request):
+    if getattr(request.config, "workerinput", None) is not None:
+        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
+
+
+def _run(benchmark, fn, device: str, items: int, info: dict) -> None:
+    fn = timed_call(fn, device)
+    with torch.inference_mode():
+        fn()  # warm-up: allocator, kernels, caches
+        start = time.perf_counter()
+        fn()
+        per_call = time.perf_counter() - start
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        benchmark.pedantic(fn, rounds=rounds_for(per_call), iterations=1, warmup_rounds=0)
+    mean = benchmark.stats.stats.mean
+    info.update(items_per_s=round(items / mean, 2), device_name=device_name(device), torch=torch.__version__)
+    if device == "cuda":
+        info["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    benchmark.extra_info.update(info)
+
+
+def _pick(arch, device, precision, impl):
+    ours, ref = models(arch, device, precision)
+    model = ours if impl == "qaclip_core" else ref
+    if model is None:
+        pytest.skip(f"cn_clip has no {arch} (fixture architecture) or is not installed")
+    return model
+
+
+@pytest.mark.throughput
+@pytest.mark.parametrize("arch,device,precision,batch,impl", _params("image"))
+def test_encode_image(benchmark, arch, device, precision, batch, impl):
+    """Images per second of encode_image."""
+    model = _pick(arch, device, precision, impl)
+    res = model.visual.input_resolution
+    images = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device, model.dtype)
+    benchmark.group = f"encode_image {arch} {precision} b{batch} {device}"
+    _run(benchmark, lambda: model.encode_image(images), device, batch,
+         {"tower": "image", "arch": arch, "batch": batch, "precision": precision, "impl": impl})
+
+
+@pytest.mark.throughput
+@pytest.mark.parametrize("arch,device,precision,batch,impl", _params("text"))
+def test_encode_text(benchmark, arch, device, precision, batch, impl):
+    """Captions per second of encode_text on realistic Chinese captions (context length 52)."""
+    model = _pick(arch, device, precision, impl)
+    tokens = tokenize(realistic_captions(batch)).to(device)
+    benchmark.group = f"encode_text {arch} {precision} b{batch} {device}"
+    _run(benchmark, lambda: model.encode_text(tokens), device, batch,
+         {"tower": "text", "arch": arch, "batch": batch, "precision": precision, "impl": impl,
+          "mean_tokens": round(float((tokens != 0).sum(1).float().mean()), 1)})

@@ -1,0 +1,12 @@
+"""Published zero-shot classification numbers (ImageNet, fixture) as pytest cases."""
+from __future__ import annotations
+
+import pytest
+
+from .plugin import case_params
+
+
+@pytest.mark.parametrize("case", case_params("zeroshot"))
+def test_zeroshot(case, suite):
+    """Top-1 (and top-5 where published) within the tolerance of expected/<dataset>.yaml."""
+    suite.run_case(case)

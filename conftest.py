@@ -1,0 +1,30 @@
+"""Suite options (each with an environment-variable twin) and the end-of-run report hook."""
+from __future__ import annotations
+
+import os
+
+OPTIONS = [
+    # (flag, env var, default, help)
+    ("--data-root", "QACLIP_DATA_ROOT", None, "Chinese-CLIP ${DATAPATH} (holding datasets/) or the datasets folder itself"),
+    ("--checkpoint-dir", "QACLIP_CHECKPOINT_DIR", None, "where checkpoints are looked for and downloaded (default: ~/.cache/qaclip)"),
+    ("--device", "QACLIP_DEVICE", "auto", "cpu, cuda, cuda:N or auto (CUDA when available)"),
+    ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
+    ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
+    ("--num-workers", "QACLIP_NUM_WORKERS", "0", "image-decoding worker processes"),
+    ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+]
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("qaclip", "QA-CLIP reproduction suite")
+    for flag, env, default, help_text in OPTIONS:
+        group.addoption(flag, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
+    group.addoption(
+        "--download",
+        action="store_true",
+        default=os.environ.get("QACLIP_DOWNLOAD", "") not in ("", "0", "false", "no"),
+        help="also download MUGE, Flickr30K-CN and label_cn.txt when missing [env QACLIP_DOWNLOAD=1]",
+    )
+
+
+pytest_plugins = ["benchmarks.plugin"]

@@ -1,0 +1,153 @@
+"""Dataset cards (``cards/datasets.yaml``): where each evaluation set lives and how to get it."""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import yaml
+
+from ..errors import DatasetError
+
+CARDS_FILE = Path(__file__).resolve().parents[1] / "cards" / "datasets.yaml"
+
+
+class DatasetMissingError(DatasetError):
+    """The dataset is not on disk (and was not, or could not be, downloaded)."""
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """One evaluation dataset."""
+
+    name: str
+    display: str
+    kind: str  # "retrieval" or "zeroshot"
+    dirname: str
+    split: str
+    hub: Optional[dict] = None
+    url: Optional[str] = None
+    labels: Optional[dict] = None
+    how_to_get: Optional[str] = None
+    generator: Optional[str] = None
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``--download`` can fetch the data itself."""
+        return bool(self.hub)
+
+
+_CARDS: Dict[str, DatasetCard] = {}
+
+
+def all_datasets() -> List[DatasetCard]:
+    """Every dataset card, in file order."""
+    if not _CARDS:
+        with open(CARDS_FILE, encoding="utf-8") as f:
+            for raw in yaml.safe_load(f)["datasets"]:
+                _CARDS[raw["name"]] = DatasetCard(**raw)
+    return list(_CARDS.values())
+
+
+def get_dataset(name: str) -> DatasetCard:
+    """The card of dataset ``name``."""
+    cards = {c.name: c for c in all_datasets()}
+    if name not in cards:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(cards)}")
+    return cards[name]
+
+
+def datasets_dir(data_root: Union[str, Path]) -> Path:
+    """``<root>/datasets`` if it exists (Chinese-CLIP's ${DATAPATH}), else ``<root>`` itself."""
+    root = Path(data_root).expanduser()
+    return root / "datasets" if (root / "datasets").is_dir() or not root.is_dir() else root
+
+
+def dataset_dir(card: DatasetCard, data_root: Union[str, Path]) -> Path:
+    """Folder of ``card`` under ``data_root``."""
+    return datasets_dir(data_root) / card.dirname
+
+
+def _present(card: DatasetCard, folder: Path) -> bool:
+    if card.kind == "retrieval":
+        return (folder / "lmdb" / card.split / "imgs").is_dir() and (folder / f"{card.split}_texts.jsonl").is_file()
+    return (folder / card.split).is_dir()
+
+
+def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
+    """One line: what is missing, where it was expected, how to get it."""
+    folder = dataset_dir(card, data_root)
+    if card.kind == "retrieval":
+        need = f"{folder}/lmdb/{card.split}/imgs and {folder}/{card.split}_texts.jsonl"
+    else:
+        need = f"{folder}/{card.split}/<class folders>"
+    how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
+    return f"{card.display} not found (expected {need}); {how}"
+
+
+def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
+    """Unpack ``archive`` so that ``target_parent/<dirname>`` appears atomically."""
+    staging = target_parent / f".{card.dirname}.extract-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                dest = (staging / member).resolve()
+                if not str(dest).startswith(str(staging.resolve())):
+                    raise DatasetError(f"{archive}: member {member!r} would extract outside the target folder")
+            bad = zf.testzip()
+            if bad:
+                raise DatasetError(f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and download again")
+            zf.extractall(staging)
+        entries = [p for p in staging.iterdir() if not p.name.startswith("__MACOSX")]
+        inner = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        final = target_parent / card.dirname
+        if final.exists():
+            return  # another worker finished first
+        os.replace(inner, final)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and download again") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_labels(card: DatasetCard, data_root: Union[str, Path], download: bool = False) -> Path:
+    """Path of the zero-shot label file, fetched (checksummed) with ``download`` when absent."""
+    path = dataset_dir(card, data_root) / card.labels["filename"]
+    if path.is_file() or not download or not card.labels.get("url"):
+        if not path.is_file():
+            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            raise DatasetMissingError(f"{card.display} label file {path} not found; {how}")
+        return path
+    from ..hub import fetch_url
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return fetch_url(card.labels["url"], path, sha256=card.labels.get("sha256"))
+
+
+def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: bool = False) -> Path:
+    """The dataset's folder, downloading and unpacking it first when allowed and possible."""
+    folder = dataset_dir(card, data_root)
+    if _present(card, folder):
+        return folder
+    if download and card.downloadable:
+        from ..hub import fetch_hub_file
+        from filelock import FileLock
+
+        parent = datasets_dir(data_root)
+        parent.mkdir(parents=True, exist_ok=True)
+        archive = fetch_hub_file(
+            card.hub["repo"], card.hub["filename"], repo_type=card.hub.get("repo_type", "model"),
+            local_dir=parent / ".downloads", sha256=card.hub.get("sha256"),
+        )
+        with FileLock(str(parent / f".{card.dirname}.lock")):
+            if not _present(card, folder):
+                _extract_zip(Path(archive), card, parent)
+        if _present(card, folder):
+            return folder
+        raise DatasetError(f"{archive} was unpacked but {missing_reason(card, data_root)}")
+    raise DatasetMissingError(missing_reason(card, data_root))

@@ -1,0 +1,130 @@
+"""One evaluation end to end: dataset card + encoder -> metrics (the suite and the CLI share it)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from ..data.catalog import DatasetCard, dataset_dir, ensure_dataset, ensure_labels
+from .features import encode_image_dataset, encode_texts
+
+
+@dataclass
+class EvalOutput:
+    """Metrics (percent), item counts, timings, and the raw result for predictions."""
+
+    dataset: str
+    model: str
+    metrics: Dict[str, float]
+    counts: Dict[str, int]
+    seconds: Dict[str, float] = field(default_factory=dict)
+    diagnostics: Dict[str, object] = field(default_factory=dict)
+    raw: object = None
+
+
+class _WithIds(torch.utils.data.Dataset):
+    """(image, target) items -> (index, image), so ImageFolder fits the image encoder."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return i, self.base[i][0]
+
+
+def evaluate_retrieval_card(
+    encoder,
+    card: DatasetCard,
+    data_root: Union[str, Path],
+    batch_size: int = 64,
+    text_batch_size: int = 256,
+    num_workers: int = 0,
+    download: bool = False,
+    progress: bool = True,
+    split: Optional[str] = None,
+) -> EvalOutput:
+    """Text-to-image and image-to-text recall of ``encoder`` on a Chinese-CLIP-format dataset."""
+    from ..data.retrieval import load_retrieval_split
+    from .retrieval import evaluate_retrieval
+
+    ensure_dataset(card, data_root, download=download)
+    split = split or card.split
+    data = load_retrieval_split(dataset_dir(card, data_root).parent, card.dirname, split, transform=encoder.preprocess)
+    t0 = time.perf_counter()
+    image_ids, image_feats = encode_image_dataset(encoder, data.images, batch_size, num_workers, progress, f"{card.name} images")
+    t1 = time.perf_counter()
+    text_ids = [t.text_id for t in data.texts]
+    text_feats = encode_texts(encoder, [t.text for t in data.texts], text_batch_size, progress, f"{card.name} texts")
+    t2 = time.perf_counter()
+    result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, data.text_to_images, k=10)
+    t3 = time.perf_counter()
+    return EvalOutput(
+        dataset=card.name,
+        model=encoder.name,
+        metrics=dict(result.metrics),
+        counts={"images": len(image_ids), "texts": len(text_ids)},
+        seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
+        diagnostics={"near_ties": getattr(result, "near_ties", None)},
+        raw=result,
+    )
+
+
+def zero_shot_classifier(encoder, classnames, templates, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """[D, C] classifier: per class, mean of the normalised prompt features, renormalised."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    feats = encode_texts(encoder, prompts, batch_size, progress, "prompts")  # normalised
+    per_class = feats.view(len(classnames), len(templates), -1).mean(dim=1)
+    return (per_class / per_class.norm(dim=-1, keepdim=True)).t().contiguous()
+
+
+def evaluate_zeroshot_card(
+    encoder,
+    card: DatasetCard,
+    data_root: Union[str, Path],
+    batch_size: int = 64,
+    text_batch_size: int = 256,
+    num_workers: int = 0,
+    download: bool = False,
+    progress: bool = True,
+    split: Optional[str] = None,
+) -> EvalOutput:
+    """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
+    from ..data.imagenet import ImageNetFolder, read_labels
+    from ..data.templates import imagenet_templates
+    from .zeroshot import accuracy
+
+    ensure_dataset(card, data_root, download=download)
+    labels_path = ensure_labels(card, data_root, download=download)
+    classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
+    folder = ImageNetFolder(dataset_dir(card, data_root) / (split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
+    t0 = time.perf_counter()
+    classifier = zero_shot_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress)
+    t1 = time.perf_counter()
+    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), batch_size, num_workers, progress, f"{card.name} images")
+    t2 = time.perf_counter()
+    targets = torch.tensor(folder.targets)
+    logits = 100.0 * image_feats @ classifier
+    metrics = accuracy(logits, targets, topk=(1, 5))
+    return EvalOutput(
+        dataset=card.name,
+        model=encoder.name,
+        metrics=dict(metrics),
+        counts={"images": len(targets), "classes": len(classnames), "templates": len(imagenet_templates())},
+        seconds={"classifier": t1 - t0, "images": t2 - t1},
+        raw={"logits": logits, "targets": targets},
+    )
+
+
+def evaluate_card(encoder, card: DatasetCard, data_root: Union[str, Path], **kw) -> EvalOutput:
+    """Dispatch on the dataset kind."""
+    if card.kind == "retrieval":
+        return evaluate_retrieval_card(encoder, card, data_root, **kw)
+    if card.kind == "zeroshot":
+        return evaluate_zeroshot_card(encoder, card, data_root, **kw)
+    raise ValueError(f"dataset {card.name}: unknown kind {card.kind!r}")
