@@ -1,0 +1,440 @@
+"""Fetching checkpoints and data files: from the Hugging Face Hub (through ``huggingface_hub``) or plain URLs.
+
+Every fetched file is verified before it is handed out: against the card's sha256 when there is one,
+else against the sha256 the Hub reports for LFS files. A file that fails is removed and
+:class:`~qaclip_core.errors.ChecksumError` is raised; a file that cannot be fetched raises
+:class:`~qaclip_core.errors.DownloadError` saying where to put it by hand.
+
+Environment, read at call time (``huggingface_hub`` itself reads its variables once, at import):
+
+* ``QACLIP_HF_ENDPOINT`` or ``HF_ENDPOINT``: the Hub to download from (e.g. a :mod:`qaclip_core.local_hub`);
+* ``HF_HUB_OFFLINE=1``: never touch the network; files must already be on disk;
+* ``QACLIP_CACHE``: where :func:`fetch_checkpoint` puts URL-only checkpoints without ``download_root``.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional, Union
+
+from filelock import FileLock
+
+from .errors import ChecksumError, DownloadError
+from .registry import ModelCard
+
+PathLike = Union[str, Path]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TRUE = {"1", "on", "yes", "true"}
+_CHUNK = 1 << 20
+_URL_TIMEOUT = 60.0
+_URL_ATTEMPTS = 5
+_RETRY_WAIT = 0.5  # seconds, times the number of attempts in a row that brought no data
+_PUBLIC_HUB = "https://huggingface.co"
+
+
+def _default_root() -> Path:
+    return Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip")).expanduser()
+
+
+# --------------------------------------------------------------------------------------------
+# hashing
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalize_sha(sha256: Optional[str]) -> Optional[str]:
+    if sha256 is None:
+        return None
+    s = sha256.strip().lower()
+    if not _SHA256.match(s):
+        raise ValueError(f"expected sha256 must be 64 hex digits, got {sha256!r}")
+    return s
+
+
+def _sidecar(path: Path) -> Path:
+    # For HF-cache snapshot links the digest belongs to the blob the link points at.
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".sha256")
+
+
+def _write_sidecar(path: Path, digest: str, st: Optional[os.stat_result] = None) -> None:
+    real = Path(os.path.realpath(path))
+    side = _sidecar(path)
+    try:
+        st = st or real.stat()
+        tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
+        os.replace(tmp, side)
+    except OSError:
+        pass  # read-only directory: the only cost is hashing again on the next load
+
+
+def _digest_with_sidecar(path: Path) -> str:
+    """sha256 of ``path``, reusing ``<file>.sha256`` while size and mtime are unchanged."""
+    real = Path(os.path.realpath(path))
+    st = real.stat()
+    try:
+        rec = json.loads(_sidecar(path).read_text())
+        if rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns and _SHA256.match(rec["sha256"]):
+            return rec["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_file(real)
+    after = real.stat()
+    # Only trust the record if the file did not change while it was being hashed.
+    if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+        _write_sidecar(path, digest, st)
+    return digest
+
+
+def _verify_existing(path: Path, expected: Optional[str], source: str) -> None:
+    # A file found on disk may have been placed by hand, so a mismatch is reported, not deleted.
+    if expected is None:
+        return
+    actual = _digest_with_sidecar(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path}: sha256 mismatch for {source}: expected {expected}, got {actual}. "
+            f"Delete the file to download it again."
+        )
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face Hub
+
+
+def _offline() -> bool:
+    # huggingface_hub snapshots HF_HUB_OFFLINE at import; honour a value set later too.
+    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def _endpoint() -> Optional[str]:
+    # huggingface_hub bakes HF_ENDPOINT into its URL template at import, so pass the current value explicitly.
+    ep = os.environ.get("QACLIP_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT")
+    return ep.rstrip("/") if ep else None
+
+
+def _public_url(repo_id: str, filename: str, repo_type: str, revision: Optional[str]) -> str:
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
+    return f"{_PUBLIC_HUB}/{prefix}{repo_id}/resolve/{revision or 'main'}/{filename}"
+
+
+def _hub_error(repo_id: str, filename: str, repo_type: str, revision: Optional[str], local_dir: Optional[Path],
+               manual_url: Optional[str], reason: str) -> DownloadError:
+    url = manual_url or _public_url(repo_id, filename, repo_type, revision)
+    where = _endpoint() or _PUBLIC_HUB
+    if local_dir is not None:
+        place = f"download {url} and save it as {local_dir / filename}"
+    else:
+        place = (f"download {url}, save it as <dir>/{filename} and pass download_root=<dir> "
+                 f"(or point HF_ENDPOINT at a reachable mirror)")
+    return DownloadError(
+        f"could not fetch {filename!r} from the Hugging Face {repo_type} repo {repo_id!r} "
+        f"(revision {revision or 'main'}, endpoint {where}): {reason}. To install it by hand, {place}."
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    cause = exc.__cause__ or exc.__context__
+    detail = f"{type(exc).__name__}: {text[0] if text else ''}"
+    if cause is not None and str(cause).strip():
+        detail += f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
+    return detail
+
+
+def _hub_exceptions() -> tuple:
+    from huggingface_hub import errors as hf_errors
+
+    excs = [hf_errors.HfHubHTTPError, hf_errors.EntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError]
+    try:
+        import httpx2  # the HTTP client huggingface_hub 2.x uses
+
+        excs.append(httpx2.HTTPError)
+    except ImportError:  # pragma: no cover - other huggingface_hub versions
+        pass
+    return tuple(excs)
+
+
+def _hub_lfs_sha256(repo_id: str, filename: str, repo_type: str, revision: Optional[str], path: Path) -> Optional[str]:
+    """The sha256 the Hub advertises for an LFS file, or None (non-LFS files carry a git sha1 instead)."""
+    blob = Path(os.path.realpath(path)).name
+    if path.is_symlink() and _SHA256.match(blob):
+        return blob  # HF cache blobs are named after the ETag the Hub sent: no second request needed
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        ep = _endpoint()
+        url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=ep)
+        etag = get_hf_file_metadata(url, endpoint=ep).etag
+    except Exception:  # noqa: BLE001 - the file is already size-checked; this check is best effort
+        return None
+    etag = (etag or "").lower()
+    return etag if _SHA256.match(etag) else None
+
+
+def _safe_name(filename: str) -> str:
+    return filename.replace("/", "%2F").replace("\\", "%5C")
+
+
+def fetch_hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    revision: Optional[str] = None,
+    local_dir: Optional[PathLike] = None,
+    sha256: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    manual_url: Optional[str] = None,
+    endpoint: Optional[str] = None,
+) -> Path:
+    """Path of a verified Hub file: reused from ``local_dir`` (or the HF cache) if present, else downloaded.
+
+    ``endpoint`` overrides the hub address for this call only (the fixture's local server).
+    """
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    expected = _normalize_sha(sha256)
+    source = f"{repo_type} {repo_id}/{filename}"
+    ldir = Path(local_dir).expanduser() if local_dir is not None else None
+    cdir = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+
+    def find_existing() -> Optional[Path]:
+        # Once fetched and verified a file is final: no HEAD request per load, and offline runs work.
+        if ldir is not None:
+            target = ldir / filename
+            return target if target.is_file() else None
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=str(cdir), revision=revision, repo_type=repo_type)
+        return Path(hit) if isinstance(hit, str) else None
+
+    found = find_existing()
+    if found is not None:
+        _verify_existing(found, expected, source)
+        return found
+
+    if ldir is not None:
+        lock_path = ldir / ".cache" / "qaclip" / "locks" / f"{_safe_name(filename)}.lock"
+    else:
+        lock_path = cdir / ".locks" / f"qaclip--{repo_type}--{_safe_name(repo_id)}--{_safe_name(filename)}.lock"
+    # Our own lock spans download + verification + removal: huggingface_hub's local_dir mode would
+    # otherwise let a second process delete and re-download a file the first one is still checking.
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path)):
+        found = find_existing()
+        if found is not None:
+            _verify_existing(found, expected, source)
+            return found
+        if _offline():
+            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url,
+                             "offline mode is on (HF_HUB_OFFLINE) and the file is not on disk")
+        try:
+            path = Path(hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                repo_type=repo_type,
+                revision=revision,
+                local_dir=str(ldir) if ldir is not None else None,
+                cache_dir=str(cdir),
+                endpoint=endpoint.rstrip("/") if endpoint else _endpoint(),
+            ))
+        except _hub_exceptions() as exc:
+            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, _reason(exc)) from exc
+
+        want = expected or _hub_lfs_sha256(repo_id, filename, repo_type, revision, path)
+        if want is None:
+            return path
+        actual = sha256_file(path)
+        if actual != want:
+            _discard_hub_file(path, ldir, filename)
+            origin = "the model card" if expected else "the Hub's LFS ETag"
+            raise ChecksumError(
+                f"{filename} from {source}: sha256 mismatch: expected {want} ({origin}), got {actual}; "
+                f"the downloaded file {path} was removed."
+            )
+        _write_sidecar(path, actual)
+        return path
+
+
+def _discard_hub_file(path: Path, local_dir: Optional[Path], filename: str) -> None:
+    real = Path(os.path.realpath(path))
+    side = _sidecar(path)
+    # In the HF cache `path` is a snapshot link to a blob: both must go, or the bad blob is reused.
+    _remove(path, real, side)
+    if local_dir is not None:
+        # huggingface_hub's record of the download; stale once the file is gone
+        _remove(local_dir / ".cache" / "huggingface" / "download" / f"{filename}.metadata")
+
+
+def fetch_checkpoint(card: ModelCard, download_root: Optional[PathLike] = None, endpoint: Optional[str] = None) -> Path:
+    """Local path of the card's verified checkpoint, downloading it if needed."""
+    if card.hub_repo:
+        return fetch_hub_file(
+            card.hub_repo,
+            card.filename,
+            revision=card.hub_revision,
+            local_dir=download_root,
+            sha256=card.sha256,
+            manual_url=card.url,
+            endpoint=endpoint,
+        )
+    root = Path(download_root).expanduser() if download_root is not None else _default_root()
+    if card.url:
+        return fetch_url(card.url, root / card.filename, sha256=card.sha256)
+    target = root / card.filename
+    if target.is_file():
+        _verify_existing(target, _normalize_sha(card.sha256), f"model {card.name}")
+        return target
+    raise DownloadError(f"model {card.name!r} has no hub repo or URL to fetch from; place the checkpoint at {target}")
+
+
+# --------------------------------------------------------------------------------------------
+# plain URLs
+#
+# Hand-written on urllib: huggingface_hub's http_get is internal API bound to the Hub session
+# (Hub headers, its offline switch) and writes to an open file object, so it cannot resume from a
+# `.incomplete` left by an earlier process; `requests` is not a dependency of this package.
+
+
+def fetch_url(url: str, dest: PathLike, *, sha256: Optional[str] = None, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` atomically and resumably, under a file lock, and verify it."""
+    dest = Path(dest).expanduser()
+    expected = _normalize_sha(sha256)
+    if dest.is_file():
+        _verify_existing(dest, expected, url)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.is_file():  # another process finished it while this one waited
+            _verify_existing(dest, expected, url)
+            return dest
+        if _offline():
+            raise DownloadError(
+                f"could not fetch {url}: offline mode is on (HF_HUB_OFFLINE). "
+                f"To install it by hand, download {url} and save it as {dest}."
+            )
+        part = dest.with_name(dest.name + ".incomplete")
+        _download_resumable(url, part, dest, progress)
+        actual = sha256_file(part)
+        if expected is not None and actual != expected:
+            _remove(part)
+            raise ChecksumError(
+                f"{dest.name} from {url}: sha256 mismatch: expected {expected}, got {actual}; "
+                f"the downloaded data was removed and {dest} was not written."
+            )
+        os.replace(part, dest)
+        _fsync_dir(dest.parent)
+        _write_sidecar(dest, actual)
+    return dest
+
+
+def _download_resumable(url: str, part: Path, dest: Path, progress: bool) -> None:
+    """Complete ``part`` from ``url``, resuming from its current size; retries while bytes keep arriving."""
+    from tqdm.auto import tqdm
+
+    failures = 0
+    restarted = False
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "qaclip-core", "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_URL_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset and (exc.headers or {}).get("Content-Range", "") == f"bytes */{offset}":
+                return  # already complete: an earlier run died between the last byte and the rename
+            if exc.code == 416 and offset and not restarted:
+                # Our partial file is not a prefix the server recognises: start over once.
+                _remove(part)
+                restarted = True
+                continue
+            raise DownloadError(
+                f"could not fetch {url}: HTTP {exc.code} {exc.reason}. "
+                f"To install it by hand, download it and save it as {dest}."
+            ) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # Unreachable: fail fast (offline runs should not hang); a partial file stays for next time.
+            raise DownloadError(
+                f"could not fetch {url}: {_reason(exc)}. To install it by hand, download it and save it as {dest}."
+            ) from exc
+
+        with resp:
+            status = getattr(resp, "status", None) or 200
+            content_range = resp.headers.get("Content-Range", "")
+            if offset and status == 206 and content_range.startswith(f"bytes {offset}-"):
+                mode = "ab"
+            else:
+                # The server ignored Range (200): the body is the whole file, so restart cleanly.
+                mode, offset = "wb", 0
+            length = resp.headers.get("Content-Length")
+            total = offset + int(length) if length is not None and length.isdigit() else None
+            got = offset
+            error: Optional[BaseException] = None
+            with open(part, mode) as f, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=dest.name, disable=not progress, leave=False,
+            ) as bar:
+                try:
+                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                        f.write(chunk)
+                        got += len(chunk)
+                        bar.update(len(chunk))
+                except (OSError, http.client.HTTPException) as exc:
+                    error = exc  # keep what arrived: the next attempt resumes from it
+                f.flush()
+                os.fsync(f.fileno())
+
+        if error is None and (total is None or got == total):
+            return
+        if got > offset:
+            failures = 0  # progress was made, like huggingface_hub's http_get: resume at once
+            continue
+        failures += 1
+        if failures >= _URL_ATTEMPTS:
+            why = _reason(error) if error is not None else f"connection closed after {got} of {total} bytes"
+            raise DownloadError(
+                f"could not fetch {url}: {why}. The {got} bytes received are kept in {part}; "
+                f"run again to resume, or download it by hand and save it as {dest}."
+            ) from error
+        time.sleep(_RETRY_WAIT * failures)
