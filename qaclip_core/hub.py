@@ -196,7 +196,8 @@ def _hub_exceptions() -> tuple:
     return tuple(excs)
 
 
-def _hub_lfs_sha256(repo_id: str, filename: str, repo_type: str, revision: Optional[str], path: Path) -> Optional[str]:
+def _hub_lfs_sha256(repo_id: str, filename: str, repo_type: str, revision: Optional[str], path: Path,
+                    endpoint: Optional[str] = None) -> Optional[str]:
     """The sha256 the Hub advertises for an LFS file, or None (non-LFS files carry a git sha1 instead)."""
     blob = Path(os.path.realpath(path)).name
     if path.is_symlink() and _SHA256.match(blob):
@@ -204,7 +205,7 @@ def _hub_lfs_sha256(repo_id: str, filename: str, repo_type: str, revision: Optio
     try:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-        ep = _endpoint()
+        ep = endpoint or _endpoint()
         url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=ep)
         etag = get_hf_file_metadata(url, endpoint=ep).etag
     except Exception:  # noqa: BLE001 - the file is already size-checked; this check is best effort
@@ -235,6 +236,7 @@ def fetch_hub_file(
     """
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
+    endpoint = endpoint.rstrip("/") if endpoint else _endpoint()
     expected = _normalize_sha(sha256)
     source = f"{repo_type} {repo_id}/{filename}"
     ldir = Path(local_dir).expanduser() if local_dir is not None else None
@@ -276,12 +278,12 @@ def fetch_hub_file(
                 revision=revision,
                 local_dir=str(ldir) if ldir is not None else None,
                 cache_dir=str(cdir),
-                endpoint=endpoint.rstrip("/") if endpoint else _endpoint(),
+                endpoint=endpoint,
             ))
         except _hub_exceptions() as exc:
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, _reason(exc)) from exc
 
-        want = expected or _hub_lfs_sha256(repo_id, filename, repo_type, revision, path)
+        want = expected or _hub_lfs_sha256(repo_id, filename, repo_type, revision, path, endpoint)
         if want is None:
             return path
         actual = sha256_file(path)
