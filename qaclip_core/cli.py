@@ -71,7 +71,7 @@ def _eval(args) -> dict:
         if card.kind != "retrieval":
             raise QAClipError("--dump-predictions is for retrieval datasets")
         write_predictions(out.raw, args.dump_predictions, split=args.split or card.split)
-    report = {k: round(float(v), 4) for k, v in out.metrics.items()}
+    report = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update({"dataset": card.name, "model": out.model, "split": args.split or card.split,
                    "precision": args.precision, "device": str(encoder.device)})

@@ -75,14 +75,6 @@ def evaluate_retrieval_card(
     )
 
 
-def zero_shot_classifier(encoder, classnames, templates, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    """[D, C] classifier: per class, mean of the normalised prompt features, renormalised."""
-    prompts = [t.format(c) for c in classnames for t in templates]
-    feats = encode_texts(encoder, prompts, batch_size, progress, "prompts")  # normalised
-    per_class = feats.view(len(classnames), len(templates), -1).mean(dim=1)
-    return (per_class / per_class.norm(dim=-1, keepdim=True)).t().contiguous()
-
-
 def evaluate_zeroshot_card(
     encoder,
     card: DatasetCard,
@@ -97,14 +89,14 @@ def evaluate_zeroshot_card(
     """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
     from ..data.imagenet import ImageNetFolder, read_labels
     from ..data.templates import imagenet_templates
-    from .zeroshot import accuracy
+    from .zeroshot import accuracy, build_classifier
 
     ensure_dataset(card, data_root, download=download)
     labels_path = ensure_labels(card, data_root, download=download)
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
     folder = ImageNetFolder(dataset_dir(card, data_root) / (split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
     t0 = time.perf_counter()
-    classifier = zero_shot_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress)
+    classifier = build_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress)
     t1 = time.perf_counter()
     _, image_feats = encode_image_dataset(encoder, _WithIds(folder), batch_size, num_workers, progress, f"{card.name} images")
     t2 = time.perf_counter()

@@ -1,11 +1,11 @@
 """Zero-shot classification: prompt-ensemble classifier and top-k accuracy."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Sequence, Union
 
 import torch
 
-from ..tokenizer import CONTEXT_LENGTH, preprocess_text, tokenize
+from .features import encode_texts
 
 Template = Union[str, Callable[[str], str]]
 
@@ -16,31 +16,24 @@ def _fill(template: Template, classname: str) -> str:
 
 @torch.no_grad()
 def build_classifier(
-    encode_text: Callable[[torch.LongTensor], torch.Tensor],
+    encoder,
     classnames: Sequence[str],
     templates: Sequence[Template],
-    device: Union[str, torch.device] = "cpu",
-    context_length: int = CONTEXT_LENGTH,
-    batch_size: Optional[int] = None,
+    batch_size: int = 256,
+    progress: bool = False,
 ) -> torch.Tensor:
     """[D, C] classifier: per class, the renormalised mean of its L2-normalised prompt features.
 
-    ``batch_size`` is the number of prompts per ``encode_text`` call, rounded down to whole
-    classes (at least one); ``None`` encodes one class per call, as the reference does.
+    ``encoder`` provides ``tokenize`` (with the model's text normalisation, for native models
+    the reference's lower-casing and quote mapping) and ``encode_text``. Prompts of all classes
+    are encoded together, batched by length; each prompt's features do not depend on its batch.
     """
     if not classnames or not templates:
         raise ValueError(f"need classes and templates, got {len(classnames)} classes and {len(templates)} templates")
-    n_t = len(templates)
-    per_call = 1 if batch_size is None else max(1, batch_size // n_t)
-    columns: List[torch.Tensor] = []
-    for start in range(0, len(classnames), per_call):
-        group = classnames[start : start + per_call]
-        texts = [preprocess_text(_fill(t, c)) for c in group for t in templates]
-        feats = encode_text(tokenize(texts, context_length=context_length).to(device)).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        mean = feats.view(len(group), n_t, -1).mean(dim=1)
-        columns.append(mean / mean.norm(dim=-1, keepdim=True))
-    return torch.cat(columns).t().contiguous()
+    texts = [_fill(t, c) for c in classnames for t in templates]
+    feats = encode_texts(encoder, texts, batch_size=batch_size, progress=progress, desc="prompts")
+    mean = feats.view(len(classnames), len(templates), -1).mean(dim=1)
+    return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
