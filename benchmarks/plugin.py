@@ -1,10 +1,12 @@
 """The reproduction suite's session: options, data and checkpoint resolution, model cache, report."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -29,7 +31,9 @@ def expected_cases(kind: str) -> List[ExpectedCase]:
 
 def case_params(kind: str) -> list:
     """pytest params with ids ``<dataset>-<model>``."""
-    return [pytest.param(c, id=c.id, marks=pytest.mark.reproduction) for c in expected_cases(kind)]
+    # xdist_group keeps a model's cases on one worker under `-n N` (see pytest_configure)
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.reproduction, pytest.mark.xdist_group(c.model)])
+            for c in expected_cases(kind)]
 
 
 class Suite:
@@ -39,12 +43,12 @@ class Suite:
         opt = config.getoption
         self.data_root = Path(opt("--data-root") or CACHE / "data").expanduser()
         self.checkpoint_dir = Path(opt("--checkpoint-dir") or CACHE / "checkpoints").expanduser()
-        self.device = opt("--device")
+        self.device = _worker_device(config, opt("--device"))
         self.precision = opt("--precision")
         self.batch_size = int(opt("--batch-size"))
         self.num_workers = int(opt("--num-workers"))
         self.download = bool(opt("--download"))
-        self.results: List[CaseResult] = []
+        self.results: List[CaseResult] = config.stash[_RESULTS_KEY]
         self._encoder_key: Optional[tuple] = None
         self._encoder = None
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
@@ -140,6 +144,41 @@ class Suite:
 
 
 _SUITE_KEY = pytest.StashKey[Suite]()
+_RESULTS_KEY = pytest.StashKey[List[CaseResult]]()
+_WORKER_OUTPUT = "qaclip_results"
+
+
+def _worker_device(config: pytest.Config, device: str) -> str:
+    """Under pytest-xdist, worker gwN takes GPU N modulo the GPU count."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    config.stash[_RESULTS_KEY] = []
+    # plain -n N would scatter a model's cases over workers and load it N times
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
+        config.option.dist = "loadgroup"
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if hasattr(config, "workeroutput"):
+        config.workeroutput[_WORKER_OUTPUT] = json.dumps([asdict(r) for r in config.stash[_RESULTS_KEY]])
+
+
+def pytest_testnodedown(node, error):
+    # runs on the xdist controller: merge the worker's results into one report
+    data = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
+    if data:
+        node.config.stash[_RESULTS_KEY].extend(CaseResult(**r) for r in json.loads(data))
 
 
 @pytest.fixture(scope="session")
@@ -166,13 +205,16 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    suite = config.stash.get(_SUITE_KEY, None)
-    if suite is None or not suite.results:
+    if hasattr(config, "workeroutput"):
+        return  # the controller reports for all workers
+    results = sorted(config.stash.get(_RESULTS_KEY, []), key=lambda r: (r.dataset, r.model))
+    if not results:
         return
     terminalreporter.section("QA-CLIP reproduction report")
-    terminalreporter.write_line(render_text(suite.results))
+    terminalreporter.write_line(render_text(results))
     out = config.getoption("--report")
     if out:
-        meta = {"precision": suite.precision, "device": suite.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for path in write_reports(suite.results, out, meta):
+        meta = {"precision": config.getoption("--precision"), "device": config.getoption("--device"),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for path in write_reports(results, out, meta):
             terminalreporter.write_line(f"report written to {path}")

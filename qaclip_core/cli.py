@@ -55,7 +55,7 @@ def _device(name: str):
     return resolve_device(name)
 
 
-def _eval(args) -> dict:
+def _eval(args, shard) -> dict:
     from .data.catalog import get_dataset
     from .eval.runner import evaluate_card
 
@@ -63,9 +63,9 @@ def _eval(args) -> dict:
     encoder = _encoder(args)
     out = evaluate_card(
         encoder, card, args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
-        download=args.download, progress=not args.quiet, split=args.split,
+        download=args.download, progress=not args.quiet and shard.is_main, split=args.split, shard=shard,
     )
-    if args.dump_predictions:
+    if args.dump_predictions and shard.is_main:
         from .eval.retrieval import write_predictions
 
         if card.kind != "retrieval":
@@ -74,7 +74,7 @@ def _eval(args) -> dict:
     report = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update({"dataset": card.name, "model": out.model, "split": args.split or card.split,
-                   "precision": args.precision, "device": str(encoder.device)})
+                   "precision": args.precision, "device": str(encoder.device), "processes": shard.world})
     return report
 
 
@@ -86,11 +86,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print("\n".join(available_models()))
         return 0
+    from .distributed import finish, init_from_env, shard_device
+
+    # under torchrun every rank encodes a share; rank 0 prints
+    shard = init_from_env(args.device)
+    args.device = shard_device(shard, args.device)
     try:
-        report = _eval(args)
+        report = _eval(args, shard)
     except QAClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        finish(shard)
+    if not shard.is_main:
+        return 0
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

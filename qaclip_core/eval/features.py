@@ -6,8 +6,10 @@ import warnings
 from typing import Callable, List, Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from tqdm.auto import tqdm
+
+from ..distributed import SINGLE, Shard, gather_indexed
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +57,31 @@ def encode_image_dataset(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "images",
+    shard: Shard = SINGLE,
 ) -> Tuple[List[int], torch.Tensor]:
-    """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features."""
+    """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
+
+    Under torchrun each rank encodes its share of the batches and all ranks receive everything.
+    """
     cuda = encoder.device.type == "cuda"
+    batches = list(BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False))
+    mine = shard.mine(batches)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=[b for _, b in mine],
         num_workers=num_workers,
         pin_memory=cuda,
         collate_fn=_collate,
-        persistent_workers=False,
     )
     state = {"size": batch_size}
-    ids: List[int] = []
-    feats: List[torch.Tensor] = []
-    for batch_ids, images in tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress):
+    local = []
+    for (index, _), (batch_ids, images) in zip(mine, tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress)):
         out = _run_halving(encoder.encode_image, images, state, desc)
-        ids.extend(int(i) for i in batch_ids)
-        feats.append(normalise(out).cpu())
-    return ids, torch.cat(feats) if feats else torch.empty(0)
+        local.append((index, ([int(i) for i in batch_ids], normalise(out).cpu())))
+    parts = gather_indexed(shard, local)
+    ids = [i for part_ids, _ in parts for i in part_ids]
+    feats = torch.cat([f for _, f in parts]) if parts else torch.empty(0)
+    return ids, feats
 
 
 def encode_texts(
@@ -83,23 +90,24 @@ def encode_texts(
     batch_size: int = 256,
     progress: bool = True,
     desc: str = "texts",
+    shard: Shard = SINGLE,
 ) -> torch.Tensor:
     """Encode raw texts; returns normalised fp32 features in input order.
 
-    Texts are batched by token length so that trimming the padding removes most of it; each
-    text's features do not depend on its batch (padding is masked), so the order is free.
+    Texts are batched by token length so that removing padding removes most of it; a text's
+    features do not depend on its batch (padding is masked), so the order is free.
     """
     if not texts:
         return torch.empty(0)
     tokens = encoder.tokenize(list(texts))
-    lengths = (tokens != 0).sum(dim=1)
+    lengths = (tokens != getattr(encoder, "pad_id", 0)).sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     state = {"size": batch_size}
-    out = torch.empty(0)
-    chunks: List[torch.Tensor] = []
-    for start in tqdm(range(0, len(order), batch_size), desc=f"encode {desc}", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
-        chunks.append(normalise(_run_halving(encoder.encode_text, tokens[idx], state, desc)).cpu())
-    out = torch.empty(len(texts), chunks[0].shape[1])
-    out[order] = torch.cat(chunks)
+    local = []
+    for index, idx in tqdm(shard.mine(chunks), desc=f"encode {desc}", unit="batch", disable=not progress):
+        local.append((index, normalise(_run_halving(encoder.encode_text, tokens[idx], state, desc)).cpu()))
+    feats = gather_indexed(shard, local)
+    out = torch.empty(len(texts), feats[0].shape[1])
+    out[order] = torch.cat(feats)
     return out

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from ..data.catalog import DatasetCard, dataset_dir, ensure_dataset, ensure_labels
+from ..distributed import SINGLE, Shard
 from .features import encode_image_dataset, encode_texts
 
 
@@ -48,6 +49,7 @@ def evaluate_retrieval_card(
     download: bool = False,
     progress: bool = True,
     split: Optional[str] = None,
+    shard: Shard = SINGLE,
 ) -> EvalOutput:
     """Text-to-image and image-to-text recall of ``encoder`` on a Chinese-CLIP-format dataset."""
     from ..data.retrieval import load_retrieval_split
@@ -57,10 +59,10 @@ def evaluate_retrieval_card(
     split = split or card.split
     data = load_retrieval_split(dataset_dir(card, data_root).parent, card.dirname, split, transform=encoder.preprocess)
     t0 = time.perf_counter()
-    image_ids, image_feats = encode_image_dataset(encoder, data.images, batch_size, num_workers, progress, f"{card.name} images")
+    image_ids, image_feats = encode_image_dataset(encoder, data.images, batch_size, num_workers, progress, f"{card.name} images", shard)
     t1 = time.perf_counter()
     text_ids = [t.text_id for t in data.texts]
-    text_feats = encode_texts(encoder, [t.text for t in data.texts], text_batch_size, progress, f"{card.name} texts")
+    text_feats = encode_texts(encoder, [t.text for t in data.texts], text_batch_size, progress, f"{card.name} texts", shard)
     t2 = time.perf_counter()
     result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, data.text_to_images, k=10)
     t3 = time.perf_counter()
@@ -85,6 +87,7 @@ def evaluate_zeroshot_card(
     download: bool = False,
     progress: bool = True,
     split: Optional[str] = None,
+    shard: Shard = SINGLE,
 ) -> EvalOutput:
     """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
     from ..data.imagenet import ImageNetFolder, read_labels
@@ -96,9 +99,9 @@ def evaluate_zeroshot_card(
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
     folder = ImageNetFolder(dataset_dir(card, data_root) / (split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
     t0 = time.perf_counter()
-    classifier = build_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress)
+    classifier = build_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress, shard)
     t1 = time.perf_counter()
-    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), batch_size, num_workers, progress, f"{card.name} images")
+    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), batch_size, num_workers, progress, f"{card.name} images", shard)
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ classifier
