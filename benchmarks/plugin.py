@@ -71,14 +71,14 @@ class Suite:
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_for(self, card: ModelCard) -> Path:
         """Local path of ``card``'s checkpoint, fetched through the hub code when absent."""
-        from qaclip_core.hub import fetch_checkpoint
+        from qaclip_core.adapters import fetch_weights
 
         if card.test_only:
             # The fixture travels the real path: served over HTTP on 127.0.0.1, downloaded into a
             # fresh folder, checksummed, then loaded.
             hub = self._fixture_hub()
-            return fetch_checkpoint(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
-        return fetch_checkpoint(card, download_root=self.checkpoint_dir)
+            return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
+        return fetch_weights(card, download_root=self.checkpoint_dir)
 
     def _fixture_hub(self):
         if self._local_hub is None:

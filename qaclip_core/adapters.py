@@ -5,7 +5,8 @@ evaluates every model with the same data, metrics and timing code.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Protocol, Sequence, Union, runtime_checkable
+from pathlib import Path
+from typing import Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from PIL import Image
@@ -76,9 +77,20 @@ class NativeEncoder:
         return self.model.encode_text(tokens.to(self.device, non_blocking=True))
 
 
+def fetch_weights(card: ModelCard, download_root: Optional[Union[str, Path]] = None, endpoint: Optional[str] = None) -> Path:
+    """Local path of ``card``'s weights (a file, or a folder for adapter models), fetched when absent."""
+    if card.adapter == "altclip":
+        from .altclip import fetch_altclip
+
+        return fetch_altclip(card, download_root=download_root)
+    from .hub import fetch_checkpoint
+
+    return fetch_checkpoint(card, download_root=download_root, endpoint=endpoint)
+
+
 def load_encoder(
     card: ModelCard,
-    checkpoint: Union[str, "os.PathLike[str]"],
+    checkpoint: Union[str, Path],
     device: Union[str, torch.device] = "auto",
     precision: str = "fp32",
 ) -> Encoder:

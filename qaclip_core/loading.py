@@ -9,7 +9,8 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .model.clip import CLIP
-from .registry import get_card
+from .errors import UnknownModelError
+from .registry import available_models, get_card
 from .transforms import image_transform
 
 DEFAULT_ROOT = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
@@ -34,6 +35,12 @@ def load_from_name(
         model = load_checkpoint(name, arch, device=device, precision=precision)
         return model, image_transform(input_resolution or model.image_size)
     card = get_card(name)
+    if card.adapter != "native":
+        raise UnknownModelError(
+            f"{name!r} is a {card.adapter} model evaluated through an adapter, not a Chinese-CLIP checkpoint; "
+            f"use qaclip_core.adapters.load_encoder (or the suite/CLI) for it. load_from_name accepts: "
+            f"{', '.join(available_models())}"
+        )
     from .hub import fetch_checkpoint  # deferred: huggingface_hub is slow to import
 
     path = fetch_checkpoint(card, download_root=download_root)

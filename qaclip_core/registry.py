@@ -33,6 +33,7 @@ class ModelCard:
     params_m: Optional[float] = None
     aliases: tuple = ()
     adapter: str = "native"
+    protocol: Optional[str] = None
     test_only: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -51,7 +52,7 @@ _CARDS: Dict[str, ModelCard] = {}
 _ALIASES: Dict[str, str] = {}
 _KNOWN_KEYS = {
     "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256",
-    "params_m", "aliases", "adapter", "test_only",
+    "params_m", "aliases", "adapter", "protocol", "test_only",
 }
 
 
@@ -78,6 +79,7 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
         params_m=raw.get("params_m"),
         aliases=tuple(raw.get("aliases") or ()),
         adapter=raw.get("adapter", "native"),
+        protocol=raw.get("protocol"),
         test_only=bool(raw.get("test_only", False)),
     )
 
@@ -101,7 +103,8 @@ def register_cards(path: Union[str, Path]) -> List[ModelCard]:
 
 def _ensure_loaded() -> None:
     if not _CARDS:
-        for path in sorted(CARDS_DIR.glob("*.yaml")):
+        # models.yaml (the published checkpoints) first, then the other card files
+        for path in sorted(CARDS_DIR.glob("*.yaml"), key=lambda p: (p.name != "models.yaml", p.name)):
             register_cards(path)
 
 
@@ -112,11 +115,11 @@ def all_cards(include_test_only: bool = True) -> List[ModelCard]:
 
 
 def available_models() -> List[str]:
-    """Names ``load_from_name`` accepts: the QA-CLIP example's aliases first, then every card."""
+    """Names ``load_from_name`` accepts: the QA-CLIP example's aliases first, then every native card."""
     _ensure_loaded()
     # The example prints ['ViT-B-16', 'ViT-L-14', 'RN50']: keep that order for the aliases.
     aliases = sorted(_ALIASES, key=lambda a: ("RN" in a, a))
-    return aliases + [c.name for c in _CARDS.values() if not c.test_only]
+    return aliases + [c.name for c in _CARDS.values() if not c.test_only and c.adapter == "native"]
 
 
 def get_card(name: str) -> ModelCard:
