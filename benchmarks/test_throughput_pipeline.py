@@ -1,0 +1,120 @@
+"""Throughput of the evaluation pipeline around the model: LMDB loading and retrieval scoring.
+
+- Loader: a few hundred photo-sized JPEGs in a Chinese-CLIP LMDB, decoded and preprocessed by the
+  suite's reader with 0 and 2 worker processes, beside the reference's dataset class (which
+  walks an LMDB cursor and so can only run in one process).
+- Scoring at MUGE scale (5,008 texts x 30,588 images, d=512, both directions, with metrics):
+  the suite's matrix product + top-k, beside the reference's top-k scripts (a Python sort of
+  every (text, image) pair), timed on a sample of queries and scaled to the full count.
+"""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qaclip_core.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
+from qaclip_core.eval.retrieval import evaluate_retrieval
+from qaclip_core.transforms import image_transform
+
+N_IMAGES = 256
+MUGE_TEXTS, MUGE_IMAGES, DIM = 5008, 30588, 512
+REFERENCE_SAMPLE = 40  # queries per direction timed for the reference
+
+
+@pytest.fixture(autouse=True)
+def _no_xdist(request):
+    if getattr(request.config, "workerinput", None) is not None:
+        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
+
+
+@pytest.fixture(scope="module")
+def photo_lmdb(tmp_path_factory) -> Path:
+    """An LMDB of 256 JPEG photos of 500x375 (Flickr-like sizes), Chinese-CLIP format."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for i in range(N_IMAGES):
+        base = rng.integers(0, 255, (47, 63, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((500, 375), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        images[1000 + i] = buf.getvalue()
+    texts = [TextRecord(text_id=i, text="一张照片", image_ids=[1000 + i]) for i in range(N_IMAGES)]
+    root = tmp_path_factory.mktemp("photos")
+    folder = write_retrieval_split(root, "Photos", "test", images, texts)
+    return folder / "lmdb" / "test" / "imgs"
+
+
+def _drain(loader) -> int:
+    n = 0
+    for _, batch in loader:
+        n += len(batch)
+    return n
+
+
+@pytest.mark.throughput
+@pytest.mark.parametrize("impl,workers", [("qaclip_core", 0), ("qaclip_core", 2), ("cn_clip", 0)],
+                         ids=["loader-qaclip_core-w0", "loader-qaclip_core-w2", "loader-cn_clip-w0"])
+def test_lmdb_loader(benchmark, photo_lmdb, impl, workers):
+    """Images per second from LMDB bytes to normalised 224x224 tensors."""
+    from torch.utils.data import DataLoader
+
+    if impl == "cn_clip":
+        cn_data = pytest.importorskip("cn_clip.eval.data")
+
+        def run():
+            ds = cn_data.EvalImgDataset(str(photo_lmdb), resolution=224)  # its cursor is single-use
+            try:
+                return _drain(DataLoader(ds, batch_size=32, num_workers=0))
+            finally:
+                ds.env_imgs.close()
+    else:
+        ds = LmdbImages(photo_lmdb, transform=image_transform(224))
+
+        def run():
+            return _drain(DataLoader(ds, batch_size=32, num_workers=workers))
+
+    benchmark.group = "lmdb loader 256 photos"
+    count = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert count == N_IMAGES
+    benchmark.extra_info.update(impl=impl, workers=workers, items_per_s=round(N_IMAGES / benchmark.stats.stats.mean, 1))
+
+
+def _muge_like(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(MUGE_IMAGES, DIM, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(MUGE_TEXTS, DIM, generator=g), dim=1)
+    gt = {t: [int(i) for i in torch.randint(0, MUGE_IMAGES, (1,), generator=g)] for t in range(MUGE_TEXTS)}
+    return list(range(MUGE_IMAGES)), img, list(range(MUGE_TEXTS)), txt, gt
+
+
+def _reference_seconds_per_query(queries: torch.Tensor, keys: torch.Tensor, key_ids: list) -> float:
+    """The reference's per-query step: scores, then a sorted list of (id, score) tuples."""
+    start = time.perf_counter()
+    for q in queries[:REFERENCE_SAMPLE]:
+        scores = (q[None] @ keys.t()).squeeze(0).tolist()
+        sorted(zip(key_ids, scores), key=lambda x: x[1], reverse=True)[:10]
+    return (time.perf_counter() - start) / REFERENCE_SAMPLE
+
+
+@pytest.mark.throughput
+def test_muge_scale_scoring(benchmark):
+    """Both directions of top-10 plus recall at MUGE scale; the reference is sampled and scaled."""
+    image_ids, img, text_ids, txt, gt = _muge_like()
+    benchmark.group = "retrieval scoring MUGE scale"
+    result = benchmark.pedantic(lambda: evaluate_retrieval(image_ids, img, text_ids, txt, gt, k=10),
+                                rounds=2, iterations=1, warmup_rounds=0)
+    assert result.counts["num_texts"] == MUGE_TEXTS
+    ours = benchmark.stats.stats.mean
+    # its image-to-text script ranks every image, captioned or not
+    reference = (_reference_seconds_per_query(txt, img, image_ids) * MUGE_TEXTS
+                 + _reference_seconds_per_query(img, txt, text_ids) * MUGE_IMAGES)
+    benchmark.extra_info.update(
+        impl="qaclip_core", seconds=round(ours, 2), reference_seconds_scaled=round(reference, 1),
+        reference_sample_queries=REFERENCE_SAMPLE, speedup_vs_reference=round(reference / ours, 1),
+    )
