@@ -13,12 +13,15 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
+
+import qaclip_core
 
 from .datasets_util import (
     build_with_reference,
@@ -33,7 +36,7 @@ from .datasets_util import (
 from .reference_models import reference_model, save_reference_checkpoint
 
 ARCH = "ViT-B-16@RoBERTa-wwm-ext-base-chinese"
-CLASSES = ["金毛寻回犬", "虎斑猫", "“咖啡杯”", "Tesla Model 3", "红色的消防车"]
+CLASSES = ["金毛寻回犬", "“咖啡杯”", "Tesla Model 3"]
 NEAR_TIE = 1e-5
 
 
@@ -146,10 +149,24 @@ def test_zeroshot_cli_equals_reference_pipeline(world):
     model = _reference_model(ckpt)
     classifier = ref["zero_shot_classifier"](model, CLASSES, openai_templates, args)
     folder = ImageFolder(str(root / "datasets" / "imagenet" / "test"), transform=image_transform(224))
-    top1, logits = ref["run"](model, classifier, DataLoader(folder, batch_size=4), args)
+    top1, probs = ref["run"](model, classifier, DataLoader(folder, batch_size=4), args)
     ours = _cli("--checkpoint", str(ckpt), "--arch", ARCH, "--dataset", "imagenet", "--data-root", str(root))
     assert "label_cn.txt" in ours["_stderr"]  # warned: not the pinned ImageNet label file
     assert ours["num_images"] == len(folder) and ours["num_classes"] == len(CLASSES)
-    margins = logits.topk(2, dim=1).values
-    if bool(((margins[:, 0] - margins[:, 1]) > 1e-6).all()):
-        assert ours["top1"] == pytest.approx(top1 * 100, abs=1e-9)
+
+    # per image: our prediction (same runner as the CLI) against the reference's
+    from qaclip_core.adapters import NativeEncoder
+    from qaclip_core.data.catalog import get_dataset
+    from qaclip_core.eval.runner import evaluate_card
+
+    encoder = NativeEncoder(qaclip_core.load_checkpoint(ckpt, ARCH), name="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = evaluate_card(encoder, get_dataset("imagenet"), root, progress=False).raw
+    ref_pred, our_pred = probs.argmax(dim=1), raw["logits"].argmax(dim=1)
+    top2 = torch.log(probs).topk(2, dim=1).values  # log-softmax: 100 x cosine, up to a constant
+    for i in (ref_pred != our_pred).nonzero().flatten().tolist():
+        gap = float(top2[i, 0] - top2[i, 1]) / 100
+        assert gap < NEAR_TIE, f"image {i}: class {int(our_pred[i])} vs reference {int(ref_pred[i])}, cosine gap {gap:.2e}"
+    mismatches = int((ref_pred != our_pred).sum())
+    assert abs(ours["top1"] - top1 * 100) <= 100 * mismatches / len(folder) + 1e-9
