@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="split to evaluate (default: the dataset's published split)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    ev.add_argument("--text-batch-size", type=int, default=256, help="texts per batch")
     ev.add_argument("--num-workers", type=int, default=0)
     ev.add_argument("--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
@@ -61,7 +62,8 @@ def _eval(args, shard) -> dict:
     card = get_dataset(args.dataset)
     encoder = _encoder(args)
     out = evaluate_card(
-        encoder, card, args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
+        encoder, card, args.data_root, batch_size=args.batch_size, text_batch_size=args.text_batch_size,
+        num_workers=args.num_workers,
         download=args.download, progress=not args.quiet and shard.is_main, split=args.split, shard=shard,
     )
     if args.dump_predictions and shard.is_main:
