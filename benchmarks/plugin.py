@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import pytest
 
@@ -174,6 +174,7 @@ def pytest_sessionfinish(session):
         config.workeroutput[_WORKER_OUTPUT] = json.dumps([asdict(r) for r in config.stash[_RESULTS_KEY]])
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown when xdist is not installed
 def pytest_testnodedown(node, error):
     # runs on the xdist controller: merge the worker's results into one report
     data = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)

@@ -10,7 +10,7 @@ import torch
 import qaclip_core
 from qaclip_core import CheckpointError, UnknownModelError
 
-from .reference_models import reference_model, save_reference_checkpoint
+from .reference_models import reference_model
 
 ARCH = "RN50@RBT3-chinese"
 
