@@ -71,6 +71,11 @@ def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
     return by_ds
 
 
+def _note(r: CaseResult) -> str:
+    # the table keeps the first clause of a skip reason; the full line is pytest's -rs output
+    return r.status if r.status != "skipped" else f"skipped: {r.reason.split('; ')[0]}"
+
+
 def render_text(results: List[CaseResult]) -> str:
     """Terminal tables, one per dataset, like the seed README's result tables."""
     out = []
@@ -82,8 +87,7 @@ def render_text(results: List[CaseResult]) -> str:
         out.append(f"{'model':<{width}}" + "".join(f"{SHORT.get(c, c):>15}" for c in cols) + "  status")
         for r in rows:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)
-            note = r.status if r.status != "skipped" else f"skipped: {r.reason}"
-            out.append(f"{r.model:<{width}}{cells}  {note}")
+            out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
         out.append("")
     return "\n".join(out)
 
@@ -99,8 +103,7 @@ def render_markdown(results: List[CaseResult]) -> str:
         out.append("| model | " + " | ".join(SHORT.get(c, c) for c in cols) + " | status |")
         out.append("|---|" + "---|" * (len(cols) + 1))
         for r in rows:
-            note = r.status if r.status != "skipped" else f"skipped: {r.reason}"
-            out.append(f"| {r.model} | " + " | ".join(_cell(r, c) for c in cols) + f" | {note} |")
+            out.append(f"| {r.model} | " + " | ".join(_cell(r, c) for c in cols) + f" | {_note(r)} |")
         out.append("")
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"

@@ -81,11 +81,11 @@ def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
     """One line: what is missing, where it was expected, how to get it."""
     folder = dataset_dir(card, data_root)
     if card.kind == "retrieval":
-        need = f"{folder}/lmdb/{card.split}/imgs and {folder}/{card.split}_texts.jsonl"
+        need = f"lmdb/{card.split}/imgs and {card.split}_texts.jsonl"
     else:
-        need = f"{folder}/{card.split}/<class folders>"
+        need = f"{card.split}/<class folders>"
     how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
-    return f"{card.display} not found (expected {need}); {how}"
+    return f"{card.display} not found in {folder} (needs {need}); {how}"
 
 
 def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
