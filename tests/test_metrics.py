@@ -177,6 +177,80 @@ def test_retrieval_equals_reference(tmp_path, kind):
         )
 
 
+def _oracle_retrieval(image_ids, img, text_ids, txt, t2i, k, ks, eps):
+    """Both directions from the full score matrix and stable sorts: the brute-force reference."""
+    scores = torch.from_numpy(txt) @ torch.from_numpy(img).T
+    boundaries = sorted(set(ks) | {k})
+
+    def rank(s, kk):
+        vals, idx = torch.sort(s, dim=1, descending=True, stable=True)
+        near = torch.zeros(len(s), dtype=torch.bool)
+        for r in boundaries:
+            if r < min(kk + 1, s.shape[1]):
+                near |= (vals[:, r - 1] - vals[:, r]) < eps
+        return idx[:, :kk], int(near.sum())
+
+    i2t_gt = {}
+    for t, images in t2i.items():
+        for i in images:
+            i2t_gt.setdefault(i, []).append(t)
+    rows = [r for r, i in enumerate(image_ids) if i in i2t_gt]
+    t2i_idx, t2i_near = rank(scores, min(k, len(image_ids)))
+    i2t_idx, i2t_near = rank(scores.T[rows], min(k, len(text_ids)))
+    t2i_pred = {t: [image_ids[j] for j in row] for t, row in zip(text_ids, t2i_idx.tolist())}
+    i2t_pred = {image_ids[r]: [text_ids[j] for j in row] for r, row in zip(rows, i2t_idx.tolist())}
+    metrics = {}
+    for name, pred, gt in (("t2i", t2i_pred, t2i), ("i2t", i2t_pred, i2t_gt)):
+        fracs = [sum(bool(set(p[:r]) & set(gt[q])) for q, p in pred.items()) * 1.0 / len(pred) for r in ks]
+        metrics.update({f"{name}_r{r}": f * 100 for r, f in zip(ks, fracs)})
+        metrics[f"{name}_mean_recall"] = sum(fracs) / len(ks) * 100
+    return t2i_pred, i2t_pred, metrics, {"t2i": t2i_near, "i2t": i2t_near}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n_img=st.integers(1, 25),
+    n_txt=st.integers(1, 30),
+    d=st.integers(1, 4),
+    k=st.integers(1, 12),
+    chunk=st.sampled_from([None, 1, 2, 3, 4, 7, 11, 1000]),
+    seed=st.integers(0, 2**16),
+)
+def test_evaluate_retrieval_ties_equal_full_sort(n_img, n_txt, d, k, chunk, seed):
+    """Both directions from one chunked pass equal stable sorts of the full matrix, exact ties included."""
+    rng = np.random.default_rng(seed)
+    # few distinct small dyadic values: dot products are exact in any order, so ties are real ties
+    img = rng.integers(-2, 3, size=(n_img, d)).astype(np.float32) / 2
+    txt = rng.integers(-2, 3, size=(n_txt, d)).astype(np.float32) / 2
+    image_ids = [int(i) for i in rng.permutation(10 * n_img)[:n_img]]
+    text_ids = list(range(100, 100 + n_txt))
+    # random ground truth: some images uncaptioned, some texts with several images
+    t2i = {t: sorted({int(i) for i in rng.choice(image_ids, 1 + int(rng.integers(0, 3)))}) for t in text_ids}
+    ks = (1, 5, 10)
+    got = evaluate_retrieval(image_ids, torch.from_numpy(img), text_ids, torch.from_numpy(txt), t2i, k=k,
+                             chunk_size=chunk, ks=ks)
+    t2i_pred, i2t_pred, metrics, near = _oracle_retrieval(image_ids, img, text_ids, txt, t2i, k, ks, 1e-6)
+    assert got.t2i == t2i_pred
+    assert got.i2t == i2t_pred and list(got.i2t) == list(i2t_pred)
+    assert got.metrics["t2i_r1"] == metrics["t2i_r1"] and got.metrics["i2t_r10"] == metrics["i2t_r10"]
+    assert {m: got.metrics[m] for m in metrics} == metrics
+    assert {d: got.near_ties[d] for d in ("t2i", "i2t")} == near
+
+
+def test_evaluate_retrieval_chunking_same_result():
+    """Random float features: every chunk size gives the same predictions, metrics and near ties."""
+    g = torch.Generator().manual_seed(5)
+    img = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(33, 8, generator=g), dim=1)
+    img[9] = img[2]  # duplicate image and text: exact ties in both directions
+    txt[20] = txt[4]
+    t2i = {t: [t % 40, (3 * t) % 40] for t in range(33)}
+    runs = [evaluate_retrieval(list(range(40)), img, list(range(33)), txt, t2i, k=10, chunk_size=c)
+            for c in (None, 1, 4, 7, 32, 33, 34)]
+    for r in runs[1:]:
+        assert (r.t2i, r.i2t, r.metrics, r.near_ties) == (runs[0].t2i, runs[0].i2t, runs[0].metrics, runs[0].near_ties)
+
+
 def test_near_ties_diagnostic():
     keys = torch.tensor([[1.0, 0.0], [1.0 - 4e-7, 0.0], [0.0, 1.0]])  # images 1, 2, 3
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # texts 10, 11, 12

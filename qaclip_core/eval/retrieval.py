@@ -36,22 +36,52 @@ def _rank_chunk(scores: torch.Tensor, k: int, boundaries: Sequence[int], eps: fl
     n_keys = scores.shape[1]
     kk = min(k + 1, n_keys)  # one extra to see the gap after rank k
     vals, idx = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
-    top = vals[:, :k]
-    kth = top[:, -1:]
     # a row is ambiguous when equal scores sit next to each other inside the top k, or when the
-    # k-th score also occurs outside the top k (topk may have picked the wrong one of them)
-    inner = (top[:, 1:] == top[:, :-1]).any(dim=1) if k > 1 else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    outer = (scores == kth).sum(dim=1) > (top == kth).sum(dim=1)
-    ties = inner | outer
+    # k-th score also occurs outside the top k (topk may have picked the wrong one of them); the
+    # values topk returns are exact, so the latter is the case iff the (k+1)-th value equals the k-th
+    ties = (vals[:, 1:] == vals[:, :-1]).any(dim=1) if kk > 1 else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     idx = idx[:, :k].clone()
     if ties.any():
         rows = ties.nonzero().squeeze(1)
         idx[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True)[1][:, :k]
-    near = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    return idx, _near(vals, kk, boundaries, eps)
+
+
+def _near(vals: torch.Tensor, kk: int, boundaries: Sequence[int], eps: float) -> torch.Tensor:
+    """Per row of sorted top-kk values: whether the gap at some rank boundary is below eps."""
+    near = torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
     for r in boundaries:
         if r < kk:
             near |= (vals[:, r - 1] - vals[:, r]) < eps
-    return idx, near
+    return near
+
+
+def _column_candidates(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[m, C] values and row indices of each column's first m = min(k + 1, rows) scores.
+
+    The first min(k, m) rows are exactly the column's top k under (score descending, lower row
+    first) as a set; the last row's value is the (k+1)-th score (its row may be any of a tie).
+    """
+    n_rows = scores.shape[0]
+    m = min(k + 1, n_rows)
+    vals, idx = torch.topk(scores, m, dim=0, largest=True, sorted=True)
+    if m > k:
+        # topk may have picked the wrong ones of equal scores at rank k only if the (k+1)-th
+        # score equals the k-th: re-rank those columns with a stable sort
+        ties = vals[k] == vals[k - 1]
+        if ties.any():
+            cols = ties.nonzero().squeeze(1)
+            sv, si = torch.sort(scores[:, cols], dim=0, descending=True, stable=True)
+            vals[:, cols], idx[:, cols] = sv[:m], si[:m]
+    return vals, idx
+
+
+def _merge_candidates(vals: torch.Tensor, idx: torch.Tensor, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Order each column's candidates by (score descending, lower index first); keep the first ``keep``."""
+    order = torch.argsort(idx, dim=0)  # indices are distinct within a column
+    vals, idx = vals.gather(0, order), idx.gather(0, order)
+    order = torch.sort(vals, dim=0, descending=True, stable=True)[1][:keep]
+    return vals.gather(0, order), idx.gather(0, order)
 
 
 def _rank(
@@ -70,6 +100,48 @@ def _rank(
     if not out_idx:
         return torch.empty(0, k, dtype=torch.long), torch.empty(0, dtype=torch.bool)
     return torch.cat(out_idx), torch.cat(out_near)
+
+
+def _rank_both(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_queries: Sequence[int],
+    k: int,
+    chunk_size: Optional[int],
+    boundaries: Sequence[int],
+    eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank keys for every query, and queries for the keys ``key_queries``, from one pass of products.
+
+    Same result as ``_rank(queries, keys, ...)`` and ``_rank(keys[key_queries], queries, ...)``: each
+    chunk of scores is ranked along its rows, and each chunk's top k + 1 per query column is merged
+    into a running top k + 1 (scores descending, lower index first), so memory stays bounded.
+    """
+    n_q, n_k = queries.shape[0], keys.shape[0]
+    k_rows, k_cols = min(k, n_k), min(k, n_q)
+    keep = min(k_cols + 1, n_q)  # one extra to see the gap after rank k
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ELEMENTS // max(1, n_k))
+    keys_t = keys.t().contiguous()
+    cols = torch.as_tensor(list(key_queries), dtype=torch.long, device=keys.device)
+    every_col = len(cols) == n_k and bool((cols == torch.arange(n_k, device=keys.device)).all())
+    out_idx, out_near = [], []
+    run_vals = torch.empty(0, len(cols), dtype=queries.dtype, device=keys.device)
+    run_idx = torch.empty(0, len(cols), dtype=torch.long, device=keys.device)
+    for start in range(0, n_q, chunk_size):
+        scores = queries[start : start + chunk_size] @ keys_t
+        idx, near = _rank_chunk(scores, k_rows, boundaries, eps)
+        out_idx.append(idx.cpu())
+        out_near.append(near.cpu())
+        if len(cols):
+            cvals, cidx = _column_candidates(scores if every_col else scores[:, cols], k_cols)
+            run_vals, run_idx = _merge_candidates(torch.cat([run_vals, cvals]), torch.cat([run_idx, cidx + start]), keep)
+    if not out_idx:
+        rows_idx, rows_near = torch.empty(0, k_rows, dtype=torch.long), torch.empty(0, dtype=torch.bool)
+    else:
+        rows_idx, rows_near = torch.cat(out_idx), torch.cat(out_near)
+    col_vals, col_idx = run_vals.t(), run_idx.t()
+    return rows_idx, rows_near, col_idx[:, :k_cols].cpu(), _near(col_vals, keep, boundaries, eps).cpu()
 
 
 def topk_desc(
@@ -179,19 +251,19 @@ def evaluate_retrieval(
     txt = txt.to(img.device)
     boundaries = sorted(set(ks) | {k})
 
-    # text -> image: every text queries all images
-    t2i_idx, t2i_near = _rank(txt, img, k, chunk_size, boundaries, near_tie_eps)
-    t2i_pred = np.asarray(image_ids, dtype=np.int64)[t2i_idx.numpy()]
-    t2i_gt = [set(text_to_images[t]) for t in text_ids]
-    t2i_counts = _recall_counts(t2i_pred, t2i_gt, ks)
-
     # image -> text: only images that some text describes are queries (the reference's .tr.jsonl)
     image_to_texts = _inverse(text_to_images)
     query_rows = [row for row, i in enumerate(image_ids) if i in image_to_texts]
     query_ids = [image_ids[row] for row in query_rows]
     if not query_ids:
         raise DatasetError("no image has a caption: nothing to score image-to-text")
-    i2t_idx, i2t_near = _rank(img[query_rows], txt, k, chunk_size, boundaries, near_tie_eps)
+
+    # one pass of text x image products ranks both directions: every text queries all images
+    t2i_idx, t2i_near, i2t_idx, i2t_near = _rank_both(txt, img, query_rows, k, chunk_size, boundaries, near_tie_eps)
+    t2i_pred = np.asarray(image_ids, dtype=np.int64)[t2i_idx.numpy()]
+    t2i_gt = [set(text_to_images[t]) for t in text_ids]
+    t2i_counts = _recall_counts(t2i_pred, t2i_gt, ks)
+
     i2t_pred = np.asarray(text_ids, dtype=np.int64)[i2t_idx.numpy()]
     i2t_counts = _recall_counts(i2t_pred, [set(image_to_texts[i]) for i in query_ids], ks)
 
