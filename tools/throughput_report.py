@@ -11,20 +11,24 @@ from pathlib import Path
 
 
 def ratios(path: Path) -> list:
-    """One row per benchmark group: items/s of each implementation and the speed-up."""
+    """One row per (ours, reference) pair in each group: items/s of each and the speed-up."""
     data = json.loads(path.read_text(encoding="utf-8"))
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         impl = info.get("impl", "qaclip_core")
+        if "workers" in info:
+            impl = f"{impl} w{info['workers']}"
         groups[bench["group"]][impl] = info.get("items_per_s") or (1.0 / bench["stats"]["mean"])
     rows = []
     for group, impls in sorted(groups.items()):
-        ours = impls.pop("qaclip_core", None)
-        for other, theirs in impls.items():
-            rows.append((group, other, ours, theirs, ours / theirs if ours and theirs else None))
-        if not impls:
-            rows.append((group, "-", ours, None, None))
+        ours = {k: v for k, v in impls.items() if k.startswith("qaclip_core")}
+        others = {k: v for k, v in impls.items() if not k.startswith("qaclip_core")}
+        for name, mine in ours.items():
+            for other, theirs in others.items():
+                rows.append((group, f"{name} / {other}", mine, theirs, mine / theirs))
+            if not others:
+                rows.append((group, name, mine, None, None))
     return rows
 
 
@@ -36,13 +40,13 @@ def main() -> None:
     rows = ratios(args.json)
     fmt = lambda v: "-" if v is None else f"{v:,.2f}"  # noqa: E731
     if args.markdown:
-        print("| group | reference | qaclip_core items/s | reference items/s | speed-up |")
+        print("| group | compared | qaclip_core items/s | reference items/s | speed-up |")
         print("|---|---|---|---|---|")
         for g, o, a, b, r in rows:
             print(f"| {g} | {o} | {fmt(a)} | {fmt(b)} | {fmt(r)}x |")
     else:
         for g, o, a, b, r in rows:
-            print(f"{g:<72} {o:>13} {fmt(a):>12} {fmt(b):>12} {fmt(r):>8}x")
+            print(f"{g:<66} {o:>30} {fmt(a):>10} {fmt(b):>10} {fmt(r):>7}x")
 
 
 if __name__ == "__main__":
