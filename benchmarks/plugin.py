@@ -12,14 +12,14 @@ from typing import List, Optional
 
 import pytest
 
-from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, get_dataset
+from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
 from qaclip_core.errors import DownloadError
 from qaclip_core.expected import ExpectedCase, load_expected
 from qaclip_core.registry import ModelCard, get_card
 from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED_DIR = REPO / "expected"
+EXPECTED_DIR = Path(os.environ.get("QACLIP_EXPECTED_DIR", REPO / "expected"))
 CACHE = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
 
 
@@ -114,8 +114,6 @@ class Suite:
         root = self.data_root_for(ds)
         base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
         try:
-            from qaclip_core.data.catalog import ensure_dataset
-
             ensure_dataset(ds, root, download=self.download)
             encoder = self.encoder_for(model_card)
         except (DatasetMissingError, DownloadError, ImportError) as e:
@@ -123,9 +121,13 @@ class Suite:
             self.results.append(CaseResult(status="skipped", reason=reason, **base))
             pytest.skip(reason)
         start = time.perf_counter()
-        out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
-                            download=self.download, progress=False)
-        checks = case.check(out.metrics, self.precision)
+        try:
+            out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
+                                download=self.download, progress=False)
+            checks = case.check(out.metrics, self.precision)
+        except Exception as e:  # recorded so the report lists the case, then raised as the test error
+            self.results.append(CaseResult(status="error", reason=f"{type(e).__name__}: {e}".splitlines()[0], **base))
+            raise
         result = CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
             seconds=round(time.perf_counter() - start, 2), checks=checks, **base,

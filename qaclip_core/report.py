@@ -73,7 +73,9 @@ def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
 
 def _note(r: CaseResult) -> str:
     # the table keeps the first clause of a skip reason; the full line is pytest's -rs output
-    return r.status if r.status != "skipped" else f"skipped: {r.reason.split('; ')[0]}"
+    if r.status == "skipped":
+        return f"skipped: {r.reason.split('; ')[0]}"
+    return f"error: {r.reason}" if r.status == "error" else r.status
 
 
 def render_text(results: List[CaseResult]) -> str:
