@@ -15,12 +15,12 @@ import pytest
 from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
 from qaclip_core.errors import DownloadError
 from qaclip_core.expected import ExpectedCase, load_expected
+from qaclip_core.hub import cache_root
 from qaclip_core.registry import ModelCard, get_card
 from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_DIR = Path(os.environ.get("QACLIP_EXPECTED_DIR", REPO / "expected"))
-CACHE = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
 
 
 def expected_cases(kind: str) -> List[ExpectedCase]:
@@ -41,8 +41,8 @@ class Suite:
 
     def __init__(self, config: pytest.Config):
         opt = config.getoption
-        self.data_root = Path(opt("--data-root") or CACHE / "data").expanduser()
-        self.checkpoint_dir = Path(opt("--checkpoint-dir") or CACHE / "checkpoints").expanduser()
+        self.data_root = Path(opt("--data-root") or cache_root() / "data").expanduser()
+        self.checkpoint_dir = Path(opt("--checkpoint-dir") or cache_root() / "checkpoints").expanduser()
         self.device = _worker_device(config, opt("--device"))
         self.precision = opt("--precision")
         self.batch_size = int(opt("--batch-size"))

@@ -99,9 +99,9 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
 
 
 def _checkpoint_dir(config) -> str:
-    from .plugin import CACHE
+    from qaclip_core.hub import cache_root
 
-    return str(Path(config.getoption("--checkpoint-dir") or CACHE / "checkpoints").expanduser())
+    return str(Path(config.getoption("--checkpoint-dir") or cache_root() / "checkpoints").expanduser())
 
 
 def _info(tower: str, batch: int, precision: str, tf) -> dict:

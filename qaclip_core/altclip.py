@@ -293,11 +293,11 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
     """Folder of the card's transformers-format model (``download_root/<repo name>``), downloading what is missing."""
     from filelock import FileLock
 
-    from .hub import _default_root, _endpoint, _hub_exceptions, _offline, _reason
+    from .hub import cache_root, _endpoint, _hub_exceptions, _offline, _reason
 
     if not card.hub_repo:
         raise DownloadError(f"model {card.name!r} has no hub repo to fetch from")
-    root = Path(download_root).expanduser() if download_root is not None else _default_root()
+    root = Path(download_root).expanduser() if download_root is not None else cache_root()
     local_dir = root / card.hub_repo.split("/")[-1]
     # Once complete, a folder is final: no request per load, and offline runs work.
     if altclip_folder_complete(local_dir):

@@ -38,12 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 def _encoder(args):
     from .adapters import NativeEncoder, fetch_weights, load_encoder
     from .checkpoint import load_checkpoint
-    from .loading import DEFAULT_ROOT
+    from .hub import cache_root
     from .registry import get_card
 
     if args.model:
         card = get_card(args.model)
-        path = fetch_weights(card, download_root=args.checkpoint_dir or DEFAULT_ROOT / "checkpoints")
+        path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
         return load_encoder(card, path, device=args.device, precision=args.precision)
     model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
     return NativeEncoder(model, name=args.checkpoint.name)

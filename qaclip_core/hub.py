@@ -40,7 +40,8 @@ _RETRY_WAIT = 0.5  # seconds, times the number of attempts in a row that brought
 _PUBLIC_HUB = "https://huggingface.co"
 
 
-def _default_root() -> Path:
+def cache_root() -> Path:
+    """The package's cache folder: ``$QACLIP_CACHE`` or ``~/.cache/qaclip`` (read at call time)."""
     return Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip")).expanduser()
 
 
@@ -320,7 +321,7 @@ def fetch_checkpoint(card: ModelCard, download_root: Optional[PathLike] = None, 
             manual_url=card.url,
             endpoint=endpoint,
         )
-    root = Path(download_root).expanduser() if download_root is not None else _default_root()
+    root = Path(download_root).expanduser() if download_root is not None else cache_root()
     if card.url:
         return fetch_url(card.url, root / card.filename, sha256=card.sha256)
     target = root / card.filename

@@ -13,7 +13,6 @@ from .errors import UnknownModelError
 from .registry import available_models, get_card
 from .transforms import image_transform
 
-DEFAULT_ROOT = Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip"))
 
 
 def load_from_name(

@@ -26,6 +26,19 @@ class EvalOutput:
     raw: object = None
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run an evaluation (the same for every dataset kind)."""
+
+    batch_size: int = 64
+    text_batch_size: int = 256
+    num_workers: int = 0
+    download: bool = False
+    progress: bool = True
+    split: Optional[str] = None
+    shard: Shard = SINGLE
+
+
 class _WithIds(torch.utils.data.Dataset):
     """(image, target) items -> (index, image), so ImageFolder fits the image encoder."""
 
@@ -39,30 +52,19 @@ class _WithIds(torch.utils.data.Dataset):
         return i, self.base[i][0]
 
 
-def evaluate_retrieval_card(
-    encoder,
-    card: DatasetCard,
-    data_root: Union[str, Path],
-    batch_size: int = 64,
-    text_batch_size: int = 256,
-    num_workers: int = 0,
-    download: bool = False,
-    progress: bool = True,
-    split: Optional[str] = None,
-    shard: Shard = SINGLE,
-) -> EvalOutput:
+def evaluate_retrieval_card(encoder, card: DatasetCard, data_root: Union[str, Path], opts: EvalOptions) -> EvalOutput:
     """Text-to-image and image-to-text recall of ``encoder`` on a Chinese-CLIP-format dataset."""
     from ..data.retrieval import load_retrieval_split
     from .retrieval import evaluate_retrieval
 
-    ensure_dataset(card, data_root, download=download)
-    split = split or card.split
+    ensure_dataset(card, data_root, download=opts.download)
+    split = opts.split or card.split
     data = load_retrieval_split(dataset_dir(card, data_root).parent, card.dirname, split, transform=encoder.preprocess)
     t0 = time.perf_counter()
-    image_ids, image_feats = encode_image_dataset(encoder, data.images, batch_size, num_workers, progress, f"{card.name} images", shard)
+    image_ids, image_feats = encode_image_dataset(encoder, data.images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t1 = time.perf_counter()
     text_ids = [t.text_id for t in data.texts]
-    text_feats = encode_texts(encoder, [t.text for t in data.texts], text_batch_size, progress, f"{card.name} texts", shard)
+    text_feats = encode_texts(encoder, [t.text for t in data.texts], opts.text_batch_size, opts.progress, f"{card.name} texts", opts.shard)
     t2 = time.perf_counter()
     result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, data.text_to_images, k=10)
     t3 = time.perf_counter()
@@ -72,36 +74,25 @@ def evaluate_retrieval_card(
         metrics=dict(result.metrics),
         counts={"images": len(image_ids), "texts": len(text_ids)},
         seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
-        diagnostics={"near_ties": getattr(result, "near_ties", None)},
+        diagnostics={"near_ties": result.near_ties},
         raw=result,
     )
 
 
-def evaluate_zeroshot_card(
-    encoder,
-    card: DatasetCard,
-    data_root: Union[str, Path],
-    batch_size: int = 64,
-    text_batch_size: int = 256,
-    num_workers: int = 0,
-    download: bool = False,
-    progress: bool = True,
-    split: Optional[str] = None,
-    shard: Shard = SINGLE,
-) -> EvalOutput:
+def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Path], opts: EvalOptions) -> EvalOutput:
     """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
     from ..data.imagenet import ImageNetFolder, read_labels
     from ..data.templates import imagenet_templates
     from .zeroshot import accuracy, build_classifier
 
-    ensure_dataset(card, data_root, download=download)
-    labels_path = ensure_labels(card, data_root, download=download)
+    ensure_dataset(card, data_root, download=opts.download)
+    labels_path = ensure_labels(card, data_root, download=opts.download)
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
-    folder = ImageNetFolder(dataset_dir(card, data_root) / (split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
+    folder = ImageNetFolder(dataset_dir(card, data_root) / (opts.split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
     t0 = time.perf_counter()
-    classifier = build_classifier(encoder, classnames, imagenet_templates(), text_batch_size, progress, shard)
+    classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard)
     t1 = time.perf_counter()
-    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), batch_size, num_workers, progress, f"{card.name} images", shard)
+    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ classifier
@@ -116,10 +107,11 @@ def evaluate_zeroshot_card(
     )
 
 
-def evaluate_card(encoder, card: DatasetCard, data_root: Union[str, Path], **kw) -> EvalOutput:
-    """Dispatch on the dataset kind."""
+def evaluate_card(encoder, card: DatasetCard, data_root: Union[str, Path], **options) -> EvalOutput:
+    """Evaluate ``encoder`` on ``card``; ``options`` are the fields of :class:`EvalOptions`."""
+    opts = EvalOptions(**options)
     if card.kind == "retrieval":
-        return evaluate_retrieval_card(encoder, card, data_root, **kw)
+        return evaluate_retrieval_card(encoder, card, data_root, opts)
     if card.kind == "zeroshot":
-        return evaluate_zeroshot_card(encoder, card, data_root, **kw)
+        return evaluate_zeroshot_card(encoder, card, data_root, opts)
     raise ValueError(f"dataset {card.name}: unknown kind {card.kind!r}")
