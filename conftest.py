@@ -10,7 +10,7 @@ OPTIONS = [
     ("--device", "QACLIP_DEVICE", "auto", "cpu, cuda, cuda:N or auto (CUDA when available)"),
     ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
-    ("--num-workers", "QACLIP_NUM_WORKERS", "0", "image-decoding worker processes"),
+    ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
 ]
 

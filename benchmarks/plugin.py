@@ -13,6 +13,7 @@ from typing import List, Optional
 import pytest
 
 from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
+from qaclip_core.data.loader import resolve_workers
 from qaclip_core.errors import DownloadError
 from qaclip_core.expected import ExpectedCase, load_expected
 from qaclip_core.hub import cache_root
@@ -46,7 +47,7 @@ class Suite:
         self.device = _worker_device(config, opt("--device"))
         self.precision = opt("--precision")
         self.batch_size = int(opt("--batch-size"))
-        self.num_workers = int(opt("--num-workers"))
+        self.num_workers = resolve_workers(opt("--num-workers"))
         self.download = bool(opt("--download"))
         self.results: List[CaseResult] = config.stash[_RESULTS_KEY]
         self._encoder_key: Optional[tuple] = None

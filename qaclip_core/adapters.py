@@ -46,7 +46,8 @@ class NativeEncoder:
         self.model = model.eval()
         self.name = name
         self.context_length = context_length
-        self._preprocess = image_transform(model.image_size)
+        # the transform object itself (not a method wrapping it), so loaders can use its ``into``
+        self.preprocess = image_transform(model.image_size)
 
     @property
     def device(self) -> torch.device:
@@ -57,10 +58,6 @@ class NativeEncoder:
     def dtype(self) -> torch.dtype:
         """Dtype of the weights."""
         return self.model.dtype
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """The reference image transform at the model's resolution."""
-        return self._preprocess(image)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Lower-case, normalise quotes, WordPiece: what the evaluation scripts feed the model."""

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .data.loader import resolve_workers
 from .errors import QAClipError
+
+
+def _workers(value: str) -> int:
+    try:
+        return resolve_workers(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ev.add_argument("--batch-size", type=int, default=64, help="images per batch")
     ev.add_argument("--text-batch-size", type=int, default=256, help="texts per batch")
-    ev.add_argument("--num-workers", type=int, default=0)
+    ev.add_argument("--num-workers", type=_workers, default="auto", help="image-decoding threads (default auto: one per core, at most 8)")
     ev.add_argument("--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
     ev.add_argument("--json", action="store_true", help="print one JSON object")

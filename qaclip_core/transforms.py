@@ -1,8 +1,7 @@
 """Image preprocessing: the reference's squash-resize, RGB conversion and CLIP normalisation."""
 from __future__ import annotations
 
-from typing import Callable
-
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor
@@ -16,17 +15,43 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def image_transform(image_size: int = 224) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised [3, R, R] tensor.
+class ClipImageTransform(Compose):
+    """The reference transform as a torchvision ``Compose``, plus :meth:`into` for batch loaders.
 
     The order matters for parity: the reference resizes (bicubic, no crop) *before* converting
     to RGB, which for palette and 1-bit images means PIL's nearest-neighbour resize.
     """
-    return Compose(
-        [
-            Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
-            to_rgb,
-            ToTensor(),
-            Normalize(MEAN, STD),
-        ]
-    )
+
+    def __init__(self, image_size: int = 224):
+        self.image_size = image_size
+        self.resize = Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
+        self.normalize = Normalize(MEAN, STD)
+        super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])
+        # the same float32 constants and the same three rounded operations as ToTensor + Normalize
+        self._mean = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+
+    @property
+    def output_shape(self) -> tuple:
+        """Shape of one transformed image."""
+        return (3, self.image_size, self.image_size)
+
+    def into(self, image: Image.Image, out: torch.Tensor) -> torch.Tensor:
+        """Write the transform of ``image`` into ``out`` (a float32 CPU slot of a batch), bit-equal to ``self(image)``.
+
+        Loaders call this from worker threads: PIL and NumPy release the GIL, writing in place
+        saves the intermediate tensors and the final stack, and NumPy (unlike torch) runs the
+        arithmetic in the calling thread instead of starting a thread team per worker.
+        """
+        rgb = to_rgb(self.resize(image))
+        slot = out.numpy()
+        np.copyto(slot, np.asarray(rgb).transpose(2, 0, 1), casting="unsafe")
+        np.divide(slot, np.float32(255), out=slot)
+        np.subtract(slot, self._mean, out=slot)
+        np.divide(slot, self._std, out=slot)
+        return out
+
+
+def image_transform(image_size: int = 224) -> ClipImageTransform:
+    """PIL image -> normalised [3, R, R] tensor, as the reference preprocesses."""
+    return ClipImageTransform(image_size)

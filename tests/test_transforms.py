@@ -58,3 +58,32 @@ def test_equal_to_reference(name, size):
 def test_real_images_equal_to_reference():
     for img in real_images():
         assert torch.equal(image_transform(224)(img), ref_transform(224)(img))
+
+
+def test_into_equals_call_for_every_pixel_value():
+    """The slot writer is elementwise in (value, channel): all 256 x 3 inputs decide it."""
+    values = np.arange(256, dtype=np.uint8)
+    img = Image.fromarray(np.stack([np.tile(values, (256, 1))] * 3, axis=-1).copy())  # 256x256, every value per channel
+    for size in (256, 224):  # 256: no resampling, every value reaches the tensor stage
+        transform = image_transform(size)
+        out = torch.full((2, 3, size, size), float("nan"))
+        transform.into(img, out[1])
+        assert torch.equal(out[1], transform(img))
+        assert torch.isnan(out[0]).all()  # only its own slot is written
+
+
+@pytest.mark.parametrize("name", sorted(_cases()))
+def test_into_equals_reference(name):
+    img = _cases()[name]
+    out = torch.empty(3, 224, 224)
+    image_transform(224).into(img.copy(), out)
+    assert torch.equal(out, ref_transform(224)(img.copy()))
+
+
+def test_transform_is_a_compose():
+    """Users of the seed API may inspect ``preprocess.transforms``."""
+    from torchvision.transforms import Compose
+
+    transform = image_transform(336)
+    assert isinstance(transform, Compose) and len(transform.transforms) == 4
+    assert transform.output_shape == (3, 336, 336)

@@ -6,9 +6,10 @@ import warnings
 from typing import Callable, List, Sequence, Tuple
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..data.loader import ImageBatchLoader
 from ..distributed import SINGLE, Shard, gather_indexed
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,6 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
-def _collate(batch):
-    ids, images = zip(*batch)
-    return list(ids), torch.stack(images)
-
-
 def encode_image_dataset(
     encoder,
     dataset: Dataset,
@@ -61,18 +57,13 @@ def encode_image_dataset(
 ) -> Tuple[List[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
 
-    Under torchrun each rank encodes its share of the batches and all ranks receive everything.
+    ``num_workers`` threads decode images (see :mod:`qaclip_core.data.loader`). Under torchrun
+    each rank encodes its share of the batches and all ranks receive everything.
     """
     cuda = encoder.device.type == "cuda"
-    batches = list(BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False))
+    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
     mine = shard.mine(batches)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=[b for _, b in mine],
-        num_workers=num_workers,
-        pin_memory=cuda,
-        collate_fn=_collate,
-    )
+    loader = ImageBatchLoader(dataset, [b for _, b in mine], num_workers=num_workers, pin_memory=cuda)
     state = {"size": batch_size}
     local = []
     for (index, _), (batch_ids, images) in zip(mine, tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress)):

@@ -40,10 +40,19 @@ class EvalOptions:
 
 
 class _WithIds(torch.utils.data.Dataset):
-    """(image, target) items -> (index, image), so ImageFolder fits the image encoder."""
+    """(image, target) items -> (index, image), so ImageFolder fits the image encoder and its loader."""
 
     def __init__(self, base):
         self.base = base
+        self.transform = base.transform
+
+    def item_id(self, i: int) -> int:
+        """Items are numbered by their place in the folder."""
+        return i
+
+    def load_image(self, i: int):
+        """The image before the transform (the folder's loader has converted it to RGB)."""
+        return self.base.loader(self.base.samples[i][0])
 
     def __len__(self) -> int:
         return len(self.base)

@@ -1,0 +1,140 @@
+"""Batches of preprocessed images, decoded by a pool of threads straight into each batch's buffer.
+
+Why threads and not ``DataLoader`` worker processes: PIL decodes and resizes with the GIL
+released, so threads decode in parallel; and a thread writes its image into its slot of the
+batch, where a process has to send a float tensor through shared memory to the main process.
+On two cores that transfer cost a fifth of the throughput (see the loader benchmark in
+``benchmarks/test_throughput_pipeline.py``, which times both).
+
+Datasets with ``load_image(i)``, ``item_id(i)`` and a ``transform`` that has ``into`` (see
+:class:`qaclip_core.transforms.ClipImageTransform`) take that path; any other dataset of
+``(id, tensor)`` items is read with ``dataset[i]`` in the same threads and stacked.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+Batch = Tuple[List[int], torch.Tensor]
+
+
+def resolve_workers(value: Any) -> int:
+    """``"auto"`` (or ``None``) -> one decode thread per usable core, at most 8; else the integer given."""
+    if value is None or str(value).strip().lower() == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(8, cores)
+    try:
+        workers = int(value)
+    except ValueError:
+        raise ValueError(f"number of decode workers must be 'auto' or an integer >= 0, got {value!r}") from None
+    if workers < 0:
+        raise ValueError(f"number of decode workers must be 'auto' or an integer >= 0, got {value!r}")
+    return workers
+
+
+def writes_into_slots(dataset: Any) -> bool:
+    """Whether ``dataset`` can decode item ``i`` straight into a batch slot."""
+    transform = getattr(dataset, "transform", None)
+    return all(hasattr(dataset, name) for name in ("load_image", "item_id")) and hasattr(transform, "into") and hasattr(transform, "output_shape")
+
+
+class _Pending:
+    """One batch being decoded: its ids, its buffer (slot path) and one future per chunk of images."""
+
+    def __init__(self, ids: List[int], buffer: Optional[torch.Tensor], jobs: List[Callable[[], list]], submit: Callable):
+        self.ids = ids
+        self.buffer = buffer
+        self.futures: List[Future] = [submit(job) for job in jobs]
+
+    def result(self, pin_memory: bool) -> Batch:
+        items = [item for f in self.futures for item in f.result()]  # re-raises a worker's error, which names the item
+        if self.buffer is not None:
+            return self.ids, self.buffer
+        ids, images = zip(*items)
+        stacked = torch.stack(images)
+        return [int(i) for i in ids], stacked.pin_memory() if pin_memory else stacked
+
+
+class _Inline:
+    """A stand-in executor for ``num_workers=0``: runs each job when it is submitted."""
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(job())
+        except BaseException as e:  # delivered by result(), as a thread pool would
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Nothing runs in the background."""
+
+
+class ImageBatchLoader:
+    """Iterate ``(ids, images)`` over ``batches`` (lists of dataset indices), in order.
+
+    ``num_workers`` threads decode; ``0`` decodes in the calling thread when a batch is due.
+    Up to ``prefetch`` batches are decoded ahead of the one being consumed, so decoding
+    overlaps the model. ``pin_memory`` puts batches in page-locked memory for non-blocking
+    copies to a GPU.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batches: Sequence[Sequence[int]],
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch: int = 2,
+    ):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.dataset = dataset
+        self.batches = [list(b) for b in batches]
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch = max(1, prefetch) if num_workers else 0
+        self.into_slots = writes_into_slots(dataset)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _start(self, indices: List[int], submit: Callable) -> _Pending:
+        ds = self.dataset
+        # one job per worker and batch: fewer hand-offs than one per image, and the batches
+        # prefetched behind it keep every worker busy when one chunk is slower
+        size = -(-len(indices) // max(1, self.num_workers))
+        chunks = [list(enumerate(indices))[start : start + size] for start in range(0, len(indices), size)]
+        if not self.into_slots:
+            return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
+        buffer = torch.empty((len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory)
+
+        def fill(chunk: List[Tuple[int, int]]) -> list:
+            for slot, i in chunk:
+                ds.transform.into(ds.load_image(i), buffer[slot])
+            return []
+
+        return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
+
+    def __iter__(self) -> Iterator[Batch]:
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode") if self.num_workers else _Inline()
+        pending: Deque[_Pending] = deque()
+        upcoming = iter(self.batches)
+        try:
+            while True:
+                while len(pending) <= self.prefetch:
+                    indices = next(upcoming, None)
+                    if indices is None:
+                        break
+                    pending.append(self._start(indices, pool.submit))
+                if not pending:
+                    return
+                yield pending.popleft().result(self.pin_memory)
+        finally:
+            # on an error or an abandoned iteration, drop queued work and let running jobs end
+            # before their buffers are released
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,122 @@
+"""The threaded batch loader: the same ids and bit-equal tensors as a plain DataLoader, in any worker count."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from qaclip_core.data.imagenet import ImageNetFolder
+from qaclip_core.data.loader import ImageBatchLoader, resolve_workers, writes_into_slots
+from qaclip_core.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
+from qaclip_core.errors import DatasetError
+from qaclip_core.eval.runner import _WithIds
+from qaclip_core.transforms import image_transform
+
+from .datasets_util import IMAGE_IDS, make_imagenet, sample_images
+
+RES = 40
+BATCHES = [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13], [14, 15, 16, 17, 18, 19, 20], [21, 22, 23, 24]]
+
+
+@pytest.fixture(scope="module")
+def lmdb_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    texts = [TextRecord(text_id=i, text="一张图片", image_ids=[i]) for i in IMAGE_IDS]
+    folder = write_retrieval_split(root, "Loader-CN", "test", sample_images(), texts)
+    return LmdbImages(folder / "lmdb" / "test" / "imgs", image_transform(RES))
+
+
+def _plain(dataset, batches):
+    """What torch's DataLoader makes of the same batches: the baseline."""
+    out = []
+    for batch in DataLoader(dataset, batch_sampler=batches, num_workers=0):
+        ids, images = batch
+        out.append(([int(i) for i in ids], images))
+    return out
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for (ids, images), (want_ids, want_images) in zip(got, want):
+        assert ids == want_ids
+        assert images.dtype == torch.float32 and images.is_contiguous()
+        assert torch.equal(images, want_images)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_lmdb_slots_equal_dataloader(lmdb_images, workers):
+    assert writes_into_slots(lmdb_images)
+    _assert_same(list(ImageBatchLoader(lmdb_images, BATCHES, num_workers=workers)), _plain(lmdb_images, BATCHES))
+
+
+def test_batches_in_the_order_given(lmdb_images):
+    """A torchrun rank gets every world-th batch; the loader keeps whatever order it is handed."""
+    batches = [[20, 3], [9], [0, 24, 12, 1]]
+    _assert_same(list(ImageBatchLoader(lmdb_images, batches, num_workers=2, prefetch=1)), _plain(lmdb_images, batches))
+
+
+def test_datasets_without_slots_are_stacked(lmdb_images):
+    class Items:
+        """(id, tensor) items only, as a foreign encoder's dataset gives them."""
+
+        def __len__(self):
+            return len(lmdb_images)
+
+        def __getitem__(self, i):
+            return lmdb_images[i]
+
+    assert not writes_into_slots(Items())
+    for workers in (0, 2):
+        _assert_same(list(ImageBatchLoader(Items(), BATCHES, num_workers=workers)), _plain(lmdb_images, BATCHES))
+
+
+def test_imagenet_folder_slots_equal_its_items(tmp_path):
+    folder = make_imagenet(tmp_path, ["n01", "n02", "n03"], per_class=3)
+    data = _WithIds(ImageNetFolder(folder, transform=image_transform(RES)))
+    assert writes_into_slots(data)
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    _assert_same(list(ImageBatchLoader(data, batches, num_workers=2)), _plain(data, batches))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_image_names_its_id_and_stops_cleanly(tmp_path, workers):
+    images = sample_images()
+    images[IMAGE_IDS[5]] = images[IMAGE_IDS[5]][:60]  # truncated
+    texts = [TextRecord(text_id=i, text="图", image_ids=[i]) for i in IMAGE_IDS]
+    folder = write_retrieval_split(tmp_path, "Bad-CN", "test", images, texts)
+    data = LmdbImages(folder / "lmdb" / "test" / "imgs", image_transform(RES))
+    bad_index = data.ids.index(IMAGE_IDS[5])
+    batches = [list(range(i, min(i + 4, len(data)))) for i in range(0, len(data), 4)]
+    before = threading.active_count()
+    seen = []
+    with pytest.raises(DatasetError, match=f"image id {IMAGE_IDS[5]} cannot be decoded as an image"):
+        for ids, _ in ImageBatchLoader(data, batches, num_workers=workers):
+            seen.extend(ids)
+    assert seen == data.ids[: bad_index // 4 * 4]  # every batch before the bad one arrived
+    assert threading.active_count() == before  # no decode thread is left behind
+
+
+def test_abandoned_iteration_stops_its_threads(lmdb_images):
+    before = threading.active_count()
+    iterator = iter(ImageBatchLoader(lmdb_images, BATCHES, num_workers=3))
+    next(iterator)
+    iterator.close()
+    assert threading.active_count() == before
+
+
+def test_empty_and_one_item(lmdb_images):
+    assert list(ImageBatchLoader(lmdb_images, [], num_workers=2)) == []
+    [(ids, images)] = list(ImageBatchLoader(lmdb_images, [[3]], num_workers=2))
+    assert ids == [lmdb_images.ids[3]] and images.shape == (1, 3, RES, RES)
+
+
+def test_resolve_workers():
+    assert resolve_workers(3) == 3 and resolve_workers("0") == 0
+    assert 1 <= resolve_workers("auto") <= 8 and resolve_workers(None) == resolve_workers("AUTO")
+    for bad in ("-1", "two", -2):
+        with pytest.raises(ValueError, match="'auto' or an integer >= 0"):
+            resolve_workers(bad)
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        ImageBatchLoader([], [], num_workers=-1)
