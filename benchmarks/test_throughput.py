@@ -19,6 +19,7 @@ from .throughput_support import (
     device_name,
     device_precisions,
     models,
+    nominal_image_gflops,
     realistic_captions,
     rounds_for,
     timed_call,
@@ -77,8 +78,11 @@ def test_encode_image(benchmark, arch, device, precision, batch, impl):
     res = model.visual.input_resolution
     images = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device, model.dtype)
     benchmark.group = f"encode_image {arch} {precision} b{batch} {device}"
+    gflops = nominal_image_gflops(arch)
     _run(benchmark, lambda: model.encode_image(images), device, batch,
-         {"tower": "image", "arch": arch, "batch": batch, "precision": precision, "impl": impl})
+         {"tower": "image", "arch": arch, "batch": batch, "precision": precision, "impl": impl,
+          "device": device, "nominal_gflops_per_item": round(gflops, 2)})
+    benchmark.extra_info["achieved_tflops"] = round(benchmark.extra_info["items_per_s"] * gflops / 1e3, 2)
 
 
 @pytest.mark.throughput
@@ -89,5 +93,19 @@ def test_encode_text(benchmark, arch, device, precision, batch, impl):
     tokens = tokenize(realistic_captions(batch)).to(device)
     benchmark.group = f"encode_text {arch} {precision} b{batch} {device}"
     _run(benchmark, lambda: model.encode_text(tokens), device, batch,
-         {"tower": "text", "arch": arch, "batch": batch, "precision": precision, "impl": impl,
+         {"tower": "text", "arch": arch, "batch": batch, "precision": precision, "impl": impl, "device": device,
           "mean_tokens": round(float((tokens != 0).sum(1).float().mean()), 1)})
+
+
+@pytest.mark.throughput
+@pytest.mark.parametrize("device,precision", device_precisions(), ids=[f"{d}-{p}" for d, p in device_precisions()])
+def test_matmul_peak(benchmark, device, precision):
+    """The dense matrix-product rate of this device and precision: the measured FLOP bound of the run."""
+    from qaclip_core.checkpoint import resolve_dtype
+
+    n = 8192 if device == "cuda" else 1024
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device, resolve_dtype(precision)) for _ in range(2))
+    benchmark.group = f"matmul peak {precision} {device}"
+    _run(benchmark, lambda: a @ b, device, 1, {"impl": "torch matmul", "n": n, "precision": precision, "device": device})
+    benchmark.extra_info["achieved_tflops"] = round(2 * n**3 / benchmark.stats.stats.mean / 1e12, 2)

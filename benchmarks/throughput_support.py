@@ -94,6 +94,26 @@ def models(arch: str, device: str, precision: str):
     return _models(arch, device, precision)
 
 
+@lru_cache(maxsize=None)
+def nominal_image_gflops(arch: str) -> float:
+    """GFLOPs of one image through the vision tower computing every token (as the reference does).
+
+    Counted by torch's FlopCounterMode on the meta device (shapes only, no work): ViT-B/16 gives
+    35.1 and ViT-L/14 162.0, the figures of the FLOP bound in DESIGN.md section 5. Our fast
+    paths skip part of the last layer, so the bound they are held to is the nominal one.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from qaclip_core.model.clip import create_model
+
+    with torch.device("meta"):
+        model = create_model(arch).eval().use_fast_paths(False)
+        images = torch.zeros(1, 3, model.image_size, model.image_size)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.encode_image(images)
+    return counter.get_total_flops() / 1e9
+
+
 def device_name(device: str) -> str:
     """Human-readable device name for benchmark records."""
     if device == "cuda":

@@ -34,6 +34,20 @@ class CLIP(nn.Module):
         nn.init.normal_(self.text_projection, std=arch.text.hidden_size**-0.5)
         self.text_fast_path = True
 
+    def use_fast_paths(self, enabled: bool = True) -> "CLIP":
+        """Switch the exact shortcuts (packed text, token-0-only last vision layer) on or off.
+
+        Off, the model computes every token as the reference does: the features agree within
+        float rounding (tested), only the work differs. Returns the model.
+        """
+        self.text_fast_path = enabled
+        pool = getattr(self.visual, "attnpool", None)
+        if pool is not None:
+            pool.first_query_only = enabled
+        else:
+            self.visual.first_token_only = enabled
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights (inputs are cast to it)."""

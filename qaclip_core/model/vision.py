@@ -81,6 +81,7 @@ class AttentionPool2d(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.c_proj = nn.Linear(embed_dim, output_dim)
         self.num_heads = heads
+        self.first_query_only = True  # False: every query, as the reference computes (same output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool [N, C, H, W] to [N, output_dim]."""
@@ -90,10 +91,11 @@ class AttentionPool2d(nn.Module):
         x = x + self.positional_embedding.to(x.dtype)
         h, d = self.num_heads, c // self.num_heads
         # Only the first token's output is kept, so only its query is computed.
-        q = self.q_proj(x[:, :1]).view(n, 1, h, d).transpose(1, 2)
+        queries = x[:, :1] if self.first_query_only else x
+        q = self.q_proj(queries).view(n, -1, h, d).transpose(1, 2)
         k = self.k_proj(x).view(n, -1, h, d).transpose(1, 2)
         v = self.v_proj(x).view(n, -1, h, d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)[:, :, :1]
         return self.c_proj(out.transpose(1, 2).reshape(n, c))
 
 
@@ -222,13 +224,14 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = LayerNormFp32(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.first_token_only = True  # False: the last block computes every token, as the reference does
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode [N, 3, R, R] images to [N, output_dim]."""
         x = self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x), first_token_only=True)
+        x = self.transformer(self.ln_pre(x), first_token_only=self.first_token_only)
         return self.ln_post(x[:, 0]) @ self.proj
 
 
