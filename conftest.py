@@ -14,17 +14,23 @@ OPTIONS = [
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
 ]
 
+FLAGS = [
+    # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
+    ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN and label_cn.txt when missing"),
+    ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
+]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("qaclip", "QA-CLIP reproduction suite")
     for flag, env, default, help_text in OPTIONS:
         group.addoption(flag, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
-    group.addoption(
-        "--download",
-        action="store_true",
-        default=os.environ.get("QACLIP_DOWNLOAD", "") not in ("", "0", "false", "no"),
-        help="also download MUGE, Flickr30K-CN and label_cn.txt when missing [env QACLIP_DOWNLOAD=1]",
-    )
+    for flag, env, help_text in FLAGS:
+        group.addoption(flag, action="store_true", default=_env_flag(env), help=f"{help_text} [env {env}=1]")
 
 
 pytest_plugins = ["benchmarks.plugin"]

@@ -49,6 +49,7 @@ class Suite:
         self.batch_size = int(opt("--batch-size"))
         self.num_workers = resolve_workers(opt("--num-workers"))
         self.download = bool(opt("--download"))
+        self.compile = bool(opt("--compile"))
         self.results: List[CaseResult] = config.stash[_RESULTS_KEY]
         self._encoder_key: Optional[tuple] = None
         self._encoder = None
@@ -97,11 +98,11 @@ class Suite:
         """The encoder of ``card``; the previous one is released so only one model is in memory."""
         from qaclip_core.adapters import load_encoder
 
-        key = (card.name, self.device, self.precision)
+        key = (card.name, self.device, self.precision, self.compile)
         if key != self._encoder_key:
             self._encoder = None
             path = self.checkpoint_for(card)
-            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision)
+            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile)
             self._encoder_key = key
         return self._encoder
 

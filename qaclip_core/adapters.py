@@ -5,6 +5,7 @@ evaluates every model with the same data, metrics and timing code.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -42,10 +43,14 @@ class Encoder(Protocol):
 class NativeEncoder:
     """A ``qaclip_core`` CLIP model behind the :class:`Encoder` interface."""
 
-    def __init__(self, model: CLIP, name: str = "model", context_length: int = 52):
+    def __init__(self, model: CLIP, name: str = "model", context_length: int = 52, compile: bool = False):
         self.model = model.eval()
         self.name = name
         self.context_length = context_length
+        # torch.compile of the vision tower only: its shapes are fixed by the batch size, while
+        # the packed text path has data-dependent shapes that would recompile for every batch
+        self._visual = torch.compile(model.visual) if compile else model.visual
+        self.compiled = compile
         # the transform object itself (not a method wrapping it), so loaders can use its ``into``
         self.preprocess = image_transform(model.image_size)
 
@@ -66,7 +71,7 @@ class NativeEncoder:
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image features [N, D] in the model's dtype."""
-        return self.model.encode_image(images.to(self.device, non_blocking=True))
+        return self._visual(images.to(self.device, non_blocking=True))
 
     @torch.inference_mode()
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -90,11 +95,17 @@ def load_encoder(
     checkpoint: Union[str, Path],
     device: Union[str, torch.device] = "auto",
     precision: str = "fp32",
+    compile: bool = False,
 ) -> Encoder:
-    """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface."""
+    """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface.
+
+    ``compile`` runs the vision tower through ``torch.compile`` (native models only).
+    """
     if card.adapter == "altclip":
         from .altclip import AltCLIPEncoder  # optional dependency: transformers
 
+        if compile:
+            warnings.warn(f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=2)
         return AltCLIPEncoder.from_pretrained(checkpoint, name=card.name, device=device, precision=precision)
     model = load_checkpoint(checkpoint, card.arch, device=resolve_device(device), precision=resolve_dtype(precision))
-    return NativeEncoder(model, name=card.name)
+    return NativeEncoder(model, name=card.name, compile=compile)

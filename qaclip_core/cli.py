@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--dump-predictions", type=Path, metavar="DIR", help="write predictions in the reference's jsonl format")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
     sub.add_parser("models", help="list registry names")
     return p
 
@@ -52,9 +53,9 @@ def _encoder(args):
     if args.model:
         card = get_card(args.model)
         path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
-        return load_encoder(card, path, device=args.device, precision=args.precision)
+        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile)
     model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
-    return NativeEncoder(model, name=args.checkpoint.name)
+    return NativeEncoder(model, name=args.checkpoint.name, compile=args.compile)
 
 
 def _device(name: str):

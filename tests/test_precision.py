@@ -51,6 +51,40 @@ def test_fast_text_path_equals_plain_path(fp32_model):
     assert (fast - plain).abs().max() <= 1e-5
 
 
+def test_fast_vision_path_equals_plain_path(fp32_model):
+    """Token 0 only in the last ViT block / attention pool changes the work, not the features."""
+    images = torch.stack([qaclip_core.image_transform(224)(im) for im in real_images()])
+    with torch.no_grad():
+        fast = fp32_model.encode_image(images)
+        fp32_model.use_fast_paths(False)
+        try:
+            plain = fp32_model.encode_image(images)
+        finally:
+            fp32_model.use_fast_paths(True)
+    fast, plain = (x / x.norm(dim=-1, keepdim=True) for x in (fast, plain))
+    assert (fast - plain).abs().max() <= 1e-5
+
+
+def test_compiled_vision_tower_equals_eager():
+    """--compile: torch.compile of the vision tower, across batch sizes (the last batch is smaller)."""
+    import os
+    import shutil
+
+    from qaclip_core.adapters import NativeEncoder
+
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (g++ or clang++), and none is installed")
+    torch.manual_seed(0)
+    model = qaclip_core.create_model("ViT-fixture@BERT-fixture")
+    images = [(i, qaclip_core.image_transform(model.image_size)(im)) for i, im in enumerate(real_images() * 3)]
+    eager_ids, eager = encode_image_dataset(NativeEncoder(model), images, batch_size=4, progress=False)
+    compiled = NativeEncoder(model, compile=True)
+    assert compiled.compiled
+    ids, feats = encode_image_dataset(compiled, images, batch_size=4, progress=False)
+    assert ids == eager_ids and len(images) % 4 != 0
+    assert (feats - eager).abs().max() <= 1e-5
+
+
 class _OomEncoder:
     """Raises CUDA-style out-of-memory above a batch size; otherwise a fixed projection."""
 
