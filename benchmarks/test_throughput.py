@@ -113,7 +113,7 @@ def test_matmul_peak(benchmark, device, precision):
     """The dense matrix-product rate of this device and precision: the measured FLOP bound of the run."""
     from qaclip_core.checkpoint import resolve_dtype
 
-    n = 8192 if device == "cuda" else 1024
+    n = 8192 if device == "cuda" else 2048
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(device, resolve_dtype(precision)) for _ in range(2))
     benchmark.group = f"matmul peak {precision} {device}"

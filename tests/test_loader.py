@@ -120,3 +120,5 @@ def test_resolve_workers():
             resolve_workers(bad)
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         ImageBatchLoader([], [], num_workers=-1)
+    with pytest.raises(ValueError, match="batch 1 is empty"):
+        ImageBatchLoader([], [[0], []])

@@ -3,8 +3,8 @@
 Why threads and not ``DataLoader`` worker processes: PIL decodes and resizes with the GIL
 released, so threads decode in parallel; and a thread writes its image into its slot of the
 batch, where a process has to send a float tensor through shared memory to the main process.
-On two cores that transfer cost a fifth of the throughput (see the loader benchmark in
-``benchmarks/test_throughput_pipeline.py``, which times both).
+On two cores the process design was about a fifth slower (the loader benchmark in
+``benchmarks/test_throughput_pipeline.py`` times both).
 
 Datasets with ``load_image(i)``, ``item_id(i)`` and a ``transform`` that has ``into`` (see
 :class:`qaclip_core.transforms.ClipImageTransform`) take that path; any other dataset of
@@ -39,7 +39,7 @@ def resolve_workers(value: Any) -> int:
 def writes_into_slots(dataset: Any) -> bool:
     """Whether ``dataset`` can decode item ``i`` straight into a batch slot."""
     transform = getattr(dataset, "transform", None)
-    return all(hasattr(dataset, name) for name in ("load_image", "item_id")) and hasattr(transform, "into") and hasattr(transform, "output_shape")
+    return all(hasattr(dataset, n) for n in ("load_image", "item_id")) and all(hasattr(transform, n) for n in ("into", "output_shape"))
 
 
 class _Pending:
@@ -93,8 +93,10 @@ class ImageBatchLoader:
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.dataset = dataset
         self.batches = [list(b) for b in batches]
+        if any(not b for b in self.batches):
+            raise ValueError(f"batch {next(k for k, b in enumerate(self.batches) if not b)} is empty; every batch needs an index")
+        self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.prefetch = max(1, prefetch) if num_workers else 0
@@ -108,7 +110,8 @@ class ImageBatchLoader:
         # one job per worker and batch: fewer hand-offs than one per image, and the batches
         # prefetched behind it keep every worker busy when one chunk is slower
         size = -(-len(indices) // max(1, self.num_workers))
-        chunks = [list(enumerate(indices))[start : start + size] for start in range(0, len(indices), size)]
+        slots = list(enumerate(indices))
+        chunks = [slots[start : start + size] for start in range(0, len(slots), size)]
         if not self.into_slots:
             return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
         buffer = torch.empty((len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory)
