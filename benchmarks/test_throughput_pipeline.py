@@ -4,6 +4,8 @@
   suite's loader with 0 and 2 decode threads, beside the reference's dataset class (which walks
   an LMDB cursor and so can only run in one process), and beside torch's DataLoader with 2
   worker processes over the same dataset (the alternative the suite's loader was chosen over).
+- Features: the same photos to L2-normalised features through the fixture-sized model, the
+  suite's encode_image_dataset beside the reference's dataset + DataLoader + normalisation.
 - Scoring at MUGE scale (5,008 texts x 30,588 images, d=512, both directions, with metrics):
   the suite's matrix product + top-k, beside the reference's two top-k scripts (parse the JSON
   feature files, then for every query a Python sort of its (id, score) pairs), timed on a sample
@@ -103,6 +105,62 @@ def test_lmdb_loader(benchmark, photo_lmdb, impl, workers):
             return _drain(ImageBatchLoader(ds, batches, num_workers=workers))
 
     benchmark.group = f"lmdb loader {N_IMAGES} photos"
+    count = benchmark.pedantic(run, rounds=4, iterations=1, warmup_rounds=1)
+    assert count == N_IMAGES
+    benchmark.extra_info.update(impl=impl, workers=workers, items_per_s=round(N_IMAGES / benchmark.stats.stats.mean, 1))
+
+
+FEATURES = {
+    "features-qaclip_core-w0": ("qaclip_core", 0),
+    "features-qaclip_core-w2": ("qaclip_core", 2),
+    "features-cn_clip-w0": ("cn_clip", 0),
+}
+
+
+@pytest.mark.throughput
+@pytest.mark.parametrize("impl,workers", list(FEATURES.values()), ids=list(FEATURES))
+def test_lmdb_to_features(benchmark, photo_lmdb, impl, workers):
+    """Images per second from LMDB bytes to L2-normalised features, with the fixture model (64 px).
+
+    The model is the embedded fixture's architecture (same random weights on both sides), small
+    enough that the data path, not the model, decides the time: the suite's encode_image_dataset
+    against the reference's dataset class, DataLoader and normalisation (its extract_features loop).
+    """
+    from torch.utils.data import DataLoader
+
+    from qaclip_core.adapters import NativeEncoder
+    from qaclip_core.eval.features import encode_image_dataset
+    from qaclip_core.fixture import ARCH
+
+    from .throughput_support import models
+
+    ours, ref = models(ARCH, "cpu", "fp32")
+    if impl == "cn_clip":
+        cn_data = pytest.importorskip("cn_clip.eval.data")
+        if ref is None:
+            pytest.skip("cn_clip is not installed")
+
+        def run():
+            ds = cn_data.EvalImgDataset(str(photo_lmdb), resolution=ours.image_size)
+            try:
+                count = 0
+                with torch.no_grad():
+                    for _, images in DataLoader(ds, batch_size=BATCH, num_workers=0):
+                        feats = ref(images, None)
+                        feats /= feats.norm(dim=-1, keepdim=True)
+                        count += len(feats)
+                return count
+            finally:
+                ds.env_imgs.close()
+    else:
+        encoder = NativeEncoder(ours)
+        ds = LmdbImages(photo_lmdb, transform=encoder.preprocess)
+
+        def run():
+            ids, _ = encode_image_dataset(encoder, ds, batch_size=BATCH, num_workers=workers, progress=False)
+            return len(ids)
+
+    benchmark.group = f"lmdb to features {N_IMAGES} photos fixture model"
     count = benchmark.pedantic(run, rounds=4, iterations=1, warmup_rounds=1)
     assert count == N_IMAGES
     benchmark.extra_info.update(impl=impl, workers=workers, items_per_s=round(N_IMAGES / benchmark.stats.stats.mean, 1))

@@ -65,10 +65,14 @@ def _models(arch: str, device: str, precision: str):
     ours = create_model(arch)
     ref = None
     try:
+        from cn_clip.clip.model import CLIP as RefCLIP
         from cn_clip.clip.utils import create_model as ref_create
 
+        from qaclip_core.model.config import reference_kwargs
+
         with contextlib.redirect_stdout(io.StringIO()):
-            ref = ref_create(arch) if arch.split("@")[0] in _ref_visions() else None
+            # the fixture has no config in cn_clip: its CLIP class is built from our config
+            ref = ref_create(arch) if arch.split("@")[0] in _ref_visions() else RefCLIP(**reference_kwargs(arch))
     except ImportError:
         ref = None
     if ref is not None:

@@ -1,6 +1,8 @@
 """The threaded batch loader: the same ids and bit-equal tensors as a plain DataLoader, in any worker count."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from qaclip_core.data.imagenet import ImageNetFolder
-from qaclip_core.data.loader import ImageBatchLoader, resolve_workers, writes_into_slots
+from qaclip_core.data.loader import DECODE_NICENESS, ImageBatchLoader, resolve_workers, writes_into_slots
 from qaclip_core.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
 from qaclip_core.errors import DatasetError
 from qaclip_core.eval.runner import _WithIds
@@ -96,6 +98,23 @@ def test_a_bad_image_names_its_id_and_stops_cleanly(tmp_path, workers):
             seen.extend(ids)
     assert seen == data.ids[: bad_index // 4 * 4]  # every batch before the bad one arrived
     assert threading.active_count() == before  # no decode thread is left behind
+
+
+@pytest.mark.skipif(not hasattr(threading, "get_native_id") or not hasattr(os, "getpriority"), reason="POSIX thread priorities")
+def test_decode_threads_yield_to_the_model(lmdb_images):
+    """Decode threads run at a lower priority than the thread that consumes the batches."""
+    seen = set()
+
+    class Recording(LmdbImages):
+        def load_image(self, index):
+            seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().load_image(index)
+
+    data = Recording(lmdb_images.path, image_transform(RES))
+    list(ImageBatchLoader(data, BATCHES, num_workers=2))
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if sys.platform.startswith("linux"):
+        assert seen == {min(19, main + DECODE_NICENESS)}
 
 
 def test_abandoned_iteration_stops_its_threads(lmdb_images):

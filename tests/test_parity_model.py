@@ -82,3 +82,15 @@ def test_get_similarity_matches_reference(tmp_path):
         b_img, b_txt = model.get_similarity(images, texts)
     assert b_img.shape == (3, 4) and b_txt.shape == (4, 3)
     assert torch.allclose(a_img, b_img, atol=1e-3) and torch.allclose(a_txt, b_txt, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["ViT-fixture@BERT-fixture", "RN50@RBT3-chinese"])
+def test_reference_kwargs_build_the_same_layout(arch):
+    """reference_kwargs: cn_clip's CLIP built from our config has our state-dict keys and shapes."""
+    from cn_clip.clip.model import CLIP as RefCLIP
+
+    from qaclip_core.model.config import reference_kwargs
+
+    ref = {k: v.shape for k, v in RefCLIP(**reference_kwargs(arch)).state_dict().items() if "bert.pooler" not in k}
+    ours = {k: v.shape for k, v in qaclip_core.model.clip.create_model(arch).state_dict().items()}
+    assert ref == ours

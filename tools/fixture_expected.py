@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qaclip_core.fixture import ARCH, CHECKPOINT  # noqa: E402
+from qaclip_core.model.config import reference_kwargs  # noqa: E402
 from qaclip_core.fixture.shapes import (  # noqa: E402
     RETRIEVAL_DIRNAME,
     ZEROSHOT_DIRNAME,
@@ -61,7 +62,6 @@ from qaclip_core.fixture.shapes import (  # noqa: E402
     write_shapes_dataset,
 )
 
-CONFIG_DIR = REPO / "qaclip_core" / "model" / "configs"
 SOURCE_ID = "cn-clip-reference"
 SOURCE = "cn_clip 1.6.0 reference pipeline on the fixture checkpoint (tools/fixture_expected.py)"
 MODEL = "fixture-tiny"
@@ -76,34 +76,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def reference_kwargs(arch: str) -> dict:
-    """cn_clip ``CLIP(**kwargs)`` for ``VISION@TEXT``, read from our JSON config files."""
-    vision_name, text_name = arch.split("@")
-    v = json.loads((CONFIG_DIR / "vision" / f"{vision_name}.json").read_text(encoding="utf-8"))
-    t = json.loads((CONFIG_DIR / "text" / f"{text_name}.json").read_text(encoding="utf-8"))
-    if v["kind"] != "vit":
-        raise SystemExit(f"{vision_name}: only ViT fixtures are supported here")
-    return {
-        "embed_dim": v["embed_dim"],
-        "image_resolution": v["image_size"],
-        "vision_layers": v["layers"],
-        "vision_width": v["width"],
-        "vision_patch_size": v["patch_size"],
-        "vision_head_width": v.get("head_width", 64),
-        "vocab_size": t["vocab_size"],
-        "text_attention_probs_dropout_prob": 0.1,
-        "text_hidden_act": "gelu",
-        "text_hidden_dropout_prob": 0.1,
-        "text_hidden_size": t["hidden_size"],
-        "text_initializer_range": 0.02,
-        "text_intermediate_size": t["intermediate_size"],
-        "text_max_position_embeddings": t["max_positions"],
-        "text_num_attention_heads": t["heads"],
-        "text_num_hidden_layers": t["layers"],
-        "text_type_vocab_size": t["type_vocab_size"],
-    }
 
 
 def _stub_timm() -> None:

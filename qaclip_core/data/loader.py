@@ -13,6 +13,8 @@ Datasets with ``load_image(i)``, ``item_id(i)`` and a ``transform`` that has ``i
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
@@ -20,6 +22,21 @@ from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tup
 import torch
 
 Batch = Tuple[List[int], torch.Tensor]
+# Decode threads yield the CPU to the model's threads: a CPU model runs its layers on a team of
+# threads that waits for its slowest member, so a decode thread preempting one of them stalls
+# the whole team. With the fixture model on two cores this took LMDB-to-features from about
+# 560 to about 760 images/s; decoding alone is as fast as before.
+DECODE_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Thread initializer: raise this thread's niceness (Linux schedules threads by their own)."""
+    if sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS))
+        except OSError:  # not permitted in some sandboxes: decoding works the same, only slower alongside a CPU model
+            pass
 
 
 def resolve_workers(value: Any) -> int:
@@ -124,7 +141,8 @@ class ImageBatchLoader:
         return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
 
     def __iter__(self) -> Iterator[Batch]:
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode") if self.num_workers else _Inline()
+        pool = (ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode", initializer=_lower_priority)
+                if self.num_workers else _Inline())
         pending: Deque[_Pending] = deque()
         upcoming = iter(self.batches)
         try:

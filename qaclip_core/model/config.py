@@ -110,3 +110,32 @@ def arch_config(arch: str) -> ArchConfig:
         )
     vision, text = arch.split("@")
     return ArchConfig(vision=vision_config(vision), text=text_config(text))
+
+
+def reference_kwargs(arch: str) -> dict:
+    """Keyword arguments of the reference's ``cn_clip.clip.model.CLIP`` for ``arch``.
+
+    For architectures the reference ships no config for (the fixture), so that tests and
+    benchmarks can build its twin; dropout values are its defaults and do not act in eval mode.
+    """
+    cfg = arch_config(arch)
+    v, t = cfg.vision, cfg.text
+    return {
+        "embed_dim": v.embed_dim,
+        "image_resolution": v.image_size,
+        "vision_layers": v.layers,
+        "vision_width": v.width,
+        "vision_patch_size": v.patch_size,
+        "vision_head_width": v.head_width,
+        "vocab_size": t.vocab_size,
+        "text_attention_probs_dropout_prob": 0.1,
+        "text_hidden_act": "gelu",
+        "text_hidden_dropout_prob": 0.1,
+        "text_hidden_size": t.hidden_size,
+        "text_initializer_range": 0.02,
+        "text_intermediate_size": t.intermediate_size,
+        "text_max_position_embeddings": t.max_positions,
+        "text_num_attention_heads": t.heads,
+        "text_num_hidden_layers": t.layers,
+        "text_type_vocab_size": t.type_vocab_size,
+    }
