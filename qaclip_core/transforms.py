@@ -28,8 +28,8 @@ class ClipImageTransform(Compose):
         self.normalize = Normalize(MEAN, STD)
         super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])
         # the same float32 constants and the same three rounded operations as ToTensor + Normalize
-        self._mean = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+        self._mean = np.asarray(self.normalize.mean, dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(self.normalize.std, dtype=np.float32).reshape(3, 1, 1)
 
     @property
     def output_shape(self) -> tuple:

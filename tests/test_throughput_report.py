@@ -35,10 +35,12 @@ def test_speedups_pair_ours_with_the_reference(report, tmp_path):
         _record("b", "encode_text X fp32 b64 cpu", 3.0, impl="cn_clip", items_per_s=100.0),
         _record("c", "loader", 1.0, impl="qaclip_core", workers=2, items_per_s=900.0),
         _record("d", "loader", 1.0, impl="cn_clip", workers=0, items_per_s=450.0),
+        _record("e", "scoring", 2.0, impl="qaclip_core", reference_seconds_scaled=100.0),
     ])
     rows = {(g, o): r for g, o, _, _, r in report.ratios(path)}
     assert rows[("encode_text X fp32 b64 cpu", "qaclip_core / cn_clip")] == pytest.approx(3.0)
     assert rows[("loader", "qaclip_core w2 / cn_clip w0")] == pytest.approx(2.0)
+    assert rows[("scoring", "qaclip_core / cn_clip (sampled, scaled)")] == pytest.approx(50.0)
 
 
 def test_flop_shares_against_bound_and_measured_matmul(report, tmp_path):

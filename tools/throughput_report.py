@@ -29,8 +29,13 @@ def _records(path: Path) -> list:
 def ratios(path: Path) -> list:
     """One row per (ours, reference) pair in each group: items/s of each and the speed-up."""
     groups = defaultdict(dict)
+    scaled = []
     for bench in _records(path):
         info = bench.get("extra_info", {})
+        if "reference_seconds_scaled" in info:  # a reference timed on a sample and scaled (scoring)
+            ours_s, ref_s = bench["stats"]["mean"], info["reference_seconds_scaled"]
+            scaled.append((bench["group"], "qaclip_core / cn_clip (sampled, scaled)", 1 / ours_s, 1 / ref_s, ref_s / ours_s))
+            continue
         impl = info.get("impl", "qaclip_core")
         if "workers" in info:
             impl = f"{impl} w{info['workers']}"
@@ -44,7 +49,7 @@ def ratios(path: Path) -> list:
                 rows.append((group, f"{name} / {other}", mine, theirs, mine / theirs))
             if not others:
                 rows.append((group, name, mine, None, None))
-    return rows
+    return rows + scaled
 
 
 def _bound(bounds: dict, device_name: str, precision: str) -> Optional[dict]:
