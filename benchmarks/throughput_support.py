@@ -6,7 +6,7 @@ import io
 import platform
 import random
 from functools import lru_cache
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -136,6 +136,12 @@ def timed_call(fn: Callable[[], torch.Tensor], device: str) -> Callable[[], torc
         return out
 
     return run
+
+
+def mean_seconds(benchmark) -> Optional[float]:
+    """Mean seconds per round, or None under ``--benchmark-disable`` (the case then runs once, untimed)."""
+    stats = getattr(benchmark, "stats", None)
+    return None if stats is None else stats.stats.mean
 
 
 def rounds_for(seconds_per_call: float, budget: float = 8.0) -> int:
