@@ -47,7 +47,7 @@ class Suite:
         self.device = _worker_device(config, opt("--device"))
         self.precision = opt("--precision")
         self.batch_size = int(opt("--batch-size"))
-        self.num_workers = resolve_workers(opt("--num-workers"))
+        self.num_workers = resolve_workers(opt("--num-workers"), getattr(config, "workerinput", {}).get("workercount", 1))
         self.download = bool(opt("--download"))
         self.compile = bool(opt("--compile"))
         self.results: List[CaseResult] = config.stash[_RESULTS_KEY]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,11 +12,12 @@ from .data.loader import resolve_workers
 from .errors import QAClipError
 
 
-def _workers(value: str) -> int:
+def _workers(value: str) -> str:
     try:
-        return resolve_workers(value)
+        resolve_workers(value)  # checked here, resolved once the number of ranks is known
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +74,7 @@ def _eval(args, shard) -> dict:
     encoder = _encoder(args)
     out = evaluate_card(
         encoder, card, args.data_root, batch_size=args.batch_size, text_batch_size=args.text_batch_size,
-        num_workers=args.num_workers,
+        num_workers=resolve_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
         download=args.download, progress=not args.quiet and shard.is_main, split=args.split, shard=shard,
     )
     if args.dump_predictions and shard.is_main:

@@ -134,6 +134,7 @@ def test_empty_and_one_item(lmdb_images):
 def test_resolve_workers():
     assert resolve_workers(3) == 3 and resolve_workers("0") == 0
     assert 1 <= resolve_workers("auto") <= 8 and resolve_workers(None) == resolve_workers("AUTO")
+    assert resolve_workers("auto", processes=10_000) == 1 and resolve_workers(3, processes=4) == 3
     for bad in ("-1", "two", -2):
         with pytest.raises(ValueError, match="'auto' or an integer >= 0"):
             resolve_workers(bad)

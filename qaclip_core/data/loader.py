@@ -39,11 +39,15 @@ def _lower_priority() -> None:
             pass
 
 
-def resolve_workers(value: Any) -> int:
-    """``"auto"`` (or ``None``) -> one decode thread per usable core, at most 8; else the integer given."""
+def resolve_workers(value: Any, processes: int = 1) -> int:
+    """``"auto"`` (or ``None``) -> one decode thread per usable core, at most 8; else the integer given.
+
+    ``processes`` evaluating side by side on this machine (pytest-xdist workers, torchrun ranks
+    of a node) share the cores, so ``auto`` gives each its part.
+    """
     if value is None or str(value).strip().lower() == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(8, cores)
+        return max(1, min(8, cores // max(1, processes)))
     try:
         workers = int(value)
     except ValueError:
