@@ -293,7 +293,7 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
     """Folder of the card's transformers-format model (``download_root/<repo name>``), downloading what is missing."""
     from filelock import FileLock
 
-    from .hub import cache_root, _endpoint, _hub_exceptions, _offline, _reason
+    from .hub import _endpoint, _hub_exceptions, _offline, _reason, _unreachable, cache_root
 
     if not card.hub_repo:
         raise DownloadError(f"model {card.name!r} has no hub repo to fetch from")
@@ -308,6 +308,13 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
             f"could not fetch {card.name!r} from the Hugging Face repo {card.hub_repo!r} "
             f"(revision {card.hub_revision or 'main'}, endpoint {where}): offline mode is on (HF_HUB_OFFLINE) "
             f"and {local_dir} is not complete. " + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
+        )
+    unreachable = _unreachable(where)
+    if unreachable:
+        raise DownloadError(
+            f"could not fetch {card.name!r} from the Hugging Face repo {card.hub_repo!r} "
+            f"(revision {card.hub_revision or 'main'}, endpoint {where}): {unreachable}. "
+            + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
         )
     from huggingface_hub import HfApi, snapshot_download
 

@@ -18,8 +18,10 @@ import http.client
 import json
 import os
 import re
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional, Union
@@ -160,10 +162,35 @@ def _public_url(repo_id: str, filename: str, repo_type: str, revision: Optional[
     return f"{_PUBLIC_HUB}/{prefix}{repo_id}/resolve/{revision or 'main'}/{filename}"
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable(endpoint: str, timeout: float = 5.0) -> Optional[str]:
+    """Why ``endpoint``'s host cannot be reached at all (unknown name, refused, no route), else None.
+
+    huggingface_hub retries those failures with back-off, about 25 s per file; one connection
+    attempt before each download tells a missing network from a slow one (not cached: a mirror
+    may come back). A timeout is left to huggingface_hub, and so is everything behind a proxy.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    parts = urllib.parse.urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.timeout:
+        return None
+    except OSError as e:  # socket.gaierror, ConnectionRefusedError, network unreachable
+        return f"cannot connect to {host}:{port} ({type(e).__name__}: {e})"
+
+
 def _hub_error(repo_id: str, filename: str, repo_type: str, revision: Optional[str], local_dir: Optional[Path],
-               manual_url: Optional[str], reason: str) -> DownloadError:
+               manual_url: Optional[str], reason: str, endpoint: Optional[str] = None) -> DownloadError:
     url = manual_url or _public_url(repo_id, filename, repo_type, revision)
-    where = _endpoint() or _PUBLIC_HUB
+    where = endpoint or _endpoint() or _PUBLIC_HUB
     if local_dir is not None:
         place = f"download {url} and save it as {local_dir / filename}"
     else:
@@ -270,7 +297,10 @@ def fetch_hub_file(
             return found
         if _offline():
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url,
-                             "offline mode is on (HF_HUB_OFFLINE) and the file is not on disk")
+                             "offline mode is on (HF_HUB_OFFLINE) and the file is not on disk", endpoint)
+        unreachable = _unreachable(endpoint or _PUBLIC_HUB)
+        if unreachable:
+            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, unreachable, endpoint)
         try:
             path = Path(hf_hub_download(
                 repo_id=repo_id,
@@ -282,7 +312,7 @@ def fetch_hub_file(
                 endpoint=endpoint,
             ))
         except _hub_exceptions() as exc:
-            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, _reason(exc)) from exc
+            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, _reason(exc), endpoint) from exc
 
         want = expected or _hub_lfs_sha256(repo_id, filename, repo_type, revision, path, endpoint)
         if want is None:

@@ -385,6 +385,7 @@ def test_fetch_downloads_safetensors_only_and_verifies(tmp_path, monkeypatch, go
     from qaclip_core.errors import ChecksumError
 
     monkeypatch.setattr("qaclip_core.hub._offline", lambda: False)  # even where the runner sets HF_HUB_OFFLINE
+    monkeypatch.setattr("qaclip_core.hub._unreachable", lambda endpoint: None)  # the fake hub stands in for the network
     hub = _FakeHub(lfs_sha=None if good else "0" * 64)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", hub.model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)

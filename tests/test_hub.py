@@ -228,6 +228,20 @@ def test_unreachable_server(env):
         hub.fetch_checkpoint(_card(env.sha))
 
 
+def test_a_host_that_cannot_be_reached_fails_at_once(env, monkeypatch):
+    """No name, refused, no route: one connection attempt decides, not huggingface_hub's 25 s of retries."""
+    for var in hub._PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    env.server.close()
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="cannot connect to 127.0.0.1") as info:
+        hub.fetch_checkpoint(_card(env.sha), download_root=env.root)
+    assert time.monotonic() - start < 5 and str(env.root / FILE) in str(info.value)
+    assert hub._unreachable("https://qaclip-test.invalid") is not None  # unknown name
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert hub._unreachable("https://qaclip-test.invalid") is None  # behind a proxy the proxy decides
+
+
 def test_missing_file_and_dataset_repo(env):
     with pytest.raises(DownloadError, match="nope.pt"):
         hub.fetch_hub_file(REPO, "nope.pt", local_dir=env.root)
