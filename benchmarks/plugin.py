@@ -195,6 +195,12 @@ def suite(request) -> Suite:
     s.close()
 
 
+def pytest_runtest_setup(item):
+    # workers share the machine, so their timings would measure each other
+    if item.get_closest_marker("throughput") and getattr(item.config, "workerinput", None) is not None:
+        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
+
+
 def pytest_collection_modifyitems(session, config, items):
     # Reproduction cases of one model run back to back, so its weights load once.
     def model_of(item):

@@ -48,12 +48,6 @@ def _params(tower: str) -> list:
     return params
 
 
-@pytest.fixture(autouse=True)
-def _no_xdist(request):
-    if getattr(request.config, "workerinput", None) is not None:
-        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
-
-
 def _run(benchmark, fn, device: str, items: int, info: dict) -> None:
     fn = timed_call(fn, device)
     with torch.inference_mode():

@@ -41,12 +41,6 @@ def _params(tower: str) -> list:
     ]
 
 
-@pytest.fixture(autouse=True)
-def _no_xdist(request):
-    if getattr(request.config, "workerinput", None) is not None:
-        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
-
-
 @pytest.fixture(scope="module")
 def tf():
     """transformers, or skip with the install hint."""

@@ -36,12 +36,6 @@ REFERENCE_SAMPLE = 40  # queries per direction timed for the reference
 BATCH = 32
 
 
-@pytest.fixture(autouse=True)
-def _no_xdist(request):
-    if getattr(request.config, "workerinput", None) is not None:
-        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
-
-
 @pytest.fixture(scope="module")
 def photo_lmdb(tmp_path_factory) -> Path:
     """An LMDB of 384 JPEG photos of 500x375 (Flickr-like sizes), Chinese-CLIP format."""

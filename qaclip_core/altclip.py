@@ -293,7 +293,7 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
     """Folder of the card's transformers-format model (``download_root/<repo name>``), downloading what is missing."""
     from filelock import FileLock
 
-    from .hub import _endpoint, _hub_exceptions, _offline, _reason, _unreachable, cache_root
+    from .hub import _PUBLIC_HUB, _endpoint, _hub_exceptions, _offline, _reason, _unreachable, cache_root
 
     if not card.hub_repo:
         raise DownloadError(f"model {card.name!r} has no hub repo to fetch from")
@@ -302,20 +302,20 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
     # Once complete, a folder is final: no request per load, and offline runs work.
     if altclip_folder_complete(local_dir):
         return local_dir
-    where = _endpoint() or "https://huggingface.co"
-    if _offline():
-        raise DownloadError(
+    where = _endpoint() or _PUBLIC_HUB
+
+    def failed(reason: str) -> DownloadError:
+        return DownloadError(
             f"could not fetch {card.name!r} from the Hugging Face repo {card.hub_repo!r} "
-            f"(revision {card.hub_revision or 'main'}, endpoint {where}): offline mode is on (HF_HUB_OFFLINE) "
-            f"and {local_dir} is not complete. " + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
-        )
-    unreachable = _unreachable(where)
-    if unreachable:
-        raise DownloadError(
-            f"could not fetch {card.name!r} from the Hugging Face repo {card.hub_repo!r} "
-            f"(revision {card.hub_revision or 'main'}, endpoint {where}): {unreachable}. "
+            f"(revision {card.hub_revision or 'main'}, endpoint {where}): {reason}. "
             + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
         )
+
+    if _offline():
+        raise failed(f"offline mode is on (HF_HUB_OFFLINE) and {local_dir} is not complete")
+    unreachable = _unreachable(where)
+    if unreachable:
+        raise failed(unreachable)
     from huggingface_hub import HfApi, snapshot_download
 
     lock_path = local_dir / ".cache" / "qaclip" / "locks" / "snapshot.lock"
@@ -344,11 +344,7 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
         except DownloadError:
             raise
         except _hub_exceptions() as exc:
-            raise DownloadError(
-                f"could not fetch {card.name!r} from the Hugging Face repo {card.hub_repo!r} "
-                f"(revision {card.hub_revision or 'main'}, endpoint {where}): {_reason(exc).rstrip('.')}. "
-                + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
-            ) from exc
+            raise failed(_reason(exc).rstrip(".")) from exc
         fetched = [n for n in names if any(fnmatch(n, p) for p in weights)]
         _verify_lfs(local_dir, siblings, fetched)
         if not altclip_folder_complete(local_dir):

@@ -84,24 +84,6 @@ def _merge_candidates(vals: torch.Tensor, idx: torch.Tensor, keep: int) -> Tuple
     return vals.gather(0, order), idx.gather(0, order)
 
 
-def _rank(
-    queries: torch.Tensor, keys: torch.Tensor, k: int, chunk_size: Optional[int], boundaries: Sequence[int], eps: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    k = min(k, keys.shape[0])
-    if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // max(1, keys.shape[0]))
-    keys_t = keys.t().contiguous()
-    out_idx, out_near = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        scores = queries[start : start + chunk_size] @ keys_t
-        idx, near = _rank_chunk(scores, k, boundaries, eps)
-        out_idx.append(idx.cpu())
-        out_near.append(near.cpu())
-    if not out_idx:
-        return torch.empty(0, k, dtype=torch.long), torch.empty(0, dtype=torch.bool)
-    return torch.cat(out_idx), torch.cat(out_near)
-
-
 def _rank_both(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -113,9 +95,9 @@ def _rank_both(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank keys for every query, and queries for the keys ``key_queries``, from one pass of products.
 
-    Same result as ``_rank(queries, keys, ...)`` and ``_rank(keys[key_queries], queries, ...)``: each
-    chunk of scores is ranked along its rows, and each chunk's top k + 1 per query column is merged
-    into a running top k + 1 (scores descending, lower index first), so memory stays bounded.
+    Each chunk of scores is ranked along its rows (the top k keys of each query), and its top
+    k + 1 per column of ``key_queries`` is merged into a running top k + 1 (scores descending,
+    lower index first), so memory stays bounded. Empty ``key_queries`` ranks the rows only.
     """
     n_q, n_k = queries.shape[0], keys.shape[0]
     k_rows, k_cols = min(k, n_k), min(k, n_q)
@@ -153,7 +135,7 @@ def topk_desc(
     q, kt = _as_features(queries, "queries"), _as_features(keys, "keys")
     if kt.shape[0] == 0:
         raise ValueError("there are no keys to rank")
-    return _rank(q, kt.to(q.device), k, chunk_size, (), 0.0)[0]
+    return _rank_both(q, kt.to(q.device), (), k, chunk_size, (), 0.0)[0]
 
 
 def recall_at_k(
