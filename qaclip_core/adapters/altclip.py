@@ -1,4 +1,4 @@
-"""AltCLIP (Hugging Face ``transformers`` format) behind the :class:`~qaclip_core.adapters.Encoder` interface.
+"""AltCLIP (Hugging Face ``transformers`` format) behind the :class:`~qaclip_core.adapters.base.Encoder` interface.
 
 AltCLIP is evaluated with its own preprocessing and tokenisation, because that is how it was
 trained and how its published numbers were produced:
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -24,9 +25,9 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from PIL import Image
 
-from .checkpoint import resolve_device, resolve_dtype
-from .errors import CheckpointError, ChecksumError, DownloadError
-from .registry import ModelCard
+from ..checkpoint import resolve_device, resolve_dtype
+from ..errors import CheckpointError, ChecksumError, DownloadError
+from ..registry import ModelCard
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -269,7 +270,7 @@ def _manual_instructions(repo: str, revision: Optional[str], local_dir: Path) ->
 
 def _verify_lfs(local_dir: Path, siblings: Sequence[Any], names: Sequence[str]) -> None:
     """Check downloaded LFS files against the sha256 the Hub lists; remove and raise on a mismatch."""
-    from .hub import sha256_file
+    from ..hub import sha256_file
 
     wanted = set(names)
     for sib in siblings:
@@ -293,7 +294,7 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
     """Folder of the card's transformers-format model (``download_root/<repo name>``), downloading what is missing."""
     from filelock import FileLock
 
-    from .hub import _PUBLIC_HUB, _endpoint, _hub_exceptions, _offline, _reason, _unreachable, cache_root
+    from ..hub import _PUBLIC_HUB, _endpoint, _hub_exceptions, _offline, _reason, _unreachable, cache_root
 
     if not card.hub_repo:
         raise DownloadError(f"model {card.name!r} has no hub repo to fetch from")
@@ -353,3 +354,20 @@ def fetch_altclip(card: ModelCard, download_root: Optional[PathLike] = None) -> 
                 f"config, tokenizer or weights. " + _manual_instructions(card.hub_repo, card.hub_revision, local_dir)
             )
     return local_dir
+
+
+# --------------------------------------------------------------------------------------------
+# the backend interface (see qaclip_core.adapters)
+
+
+def fetch(card: ModelCard, download_root: Optional[PathLike] = None, endpoint: Optional[str] = None) -> Path:
+    """The card's transformers folder, fetched when incomplete (``endpoint`` is read from the environment)."""
+    return fetch_altclip(card, download_root=download_root)
+
+
+def load(card: ModelCard, path: PathLike, device: Union[str, torch.device] = "auto", precision: str = "fp32",
+         compile: bool = False) -> "AltCLIPEncoder":
+    """Load the folder at ``path``; ``compile`` is not supported here and runs eagerly with a warning."""
+    if compile:
+        warnings.warn(f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3)
+    return AltCLIPEncoder.from_pretrained(path, name=card.name, device=device, precision=precision)
