@@ -8,9 +8,9 @@ from typing import List
 import pytest
 from PIL import Image, ImageDraw
 
+from .data import EXAMPLE_IMAGE
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference"
 
 CAPTIONS = [
     "杰尼龟",
@@ -51,7 +51,7 @@ def _draw(size, colour, shape: str) -> Image.Image:
 
 def real_images() -> List[Image.Image]:
     """The seed's example photo plus generated images of varied modes and sizes."""
-    images = [Image.open(REFERENCE / "pokemon.jpeg")]
+    images = [Image.open(EXAMPLE_IMAGE)]
     images.append(_draw((320, 240), (220, 30, 30), "circle"))
     images.append(_draw((97, 411), (30, 30, 220), "tri"))
     images.append(_draw((224, 224), (30, 200, 60), "rect").convert("L"))
@@ -63,11 +63,3 @@ def real_images() -> List[Image.Image]:
     _draw((333, 222), (10, 120, 120), "rect").save(buf, format="JPEG", quality=85)
     images.append(Image.open(io.BytesIO(buf.getvalue())))
     return images
-
-
-@pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """../shared/reference (test data only)."""
-    if not REFERENCE.is_dir():
-        pytest.fail(f"{REFERENCE} is missing: tests need ../shared beside the checkout")
-    return REFERENCE

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torchvision import datasets
 
+from qaclip_core.data.catalog import get_dataset
 from qaclip_core.data.imagenet import LABEL_CN_SHA256, ImageNetFolder, read_labels
 from qaclip_core.data.templates import TEMPLATES_FILE, imagenet_templates, prompts
 from qaclip_core.errors import DatasetError
 from qaclip_core.transforms import image_transform
 
+from .data import LABEL_CN
 from .datasets_util import make_imagenet
 
 CLASSES = ["n01440764", "n01443537", "n01484850", "n01491361"]
@@ -25,7 +27,11 @@ def _sha(data: bytes) -> str:
 
 
 def test_pinned_label_digest():
-    assert LABEL_CN_SHA256 == "f7b6f4bb0ddec755dbea41577c7c5155a4fa2852706f2263c0d3015dc67a8181"
+    """The pinned digest is that of the published file (an attributed copy is in tests/data)."""
+    assert _sha(LABEL_CN.read_bytes()) == LABEL_CN_SHA256
+    assert get_dataset("imagenet").labels["sha256"] == LABEL_CN_SHA256
+    labels = read_labels(LABEL_CN)  # no warning: the file is the pinned one
+    assert len(labels) == 1000 and labels[0] == "丁鲷"
 
 
 @pytest.mark.parametrize("raw", ["丁鲷\n金鱼\n大白鲨 \n", "丁鲷\r\n金鱼\r\n 大白鲨", "a\n\nb\n\n", "\ufeffx\u2028y\nz\n"])

@@ -1,22 +1,17 @@
 """The QA-CLIP README's inference example runs verbatim with ``import qaclip_core as clip``."""
 from __future__ import annotations
 
-import re
 import shutil
 
 import pytest
 import torch
 
-from .conftest import SHARED
+from .data import EXAMPLE_IMAGE, SEED_EXAMPLE
 from .reference_models import reference_model, save_reference_checkpoint
-
-SEED = SHARED / "seed" / "000_7729d9ae796902ae.txt"
 
 
 def _example_code() -> str:
-    text = SEED.read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    code = next(b for b in blocks if "load_from_name" in b)
+    code = SEED_EXAMPLE.read_text(encoding="utf-8")
     # the only change: the package name
     code = code.replace("import clip as clip", "import qaclip_core as clip")
     code = code.replace("from clip import", "from qaclip_core import")
@@ -28,11 +23,11 @@ def test_seed_example_runs(tmp_path, monkeypatch, capsys):
     # a local checkpoint in place of the download: QA-CLIP-base.pt in download_root='./'
     save_reference_checkpoint(reference_model("ViT-B-16@RoBERTa-wwm-ext-base-chinese"), tmp_path / "QA-CLIP-base.pt")
     (tmp_path / "examples").mkdir()
-    shutil.copyfile(SHARED / "reference" / "pokemon.jpeg", tmp_path / "examples" / "pokemon.jpeg")
+    shutil.copyfile(EXAMPLE_IMAGE, tmp_path / "examples" / "pokemon.jpeg")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # proves nothing is fetched
     scope: dict = {}
-    exec(compile(_example_code(), str(SEED), "exec"), scope)
+    exec(compile(_example_code(), str(SEED_EXAMPLE), "exec"), scope)
     out = capsys.readouterr().out
     assert "Available models: ['ViT-B-16', 'ViT-L-14', 'RN50'" in out
     assert "Label probs:" in out

@@ -11,7 +11,8 @@ from cn_clip.clip import tokenize as ref_tokenize
 from qaclip_core import tokenize
 from qaclip_core.tokenizer import VOCAB_PATH, VOCAB_SHA256, Tokenizer, preprocess_text, sha256_hex
 
-from .conftest import CAPTIONS, REFERENCE
+from .conftest import CAPTIONS
+from .data import LABEL_CN, LABEL_EN
 
 TEMPLATES = ["{}的照片", "质量差的{}的照片", "许多{}的照片", "{}的雕塑", "一张{}的酷炫图片。", "这是{}。",
              "{}的低分辨率照片", "涂鸦{}", "很难看到{}的照片", "{}的刺绣照片", "一种叫{}的花的照片",
@@ -38,8 +39,10 @@ def _generated(n: int, seed: int = 1234) -> list:
 
 
 def _corpus() -> list:
-    labels = [line.strip() for line in open(REFERENCE / "label_cn.txt", encoding="utf-8")]
+    labels = [line.strip() for line in open(LABEL_CN, encoding="utf-8")]
     prompts = [t.format(c) for c in labels for t in TEMPLATES]  # 20,000 real prompts
+    english = [line.strip() for line in open(LABEL_EN, encoding="utf-8")]
+    prompts += [t.format(c) for c in english for t in TEMPLATES[:3]]  # Latin script, mixed case, punctuation
     prompts += [preprocess_text(p) for p in prompts[:2000]]
     special = ["", " ", "\t\n", "x" * 250, "好" * 80, "word" * 60, "İstanbul ǅ ß ﬁ", "\u2028a\u2029b\x85c",
                "\ufeff零宽\u200d连接", "😀👍🏽👨‍👩‍👧", "①②③ Ⅻ ½ ²", "ｈｅｌｌｏ　ｗｏｒｌｄ", "\x00\ufffd\x07"]
