@@ -56,6 +56,12 @@ class ExpectedCase:
     sources: Dict[str, str]
     tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
     path: Optional[Path] = None
+    report_only: Optional[str] = None  # why this case is measured and shown but never gated
+
+    @property
+    def gated(self) -> bool:
+        """Whether a value outside tolerance fails the case."""
+        return self.report_only is None
 
     @property
     def id(self) -> str:
@@ -103,14 +109,16 @@ def _parse(path: Path) -> List[ExpectedCase]:
     cases = []
     for model, entry in doc["models"].items():
         gate = entry.get("gate")
-        values = {k: {m: float(v) for m, v in vals.items()} for k, vals in entry.items() if k != "gate"}
+        report_only = entry.get("report_only")
+        values = {k: {m: float(v) for m, v in vals.items()} for k, vals in entry.items() if k not in ("gate", "report_only")}
         if gate not in values:
             raise QAClipError(f"{path}: model {model!r} gate {gate!r} is not one of its sources {sorted(values)}")
         unknown = set(values) - set(doc["sources"])
         if unknown:
             raise QAClipError(f"{path}: model {model!r} cites undeclared sources {sorted(unknown)}")
         cases.append(ExpectedCase(doc["dataset"], model, doc["kind"], str(doc["split"]), gate, values,
-                                  dict(doc["sources"]), tolerances, path))
+                                  dict(doc["sources"]), tolerances, path,
+                                  report_only=str(report_only).strip() if report_only else None))
     return cases
 
 

@@ -22,7 +22,7 @@ class CaseResult:
 
     dataset: str
     model: str
-    status: str  # passed, failed, skipped, error
+    status: str  # passed, failed, skipped, error, reported (measured, shown, not gated)
     kind: str = "retrieval"
     precision: str = "fp32"
     device: str = ""
@@ -33,9 +33,12 @@ class CaseResult:
     seconds: Optional[float] = None
 
     @classmethod
-    def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck], **kw) -> "CaseResult":
-        """A passed/failed result from metric checks."""
+    def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
+                    report_only: Optional[str] = None, **kw) -> "CaseResult":
+        """A passed/failed result from metric checks; ``reported`` (never failed) for a report-only case."""
         rows = [dict(asdict(c), delta=c.delta, ok=c.ok) for c in checks]
+        if report_only is not None:
+            return cls(dataset=dataset, model=model, kind=kind, status="reported", checks=rows, reason=report_only, **kw)
         status = "passed" if all(r["ok"] for r in rows) else "failed"
         return cls(dataset=dataset, model=model, kind=kind, status=status, checks=rows, **kw)
 
@@ -75,6 +78,8 @@ def _note(r: CaseResult) -> str:
     # the table keeps the first clause of a skip reason; the full line is pytest's -rs output
     if r.status == "skipped":
         return f"skipped: {r.reason.split('; ')[0]}"
+    if r.status == "reported":
+        return f"reported, not gated: {r.reason.split('; ')[0]}"
     return f"error: {r.reason}" if r.status == "error" else r.status
 
 
