@@ -7,10 +7,10 @@ from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..data.loader import ImageBatchLoader
 from ..distributed import SINGLE, Shard, gather_indexed
+from ..progress import Progress, track
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def encode_image_dataset(
     dataset: Dataset,
     batch_size: int = 64,
     num_workers: int = 0,
-    progress: bool = True,
+    progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
 ) -> Tuple[List[int], torch.Tensor]:
@@ -66,7 +66,10 @@ def encode_image_dataset(
     loader = ImageBatchLoader(dataset, [b for _, b in mine], num_workers=num_workers, pin_memory=cuda)
     state = {"size": batch_size}
     local = []
-    for (index, _), (batch_ids, images) in zip(mine, tqdm(loader, desc=f"encode {desc}", unit="batch", disable=not progress)):
+    total = sum(len(b) for _, b in mine)
+    shown = track(loader, progress, f"encode {desc}", total, "images", size=lambda batch: len(batch[0]))
+    # the tracked loader first: zip then draws from it once more at the end, so the last batch is counted
+    for (batch_ids, images), (index, _) in zip(shown, mine):
         out = _run_halving(encoder.encode_image, images, state, desc)
         local.append((index, ([int(i) for i in batch_ids], normalise(out).cpu())))
     parts = gather_indexed(shard, local)
@@ -79,7 +82,7 @@ def encode_texts(
     encoder,
     texts: Sequence[str],
     batch_size: int = 256,
-    progress: bool = True,
+    progress: Progress = True,
     desc: str = "texts",
     shard: Shard = SINGLE,
 ) -> torch.Tensor:
@@ -96,7 +99,8 @@ def encode_texts(
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     state = {"size": batch_size}
     local = []
-    for index, idx in tqdm(shard.mine(chunks), desc=f"encode {desc}", unit="batch", disable=not progress):
+    mine = shard.mine(chunks)
+    for index, idx in track(mine, progress, f"encode {desc}", sum(len(c) for _, c in mine), "texts", size=lambda c: len(c[1])):
         local.append((index, normalise(_run_halving(encoder.encode_text, tokens[idx], state, desc)).cpu()))
     feats = gather_indexed(shard, local)
     out = torch.empty(len(texts), feats[0].shape[1])

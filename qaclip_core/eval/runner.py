@@ -10,6 +10,7 @@ import torch
 
 from ..data.catalog import DatasetCard, dataset_dir, ensure_dataset, ensure_labels
 from ..distributed import SINGLE, Shard
+from ..progress import Progress
 from .features import encode_image_dataset, encode_texts
 
 
@@ -34,7 +35,7 @@ class EvalOptions:
     text_batch_size: int = 256
     num_workers: int = 0
     download: bool = False
-    progress: bool = True
+    progress: Progress = True  # True: tqdm bars; a factory (qaclip_core.progress); False: none
     split: Optional[str] = None
     shard: Shard = SINGLE
 
@@ -99,7 +100,8 @@ def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Pat
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
     folder = ImageNetFolder(dataset_dir(card, data_root) / (opts.split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
     t0 = time.perf_counter()
-    classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard)
+    classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard,
+                                  desc=f"{card.name} prompts")
     t1 = time.perf_counter()
     _, image_feats = encode_image_dataset(encoder, _WithIds(folder), opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t2 = time.perf_counter()

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Sequence, Union
 import torch
 
 from ..distributed import SINGLE, Shard
+from ..progress import Progress
 from .features import encode_texts
 
 Template = Union[str, Callable[[str], str]]
@@ -21,8 +22,9 @@ def build_classifier(
     classnames: Sequence[str],
     templates: Sequence[Template],
     batch_size: int = 256,
-    progress: bool = False,
+    progress: Progress = False,
     shard: Shard = SINGLE,
+    desc: str = "prompts",
 ) -> torch.Tensor:
     """[D, C] classifier: per class, the renormalised mean of its L2-normalised prompt features.
 
@@ -33,7 +35,7 @@ def build_classifier(
     if not classnames or not templates:
         raise ValueError(f"need classes and templates, got {len(classnames)} classes and {len(templates)} templates")
     texts = [_fill(t, c) for c in classnames for t in templates]
-    feats = encode_texts(encoder, texts, batch_size=batch_size, progress=progress, desc="prompts", shard=shard)
+    feats = encode_texts(encoder, texts, batch_size=batch_size, progress=progress, desc=desc, shard=shard)
     mean = feats.view(len(classnames), len(templates), -1).mean(dim=1)
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
 
