@@ -12,6 +12,7 @@ from .errors import (
     ChecksumError,
     DatasetError,
     DownloadError,
+    MissingDependencyError,
     QAClipError,
     UnknownModelError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ChecksumError",
     "DatasetError",
     "DownloadError",
+    "MissingDependencyError",
     "ModelCard",
     "QAClipError",
     "UnknownModelError",

@@ -51,10 +51,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is not a weights-only PyTorch file ({first}); "
-            "it may be corrupt, or hold pickled objects that are refused for safety"
+            f"checkpoint {path} is not a weights-only PyTorch file ({_unpickler_detail(e)}): it is corrupt, or it "
+            "holds pickled Python objects, which are refused because loading them could run code from the file"
         ) from e
     except Exception as e:  # torch raises RuntimeError/EOFError/ValueError for damaged files
         raise CheckpointError(
@@ -63,6 +62,17 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             "(truncated or corrupt? delete it and fetch again)"
         ) from e
     return normalise_state_dict(obj, source=str(path))
+
+
+def _unpickler_detail(err: BaseException) -> str:
+    """The specific reason in torch's weights-only error (never its advice to load the file unsafely)."""
+    text = str(err)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", text, flags=re.S)
+    detail = " ".join(m.group(1).split()) if m else ""
+    if not detail:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = lines[0] if lines else type(err).__name__
+    return detail
 
 
 def normalise_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -162,6 +172,16 @@ def load_state_dict_strict(model: CLIP, sd: Mapping[str, torch.Tensor], source: 
         for k in sorted(set(sd) & set(expected))
         if sd[k].shape != expected[k].shape
     ]
+    not_float = [
+        f"{k} ({str(sd[k].dtype).replace('torch.', '')})"
+        for k in sorted(set(sd) & set(expected))
+        if expected[k].is_floating_point() and not sd[k].is_floating_point()
+    ]
+    if not_float:
+        raise CheckpointError(
+            f"{source}: {len(not_float)} weight(s) are not floating-point tensors: {'; '.join(not_float[:_SHOW])}; "
+            "expected fp32, fp16 or bf16 weights (quantised or otherwise converted checkpoints are not supported)"
+        )
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -176,6 +196,35 @@ def load_state_dict_strict(model: CLIP, sd: Mapping[str, torch.Tensor], source: 
             f"{source} does not fit architecture {model.arch.name}: " + "; ".join(parts) + looks
         )
     model.load_state_dict(sd, strict=True)
+    bad = non_finite_weights(model)
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} weight(s) hold NaN or infinite values: {', '.join(bad[:_SHOW])}"
+            + (f" (+{len(bad) - _SHOW} more)" if len(bad) > _SHOW else "")
+            + "; the file is corrupt or came from a diverged training run"
+        )
+
+
+def non_finite_weights(model: torch.nn.Module) -> list:
+    """Names of the floating-point tensors of ``model`` that hold NaN or infinity."""
+    bad = []
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            # one reduction per tensor: a NaN or inf anywhere makes the sum non-finite (weights this
+            # size cannot overflow fp32), without a boolean copy of every weight
+            if t.is_floating_point() and not torch.isfinite(t.float().sum()):
+                bad.append(name)
+    return bad
+
+
+class ArchitectureUnknownError(CheckpointError):
+    """The architecture of a checkpoint could not be read from its shapes (``guess`` says what it looks like)."""
+
+    def __init__(self, path: Union[str, Path], guess: Optional[str]):
+        self.path, self.guess = Path(path), guess
+        looks = f" (it looks like {guess})" if guess else " (it does not look like a Chinese CLIP checkpoint)"
+        super().__init__(f"checkpoint {path}: cannot tell its architecture from the weights{looks}; "
+                         "pass arch='VISION@TEXT'")
 
 
 def load_checkpoint(
@@ -189,11 +238,7 @@ def load_checkpoint(
     if arch is None:
         arch = infer_arch(sd)
         if arch is None or "(" in arch:
-            raise CheckpointError(
-                f"checkpoint {path}: cannot tell its architecture"
-                + (f" (looks like {arch})" if arch else "")
-                + "; pass arch='VISION@TEXT'"
-            )
+            raise ArchitectureUnknownError(path, arch)
     model = create_model(arch)
     load_state_dict_strict(model, sd, source=f"checkpoint {path}")
     return model.to(device=resolve_device(device), dtype=resolve_dtype(precision)).eval()

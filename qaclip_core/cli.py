@@ -1,4 +1,9 @@
-"""Command line: ``python -m qaclip_core eval ...`` for any checkpoint on any dataset folder."""
+"""Command line: ``python -m qaclip_core eval ...`` for any checkpoint on any dataset folder.
+
+Every option is checked when it is parsed (exit 2 with one line), and every output path before
+any model is built, so a mistake never costs an evaluation. User errors (bad files, missing
+data) print one ``error:`` line and exit 2; anything else is a bug and shows its traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +11,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+from . import options
 from .data.loader import resolve_workers
 from .errors import QAClipError
+
+
+def _checked(check: Callable, option: str, **kw) -> Callable[[str], object]:
+    """An argparse type from an ``options`` validator (argparse names the option itself)."""
+
+    def convert(value: str):
+        try:
+            return check(value, option, **kw)
+        except options.OptionError as e:
+            raise argparse.ArgumentTypeError(f"{value!r}: {e.detail}") from None
+
+    convert.__name__ = option.lstrip("-")  # argparse shows it in "invalid <name> value"
+    return convert
 
 
 def _workers(value: str) -> str:
@@ -20,35 +39,62 @@ def _workers(value: str) -> str:
     return value
 
 
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value!r}: " + ("is a folder, expected a checkpoint file" if path.is_dir()
+                                                           else "no such file"))
+    return path
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m qaclip_core", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m qaclip_core", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="evaluate one model on one dataset")
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="registry name (see `python -m qaclip_core models`)")
-    who.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
-    ev.add_argument("--arch", help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
+    who.add_argument("--checkpoint", type=_existing_file, help="a local checkpoint file")
+    ev.add_argument("--arch", type=_checked(options.architecture, "--arch"),
+                    help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
     ev.add_argument("--dataset", required=True, help="flickr30k-cn, muge, coco-cn, imagenet (or a fixture dataset)")
-    ev.add_argument("--data-root", type=Path, required=True, help="${DATAPATH} holding datasets/, or the datasets folder")
+    ev.add_argument("--data-root", type=_checked(options.folder, "--data-root"), required=True,
+                    help="${DATAPATH} holding datasets/, or the datasets folder")
     ev.add_argument("--split", help="split to evaluate (default: the dataset's published split)")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    ev.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    ev.add_argument("--text-batch-size", type=int, default=256, help="texts per batch")
+    ev.add_argument("--device", default="auto", type=_checked(options.device, "--device"), help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--precision", default="fp32", choices=list(options.PRECISIONS))
+    ev.add_argument("--batch-size", type=_checked(options.positive_int, "--batch-size"), default=64, help="images per batch")
+    ev.add_argument("--text-batch-size", type=_checked(options.positive_int, "--text-batch-size"), default=256,
+                    help="texts per batch")
     ev.add_argument("--num-workers", type=_workers, default="auto", help="image-decoding threads (default auto: one per core, at most 8)")
-    ev.add_argument("--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
+    ev.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"),
+                    help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--dump-predictions", type=Path, metavar="DIR", help="write predictions in the reference's jsonl format")
+    ev.add_argument("--dump-predictions", type=_checked(options.folder, "--dump-predictions"), metavar="DIR",
+                    help="write predictions in the reference's jsonl format into DIR")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
     sub.add_parser("models", help="list registry names")
     return p
 
 
+class UsageError(QAClipError):
+    """A combination of options that cannot work (exit 2, like a parse error)."""
+
+
+def _check_before_work(args, card) -> None:
+    """Everything that can be known to fail before a model is built or an image read."""
+    if args.arch and not args.checkpoint:
+        raise UsageError("--arch applies to --checkpoint only; a --model's architecture comes from its card")
+    if args.dump_predictions:
+        if card.kind != "retrieval":
+            raise UsageError(f"--dump-predictions writes retrieval predictions; {card.name} is a {card.kind} dataset")
+        options.new_output_folder(args.dump_predictions, "--dump-predictions")
+
+
 def _encoder(args):
     from .adapters import NativeEncoder, fetch_weights, load_encoder
-    from .checkpoint import load_checkpoint
+    from .checkpoint import ArchitectureUnknownError, load_checkpoint
     from .hub import cache_root
     from .registry import get_card
 
@@ -56,7 +102,12 @@ def _encoder(args):
         card = get_card(args.model)
         path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
         return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile)
-    model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
+    try:
+        model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
+    except ArchitectureUnknownError as e:
+        looks = f" (it looks like {e.guess})" if e.guess else ""
+        raise UsageError(f"checkpoint {e.path}: cannot tell its architecture from the weights{looks}; "
+                         "give it with --arch VISION@TEXT, for example --arch ViT-B-16@RoBERTa-wwm-ext-base-chinese") from None
     return NativeEncoder(model, name=args.checkpoint.name, compile=args.compile)
 
 
@@ -66,28 +117,35 @@ def _device(name: str):
     return resolve_device(name)
 
 
-def _eval(args, shard) -> dict:
+def _eval(args, shard) -> tuple:
     from .data.catalog import get_dataset
     from .eval.runner import evaluate_card
 
     card = get_dataset(args.dataset)
+    if args.model:
+        from .registry import get_card
+
+        get_card(args.model)  # an unknown name fails before anything else
+    _check_before_work(args, card)
     encoder = _encoder(args)
     out = evaluate_card(
         encoder, card, args.data_root, batch_size=args.batch_size, text_batch_size=args.text_batch_size,
         num_workers=resolve_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
         download=args.download, progress=not args.quiet and shard.is_main, split=args.split, shard=shard,
     )
-    if args.dump_predictions and shard.is_main:
-        from .eval.retrieval import write_predictions
-
-        if card.kind != "retrieval":
-            raise QAClipError("--dump-predictions is for retrieval datasets")
-        write_predictions(out.raw, args.dump_predictions, split=args.split or card.split)
     report = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update({"dataset": card.name, "model": out.model, "split": args.split or card.split,
                    "precision": args.precision, "device": str(encoder.device), "processes": shard.world})
-    return report
+    return report, out, card
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        for k, v in report.items():
+            print(f"{k:>18}: {v}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -104,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shard = init_from_env(args.device)
     args.device = shard_device(shard, args.device)
     try:
-        report = _eval(args, shard)
+        report, out, card = _eval(args, shard)
     except QAClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -112,9 +170,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         finish(shard)
     if not shard.is_main:
         return 0
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False))
-    else:
-        for k, v in report.items():
-            print(f"{k:>18}: {v}")
+    _print(report, args.json)  # the metrics first: a failure to write files below loses nothing
+    if args.dump_predictions:
+        from .eval.retrieval import write_predictions
+
+        try:
+            paths = write_predictions(out.raw, args.dump_predictions, split=args.split or card.split)
+        except OSError as e:
+            print(f"error: the metrics above were computed, but writing predictions to {args.dump_predictions} "
+                  f"failed: {e}", file=sys.stderr)
+            return 1
+        if not args.json:
+            for path in paths.values():
+                print(f"{'written':>18}: {path}")
     return 0

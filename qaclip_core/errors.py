@@ -28,3 +28,12 @@ class DownloadError(QAClipError, OSError):
 
 class DatasetError(QAClipError, ValueError):
     """Evaluation data that is missing, malformed or inconsistent."""
+
+
+class MissingDependencyError(QAClipError, ImportError):
+    """An optional package a model or feature needs is not installed (the message names it and its extra)."""
+
+    def __init__(self, message: str, package: str = "", extra: str = ""):
+        super().__init__(message)
+        self.package = package
+        self.extra = extra

@@ -96,35 +96,114 @@ class ExpectedCase:
         ]
 
 
+class ExpectedFileError(QAClipError, ValueError):
+    """An expected file that does not follow the schema (the message names the file and the key)."""
+
+
+_TOP_KEYS = ("dataset", "kind", "split", "sources", "tolerance", "models")
+_KINDS = tuple(METRIC_ORDER)
+
+
+def _mapping(value: object, where: str, path: Path) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise ExpectedFileError(f"{path}: {where} must be a non-empty mapping, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _number(value: object, where: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpectedFileError(f"{path}: {where} must be a number, got {value!r:.60}")
+    return float(value)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExpectedFileError(f"{path}: cannot be read ({e})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ExpectedFileError(f"{path}: is not valid YAML{where}: {problem}") from None
+    if doc is None:
+        raise ExpectedFileError(f"{path}: is empty; expected the keys {', '.join(_TOP_KEYS)}")
+    if not isinstance(doc, dict):
+        raise ExpectedFileError(f"{path}: expected a mapping with the keys {', '.join(_TOP_KEYS)}, got {type(doc).__name__}")
+    return doc
+
+
+def _parse_tolerances(raw: object, path: Path) -> Dict[str, Dict[str, Tolerance]]:
+    out: Dict[str, Dict[str, Tolerance]] = {}
+    for prec, table in _mapping(raw, "tolerance", path).items():
+        out[str(prec)] = {}
+        for name, tol in _mapping(table, f"tolerance.{prec}", path).items():
+            where = f"tolerance.{prec}.{name}"
+            tol = _mapping(tol, where, path)
+            if "abs" not in tol or "why" not in tol:
+                raise ExpectedFileError(f"{path}: {where} needs 'abs' (points) and 'why' (where the number comes from)")
+            value = _number(tol["abs"], f"{where}.abs", path)
+            if value < 0:
+                raise ExpectedFileError(f"{path}: {where}.abs must not be negative, got {value}")
+            if not str(tol["why"]).strip():
+                raise ExpectedFileError(f"{path}: {where}.why is empty: a tolerance needs its reason")
+            out[str(prec)][str(name)] = Tolerance(value, str(tol["why"]))
+    return out
+
+
 def _parse(path: Path) -> List[ExpectedCase]:
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f)
-    for key in ("dataset", "kind", "split", "sources", "tolerance", "models"):
-        if key not in doc:
-            raise QAClipError(f"{path}: missing top-level key {key!r}")
-    tolerances = {
-        prec: {name: Tolerance(float(t["abs"]), str(t["why"])) for name, t in table.items()}
-        for prec, table in doc["tolerance"].items()
-    }
+    doc = _read_yaml(path)
+    missing = [k for k in _TOP_KEYS if k not in doc]
+    if missing:
+        raise ExpectedFileError(f"{path}: missing top-level key(s) {', '.join(repr(k) for k in missing)}")
+    if doc["kind"] not in _KINDS:
+        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
+    sources = _mapping(doc["sources"], "sources", path)
+    tolerances = _parse_tolerances(doc["tolerance"], path)
     cases = []
-    for model, entry in doc["models"].items():
+    for model, entry in _mapping(doc["models"], "models", path).items():
+        entry = _mapping(entry, f"models.{model}", path)
         gate = entry.get("gate")
         report_only = entry.get("report_only")
-        values = {k: {m: float(v) for m, v in vals.items()} for k, vals in entry.items() if k not in ("gate", "report_only")}
+        values: Dict[str, Dict[str, float]] = {}
+        for source, vals in entry.items():
+            if source in ("gate", "report_only"):
+                continue
+            values[source] = {str(m): _number(v, f"models.{model}.{source}.{m}", path)
+                              for m, v in _mapping(vals, f"models.{model}.{source}", path).items()}
         if gate not in values:
-            raise QAClipError(f"{path}: model {model!r} gate {gate!r} is not one of its sources {sorted(values)}")
-        unknown = set(values) - set(doc["sources"])
+            raise ExpectedFileError(f"{path}: models.{model}.gate {gate!r} is not one of its sources {sorted(values)}")
+        unknown = set(values) - set(sources)
         if unknown:
-            raise QAClipError(f"{path}: model {model!r} cites undeclared sources {sorted(unknown)}")
-        cases.append(ExpectedCase(doc["dataset"], model, doc["kind"], str(doc["split"]), gate, values,
-                                  dict(doc["sources"]), tolerances, path,
-                                  report_only=str(report_only).strip() if report_only else None))
+            raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
+        case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
+                            dict(sources), tolerances, path,
+                            report_only=str(report_only).strip() if report_only else None)
+        for prec in tolerances:
+            for metric in case.gate_values:
+                try:
+                    case.tolerance(metric, prec)
+                except QAClipError:
+                    raise ExpectedFileError(
+                        f"{path}: models.{model}: no tolerance.{prec} entry for metric {metric!r} or its group "
+                        f"{metric.split('_')[0]!r}") from None
+        cases.append(case)
     return cases
 
 
 def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:
-    """Every case of every YAML file in ``directory``, in file then model order."""
+    """Every case of every YAML file in ``directory``, in file then model order, validated."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExpectedFileError(f"expected-numbers folder {directory} does not exist")
     cases: List[ExpectedCase] = []
-    for path in sorted(Path(directory).glob("*.yaml")):
-        cases.extend(_parse(path))
+    seen: Dict[str, Path] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        for case in _parse(path):
+            if case.id in seen:
+                raise ExpectedFileError(f"{path}: case {case.id} is also defined in {seen[case.id]}")
+            seen[case.id] = path
+            cases.append(case)
     return cases

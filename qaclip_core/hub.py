@@ -142,6 +142,28 @@ def _fsync_dir(path: Path) -> None:
 # Hugging Face Hub
 
 
+def is_offline() -> bool:
+    """Whether offline mode is on (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``, read now)."""
+    return _offline()
+
+
+def verify_file(path: PathLike, sha256: Optional[str], source: str, sidecar: bool = True) -> None:
+    """Check a file on disk against ``sha256`` (if given); a mismatch is a ChecksumError naming both values.
+
+    ``sidecar=False`` hashes the file in full and writes no ``.sha256`` record beside it (for
+    files inside the installed package, whose folder may be read-only).
+    """
+    expected = _normalize_sha(sha256)
+    if expected is None:
+        return
+    if sidecar:
+        _verify_existing(Path(path), expected, source)
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(f"{path}: sha256 mismatch for {source}: expected {expected}, got {actual}")
+
+
 def _offline() -> bool:
     # huggingface_hub snapshots HF_HUB_OFFLINE at import; honour a value set later too.
     if any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):

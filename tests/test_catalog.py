@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -29,7 +30,19 @@ def _zip_dataset(tmp: Path, dirname: str) -> Path:
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    with pytest.raises(DatasetMissingError, match=r"Flickr30K-CN not found in .*Flickr30k-CN.*--download"):
+    with pytest.raises(DatasetMissingError, match=r"Flickr30K-CN not found: no folder .*Flickr30k-CN.*--download"):
+        ensure_dataset(get_dataset("flickr30k-cn"), tmp_path)
+
+
+def test_incomplete_dataset_says_which_part_is_missing(tmp_path):
+    folder = tmp_path / "Flickr30k-CN"
+    (folder / "lmdb" / "test" / "imgs").mkdir(parents=True)
+    with pytest.raises(DatasetMissingError, match=r"incomplete: test_texts.jsonl missing") as e:
+        ensure_dataset(get_dataset("flickr30k-cn"), tmp_path)
+    assert "lmdb" not in str(e.value).split("incomplete:")[1].split(";")[0]
+    (folder / "lmdb" / "test" / "imgs").rmdir()
+    (folder / "test_texts.jsonl").write_text("{}\n")
+    with pytest.raises(DatasetMissingError, match=r"incomplete: lmdb/test/imgs missing"):
         ensure_dataset(get_dataset("flickr30k-cn"), tmp_path)
     with pytest.raises(DatasetMissingError, match="li-xirong/coco-cn"):
         ensure_dataset(get_dataset("coco-cn"), tmp_path, download=True)  # cannot be downloaded
@@ -69,6 +82,17 @@ def test_corrupt_and_hostile_archives_are_refused(tmp_path, monkeypatch):
         with pytest.raises(DatasetError, match="outside the target folder"):
             ensure_dataset(get_dataset("muge"), tmp_path / "data2", download=True)
     assert not (tmp_path / "escaped.txt").exists()
+
+    # a sibling whose name starts with the staging folder's name is still outside it
+    sibling = tmp_path / "hub3" / "datasets" / "OFA-Sys" / "chinese-clip-eval" / "MUGE.zip"
+    sibling.parent.mkdir(parents=True)
+    with zipfile.ZipFile(sibling, "w") as zf:
+        zf.writestr(f"../.MUGE.extract-{os.getpid()}-sibling/x.txt", "x")
+    with serve_directory(tmp_path / "hub3") as hub:
+        monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
+        with pytest.raises(DatasetError, match="outside the target folder"):
+            ensure_dataset(get_dataset("muge"), tmp_path / "data3", download=True)
+    assert not list((tmp_path / "data3" / "datasets").glob("*sibling*"))
 
 
 def test_label_file_download_is_checksummed(tmp_path):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..checkpoint import resolve_device, resolve_dtype
-from ..errors import CheckpointError, ChecksumError, DownloadError
+from ..errors import CheckpointError, ChecksumError, DownloadError, MissingDependencyError
 from ..registry import ModelCard
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -67,18 +67,20 @@ def _version_tuple(version: str) -> Tuple[int, ...]:
 
 
 def import_transformers() -> Any:
-    """The ``transformers`` module, or an ImportError saying how to install it."""
+    """The ``transformers`` module, or a MissingDependencyError (an ImportError) saying how to install it."""
     try:
         import transformers
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             f"AltCLIP models need the 'transformers' package (>= {MIN_TRANSFORMERS}), which is not installed "
-            f"or cannot be imported ({e}); install it with: {INSTALL_HINT}"
+            f"or cannot be imported ({e}); install it with: {INSTALL_HINT}",
+            package="transformers", extra="altclip",
         ) from e
     if _version_tuple(transformers.__version__) < _version_tuple(MIN_TRANSFORMERS):
-        raise ImportError(
+        raise MissingDependencyError(
             f"AltCLIP models need transformers >= {MIN_TRANSFORMERS}, found {transformers.__version__}; "
-            f"upgrade with: {INSTALL_HINT}"
+            f"upgrade with: {INSTALL_HINT}",
+            package="transformers", extra="altclip",
         )
     return transformers
 

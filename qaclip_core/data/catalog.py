@@ -77,15 +77,24 @@ def _present(card: DatasetCard, folder: Path) -> bool:
     return (folder / card.split).is_dir()
 
 
+def missing_parts(card: DatasetCard, folder: Path) -> list:
+    """The parts of the dataset that are absent from ``folder`` (paths relative to it)."""
+    if card.kind == "retrieval":
+        parts = [f"lmdb/{card.split}/imgs", f"{card.split}_texts.jsonl"]
+        present = [(folder / parts[0]).is_dir(), (folder / parts[1]).is_file()]
+    else:
+        parts, present = [f"{card.split}/<class folders>"], [(folder / card.split).is_dir()]
+    return [p for p, ok in zip(parts, present) if not ok]
+
+
 def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
     """One line: what is missing, where it was expected, how to get it."""
     folder = dataset_dir(card, data_root)
-    if card.kind == "retrieval":
-        need = f"lmdb/{card.split}/imgs and {card.split}_texts.jsonl"
-    else:
-        need = f"{card.split}/<class folders>"
     how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
-    return f"{card.display} not found in {folder} (needs {need}); {how}"
+    if not folder.is_dir():
+        return f"{card.display} not found: no folder {folder}; {how}"
+    missing = missing_parts(card, folder)
+    return f"{card.display} in {folder} is incomplete: {' and '.join(missing)} missing; {how}"
 
 
 def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
@@ -95,9 +104,11 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
     staging.mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as zf:
+            inside = staging.resolve()
             for member in zf.namelist():
                 dest = (staging / member).resolve()
-                if not str(dest).startswith(str(staging.resolve())):
+                # containment by path components: /x/stage-evil is not inside /x/stage
+                if dest != inside and inside not in dest.parents:
                     raise DatasetError(f"{archive}: member {member!r} would extract outside the target folder")
             bad = zf.testzip()
             if bad:
