@@ -18,6 +18,10 @@ FLAGS = [
     # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
     ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN and label_cn.txt when missing"),
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
+    ("--require-data", "QACLIP_REQUIRE_DATA",
+     "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),
+    ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
+     "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
 ]
 
 

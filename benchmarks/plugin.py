@@ -6,28 +6,48 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
+from qaclip_core import options as opts
 from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
 from qaclip_core.data.loader import resolve_workers
-from qaclip_core.errors import DownloadError
+from qaclip_core.errors import DownloadError, MissingDependencyError, QAClipError
 from qaclip_core.expected import ExpectedCase, load_expected
 from qaclip_core.hub import cache_root
 from qaclip_core.registry import ModelCard, get_card
 from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
 
+from .progress import terminal_progress
+
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED_DIR = Path(os.environ.get("QACLIP_EXPECTED_DIR", REPO / "expected"))
+# Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
+# (a bug, a corrupt file, a broken import inside the package) is an error.
+SKIPPABLE = (DatasetMissingError, DownloadError, MissingDependencyError)
+
+
+def expected_dir() -> Path:
+    """``$QACLIP_EXPECTED_DIR`` or the repository's ``expected/`` (read when called)."""
+    return Path(os.environ.get("QACLIP_EXPECTED_DIR") or REPO / "expected").expanduser()
+
+
+_EXPECTED: Dict[str, List[ExpectedCase]] = {}
+
+
+def all_expected() -> List[ExpectedCase]:
+    """Every expected case, parsed and validated once per process (a QAClipError names file and key)."""
+    key = str(expected_dir())
+    if key not in _EXPECTED:
+        _EXPECTED[key] = load_expected(expected_dir())
+    return _EXPECTED[key]
 
 
 def expected_cases(kind: str) -> List[ExpectedCase]:
     """Cases of ``kind`` from expected/, grouped by model so that each model loads once."""
-    cases = [c for c in load_expected(EXPECTED_DIR) if c.kind == kind]
-    return sorted(cases, key=lambda c: c.model)
+    return sorted((c for c in all_expected() if c.kind == kind), key=lambda c: c.model)
 
 
 def case_params(kind: str) -> list:
@@ -37,20 +57,61 @@ def case_params(kind: str) -> list:
             for c in expected_cases(kind)]
 
 
+@dataclass(frozen=True)
+class SuiteOptions:
+    """The suite's options, validated once at configure time."""
+
+    data_root: Path
+    checkpoint_dir: Path
+    device: str
+    precision: str
+    batch_size: int
+    num_workers: int
+    download: bool
+    compile: bool
+    require_data: bool
+    report: Optional[Path]
+
+
+def _validated_options(config: pytest.Config) -> SuiteOptions:
+    """Every suite option checked (``QAClipError`` with the option and value), before any case runs."""
+    opt = config.getoption
+    workers = str(opt("--num-workers"))
+    try:
+        count = getattr(config, "workerinput", {}).get("workercount", 1)
+        num_workers = resolve_workers(workers, count)
+    except ValueError as e:
+        raise opts.OptionError("--num-workers", workers, str(e).split(", got ")[0]) from None
+    return SuiteOptions(
+        data_root=opts.folder(opt("--data-root"), "--data-root") or cache_root() / "data",
+        checkpoint_dir=opts.folder(opt("--checkpoint-dir"), "--checkpoint-dir") or cache_root() / "checkpoints",
+        device=opts.device(opt("--device")),
+        precision=opts.precision(opt("--precision")),
+        batch_size=opts.positive_int(opt("--batch-size"), "--batch-size"),
+        num_workers=num_workers,
+        download=bool(opt("--download")),
+        compile=bool(opt("--compile")),
+        require_data=bool(opt("--require-data")),
+        report=opts.new_output_folder(opt("--report"), "--report") if not hasattr(config, "workerinput") else None,
+    )
+
+
 class Suite:
     """Everything one pytest run shares between reproduction cases."""
 
     def __init__(self, config: pytest.Config):
-        opt = config.getoption
-        self.data_root = Path(opt("--data-root") or cache_root() / "data").expanduser()
-        self.checkpoint_dir = Path(opt("--checkpoint-dir") or cache_root() / "checkpoints").expanduser()
-        self.device = _worker_device(config, opt("--device"))
-        self.precision = opt("--precision")
-        self.batch_size = int(opt("--batch-size"))
-        self.num_workers = resolve_workers(opt("--num-workers"), getattr(config, "workerinput", {}).get("workercount", 1))
-        self.download = bool(opt("--download"))
-        self.compile = bool(opt("--compile"))
-        self.results: List[CaseResult] = config.stash[_RESULTS_KEY]
+        o: SuiteOptions = config.stash[_OPTIONS_KEY]
+        self.options = o
+        self.data_root = o.data_root
+        self.checkpoint_dir = o.checkpoint_dir
+        self.device = _worker_device(config, o.device)
+        self.precision = o.precision
+        self.batch_size = o.batch_size
+        self.num_workers = o.num_workers
+        self.download = o.download
+        self.compile = o.compile
+        self.results: Dict[str, CaseResult] = config.stash[_RESULTS_KEY]
+        self.progress = terminal_progress(config)
         self._encoder_key: Optional[tuple] = None
         self._encoder = None
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
@@ -76,11 +137,22 @@ class Suite:
         from qaclip_core.adapters import fetch_weights
 
         if card.test_only:
-            # The fixture travels the real path: served over HTTP on 127.0.0.1, downloaded into a
-            # fresh folder, checksummed, then loaded.
-            hub = self._fixture_hub()
-            return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
+            return self._fixture_checkpoint(card)
         return fetch_weights(card, download_root=self.checkpoint_dir)
+
+    def _fixture_checkpoint(self, card: ModelCard) -> Path:
+        from qaclip_core.adapters import fetch_weights
+        from qaclip_core.fixture import CHECKPOINT
+        from qaclip_core.hub import is_offline, verify_file
+
+        if is_offline():
+            # Offline (an air-gapped runner): the fixture ships inside the package, so it is read
+            # from there, checked against its card's sha256; no server is started.
+            verify_file(CHECKPOINT, card.sha256, f"the packaged fixture checkpoint of {card.name}", sidecar=False)
+            return CHECKPOINT
+        # Online, the fixture travels the real path: served over HTTP on 127.0.0.1, downloaded
+        # into a fresh folder, checksummed, then loaded.
+        return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=self._fixture_hub().endpoint)
 
     def _fixture_hub(self):
         if self._local_hub is None:
@@ -101,40 +173,51 @@ class Suite:
         key = (card.name, self.device, self.precision, self.compile)
         if key != self._encoder_key:
             self._encoder = None
+            self._encoder_key = None
             path = self.checkpoint_for(card)
             self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile)
             self._encoder_key = key
         return self._encoder
 
     # -- one case ---------------------------------------------------------------------------
-    def run_case(self, case: ExpectedCase) -> CaseResult:
+    def skip_or_fail(self, item: pytest.Item, case: ExpectedCase, reason: str) -> None:
+        """Skip for a missing prerequisite; with ``--require-data`` that is a failure instead."""
+        if self.options.require_data:
+            self.record(item, CaseResult(status="error", reason=f"required but missing: {reason}", **self._base(case)))
+            pytest.fail(f"{case.id}: --require-data is set and {reason}", pytrace=False)
+        self.record(item, CaseResult(status="skipped", reason=reason, **self._base(case)))
+        pytest.skip(reason)
+
+    def _base(self, case: ExpectedCase) -> dict:
+        return dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
+
+    def record(self, item: pytest.Item, result: CaseResult) -> CaseResult:
+        """Keep ``result`` for the report and, for JUnit XML, as properties of ``item``."""
+        self.results[item.nodeid] = result
+        item.user_properties.extend(junit_properties(result))
+        return result
+
+    def run_case(self, case: ExpectedCase, item: pytest.Item) -> CaseResult:
         """Evaluate ``case``; skip (with a one-line reason) when data or weights are missing."""
         from qaclip_core.eval.runner import evaluate_card
 
         ds = get_dataset(case.dataset)
         model_card = get_card(case.model)
         root = self.data_root_for(ds)
-        base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
         try:
             ensure_dataset(ds, root, download=self.download)
             encoder = self.encoder_for(model_card)
-        except (DatasetMissingError, DownloadError, ImportError) as e:
-            reason = str(e).splitlines()[0]
-            self.results.append(CaseResult(status="skipped", reason=reason, **base))
-            pytest.skip(reason)
+        except SKIPPABLE as e:
+            self.skip_or_fail(item, case, str(e).splitlines()[0])
         start = time.perf_counter()
-        try:
-            out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
-                                download=self.download, progress=False)
-            checks = case.check(out.metrics, self.precision)
-        except Exception as e:  # recorded so the report lists the case, then raised as the test error
-            self.results.append(CaseResult(status="error", reason=f"{type(e).__name__}: {e}".splitlines()[0], **base))
-            raise
-        result = CaseResult.from_checks(
+        out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
+                            download=self.download, progress=self.progress)
+        checks = case.check(out.metrics, self.precision)
+        result = self.record(item, CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
-            seconds=round(time.perf_counter() - start, 2), checks=checks, report_only=case.report_only, **base,
-        )
-        self.results.append(result)
+            seconds=round(time.perf_counter() - start, 2), checks=checks, report_only=case.report_only,
+            **self._base(case),
+        ))
         if result.status == "failed":
             pytest.fail(f"{case.id} ({self.precision}) is outside tolerance (gate: {case.gate}):\n"
                         + failure_table(checks), pytrace=False)
@@ -147,8 +230,21 @@ class Suite:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def junit_properties(result: CaseResult) -> List[tuple]:
+    """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
+    props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
+    if result.reason:
+        props.append(("qaclip.reason", result.reason))
+    for c in result.checks:
+        for field in ("measured", "expected", "delta", "tolerance"):
+            props.append((f"{c['metric']}.{field}", round(float(c[field]), 4) + 0.0))  # + 0.0: no "-0.0"
+    return props
+
+
 _SUITE_KEY = pytest.StashKey[Suite]()
-_RESULTS_KEY = pytest.StashKey[List[CaseResult]]()
+_OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
+_RESULTS_KEY = pytest.StashKey[Dict[str, CaseResult]]()
+_LEFT_OUT_KEY = pytest.StashKey[List[str]]()
 _WORKER_OUTPUT = "qaclip_results"
 
 
@@ -164,9 +260,26 @@ def _worker_device(config: pytest.Config, device: str) -> str:
     return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
 
 
+def _runs_on_cuda(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    config.stash[_RESULTS_KEY] = []
+    config.stash[_RESULTS_KEY] = {}
+    config.stash[_LEFT_OUT_KEY] = []
+    try:
+        config.stash[_OPTIONS_KEY] = _validated_options(config)
+        if not expected_dir().is_dir():
+            raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: no such folder of expected YAML files")
+        if not all_expected():  # a malformed expected file stops the run here, naming the file and key
+            raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: holds no expected *.yaml files")
+    except QAClipError as e:
+        raise pytest.UsageError(str(e)) from None
     # plain -n N would scatter a model's cases over workers and load it N times
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
         config.option.dist = "loadgroup"
@@ -175,7 +288,7 @@ def pytest_configure(config):
 def pytest_sessionfinish(session):
     config = session.config
     if hasattr(config, "workeroutput"):
-        config.workeroutput[_WORKER_OUTPUT] = json.dumps([asdict(r) for r in config.stash[_RESULTS_KEY]])
+        config.workeroutput[_WORKER_OUTPUT] = json.dumps({k: asdict(r) for k, r in config.stash[_RESULTS_KEY].items()})
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown when xdist is not installed
@@ -183,7 +296,7 @@ def pytest_testnodedown(node, error):
     # runs on the xdist controller: merge the worker's results into one report
     data = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
     if data:
-        node.config.stash[_RESULTS_KEY].extend(CaseResult(**r) for r in json.loads(data))
+        node.config.stash[_RESULTS_KEY].update({k: CaseResult(**r) for k, r in json.loads(data).items()})
 
 
 @pytest.fixture(scope="session")
@@ -201,31 +314,100 @@ def pytest_runtest_setup(item):
         pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
 
 
-def pytest_collection_modifyitems(session, config, items):
-    # Reproduction cases of one model run back to back, so its weights load once.
-    def model_of(item):
-        spec = getattr(item, "callspec", None)
-        case = spec.params.get("case") if spec else None
-        return case.model if isinstance(case, ExpectedCase) else None
+def _case_of(item: pytest.Item) -> Optional[ExpectedCase]:
+    spec = getattr(item, "callspec", None)
+    case = spec.params.get("case") if spec else None
+    return case if isinstance(case, ExpectedCase) else None
 
-    repro = [i for i in items if model_of(i) is not None]
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    # Every collected reproduction case appears in the report: one that ended without recording
+    # a result (a crash while resolving its checkpoint, a fixture error...) is recorded here.
+    case = _case_of(item)
+    results = item.config.stash[_RESULTS_KEY]
+    if case is not None and item.nodeid not in results and (report.when == "call" or not report.passed):
+        if report.skipped:
+            status, reason = "skipped", _skip_reason(report)
+        else:
+            status, reason = "error", _error_reason(call)
+        precision = item.config.stash[_OPTIONS_KEY].precision
+        result = CaseResult(dataset=case.dataset, model=case.model, kind=case.kind, precision=precision,
+                            status=status, reason=reason)
+        results[item.nodeid] = result
+        item.user_properties.extend(junit_properties(result))
+    return report
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ").splitlines()[0] if text else "skipped"
+
+
+def _error_reason(call) -> str:
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if exc is None:
+        return "error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # CPU throughput of the large towers takes minutes per case: opt-in off CUDA.
+    if not config.getoption("--cpu-large-throughput") and not _runs_on_cuda(config.stash[_OPTIONS_KEY].device):
+        left = [i for i in items if i.get_closest_marker("throughput") and i.get_closest_marker("large_model")]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            ids = {id(i) for i in left}
+            items[:] = [i for i in items if id(i) not in ids]
+            config.stash[_LEFT_OUT_KEY] = [i.nodeid for i in left]
+    # Reproduction cases of one model run back to back, so its weights load once.
+    repro = [i for i in items if _case_of(i) is not None]
     if repro:
-        order = sorted(repro, key=lambda i: model_of(i))
-        it = iter(order)
-        items[:] = [next(it) if model_of(i) is not None else i for i in items]
+        it = iter(sorted(repro, key=lambda i: _case_of(i).model))
+        items[:] = [next(it) if _case_of(i) is not None else i for i in items]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workeroutput"):
         return  # the controller reports for all workers
-    results = sorted(config.stash.get(_RESULTS_KEY, []), key=lambda r: (r.dataset, r.model))
+    left = config.stash.get(_LEFT_OUT_KEY, [])
+    if left:
+        terminalreporter.write_line(
+            f"qaclip: left out {len(left)} CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, "
+            f"ViT-H/14, AltCLIP; minutes each on a CPU); include them with --cpu-large-throughput "
+            f"(or QACLIP_CPU_LARGE_THROUGHPUT=1)")
+    results = sorted(config.stash.get(_RESULTS_KEY, {}).values(), key=lambda r: (r.dataset, r.model))
     if not results:
         return
     terminalreporter.section("QA-CLIP reproduction report")
     terminalreporter.write_line(render_text(results))
-    out = config.getoption("--report")
-    if out:
-        meta = {"precision": config.getoption("--precision"), "device": config.getoption("--device"),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for path in write_reports(results, out, meta):
+    options = config.stash.get(_OPTIONS_KEY, None)
+    if options is not None and options.report is not None:
+        meta = {"precision": options.precision, "device": options.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        paths = write_reports(results, options.report, meta)
+        for path in paths:
             terminalreporter.write_line(f"report written to {path}")
+        _append_step_summary(paths[1])
+
+
+def _append_step_summary(markdown: Path) -> None:
+    """On GitHub Actions, add report.md to the job's summary page."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(markdown.read_text(encoding="utf-8") + "\n")
+
+
+def pytest_unconfigure(config):
+    # After pytest's own summary line: a run whose every reproduction case skipped evaluated nothing.
+    if hasattr(config, "workeroutput"):
+        return
+    results = list(config.stash.get(_RESULTS_KEY, {}).values())
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if results and reporter is not None and all(r.status == "skipped" for r in results):
+        reporter.write_line(
+            f"qaclip: all {len(results)} selected reproduction cases were skipped (weights or data missing): "
+            "nothing was evaluated", yellow=True, bold=True)

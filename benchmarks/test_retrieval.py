@@ -7,6 +7,6 @@ from .plugin import case_params
 
 
 @pytest.mark.parametrize("case", case_params("retrieval"))
-def test_retrieval(case, suite):
+def test_retrieval(case, suite, request):
     """Recall@1/5/10 both ways within the tolerance of expected/<dataset>.yaml."""
-    suite.run_case(case)
+    suite.run_case(case, request.node)

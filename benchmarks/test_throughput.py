@@ -18,6 +18,7 @@ from .throughput_support import (
     batch_sizes,
     device_name,
     device_precisions,
+    is_large,
     mean_seconds,
     models,
     nominal_image_gflops,
@@ -43,7 +44,8 @@ def _params(tower: str) -> list:
         for device, precision in device_precisions():
             for batch in batch_sizes(device, tower):
                 for impl in _impls(tower, device, arch_id):
-                    params.append(pytest.param(arch, device, precision, batch, impl,
+                    marks = [pytest.mark.large_model] if is_large(arch) else []
+                    params.append(pytest.param(arch, device, precision, batch, impl, marks=marks,
                                                id=f"{arch_id}-{precision}-b{batch}-{impl}"))
     return params
 

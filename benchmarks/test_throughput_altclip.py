@@ -35,7 +35,8 @@ PROJECTION_DIM = 768
 
 def _params(tower: str) -> list:
     return [
-        pytest.param(device, precision, batch, id=f"{CARD}-{precision}-b{batch}-{IMPL}")
+        # XLM-R large and a ViT-L/14 vision tower: a large model (see throughput_support.is_large)
+        pytest.param(device, precision, batch, id=f"{CARD}-{precision}-b{batch}-{IMPL}", marks=pytest.mark.large_model)
         for device, precision in device_precisions()
         for batch in batch_sizes(device, tower)
     ]

@@ -7,6 +7,6 @@ from .plugin import case_params
 
 
 @pytest.mark.parametrize("case", case_params("zeroshot"))
-def test_zeroshot(case, suite):
+def test_zeroshot(case, suite, request):
     """Top-1 (and top-5 where published) within the tolerance of expected/<dataset>.yaml."""
-    suite.run_case(case)
+    suite.run_case(case, request.node)

@@ -40,6 +40,18 @@ def architectures() -> List[Tuple[str, str]]:
     return sorted(seen.items())
 
 
+def is_large(arch: str) -> bool:
+    """Whether the vision tower of ``VISION@TEXT`` is a large ViT (width 1024 or more: ViT-L/14, ViT-H/14).
+
+    Their CPU throughput cases take minutes each, so off CUDA they run only on request
+    (``--cpu-large-throughput``).
+    """
+    from qaclip_core.model.config import vision_config
+
+    cfg = vision_config(arch.split("@")[0])
+    return cfg.kind == "vit" and cfg.width >= 1024
+
+
 def device_precisions() -> List[Tuple[str, str]]:
     """(device, precision) pairs this machine supports."""
     pairs = [("cpu", "fp32")]

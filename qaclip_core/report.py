@@ -107,10 +107,12 @@ def render_markdown(results: List[CaseResult]) -> str:
         cols = _columns(measured) if measured else []
         out.append(f"## {ds}")
         out.append("")
-        out.append("| model | " + " | ".join(SHORT.get(c, c) for c in cols) + " | status |")
-        out.append("|---|" + "---|" * (len(cols) + 1))
+        header = ["model", *(SHORT.get(c, c) for c in cols), "status"]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
         for r in rows:
-            out.append(f"| {r.model} | " + " | ".join(_cell(r, c) for c in cols) + f" | {_note(r)} |")
+            cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"

@@ -42,7 +42,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -329,24 +329,18 @@ HEADER = """\
 """
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
-    p.add_argument("--out-dir", type=Path, default=REPO / "expected")
-    p.add_argument("--data-root", type=Path, default=None, help="generate the data here (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="print the numbers, write nothing")
-    args = p.parse_args()
+def compute_documents(checkpoint: Path = CHECKPOINT, seed: int = 0, data_root: Optional[Path] = None,
+                      verbose: bool = True) -> Dict[str, dict]:
+    """The two expected documents (file name -> YAML document), recomputed with the reference pipeline."""
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-
-    sha = sha256_file(args.checkpoint)
-    model, info = load_reference_model(ARCH, args.checkpoint)
+    sha = sha256_file(checkpoint)
+    model, info = load_reference_model(ARCH, checkpoint)
     resolution = reference_kwargs(ARCH)["image_resolution"]
     with tempfile.TemporaryDirectory(prefix="fixture-expected-") as tmp:
-        root = args.data_root or Path(tmp) / "data"
+        root = data_root or Path(tmp) / "data"
         work = Path(tmp) / "work"
         work.mkdir()
-        write_shapes_dataset(root, seed=args.seed)
+        write_shapes_dataset(root, seed=seed)
         ret, counts, ret_margin = retrieval_metrics(model, root, resolution, work)
         zs, n_cls, zs_margin = zeroshot_metrics(model, root, resolution)
         # How far reduced precision moves the numbers: the same pipeline with the model in the
@@ -362,19 +356,18 @@ def main() -> None:
             drift[name] = {k: abs(v - ret[k]) for k, v in low_ret.items()}
             drift[name].update({k: abs(v - zs[k]) for k, v in low_zs.items()})
 
-    print(f"checkpoint {args.checkpoint} sha256 {sha} ({info})")
-    print(f"retrieval ({counts['texts']} texts, {counts['images']} images): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in ret.items()))
-    print(f"  smallest score gap at a recall decision: t2i {ret_margin['t2i']:.2e}, i2t {ret_margin['i2t']:.2e}")
-    print(f"zero-shot ({n_cls} images): top1 {zs['top1']:.3f}, top5 {zs['top5']:.3f}; "
-          f"smallest top-1 softmax gap {zs_margin:.2e}")
-    for name, d in drift.items():
-        print(f"{name} (cn_clip fp16 layout, CPU): |delta| " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
-    if args.dry_run:
-        return
+    if verbose:
+        print(f"checkpoint {checkpoint} sha256 {sha} ({info})")
+        print(f"retrieval ({counts['texts']} texts, {counts['images']} images): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in ret.items()))
+        print(f"  smallest score gap at a recall decision: t2i {ret_margin['t2i']:.2e}, i2t {ret_margin['i2t']:.2e}")
+        print(f"zero-shot ({n_cls} images): top1 {zs['top1']:.3f}, top5 {zs['top5']:.3f}; "
+              f"smallest top-1 softmax gap {zs_margin:.2e}")
+        for name, d in drift.items():
+            print(f"{name} (cn_clip fp16 layout, CPU): |delta| " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
 
-    checkpoint = {"model": MODEL, "file": "qaclip_core/fixture/fixture-tiny.pt", "sha256": sha,
-                  "epoch": info["epoch"], "step": info["step"]}
+    checkpoint_doc = {"model": MODEL, "file": "qaclip_core/fixture/fixture-tiny.pt", "sha256": sha,
+                      "epoch": info["epoch"], "step": info["step"]}
     noise = ("Features are far from ties (smallest score gap at a recall decision {gap:.1e}, float "
              "noise is ~1e-6), so the suite should match the reference exactly; one query of slack "
              "guards against a platform's float order, and anything more is a real difference.")
@@ -393,10 +386,10 @@ def main() -> None:
         "kind": "retrieval",
         "split": "test",
         "sources": {SOURCE_ID: SOURCE},
-        "checkpoint": checkpoint,
-        "data": {"generator": "qaclip_core.fixture.shapes", "seed": args.seed,
+        "checkpoint": checkpoint_doc,
+        "data": {"generator": "qaclip_core.fixture.shapes", "seed": seed,
                  "texts": counts["texts"], "images": counts["images"],
-                 "test_digest": split_digest(generate_split("test", args.seed))},
+                 "test_digest": split_digest(generate_split("test", seed))},
         "tolerance": {
             "fp32": {
                 "t2i": _tol(t2i_one, f"one of {counts['texts']} captions is {100 / counts['texts']:.3f} points. "
@@ -425,9 +418,9 @@ def main() -> None:
         "kind": "zeroshot",
         "split": "test",
         "sources": {SOURCE_ID: SOURCE},
-        "checkpoint": checkpoint,
-        "data": {"generator": "qaclip_core.fixture.shapes", "seed": args.seed, "images": n_cls,
-                 "digest": classification_digest(generate_classification(args.seed))},
+        "checkpoint": checkpoint_doc,
+        "data": {"generator": "qaclip_core.fixture.shapes", "seed": seed, "images": n_cls,
+                 "digest": classification_digest(generate_classification(seed))},
         "tolerance": {
             "fp32": {"top1": _tol(zs_one, zs_noise), "top5": _tol(zs_one, zs_noise)},
             **{
@@ -437,11 +430,75 @@ def main() -> None:
         },
         "models": {MODEL: {"gate": SOURCE_ID, SOURCE_ID: {k: round(v, 4) for k, v in zs.items()}}},
     }
+    return {"fixture-shapes.yaml": retrieval_doc, "fixture-shapes-cls.yaml": zeroshot_doc}
+
+
+def _gated_facts(doc: dict) -> Dict[str, object]:
+    """What a hand edit must not change: gate values, fp32 tolerances, checkpoint digest, data digests and counts."""
+    facts: Dict[str, object] = {"checkpoint.sha256": doc["checkpoint"]["sha256"]}
+    facts.update({f"data.{k}": v for k, v in doc["data"].items()})
+    for group, tol in doc["tolerance"]["fp32"].items():
+        facts[f"tolerance.fp32.{group}"] = tol["abs"]
+    for model, entry in doc["models"].items():
+        facts[f"models.{model}.gate"] = entry["gate"]
+        for metric, value in entry[entry["gate"]].items():
+            facts[f"models.{model}.{entry['gate']}.{metric}"] = value
+    return facts
+
+
+def compare_documents(computed: Dict[str, dict], directory: Path) -> List[str]:
+    """Differences between recomputed documents and the files in ``directory`` (empty when they agree).
+
+    Values are compared as the generator rounds them (4 decimals). The reduced-precision
+    tolerances are left out: they rest on drift measured on this machine's CPU kernels.
+    """
+    problems = []
+    for name, doc in computed.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        on_disk = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            stored = _gated_facts(on_disk)
+        except (KeyError, TypeError, AttributeError) as e:
+            problems.append(f"{path}: not in the generated shape ({type(e).__name__}: {e})")
+            continue
+        fresh = _gated_facts(doc)
+        for key in sorted(set(fresh) | set(stored)):
+            if fresh.get(key) != stored.get(key):
+                problems.append(f"{path}: {key} is {stored.get(key)!r}, the reference pipeline gives {fresh.get(key)!r}")
+    return problems
+
+
+def main() -> int:
+    """Recompute; print (--dry-run), compare with the files (--check) or write them."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    p.add_argument("--out-dir", type=Path, default=REPO / "expected")
+    p.add_argument("--data-root", type=Path, default=None, help="generate the data here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=0)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the numbers, write nothing")
+    mode.add_argument("--check", action="store_true",
+                      help="compare with the files in --out-dir and exit 1 on any difference (CI: a hand edit cannot pass)")
+    args = p.parse_args()
+    docs = compute_documents(args.checkpoint, args.seed, args.data_root)
+    if args.dry_run:
+        return 0
+    if args.check:
+        problems = compare_documents(docs, args.out_dir)
+        for line in problems:
+            print(line)
+        print("fixture expected numbers: " + ("DIFFER from the reference pipeline" if problems else "agree with the reference pipeline"))
+        return 1 if problems else 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(args.out_dir / "fixture-shapes.yaml", retrieval_doc, HEADER.format(what="Shapes-CN retrieval, test split"))
-    write_yaml(args.out_dir / "fixture-shapes-cls.yaml", zeroshot_doc, HEADER.format(what="shapes-cls zero-shot"))
-    print(f"wrote {args.out_dir / 'fixture-shapes.yaml'} and {args.out_dir / 'fixture-shapes-cls.yaml'}")
+    for name, doc in docs.items():
+        what = "Shapes-CN retrieval, test split" if doc["kind"] == "retrieval" else "shapes-cls zero-shot"
+        write_yaml(args.out_dir / name, doc, HEADER.format(what=what))
+        print(f"wrote {args.out_dir / name}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
