@@ -138,3 +138,37 @@ def test_fp16_and_bf16_load(good_ckpt):
         assert out.dtype == dtype and torch.isfinite(out.float()).all()
     with pytest.raises(ValueError, match="fp8"):
         qaclip_core.load_checkpoint(good_ckpt, ARCH, precision="fp8")
+
+
+def test_random_bytes_never_suggest_an_unsafe_load(tmp_path):
+    junk = tmp_path / "random.pt"
+    junk.write_bytes(bytes(range(256)) * 20)
+    with open(tmp_path / "pickled.pt", "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f)
+    for path in (junk, tmp_path / "pickled.pt"):
+        with pytest.raises(CheckpointError) as e:
+            qaclip_core.load_checkpoint(path, ARCH)
+        msg = str(e.value)
+        assert path.name in msg and "weights_only" not in msg and "False" not in msg, msg
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named_at_load(tmp_path, ref_state, value):
+    state = dict(ref_state)
+    key = "bert.encoder.layer.1.output.dense.weight"
+    state[key] = state[key].clone()
+    state[key][3, 7] = value
+    path = _save(tmp_path / "diverged.pt", {"state_dict": state})
+    with pytest.raises(CheckpointError) as e:
+        qaclip_core.load_checkpoint(path, ARCH)
+    assert "diverged.pt" in str(e.value) and key in str(e.value) and "NaN or infinite" in str(e.value)
+
+
+def test_integer_weights_are_named_at_load(tmp_path, ref_state):
+    state = dict(ref_state)
+    key = "visual.layer2.0.conv1.weight"
+    state[key] = (state[key].float() * 100).to(torch.int8)
+    path = _save(tmp_path / "quantised.pt", {"state_dict": state})
+    with pytest.raises(CheckpointError) as e:
+        qaclip_core.load_checkpoint(path, ARCH)
+    assert "quantised.pt" in str(e.value) and f"{key} (int8)" in str(e.value)
