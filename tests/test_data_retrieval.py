@@ -222,3 +222,57 @@ def test_empty_split(tmp_path):
     write_retrieval_split(tmp_path, "T", "test", {}, [TextRecord(1, "猫", [5])])
     with pytest.raises(DatasetError, match="holds no images"):
         load_retrieval_split(tmp_path, "T", "test")
+
+
+def _big_lmdb(tmp_path: Path) -> Path:
+    """An LMDB large enough to have overflow pages far into its data file."""
+    images = {i: random.Random(i).randbytes(3000) for i in range(300)}
+    texts = [TextRecord(text_id=0, text="x", image_ids=[0])]
+    folder = write_retrieval_split(tmp_path, "Big", "test", images, texts)
+    return folder / "lmdb" / "test" / "imgs"
+
+
+_OPEN_IN_CHILD = """
+import sys
+from qaclip_core.data.retrieval import LmdbImages
+from qaclip_core.errors import DatasetError
+try:
+    ds = LmdbImages(sys.argv[1])
+    for i in range(len(ds)):
+        ds.read_bytes(i)
+except DatasetError as e:
+    print("DatasetError:", e)
+    sys.exit(3)
+print("read everything")
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated-half", "truncated-one-page", "empty", "garbage-page", "no-data-file"])
+def test_damaged_lmdb_is_an_error_not_a_crash(tmp_path, damage):
+    """A truncated data.mdb used to kill the process with SIGBUS while its keys were scanned.
+
+    Each damage is read in a child process, so a crash shows as a failed test, not a dead run.
+    """
+    import subprocess
+    import sys
+
+    path = _big_lmdb(tmp_path)
+    data = path / "data.mdb"
+    size = data.stat().st_size
+    if damage == "truncated-half":
+        with open(data, "r+b") as f:
+            f.truncate(size // 2)
+    elif damage == "truncated-one-page":
+        with open(data, "r+b") as f:
+            f.truncate(4096)
+    elif damage == "empty":
+        data.write_bytes(b"")
+    elif damage == "garbage-page":
+        with open(data, "r+b") as f:
+            f.seek(2 * 4096)
+            f.write(random.Random(1).randbytes(4096))
+    else:
+        data.unlink()
+    out = subprocess.run([sys.executable, "-c", _OPEN_IN_CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, f"exit {out.returncode}: {out.stdout}{out.stderr[-1500:]}"
+    assert str(path) in out.stdout and "extract or rebuild the dataset" in out.stdout

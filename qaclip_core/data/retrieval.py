@@ -60,13 +60,51 @@ def texts_path(dataset_dir: PathLike, split: str) -> Path:
     return Path(dataset_dir) / f"{split}_texts.jsonl"
 
 
+LMDB_DAMAGED = "the file is damaged or was cut short (an interrupted copy or unzip?): extract or rebuild the dataset again"
+
+
+def _lmdb_error(path: Path, what: str, err: BaseException) -> DatasetError:
+    """A DatasetError for an LMDB failure, naming the path and what to do."""
+    detail = str(err).replace(str(path), "").strip(" :") or type(err).__name__
+    return DatasetError(f"image LMDB {path}: {what} failed ({detail}); {LMDB_DAMAGED}")
+
+
+def _check_size(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data file shorter than the pages the environment says it holds.
+
+    LMDB maps the file into memory: reading a page past the end of a truncated file is not an
+    error but a SIGBUS that kills the process, so the size is checked before any page is read.
+    """
+    data = path / "data.mdb" if path.is_dir() else path
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = data.stat().st_size
+    if have < need:
+        raise DatasetError(
+            f"image LMDB {path}: {data.name} has {have:,} bytes but its own header says it holds {need:,} "
+            f"({env.info()['last_pgno'] + 1:,} pages); {LMDB_DAMAGED}"
+        )
+
+
 def _open_env(path: Path) -> lmdb.Environment:
     # lock=False: the data is never written while read; readahead off suits random access
+    data = path / "data.mdb"
+    if path.is_dir() and not data.is_file():
+        raise DatasetError(f"image LMDB {path}: no data.mdb in the folder; {LMDB_DAMAGED}")
+    if data.is_file() and data.stat().st_size == 0:
+        raise DatasetError(f"image LMDB {path}: data.mdb is empty (0 bytes); {LMDB_DAMAGED}")
     try:
-        return lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False, meminit=False, max_readers=512)
+        env = lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False, meminit=False, max_readers=512)
     except lmdb.Error as e:
-        hint = " (py-lmdb allows one open environment per file and process: close the other one first)" if "already open" in str(e) else ""
-        raise DatasetError(f"cannot open the image LMDB {path}: {e}{hint}") from e
+        if "already open" in str(e):
+            raise DatasetError(f"cannot open the image LMDB {path}: {e} (py-lmdb allows one open environment per "
+                               "file and process: close the other one first)") from e
+        raise _lmdb_error(path, "opening", e) from e
+    try:
+        _check_size(env, path)
+    except BaseException:
+        env.close()
+        raise
+    return env
 
 
 class _EnvHandle:
@@ -107,9 +145,12 @@ def _shared_handle(path: Path) -> _EnvHandle:
 
 def _scan_keys(env: lmdb.Environment, path: Path) -> Tuple[List[int], List[bytes]]:
     """Image ids and raw keys in cursor order (byte-lexicographic), with the count checks."""
-    with env.begin() as txn:
-        raw_count = txn.get(NUM_IMAGES_KEY)
-        keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False) if bytes(k) != NUM_IMAGES_KEY]
+    try:
+        with env.begin() as txn:
+            raw_count = txn.get(NUM_IMAGES_KEY)
+            keys = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False) if bytes(k) != NUM_IMAGES_KEY]
+    except lmdb.Error as e:
+        raise _lmdb_error(path, "reading the keys", e) from e
     if raw_count is None:
         raise DatasetError(f"image LMDB {path} has no 'num_images' key (found {len(keys)} image keys)")
     try:
@@ -174,8 +215,11 @@ class LmdbImages(torch.utils.data.Dataset):
     def read_bytes(self, index: int) -> bytes:
         """The decoded (JPEG/PNG) bytes of item ``index``."""
         image_id, key = self.ids[index], self._keys[index]
-        with self._environment().begin() as txn:
-            value = txn.get(key)
+        try:
+            with self._environment().begin() as txn:
+                value = txn.get(key)
+        except lmdb.Error as e:
+            raise _lmdb_error(self.path, f"reading image id {image_id}", e) from e
         if value is None:
             raise DatasetError(f"image LMDB {self.path}: image id {image_id} disappeared (key {key!r})")
         if not value.isascii():
