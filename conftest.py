@@ -12,6 +12,8 @@ OPTIONS = [
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+    ("--lock-file", "QACLIP_LOCK_FILE", None,
+     "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
 ]
 
 FLAGS = [
@@ -20,6 +22,7 @@ FLAGS = [
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
     ("--require-data", "QACLIP_REQUIRE_DATA",
      "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),
+    ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
     ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
      "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
 ]

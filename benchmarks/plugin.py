@@ -71,6 +71,8 @@ class SuiteOptions:
     compile: bool
     require_data: bool
     report: Optional[Path]
+    lock_file: Optional[Path]
+    verify: bool
 
 
 def _validated_options(config: pytest.Config) -> SuiteOptions:
@@ -93,6 +95,8 @@ def _validated_options(config: pytest.Config) -> SuiteOptions:
         compile=bool(opt("--compile")),
         require_data=bool(opt("--require-data")),
         report=opts.new_output_folder(opt("--report"), "--report") if not hasattr(config, "workerinput") else None,
+        lock_file=Path(opt("--lock-file")).expanduser().resolve() if opt("--lock-file") else None,
+        verify=bool(opt("--verify")),
     )
 
 
@@ -273,7 +277,14 @@ def pytest_configure(config):
     config.stash[_RESULTS_KEY] = {}
     config.stash[_LEFT_OUT_KEY] = []
     try:
-        config.stash[_OPTIONS_KEY] = _validated_options(config)
+        config.stash[_OPTIONS_KEY] = o = _validated_options(config)
+        # the hub reads these at call time (and xdist workers inherit them)
+        if o.lock_file is not None:
+            if o.lock_file.is_dir():
+                raise opts.OptionError("--lock-file", str(o.lock_file), "expected a file path, but it is a folder")
+            os.environ["QACLIP_LOCK_FILE"] = str(o.lock_file)
+        if o.verify:
+            os.environ["QACLIP_VERIFY"] = "1"
         if not expected_dir().is_dir():
             raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: no such folder of expected YAML files")
         if not all_expected():  # a malformed expected file stops the run here, naming the file and key

@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"),
                     help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
+    ev.add_argument("--lock-file", type=Path, help="checksum lock file: record the first verified download of each "
+                    "file, check later ones against it (also QACLIP_LOCK_FILE)")
+    ev.add_argument("--verify", action="store_true", help="hash cached files in full instead of trusting their .sha256 records")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--dump-predictions", type=_checked(options.folder, "--dump-predictions"), metavar="DIR",
                     help="write predictions in the reference's jsonl format into DIR")
@@ -158,6 +161,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     from .distributed import finish, init_from_env, shard_device
 
+    if args.lock_file:  # the hub reads both at call time
+        if args.lock_file.is_dir():
+            print(f"error: --lock-file {str(args.lock_file)!r}: expected a file path, but it is a folder", file=sys.stderr)
+            return 2
+        os.environ["QACLIP_LOCK_FILE"] = str(args.lock_file.expanduser().resolve())
+    if args.verify:
+        os.environ["QACLIP_VERIFY"] = "1"
     # under torchrun every rank encodes a share; rank 0 prints
     shard = init_from_env(args.device)
     args.device = shard_device(shard, args.device)

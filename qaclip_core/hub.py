@@ -9,10 +9,19 @@ Environment, read at call time (``huggingface_hub`` itself reads its variables o
 
 * ``QACLIP_HF_ENDPOINT`` or ``HF_ENDPOINT``: the Hub to download from (e.g. a :mod:`qaclip_core.local_hub`);
 * ``HF_HUB_OFFLINE=1``: never touch the network; files must already be on disk;
-* ``QACLIP_CACHE``: where :func:`fetch_checkpoint` puts URL-only checkpoints without ``download_root``.
+* ``QACLIP_CACHE``: where :func:`fetch_checkpoint` puts URL-only checkpoints without ``download_root``;
+* ``QACLIP_LOCK_FILE``: a checksum lock file (:mod:`qaclip_core.lockfile`) that records and then checks every file;
+* ``QACLIP_VERIFY=1``: hash every cached file in full instead of trusting its ``.sha256`` record.
+
+The ``<file>.sha256`` record beside a verified file saves hashing gigabytes on every load: it is
+trusted while the file's size and modification time are unchanged. It protects against a file
+that was replaced, truncated or re-downloaded; it does not protect against a deliberate edit that
+keeps the size and restores the modification time. ``QACLIP_VERIFY=1`` (the suite's
+``--verify``) re-hashes everything.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import json
@@ -29,6 +38,7 @@ from typing import Optional, Union
 from filelock import FileLock
 
 from .errors import ChecksumError, DownloadError
+from .lockfile import ChecksumLock, active_lock, hub_key
 from .registry import ModelCard
 
 PathLike = Union[str, Path]
@@ -87,16 +97,22 @@ def _write_sidecar(path: Path, digest: str, st: Optional[os.stat_result] = None)
         pass  # read-only directory: the only cost is hashing again on the next load
 
 
+def full_verification() -> bool:
+    """Whether cached files are re-hashed in full (``QACLIP_VERIFY``, read now)."""
+    return os.environ.get("QACLIP_VERIFY", "").strip().lower() in _TRUE
+
+
 def _digest_with_sidecar(path: Path) -> str:
-    """sha256 of ``path``, reusing ``<file>.sha256`` while size and mtime are unchanged."""
+    """sha256 of ``path``, reusing ``<file>.sha256`` while size and mtime are unchanged (unless QACLIP_VERIFY)."""
     real = Path(os.path.realpath(path))
     st = real.stat()
-    try:
-        rec = json.loads(_sidecar(path).read_text())
-        if rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns and _SHA256.match(rec["sha256"]):
-            return rec["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if not full_verification():
+        try:
+            rec = json.loads(_sidecar(path).read_text())
+            if rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns and _SHA256.match(rec["sha256"]):
+                return rec["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     digest = sha256_file(real)
     after = real.stat()
     # Only trust the record if the file did not change while it was being hashed.
@@ -115,6 +131,21 @@ def _verify_existing(path: Path, expected: Optional[str], source: str) -> None:
             f"{path}: sha256 mismatch for {source}: expected {expected}, got {actual}. "
             f"Delete the file to download it again."
         )
+
+
+def _lock_existing(lock: Optional[ChecksumLock], key: str, path: Path) -> None:
+    """Check a file on disk against its lock entry, or record it there (first verified sight)."""
+    if lock is None:
+        return
+    from .lockfile import check
+
+    digest = _digest_with_sidecar(path)
+    size = Path(os.path.realpath(path)).stat().st_size
+    entry = lock.entry(key)
+    if entry is None:
+        lock.record(key, digest, size)
+    else:
+        check(entry, key, digest, size, lock.path, where=str(path))
 
 
 def _remove(*paths: Path) -> None:
@@ -300,9 +331,12 @@ def fetch_hub_file(
         hit = try_to_load_from_cache(repo_id, filename, cache_dir=str(cdir), revision=revision, repo_type=repo_type)
         return Path(hit) if isinstance(hit, str) else None
 
+    lock = active_lock()
+    key = hub_key(repo_id, filename, repo_type, revision)
     found = find_existing()
     if found is not None:
         _verify_existing(found, expected, source)
+        _lock_existing(lock, key, found)
         return found
 
     if ldir is not None:
@@ -316,6 +350,7 @@ def fetch_hub_file(
         found = find_existing()
         if found is not None:
             _verify_existing(found, expected, source)
+            _lock_existing(lock, key, found)
             return found
         if _offline():
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url,
@@ -336,19 +371,49 @@ def fetch_hub_file(
         except _hub_exceptions() as exc:
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, _reason(exc), endpoint) from exc
 
-        want = expected or _hub_lfs_sha256(repo_id, filename, repo_type, revision, path, endpoint)
-        if want is None:
-            return path
-        actual = sha256_file(path)
-        if actual != want:
+        # what the file must be: the card's pin, else the lock file's record, else the Hub's ETag
+        entry = lock.entry(key) if lock is not None else None
+        if expected:
+            want, origin = expected, "the model card"
+        elif entry is not None:
+            want, origin = entry["sha256"], f"the lock file {lock.path}, entry {key!r}"
+        else:
+            want, origin = _hub_lfs_sha256(repo_id, filename, repo_type, revision, path, endpoint), "the Hub's LFS ETag"
+        actual = sha256_file(path) if (want is not None or lock is not None) else None
+        if want is not None and actual != want:
             _discard_hub_file(path, ldir, filename)
-            origin = "the model card" if expected else "the Hub's LFS ETag"
             raise ChecksumError(
                 f"{filename} from {source}: sha256 mismatch: expected {want} ({origin}), got {actual}; "
                 f"the downloaded file {path} was removed."
             )
+        _remove(*_orphaned_partials(ldir, filename, path))
+        if actual is None:
+            return path
         _write_sidecar(path, actual)
+        if lock is not None:
+            lock.record(key, actual, Path(os.path.realpath(path)).stat().st_size)
         return path
+
+
+def _orphaned_partials(local_dir: Optional[Path], filename: str, path: Path) -> list:
+    """Partial downloads of this file left by killed processes (huggingface_hub never resumes them).
+
+    huggingface_hub writes each download to a process-unique ``*.incomplete`` file and cannot
+    resume another process's. A process killed mid-download (``kill -9``, a CI timeout) leaves
+    one behind, gigabytes for a checkpoint. Every qaclip download of a file holds that file's
+    lock, so once a download has finished under it, any other partial of the same file is an orphan.
+    """
+    try:
+        if local_dir is not None:
+            from huggingface_hub._local_folder import get_local_download_paths
+
+            probe = get_local_download_paths(local_dir, filename).incomplete_path("ETAG")
+            prefix = probe.name.split(".ETAG.")[0]
+            return [Path(p) for p in glob.glob(os.path.join(glob.escape(str(probe.parent)), f"{glob.escape(prefix)}.*.incomplete"))]
+        blob = Path(os.path.realpath(path))  # HF cache: blobs/<etag>.<id>.incomplete beside blobs/<etag>
+        return [Path(p) for p in glob.glob(os.path.join(glob.escape(str(blob.parent)), f"{glob.escape(blob.name)}.*.incomplete"))]
+    except Exception:  # noqa: BLE001 - a private layout of huggingface_hub; cleaning is best effort
+        return []
 
 
 def _discard_hub_file(path: Path, local_dir: Optional[Path], filename: str) -> None:
@@ -395,13 +460,16 @@ def fetch_url(url: str, dest: PathLike, *, sha256: Optional[str] = None, progres
     """Download ``url`` to ``dest`` atomically and resumably, under a file lock, and verify it."""
     dest = Path(dest).expanduser()
     expected = _normalize_sha(sha256)
+    lock = active_lock()
     if dest.is_file():
         _verify_existing(dest, expected, url)
+        _lock_existing(lock, url, dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
         if dest.is_file():  # another process finished it while this one waited
             _verify_existing(dest, expected, url)
+            _lock_existing(lock, url, dest)
             return dest
         if _offline():
             raise DownloadError(
@@ -411,15 +479,20 @@ def fetch_url(url: str, dest: PathLike, *, sha256: Optional[str] = None, progres
         part = dest.with_name(dest.name + ".incomplete")
         _download_resumable(url, part, dest, progress)
         actual = sha256_file(part)
-        if expected is not None and actual != expected:
+        entry = lock.entry(url) if lock is not None else None
+        want = expected or (entry["sha256"] if entry else None)
+        if want is not None and actual != want:
             _remove(part)
+            origin = "expected" if expected else f"recorded in the lock file {lock.path}"
             raise ChecksumError(
-                f"{dest.name} from {url}: sha256 mismatch: expected {expected}, got {actual}; "
+                f"{dest.name} from {url}: sha256 mismatch: {origin} {want}, got {actual}; "
                 f"the downloaded data was removed and {dest} was not written."
             )
         os.replace(part, dest)
         _fsync_dir(dest.parent)
         _write_sidecar(dest, actual)
+        if lock is not None:
+            lock.record(url, actual, dest.stat().st_size)
     return dest
 
 

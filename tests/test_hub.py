@@ -366,3 +366,97 @@ def test_two_processes_fetch_the_same_files(env):
         "label_cn.txt", "label_cn.txt.sha256", FILE, FILE + ".sha256",
         os.path.join(".cache", "huggingface", "download", FILE + ".metadata"),
     ])
+
+
+# ------------------------------------------------------------------------------------------------
+# orphaned partial downloads, full re-verification, the checksum lock file
+
+
+_CHILD_FETCH = """
+import sys
+from qaclip_core import hub
+hub.fetch_hub_file(sys.argv[1], sys.argv[2], local_dir=sys.argv[3])
+"""
+
+
+def test_partial_left_by_a_killed_download_is_removed(env):
+    """kill -9 mid-download leaves huggingface_hub's *.incomplete behind; the next fetch cleans it."""
+    import signal
+    import subprocess
+    import sys
+
+    env.server.set_faults(chunk_size=4096, chunk_delay=0.2)  # about 10 s for the file: time to kill it
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_FETCH, REPO, FILE, str(env.root)])
+    try:
+        deadline = time.time() + 120
+        while not list(env.root.rglob("*.incomplete")):
+            assert child.poll() is None, "the child finished before it could be killed"
+            assert time.time() < deadline, "no partial download appeared"
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert list(env.root.rglob("*.incomplete")) and not (env.root / FILE).exists()
+    env.server.set_faults()
+    assert hub.fetch_hub_file(REPO, FILE, local_dir=env.root).read_bytes() == env.data
+    assert not list(env.root.rglob("*.incomplete"))
+
+
+def test_partial_in_the_hf_cache_is_removed(env):
+    first = hub.fetch_hub_file(REPO, FILE)
+    blob = Path(os.path.realpath(first))
+    orphan = blob.with_name(blob.name + ".0123abcd.incomplete")
+    orphan.write_bytes(env.data[:1000])
+    os.unlink(first)  # the snapshot link is gone: the next call downloads again
+    os.unlink(blob)
+    assert hub.fetch_hub_file(REPO, FILE).read_bytes() == env.data
+    assert not orphan.exists()
+
+
+def test_sidecar_is_trusted_until_full_verification_is_asked(env, monkeypatch):
+    path = hub.fetch_checkpoint(_card(env.sha), download_root=env.root)
+    st = path.stat()
+    tampered = bytearray(env.data)
+    tampered[1000] ^= 0xFF
+    path.write_bytes(bytes(tampered))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, mtime restored: the record still fits
+    assert hub.fetch_checkpoint(_card(env.sha), download_root=env.root) == path  # what the README says it cannot see
+    monkeypatch.setenv("QACLIP_VERIFY", "1")
+    with pytest.raises(ChecksumError, match=f"expected {env.sha}"):
+        hub.fetch_checkpoint(_card(env.sha), download_root=env.root)
+
+
+def test_lock_file_records_then_checks_cached_and_downloaded_files(env, monkeypatch, tmp_path):
+    lock = tmp_path / "qaclip.lock.json"
+    monkeypatch.setenv("QACLIP_LOCK_FILE", str(lock))
+    path = hub.fetch_checkpoint(_card(), download_root=env.root)  # no card sha256: recorded on first sight
+    doc = json.loads(lock.read_text())
+    key = f"hf://models/{REPO}@main/{FILE}"
+    assert doc["files"][key]["sha256"] == env.sha and doc["files"][key]["size"] == SIZE
+    label = hub.fetch_url(_label_url(env), tmp_path / "dl" / "label_cn.txt", progress=False)
+    assert json.loads(lock.read_text())["files"][_label_url(env)]["sha256"] == _sha(label.read_bytes())
+
+    # the cached copy changes on disk: its new digest is not the recorded one
+    path.write_bytes(_bytes(9))
+    with pytest.raises(ChecksumError) as e:
+        hub.fetch_checkpoint(_card(), download_root=env.root)
+    assert env.sha in str(e.value) and _sha(_bytes(9)) in str(e.value) and str(lock) in str(e.value)
+
+    # the file changes upstream: a fresh download is refused against the record and removed
+    path.unlink()
+    Path(str(path) + ".sha256").unlink()
+    (env.srv / REPO / FILE).write_bytes(_bytes(7))
+    with pytest.raises(ChecksumError) as e:
+        hub.fetch_checkpoint(_card(), download_root=env.root)
+    assert env.sha in str(e.value) and _sha(_bytes(7)) in str(e.value) and "lock file" in str(e.value)
+    assert not path.exists()
+
+
+def test_malformed_lock_file_is_named(env, monkeypatch, tmp_path):
+    from qaclip_core.lockfile import LockFileError
+
+    lock = tmp_path / "bad.lock.json"
+    lock.write_text("{not json")
+    monkeypatch.setenv("QACLIP_LOCK_FILE", str(lock))
+    with pytest.raises(LockFileError, match="bad.lock.json"):
+        hub.fetch_checkpoint(_card(), download_root=env.root)
