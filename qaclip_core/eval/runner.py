@@ -98,7 +98,8 @@ def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Pat
     ensure_dataset(card, data_root, download=opts.download)
     labels_path = ensure_labels(card, data_root, download=opts.download)
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
-    folder = ImageNetFolder(dataset_dir(card, data_root) / (opts.split or card.split), transform=encoder.preprocess, num_labels=len(classnames))
+    folder = ImageNetFolder(dataset_dir(card, data_root) / (opts.split or card.split), transform=encoder.preprocess,
+                           num_labels=len(classnames), labels_path=labels_path)
     t0 = time.perf_counter()
     classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard,
                                   desc=f"{card.name} prompts")

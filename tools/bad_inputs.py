@@ -1,0 +1,555 @@
+"""A campaign of bad inputs against the CLI and the suite, each run in a subprocess.
+
+    python tools/bad_inputs.py [--jobs 2] [--only SUBSTRING] [--keep DIR]
+
+Every fault builds its inputs in a folder of its own (from the embedded fixture: the tiny
+checkpoint and the generated Shapes-CN data), runs ``python -m qaclip_core eval ...`` or
+``pytest benchmarks ...`` on them with no network (``HF_HUB_OFFLINE=1``), and is judged:
+
+- exit code: the one expected (2 for a CLI user error, 4 for a suite usage error, 1 for a
+  failed or errored case; 0 where the input is odd but valid);
+- no traceback: a user error is one message, not a stack;
+- the message names the culprit (the file, option, key or line given in ``needles``);
+- nothing left behind: no partial downloads, staging folders, temporary or half-written files.
+
+It prints one row per fault and ends with ``N bad inputs, M handled cleanly``; the exit status is
+1 unless every fault was handled cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import lmdb  # noqa: E402
+import torch  # noqa: E402
+
+from qaclip_core.fixture import ARCH, CHECKPOINT  # noqa: E402
+from qaclip_core.fixture.shapes import write_shapes_dataset  # noqa: E402
+
+TRACEBACK = "Traceback (most recent call last)"
+LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", ".*.extract-*", "*.part")
+
+
+@dataclass
+class Fault:
+    """One bad input: how to build it, how to run it, what a clean handling looks like."""
+
+    name: str
+    surface: str  # "cli" or "suite"
+    build: Callable[[Path], Tuple[List[str], Dict[str, str]]]  # -> (argv after python, extra env)
+    codes: Tuple[int, ...]
+    needles: Tuple[str, ...] = ()
+    must_not_exist: Tuple[str, ...] = ()  # paths (relative to the fault's folder) that must not appear
+
+
+@dataclass
+class Outcome:
+    """What happened when a fault ran."""
+
+    fault: Fault
+    code: int
+    traceback: bool
+    missing_needles: List[str]
+    leftovers: List[str]
+    seconds: float
+    output: str = field(repr=False, default="")
+
+    @property
+    def clean(self) -> bool:
+        """Expected exit code, no traceback, the culprit named, nothing left behind."""
+        return self.code in self.fault.codes and not self.traceback and not self.missing_needles and not self.leftovers
+
+
+# ------------------------------------------------------------------------------------------------
+# building blocks
+
+
+class Base:
+    """The pristine inputs every fault copies from."""
+
+    def __init__(self, root: Path):
+        # Children are forked from this process: its tensor work must not start OpenMP's thread
+        # pool, which a forked child cannot use (it would hang on the pool's lock).
+        torch.set_num_threads(1)
+        self.root = root
+        self.data = root / "data"
+        (self.data / "datasets").mkdir(parents=True)  # the ${DATAPATH}/datasets/<Dataset> layout
+        write_shapes_dataset(self.data)
+        self.state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+
+    def data_copy(self, d: Path) -> Path:
+        target = d / "data"
+        shutil.copytree(self.data, target)
+        return target
+
+    def checkpoint_with(self, d: Path, name: str, edit: Callable[[dict], None]) -> Path:
+        state = {"state_dict": {k: v.clone() for k, v in self.state["state_dict"].items()}}
+        edit(state["state_dict"])
+        path = d / name
+        torch.save(state, path)
+        return path
+
+
+def _cli(data: Path, *args: str, checkpoint: Path = CHECKPOINT, dataset: str = "fixture-shapes") -> List[str]:
+    return ["-m", "qaclip_core", "eval", "--checkpoint", str(checkpoint), "--dataset", dataset, "--data-root", str(data),
+            "--quiet", "--device", "cpu", "--num-workers", "0", *args]
+
+
+def _suite(*args: str) -> List[str]:
+    return ["-m", "pytest", str(REPO / "benchmarks"), "-p", "no:cacheprovider", "-q", "-m", "not throughput", *args]
+
+
+def _lmdb(data: Path) -> Path:
+    return data / "datasets" / "Shapes-CN" / "lmdb" / "test" / "imgs"
+
+
+def _texts(data: Path) -> Path:
+    return data / "datasets" / "Shapes-CN" / "test_texts.jsonl"
+
+
+def _cls(data: Path) -> Path:
+    return data / "datasets" / "shapes-cls"
+
+
+def _edit_lmdb(path: Path, edit: Callable[[lmdb.Transaction], None]) -> None:
+    env = lmdb.open(str(path), map_size=1 << 28)
+    try:
+        with env.begin(write=True) as txn:
+            edit(txn)
+    finally:
+        env.close()
+
+
+def _first_key(path: Path) -> bytes:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return next(k for k in txn.cursor().iternext(keys=True, values=False) if k != b"num_images")
+    finally:
+        env.close()
+
+
+def _rewrite_first_text(data: Path, edit: Callable[[dict], object]) -> None:
+    path = _texts(data)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    out = edit(first)
+    lines[0] = out if isinstance(out, str) else json.dumps(first, ensure_ascii=False)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _expected_for(d: Path, dataset: str, kind: str, split: str, values: dict, body: str = None) -> Path:
+    folder = d / "expected"
+    folder.mkdir()
+    if body is None:
+        groups = sorted({k.split("_")[0] for k in values})
+        tol = "".join(f"    {g}: {{abs: 0.5, why: campaign}}\n" for g in groups)
+        body = (f"dataset: {dataset}\nkind: {kind}\nsplit: {split}\nsources: {{campaign: made up}}\n"
+                f"tolerance:\n  fp32:\n{tol}models:\n  fixture-tiny:\n    gate: campaign\n    campaign: {json.dumps(values)}\n")
+    (folder / f"{dataset}.yaml").write_text(body, encoding="utf-8")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# the faults
+
+
+def faults(base: Base) -> List[Fault]:
+    """Every fault of the campaign."""
+    F = Fault
+    out: List[Fault] = []
+
+    def cli(name, args_fn, codes=(2,), needles=(), must_not_exist=(), env=None):
+        def build(d: Path):
+            data = base.data_copy(d)
+            return args_fn(d, data), dict(env or {})
+        out.append(F(name, "cli", build, codes, needles, must_not_exist))
+
+    # options, checked when parsed
+    cli("--batch-size 0", lambda d, data: _cli(data, "--batch-size", "0"), needles=("--batch-size",))
+    cli("--batch-size -1", lambda d, data: _cli(data, "--batch-size", "-1"), needles=("--batch-size",))
+    cli("--text-batch-size 0", lambda d, data: _cli(data, "--text-batch-size", "0"), needles=("--text-batch-size",))
+    cli("--device cuda (no GPU)", lambda d, data: _cli(data, "--device", "cuda"), needles=("--device", "no CUDA device"))
+    cli("--device cuda:7", lambda d, data: _cli(data, "--device", "cuda:7"), needles=("cuda:7",))
+    cli("--device tpu", lambda d, data: _cli(data, "--device", "tpu"), needles=("--device",))
+    cli("--arch without @", lambda d, data: _cli(data, "--arch", "ViT-B-16"), needles=("VISION@TEXT",))
+    cli("--arch unknown tower", lambda d, data: _cli(data, "--arch", "ViT-Q-9@RBT3-chinese"), needles=("ViT-Q-9",))
+    cli("--num-workers -3", lambda d, data: _cli(data, "--num-workers", "-3"), needles=("--num-workers",))
+    cli("--precision fp8", lambda d, data: _cli(data, "--precision", "fp8"), needles=("fp8",))
+
+    def a_file(d: Path) -> Path:
+        f = d / "a-file"
+        f.write_text("not a folder")
+        return f
+
+    cli("--checkpoint-dir is a file", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "fixture-tiny", "--dataset",
+        "fixture-shapes", "--data-root", str(data), "--checkpoint-dir", str(a_file(d))], needles=("--checkpoint-dir",))
+    cli("--data-root is a file", lambda d, data: _cli(a_file(d)), needles=("--data-root",))
+    cli("--dump-predictions is a file", lambda d, data: _cli(data, "--dump-predictions", str(a_file(d))),
+        needles=("--dump-predictions",))
+    cli("--dump-predictions on zero-shot", lambda d, data: _cli(data, "--dump-predictions", str(d / "out"), dataset="fixture-shapes-cls"),
+        needles=("--dump-predictions",), must_not_exist=("out",))
+    cli("--lock-file is a folder", lambda d, data: _cli(data, "--lock-file", str(d)), needles=("--lock-file",))
+    cli("--arch with --model", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "fixture-tiny", "--arch",
+        ARCH, "--dataset", "fixture-shapes", "--data-root", str(data)], needles=("--arch applies to --checkpoint only",))
+    cli("unknown model name", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "ViT-B-99", "--dataset",
+        "fixture-shapes", "--data-root", str(data)], needles=("ViT-B-99", "available models"))
+    cli("unknown dataset name", lambda d, data: _cli(data, dataset="flickr8k"), needles=("flickr8k", "known datasets"))
+
+    # checkpoints
+    cli("checkpoint missing", lambda d, data: _cli(data, checkpoint=d / "absent.pt"), needles=("absent.pt",))
+
+    def empty(d):
+        (d / "empty.pt").write_bytes(b"")
+        return d / "empty.pt"
+
+    def truncated(d):
+        raw = CHECKPOINT.read_bytes()
+        (d / "cut.pt").write_bytes(raw[: len(raw) // 2])
+        return d / "cut.pt"
+
+    def random_bytes(d):
+        (d / "random.pt").write_bytes(os.urandom(50_000))
+        return d / "random.pt"
+
+    def html(d):
+        (d / "page.pt").write_text("<html><body>404 Not Found</body></html>")
+        return d / "page.pt"
+
+    def evil(d):
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("echo pwned > PWNED",))
+
+        torch.save({"state_dict": {"a": torch.zeros(1)}, "x": Evil()}, d / "evil.pt")
+        return d / "evil.pt"
+
+    def bare_list(d):
+        torch.save([1, 2, 3], d / "list.pt")
+        return d / "list.pt"
+
+    def odd_keys(d):
+        torch.save({"state_dict": {"visual.x": torch.zeros(2), "bert.y": torch.zeros(2)}}, d / "odd.pt")
+        return d / "odd.pt"
+
+    def nan(d):
+        return base.checkpoint_with(d, "nan.pt", lambda sd: sd[next(k for k in sd if k.endswith("attn.in_proj_weight"))].fill_(float("nan")))
+
+    def int8(d):
+        def edit(sd):
+            key = next(k for k in sd if k.endswith("visual.proj"))
+            sd[key] = sd[key].float().mul(100).to(torch.int8)
+        return base.checkpoint_with(d, "int8.pt", edit)
+
+    def missing_key(d):
+        return base.checkpoint_with(d, "missing.pt", lambda sd: sd.pop(next(k for k in sd if "ln_post" in k)))
+
+    cli("checkpoint empty (0 bytes)", lambda d, data: _cli(data, checkpoint=empty(d)), needles=("empty.pt", "empty"))
+    cli("checkpoint truncated", lambda d, data: _cli(data, checkpoint=truncated(d)), needles=("cut.pt",))
+    cli("checkpoint random bytes", lambda d, data: _cli(data, checkpoint=random_bytes(d)), needles=("random.pt",))
+    cli("checkpoint is an HTML page", lambda d, data: _cli(data, checkpoint=html(d)), needles=("page.pt",))
+    cli("checkpoint with pickled code", lambda d, data: _cli(data, checkpoint=evil(d)), needles=("evil.pt",),
+        must_not_exist=("PWNED",))
+    cli("checkpoint is a list", lambda d, data: _cli(data, checkpoint=bare_list(d)), needles=("list.pt", "expected a dict"))
+    cli("checkpoint architecture unknown", lambda d, data: _cli(data, checkpoint=odd_keys(d)), needles=("odd.pt", "--arch"))
+    cli("checkpoint of another architecture", lambda d, data: _cli(data, "--arch", "RN50@RBT3-chinese"),
+        needles=("fixture-tiny.pt", "does not fit architecture"))
+    cli("checkpoint with NaN weights", lambda d, data: _cli(data, checkpoint=nan(d)), needles=("nan.pt", "NaN"))
+    cli("checkpoint with int8 weights", lambda d, data: _cli(data, checkpoint=int8(d)), needles=("int8.pt", "int8"))
+    cli("checkpoint missing a key", lambda d, data: _cli(data, checkpoint=missing_key(d)), needles=("missing.pt", "ln_post"))
+
+    # retrieval data
+    def damage_lmdb(how):
+        def fn(d, data):
+            path = _lmdb(data)
+            mdb = path / "data.mdb"
+            if how == "truncate":
+                with open(mdb, "r+b") as f:
+                    f.truncate(mdb.stat().st_size // 2)
+            elif how == "empty":
+                mdb.write_bytes(b"")
+            elif how == "garbage":
+                with open(mdb, "r+b") as f:
+                    f.seek(2 * 4096)
+                    f.write(os.urandom(4096))
+            elif how == "remove":
+                shutil.rmtree(path.parent.parent)
+            return _cli(data)
+        return fn
+
+    cli("LMDB data.mdb truncated", damage_lmdb("truncate"), needles=("data.mdb", "Shapes-CN"))
+    cli("LMDB data.mdb empty", damage_lmdb("empty"), needles=("data.mdb",))
+    cli("LMDB garbage page", damage_lmdb("garbage"), needles=("lmdb/test/imgs",))
+    cli("LMDB folder missing", damage_lmdb("remove"), needles=("lmdb/test/imgs missing",))
+
+    def lmdb_value(value: bytes, key: bytes = None):
+        def fn(d, data):
+            path = _lmdb(data)
+            k = key or _first_key(path)
+            _edit_lmdb(path, lambda txn: txn.put(k, value))
+            return _cli(data)
+        return fn
+
+    cli("LMDB value not base64", lmdb_value("不是base64".encode("utf-8")), needles=("base64",))
+    cli("LMDB value not an image", lmdb_value(base64.urlsafe_b64encode(b"just some bytes, not a PNG")),
+        needles=("cannot be decoded as an image",))
+    cli("LMDB num_images wrong", lmdb_value(b"7", key=b"num_images"), needles=("num_images",))
+    cli("LMDB non-decimal key", lmdb_value(base64.urlsafe_b64encode(b"x"), key=b"img-1"), needles=("img-1",))
+
+    def texts(edit):
+        def fn(d, data):
+            _rewrite_first_text(data, edit)
+            return _cli(data)
+        return fn
+
+    cli("jsonl missing", lambda d, data: (_texts(data).unlink(), _cli(data))[1], needles=("test_texts.jsonl missing",))
+    cli("jsonl line not JSON", texts(lambda r: '{"text_id": 1, "text": "x", '), needles=("test_texts.jsonl:1", "invalid JSON"))
+    cli("jsonl field missing", texts(lambda r: r.pop("image_ids")), needles=("test_texts.jsonl:1", "image_ids"))
+    cli("jsonl text_id not an integer", texts(lambda r: r.update(text_id="seven")), needles=("test_texts.jsonl:1", "text_id"))
+    cli("jsonl unknown image id", texts(lambda r: r.update(image_ids=[987654321])), needles=("987654321",))
+    cli("jsonl not UTF-8", lambda d, data: (_texts(data).write_bytes(b'{"text_id": 1, "text": "\xff\xfe"}\n'), _cli(data))[1],
+        needles=("test_texts.jsonl:1", "UTF-8"))
+    cli("jsonl empty", lambda d, data: (_texts(data).write_text(""), _cli(data))[1], needles=("test_texts.jsonl", "empty"))
+
+    def dup_text_id(d, data):
+        lines = _texts(data).read_text(encoding="utf-8").splitlines()
+        second = json.loads(lines[1])
+        second["text_id"] = json.loads(lines[0])["text_id"]
+        lines[1] = json.dumps(second, ensure_ascii=False)
+        _texts(data).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return _cli(data)
+
+    cli("jsonl duplicate text_id", dup_text_id, needles=("test_texts.jsonl:2", "duplicate text_id"))
+
+    # zero-shot data
+    def zs(edit):
+        def fn(d, data):
+            edit(_cls(data))
+            return _cli(data, dataset="fixture-shapes-cls")
+        return fn
+
+    def drop_label(cls: Path):
+        lines = (cls / "label_cn.txt").read_text(encoding="utf-8").splitlines()
+        (cls / "label_cn.txt").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+
+    def empty_class(cls: Path):
+        first = sorted((cls / "test").iterdir())[0]
+        for f in first.iterdir():
+            f.unlink()
+
+    def corrupt_image(cls: Path):
+        first = sorted(sorted((cls / "test").iterdir())[0].iterdir())[0]
+        first.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+
+    cli("label file one line short", zs(drop_label), needles=("label_cn.txt", "class folders"))
+    cli("label file missing", zs(lambda cls: (cls / "label_cn.txt").unlink()), needles=("label_cn.txt",))
+    cli("label file not UTF-8", zs(lambda cls: (cls / "label_cn.txt").write_bytes(b"\xff\xfe\x00bad\n")),
+        needles=("label_cn.txt", "UTF-8"))
+    cli("class folder empty", zs(empty_class), needles=("test",))
+    cli("class image corrupt", zs(corrupt_image), needles=(".png",))
+    cli("split folder missing", zs(lambda cls: shutil.rmtree(cls / "test")), needles=("test/<class folders> missing",))
+
+    # a late failure must not lose the metrics
+    def unwritable_predictions(d, data):
+        out_dir = d / "preds"
+        out_dir.mkdir()
+        (out_dir / "test_predictions.jsonl").mkdir()  # a folder where a prediction file must go
+        return _cli(data, "--dump-predictions", str(out_dir), "--json")
+
+    cli("predictions cannot be written", unwritable_predictions, codes=(1,), needles=('"t2i_r1"', "the metrics above were computed"))
+
+    # the suite
+    def suite(name, build, codes, needles=(), must_not_exist=()):
+        out.append(F(name, "suite", build, codes, needles, must_not_exist))
+
+    suite("suite --batch-size 0", lambda d: (_suite("--collect-only", "--batch-size", "0"), {}), (4,), ("--batch-size",))
+    suite("suite --device cuda:7", lambda d: (_suite("--collect-only", "--device", "cuda:7"), {}), (4,), ("cuda:7",))
+    suite("suite --precision fp8", lambda d: (_suite("--collect-only", "--precision", "fp8"), {}), (4,), ("fp8",))
+    suite("suite --checkpoint-dir is a file", lambda d: (_suite("--collect-only", "--checkpoint-dir", str(a_file(d))), {}),
+          (4,), ("--checkpoint-dir",))
+    suite("suite --data-root is a file", lambda d: (_suite("--collect-only", "--data-root", str(a_file(d))), {}),
+          (4,), ("--data-root",))
+    suite("suite --report is a file", lambda d: (_suite("--collect-only", "--report", str(a_file(d))), {}), (4,), ("--report",))
+    suite("QACLIP_EXPECTED_DIR missing", lambda d: (_suite("--collect-only"), {"QACLIP_EXPECTED_DIR": str(d / "nope")}),
+          (4,), ("QACLIP_EXPECTED_DIR",))
+
+    def expected_text(text: str):
+        def build(d: Path):
+            folder = d / "expected"
+            folder.mkdir()
+            (folder / "bad.yaml").write_text(text, encoding="utf-8")
+            return _suite("--collect-only"), {"QACLIP_EXPECTED_DIR": str(folder)}
+        return build
+
+    suite("expected file empty", expected_text(""), (4,), ("bad.yaml", "empty"))
+    suite("expected file not YAML", expected_text("models: [unclosed"), (4,), ("bad.yaml", "not valid YAML"))
+    suite("expected tolerance abs: lots", expected_text(
+        "dataset: muge\nkind: retrieval\nsplit: valid\nsources: {a: b}\ntolerance: {fp32: {t2i: {abs: lots, why: w}}}\n"
+        "models: {qa-clip-rn50: {gate: a, a: {t2i_r1: 1}}}\n"), (4,), ("bad.yaml", "tolerance.fp32.t2i.abs"))
+
+    def offline_fixture(d: Path):
+        return _suite("-k", "fixture", "--report", str(d / "report")), {"QACLIP_CACHE": str(d / "cache")}
+
+    suite("HF_HUB_OFFLINE=1 still runs the fixture", offline_fixture, (0,), ("2 passed",))
+
+    def suite_lmdb_truncated(d: Path):
+        data = base.data_copy(d)
+        # the fixture model on a Flickr30K-CN folder whose image LMDB was cut short
+        shutil.move(str(data / "datasets" / "Shapes-CN"), str(data / "datasets" / "Flickr30k-CN"))
+        mdb = data / "datasets" / "Flickr30k-CN" / "lmdb" / "test" / "imgs" / "data.mdb"
+        with open(mdb, "r+b") as f:
+            f.truncate(mdb.stat().st_size // 2)
+        exp = _expected_for(d, "flickr30k-cn", "retrieval", "test", {"t2i_r1": 90.0})
+        return (_suite("-k", "flickr30k-cn-fixture-tiny", "--data-root", str(data), "--report", str(d / "report"),
+                       ), {"QACLIP_EXPECTED_DIR": str(exp)})
+
+    suite("suite case on a truncated LMDB", suite_lmdb_truncated, (1,), ("data.mdb", "1 failed"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def _leftovers(d: Path, fault: Fault) -> List[str]:
+    found = {str(p.relative_to(d)) for pattern in LEFTOVER_PATTERNS for p in d.rglob(pattern)}
+    found |= {rel for rel in fault.must_not_exist if (d / rel).exists() or (REPO / rel).exists()}
+    return sorted(found)
+
+
+def _forked_child(argv: List[str], cwd: Path, env: Dict[str, str], out: Path) -> None:
+    """In a forked child: ``python -m <module> <args>`` emulated, output to ``out``; never returns."""
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(fd, "w", buffering=1, encoding="utf-8", closefd=False)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        assert argv[0] == "-m", argv
+        sys.argv = [argv[1], *argv[2:]]
+        try:
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # what the interpreter would print for an uncaught exception
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+    finally:
+        os._exit(code)
+
+
+def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[str, str]]:
+    """Build the fault's inputs in a folder of their own; returns (folder, argv, cwd, env)."""
+    d = workdir / "".join(c if c.isalnum() else "-" for c in fault.name).strip("-")
+    d.mkdir(parents=True)
+    argv, extra = fault.build(d)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+                "OMP_NUM_THREADS": "1", "QACLIP_CACHE": str(d / "qaclip-cache")})
+    env.update(extra)
+    return d, argv, (d if fault.surface == "cli" else REPO), env
+
+
+def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation: str) -> int:
+    """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter."""
+    if isolation == "fork":
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(argv, cwd, env, out)
+        return pid
+    with open(out, "wb") as f:
+        return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).pid
+
+
+def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: str = "fork",
+            timeout: float = 900.0) -> List[Outcome]:
+    """Run the faults, ``jobs`` children at a time, from this (single) thread; outcomes in input order.
+
+    Children are started from the main thread only: forking while other threads hold locks
+    (an import in progress) could hang a child.
+    """
+    outcomes: Dict[int, Outcome] = {}
+    pending = list(enumerate(selected))
+    running: Dict[int, tuple] = {}  # pid -> (index, fault, folder, output file, start)
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            index, fault = pending.pop(0)
+            d, argv, cwd, env = _prepare(fault, workdir)
+            out = workdir / f"{d.name}.out"
+            running[_start(argv, cwd, env, out, isolation)] = (index, fault, d, out, time.perf_counter())
+        finished = []
+        for pid, (index, fault, d, out, t0) in running.items():
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done and time.perf_counter() - t0 > timeout:
+                os.kill(pid, 9)
+                done, status = os.waitpid(pid, 0)
+            if done:
+                finished.append(pid)
+                text = out.read_text(encoding="utf-8", errors="replace")
+                outcomes[index] = Outcome(fault, os.waitstatus_to_exitcode(status), TRACEBACK in text,
+                                          [n for n in fault.needles if n not in text], _leftovers(d, fault),
+                                          time.perf_counter() - t0, text)
+        for pid in finished:
+            del running[pid]
+        if not finished:
+            time.sleep(0.05)
+    return [outcomes[i] for i in range(len(selected))]
+
+
+def main(argv: Sequence[str] = None) -> int:
+    """Run the campaign and print the table; exit 0 only if every fault was handled cleanly."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--jobs", type=int, default=2, help="faults run at once (default 2)")
+    p.add_argument("--only", default="", help="run the faults whose name contains this")
+    p.add_argument("--keep", type=Path, help="build the faults here and keep them (default: a temporary folder)")
+    p.add_argument("--verbose", action="store_true", help="print the output of faults not handled cleanly")
+    p.add_argument("--isolation", choices=["fork", "exec"], default="fork" if hasattr(os, "fork") else "exec",
+                   help="fork: children forked from this process, which has imported torch already (fast); "
+                        "exec: a fresh interpreter per fault")
+    args = p.parse_args(argv)
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="qaclip-bad-inputs-"))
+    try:
+        base = Base(workdir / "_base")
+        selected = [f for f in faults(base) if args.only in f.name]
+        outcomes = run_all(selected, workdir, args.jobs, args.isolation)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    width = max(len(o.fault.name) for o in outcomes) + 2
+    print(f"{'input':<{width}}{'via':<7}{'exit':>5}  {'traceback':<10}{'left behind':<14}{'named':<7}{'clean':<6}{'s':>6}")
+    for o in outcomes:
+        left = ", ".join(o.leftovers) or "nothing"
+        named = "yes" if not o.missing_needles else "no"
+        print(f"{o.fault.name:<{width}}{o.fault.surface:<7}{o.code:>5}  {'YES' if o.traceback else 'no':<10}"
+              f"{left[:13]:<14}{named:<7}{'yes' if o.clean else 'NO':<6}{o.seconds:>6.1f}")
+        if not o.clean and args.verbose:
+            print(f"    expected exit {o.fault.codes}; missing in output: {o.missing_needles}; left: {o.leftovers}")
+            print("    " + "\n    ".join(o.output.strip().splitlines()[-12:]))
+    clean = sum(o.clean for o in outcomes)
+    print(f"{len(outcomes)} bad inputs, {clean} handled cleanly")
+    return 0 if clean == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
