@@ -91,6 +91,9 @@ class Suite:
             served = self._tmp / "hub"
             (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
+            from qaclip_core.fixture.hf import write_converted
+
+            write_converted(served)  # its transformers-format copy, served as a folder
             self._local_hub = serve_directory(served)
         return self._local_hub
 
@@ -132,7 +135,8 @@ class Suite:
             raise
         result = CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
-            seconds=round(time.perf_counter() - start, 2), checks=checks, report_only=case.report_only, **base,
+            seconds=round(time.perf_counter() - start, 2), checks=checks,
+            report_only=_report_reason(case.report_only, encoder), **base,
         )
         self.results.append(result)
         if result.status == "failed":
@@ -145,6 +149,14 @@ class Suite:
         if self._local_hub is not None:
             self._local_hub.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _report_reason(reason: Optional[str], encoder) -> Optional[str]:
+    """A report-only case's reason, with the preprocessing steps its encoder does differently (if it lists them)."""
+    differences = getattr(encoder, "differences", None)
+    if reason is None or not differences:
+        return reason
+    return f"{reason}; differs from the reference protocol in: " + "; ".join(differences)
 
 
 _SUITE_KEY = pytest.StashKey[Suite]()

@@ -83,6 +83,11 @@ def _note(r: CaseResult) -> str:
     return f"error: {r.reason}" if r.status == "error" else r.status
 
 
+def _details(rows: List[CaseResult]) -> List[tuple]:
+    """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
+    return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
+
+
 def render_text(results: List[CaseResult]) -> str:
     """Terminal tables, one per dataset, like the seed README's result tables."""
     out = []
@@ -95,6 +100,7 @@ def render_text(results: List[CaseResult]) -> str:
         for r in rows:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)
             out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
+        out.extend(f"  {model}: {text}" for model, text in _details(rows))
         out.append("")
     return "\n".join(out)
 
@@ -112,6 +118,9 @@ def render_markdown(results: List[CaseResult]) -> str:
         for r in rows:
             out.append(f"| {r.model} | " + " | ".join(_cell(r, c) for c in cols) + f" | {_note(r)} |")
         out.append("")
+        out.extend(f"- {model}: {text}" for model, text in _details(rows))
+        if _details(rows):
+            out.append("")
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"
 
