@@ -13,6 +13,7 @@ SHORT = {
     "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
     "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
     "top1": "Top-1", "top5": "Top-5",
+    "image_max_abs_diff": "image max|d|", "text_max_abs_diff": "text max|d|",
 }
 
 
@@ -63,6 +64,8 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
+            if res.kind == "parity":  # feature differences near 1e-7, not points
+                return f"{r['measured']:.1e}{flag}"
             return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
     return ""
 
