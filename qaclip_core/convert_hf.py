@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -157,7 +157,7 @@ def write_tokenizer_files(out_dir: PathLike, max_length: int) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def image_processor(transformers, resolution: int):
+def image_processor(transformers: Any, resolution: int) -> Any:
     """``ChineseCLIPImageProcessor`` configured as close to the reference transform as it allows."""
     return transformers.ChineseCLIPImageProcessor(
         do_resize=True, size={"height": resolution, "width": resolution}, resample=3,  # PIL bicubic
@@ -181,10 +181,11 @@ def write_hf_folder(
     """
     from safetensors.torch import save_file
 
-    from .checkpoint import infer_arch, read_state_dict
+    from .checkpoint import infer_arch, normalise_state_dict, read_state_dict
 
     transformers = _import_transformers()
-    sd = read_state_dict(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
+    # a mapping may be the training code's dict or a bare state dict, with or without "module."
+    sd = normalise_state_dict(checkpoint, "state dict") if isinstance(checkpoint, Mapping) else read_state_dict(checkpoint)
     source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
     arch = arch or infer_arch(sd)
     if arch is None or "(" in arch:
