@@ -445,3 +445,29 @@ def test_throughput_model_holds_the_benchmarked_weights(tf):
         txt = theirs.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
         assert (_norm(img) - _norm(ours.encode_image(images))).abs().max() <= TOL
         assert (_norm(txt) - _norm(ours.encode_text(enc["input_ids"]))).abs().max() <= TOL
+
+
+@pytest.mark.slow  # about 50 s: a pytest run in a subprocess; the cases themselves also run in the tests env
+def test_fixture_run_reports_both_protocols_side_by_side(tf, tmp_path):
+    """The offline suite: the fixture's transformers copy, gated under the reference protocol and reported
+    under ChineseCLIPProcessor with its differences, beside the .pt; and its parity case."""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-k", "fixture-shapes-cls or parity-hf-fixture",
+         "-q", "-p", "no:cacheprovider", "--report", str(tmp_path / "report")],
+        cwd=repo, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+    results = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))["results"]
+    status = {(r["dataset"], r["model"]): r for r in results}
+    assert {k: r["status"] for k, r in status.items()} == {
+        ("fixture-shapes-cls", "fixture-tiny"): "passed",
+        ("fixture-shapes-cls", "hf-fixture-tiny"): "passed",
+        ("fixture-shapes-cls", "hf-fixture-tiny-processor"): "reported",
+        ("parity-hf", "fixture-tiny"): "passed",
+    }
+    proc = status[("fixture-shapes-cls", "hf-fixture-tiny-processor")]
+    assert "differs from the reference protocol in:" in proc["reason"] and "curly quotes" in proc["reason"]
+    assert {c["metric"] for c in proc["checks"]} == {"top1", "top5"}
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| hf-fixture-tiny-processor |" in md and "- hf-fixture-tiny-processor: differs from the reference" in md
