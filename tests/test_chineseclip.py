@@ -33,7 +33,7 @@ from .random_weights import randomise_
 SKIP = "needs transformers: pip install 'qaclip-core[chineseclip]'"
 RES = 32
 # Same fp32 arithmetic in another operation order (tests/test_parity_model.py uses the same bound
-# against cn_clip); measured here: below 3e-7. A conversion error moves features by 1e-2 or more.
+# against cn_clip); measured here: below 2e-7. A conversion error moves features by 1e-2 or more.
 TOL = 1e-5
 FIXTURE_ARCH = "ViT-fixture@BERT-fixture"
 
