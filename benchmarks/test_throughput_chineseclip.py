@@ -47,7 +47,7 @@ def _params(tower: str) -> list:
 @pytest.fixture(scope="module")
 def tf():
     """transformers, or skip with the install hint."""
-    return pytest.importorskip("transformers", reason=SKIP_REASON)
+    return pytest.importorskip("transformers", reason=SKIP_REASON, exc_type=ImportError)
 
 
 @lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ FIXTURE_ARCH = "ViT-fixture@BERT-fixture"
 @pytest.fixture(scope="module")
 def tf():
     """transformers, or skip: it is the optional ``chineseclip`` extra."""
-    return pytest.importorskip("transformers", reason=SKIP)
+    return pytest.importorskip("transformers", reason=SKIP, exc_type=ImportError)
 
 
 @pytest.fixture
