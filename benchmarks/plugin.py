@@ -152,11 +152,26 @@ class Suite:
         if is_offline():
             # Offline (an air-gapped runner): the fixture ships inside the package, so it is read
             # from there, checked against its card's sha256; no server is started.
-            verify_file(CHECKPOINT, card.sha256, f"the packaged fixture checkpoint of {card.name}", sidecar=False)
-            return CHECKPOINT
+            native = get_card("fixture-tiny")
+            verify_file(CHECKPOINT, native.sha256, f"the packaged fixture checkpoint of {native.name}", sidecar=False)
+            if card.adapter == "native":
+                return CHECKPOINT
+            return self._fixture_converted(card)
         # Online, the fixture travels the real path: served over HTTP on 127.0.0.1, downloaded
         # into a fresh folder, checksummed, then loaded.
         return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=self._fixture_hub().endpoint)
+
+    def _fixture_converted(self, card: ModelCard) -> Path:
+        """The transformers-format copy of the fixture, converted into this run's folder (offline runs)."""
+        from qaclip_core.adapters import backend
+
+        backend(card.adapter).import_transformers()  # a missing transformers skips, naming the extra
+        folder = self._tmp / "fixture-converted" / card.hub_repo
+        if not folder.is_dir():
+            from qaclip_core.fixture.hf import write_converted
+
+            write_converted(self._tmp / "fixture-converted")
+        return folder
 
     def _fixture_hub(self):
         if self._local_hub is None:
@@ -167,6 +182,9 @@ class Suite:
             served = self._tmp / "hub"
             (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
+            from qaclip_core.fixture.hf import write_converted
+
+            write_converted(served)  # its transformers-format copy, served as a folder
             self._local_hub = serve_directory(served)
         return self._local_hub
 
@@ -219,8 +237,8 @@ class Suite:
         checks = case.check(out.metrics, self.precision)
         result = self.record(item, CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
-            seconds=round(time.perf_counter() - start, 2), checks=checks, report_only=case.report_only,
-            **self._base(case),
+            seconds=round(time.perf_counter() - start, 2), checks=checks,
+            report_only=_report_reason(case.report_only, encoder), **self._base(case),
         ))
         if result.status == "failed":
             pytest.fail(f"{case.id} ({self.precision}) is outside tolerance (gate: {case.gate}):\n"
@@ -243,6 +261,14 @@ def junit_properties(result: CaseResult) -> List[tuple]:
         for field in ("measured", "expected", "delta", "tolerance"):
             props.append((f"{c['metric']}.{field}", round(float(c[field]), 4) + 0.0))  # + 0.0: no "-0.0"
     return props
+
+
+def _report_reason(reason: Optional[str], encoder) -> Optional[str]:
+    """A report-only case's reason, with the preprocessing steps its encoder does differently (if it lists them)."""
+    differences = getattr(encoder, "differences", None)
+    if reason is None or not differences:
+        return reason
+    return f"{reason}; differs from the reference protocol in: " + "; ".join(differences)
 
 
 _SUITE_KEY = pytest.StashKey[Suite]()

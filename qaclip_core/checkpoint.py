@@ -212,7 +212,7 @@ def non_finite_weights(model: torch.nn.Module) -> list:
         for name, t in model.state_dict().items():
             # one reduction per tensor: a NaN or inf anywhere makes the sum non-finite (weights this
             # size cannot overflow fp32), without a boolean copy of every weight
-            if t.is_floating_point() and not torch.isfinite(t.float().sum()):
+            if t.is_floating_point() and not t.is_meta and not torch.isfinite(t.float().sum()):
                 bad.append(name)
     return bad
 

@@ -155,9 +155,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "models":
-        from .registry import available_models
+        from .registry import all_cards, available_models
 
         print("\n".join(available_models()))
+        # models evaluated through another backend (transformers formats): eval --model takes them too
+        print("\n".join(f"{c.name}  ({c.adapter}: {c.hub_repo})" for c in all_cards(include_test_only=False)
+                        if c.adapter != "native"))
         return 0
     from .distributed import finish, init_from_env, shard_device
 

@@ -10,6 +10,15 @@ Dataset files are looked up in ``root/datasets/<repo_id>/`` first, then in ``roo
 Any other path ``/<p>`` serves ``root/<p>``, so plain-URL downloads (``hub.fetch_url``) can be
 tested against the same server.
 
+For folder downloads (``HfApi.model_info(files_metadata=True)`` and ``snapshot_download``) it
+also answers the two API calls they make, for ``owner/name`` repos::
+
+    GET {endpoint}/api/{models|datasets}/{repo_id}[/revision/{revision}]     repo info with siblings
+    GET {endpoint}/api/{models|datasets}/{repo_id}/tree/{revision}[/{path}]  the file list (one page)
+
+Files whose suffix is one the Hub keeps in Git LFS (weights, archives) are listed with their
+sha256 as LFS object id, as the Hub lists them.
+
 Point the downloader at it with ``HF_ENDPOINT`` / ``QACLIP_HF_ENDPOINT`` (``qaclip_core.hub``
 reads both at call time) or ``endpoint=``. Fault injection for tests: ``truncate_after`` (cut the
 connection after N body bytes), ``corrupt`` (serve wrong bytes under the right ETag),
@@ -18,6 +27,7 @@ connection after N body bytes), ``corrupt`` (serve wrong bytes under the right E
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -29,6 +39,11 @@ from typing import Dict, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 _RESOLVE = re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<repo>.+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_API = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
+                  r"(?:/revision/(?P<rev>[^/]+)|/tree/(?P<tree_rev>[^/]+)(?:/(?P<path>.*))?)?$")
+# suffixes of the Hub's default .gitattributes that a model or dataset repo keeps in LFS
+_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".model", ".zip",
+                 ".tar", ".gz", ".npy", ".npz", ".pkl")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 64 * 1024
 
@@ -151,7 +166,58 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self._record(status)
 
+    def _repo_files(self, repo_dir: Path) -> List[dict]:
+        """One entry per file of a repo folder (hidden folders such as .cache left out), as the Hub's API lists them."""
+        out = []
+        for file in sorted(p for p in repo_dir.rglob("*") if p.is_file()):
+            rel = file.relative_to(repo_dir)
+            if any(part.startswith(".") for part in rel.parts[:-1]):
+                continue
+            size = file.stat().st_size
+            git = hashlib.sha1(f"blob {size}\0".encode())
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    git.update(chunk)
+            entry = {"path": rel.as_posix(), "size": size, "oid": git.hexdigest()}
+            if file.suffix in _LFS_SUFFIXES:
+                entry["lfs"] = {"oid": self._digest(file), "size": size, "pointerSize": 134}
+            out.append(entry)
+        return out
+
+    def _api(self, m: "re.Match[str]", head: bool) -> None:
+        """Repo info or tree listing of a repo folder, as JSON."""
+        kind, repo = m.group("kind"), m.group("repo")
+        root = self.state.root
+        rels = [f"datasets/{repo}", repo] if kind == "datasets" else [repo]
+        repo_dir = next((d for d in (self._inside(root, r, want_dir=True) for r in rels) if d is not None), None)
+        if repo_dir is None:
+            self._error(404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, head)
+            return
+        files = self._repo_files(repo_dir)
+        rev = m.group("tree_rev") or m.group("rev") or "main"
+        if m.group("tree_rev") is not None:
+            prefix = (m.group("path") or "").strip("/")
+            doc = [dict(e, type="file") for e in files if not prefix or e["path"].startswith(prefix + "/")]
+        else:
+            sibs = [{"rfilename": e["path"], "size": e["size"], "blobId": e["oid"],
+                     **({"lfs": {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": 134}} if "lfs" in e else {})}
+                    for e in files]
+            doc = {"id": repo, "modelId": repo, "sha": _commit_for(repo, rev), "private": False, "siblings": sibs}
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self._record(200)
+        if not head:
+            self.wfile.write(body)
+
     def _serve(self, head: bool) -> None:
+        api = _API.match(unquote(urlsplit(self.path).path))
+        if api:
+            self._api(api, head)
+            return
         file, headers = self._locate()
         if file is None:
             self._error(404, headers, head)

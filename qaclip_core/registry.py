@@ -35,6 +35,8 @@ class ModelCard:
     adapter: str = "native"
     protocol: Optional[str] = None
     test_only: bool = False
+    preprocessing: Optional[str] = None  # transformers-format models: "reference" or "processor"
+    original: Optional[str] = None  # the native card of the same weights (a transformers-format copy's .pt)
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -52,7 +54,7 @@ _CARDS: Dict[str, ModelCard] = {}
 _ALIASES: Dict[str, str] = {}
 _KNOWN_KEYS = {
     "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256",
-    "params_m", "aliases", "adapter", "protocol", "test_only",
+    "params_m", "aliases", "adapter", "protocol", "test_only", "preprocessing", "original",
 }
 
 
@@ -63,6 +65,9 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
     missing = {"name", "family", "display", "vision", "text", "resolution"} - set(raw)
     if missing:
         raise ValueError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
+    if raw.get("preprocessing") not in (None, "reference", "processor"):
+        raise ValueError(f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
+                         f"expected 'reference' or 'processor'")
     hub = raw.get("hub") or {}
     return ModelCard(
         name=raw["name"],
@@ -81,6 +86,8 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
         adapter=raw.get("adapter", "native"),
         protocol=raw.get("protocol"),
         test_only=bool(raw.get("test_only", False)),
+        preprocessing=raw.get("preprocessing"),
+        original=raw.get("original"),
     )
 
 

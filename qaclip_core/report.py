@@ -13,6 +13,7 @@ SHORT = {
     "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
     "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
     "top1": "Top-1", "top5": "Top-5",
+    "image_max_abs_diff": "image max|d|", "text_max_abs_diff": "text max|d|",
 }
 
 
@@ -63,6 +64,8 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
+            if res.kind == "parity":  # feature differences near 1e-7, not points
+                return f"{r['measured']:.1e}{flag}"
             return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
     return ""
 
@@ -83,6 +86,11 @@ def _note(r: CaseResult) -> str:
     return f"error: {r.reason}" if r.status == "error" else r.status
 
 
+def _details(rows: List[CaseResult]) -> List[tuple]:
+    """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
+    return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
+
+
 def render_text(results: List[CaseResult]) -> str:
     """Terminal tables, one per dataset, like the seed README's result tables."""
     out = []
@@ -95,6 +103,7 @@ def render_text(results: List[CaseResult]) -> str:
         for r in rows:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)
             out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
+        out.extend(f"  {model}: {text}" for model, text in _details(rows))
         out.append("")
     return "\n".join(out)
 
@@ -114,6 +123,9 @@ def render_markdown(results: List[CaseResult]) -> str:
             cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
             out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
+        out.extend(f"- {model}: {text}" for model, text in _details(rows))
+        if _details(rows):
+            out.append("")
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"
 

@@ -4,6 +4,7 @@ Each backend is one module of this package that defines ``fetch(card, download_r
 (the local path of the card's weights, downloaded when absent) and ``load(card, path, device,
 precision, compile)`` (an :class:`Encoder`). A model card names its backend in ``adapter``;
 modules are imported only when used, so optional dependencies (transformers) stay optional.
+``native`` is this package's model; ``altclip`` and ``chineseclip`` load transformers-format folders.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .native import NativeEncoder
 BACKENDS = {
     "native": "native",
     "altclip": "altclip",
+    "chineseclip": "chineseclip",
 }
 
 
