@@ -6,7 +6,9 @@
   worker processes over the same dataset (the alternative the suite's loader was chosen over).
 - Features: the same photos to L2-normalised features through the fixture-sized model, the
   suite's encode_image_dataset beside the reference's dataset + DataLoader + normalisation.
-- Scoring at MUGE scale (5,008 texts x 30,588 images, d=512, both directions, with metrics):
+- Scoring at MUGE scale (5,008 texts x 30,588 images, d=512, both directions, with metrics; the
+  ground truth has MUGE valid's structure: every image belongs to a text, 6.1 per text, so all
+  30,588 images are image-to-text queries):
   the suite's matrix product + top-k, beside the reference's two top-k scripts (parse the JSON
   feature files, then for every query a Python sort of its (id, score) pairs), timed on a sample
   of queries and lines and scaled to the full counts. Its evaluation scripts (a set lookup
@@ -166,12 +168,30 @@ def test_lmdb_to_features(benchmark, photo_lmdb, impl, workers):
     _time_passes(benchmark, f"lmdb to features {N_IMAGES} photos fixture model", run, impl, workers)
 
 
+def muge_ground_truth(seed: int = 0) -> dict:
+    """text id -> image ids with MUGE valid's structure: 5,008 queries whose ground truths are the 30,588 images.
+
+    In MUGE valid every image is the ground truth of a query (30,588 = 6.1 x 5,008), so every image
+    is an image-to-text query too. Here each image belongs to exactly one text, 6 or 7 per text
+    (540 texts get a 7th: 4,468 x 6 + 540 x 7 = 30,588), assigned in a seeded random order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(MUGE_IMAGES, generator=g).tolist()
+    per_text = MUGE_IMAGES // MUGE_TEXTS
+    extra = MUGE_IMAGES - per_text * MUGE_TEXTS
+    gt, start = {}, 0
+    for t in range(MUGE_TEXTS):
+        n = per_text + (1 if t < extra else 0)
+        gt[t] = order[start:start + n]
+        start += n
+    return gt
+
+
 def _muge_like(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     img = torch.nn.functional.normalize(torch.randn(MUGE_IMAGES, DIM, generator=g), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(MUGE_TEXTS, DIM, generator=g), dim=1)
-    gt = {t: [int(i) for i in torch.randint(0, MUGE_IMAGES, (1,), generator=g)] for t in range(MUGE_TEXTS)}
-    return list(range(MUGE_IMAGES)), img, list(range(MUGE_TEXTS)), txt, gt
+    return list(range(MUGE_IMAGES)), img, list(range(MUGE_TEXTS)), txt, muge_ground_truth(seed)
 
 
 def _reference_seconds_per_query(queries: torch.Tensor, keys: torch.Tensor, key_ids: list) -> float:
@@ -201,6 +221,7 @@ def test_muge_scale_scoring(benchmark):
     result = benchmark.pedantic(lambda: evaluate_retrieval(image_ids, img, text_ids, txt, gt, k=10),
                                 rounds=2, iterations=1, warmup_rounds=0)
     assert result.counts["num_texts"] == MUGE_TEXTS
+    assert result.counts["num_i2t_queries"] == MUGE_IMAGES  # every image is a query, as in MUGE valid
     ours = mean_seconds(benchmark)
     if ours is None:  # --benchmark-disable: the case ran once as a test; there is no timing to compare
         return
@@ -210,4 +231,5 @@ def test_muge_scale_scoring(benchmark):
     benchmark.extra_info.update(
         impl="qaclip_core", seconds=round(ours, 2), reference_seconds_scaled=round(reference, 1),
         reference_sample_queries=REFERENCE_SAMPLE, speedup_vs_reference=round(reference / ours, 1),
+        num_texts=MUGE_TEXTS, num_images=MUGE_IMAGES, num_i2t_queries=result.counts["num_i2t_queries"],
     )
