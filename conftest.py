@@ -22,6 +22,8 @@ FLAGS = [
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
     ("--require-data", "QACLIP_REQUIRE_DATA",
      "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),
+    ("--evaluate-any-split", "QACLIP_EVALUATE_ANY_SPLIT",
+     "evaluate data whose size is not the published split's anyway; the result is marked not comparable"),
     ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
     ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
      "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),

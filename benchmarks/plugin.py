@@ -16,7 +16,7 @@ from qaclip_core import options as opts
 from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
 from qaclip_core.data.loader import resolve_workers
 from qaclip_core.errors import DownloadError, MissingDependencyError, QAClipError
-from qaclip_core.expected import ExpectedCase, load_expected
+from qaclip_core.expected import ExpectedCase, check_against_catalog, load_expected
 from qaclip_core.hub import cache_root
 from qaclip_core.registry import ModelCard, get_card
 from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
@@ -73,6 +73,7 @@ class SuiteOptions:
     report: Optional[Path]
     lock_file: Optional[Path]
     verify: bool
+    evaluate_any_split: bool
 
 
 def _validated_options(config: pytest.Config) -> SuiteOptions:
@@ -97,6 +98,7 @@ def _validated_options(config: pytest.Config) -> SuiteOptions:
         report=opts.new_output_folder(opt("--report"), "--report") if not hasattr(config, "workerinput") else None,
         lock_file=Path(opt("--lock-file")).expanduser().resolve() if opt("--lock-file") else None,
         verify=bool(opt("--verify")),
+        evaluate_any_split=bool(opt("--evaluate-any-split")),
     )
 
 
@@ -121,6 +123,7 @@ class Suite:
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
         self._fixture_root: Optional[Path] = None
         self._local_hub = None
+        self._digests: Dict[str, str] = {}
 
     # -- data -------------------------------------------------------------------------------
     def data_root_for(self, card: DatasetCard) -> Path:
@@ -219,8 +222,17 @@ class Suite:
         item.user_properties.extend(junit_properties(result))
         return result
 
+    def checkpoint_digest(self, card: ModelCard) -> Optional[str]:
+        """sha256 of the card's weights (a pinned card's own value: its file was verified against it)."""
+        from qaclip_core.hub import sha256_of
+
+        if card.name not in self._digests:
+            self._digests[card.name] = card.sha256 or sha256_of(self.checkpoint_for(card))
+        return self._digests[card.name]
+
     def run_case(self, case: ExpectedCase, item: pytest.Item) -> CaseResult:
         """Evaluate ``case``; skip (with a one-line reason) when data or weights are missing."""
+        from qaclip_core.data.splits import SplitMismatchError
         from qaclip_core.eval.runner import evaluate_card
 
         ds = get_dataset(case.dataset)
@@ -232,17 +244,26 @@ class Suite:
         except SKIPPABLE as e:
             self.skip_or_fail(item, case, str(e).splitlines()[0])
         start = time.perf_counter()
-        out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
-                            download=self.download, progress=self.progress)
-        checks = case.check(out.metrics, self.precision)
+        try:
+            out = evaluate_card(encoder, ds, root, batch_size=self.batch_size, num_workers=self.num_workers,
+                                download=self.download, progress=self.progress,
+                                split_policy="warn" if self.options.evaluate_any_split else "strict")
+        except SplitMismatchError as e:  # wrong data: stopped before any encoding, nothing to compare
+            self.record(item, CaseResult(status="error", reason=str(e), counts=e.check.found, **self._base(case),
+                                         provenance={"split_check": e.check.as_dict()}))
+            pytest.fail(f"{case.id}: {e}", pytrace=False)
+        decision = case.gate_for(out.provenance.get("build"))
+        checks = case.check(out.metrics, self.precision, decision)
         result = self.record(item, CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
             seconds=round(time.perf_counter() - start, 2), checks=checks,
-            report_only=_report_reason(case.report_only, encoder), **self._base(case),
+            report_only=_report_reason(case.report_only, encoder), gate=decision.source, gate_reason=decision.reason,
+            sources=case.source_deltas(out.metrics), checkpoint_sha256=self.checkpoint_digest(model_card),
+            data_fingerprint=out.provenance.get("data_fingerprint"), provenance=_case_provenance(out.provenance),
+            **self._base(case),
         ))
         if result.status == "failed":
-            pytest.fail(f"{case.id} ({self.precision}) is outside tolerance (gate: {case.gate}):\n"
-                        + failure_table(checks), pytrace=False)
+            pytest.fail(failure_message(case, result, checks, self.precision), pytrace=False)
         return result
 
     def close(self) -> None:
@@ -252,11 +273,41 @@ class Suite:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _case_provenance(data: dict) -> dict:
+    """The data provenance a report keeps per case (the folder and fingerprint parts included)."""
+    return {k: v for k, v in data.items() if k != "data_fingerprint"}
+
+
+def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: str) -> str:
+    """Why a case failed: the table against the gate, the data it ran on, and the sources it does match."""
+    lines = [f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
+             failure_table(checks)]
+    prov = result.provenance or {}
+    lines.append(f"data: {prov.get('folder')} (fingerprint {str(result.data_fingerprint)[:16]}..., build "
+                 f"{prov.get('build') or 'unknown'}, {', '.join(f'{v:,} {k}' for k, v in (prov.get('counts') or {}).items())})")
+    matching = []
+    for src, deltas in result.sources.items():
+        if src == result.gate or not deltas:
+            continue
+        worst = max(abs(d["delta"]) for d in deltas.values())
+        tol = min(c.tolerance for c in checks) if checks else 0.0
+        if worst <= tol + 1e-9:
+            build = case.sources[src].build
+            matching.append(f"{src} (measured on build {build or 'unstated'}; largest |delta| {worst:.2f})")
+    if matching:
+        lines.append("within tolerance of another source: " + "; ".join(matching)
+                     + ": the data may be that source's build, or the model matches that measurement")
+    return "\n".join(lines)
+
+
 def junit_properties(result: CaseResult) -> List[tuple]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
     props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
     if result.reason:
         props.append(("qaclip.reason", result.reason))
+    for name in ("gate", "checkpoint_sha256", "data_fingerprint"):
+        if getattr(result, name):
+            props.append((f"qaclip.{name}", getattr(result, name)))
     for c in result.checks:
         for field in ("measured", "expected", "delta", "tolerance"):
             props.append((f"{c['metric']}.{field}", round(float(c[field]), 4) + 0.0))  # + 0.0: no "-0.0"
@@ -290,6 +341,14 @@ def _worker_device(config: pytest.Config, device: str) -> str:
     return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
 
 
+def _resolved_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _runs_on_cuda(device: str) -> bool:
     if device == "cpu":
         return False
@@ -315,6 +374,7 @@ def pytest_configure(config):
             raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: no such folder of expected YAML files")
         if not all_expected():  # a malformed expected file stops the run here, naming the file and key
             raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: holds no expected *.yaml files")
+        check_against_catalog(all_expected())
     except QAClipError as e:
         raise pytest.UsageError(str(e)) from None
     # plain -n N would scatter a model's cases over workers and load it N times
@@ -423,8 +483,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(render_text(results))
     options = config.stash.get(_OPTIONS_KEY, None)
     if options is not None and options.report is not None:
-        meta = {"precision": options.precision, "device": options.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        paths = write_reports(results, options.report, meta)
+        from qaclip_core.provenance import environment
+
+        meta = {"precision": options.precision, "device": options.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "batch_size": options.batch_size, "evaluate_any_split": options.evaluate_any_split}
+        paths = write_reports(results, options.report, meta, environment=environment(_resolved_device(options.device)))
         for path in paths:
             terminalreporter.write_line(f"report written to {path}")
         _append_step_summary(paths[1])

@@ -78,6 +78,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
     sub.add_parser("models", help="list registry names")
+    cal = sub.add_parser("calibrate", help="measure how each case's metrics move with precision, TF32 and the reference")
+    cal.add_argument("--out", type=Path, required=True, help="calibration file to write (YAML)")
+    cal.add_argument("--expected-dir", type=_checked(options.folder, "--expected-dir", must_exist=True), default=Path("expected"),
+                     help="folder of expected YAML files (default ./expected)")
+    cal.add_argument("--case", action="append", default=[], metavar="SUBSTRING",
+                     help="only cases whose id contains this (repeatable; default: every case with weights and data)")
+    cal.add_argument("--data-root", type=_checked(options.folder, "--data-root"), default=None,
+                     help="${DATAPATH} (default ~/.cache/qaclip/data)")
+    cal.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"), default=None,
+                     help="where checkpoints are found or downloaded (default ~/.cache/qaclip/checkpoints)")
+    cal.add_argument("--device", default="auto", type=_checked(options.device, "--device"))
+    cal.add_argument("--runs", default=",".join(("fp32", "fp32-tf32", "fp16", "bf16", "reference-fp32")),
+                     help="comma-separated runs (fp32, fp32-tf32, fp16, bf16, reference-fp32)")
+    cal.add_argument("--batch-size", type=_checked(options.positive_int, "--batch-size"), default=64)
+    cal.add_argument("--num-workers", type=_workers, default="auto")
+    cmp = sub.add_parser("compare-reports", help="two report.json side by side: metric deltas and differing provenance")
+    cmp.add_argument("a", type=Path, help="report.json (or its folder) of the first run")
+    cmp.add_argument("b", type=Path, help="report.json (or its folder) of the second run")
+    cmp.add_argument("--json", action="store_true", help="print the differences as one JSON object")
     return p
 
 
@@ -151,9 +170,50 @@ def _print(report: dict, as_json: bool) -> None:
             print(f"{k:>18}: {v}")
 
 
+def _calibrate(args) -> int:
+    from .calibrate import RUNS, calibrate, select_cases, write_calibration
+    from .checkpoint import resolve_device
+    from .expected import load_expected
+    from .hub import cache_root
+
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        print(f"error: --runs: unknown run(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}", file=sys.stderr)
+        return 2
+    try:
+        cases = select_cases(load_expected(args.expected_dir), args.case)
+        doc = calibrate(cases, args.checkpoint_dir or cache_root() / "checkpoints", args.data_root or cache_root() / "data",
+                        device=str(resolve_device(args.device)), runs=runs, batch_size=args.batch_size,
+                        num_workers=resolve_workers(args.num_workers))
+    except QAClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = write_calibration(doc, args.out)
+    for case_id, res in doc["cases"].items():
+        print(f"{case_id}: largest |delta| from fp32: "
+              + ", ".join(f"{run} {d:.3f}" for run, d in res["largest_abs_delta"].items()))
+    for case_id, why in doc["skipped"].items():
+        print(f"{case_id}: not calibrated: {why}")
+    print(f"calibration written to {path}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "compare-reports":
+        from .compare import compare, load_report, render
+
+        try:
+            diff = compare(load_report(args.a), load_report(args.b))
+        except QAClipError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(diff, ensure_ascii=False, default=str) if args.json else render(diff, str(args.a), str(args.b)))
+        return 0
+    if args.command == "calibrate":
+        return _calibrate(args)
     if args.command == "models":
         from .registry import all_cards, available_models
 

@@ -44,6 +44,27 @@ class MetricCheck:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where published numbers come from, and (when known) the data build they were measured on."""
+
+    cite: str
+    build: Optional[str] = None
+
+
+CROSS_BUILD = "cross_build"  # tolerance group used when the data is not the gate source's build
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Which source a case is gated on for the data at hand, and why."""
+
+    source: str
+    build: Optional[str]  # the data's build, when it could be told
+    cross_build: bool  # the gate source was measured on another (or an unknown) build
+    reason: str
+
+
+@dataclass(frozen=True)
 class ExpectedCase:
     """Published numbers of one (dataset, model) pair."""
 
@@ -53,10 +74,28 @@ class ExpectedCase:
     split: str
     gate: str
     values: Dict[str, Dict[str, float]]  # source -> metric -> value
-    sources: Dict[str, str]
+    sources: Dict[str, Source]
     tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
     path: Optional[Path] = None
     report_only: Optional[str] = None  # why this case is measured and shown but never gated
+
+    def gate_for(self, build: Optional[str]) -> GateDecision:
+        """The gate source for data of ``build`` (None: unknown).
+
+        A source measured on that very build gates (the declared gate first); otherwise the
+        declared gate does, and if it names another build (or the data's build is unknown) the
+        file's ``cross_build`` tolerance applies, where it defines one.
+        """
+        if build is not None:
+            same = [s for s in [self.gate, *self.values] if self.sources[s].build == build]
+            if same:
+                return GateDecision(same[0], build, False, f"{same[0]} was measured on this data build ({build})")
+        declared = self.sources[self.gate].build
+        if declared is None:
+            return GateDecision(self.gate, build, False, "the declared gate (its data build is not named)")
+        cross = any(CROSS_BUILD in table for table in self.tolerances.values())
+        seen = f"this data is build {build}" if build else "this data's build could not be told"
+        return GateDecision(self.gate, build, cross, f"the declared gate, measured on build {declared}; {seen}")
 
     @property
     def gated(self) -> bool:
@@ -70,30 +109,49 @@ class ExpectedCase:
 
     @property
     def gate_values(self) -> Dict[str, float]:
-        """The metric values the test compares with."""
+        """The metric values of the declared gate source."""
         return self.values[self.gate]
 
-    def tolerance(self, metric: str, precision: str = "fp32") -> Tolerance:
-        """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group)."""
+    def tolerance(self, metric: str, precision: str = "fp32", cross_build: bool = False) -> Tolerance:
+        """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group).
+
+        ``cross_build``: the data is not the gate source's build; the file's ``cross_build``
+        tolerance applies where it is wider.
+        """
         table = self.tolerances.get(precision)
         if table is None:
             raise QAClipError(f"{self.path}: no tolerance for precision {precision!r} (have {sorted(self.tolerances)})")
         for key in (metric, metric.split("_")[0]):
             if key in table:
-                return table[key]
+                tol = table[key]
+                wider = table.get(CROSS_BUILD) if cross_build else None
+                return wider if wider is not None and wider.abs > tol.abs else tol
         raise QAClipError(f"{self.path}: no {precision} tolerance for metric {metric!r} or its group")
 
-    def check(self, measured: Mapping[str, float], precision: str = "fp32") -> List[MetricCheck]:
-        """Compare every gate metric with ``measured``."""
+    def _keys(self, values: Mapping[str, float]) -> List[str]:
         order = METRIC_ORDER.get(self.kind, [])
-        keys = sorted(self.gate_values, key=lambda k: order.index(k) if k in order else len(order))
+        return sorted(values, key=lambda k: order.index(k) if k in order else len(order))
+
+    def check(self, measured: Mapping[str, float], precision: str = "fp32",
+              decision: Optional[GateDecision] = None) -> List[MetricCheck]:
+        """Compare every metric of the gate source (``decision``'s, else the declared one) with ``measured``."""
+        decision = decision or GateDecision(self.gate, None, False, "the declared gate")
+        values = self.values[decision.source]
+        keys = self._keys(values)
         missing = [k for k in keys if k not in measured]
         if missing:
             raise QAClipError(f"{self.id}: the evaluation did not produce metrics {missing}")
         return [
-            MetricCheck(k, float(measured[k]), float(self.gate_values[k]), self.tolerance(k, precision).abs)
+            MetricCheck(k, float(measured[k]), float(values[k]), self.tolerance(k, precision, decision.cross_build).abs)
             for k in keys
         ]
+
+    def source_deltas(self, measured: Mapping[str, float]) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """Every source's published value and the measured delta, per metric (the report shows them all)."""
+        return {
+            src: {k: {"expected": float(v), "delta": float(measured[k]) - float(v)} for k, v in vals.items() if k in measured}
+            for src, vals in self.values.items()
+        }
 
 
 class ExpectedFileError(QAClipError, ValueError):
@@ -135,20 +193,39 @@ def _read_yaml(path: Path) -> dict:
     return doc
 
 
-def _parse_tolerances(raw: object, path: Path) -> Dict[str, Dict[str, Tolerance]]:
+_ENTRY_KEYS = ("gate", "report_only", "tolerance")
+
+
+def _parse_sources(raw: object, path: Path) -> Dict[str, Source]:
+    """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
+    out: Dict[str, Source] = {}
+    for name, value in _mapping(raw, "sources", path).items():
+        if isinstance(value, str):
+            out[str(name)] = Source(value)
+            continue
+        value = _mapping(value, f"sources.{name}", path)
+        unknown = set(value) - {"cite", "build"}
+        if unknown or not isinstance(value.get("cite"), str):
+            raise ExpectedFileError(f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
+                                    + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
+        out[str(name)] = Source(value["cite"], str(value["build"]) if value.get("build") else None)
+    return out
+
+
+def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> Dict[str, Dict[str, Tolerance]]:
     out: Dict[str, Dict[str, Tolerance]] = {}
-    for prec, table in _mapping(raw, "tolerance", path).items():
+    for prec, table in _mapping(raw, where, path).items():
         out[str(prec)] = {}
-        for name, tol in _mapping(table, f"tolerance.{prec}", path).items():
-            where = f"tolerance.{prec}.{name}"
-            tol = _mapping(tol, where, path)
+        for name, tol in _mapping(table, f"{where}.{prec}", path).items():
+            where_tol = f"{where}.{prec}.{name}"
+            tol = _mapping(tol, where_tol, path)
             if "abs" not in tol or "why" not in tol:
-                raise ExpectedFileError(f"{path}: {where} needs 'abs' (points) and 'why' (where the number comes from)")
-            value = _number(tol["abs"], f"{where}.abs", path)
+                raise ExpectedFileError(f"{path}: {where_tol} needs 'abs' (points) and 'why' (where the number comes from)")
+            value = _number(tol["abs"], f"{where_tol}.abs", path)
             if value < 0:
-                raise ExpectedFileError(f"{path}: {where}.abs must not be negative, got {value}")
+                raise ExpectedFileError(f"{path}: {where_tol}.abs must not be negative, got {value}")
             if not str(tol["why"]).strip():
-                raise ExpectedFileError(f"{path}: {where}.why is empty: a tolerance needs its reason")
+                raise ExpectedFileError(f"{path}: {where_tol}.why is empty: a tolerance needs its reason")
             out[str(prec)][str(name)] = Tolerance(value, str(tol["why"]))
     return out
 
@@ -160,16 +237,20 @@ def _parse(path: Path) -> List[ExpectedCase]:
         raise ExpectedFileError(f"{path}: missing top-level key(s) {', '.join(repr(k) for k in missing)}")
     if doc["kind"] not in _KINDS:
         raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
-    sources = _mapping(doc["sources"], "sources", path)
+    sources = _parse_sources(doc["sources"], path)
     tolerances = _parse_tolerances(doc["tolerance"], path)
     cases = []
     for model, entry in _mapping(doc["models"], "models", path).items():
         entry = _mapping(entry, f"models.{model}", path)
         gate = entry.get("gate")
         report_only = entry.get("report_only")
+        case_tolerances = tolerances
+        if "tolerance" in entry:  # a model's own tolerances (its protocol is less certain), over the file's
+            own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")
+            case_tolerances = {p: {**tolerances.get(p, {}), **own.get(p, {})} for p in set(tolerances) | set(own)}
         values: Dict[str, Dict[str, float]] = {}
         for source, vals in entry.items():
-            if source in ("gate", "report_only"):
+            if source in _ENTRY_KEYS:
                 continue
             values[source] = {str(m): _number(v, f"models.{model}.{source}.{m}", path)
                               for m, v in _mapping(vals, f"models.{model}.{source}", path).items()}
@@ -179,9 +260,9 @@ def _parse(path: Path) -> List[ExpectedCase]:
         if unknown:
             raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
         case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
-                            dict(sources), tolerances, path,
+                            dict(sources), case_tolerances, path,
                             report_only=str(report_only).strip() if report_only else None)
-        for prec in tolerances:
+        for prec in case_tolerances:
             for metric in case.gate_values:
                 try:
                     case.tolerance(metric, prec)
@@ -191,6 +272,25 @@ def _parse(path: Path) -> List[ExpectedCase]:
                         f"{metric.split('_')[0]!r}") from None
         cases.append(case)
     return cases
+
+
+def check_against_catalog(cases: List[ExpectedCase]) -> None:
+    """Each case's dataset has a card, and its split is the card's published split (else the numbers mean another split)."""
+    from .data.catalog import all_datasets
+
+    cards = {c.name: c for c in all_datasets()}
+    for case in cases:
+        card = cards.get(case.dataset)
+        if card is None:
+            raise ExpectedFileError(f"{case.path}: dataset {case.dataset!r} has no dataset card (known: {', '.join(cards)})")
+        if case.split != card.split:
+            raise ExpectedFileError(f"{case.path}: split {case.split!r} is not the published split of {case.dataset} "
+                                    f"({card.split!r}, cards/datasets.yaml): these numbers would gate another split")
+        builds = set(card.builds or {})
+        for name, src in case.sources.items():
+            if src.build is not None and src.build not in builds:
+                raise ExpectedFileError(f"{case.path}: sources.{name}.build {src.build!r} is not a build of {case.dataset} "
+                                        f"(known: {', '.join(sorted(builds)) or 'none'})")
 
 
 def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:

@@ -121,6 +121,22 @@ def _digest_with_sidecar(path: Path) -> str:
     return digest
 
 
+def sha256_of(path: PathLike) -> str:
+    """sha256 of a file, or of a folder's files (relative path and digest of each, in order).
+
+    Reuses a file's ``.sha256`` record while its size and modification time are unchanged
+    (unless QACLIP_VERIFY), so naming a checkpoint in a report costs no second read.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return _digest_with_sidecar(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts
+                    and not p.name.endswith((".sha256", ".lock"))):
+        h.update(f"{f.relative_to(path).as_posix()}\0{_digest_with_sidecar(f)}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
 def _verify_existing(path: Path, expected: Optional[str], source: str) -> None:
     # A file found on disk may have been placed by hand, so a mismatch is reported, not deleted.
     if expected is None:

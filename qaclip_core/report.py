@@ -32,6 +32,12 @@ class CaseResult:
     measured: Dict[str, float] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=dict)
     seconds: Optional[float] = None
+    gate: Optional[str] = None  # the source the checks compare with
+    gate_reason: str = ""  # why that source (the data's build)
+    sources: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
+    checkpoint_sha256: Optional[str] = None
+    data_fingerprint: Optional[str] = None
+    provenance: Dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
 
     @classmethod
     def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
@@ -40,6 +46,11 @@ class CaseResult:
         rows = [dict(asdict(c), delta=c.delta, ok=c.ok) for c in checks]
         if report_only is not None:
             return cls(dataset=dataset, model=model, kind=kind, status="reported", checks=rows, reason=report_only, **kw)
+        provenance = kw.get("provenance") or {}
+        if provenance.get("comparable") is False:
+            check = provenance.get("split_check") or {}
+            why = f"evaluated with --evaluate-any-split: {check.get('cause') or 'not the published split'}"
+            return cls(dataset=dataset, model=model, kind=kind, status="not comparable", checks=rows, reason=why, **kw)
         status = "passed" if all(r["ok"] for r in rows) else "failed"
         return cls(dataset=dataset, model=model, kind=kind, status=status, checks=rows, **kw)
 
@@ -83,7 +94,46 @@ def _note(r: CaseResult) -> str:
         return f"skipped: {r.reason.split('; ')[0]}"
     if r.status == "reported":
         return f"reported, not gated: {r.reason.split('; ')[0]}"
+    if r.status == "not comparable":
+        return f"not comparable ({r.reason})"
     return f"error: {r.reason}" if r.status == "error" else r.status
+
+
+def _short(metric: str) -> str:
+    return SHORT.get(metric, metric)
+
+
+def _other_sources(rows: List[CaseResult]) -> List[tuple]:
+    """(model, text): the delta against every source other than the gate, and why the gate is the gate."""
+    out = []
+    for r in rows:
+        others = {src: d for src, d in r.sources.items() if src != r.gate and d}
+        if not others and "measured on" not in r.gate_reason:
+            continue
+        parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
+        for src, deltas in sorted(others.items()):
+            parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))
+        out.append((r.model, "; ".join(parts)))
+    return out
+
+
+def _fmt_counts(counts: Dict[str, int]) -> str:
+    return ", ".join(f"{v:,} {k}" for k, v in counts.items() if isinstance(v, int))
+
+
+def _provenance_rows(rows: List[CaseResult]) -> List[List[str]]:
+    out = []
+    for r in rows:
+        p = r.provenance or {}
+        if not (r.checkpoint_sha256 or r.data_fingerprint):
+            continue
+        check = p.get("split_check") or {}
+        split = "" if not check else ("published size" if check.get("ok") else "NOT the published size")
+        label = p.get("label_file_sha256")
+        out.append([r.model, (r.checkpoint_sha256 or "")[:12], (r.data_fingerprint or "")[:12], str(p.get("build") or "unknown"),
+                    _fmt_counts(p.get("counts") or r.counts), split, str(p.get("batch_size", "")), r.precision,
+                    (label or "")[:12]])
+    return out
 
 
 def _details(rows: List[CaseResult]) -> List[tuple]:
@@ -104,6 +154,9 @@ def render_text(results: List[CaseResult]) -> str:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)
             out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
         out.extend(f"  {model}: {text}" for model, text in _details(rows))
+        out.extend(f"  {model}: {text}" for model, text in _other_sources(rows))
+        out.extend(f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
+                   for row in _provenance_rows(rows))
         out.append("")
     return "\n".join(out)
 
@@ -123,19 +176,47 @@ def render_markdown(results: List[CaseResult]) -> str:
             cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
             out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
-        out.extend(f"- {model}: {text}" for model, text in _details(rows))
-        if _details(rows):
+        notes = _details(rows) + _other_sources(rows)
+        out.extend(f"- {model}: {text}" for model, text in notes)
+        if notes:
+            out.append("")
+        prov = _provenance_rows(rows)
+        if prov:
+            header = ["model", "checkpoint sha256", "data fingerprint", "data build", "counts", "split", "batch",
+                      "precision", "label file sha256"]
+            out.append("Provenance (first 12 hex digits; full values in report.json):")
+            out.append("")
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
             out.append("")
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"
 
 
-def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None) -> List[Path]:
+def _environment_lines(env: dict) -> List[str]:
+    git = env.get("git") or {}
+    num = env.get("numerics") or {}
+    return [
+        f"- qaclip_core {env.get('qaclip_core')}" + (f", commit {git.get('commit', '')[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if git else ""),
+        f"- torch {env.get('torch')}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}",
+        f"- device {env.get('device')} ({env.get('device_name')})",
+        f"- TF32 matmul {num.get('tf32_matmul')}, TF32 cuDNN {num.get('tf32_cudnn')}, deterministic {num.get('deterministic_algorithms')}",
+        f"- cn_clip {env.get('cn_clip')}, transformers {env.get('transformers')}",
+    ]
+
+
+def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None,
+                  environment: Optional[dict] = None) -> List[Path]:
     """Write ``report.json`` and ``report.md`` to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     js = directory / "report.json"
     md = directory / "report.md"
-    js.write_text(json.dumps({"meta": meta or {}, "results": [asdict(r) for r in results]}, indent=2, ensure_ascii=False), encoding="utf-8")
-    md.write_text(render_markdown(results), encoding="utf-8")
+    doc = {"meta": meta or {}, "environment": environment or {}, "results": [asdict(r) for r in results]}
+    js.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    text = render_markdown(results)
+    if environment:
+        text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
+    md.write_text(text, encoding="utf-8")
     return [js, md]

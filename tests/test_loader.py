@@ -9,11 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from qaclip_core.data.imagenet import ImageNetFolder
+from qaclip_core.data.imagenet import ImageNetFolder, IndexedImages
 from qaclip_core.data.loader import DECODE_NICENESS, ImageBatchLoader, resolve_workers, writes_into_slots
 from qaclip_core.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
 from qaclip_core.errors import DatasetError
-from qaclip_core.eval.runner import _WithIds
 from qaclip_core.transforms import image_transform
 
 from .datasets_util import IMAGE_IDS, make_imagenet, sample_images
@@ -76,10 +75,15 @@ def test_datasets_without_slots_are_stacked(lmdb_images):
 
 def test_imagenet_folder_slots_equal_its_items(tmp_path):
     folder = make_imagenet(tmp_path, ["n01", "n02", "n03"], per_class=3)
-    data = _WithIds(ImageNetFolder(folder, transform=image_transform(RES)))
+    base = ImageNetFolder(folder, transform=image_transform(RES))
+    data = IndexedImages(base)
     assert writes_into_slots(data)
     batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     _assert_same(list(ImageBatchLoader(data, batches, num_workers=2)), _plain(data, batches))
+    # decoding from the file's bytes equals the folder's own loader (torchvision's PIL loader)
+    for i in range(len(base)):
+        assert torch.equal(data[i][1], base[i][0])
+    assert all(d is not None for _, d in data.item_digests())
 
 
 @pytest.mark.parametrize("workers", [0, 2])

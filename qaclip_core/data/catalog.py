@@ -1,8 +1,10 @@
 """Dataset cards (``cards/datasets.yaml``): where each evaluation set lives and how to get it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,22 @@ class DatasetCard:
     labels: Optional[dict] = None
     how_to_get: Optional[str] = None
     generator: Optional[str] = None
+    split_size: Optional[dict] = None  # the published size of ``split``: images, texts or classes
+    builds: Optional[dict] = None  # name -> {archive, note, fingerprints}
+
+    def build_of_archive(self, archive: str) -> Optional[str]:
+        """The build unpacked from ``archive`` (``repo/filename``), if one is listed."""
+        for name, build in (self.builds or {}).items():
+            if build.get("archive") == archive:
+                return name
+        return None
+
+    def build_of_fingerprint(self, fingerprint: str) -> Optional[str]:
+        """The build whose data has ``fingerprint``, if one is listed."""
+        for name, build in (self.builds or {}).items():
+            if fingerprint in (build.get("fingerprints") or []):
+                return name
+        return None
 
     @property
     def downloadable(self) -> bool:
@@ -41,6 +59,8 @@ class DatasetCard:
 
 
 _CARDS: Dict[str, DatasetCard] = {}
+_FIELDS = set(DatasetCard.__dataclass_fields__)
+ORIGIN_FILE = ".qaclip-origin.json"  # written into a folder unpacked by --download: which archive it came from
 
 
 def all_datasets() -> List[DatasetCard]:
@@ -48,8 +68,40 @@ def all_datasets() -> List[DatasetCard]:
     if not _CARDS:
         with open(CARDS_FILE, encoding="utf-8") as f:
             for raw in yaml.safe_load(f)["datasets"]:
+                unknown = set(raw) - _FIELDS
+                if unknown:
+                    raise DatasetError(f"{CARDS_FILE}: dataset {raw.get('name')!r} has unknown keys {sorted(unknown)}")
                 _CARDS[raw["name"]] = DatasetCard(**raw)
     return list(_CARDS.values())
+
+
+def read_origin(folder: Path) -> Optional[dict]:
+    """The archive a dataset folder was unpacked from (``{"archive", "sha256"}``), if --download did it."""
+    try:
+        return json.loads((Path(folder) / ORIGIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def identify_build(card: DatasetCard, folder: Path, fingerprint: Optional[str]) -> Optional[str]:
+    """The named build of ``card`` this data is: by its fingerprint, else by the archive it came from.
+
+    A fingerprint listed under another dataset's build is an error: the data is in the wrong place.
+    """
+    if fingerprint:
+        build = card.build_of_fingerprint(fingerprint)
+        if build:
+            return build
+        for other in all_datasets():
+            if other.name != card.name and other.build_of_fingerprint(fingerprint):
+                raise DatasetError(
+                    f"the data in {folder} is {other.display} (build {other.build_of_fingerprint(fingerprint)!r}, "
+                    f"fingerprint {fingerprint[:16]}...), not {card.display}: it sits in the wrong folder"
+                )
+    origin = read_origin(folder)
+    if origin and origin.get("archive"):
+        return card.build_of_archive(origin["archive"])
+    return None
 
 
 def get_dataset(name: str) -> DatasetCard:
@@ -97,7 +149,7 @@ def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
     return f"{card.display} in {folder} is incomplete: {' and '.join(missing)} missing; {how}"
 
 
-def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
+def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: Optional[dict] = None) -> None:
     """Unpack ``archive`` so that ``target_parent/<dirname>`` appears atomically."""
     staging = target_parent / f".{card.dirname}.extract-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -119,6 +171,8 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path) -> None:
         final = target_parent / card.dirname
         if final.exists():
             return  # another worker finished first
+        if origin is not None:  # travels with the folder's atomic rename: the build can be told later
+            (inner / ORIGIN_FILE).write_text(json.dumps(origin, indent=1), encoding="utf-8")
         os.replace(inner, final)
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and download again") from e
@@ -151,13 +205,17 @@ def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: boo
 
         parent = datasets_dir(data_root)
         parent.mkdir(parents=True, exist_ok=True)
+        from ..hub import sha256_of
+
         archive = fetch_hub_file(
             card.hub["repo"], card.hub["filename"], repo_type=card.hub.get("repo_type", "model"),
             local_dir=parent / ".downloads", sha256=card.hub.get("sha256"),
         )
+        origin = {"archive": f"{card.hub['repo']}/{card.hub['filename']}", "sha256": sha256_of(Path(archive)),
+                  "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with FileLock(str(parent / f".{card.dirname}.lock")):
             if not _present(card, folder):
-                _extract_zip(Path(archive), card, parent)
+                _extract_zip(Path(archive), card, parent, origin)
         if _present(card, folder):
             return folder
         raise DatasetError(f"{archive} was unpacked but {missing_reason(card, data_root)}")

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
+import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
 from ..errors import DatasetError
+from .fingerprint import item_digest
 
 PathLike = Union[str, Path]
 # sha256 of the label_cn.txt that Chinese-CLIP publishes (and its reported numbers used)
@@ -105,3 +109,52 @@ class ImageNetFolder(ImageFolder):
             return super().find_classes(directory)
         except (FileNotFoundError, OSError) as e:
             raise DatasetError(f"{directory}: {e}") from e
+
+
+def _decode_rgb(data: bytes, path: str) -> Image.Image:
+    """The image in ``data`` converted to RGB, as torchvision's default (PIL) loader opens a file."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        return image.convert("RGB")
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
+        raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """The images of an :class:`ImageNetFolder` as ``(index, image)`` items for the batch loader.
+
+    Each file's bytes are read once, hashed for the data fingerprint (keyed by the path relative
+    to the split folder) and decoded exactly as the folder's own loader decodes them.
+    """
+
+    def __init__(self, folder: ImageNetFolder):
+        self.base = folder
+        self.transform = folder.transform
+        self.digests: List[Optional[bytes]] = [None] * len(folder.samples)
+        self._keys = [os.path.relpath(p, folder.folder).replace(os.sep, "/") for p, _ in folder.samples]
+
+    def item_id(self, i: int) -> int:
+        """Items are numbered by their place in the folder."""
+        return i
+
+    def load_image(self, i: int) -> Image.Image:
+        """The RGB image of item ``i`` (its bytes hashed on the way)."""
+        path = self.base.samples[i][0]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DatasetError(f"cannot read image {path} ({e.strerror or e})") from e
+        self.digests[i] = item_digest(data)
+        return _decode_rgb(data, path)
+
+    def item_digests(self) -> List[Tuple[str, Optional[bytes]]]:
+        """(relative path, sha256 of the file or None if not read yet) for every item."""
+        return list(zip(self._keys, self.digests))
+
+    def __len__(self) -> int:
+        return len(self.base.samples)
+
+    def __getitem__(self, i: int):
+        image = self.load_image(i)
+        return i, (image if self.transform is None else self.transform(image))

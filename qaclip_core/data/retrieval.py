@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import DatasetError
+from .fingerprint import item_digest
 
 PathLike = Union[str, Path]
 NUM_IMAGES_KEY = b"num_images"
@@ -194,6 +195,8 @@ class LmdbImages(torch.utils.data.Dataset):
         self.transform = transform
         self._handle: Optional[_EnvHandle] = _shared_handle(self.path)
         self.ids, self._keys = _scan_keys(self._handle.env, self.path)
+        # sha256 of each image's bytes, filled as items are read (by any thread): the data fingerprint
+        self.digests: List[Optional[bytes]] = [None] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -227,9 +230,15 @@ class LmdbImages(torch.utils.data.Dataset):
         try:
             # non-validating, like the reference: characters outside the alphabet are skipped;
             # decoding the bytes directly saves two copies made with the GIL held
-            return base64.urlsafe_b64decode(value)
+            data = base64.urlsafe_b64decode(value)
         except (binascii.Error, ValueError) as e:
             raise DatasetError(f"image LMDB {self.path}: image id {image_id} is not valid urlsafe base64 ({e})") from e
+        self.digests[index] = item_digest(data)
+        return data
+
+    def item_digests(self) -> List[Tuple[int, Optional[bytes]]]:
+        """(image id, sha256 of its bytes or None if not read yet) for every item."""
+        return list(zip(self.ids, self.digests))
 
     def load_image(self, index: int) -> Image.Image:
         """The PIL image of item ``index``, fully decoded (so truncated files fail here)."""

@@ -1,17 +1,24 @@
 """One evaluation end to end: dataset card + encoder -> metrics (the suite and the CLI share it)."""
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 
-from ..data.catalog import DatasetCard, dataset_dir, ensure_dataset, ensure_labels
-from ..distributed import SINGLE, Shard
+from ..data.catalog import DatasetCard, dataset_dir, ensure_dataset, ensure_labels, identify_build, read_origin
+from ..data.fingerprint import combine, images_digest, labels_digest, texts_digest
+from ..data.splits import SplitMismatchError, check_split
+from ..distributed import SINGLE, Shard, gather_indexed
+from ..hub import sha256_file
 from ..progress import Progress
 from .features import encode_image_dataset, encode_texts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +31,7 @@ class EvalOutput:
     counts: Dict[str, int]
     seconds: Dict[str, float] = field(default_factory=dict)
     diagnostics: Dict[str, object] = field(default_factory=dict)
+    provenance: Dict[str, object] = field(default_factory=dict)  # data fingerprint, split check, build...
     raw: object = None
 
 
@@ -38,28 +46,47 @@ class EvalOptions:
     progress: Progress = True  # True: tqdm bars; a factory (qaclip_core.progress); False: none
     split: Optional[str] = None
     shard: Shard = SINGLE
+    # data whose size is not the published split's: "strict" stops before encoding, "warn" warns
+    # and marks the result not comparable
+    split_policy: str = "warn"
 
 
-class _WithIds(torch.utils.data.Dataset):
-    """(image, target) items -> (index, image), so ImageFolder fits the image encoder and its loader."""
+def _split_check(card: DatasetCard, split: str, found: Dict[str, int], opts: EvalOptions) -> Optional[dict]:
+    """Compare the counts with the published split before any encoding; strict raises, warn warns."""
+    if split != card.split:
+        return None  # another split was asked for: nothing is published for it
+    check = check_split(card.display, split, card.split_size, found)
+    if check is None:
+        return None
+    if not check.ok:
+        if opts.split_policy == "strict":
+            raise SplitMismatchError(check.describe() + "; to evaluate it anyway (the result is then marked not comparable), "
+                                     "pass --evaluate-any-split", check)
+        msg = check.describe() + ": the numbers are not comparable with the published ones"
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        log.warning(msg)
+    return check.as_dict()
 
-    def __init__(self, base):
-        self.base = base
-        self.transform = base.transform
 
-    def item_id(self, i: int) -> int:
-        """Items are numbered by their place in the folder."""
-        return i
+def _data_provenance(card: DatasetCard, folder: Path, split: str, kind: str, parts: Dict[str, str],
+                     counts: Dict[str, int], check: Optional[dict], **extra) -> Dict[str, object]:
+    """What identifies the data behind a number: fingerprint, counts, split check, named build."""
+    fingerprint = combine(kind, parts)
+    return {
+        "dataset": card.name, "split": split, "folder": str(folder), "data_fingerprint": fingerprint,
+        "fingerprint_parts": parts, "counts": counts, "split_check": check,
+        "comparable": check is None or bool(check["ok"]),
+        "build": identify_build(card, folder, fingerprint), "origin": read_origin(folder), **extra,
+    }
 
-    def load_image(self, i: int):
-        """The image before the transform (the folder's loader has converted it to RGB)."""
-        return self.base.loader(self.base.samples[i][0])
 
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return i, self.base[i][0]
+def _gathered_digests(dataset, shard: Shard) -> list:
+    """Every item's (key, digest): each rank read its share of the images, so the shares are merged."""
+    local = dataset.item_digests()
+    if shard.world == 1:
+        return local
+    merged = {k: d for part in gather_indexed(shard, [(shard.rank, dict(local))]) for k, d in part.items() if d is not None}
+    return [(k, merged.get(k)) for k, _ in local]
 
 
 def evaluate_retrieval_card(encoder, card: DatasetCard, data_root: Union[str, Path], opts: EvalOptions) -> EvalOutput:
@@ -69,7 +96,10 @@ def evaluate_retrieval_card(encoder, card: DatasetCard, data_root: Union[str, Pa
 
     ensure_dataset(card, data_root, download=opts.download)
     split = opts.split or card.split
-    data = load_retrieval_split(dataset_dir(card, data_root).parent, card.dirname, split, transform=encoder.preprocess)
+    folder = dataset_dir(card, data_root)
+    data = load_retrieval_split(folder.parent, card.dirname, split, transform=encoder.preprocess)
+    counts = {"images": len(data.images), "texts": len(data.texts)}
+    check = _split_check(card, split, counts, opts)  # before any image is decoded
     t0 = time.perf_counter()
     image_ids, image_feats = encode_image_dataset(encoder, data.images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t1 = time.perf_counter()
@@ -78,43 +108,55 @@ def evaluate_retrieval_card(encoder, card: DatasetCard, data_root: Union[str, Pa
     t2 = time.perf_counter()
     result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, data.text_to_images, k=10)
     t3 = time.perf_counter()
+    parts = {"images": images_digest(_gathered_digests(data.images, opts.shard)),
+             "texts": texts_digest((t.text_id, t.text, t.image_ids) for t in data.texts)}
     return EvalOutput(
         dataset=card.name,
         model=encoder.name,
         metrics=dict(result.metrics),
-        counts={"images": len(image_ids), "texts": len(text_ids)},
+        counts=counts,
         seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
         diagnostics={"near_ties": result.near_ties},
+        provenance=_data_provenance(card, folder, split, "retrieval", parts, counts, check,
+                                    batch_size=opts.batch_size, i2t_queries=result.counts.get("num_i2t_queries")),
         raw=result,
     )
 
 
 def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Path], opts: EvalOptions) -> EvalOutput:
     """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
-    from ..data.imagenet import ImageNetFolder, read_labels
+    from ..data.imagenet import ImageNetFolder, IndexedImages, read_labels
     from ..data.templates import imagenet_templates
     from .zeroshot import accuracy, build_classifier
 
     ensure_dataset(card, data_root, download=opts.download)
     labels_path = ensure_labels(card, data_root, download=opts.download)
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
-    folder = ImageNetFolder(dataset_dir(card, data_root) / (opts.split or card.split), transform=encoder.preprocess,
-                           num_labels=len(classnames), labels_path=labels_path)
+    split = opts.split or card.split
+    folder = ImageNetFolder(dataset_dir(card, data_root) / split, transform=encoder.preprocess,
+                            num_labels=len(classnames), labels_path=labels_path)
+    counts = {"images": len(folder.samples), "classes": len(classnames)}
+    check = _split_check(card, split, counts, opts)  # before any image is decoded
+    images = IndexedImages(folder)
     t0 = time.perf_counter()
     classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard,
                                   desc=f"{card.name} prompts")
     t1 = time.perf_counter()
-    _, image_feats = encode_image_dataset(encoder, _WithIds(folder), opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
+    _, image_feats = encode_image_dataset(encoder, images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ classifier
     metrics = accuracy(logits, targets, topk=(1, 5))
+    parts = {"images": images_digest(_gathered_digests(images, opts.shard)), "labels": labels_digest(classnames)}
     return EvalOutput(
         dataset=card.name,
         model=encoder.name,
         metrics=dict(metrics),
-        counts={"images": len(targets), "classes": len(classnames), "templates": len(imagenet_templates())},
+        counts={**counts, "templates": len(imagenet_templates())},
         seconds={"classifier": t1 - t0, "images": t2 - t1},
+        provenance=_data_provenance(card, dataset_dir(card, data_root), split, "zeroshot", parts, counts, check,
+                                    batch_size=opts.batch_size, label_file=str(labels_path),
+                                    label_file_sha256=sha256_file(labels_path)),
         raw={"logits": logits, "targets": targets},
     )
 
