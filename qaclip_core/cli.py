@@ -159,6 +159,9 @@ def _eval(args, shard) -> tuple:
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update({"dataset": card.name, "model": out.model, "split": args.split or card.split,
                    "precision": args.precision, "device": str(encoder.device), "processes": shard.world})
+    prov = out.provenance
+    report.update({"data_fingerprint": prov.get("data_fingerprint"), "data_build": prov.get("build"),
+                   "split_check": prov.get("split_check"), "comparable": prov.get("comparable", True)})
     return report, out, card
 
 
