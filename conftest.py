@@ -12,6 +12,7 @@ OPTIONS = [
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+    ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
 ]
 
 FLAGS = [

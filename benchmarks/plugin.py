@@ -21,6 +21,7 @@ from qaclip_core.registry import ModelCard, get_card
 from qaclip_core.report import CaseResult, failure_table, render_text, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
+BACKEND_CHOICES = ("pytorch", "onnx")
 EXPECTED_DIR = Path(os.environ.get("QACLIP_EXPECTED_DIR", REPO / "expected"))
 
 
@@ -50,6 +51,9 @@ class Suite:
         self.num_workers = resolve_workers(opt("--num-workers"), getattr(config, "workerinput", {}).get("workercount", 1))
         self.download = bool(opt("--download"))
         self.compile = bool(opt("--compile"))
+        self.backend = opt("--backend")
+        if self.backend not in BACKEND_CHOICES:
+            raise pytest.UsageError(f"--backend {self.backend!r}: expected one of {', '.join(BACKEND_CHOICES)}")
         self.results: List[CaseResult] = config.stash[_RESULTS_KEY]
         self._encoder_key: Optional[tuple] = None
         self._encoder = None
@@ -94,17 +98,27 @@ class Suite:
             self._local_hub = serve_directory(served)
         return self._local_hub
 
-    def encoder_for(self, card: ModelCard):
-        """The encoder of ``card``; the previous one is released so only one model is in memory."""
+    def encoder_for(self, card: ModelCard, backend: Optional[str] = None):
+        """The encoder of ``card`` on ``backend`` (default: --backend); the previous one is released so only one model is in memory."""
         from qaclip_core.adapters import load_encoder
 
-        key = (card.name, self.device, self.precision, self.compile)
+        backend = backend or self.backend
+        key = (card.name, self.device, self.precision, self.compile, backend)
         if key != self._encoder_key:
             self._encoder = None
             path = self.checkpoint_for(card)
-            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile)
+            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile,
+                                         backend_name=None if backend == "pytorch" else backend)
             self._encoder_key = key
         return self._encoder
+
+    def skip_unless_met(self, case: ExpectedCase, base: dict) -> None:
+        """Skip (recorded) a case published for other settings than this run's (e.g. ONNX in fp16)."""
+        unmet = case.unmet({"backend": self.backend, "precision": self.precision})
+        if unmet:
+            reason = f"published for {case.variant}; run with {' '.join(unmet)}"
+            self.results.append(CaseResult(status="skipped", reason=reason, **base))
+            pytest.skip(reason)
 
     # -- one case ---------------------------------------------------------------------------
     def run_case(self, case: ExpectedCase) -> CaseResult:
@@ -114,11 +128,13 @@ class Suite:
         ds = get_dataset(case.dataset)
         model_card = get_card(case.model)
         root = self.data_root_for(ds)
-        base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
+        base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision,
+                    backend=self.backend, variant=case.variant)
+        self.skip_unless_met(case, base)
         try:
             ensure_dataset(ds, root, download=self.download)
             encoder = self.encoder_for(model_card)
-        except (DatasetMissingError, DownloadError, ImportError) as e:
+        except (DatasetMissingError, DownloadError, ImportError, NotImplementedError) as e:
             reason = str(e).splitlines()[0]
             self.results.append(CaseResult(status="skipped", reason=reason, **base))
             pytest.skip(reason)
@@ -226,6 +242,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     out = config.getoption("--report")
     if out:
         meta = {"precision": config.getoption("--precision"), "device": config.getoption("--device"),
+                "backend": config.getoption("--backend"),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for path in write_reports(results, out, meta):
             terminalreporter.write_line(f"report written to {path}")

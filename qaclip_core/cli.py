@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--dump-predictions", type=Path, metavar="DIR", help="write predictions in the reference's jsonl format")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
+    ev.add_argument("--backend", default="pytorch", choices=["pytorch", "onnx"],
+                    help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)")
     sub.add_parser("models", help="list registry names")
+    from .export.cli import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
@@ -52,10 +57,16 @@ def _encoder(args):
     from .hub import cache_root
     from .registry import get_card
 
+    backend = None if args.backend == "pytorch" else args.backend
     if args.model:
         card = get_card(args.model)
         path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
-        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile)
+        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile,
+                            backend_name=backend)
+    if backend == "onnx":
+        from .adapters.onnx import load_checkpoint_encoder
+
+        return load_checkpoint_encoder(args.checkpoint, args.arch, device=args.device, precision=args.precision)
     model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
     return NativeEncoder(model, name=args.checkpoint.name, compile=args.compile)
 
@@ -98,6 +109,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print("\n".join(available_models()))
         return 0
+    if args.command == "export-onnx":
+        from .export.cli import run_export
+
+        return run_export(args)
     from .distributed import finish, init_from_env, shard_device
 
     # under torchrun every rank encodes a share; rank 0 prints

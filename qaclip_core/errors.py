@@ -28,3 +28,7 @@ class DownloadError(QAClipError, OSError):
 
 class DatasetError(QAClipError, ValueError):
     """Evaluation data that is missing, malformed or inconsistent."""
+
+
+class ExportError(QAClipError, ValueError):
+    """An ONNX export that cannot be made, or an export folder that is missing, damaged or not the one asked for."""

@@ -12,6 +12,8 @@ from .errors import QAClipError
 METRIC_ORDER = {
     "retrieval": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_mean_recall", "i2t_mean_recall", "mean_recall"],
     "zeroshot": ["top1", "top5"],
+    "parity": ["image_max_abs_diff", "text_max_abs_diff", "image_min_cosine", "text_min_cosine",
+               "t2i_top5_violations", "i2t_top5_violations"],
 }
 
 
@@ -56,11 +58,22 @@ class ExpectedCase:
     sources: Dict[str, str]
     tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
     path: Optional[Path] = None
+    # run settings the numbers were published for (e.g. backend: onnx, precision: fp16); empty: any
+    requires: Dict[str, str] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
-        """Test id ``<dataset>-<model>``."""
-        return f"{self.dataset}-{self.model}"
+        """Test id ``<dataset>-<model>``, plus the required settings (``-onnx-fp16``) when there are any."""
+        return "-".join([self.dataset, self.model, *self.requires.values()])
+
+    @property
+    def variant(self) -> str:
+        """The required settings in words (``onnx fp16``), or ''."""
+        return " ".join(self.requires.values())
+
+    def unmet(self, settings: Mapping[str, str]) -> List[str]:
+        """The required settings that ``settings`` (e.g. ``{"backend": ..., "precision": ...}``) does not meet, as ``--key value``."""
+        return [f"--{k} {v}" for k, v in self.requires.items() if str(settings.get(k)) != v]
 
     @property
     def gate_values(self) -> Dict[str, float]:
@@ -100,6 +113,9 @@ def _parse(path: Path) -> List[ExpectedCase]:
         prec: {name: Tolerance(float(t["abs"]), str(t["why"])) for name, t in table.items()}
         for prec, table in doc["tolerance"].items()
     }
+    requires = doc.get("requires") or {}
+    if not isinstance(requires, dict) or not all(isinstance(v, str) for v in requires.values()):
+        raise QAClipError(f"{path}: 'requires' must map settings to values (e.g. backend: onnx), got {requires!r}")
     cases = []
     for model, entry in doc["models"].items():
         gate = entry.get("gate")
@@ -110,7 +126,7 @@ def _parse(path: Path) -> List[ExpectedCase]:
         if unknown:
             raise QAClipError(f"{path}: model {model!r} cites undeclared sources {sorted(unknown)}")
         cases.append(ExpectedCase(doc["dataset"], model, doc["kind"], str(doc["split"]), gate, values,
-                                  dict(doc["sources"]), tolerances, path))
+                                  dict(doc["sources"]), tolerances, path, dict(requires)))
     return cases
 
 

@@ -13,6 +13,9 @@ SHORT = {
     "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
     "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
     "top1": "Top-1", "top5": "Top-5",
+    "image_max_abs_diff": "img max|d|", "text_max_abs_diff": "txt max|d|",
+    "image_min_cosine": "img min cos", "text_min_cosine": "txt min cos",
+    "t2i_top5_violations": "T2I top-5 off", "i2t_top5_violations": "I2T top-5 off",
 }
 
 
@@ -31,6 +34,8 @@ class CaseResult:
     measured: Dict[str, float] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=dict)
     seconds: Optional[float] = None
+    backend: str = "pytorch"
+    variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
 
     @classmethod
     def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck], **kw) -> "CaseResult":
@@ -60,14 +65,15 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
-            return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
+            spec = r.get("format", ".1f")  # e.g. ".1e" for feature differences of parity cases
+            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
     return ""
 
 
 def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
     by_ds: Dict[str, List[CaseResult]] = {}
     for r in results:
-        by_ds.setdefault(r.dataset, []).append(r)
+        by_ds.setdefault(f"{r.dataset} [{r.variant}]" if r.variant else r.dataset, []).append(r)
     return by_ds
 
 
