@@ -264,6 +264,7 @@ def export_checkpoint(
     require()
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r}: ONNX exports are made in {' or '.join(PRECISIONS)}")
+    check_opset(opset)  # before the checkpoint is read: a bad opset fails at once
     checkpoint = Path(checkpoint)
     model = load_checkpoint(checkpoint, arch, device="cpu", precision=precision)
     sha = checkpoint_sha256 or _digest_with_sidecar(checkpoint)
