@@ -105,7 +105,8 @@ class Suite:
         backend = backend or self.backend
         key = (card.name, self.device, self.precision, self.compile, backend)
         if key != self._encoder_key:
-            self._encoder = None
+            # both cleared first: a load that fails must not leave the old key naming no encoder
+            self._encoder, self._encoder_key = None, None
             path = self.checkpoint_for(card)
             self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile,
                                          backend_name=None if backend == "pytorch" else backend)

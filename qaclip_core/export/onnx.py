@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -123,20 +124,23 @@ def _export_tower(module: nn.Module, example: torch.Tensor, path: Path, input_na
                   dynamic: Dict[int, object], opset: int) -> None:
     """Export one tower with ``torch.onnx.export(dynamo=True)`` and save it with its weights beside it."""
     out = io.StringIO()
+    quiet = logging.getLogger("onnxscript")  # its optimiser logs skipped foldings as warnings
+    level = quiet.level
     try:
         # the exporter prints its progress on stdout and warns about things that do not concern us
         with torch.no_grad(), contextlib.redirect_stdout(out), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            quiet.setLevel(logging.ERROR)
             program = torch.onnx.export(
                 module.eval(), (example,), input_names=[input_name], output_names=[output_name],
                 dynamic_shapes={input_name: dynamic}, opset_version=opset, dynamo=True, verbose=False,
             )
             program.save(os.fspath(path), external_data=True)
-    except ExportError:
-        raise
     except Exception as e:  # the exporter raises many types (torch._dynamo, onnxscript, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(f"exporting {path.name} failed: {type(e).__name__}: {first[:500]}") from e
+    finally:
+        quiet.setLevel(level)
 
 
 def _file_records(directory: Path) -> Dict[str, Dict[str, object]]:

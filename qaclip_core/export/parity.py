@@ -105,7 +105,8 @@ class TowerCheck:
 
 @dataclass
 class RankCheck:
-    """Top-k lists of one direction: how many positions differ, how many of those are near-ties, how many are not."""
+    """Top-k lists of one direction: positions that differ, those holding an item whose PyTorch score is within the
+    tie of PyTorch's own item there (near-ties, or a better item), and the others (violations)."""
 
     direction: str
     queries: int
@@ -163,8 +164,8 @@ class ParityReport:
         for t in self.towers:
             lines.append(f"{t.tower:<6}{t.batch:>6}{t.max_abs_diff:>12.3e}{t.min_cosine:>12.7f}  {'ok' if t.ok else 'FAIL'}")
         for r in self.ranks:
-            lines.append(f"top-{TOP_K} {r.direction}: {r.queries} queries, {r.differing} positions differ, {r.near_ties} at "
-                         f"near-ties (gap <= {g['tie']:g}), {r.violations} not  {'ok' if r.ok else 'FAIL'}")
+            lines.append(f"top-{TOP_K} {r.direction}: {r.queries} queries, {r.differing} positions differ: {r.near_ties} hold an "
+                         f"item within {g['tie']:g} of PyTorch's (a near-tie or better), {r.violations} not  {'ok' if r.ok else 'FAIL'}")
         return "\n".join(lines)
 
 
