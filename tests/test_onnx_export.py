@@ -238,6 +238,8 @@ def test_cache_reuses_a_valid_export(cache):
     assert first.name == export_cache.cache_key(sha, DEFAULT_OPSET, "fp32")
     second, _ = _cached()
     assert second == first and len(cache) == 1
+    # the digest of the checkpoint shipped in the package is not remembered beside it (no write into the package)
+    assert not CHECKPOINT.with_name(CHECKPOINT.name + ".sha256").exists()
 
 
 @pytest.mark.parametrize("damage", ["other checkpoint", "other version", "truncated", "no manifest"])
@@ -293,3 +295,24 @@ def test_missing_extra_is_one_line_naming_it():
     assert out.stdout.strip().splitlines() == [
         "the ONNX backend needs onnxruntime (not installed); install the 'onnx' extra: pip install 'qaclip-core[onnx]'"
     ]
+
+
+def test_cli_eval_on_the_onnx_backend_reuses_the_cached_export(tmp_path, monkeypatch, exported, capsys):
+    """`eval --backend onnx` on the fixture dataset: the export placed in the cache under its key is used as it is."""
+    import yaml
+
+    from qaclip_core.fixture.shapes import write_shapes_dataset
+
+    monkeypatch.setenv("QACLIP_CACHE", str(tmp_path / "cache"))
+    sha = get_card("fixture-tiny").sha256
+    shutil.copytree(exported, export_cache.export_cache_root() / export_cache.cache_key(sha, DEFAULT_OPSET, "fp32"))
+    monkeypatch.setattr("qaclip_core.export.onnx.export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
+    write_shapes_dataset(tmp_path / "data")
+    code = cli.main(["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "fixture-shapes", "--data-root",
+                     str(tmp_path / "data"), "--backend", "onnx", "--device", "cpu", "--json", "--quiet"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = yaml.safe_load((REPO / "expected" / "fixture-shapes.yaml").read_text(encoding="utf-8"))
+    gate = expected["models"]["fixture-tiny"]["cn-clip-reference"]
+    for metric, value in gate.items():  # one caption / one image of slack, the fixture's fp32 tolerance
+        assert abs(out[metric] - value) <= expected["tolerance"]["fp32"][metric.split("_")[0]]["abs"] + 1e-9, metric

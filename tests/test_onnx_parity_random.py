@@ -19,7 +19,8 @@ from .reference_models import randomise_  # noqa: E402
 @pytest.mark.parametrize("arch", ["RN50@RBT3-chinese", "ViT-B-16@RoBERTa-wwm-ext-base-chinese"])
 def test_onnx_parity_random_weights_fp32(arch, tmp_path):
     model = randomise_(create_model(arch), seed=1)
-    export_model(model, tmp_path / "export", name=arch, checkpoint_sha256="0" * 64)
+    # verify=False: the comparison below is the export check, on more inputs
+    export_model(model, tmp_path / "export", name=arch, checkpoint_sha256="0" * 64, verify=False)
     report = compare(OnnxEncoder(tmp_path / "export", device="cpu"), NativeEncoder(model), "fp32", model=arch)
     print(report.table())
     assert report.ok, report.table()

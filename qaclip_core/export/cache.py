@@ -28,6 +28,19 @@ def export_cache_root() -> Path:
     return cache_root() / "onnx"
 
 
+def checkpoint_digest(path: PathLike) -> str:
+    """sha256 of a checkpoint, remembered in a ``.sha256`` sidecar as the hub does, except for files shipped inside the package."""
+    import qaclip_core
+
+    from ..hub import _digest_with_sidecar, sha256_file
+
+    path = Path(path)
+    package = Path(qaclip_core.__file__).resolve().parent
+    if package in path.resolve().parents:  # the embedded fixture: never write into the installed package
+        return sha256_file(path)
+    return _digest_with_sidecar(path)
+
+
 def cache_key(checkpoint_sha256: str, opset: int, precision: str, version: Optional[str] = None) -> str:
     """The folder name of one export in the cache."""
     import qaclip_core
@@ -64,11 +77,10 @@ def cached_export(
     """(export folder, checkpoint sha256) for ``checkpoint``: a valid cached export, or a fresh one made under a lock."""
     from filelock import FileLock
 
-    from ..hub import _digest_with_sidecar
     from .onnx import DEFAULT_OPSET, export_checkpoint
 
     opset = DEFAULT_OPSET if opset is None else opset
-    sha = _digest_with_sidecar(Path(checkpoint))
+    sha = checkpoint_digest(checkpoint)
     base = Path(root) if root is not None else export_cache_root()
     base.mkdir(parents=True, exist_ok=True)
     directory = base / cache_key(sha, opset, precision)

@@ -38,7 +38,10 @@ def run_export(args: argparse.Namespace) -> int:
             card = get_card(args.model)
             if card.adapter != "native":
                 raise QAClipError(f"{card.name} is a {card.adapter} model; export-onnx exports qaclip_core models")
-            path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
+            if card.test_only:  # the embedded fixture ships inside the package
+                from ..fixture import CHECKPOINT as path
+            else:
+                path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
             manifest = export_checkpoint(path, args.out, arch=card.arch, precision=args.precision, opset=args.opset,
                                          name=card.name)
         else:

@@ -263,7 +263,7 @@ def export_checkpoint(
 ) -> Manifest:
     """Load ``checkpoint`` (strictly, as ``arch`` or the architecture its shapes say) in ``precision`` and export it."""
     from ..checkpoint import load_checkpoint
-    from ..hub import _digest_with_sidecar
+    from .cache import checkpoint_digest
 
     require()
     if precision not in PRECISIONS:
@@ -271,6 +271,6 @@ def export_checkpoint(
     check_opset(opset)  # before the checkpoint is read: a bad opset fails at once
     checkpoint = Path(checkpoint)
     model = load_checkpoint(checkpoint, arch, device="cpu", precision=precision)
-    sha = checkpoint_sha256 or _digest_with_sidecar(checkpoint)
+    sha = checkpoint_sha256 or checkpoint_digest(checkpoint)
     return export_model(model, out_dir, name=name or checkpoint.stem, opset=opset, checkpoint_sha256=sha,
                         checkpoint_file=checkpoint.name)

@@ -94,6 +94,9 @@ def session(path: PathLike, providers: List[Any], threads: Optional[int] = None)
     options = ort.SessionOptions()
     # the same thread count as torch, so that the two backends are compared on the same cores
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    # idle workers sleep instead of spinning: they share the cores with image-decoding threads
+    # and with torch (the throughput cases time both backends in one process)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(os.fspath(Path(path)), options, providers=providers)
