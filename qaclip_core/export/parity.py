@@ -149,7 +149,7 @@ class ParityReport:
                 rows.append(_row(f"{tower}_max_abs_diff", worst, 0.0, g["max_abs_diff"], all(t.ok for t in mine), ".1e"))
             else:
                 worst = min(t.min_cosine for t in mine)
-                rows.append(_row(f"{tower}_min_cosine", worst, 1.0, 1.0 - g["min_cosine"], all(t.ok for t in mine), ".5f"))
+                rows.append(_row(f"{tower}_min_cosine", worst, 1.0, 1.0 - g["min_cosine"], all(t.ok for t in mine), ".4f"))
         for r in self.ranks:
             short = "t2i" if r.direction.startswith("text") else "i2t"
             rows.append(_row(f"{short}_top{TOP_K}_violations", r.violations, 0, 0, r.ok, ".0f"))
