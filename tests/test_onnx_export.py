@@ -316,3 +316,19 @@ def test_cli_eval_on_the_onnx_backend_reuses_the_cached_export(tmp_path, monkeyp
     gate = expected["models"]["fixture-tiny"]["cn-clip-reference"]
     for metric, value in gate.items():  # one caption / one image of slack, the fixture's fp32 tolerance
         assert abs(out[metric] - value) <= expected["tolerance"]["fp32"][metric.split("_")[0]]["abs"] + 1e-9, metric
+
+
+def test_execution_provider_follows_the_device():
+    import onnxruntime as ort
+
+    from qaclip_core.export.runtime import resolve_providers
+
+    assert resolve_providers("cpu") == (torch.device("cpu"), ["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        dev, providers = resolve_providers("cuda:0")
+        assert dev == torch.device("cuda", 0) and providers[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    else:
+        with pytest.raises(ExportError, match="has no CUDAExecutionProvider.*onnxruntime-gpu"):
+            resolve_providers("cuda:0")
+    with pytest.raises(ExportError, match="runs on cpu or cuda"):
+        resolve_providers("mps")
