@@ -14,6 +14,7 @@ OPTIONS = [
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
     ("--lock-file", "QACLIP_LOCK_FILE", None,
      "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
+    ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
 ]
 
 FLAGS = [

@@ -15,7 +15,7 @@ import pytest
 from qaclip_core import options as opts
 from qaclip_core.data.catalog import DatasetCard, DatasetMissingError, ensure_dataset, get_dataset
 from qaclip_core.data.loader import resolve_workers
-from qaclip_core.errors import DownloadError, MissingDependencyError, QAClipError
+from qaclip_core.errors import DownloadError, MissingDependencyError, QAClipError, UnsupportedError
 from qaclip_core.expected import ExpectedCase, check_against_catalog, load_expected
 from qaclip_core.hub import cache_root
 from qaclip_core.registry import ModelCard, get_card
@@ -26,7 +26,7 @@ from .progress import terminal_progress
 REPO = Path(__file__).resolve().parents[1]
 # Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
 # (a bug, a corrupt file, a broken import inside the package) is an error.
-SKIPPABLE = (DatasetMissingError, DownloadError, MissingDependencyError)
+SKIPPABLE = (DatasetMissingError, DownloadError, MissingDependencyError, UnsupportedError)
 
 
 def expected_dir() -> Path:
@@ -74,6 +74,7 @@ class SuiteOptions:
     lock_file: Optional[Path]
     verify: bool
     evaluate_any_split: bool
+    backend: str = "pytorch"
 
 
 def _validated_options(config: pytest.Config) -> SuiteOptions:
@@ -99,7 +100,17 @@ def _validated_options(config: pytest.Config) -> SuiteOptions:
         lock_file=Path(opt("--lock-file")).expanduser().resolve() if opt("--lock-file") else None,
         verify=bool(opt("--verify")),
         evaluate_any_split=bool(opt("--evaluate-any-split")),
+        backend=_backend(opt("--backend")),
     )
+
+
+BACKEND_CHOICES = ("pytorch", "onnx")
+
+
+def _backend(value: str) -> str:
+    if value not in BACKEND_CHOICES:
+        raise opts.OptionError("--backend", value, f"expected one of {', '.join(BACKEND_CHOICES)}")
+    return value
 
 
 class Suite:
@@ -116,6 +127,7 @@ class Suite:
         self.num_workers = o.num_workers
         self.download = o.download
         self.compile = o.compile
+        self.backend = o.backend
         self.results: Dict[str, CaseResult] = config.stash[_RESULTS_KEY]
         self.progress = terminal_progress(config)
         self._encoder_key: Optional[tuple] = None
@@ -191,18 +203,28 @@ class Suite:
             self._local_hub = serve_directory(served)
         return self._local_hub
 
-    def encoder_for(self, card: ModelCard):
-        """The encoder of ``card``; the previous one is released so only one model is in memory."""
+    def encoder_for(self, card: ModelCard, backend: Optional[str] = None):
+        """The encoder of ``card`` on ``backend`` (default: --backend); the previous one is released so only one model is in memory."""
         from qaclip_core.adapters import load_encoder
 
-        key = (card.name, self.device, self.precision, self.compile)
+        backend = backend or self.backend
+        key = (card.name, self.device, self.precision, self.compile, backend)
         if key != self._encoder_key:
             self._encoder = None
             self._encoder_key = None
             path = self.checkpoint_for(card)
-            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile)
+            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile,
+                                         backend_name=None if backend == "pytorch" else backend)
             self._encoder_key = key
         return self._encoder
+
+    def skip_unless_met(self, item: pytest.Item, case: ExpectedCase) -> None:
+        """Skip (recorded) a case published for other settings than this run's (e.g. ONNX in fp16)."""
+        unmet = case.unmet({"backend": self.backend, "precision": self.precision})
+        if unmet:
+            reason = f"published for {case.variant}; run with {' '.join(unmet)}"
+            self.record(item, CaseResult(status="skipped", reason=reason, **self._base(case)))
+            pytest.skip(reason)
 
     # -- one case ---------------------------------------------------------------------------
     def skip_or_fail(self, item: pytest.Item, case: ExpectedCase, reason: str) -> None:
@@ -214,7 +236,8 @@ class Suite:
         pytest.skip(reason)
 
     def _base(self, case: ExpectedCase) -> dict:
-        return dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision)
+        return dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision,
+                    backend=self.backend, variant=case.variant)
 
     def record(self, item: pytest.Item, result: CaseResult) -> CaseResult:
         """Keep ``result`` for the report and, for JUnit XML, as properties of ``item``."""
@@ -238,6 +261,7 @@ class Suite:
         ds = get_dataset(case.dataset)
         model_card = get_card(case.model)
         root = self.data_root_for(ds)
+        self.skip_unless_met(item, case)
         try:
             ensure_dataset(ds, root, download=self.download)
             encoder = self.encoder_for(model_card)
@@ -485,7 +509,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if options is not None and options.report is not None:
         from qaclip_core.provenance import environment
 
-        meta = {"precision": options.precision, "device": options.device, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        meta = {"precision": options.precision, "device": options.device, "backend": options.backend,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "batch_size": options.batch_size, "evaluate_any_split": options.evaluate_any_split}
         paths = write_reports(results, options.report, meta, environment=environment(_resolved_device(options.device)))
         for path in paths:

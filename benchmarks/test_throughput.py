@@ -29,13 +29,14 @@ from .throughput_support import (
 
 IMPLS = ["qaclip_core", "cn_clip"]
 COMPILED = "qaclip_core+compile"
+ONNX = "onnxruntime"  # our model exported to ONNX (fp32/fp16), run by ONNX Runtime on the device's provider
 
 
 def _impls(tower: str, device: str, arch_id: str) -> list:
     # torch.compile of the vision tower: timed on GPUs; on a CPU only for the fixture, since
     # compiling a real tower there takes minutes and gains little (ViT-B/16: about 5%)
     compiled = tower == "image" and (device == "cuda" or arch_id == "fixture")
-    return IMPLS + [COMPILED] if compiled else IMPLS
+    return (IMPLS + [COMPILED] if compiled else IMPLS) + [ONNX]
 
 
 def _params(tower: str) -> list:
@@ -69,7 +70,20 @@ def _run(benchmark, fn, device: str, items: int, info: dict) -> None:
     benchmark.extra_info.update(info)
 
 
+def _onnx(arch, device, precision):
+    from qaclip_core.errors import QAClipError
+
+    from .throughput_support import onnx_encoder
+
+    try:
+        return onnx_encoder(arch, device, precision)
+    except (ImportError, QAClipError) as e:
+        pytest.skip(str(e).splitlines()[0])
+
+
 def _pick(arch, device, precision, impl):
+    if impl == ONNX:
+        return _onnx(arch, device, precision)
     ours, ref = models(arch, device, precision)
     model = ref if impl == "cn_clip" else ours
     if model is None:
@@ -82,8 +96,13 @@ def _pick(arch, device, precision, impl):
 def test_encode_image(benchmark, arch, device, precision, batch, impl):
     """Images per second of encode_image."""
     model = _pick(arch, device, precision, impl)
-    res = model.visual.input_resolution
-    images = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device, model.dtype)
+    gen = torch.Generator().manual_seed(0)
+    if impl == ONNX:  # ONNX Runtime takes fp32 host arrays (the graph casts); its outputs come back to the host
+        res = model.image_size
+        images = torch.randn(batch, 3, res, res, generator=gen)
+    else:
+        res = model.visual.input_resolution
+        images = torch.randn(batch, 3, res, res, generator=gen).to(device, model.dtype)
     benchmark.group = f"encode_image {arch} {precision} b{batch} {device}"
     gflops = nominal_image_gflops(arch)
     # compiled on the first (warm-up) call, which is not timed
@@ -100,7 +119,8 @@ def test_encode_image(benchmark, arch, device, precision, batch, impl):
 def test_encode_text(benchmark, arch, device, precision, batch, impl):
     """Captions per second of encode_text on realistic Chinese captions (context length 52)."""
     model = _pick(arch, device, precision, impl)
-    tokens = tokenize(realistic_captions(batch)).to(device)
+    tokens = tokenize(realistic_captions(batch))
+    tokens = tokens if impl == ONNX else tokens.to(device)
     benchmark.group = f"encode_text {arch} {precision} b{batch} {device}"
     _run(benchmark, lambda: model.encode_text(tokens), device, batch,
          {"tower": "text", "arch": arch, "batch": batch, "precision": precision, "impl": impl, "device": device,

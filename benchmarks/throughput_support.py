@@ -110,6 +110,38 @@ def models(arch: str, device: str, precision: str):
     return _models(arch, device, precision)
 
 
+_EXPORT_DIRS: List[str] = []
+
+
+@lru_cache(maxsize=1)
+def _onnx_encoder(arch: str, device: str, precision: str):
+    import atexit
+    import shutil
+    import tempfile
+
+    from qaclip_core.adapters.onnx import OnnxEncoder
+    from qaclip_core.export.onnx import export_model
+
+    ours, _ = models(arch, device, precision)
+    if not _EXPORT_DIRS:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _EXPORT_DIRS])
+    directory = tempfile.mkdtemp(prefix="qaclip-onnx-bench-")
+    _EXPORT_DIRS.append(directory)
+    export_model(ours, directory, name=arch)
+    return OnnxEncoder(directory, device=device)
+
+
+def onnx_encoder(arch: str, device: str, precision: str):
+    """ONNX Runtime encoder of ``models(...)``'s own model (the same random weights), exported once per architecture.
+
+    Raises ImportError without the ``onnx`` extra, QAClipError for a precision it does not export.
+    """
+    from qaclip_core.export.deps import require
+
+    require()
+    return _onnx_encoder(arch, device, precision)
+
+
 @lru_cache(maxsize=None)
 def nominal_image_gflops(arch: str) -> float:
     """GFLOPs of one image through the vision tower computing every token (as the reference does).

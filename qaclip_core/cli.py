@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="write predictions in the reference's jsonl format into DIR")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
+    ev.add_argument("--backend", default="pytorch", choices=["pytorch", "onnx"],
+                    help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)")
     sub.add_parser("models", help="list registry names")
     cal = sub.add_parser("calibrate", help="measure how each case's metrics move with precision, TF32 and the reference")
     cal.add_argument("--out", type=Path, required=True, help="calibration file to write (YAML)")
@@ -97,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("a", type=Path, help="report.json (or its folder) of the first run")
     cmp.add_argument("b", type=Path, help="report.json (or its folder) of the second run")
     cmp.add_argument("--json", action="store_true", help="print the differences as one JSON object")
+    from .export.cli import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
@@ -120,10 +125,16 @@ def _encoder(args):
     from .hub import cache_root
     from .registry import get_card
 
+    backend = None if args.backend == "pytorch" else args.backend
     if args.model:
         card = get_card(args.model)
         path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
-        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile)
+        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile,
+                            backend_name=backend)
+    if backend == "onnx":
+        from .adapters.onnx import load_checkpoint_encoder
+
+        return load_checkpoint_encoder(args.checkpoint, args.arch, device=args.device, precision=args.precision)
     try:
         model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
     except ArchitectureUnknownError as e:
@@ -225,6 +236,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\n".join(f"{c.name}  ({c.adapter}: {c.hub_repo})" for c in all_cards(include_test_only=False)
                         if c.adapter != "native"))
         return 0
+    if args.command == "export-onnx":
+        from .export.cli import run_export
+
+        return run_export(args)
     from .distributed import finish, init_from_env, shard_device
 
     if args.lock_file:  # the hub reads both at call time

@@ -37,3 +37,11 @@ class MissingDependencyError(QAClipError, ImportError):
         super().__init__(message)
         self.package = package
         self.extra = extra
+
+
+class ExportError(QAClipError, ValueError):
+    """An ONNX export that cannot be made, or an export folder that is missing, damaged or not the one asked for."""
+
+
+class UnsupportedError(QAClipError):
+    """A combination this run cannot do (a backend for another model family, a precision it has no export for)."""

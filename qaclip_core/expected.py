@@ -12,6 +12,9 @@ from .errors import QAClipError
 METRIC_ORDER = {
     "retrieval": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_mean_recall", "i2t_mean_recall", "mean_recall"],
     "zeroshot": ["top1", "top5"],
+    "probabilities": [],  # one metric per label, in the file's order
+    "parity": ["image_max_abs_diff", "text_max_abs_diff", "image_min_cosine", "text_min_cosine",
+               "t2i_top5_violations", "i2t_top5_violations"],
 }
 
 
@@ -78,6 +81,8 @@ class ExpectedCase:
     tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
     path: Optional[Path] = None
     report_only: Optional[str] = None  # why this case is measured and shown but never gated
+    # run settings the numbers were published for (e.g. backend: onnx, precision: fp16); empty: any
+    requires: Dict[str, str] = field(default_factory=dict)
 
     def gate_for(self, build: Optional[str]) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -104,8 +109,17 @@ class ExpectedCase:
 
     @property
     def id(self) -> str:
-        """Test id ``<dataset>-<model>``."""
-        return f"{self.dataset}-{self.model}"
+        """Test id ``<dataset>-<model>``, plus the required settings (``-onnx-fp16``) when there are any."""
+        return "-".join([self.dataset, self.model, *self.requires.values()])
+
+    @property
+    def variant(self) -> str:
+        """The required settings in words (``onnx fp16``), or ''."""
+        return " ".join(self.requires.values())
+
+    def unmet(self, settings: Mapping[str, str]) -> List[str]:
+        """The required settings that ``settings`` (e.g. ``{"backend": ..., "precision": ...}``) does not meet, as ``--key value``."""
+        return [f"--{k} {v}" for k, v in self.requires.items() if str(settings.get(k)) != v]
 
     @property
     def gate_values(self) -> Dict[str, float]:
@@ -158,7 +172,7 @@ class ExpectedFileError(QAClipError, ValueError):
     """An expected file that does not follow the schema (the message names the file and the key)."""
 
 
-_TOP_KEYS = ("dataset", "kind", "split", "sources", "tolerance", "models")
+_TOP_KEYS = ("dataset", "kind", "split", "sources", "tolerance", "models")  # and optionally: requires
 _KINDS = tuple(METRIC_ORDER)
 
 
@@ -194,6 +208,7 @@ def _read_yaml(path: Path) -> dict:
 
 
 _ENTRY_KEYS = ("gate", "report_only", "tolerance")
+REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
 
 
 def _parse_sources(raw: object, path: Path) -> Dict[str, Source]:
@@ -239,6 +254,10 @@ def _parse(path: Path) -> List[ExpectedCase]:
         raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
     sources = _parse_sources(doc["sources"], path)
     tolerances = _parse_tolerances(doc["tolerance"], path)
+    requires = doc.get("requires") or {}
+    if not isinstance(requires, dict) or not all(k in REQUIREMENTS and isinstance(v, str) for k, v in requires.items()):
+        raise ExpectedFileError(f"{path}: requires must map run settings ({', '.join(REQUIREMENTS)}) to values "
+                                f"(e.g. backend: onnx), got {requires!r}")
     cases = []
     for model, entry in _mapping(doc["models"], "models", path).items():
         entry = _mapping(entry, f"models.{model}", path)
@@ -261,7 +280,7 @@ def _parse(path: Path) -> List[ExpectedCase]:
             raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
         case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
                             dict(sources), case_tolerances, path,
-                            report_only=str(report_only).strip() if report_only else None)
+                            report_only=str(report_only).strip() if report_only else None, requires=dict(requires))
         for prec in case_tolerances:
             for metric in case.gate_values:
                 try:
@@ -280,6 +299,8 @@ def check_against_catalog(cases: List[ExpectedCase]) -> None:
 
     cards = {c.name: c for c in all_datasets()}
     for case in cases:
+        if case.kind not in ("retrieval", "zeroshot"):
+            continue  # not an evaluation dataset (e.g. the README example's probabilities)
         card = cards.get(case.dataset)
         if card is None:
             raise ExpectedFileError(f"{case.path}: dataset {case.dataset!r} has no dataset card (known: {', '.join(cards)})")

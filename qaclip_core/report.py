@@ -13,7 +13,9 @@ SHORT = {
     "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
     "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
     "top1": "Top-1", "top5": "Top-5",
-    "image_max_abs_diff": "image max|d|", "text_max_abs_diff": "text max|d|",
+    "image_max_abs_diff": "img max|d|", "text_max_abs_diff": "txt max|d|",
+    "image_min_cosine": "img min cos", "text_min_cosine": "txt min cos",
+    "t2i_top5_violations": "T2I top-5 off", "i2t_top5_violations": "I2T top-5 off",
 }
 
 
@@ -38,6 +40,8 @@ class CaseResult:
     checkpoint_sha256: Optional[str] = None
     data_fingerprint: Optional[str] = None
     provenance: Dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
+    backend: str = "pytorch"
+    variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
 
     @classmethod
     def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
@@ -75,16 +79,18 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
-            if res.kind == "parity":  # feature differences near 1e-7, not points
+            spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
+            if spec is None and res.kind == "parity":  # feature differences near 1e-7, not points
                 return f"{r['measured']:.1e}{flag}"
-            return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
+            spec = spec or ".1f"
+            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
     return ""
 
 
 def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
     by_ds: Dict[str, List[CaseResult]] = {}
     for r in results:
-        by_ds.setdefault(r.dataset, []).append(r)
+        by_ds.setdefault(f"{r.dataset} [{r.variant}]" if r.variant else r.dataset, []).append(r)
     return by_ds
 
 

@@ -36,8 +36,13 @@ def test_speedups_pair_ours_with_the_reference(report, tmp_path):
         _record("c", "loader", 1.0, impl="qaclip_core", workers=2, items_per_s=900.0),
         _record("d", "loader", 1.0, impl="cn_clip", workers=0, items_per_s=450.0),
         _record("e", "scoring", 2.0, impl="qaclip_core", reference_seconds_scaled=100.0),
+        _record("f", "encode_text X fp32 b64 cpu", 1.5, impl="onnxruntime", items_per_s=450.0),
+        _record("g", "encode_text X fp32 b64 cpu", 0.5, impl="qaclip_core+compile", items_per_s=600.0),
     ])
     rows = {(g, o): r for g, o, _, _, r in report.ratios(path)}
+    # ONNX Runtime against our eager PyTorch model, never as a reference ours is divided by
+    assert rows[("encode_text X fp32 b64 cpu", "onnxruntime / qaclip_core")] == pytest.approx(1.5)
+    assert not any("/ onnxruntime" in o or "onnxruntime / qaclip_core+" in o for _, o in rows)
     assert rows[("encode_text X fp32 b64 cpu", "qaclip_core / cn_clip")] == pytest.approx(3.0)
     assert rows[("loader", "qaclip_core w2 / cn_clip w0")] == pytest.approx(2.0)
     assert rows[("scoring", "qaclip_core / cn_clip (sampled, scaled)")] == pytest.approx(50.0)

@@ -2,7 +2,8 @@
 
     python tools/throughput_report.py .benchmarks/<machine>/0001_<commit>.json [--markdown]
 
-The first table pairs every qaclip_core record with the reference records of its group. The
+The first table pairs every qaclip_core record with the reference records of its group, and
+every ONNX Runtime record with the (eager) qaclip_core record of its group. The
 second (when the run has encode_image records) gives, per record, the achieved TFLOP/s of the
 nominal FLOPs, its share of the dense matmul rate measured in the same run, and its share of
 the bound in benchmarks/flop_bounds.yaml where that file has one for the card, marked against
@@ -20,6 +21,7 @@ from typing import List, Optional
 import yaml
 
 BOUNDS = Path(__file__).resolve().parent.parent / "benchmarks" / "flop_bounds.yaml"
+DEPLOYED = ("onnxruntime",)  # impl names of exported models, shown as <deployed> / qaclip_core
 
 
 def _records(path: Path) -> list:
@@ -43,12 +45,17 @@ def ratios(path: Path) -> list:
     rows = []
     for group, impls in sorted(groups.items()):
         ours = {k: v for k, v in impls.items() if k.startswith("qaclip_core")}
-        others = {k: v for k, v in impls.items() if not k.startswith("qaclip_core")}
+        # an export of our model run elsewhere (ONNX Runtime) is compared with our PyTorch model
+        deployed = {k: v for k, v in impls.items() if k.startswith(DEPLOYED)}
+        others = {k: v for k, v in impls.items() if k not in ours and k not in deployed}
         for name, mine in ours.items():
             for other, theirs in others.items():
                 rows.append((group, f"{name} / {other}", mine, theirs, mine / theirs))
-            if not others:
+            if not others and not deployed:
                 rows.append((group, name, mine, None, None))
+        for name, speed in deployed.items():
+            for base in [k for k in ours if "+" not in k]:  # against eager PyTorch, not the compiled variant
+                rows.append((group, f"{name} / {base}", speed, ours[base], speed / ours[base]))
     return rows + scaled
 
 

@@ -24,6 +24,7 @@ BACKENDS = {
     "native": "native",
     "altclip": "altclip",
     "chineseclip": "chineseclip",
+    "onnx": "onnx",  # not a card's adapter: a backend chosen per run (suite --backend onnx)
 }
 
 
@@ -45,12 +46,15 @@ def load_encoder(
     device: Union[str, torch.device] = "auto",
     precision: str = "fp32",
     compile: bool = False,
+    backend_name: Optional[str] = None,
 ) -> Encoder:
     """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface.
 
     ``compile`` runs the vision tower through ``torch.compile`` (native models only).
+    ``backend_name`` runs it on another backend than the card's own (``onnx``: exported, run by ONNX Runtime).
     """
-    return backend(card.adapter).load(card, checkpoint, device=device, precision=precision, compile=compile)
+    module = backend(backend_name or card.adapter)
+    return module.load(card, checkpoint, device=device, precision=precision, compile=compile)
 
 
 __all__ = ["BACKENDS", "Encoder", "NativeEncoder", "backend", "fetch_weights", "load_encoder"]

@@ -1,0 +1,257 @@
+"""Parity of an ONNX export with the PyTorch model: features per tower and batch size, and top-5 rankings on a probe.
+
+The gates and where their numbers come from are in ``parity.yaml`` beside this module.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+from ..errors import ExportError
+
+GATES_FILE = Path(__file__).with_name("parity.yaml")
+BATCHES = (1, 7, 64)
+TOP_K = 5
+
+
+@lru_cache(maxsize=None)
+def gates(precision: str) -> Dict[str, Any]:
+    """The parity gates of ``precision`` (``fp32``: max_abs_diff; ``fp16``: min_cosine; both: tie)."""
+    doc = yaml.safe_load(GATES_FILE.read_text(encoding="utf-8"))
+    if precision not in doc:
+        raise ExportError(f"{GATES_FILE}: no parity gate for precision {precision!r} (have {sorted(doc)})")
+    return doc[precision]
+
+
+# --------------------------------------------------------------------------------------------
+# the probe
+
+_WHO = ["猫", "一只橘猫", "两个穿校服的学生", "一位戴着草帽的老农民", "一辆红色的双层巴士", "一盘刚出锅的小笼包"]
+_WHERE = ["", "在海边", "在雪山脚下的木屋旁", "在夜晚灯火通明的城市街道上"]
+_MORE = ["", "，阳光很好", "，背景里有一座古老的宝塔、一条蜿蜒的小河和几只飞过的白鹭，远处的山峰被云雾笼罩",
+         " Nike 2023新款 ABC１２３ café ☕"]
+
+
+def probe_captions(count: int) -> List[str]:
+    """``count`` distinct captions from 1 character to past the 52-token context (truncated), varied in order."""
+    combos = [w + p + m for m in _MORE for p in _WHERE for w in _WHO]
+    rng = random.Random(0)
+    rng.shuffle(combos)
+    # the shortest and the longest first, so that batches of 1 and 7 already span the lengths
+    combos.sort(key=len)
+    head = [combos[0], combos[-1], combos[len(combos) // 2], combos[1], combos[-2], combos[len(combos) // 4], combos[-3]]
+    rest = [c for c in combos if c not in head]
+    out = head + rest
+    while len(out) < count:  # more than the combinations: numbered variants
+        out.append(f"{out[len(out) % len(combos)]} 第{len(out)}张")
+    return out[:count]
+
+
+def _drawn(i: int) -> Image.Image:
+    rng = random.Random(i)
+    size = (rng.randint(40, 400), rng.randint(40, 400))
+    background = tuple(rng.randint(0, 255) for _ in range(3))
+    img = Image.new("RGB", size, background)
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.randint(1, 6)):
+        box = sorted(rng.randint(0, size[0]) for _ in range(2)), sorted(rng.randint(0, size[1]) for _ in range(2))
+        xy = (box[0][0], box[1][0], box[0][1], box[1][1])
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)(xy, fill=colour)
+    for x in range(0, size[0], rng.randint(5, 40)):
+        d.line([(x, 0), (size[0] - x, size[1])], fill=tuple(rng.randint(0, 255) for _ in range(3)), width=rng.randint(1, 4))
+    return img
+
+
+def probe_images(count: int) -> List[Image.Image]:
+    """The README example image, then generated images of varied sizes, shapes and colours (deterministic)."""
+    from ..probe import EXAMPLE_IMAGE
+
+    with Image.open(EXAMPLE_IMAGE) as im:
+        first = im.convert("RGB")
+    return ([first] + [_drawn(i) for i in range(1, count)])[:count]
+
+
+def probe_inputs(count: int = max(BATCHES)) -> Tuple[List[Image.Image], List[str]]:
+    """Images and captions of the parity probe.
+
+    The one place that chooses them: when the probe set of ``qaclip_core/probe`` holds enough
+    pinned images and captions, this returns those instead of generated ones.
+    """
+    return probe_images(count), probe_captions(count)
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+
+
+@dataclass
+class TowerCheck:
+    """One tower at one batch size: the largest component difference and the smallest cosine of normalised features."""
+
+    tower: str
+    batch: int
+    max_abs_diff: float
+    min_cosine: float
+    ok: bool
+
+
+@dataclass
+class RankCheck:
+    """Top-k lists of one direction: positions that differ, those holding an item whose PyTorch score is within the
+    tie of PyTorch's own item there (near-ties, or a better item), and the others (violations)."""
+
+    direction: str
+    queries: int
+    differing: int
+    near_ties: int
+    violations: int
+    worst_gap: float  # largest PyTorch-score gap among the positions that differ
+    ok: bool
+
+
+@dataclass
+class ParityReport:
+    """Every check of one export against one PyTorch model."""
+
+    model: str
+    precision: str
+    towers: List[TowerCheck] = field(default_factory=list)
+    ranks: List[RankCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """All tower and ranking checks passed."""
+        return all(t.ok for t in self.towers) and all(r.ok for r in self.ranks)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """JSON-ready record, gates included."""
+        return {"model": self.model, "precision": self.precision, "ok": self.ok, "gate": dict(gates(self.precision)),
+                "towers": [asdict(t) for t in self.towers], "ranks": [asdict(r) for r in self.ranks]}
+
+    def metric_rows(self) -> List[Dict[str, Any]]:
+        """The checks as report rows (metric, measured, expected, tolerance, delta, ok, format), worst batch per tower."""
+        g = gates(self.precision)
+        rows = []
+        for tower in ("image", "text"):
+            mine = [t for t in self.towers if t.tower == tower]
+            if not mine:
+                continue
+            if "max_abs_diff" in g:
+                worst = max(t.max_abs_diff for t in mine)
+                rows.append(_row(f"{tower}_max_abs_diff", worst, 0.0, g["max_abs_diff"], all(t.ok for t in mine), ".1e"))
+            else:
+                worst = min(t.min_cosine for t in mine)
+                rows.append(_row(f"{tower}_min_cosine", worst, 1.0, 1.0 - g["min_cosine"], all(t.ok for t in mine), ".4f"))
+        for r in self.ranks:
+            short = "t2i" if r.direction.startswith("text") else "i2t"
+            rows.append(_row(f"{short}_top{TOP_K}_violations", r.violations, 0, 0, r.ok, ".0f"))
+        return rows
+
+    def table(self) -> str:
+        """Plain-text table of every check."""
+        g = gates(self.precision)
+        gate = f"max |d| <= {g['max_abs_diff']:g}" if "max_abs_diff" in g else f"min cos >= {g['min_cosine']}"
+        lines = [f"{self.model} ({self.precision}): ONNX Runtime against PyTorch, normalised features; gate {gate}",
+                 f"{'tower':<6}{'batch':>6}{'max |d|':>12}{'min cos':>12}"]
+        for t in self.towers:
+            lines.append(f"{t.tower:<6}{t.batch:>6}{t.max_abs_diff:>12.3e}{t.min_cosine:>12.7f}  {'ok' if t.ok else 'FAIL'}")
+        for r in self.ranks:
+            lines.append(f"top-{TOP_K} {r.direction}: {r.queries} queries, {r.differing} positions differ: {r.near_ties} hold an "
+                         f"item within {g['tie']:g} of PyTorch's (a near-tie or better), {r.violations} not  {'ok' if r.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def _row(metric: str, measured: float, expected: float, tolerance: float, ok: bool, fmt: str) -> Dict[str, Any]:
+    return {"metric": metric, "measured": float(measured), "expected": float(expected), "tolerance": float(tolerance),
+            "delta": float(measured) - float(expected), "ok": bool(ok), "format": fmt}
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().to("cpu", torch.float32)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def tower_check(tower: str, ours: torch.Tensor, ref: torch.Tensor, precision: str) -> TowerCheck:
+    """Compare one batch of ONNX features with PyTorch's under the gate of ``precision``."""
+    a, b = _normalised(ours), _normalised(ref)
+    if a.shape != b.shape:
+        raise ExportError(f"{tower} features of shape {list(a.shape)} from ONNX Runtime, {list(b.shape)} from PyTorch")
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    cos = float((a * b).sum(-1).min()) if a.numel() else 1.0
+    g = gates(precision)
+    ok = diff <= g["max_abs_diff"] if "max_abs_diff" in g else cos >= g["min_cosine"]
+    ok = ok and bool(torch.isfinite(a).all())
+    return TowerCheck(tower, len(a), diff, cos, ok)
+
+
+def rank_check(direction: str, ours: torch.Tensor, ref: torch.Tensor, tie: float, k: int = TOP_K) -> RankCheck:
+    """Top-``k`` of each row of ``ours`` against ``ref`` (score matrices): position j may hold another item only
+    when that item's PyTorch score is within ``tie`` of the score of PyTorch's own j-th item."""
+    k = min(k, ref.shape[1])
+    ref_top = ref.topk(k, dim=1)
+    our_idx = ours.topk(k, dim=1).indices
+    differ = our_idx != ref_top.indices
+    gap = ref_top.values - ref.gather(1, our_idx)  # >= 0 up to rounding where the item differs
+    near = differ & (gap <= tie)
+    bad = differ & (gap > tie)
+    worst = float(gap[differ].max()) if bool(differ.any()) else 0.0
+    return RankCheck(direction, int(ref.shape[0]), int(differ.sum()), int(near.sum()), int(bad.sum()), worst, not bool(bad.any()))
+
+
+@torch.inference_mode()
+def compare(onnx_encoder: Any, torch_encoder: Any, precision: str, batches: Sequence[int] = BATCHES,
+            model: str = "model") -> ParityReport:
+    """ONNX Runtime against PyTorch on the same preprocessed images and token ids, per tower and batch size,
+    and top-k rankings both ways on the largest batch."""
+    images, captions = probe_inputs(max(batches))
+    pixels = torch.stack([torch_encoder.preprocess(im) for im in images])
+    tokens = torch_encoder.tokenize(captions)
+    report = ParityReport(model, precision)
+    feats: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+    for batch in batches:
+        for tower, inputs, ours_fn, ref_fn in (
+            ("image", pixels, onnx_encoder.encode_image, torch_encoder.encode_image),
+            ("text", tokens, onnx_encoder.encode_text, torch_encoder.encode_text),
+        ):
+            ours, ref = ours_fn(inputs[:batch]), ref_fn(inputs[:batch])
+            report.towers.append(tower_check(tower, ours, ref, precision))
+            feats[tower] = (_normalised(ours), _normalised(ref))
+    tie = float(gates(precision)["tie"])
+    (oi, ri), (ot, rt) = feats["image"], feats["text"]
+    report.ranks.append(rank_check("text-to-image", ot @ oi.T, rt @ ri.T, tie))
+    report.ranks.append(rank_check("image-to-text", oi @ ot.T, ri @ rt.T, tie))
+    return report
+
+
+def verify_export(directory: Path, model: Any) -> Dict[str, Any]:
+    """Run a fresh export with ONNX Runtime (CPU) against the eager ``model``; ExportError with the table when it is off."""
+    from ..adapters.native import NativeEncoder
+    from ..adapters.onnx import OnnxEncoder
+    from .manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    try:
+        ours = OnnxEncoder(directory, device="cpu", name=manifest.model)
+        # batch 3 and trimmed captions: sizes other than the export's examples (batch 2, 52 tokens)
+        report = compare(ours, NativeEncoder(model, name=manifest.model), manifest.precision, batches=(3,), model=manifest.model)
+    except ExportError:
+        raise
+    except Exception as e:  # onnxruntime's run-time failures (an operator it cannot run at this opset, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(
+            f"the export of {manifest.model} at opset {manifest.opset} does not run in ONNX Runtime: "
+            f"{type(e).__name__}: {first[:400]}"
+        ) from e
+    towers = [t for t in report.towers]
+    if not all(t.ok for t in towers):
+        raise ExportError(f"the export of {manifest.model} at opset {manifest.opset} disagrees with PyTorch:\n{report.table()}")
+    return {"runtime": "onnxruntime CPU", "batch": 3, **{f"{t.tower}_max_abs_diff": t.max_abs_diff for t in towers},
+            **{f"{t.tower}_min_cosine": t.min_cosine for t in towers}}
