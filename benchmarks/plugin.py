@@ -441,21 +441,34 @@ def _case_of(item: pytest.Item) -> Optional[ExpectedCase]:
     return case if isinstance(case, ExpectedCase) else None
 
 
+def suite_case(dataset: str, model: str, kind: str) -> pytest.MarkDecorator:
+    """Mark a suite case that is not an expected/ case (parity, golden...): the report lists it whatever happens."""
+    return pytest.mark.suite_case(dataset=dataset, model=model, kind=kind)
+
+
+def _report_identity(item: pytest.Item) -> Optional[dict]:
+    """(dataset, model, kind) under which ``item`` appears in the report, or None for other tests."""
+    case = _case_of(item)
+    if case is not None:
+        return dict(dataset=case.dataset, model=case.model, kind=case.kind, variant=case.variant)
+    mark = item.get_closest_marker("suite_case")
+    return dict(mark.kwargs) if mark is not None else None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    # Every collected reproduction case appears in the report: one that ended without recording
-    # a result (a crash while resolving its checkpoint, a fixture error...) is recorded here.
-    case = _case_of(item)
+    # Every collected suite case appears in the report: one that ended without recording a
+    # result (a crash while resolving its checkpoint, a fixture error...) is recorded here.
+    ident = _report_identity(item)
     results = item.config.stash[_RESULTS_KEY]
-    if case is not None and item.nodeid not in results and (report.when == "call" or not report.passed):
+    if ident is not None and item.nodeid not in results and (report.when == "call" or not report.passed):
         if report.skipped:
             status, reason = "skipped", _skip_reason(report)
         else:
             status, reason = "error", _error_reason(call)
-        precision = item.config.stash[_OPTIONS_KEY].precision
-        result = CaseResult(dataset=case.dataset, model=case.model, kind=case.kind, precision=precision,
-                            status=status, reason=reason)
+        options = item.config.stash[_OPTIONS_KEY]
+        result = CaseResult(precision=options.precision, backend=options.backend, status=status, reason=reason, **ident)
         results[item.nodeid] = result
         item.user_properties.extend(junit_properties(result))
     return report

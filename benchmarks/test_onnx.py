@@ -18,11 +18,12 @@ from qaclip_core.errors import DownloadError, MissingDependencyError, Unsupporte
 from qaclip_core.registry import all_cards, get_card
 from qaclip_core.report import CaseResult
 
-from .plugin import case_params
+from .plugin import case_params, suite_case
 
 
 def _parity_params() -> list:
-    return [pytest.param(card.name, id=f"onnx-parity-{card.name}", marks=[pytest.mark.xdist_group(card.name)])
+    return [pytest.param(card.name, id=f"onnx-parity-{card.name}",
+                         marks=[pytest.mark.xdist_group(card.name), suite_case("onnx-parity", card.name, "parity")])
             for card in all_cards() if card.adapter == "native"]
 
 

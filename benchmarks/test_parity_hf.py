@@ -18,6 +18,8 @@ from qaclip_core.errors import DownloadError, MissingDependencyError
 from qaclip_core.registry import all_cards, get_card
 from qaclip_core.report import CaseResult
 
+from .plugin import suite_case
+
 TOLERANCE = yaml.safe_load((Path(__file__).parent / "parity_hf.yaml").read_text(encoding="utf-8"))["tolerance"]["fp32"]
 PRECISION = "fp32"  # the formats are compared at the published numbers' precision, whatever --precision says
 
@@ -30,7 +32,8 @@ def probe():
 
 
 def _cards() -> list:
-    return [pytest.param(c, id=f"parity-hf-{c.original}", marks=[pytest.mark.xdist_group(c.original)])
+    return [pytest.param(c, id=f"parity-hf-{c.original}",
+                         marks=[pytest.mark.xdist_group(c.original), suite_case("parity-hf", c.original, "parity")])
             for c in all_cards() if c.adapter == "chineseclip" and c.preprocessing == "reference" and c.original]
 
 

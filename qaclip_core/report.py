@@ -80,8 +80,8 @@ def _cell(res: CaseResult, metric: str) -> str:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
             spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
-            if spec is None and res.kind == "parity":  # feature differences near 1e-7, not points
-                return f"{r['measured']:.1e}{flag}"
+            if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
+                return f"{r['measured']:{spec or '.1e'}}{flag}"
             spec = spec or ".1f"
             return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
     return ""
@@ -114,8 +114,8 @@ def _other_sources(rows: List[CaseResult]) -> List[tuple]:
     out = []
     for r in rows:
         others = {src: d for src, d in r.sources.items() if src != r.gate and d}
-        if not others and "measured on" not in r.gate_reason:
-            continue
+        if not others and "the declared gate, measured on" not in r.gate_reason:
+            continue  # one source, measured on this very data: nothing to explain
         parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
         for src, deltas in sorted(others.items()):
             parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))

@@ -141,3 +141,18 @@ def test_bad_options_stop_at_start_with_one_line(tmp_path, args, env, needle):
     errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR:")]
     assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_a_check_case_that_crashes_is_in_the_report_too(tmp_path):
+    """Suite cases outside expected/ (marked suite_case) are recorded by the plugin when they crash."""
+    (tmp_path / "break_compare.py").write_text(
+        "import qaclip_core.export.parity as parity\n"
+        "def _broken(*a, **k):\n"
+        "    raise RuntimeError('comparison exploded')\n"
+        "parity.compare = _broken\n", encoding="utf-8")
+    out = _suite("-m", "not throughput", "-k", "onnx-parity-fixture-tiny", "-p", "break_compare", "--report", str(tmp_path / "r"),
+                 env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 1, out.stdout[-3000:]
+    (res,) = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["results"]
+    assert (res["dataset"], res["model"], res["status"]) == ("onnx-parity", "fixture-tiny", "error")
+    assert "comparison exploded" in res["reason"]
