@@ -20,7 +20,7 @@ import torch
 from qaclip_core.registry import all_cards
 
 from .test_throughput import _run
-from .throughput_support import batch_sizes, device_precisions, models, realistic_captions
+from .throughput_support import batch_sizes, device_precisions, is_large, models, realistic_captions
 
 IMPL = "transformers"
 SKIP_REASON = "ChineseCLIP throughput needs transformers: pip install 'qaclip-core[chineseclip]'"
@@ -37,7 +37,8 @@ def _architectures() -> list:
 
 def _params(tower: str) -> list:
     return [
-        pytest.param(arch, device, precision, batch, id=f"{arch_id}-{precision}-b{batch}-{IMPL}")
+        pytest.param(arch, device, precision, batch, id=f"{arch_id}-{precision}-b{batch}-{IMPL}",
+                     marks=[pytest.mark.large_model] if is_large(arch) else [])
         for arch_id, arch in _architectures()
         for device, precision in device_precisions()
         for batch in batch_sizes(device, tower)

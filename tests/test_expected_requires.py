@@ -42,5 +42,5 @@ def test_malformed_requires_is_named(tmp_path):
     doc = yaml.safe_load((REPO / "expected" / "muge-onnx.yaml").read_text(encoding="utf-8"))
     doc["requires"] = ["onnx"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    with pytest.raises(QAClipError, match=r"bad\.yaml: 'requires' must map settings"):
+    with pytest.raises(QAClipError, match=r"bad\.yaml: requires must map run settings"):
         load_expected(tmp_path)

@@ -25,7 +25,7 @@ def test_report_only_rows_carry_their_differences():
 
 def test_parity_rows_show_feature_differences_not_points():
     text = render_text(_rows())
-    assert "1.9e-07" in text and "image max|d|" in text
+    assert "1.9e-07" in text and "img max|d|" in text and "(+" not in text.split("img max|d|")[1]
 
 
 def test_plugin_adds_the_encoder_differences_to_a_report_only_reason():
