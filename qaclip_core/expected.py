@@ -57,6 +57,7 @@ class ExpectedCase:
     tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
     path: Optional[Path] = None
     report_only: Optional[str] = None  # why this case is measured and shown but never gated
+    measured_only: bool = False  # no published value: measured and shown, nothing to compare with
 
     @property
     def gated(self) -> bool:
@@ -70,8 +71,8 @@ class ExpectedCase:
 
     @property
     def gate_values(self) -> Dict[str, float]:
-        """The metric values the test compares with."""
-        return self.values[self.gate]
+        """The metric values the test compares with (none for a measured-only case)."""
+        return self.values[self.gate] if self.gate else {}
 
     def tolerance(self, metric: str, precision: str = "fp32") -> Tolerance:
         """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group)."""
@@ -165,6 +166,9 @@ def _parse(path: Path) -> List[ExpectedCase]:
     cases = []
     for model, entry in _mapping(doc["models"], "models", path).items():
         entry = _mapping(entry, f"models.{model}", path)
+        if "measured_only" in entry:
+            cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
+            continue
         gate = entry.get("gate")
         report_only = entry.get("report_only")
         values: Dict[str, Dict[str, float]] = {}
@@ -191,6 +195,21 @@ def _parse(path: Path) -> List[ExpectedCase]:
                         f"{metric.split('_')[0]!r}") from None
         cases.append(case)
     return cases
+
+
+def _measured_only_case(doc: dict, model: str, entry: dict, sources: Dict[str, str],
+                        tolerances: Dict[str, Dict[str, Tolerance]], path: Path) -> ExpectedCase:
+    """A model with no published value: ``measured_only: <why>`` and nothing else (reported, never gated)."""
+    where = f"models.{model}"
+    others = sorted(k for k in entry if k != "measured_only")
+    if others:
+        raise ExpectedFileError(f"{path}: {where} is measured_only, so it takes no gate or values; remove {others} "
+                                "(or drop measured_only and gate on a source)")
+    why = entry["measured_only"]
+    if not isinstance(why, str) or not why.strip():
+        raise ExpectedFileError(f"{path}: {where}.measured_only must say why there is no published value, got {why!r:.60}")
+    return ExpectedCase(str(doc["dataset"]), model, str(doc["kind"]), str(doc["split"]), "", {}, sources, tolerances,
+                        path, report_only=f"measured only: {why.strip()}", measured_only=True)
 
 
 def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:

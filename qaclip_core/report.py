@@ -55,7 +55,7 @@ def failure_table(checks: Iterable[MetricCheck]) -> str:
 
 def _columns(results: List[CaseResult]) -> List[str]:
     kind = results[0].kind
-    seen = {r["metric"] for res in results for r in res.checks}
+    seen = {r["metric"] for res in results for r in res.checks} or {m for res in results for m in res.measured}
     order = METRIC_ORDER.get(kind, sorted(seen))
     return [m for m in order if m in seen]
 
@@ -67,6 +67,8 @@ def _cell(res: CaseResult, metric: str) -> str:
             if res.kind == "parity":  # feature differences near 1e-7, not points
                 return f"{r['measured']:.1e}{flag}"
             return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
+    if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
+        return f"{res.measured[metric]:.1f}"
     return ""
 
 
@@ -92,10 +94,13 @@ def _details(rows: List[CaseResult]) -> List[tuple]:
 
 
 def render_text(results: List[CaseResult]) -> str:
-    """Terminal tables, one per dataset, like the seed README's result tables."""
+    """Terminal tables, one per dataset, like the seed README's result tables (and the combined grids)."""
+    from .report_grid import render_grid_text, split_grids
+
+    grids, results = split_grids(results)
     out = []
     for ds, rows in _tables(results).items():
-        measured = [r for r in rows if r.checks]
+        measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
         width = max(len(r.model) for r in rows) + 2
         out.append(f"{ds}  (cells: measured (measured - expected); ! = outside tolerance)")
@@ -105,14 +110,18 @@ def render_text(results: List[CaseResult]) -> str:
             out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
         out.extend(f"  {model}: {text}" for model, text in _details(rows))
         out.append("")
+    out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
 
 
 def render_markdown(results: List[CaseResult]) -> str:
     """The same tables in Markdown."""
+    from .report_grid import render_grid_markdown, split_grids
+
+    grids, results = split_grids(results)
     out = ["# Reproduction report", ""]
     for ds, rows in _tables(results).items():
-        measured = [r for r in rows if r.checks]
+        measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
         out.append(f"## {ds}")
         out.append("")
@@ -126,6 +135,7 @@ def render_markdown(results: List[CaseResult]) -> str:
         out.extend(f"- {model}: {text}" for model, text in _details(rows))
         if _details(rows):
             out.append("")
+    out.extend(render_grid_markdown(g) for g in grids)
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"
 
