@@ -93,12 +93,12 @@ def _check_before_work(args, card) -> None:
     if args.arch and not args.checkpoint:
         raise UsageError("--arch applies to --checkpoint only; a --model's architecture comes from its card")
     if args.dump_predictions:
-        options.new_output_folder(args.dump_predictions, "--dump-predictions")
         if card.kind == "zeroshot":
             from .data.catalog import dataset_dir
             from .data.elevater import read_index
 
             read_index(dataset_dir(card, args.data_root))  # a malformed index.json fails here, not after the evaluation
+        options.new_output_folder(args.dump_predictions, "--dump-predictions")
 
 
 def _encoder(args):

@@ -92,7 +92,8 @@ def notes(grid: Grid) -> List[str]:
     for r in grid.results:
         if r.status == "reported" and r.checks and r.dataset not in seen:
             seen.add(r.dataset)
-            out.append(f"* {display.get(r.dataset, r.dataset)}: not gated: {r.reason.split('; ')[0]}")
+            name, why = display.get(r.dataset, r.dataset), r.reason.split("; ")[0]
+            out.append(f"* {why} (not gated)" if why.startswith(name) else f"* {name}: {why} (not gated)")
     measured = sorted({r.model for r in grid.results if r.status == "reported" and not r.checks and r.measured})
     if measured:
         out.append(f"no published value (measured only): {', '.join(measured)}")

@@ -48,7 +48,7 @@ def test_grid_rows_models_columns_datasets_cells_top1_with_delta():
     assert "67.6 (+0.0)" in rows["cn-clip-vit-b-16"] and "93.0" in rows["qa-clip-vit-b-16"]
     assert "skipped" in rows["cn-clip-rn50"]
     notes = "\n".join(lines[start + 5:])
-    assert "KITTI-distance: not gated: KITTI-distance does not reproduce (#77)" in notes
+    assert "* KITTI-distance does not reproduce (#77) (not gated)" in notes
     assert "no published value (measured only): qa-clip-vit-b-16" in notes
     assert "skipped (1): MNIST not found: no folder /d/mnist" in notes
     # ImageNet keeps its own table; the ELEVATER datasets have none of their own
