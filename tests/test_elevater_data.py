@@ -185,3 +185,27 @@ def test_classifier_is_computed_once_per_model_and_dataset(tmp_path):
     again = evaluate_card(encoder, card, tmp_path, progress=False, text_batch_size=256)
     assert encoder.text_calls == 3  # reused
     assert torch.equal(again.raw["logits"], first.raw["logits"])
+
+
+def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsys):
+    """--dump-predictions on a zero-shot set: <folder>.json, softmax rows in index.json order; metrics unchanged."""
+    from qaclip_core.cli import main
+    from qaclip_core.fixture import CHECKPOINT
+
+    names = ["圆形", "十字形", "菱形"]
+    make_elevater(tmp_path / "datasets", "kitti-distance", names, per_class=2, index=[5, 0, 4, 1, 3, 2])
+    base = ["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "kitti-distance", "--data-root", str(tmp_path),
+            "--device", "cpu", "--json", "--quiet"]
+    with pytest.warns(UserWarning, match="measured on 4"):
+        assert main(base + ["--dump-predictions", str(tmp_path / "out")]) == 0
+    with_dump = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (tmp_path / "datasets" / "kitti-distance" / "index.json").unlink()
+    with pytest.warns(UserWarning):
+        assert main(base + ["--dump-predictions", str(tmp_path / "plain")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] == with_dump["top1"]
+    doc = json.loads((tmp_path / "out" / "kitti-distance.json").read_text(encoding="utf-8"))
+    plain = json.loads((tmp_path / "plain" / "kitti-distance.json").read_text(encoding="utf-8"))["predictions"][0]
+    rows = doc["predictions"][0]
+    assert doc["dataset_name"] == "kitti-distance" and doc["n_shot"] == 0 and doc["num_params"] > 0
+    assert rows == [plain[i] for i in [5, 0, 4, 1, 3, 2]]
+    assert all(abs(sum(r) - 1) < 1e-5 and len(r) == len(names) for r in rows)
