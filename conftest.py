@@ -19,7 +19,7 @@ OPTIONS = [
 
 FLAGS = [
     # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
-    ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN and label_cn.txt when missing"),
+    ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN, label_cn.txt and ELEVATER_all.zip (the ELEVATER datasets) when missing"),
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
     ("--require-data", "QACLIP_REQUIRE_DATA",
      "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),

@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--checkpoint", type=_existing_file, help="a local checkpoint file")
     ev.add_argument("--arch", type=_checked(options.architecture, "--arch"),
                     help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
-    ev.add_argument("--dataset", required=True, help="flickr30k-cn, muge, coco-cn, imagenet (or a fixture dataset)")
+    ev.add_argument("--dataset", required=True, help="flickr30k-cn, muge, coco-cn, imagenet, an ELEVATER dataset (cifar-10, "
+                    "cifar100, dtd, eurosat, fer-2013, fgvc-aircraft, kitti-distance, mnist, patch-camelyon, voc-2007) "
+                    "or a fixture dataset")
     ev.add_argument("--data-root", type=_checked(options.folder, "--data-root"), required=True,
                     help="${DATAPATH} holding datasets/, or the datasets folder")
     ev.add_argument("--split", help="split to evaluate (default: the dataset's published split)")
@@ -74,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--verify", action="store_true", help="hash cached files in full instead of trusting their .sha256 records")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--dump-predictions", type=_checked(options.folder, "--dump-predictions"), metavar="DIR",
-                    help="write predictions in the reference's jsonl format into DIR")
+                    help="write predictions into DIR: retrieval in the reference's jsonl format, zero-shot as "
+                    "<dataset folder>.json in the ELEVATER submission format (ordered by index.json when present)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
     ev.add_argument("--backend", default="pytorch", choices=["pytorch", "onnx"],
@@ -114,8 +117,11 @@ def _check_before_work(args, card) -> None:
     if args.arch and not args.checkpoint:
         raise UsageError("--arch applies to --checkpoint only; a --model's architecture comes from its card")
     if args.dump_predictions:
-        if card.kind != "retrieval":
-            raise UsageError(f"--dump-predictions writes retrieval predictions; {card.name} is a {card.kind} dataset")
+        if card.kind == "zeroshot":
+            from .data.catalog import dataset_dir
+            from .data.elevater import read_index
+
+            read_index(dataset_dir(card, args.data_root))  # a malformed index.json fails here, not after the evaluation
         options.new_output_folder(args.dump_predictions, "--dump-predictions")
 
 
@@ -174,6 +180,19 @@ def _eval(args, shard) -> tuple:
     report.update({"data_fingerprint": prov.get("data_fingerprint"), "data_build": prov.get("build"),
                    "split_check": prov.get("split_check"), "comparable": prov.get("comparable", True)})
     return report, out, card
+
+
+def _write_predictions(out, card, args) -> dict:
+    """Retrieval: the reference's jsonl files; zero-shot: ``<dataset folder>.json`` as the ELEVATER server takes it."""
+    if card.kind == "zeroshot":
+        from .data.elevater import read_index
+        from .eval.zeroshot import write_zeroshot_predictions
+
+        index = read_index(out.raw["dataset_dir"], len(out.raw["targets"]))
+        return {"predictions": write_zeroshot_predictions(out.raw, args.dump_predictions, out.model, index=index)}
+    from .eval.retrieval import write_predictions
+
+    return write_predictions(out.raw, args.dump_predictions, split=args.split or card.split)
 
 
 def _print(report: dict, as_json: bool) -> None:
@@ -263,11 +282,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     _print(report, args.json)  # the metrics first: a failure to write files below loses nothing
     if args.dump_predictions:
-        from .eval.retrieval import write_predictions
-
         try:
-            paths = write_predictions(out.raw, args.dump_predictions, split=args.split or card.split)
-        except OSError as e:
+            paths = _write_predictions(out, card, args)
+        except (OSError, QAClipError) as e:
             print(f"error: the metrics above were computed, but writing predictions to {args.dump_predictions} "
                   f"failed: {e}", file=sys.stderr)
             return 1

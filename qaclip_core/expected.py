@@ -91,6 +91,8 @@ class ExpectedCase:
         declared gate does, and if it names another build (or the data's build is unknown) the
         file's ``cross_build`` tolerance applies, where it defines one.
         """
+        if self.measured_only:
+            return GateDecision("", build, False, "measured only: no published value to gate on")
         if build is not None:
             same = [s for s in [self.gate, *self.values] if self.sources[s].build == build]
             if same:
@@ -101,6 +103,7 @@ class ExpectedCase:
         cross = any(CROSS_BUILD in table for table in self.tolerances.values())
         seen = f"this data is build {build}" if build else "this data's build could not be told"
         return GateDecision(self.gate, build, cross, f"the declared gate, measured on build {declared}; {seen}")
+    measured_only: bool = False  # no published value: measured and shown, nothing to compare with
 
     @property
     def gated(self) -> bool:
@@ -123,8 +126,8 @@ class ExpectedCase:
 
     @property
     def gate_values(self) -> Dict[str, float]:
-        """The metric values of the declared gate source."""
-        return self.values[self.gate]
+        """The metric values of the declared gate source (none for a measured-only case)."""
+        return self.values[self.gate] if self.gate else {}
 
     def tolerance(self, metric: str, precision: str = "fp32", cross_build: bool = False) -> Tolerance:
         """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group).
@@ -261,6 +264,9 @@ def _parse(path: Path) -> List[ExpectedCase]:
     cases = []
     for model, entry in _mapping(doc["models"], "models", path).items():
         entry = _mapping(entry, f"models.{model}", path)
+        if "measured_only" in entry:
+            cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
+            continue
         gate = entry.get("gate")
         report_only = entry.get("report_only")
         case_tolerances = tolerances
@@ -312,6 +318,21 @@ def check_against_catalog(cases: List[ExpectedCase]) -> None:
             if src.build is not None and src.build not in builds:
                 raise ExpectedFileError(f"{case.path}: sources.{name}.build {src.build!r} is not a build of {case.dataset} "
                                         f"(known: {', '.join(sorted(builds)) or 'none'})")
+
+
+def _measured_only_case(doc: dict, model: str, entry: dict, sources: Dict[str, Source],
+                        tolerances: Dict[str, Dict[str, Tolerance]], path: Path) -> ExpectedCase:
+    """A model with no published value: ``measured_only: <why>`` and nothing else (reported, never gated)."""
+    where = f"models.{model}"
+    others = sorted(k for k in entry if k != "measured_only")
+    if others:
+        raise ExpectedFileError(f"{path}: {where} is measured_only, so it takes no gate or values; remove {others} "
+                                "(or drop measured_only and gate on a source)")
+    why = entry["measured_only"]
+    if not isinstance(why, str) or not why.strip():
+        raise ExpectedFileError(f"{path}: {where}.measured_only must say why there is no published value, got {why!r:.60}")
+    return ExpectedCase(str(doc["dataset"]), model, str(doc["kind"]), str(doc["split"]), "", {}, sources, tolerances,
+                        path, report_only=f"measured only: {why.strip()}", measured_only=True)
 
 
 def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:

@@ -70,7 +70,7 @@ def failure_table(checks: Iterable[MetricCheck]) -> str:
 
 def _columns(results: List[CaseResult]) -> List[str]:
     kind = results[0].kind
-    seen = {r["metric"] for res in results for r in res.checks}
+    seen = {r["metric"] for res in results for r in res.checks} or {m for res in results for m in res.measured}
     order = METRIC_ORDER.get(kind, sorted(seen))
     return [m for m in order if m in seen]
 
@@ -84,6 +84,8 @@ def _cell(res: CaseResult, metric: str) -> str:
                 return f"{r['measured']:{spec or '.1e'}}{flag}"
             spec = spec or ".1f"
             return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
+    if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
+        return f"{res.measured[metric]:.1f}"
     return ""
 
 
@@ -148,10 +150,13 @@ def _details(rows: List[CaseResult]) -> List[tuple]:
 
 
 def render_text(results: List[CaseResult]) -> str:
-    """Terminal tables, one per dataset, like the seed README's result tables."""
+    """Terminal tables, one per dataset, like the seed README's result tables (and the combined grids)."""
+    from .report_grid import render_grid_text, split_grids
+
+    grids, results = split_grids(results)
     out = []
     for ds, rows in _tables(results).items():
-        measured = [r for r in rows if r.checks]
+        measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
         width = max(len(r.model) for r in rows) + 2
         out.append(f"{ds}  (cells: measured (measured - expected); ! = outside tolerance)")
@@ -164,14 +169,18 @@ def render_text(results: List[CaseResult]) -> str:
         out.extend(f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
                    for row in _provenance_rows(rows))
         out.append("")
+    out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
 
 
 def render_markdown(results: List[CaseResult]) -> str:
     """The same tables in Markdown."""
+    from .report_grid import render_grid_markdown, split_grids
+
+    grids, results = split_grids(results)
     out = ["# Reproduction report", ""]
     for ds, rows in _tables(results).items():
-        measured = [r for r in rows if r.checks]
+        measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
         out.append(f"## {ds}")
         out.append("")
@@ -196,6 +205,7 @@ def render_markdown(results: List[CaseResult]) -> str:
             out.append("|" + "---|" * len(header))
             out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
             out.append("")
+    out.extend(render_grid_markdown(g) for g in grids)
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
     return "\n".join(out) + "\n"
 

@@ -154,3 +154,53 @@ def make_imagenet(root: Path, classes: Sequence[str], per_class: int = 2, split:
             data = make_image(100 * c + j, (24 + c, 30), fmt, mode)
             (folder / name / f"img_{j}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(data)
     return folder
+
+
+def make_elevater(datasets: Path, folder: str, class_names: Sequence[str], per_class: int = 2,
+                  padded: Optional[bool] = None, index: Optional[Sequence[int]] = None) -> Path:
+    """``<datasets>/<folder>/`` in Chinese-CLIP's ELEVATER layout: ``test/<class id>/``, ``label_cn.txt``, ``label.txt``.
+
+    Class ids are written here by the documented rule (``0``-``9`` up to 10 classes, else
+    3-digit), independently of the package's own; ``padded`` forces one form (for bad layouts).
+    """
+    root = datasets / folder
+    n = len(class_names)
+    pad = n > 10 if padded is None else padded
+    for c in range(n):
+        d = root / "test" / (f"{c:03d}" if pad else str(c))
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            fmt = "JPEG" if (c + j) % 2 == 0 else "PNG"
+            (d / f"{c}_{j}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(make_image(1000 + 31 * c + j, (28, 28 + j), fmt))
+    (root / "label_cn.txt").write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
+    (root / "label.txt").write_text("".join(f"class {c}\n" for c in range(n)), encoding="utf-8")
+    if index is not None:
+        (root / "index.json").write_text(json.dumps(list(index)), encoding="utf-8")
+    return root
+
+
+def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
+    """Zip ``folder``'s files as ``<prefix><folder name>/...`` (``prefix=None``: its content at the top)."""
+    import zipfile
+
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder if prefix is None else folder.parent)
+            zf.write(path, (prefix or "") + rel.as_posix())
+    return archive
+
+
+def elevater_all_zip(datasets: Dict[str, Path], archive: Path, inner_dir: str = "ELEVATER_all/") -> Path:
+    """An ``ELEVATER_all.zip`` in miniature: one ``<folder>.zip`` per dataset folder, plus a stray file."""
+    import zipfile
+
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(inner_dir + "README.txt", "ELEVATER, Chinese version (test miniature)\n")
+        for folder, path in datasets.items():
+            inner = archive.parent / f".{folder}.zip"
+            zip_folder(path, inner)
+            zf.write(inner, f"{inner_dir}{folder}.zip")
+            inner.unlink()
+    return archive

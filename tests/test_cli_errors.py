@@ -82,8 +82,7 @@ def test_missing_checkpoint_file(capsys, tmp_path, data_root, no_work):
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "fixture-tiny", "--arch", "RN50@RBT3-chinese"], "--arch applies to --checkpoint only"),
     (["--model", "ViT-B-99"], "unknown model 'ViT-B-99'"),
-    (["--checkpoint", str(CHECKPOINT), "--dump-predictions", "{dir}"], "--dump-predictions writes retrieval predictions"),
-], ids=["arch-with-model", "unknown-model", "dump-zeroshot"])
+], ids=["arch-with-model", "unknown-model"])  # zero-shot predictions are written since the ELEVATER cases (test_elevater_data.py)
 def test_bad_combinations_fail_before_work(capsys, tmp_path, data_root, no_work, argv, needle):
     argv = [a.format(dir=tmp_path / "out") for a in argv]
     code, _, err = _run(capsys, "eval", *argv, "--dataset", "fixture-shapes-cls", "--data-root", str(data_root))

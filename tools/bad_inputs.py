@@ -88,6 +88,7 @@ class Base:
         self.data = root / "data"
         (self.data / "datasets").mkdir(parents=True)  # the ${DATAPATH}/datasets/<Dataset> layout
         write_shapes_dataset(self.data)
+        _write_elevater(self.data)
         self.state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
 
     def data_copy(self, d: Path) -> Path:
@@ -122,6 +123,19 @@ def _texts(data: Path) -> Path:
 
 def _cls(data: Path) -> Path:
     return data / "datasets" / "shapes-cls"
+
+
+def _elevater(data: Path) -> Path:
+    return data / "datasets" / "kitti-distance"
+
+
+def _write_elevater(data: Path) -> None:
+    """KITTI-distance in Chinese-CLIP's ELEVATER layout (test/0..3, label_cn.txt), from four Shapes-CN classes."""
+    cls, target = _cls(data), _elevater(data)
+    names = (cls / "label_cn.txt").read_text(encoding="utf-8").splitlines()[:4]
+    for i, folder in enumerate(sorted((cls / "test").iterdir())[:4]):
+        shutil.copytree(folder, target / "test" / str(i))
+    (target / "label_cn.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
 
 
 def _edit_lmdb(path: Path, edit: Callable[[lmdb.Transaction], None]) -> None:
@@ -200,8 +214,6 @@ def faults(base: Base) -> List[Fault]:
     cli("--data-root is a file", lambda d, data: _cli(a_file(d)), needles=("--data-root",))
     cli("--dump-predictions is a file", lambda d, data: _cli(data, "--dump-predictions", str(a_file(d))),
         needles=("--dump-predictions",))
-    cli("--dump-predictions on zero-shot", lambda d, data: _cli(data, "--dump-predictions", str(d / "out"), dataset="fixture-shapes-cls"),
-        needles=("--dump-predictions",), must_not_exist=("out",))
     cli("--lock-file is a folder", lambda d, data: _cli(data, "--lock-file", str(d)), needles=("--lock-file",))
     cli("--arch with --model", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "fixture-tiny", "--arch",
         ARCH, "--dataset", "fixture-shapes", "--data-root", str(data)], needles=("--arch applies to --checkpoint only",))
@@ -362,6 +374,35 @@ def faults(base: Base) -> List[Fault]:
     cli("class image corrupt", zs(corrupt_image), needles=(".png",))
     cli("split folder missing", zs(lambda cls: shutil.rmtree(cls / "test")), needles=("test/<class folders> missing",))
 
+    # ELEVATER data (Chinese-CLIP's zero-shot layout)
+    def el(edit, *args):
+        def fn(d, data):
+            edit(_elevater(data))
+            return _cli(data, *(a(d) if callable(a) else a for a in args), dataset="kitti-distance")
+        return fn
+
+    def padded_ids(root: Path):  # 000..003 where at most 10 classes take 0..3
+        for folder in sorted((root / "test").iterdir(), reverse=True):
+            folder.rename(folder.with_name(f"{int(folder.name):03d}"))
+
+    def el_empty_class(root: Path):
+        for f in (root / "test" / "2").iterdir():
+            f.unlink()
+
+    def el_index(text: str):
+        return lambda root: (root / "index.json").write_text(text)
+
+    cli("ELEVATER label file one line short", el(drop_label), needles=("label_cn.txt", "4 class folders", "names 3 classes"))
+    cli("ELEVATER class folders not the ids", el(padded_ids), needles=("kitti-distance/test", "0 to 3", "unexpected ['000'"))
+    cli("ELEVATER class folder empty", el(el_empty_class), needles=("kitti-distance/test/2", "no image files"))
+    cli("ELEVATER dataset without a card", lambda d, data: _cli(data, dataset="food-101"), needles=("food-101", "known datasets"))
+    cli("ELEVATER dataset missing, no --download", el(lambda root: shutil.rmtree(root)),
+        needles=("KITTI-distance not found", "ELEVATER_all.zip", "--download", "kitti-distance.zip"))
+    cli("ELEVATER index.json not a list", el(el_index('{"order": [1, 0]}'), "--dump-predictions", lambda d: str(d / "out")),
+        needles=("index.json", "JSON list"), must_not_exist=("out",))
+    cli("ELEVATER index.json out of range", el(el_index("[0, 1, 9999]"), "--dump-predictions", lambda d: str(d / "out")),
+        codes=(1,), needles=("index.json", "9999", "the metrics above were computed"))
+
     # a late failure must not lose the metrics
     def unwritable_predictions(d, data):
         out_dir = d / "preds"
@@ -418,6 +459,16 @@ def faults(base: Base) -> List[Fault]:
                        ), {"QACLIP_EXPECTED_DIR": str(exp)})
 
     suite("suite case on a truncated LMDB", suite_lmdb_truncated, (1,), ("data.mdb", "1 failed"))
+
+    def suite_elevater_label_short(d: Path):
+        data = base.data_copy(d)
+        drop_label(_elevater(data))
+        exp = _expected_for(d, "kitti-distance", "zeroshot", "test", {"top1": 50.0})
+        return (_suite("-k", "kitti-distance-fixture-tiny", "--data-root", str(data), "--report", str(d / "report")),
+                {"QACLIP_EXPECTED_DIR": str(exp)})
+
+    suite("suite ELEVATER case, label file short", suite_elevater_label_short, (1,),
+          ("kitti-distance/test", "label_cn.txt", "1 failed"))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Evaluation data readers: Chinese-CLIP retrieval LMDBs, ImageNet folders, prompt templates."""
+"""Evaluation data readers: Chinese-CLIP retrieval LMDBs, ImageNet and ELEVATER folders, prompt templates."""
+from .elevater import ElevaterFolder, class_ids, read_index
 from .imagenet import LABEL_CN_SHA256, ImageNetFolder, read_labels
 from .retrieval import (
     LmdbImages,
@@ -10,18 +11,24 @@ from .retrieval import (
     write_retrieval_split,
 )
 from .templates import imagenet_templates, prompts
+from .zeroshot_templates import template_set, templates_for
 
 __all__ = [
     "LABEL_CN_SHA256",
+    "ElevaterFolder",
     "ImageNetFolder",
     "LmdbImages",
     "RetrievalSplit",
     "TextRecord",
+    "class_ids",
     "find_dataset_dir",
     "imagenet_templates",
     "load_retrieval_split",
     "prompts",
+    "read_index",
     "read_labels",
     "read_texts",
+    "template_set",
+    "templates_for",
     "write_retrieval_split",
 ]

@@ -51,6 +51,10 @@ class DatasetCard:
             if fingerprint in (build.get("fingerprints") or []):
                 return name
         return None
+    # ELEVATER (qaclip_core/data/elevater.py): the folder layout to check, and the combined report
+    # table the dataset's column belongs to (the class count is in split_size)
+    layout: Optional[str] = None
+    report_table: Optional[str] = None
 
     @property
     def downloadable(self) -> bool:
@@ -126,7 +130,12 @@ def dataset_dir(card: DatasetCard, data_root: Union[str, Path]) -> Path:
 def _present(card: DatasetCard, folder: Path) -> bool:
     if card.kind == "retrieval":
         return (folder / "lmdb" / card.split / "imgs").is_dir() and (folder / f"{card.split}_texts.jsonl").is_file()
-    return (folder / card.split).is_dir()
+    return (folder / card.split).is_dir() and (not _labels_inside(card) or (folder / card.labels["filename"]).is_file())
+
+
+def _labels_inside(card: DatasetCard) -> bool:
+    """Whether the label file comes with the dataset's folder (ELEVATER) rather than fetched on its own."""
+    return card.layout == "elevater" and bool(card.labels)
 
 
 def missing_parts(card: DatasetCard, folder: Path) -> list:
@@ -136,6 +145,9 @@ def missing_parts(card: DatasetCard, folder: Path) -> list:
         present = [(folder / parts[0]).is_dir(), (folder / parts[1]).is_file()]
     else:
         parts, present = [f"{card.split}/<class folders>"], [(folder / card.split).is_dir()]
+        if _labels_inside(card):
+            parts.append(card.labels["filename"])
+            present.append((folder / card.labels["filename"]).is_file())
     return [p for p, ok in zip(parts, present) if not ok]
 
 
@@ -143,6 +155,10 @@ def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
     """One line: what is missing, where it was expected, how to get it."""
     folder = dataset_dir(card, data_root)
     how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
+    if card.hub and card.hub.get("member"):  # a zip inside a larger zip (ELEVATER_all.zip)
+        from .nested_archive import how_to_get
+
+        how = how_to_get(card, datasets_dir(data_root))
     if not folder.is_dir():
         return f"{card.display} not found: no folder {folder}; {how}"
     missing = missing_parts(card, folder)
@@ -199,6 +215,13 @@ def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: boo
     folder = dataset_dir(card, data_root)
     if _present(card, folder):
         return folder
+    if download and card.downloadable and card.hub.get("member"):
+        from .nested_archive import fetch_nested
+
+        fetch_nested(card, datasets_dir(data_root), lambda f: _present(card, f))
+        if _present(card, folder):
+            return folder
+        raise DatasetError(f"{card.hub['member']} was unpacked but {missing_reason(card, data_root)}")
     if download and card.downloadable:
         from ..hub import fetch_hub_file
         from filelock import FileLock

@@ -123,24 +123,41 @@ def evaluate_retrieval_card(encoder, card: DatasetCard, data_root: Union[str, Pa
     )
 
 
+def _zeroshot_folder(card: DatasetCard, data_root: Union[str, Path], split: str, transform, classnames, labels_path):
+    """The split's images as an ``ImageFolder``: ELEVATER layout checked, or an ImageNet-style folder."""
+    folder = dataset_dir(card, data_root) / split
+    if card.layout == "elevater":
+        from ..data.elevater import ElevaterFolder
+
+        # the published class count is checked with the split's other sizes (_split_check)
+        return ElevaterFolder(folder, labels_path, len(classnames), transform=transform, display=card.display)
+    from ..data.imagenet import ImageNetFolder
+
+    return ImageNetFolder(folder, transform=transform, num_labels=len(classnames), labels_path=labels_path)
+
+
 def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Path], opts: EvalOptions) -> EvalOutput:
-    """Zero-shot top-1/top-5 of ``encoder`` on an ImageNet-style folder with Chinese labels."""
-    from ..data.imagenet import ImageNetFolder, IndexedImages, read_labels
-    from ..data.templates import imagenet_templates
-    from .zeroshot import accuracy, build_classifier
+    """Zero-shot top-1/top-5 of ``encoder`` on class folders with Chinese labels (ImageNet, ELEVATER, fixture).
+
+    The prompt templates follow the reference's rule, by the dataset's folder name
+    (:mod:`qaclip_core.data.zeroshot_templates`).
+    """
+    from ..data.imagenet import IndexedImages, read_labels
+    from ..data.zeroshot_templates import template_set, templates_for
+    from .zeroshot import accuracy, cached_classifier, param_counts
 
     ensure_dataset(card, data_root, download=opts.download)
     labels_path = ensure_labels(card, data_root, download=opts.download)
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
     split = opts.split or card.split
-    folder = ImageNetFolder(dataset_dir(card, data_root) / split, transform=encoder.preprocess,
-                            num_labels=len(classnames), labels_path=labels_path)
+    folder = _zeroshot_folder(card, data_root, split, encoder.preprocess, classnames, labels_path)
     counts = {"images": len(folder.samples), "classes": len(classnames)}
     check = _split_check(card, split, counts, opts)  # before any image is decoded
     images = IndexedImages(folder)
+    templates = templates_for(card.dirname)
     t0 = time.perf_counter()
-    classifier = build_classifier(encoder, classnames, imagenet_templates(), opts.text_batch_size, opts.progress, opts.shard,
-                                  desc=f"{card.name} prompts")
+    classifier = cached_classifier(encoder, classnames, templates, opts.text_batch_size, opts.progress, opts.shard,
+                                   desc=f"{card.name} prompts")
     t1 = time.perf_counter()
     _, image_feats = encode_image_dataset(encoder, images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
     t2 = time.perf_counter()
@@ -152,12 +169,14 @@ def evaluate_zeroshot_card(encoder, card: DatasetCard, data_root: Union[str, Pat
         dataset=card.name,
         model=encoder.name,
         metrics=dict(metrics),
-        counts={**counts, "templates": len(imagenet_templates())},
+        counts={**counts, "templates": len(templates)},
         seconds={"classifier": t1 - t0, "images": t2 - t1},
+        diagnostics={"templates": template_set(card.dirname)},
         provenance=_data_provenance(card, dataset_dir(card, data_root), split, "zeroshot", parts, counts, check,
                                     batch_size=opts.batch_size, label_file=str(labels_path),
                                     label_file_sha256=sha256_file(labels_path)),
-        raw={"logits": logits, "targets": targets},
+        raw={"logits": logits, "targets": targets, "dataset_dir": dataset_dir(card, data_root), "folder": card.dirname,
+             "params": param_counts(encoder)},
     )
 
 
