@@ -196,7 +196,7 @@ def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsy
     make_elevater(tmp_path / "datasets", "kitti-distance", names, per_class=2, index=[5, 0, 4, 1, 3, 2])
     base = ["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "kitti-distance", "--data-root", str(tmp_path),
             "--device", "cpu", "--json", "--quiet"]
-    with pytest.warns(UserWarning, match="measured on 4"):
+    with pytest.warns(UserWarning, match=r"classes: expected 4, found 3"):
         assert main(base + ["--dump-predictions", str(tmp_path / "out")]) == 0
     with_dump = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     (tmp_path / "datasets" / "kitti-distance" / "index.json").unlink()
