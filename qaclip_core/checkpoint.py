@@ -194,6 +194,6 @@ def load_checkpoint(
                 + (f" (looks like {arch})" if arch else "")
                 + "; pass arch='VISION@TEXT'"
             )
-    model = create_model(arch)
+    model = create_model(arch, random_init=False)  # every tensor comes from the checkpoint
     load_state_dict_strict(model, sd, source=f"checkpoint {path}")
     return model.to(device=resolve_device(device), dtype=resolve_dtype(precision)).eval()
