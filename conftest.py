@@ -12,12 +12,14 @@ OPTIONS = [
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
     ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+    ("--golden-dir", "QACLIP_GOLDEN_DIR", None, "folder of golden probe features for the golden-<model> cases"),
 ]
 
 FLAGS = [
     # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
     ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN and label_cn.txt when missing"),
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
+    ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),
 ]
 
 

@@ -60,6 +60,8 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
+            if "cell" in r:  # a check that formats its own value (checkpoint gates)
+                return f"{r['cell']}{flag}"
             return f"{r['measured']:.1f} ({r['delta']:+.1f}){flag}"
     return ""
 

@@ -18,7 +18,7 @@ from typing import Tuple
 import torch
 
 # name fragments of normalisation layers (their weight is a scale, so it is drawn around 1)
-_NORM_MARKERS = ("bn", "ln_", "LayerNorm", "downsample.1")
+_NORM_MARKERS = ("bn", "ln_", "LayerNorm", "downsample.1", "layer_norm", "layernorm", "layrnorm")
 
 
 def _random_values(name: str, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -93,3 +93,42 @@ def reference_with_checkpoint(arch: str, path: Path, seed: int = 0) -> Tuple[tor
     model = reference_model(arch, seed)
     save_reference_checkpoint(model, path)
     return model.float(), path
+
+
+def write_tiny_altclip(out: Path, captions, seed: int = 0, resolution: int = 32) -> Path:
+    """A tiny AltCLIP with every float tensor random, saved by transformers as BAAI/AltCLIP is laid out.
+
+    Its tokenizer is an XLM-R-style Unigram model over the characters of ``captions`` (the real
+    one has 250k pieces); the image processor is CLIP's at ``resolution`` px.
+    """
+    import transformers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]  # XLM-R's ids 0..3: the pad id is 1
+    chars = sorted(set("".join(captions)) - set(" \t\n") - set("".join(specials)))
+    vocab = [(s, 0.0) for s in specials] + [("▁", -2.0)] + [(c, -5.0) for c in chars] + [("<mask>", 0.0)]
+    tok = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = transformers.XLMRobertaTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    config = transformers.AltCLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=96, project_dim=32,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=resolution, patch_size=8, projection_dim=16),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    model = randomise_(transformers.AltCLIPModel(config), seed).eval()
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": resolution},
+                                                crop_size={"height": resolution, "width": resolution}, resample=3)
+    out.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    return out
