@@ -87,7 +87,9 @@ def render_text(results: List[CaseResult]) -> str:
         measured = [r for r in rows if r.checks]
         cols = _columns(measured) if measured else []
         width = max(len(r.model) for r in rows) + 2
-        out.append(f"{ds}  (cells: measured (measured - expected); ! = outside tolerance)")
+        own = measured and all("cell" in r for res in measured for r in res.checks)  # checkpoint gates
+        legend = "measured" if own else "measured (measured - expected)"
+        out.append(f"{ds}  (cells: {legend}; ! = outside tolerance)")
         out.append(f"{'model':<{width}}" + "".join(f"{SHORT.get(c, c):>15}" for c in cols) + "  status")
         for r in rows:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)

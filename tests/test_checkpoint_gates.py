@@ -24,13 +24,16 @@ from qaclip_core.registry import all_cards, get_card
 from .conftest import REPO
 from .reference_models import reference_model, save_reference_checkpoint, write_tiny_altclip
 
-# one registry card per architecture (the QA-CLIP and CN-CLIP cards of an architecture share its code)
+# One registry card per architecture (the QA-CLIP and CN-CLIP cards of an architecture share its
+# code). The large ones take minutes each on a CPU (both models in fp32 on 30 images): they are
+# `large` tests, run by `tox -e large`; tests/test_parity_model.py covers them on a few inputs.
+LARGE = [pytest.mark.slow, pytest.mark.large]
 ARCH_CARDS = [
     "qa-clip-rn50",
     "qa-clip-vit-b-16",
-    pytest.param("qa-clip-vit-l-14", marks=pytest.mark.slow),
-    pytest.param("cn-clip-vit-l-14-336", marks=pytest.mark.slow),
-    pytest.param("cn-clip-vit-h-14", marks=pytest.mark.slow),
+    pytest.param("qa-clip-vit-l-14", marks=LARGE),
+    pytest.param("cn-clip-vit-l-14-336", marks=LARGE),
+    pytest.param("cn-clip-vit-h-14", marks=LARGE),
 ]
 
 
@@ -138,3 +141,19 @@ def test_example_gate_holds_the_published_probabilities():
     assert check_example(spec, off, "bf16").ok  # bf16: reported, only the argmax is gated
     swapped = [published[0], published[3], published[2], published[1]]
     assert not check_example(spec, swapped, "bf16").ok
+
+
+NO_CN_CLIP_PLUGIN = '''
+"""Test plugin: the reference implementation is not installed."""
+import sys
+
+sys.modules["cn_clip"] = None  # makes `import cn_clip...` raise ImportError
+'''
+
+
+def test_parity_case_skips_in_one_line_without_the_reference(tmp_path):
+    (tmp_path / "no_cn_clip.py").write_text(NO_CN_CLIP_PLUGIN, encoding="utf-8")
+    out = _suite("-k", "parity-fixture-tiny", "-p", "no_cn_clip", pythonpath=str(tmp_path), offline=False)
+    assert out.returncode == 0 and "1 skipped" in out.stdout, out.stdout[-3000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("SKIPPED")]
+    assert "cn_clip is not installed" in line and "pip install --no-deps cn_clip==1.6.0" in line

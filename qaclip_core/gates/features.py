@@ -28,10 +28,11 @@ class FeatureSource(Protocol):
 class EncoderSource:
     """An :class:`~qaclip_core.adapters.base.Encoder` (any backend) as a feature source: its preprocess, tokenizer and towers."""
 
-    def __init__(self, encoder, batch_size: int = 32):
+    def __init__(self, encoder, batch_size: int = 32, text_batch_size: int = 256):
         self.encoder = encoder
         self.name = getattr(encoder, "name", type(encoder).__name__)
         self.batch_size = max(1, int(batch_size))
+        self.text_batch_size = max(1, int(text_batch_size))
 
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess each image, encode in batches, normalise."""
@@ -42,7 +43,7 @@ class EncoderSource:
 
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """The encoder's own tokenizer and text tower, as the evaluation runs them."""
-        return encode_texts(self.encoder, list(captions), batch_size=max(self.batch_size, len(captions)), progress=False)
+        return encode_texts(self.encoder, list(captions), batch_size=self.text_batch_size, progress=False)
 
 
 @dataclass
