@@ -15,6 +15,7 @@ OPTIONS = [
     ("--lock-file", "QACLIP_LOCK_FILE", None,
      "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
     ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
+    ("--golden-dir", "QACLIP_GOLDEN_DIR", None, "folder of golden probe features for the golden-<model> cases"),
 ]
 
 FLAGS = [
@@ -28,6 +29,7 @@ FLAGS = [
     ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
     ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
      "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
+    ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),
 ]
 
 

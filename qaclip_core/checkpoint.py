@@ -239,6 +239,6 @@ def load_checkpoint(
         arch = infer_arch(sd)
         if arch is None or "(" in arch:
             raise ArchitectureUnknownError(path, arch)
-    model = create_model(arch)
+    model = create_model(arch, random_init=False)  # every tensor comes from the checkpoint
     load_state_dict_strict(model, sd, source=f"checkpoint {path}")
     return model.to(device=resolve_device(device), dtype=resolve_dtype(precision)).eval()

@@ -79,6 +79,8 @@ def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
             flag = "" if r["ok"] else "!"
+            if "cell" in r:  # a check that formats its own value (checkpoint gates)
+                return f"{r['cell']}{flag}"
             spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
             if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
                 return f"{r['measured']:{spec or '.1e'}}{flag}"
@@ -159,7 +161,9 @@ def render_text(results: List[CaseResult]) -> str:
         measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
         width = max(len(r.model) for r in rows) + 2
-        out.append(f"{ds}  (cells: measured (measured - expected); ! = outside tolerance)")
+        own = measured and all("cell" in r for res in measured for r in res.checks)  # checkpoint gates
+        legend = "measured" if own else "measured (measured - expected)"
+        out.append(f"{ds}  (cells: {legend}; ! = outside tolerance)")
         out.append(f"{'model':<{width}}" + "".join(f"{SHORT.get(c, c):>15}" for c in cols) + "  status")
         for r in rows:
             cells = "".join(f"{_cell(r, c):>15}" for c in cols)

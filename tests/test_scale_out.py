@@ -53,7 +53,7 @@ def test_xdist_two_workers_merge_one_report(tmp_path):
     pytest.importorskip("xdist")
     report = tmp_path / "report"
     out = _run([sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "-m", "not throughput", "-q",
-                "-p", "no:cacheprovider", "--report", str(report), "-k", "(fixture or flickr) and not onnx-parity"])
+                "-p", "no:cacheprovider", "--report", str(report), "-k", "(fixture-shapes and not hf) or flickr"])
     assert "QA-CLIP reproduction report" in out
     results = json.loads((report / "report.json").read_text(encoding="utf-8"))["results"]
     ids = [f"{r['dataset']}-{r['model']}" for r in results]

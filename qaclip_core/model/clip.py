@@ -1,13 +1,13 @@
 """The CLIP model: a vision tower, a BERT text tower and the two projections."""
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
 from torch import nn
 
 from .config import ArchConfig, arch_config
+from .init import init_weights
 from .text import BertModel
 from .vision import ModifiedResNet, build_vision
 
@@ -24,14 +24,15 @@ def trim_padding(text: torch.Tensor) -> torch.Tensor:
 class CLIP(nn.Module):
     """Chinese CLIP with the API of the QA-CLIP example."""
 
-    def __init__(self, arch: ArchConfig):
+    def __init__(self, arch: ArchConfig, random_init: bool = True):
         super().__init__()
         self.arch = arch
         self.visual = build_vision(arch.vision)
         self.bert = BertModel(arch.text)
         self.text_projection = nn.Parameter(torch.empty(arch.text.hidden_size, arch.vision.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        nn.init.normal_(self.text_projection, std=arch.text.hidden_size**-0.5)
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        if random_init:
+            init_weights(self)
         self.text_fast_path = True
 
     def use_fast_paths(self, enabled: bool = True) -> "CLIP":
@@ -94,9 +95,12 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-def create_model(arch: str) -> CLIP:
-    """A randomly initialised model of architecture ``VISION@TEXT``, in fp32, in eval mode."""
-    return CLIP(arch_config(arch)).eval()
+def create_model(arch: str, random_init: bool = True) -> CLIP:
+    """A model of architecture ``VISION@TEXT``, in fp32, in eval mode, randomly initialised.
+
+    ``random_init=False`` leaves the parameters unset, for a model about to load a checkpoint.
+    """
+    return CLIP(arch_config(arch), random_init=random_init).eval()
 
 
 def is_resnet(model: CLIP) -> bool:

@@ -1,7 +1,8 @@
 """The BERT text tower (RBT3, RoBERTa-wwm-ext base and large), attention through SDPA.
 
 Module names follow the published checkpoints (``bert.encoder.layer.N.attention.self.query``...);
-the pooler is absent, as in the checkpoints' evaluation code.
+the pooler is absent, as in the checkpoints' evaluation code. Random initial weights, when
+wanted, come from :func:`qaclip_core.model.init.init_weights` for the whole CLIP model.
 """
 from __future__ import annotations
 
@@ -157,14 +158,6 @@ class BertModel(nn.Module):
         self.config = cfg
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode [N, L] ids; ``attention_mask`` is 1 for real tokens and 0 for padding."""

@@ -1,12 +1,17 @@
-"""Vision towers: ModifiedResNet with attention pooling, and the ViT.
+"""Vision towers built from their JSON configs: CLIP's attention-pooled ResNet and the ViT.
 
-Parameter names follow the checkpoints published for QA-CLIP and Chinese-CLIP, so that a real
-state dict loads strictly.
+The checkpoint format fixes the module and parameter names (``visual.layer2.0.downsample.1``,
+``visual.transformer.resblocks.3.mlp.c_fc``...); everything else is this project's. A ResNet is
+assembled from a :class:`ResNetPlan` computed from its config (stem convolutions, then one
+:class:`BlockSpec` per bottleneck, channels chained through the plan rather than through a
+running counter); a ViT from its config's width, depth and patch size. Parameters are created
+empty and filled by :func:`qaclip_core.model.init.init_weights` when a random model is
+wanted; a model about to receive a checkpoint skips that.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Sequence
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +19,13 @@ from torch import nn
 
 from .config import VisionConfig
 
+EXPANSION = 4  # a bottleneck's output has 4x its inner width
+STEM_POOL = 2  # the stem ends with a 2x2 average pool
+TOTAL_DOWNSAMPLE = 32  # stem (strided convolution, pool) x4, then stride 2 in stages 2-4
+
 
 class LayerNormFp32(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input dtype, as the reference ViT does."""
+    """LayerNorm computed in fp32 whatever the input dtype (the published ViTs were trained so)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise in fp32 and cast back."""
@@ -25,131 +34,210 @@ class LayerNormFp32(nn.LayerNorm):
         ).to(x.dtype)
 
 
-class QuickGELU(nn.Module):
-    """The sigmoid approximation of GELU that CLIP's ViT was trained with."""
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The sigmoid approximation of GELU that CLIP's ViT was trained with: x * sigmoid(1.702 x)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution followed by BatchNorm (no bias: the BatchNorm supplies it)."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One bottleneck: 1x1 reduce, 3x3, (average pool when strided), 1x1 expand."""
+
+    in_channels: int
+    width: int
+    stride: int
+
+    @property
+    def out_channels(self) -> int:
+        """Channels leaving the block."""
+        return self.width * EXPANSION
+
+    @property
+    def convs(self) -> Tuple[ConvSpec, ConvSpec, ConvSpec]:
+        """The three convolutions of the residual branch."""
+        return (ConvSpec(self.in_channels, self.width, 1), ConvSpec(self.width, self.width, 3),
+                ConvSpec(self.width, self.out_channels, 1))
+
+    @property
+    def needs_projection(self) -> bool:
+        """Whether the shortcut must change resolution or channels."""
+        return self.stride > 1 or self.in_channels != self.out_channels
+
+
+@dataclass(frozen=True)
+class ResNetPlan:
+    """Every layer of a ModifiedResNet, derived from its config."""
+
+    stem: Tuple[ConvSpec, ...]
+    stages: Tuple[Tuple[BlockSpec, ...], ...]
+    pool_tokens: int  # spatial positions seen by the attention pool
+    pool_width: int
+    heads: int
+    output_dim: int
+
+
+def resnet_plan(cfg: VisionConfig) -> ResNetPlan:
+    """The layers of the ResNet ``cfg`` describes.
+
+    The stem halves the width twice (three 3x3 convolutions, the first strided); stage ``i``
+    has inner width ``width * 2**i`` and, from the second stage on, starts with stride 2.
+    """
+    base = cfg.width
+    stem = (ConvSpec(3, base // 2, 3, stride=2), ConvSpec(base // 2, base // 2, 3), ConvSpec(base // 2, base, 3))
+    stages: List[Tuple[BlockSpec, ...]] = []
+    channels = stem[-1].out_channels
+    for index, depth in enumerate(cfg.layers):
+        width = base * 2**index
+        first = BlockSpec(channels, width, stride=1 if index == 0 else 2)
+        rest = [BlockSpec(first.out_channels, width, stride=1)] * (depth - 1)
+        stages.append((first, *rest))
+        channels = first.out_channels
+    grid = cfg.image_size // TOTAL_DOWNSAMPLE
+    return ResNetPlan(stem=stem, stages=tuple(stages), pool_tokens=grid * grid, pool_width=channels,
+                      heads=cfg.heads, output_dim=cfg.embed_dim)
+
+
+def _add_conv_bn(owner: nn.Module, specs: Sequence[ConvSpec]) -> int:
+    """Register ``conv1, bn1, conv2, bn2, ...`` on ``owner`` (the checkpoint's names); returns how many."""
+    for number, spec in enumerate(specs, start=1):
+        owner.add_module(f"conv{number}", nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel,
+                                                    stride=spec.stride, padding=spec.kernel // 2, bias=False))
+        owner.add_module(f"bn{number}", nn.BatchNorm2d(spec.out_channels))
+    return len(specs)
+
+
+def _conv_bn_pairs(owner: nn.Module, count: int) -> List[Tuple[nn.Module, nn.Module]]:
+    return [(getattr(owner, f"conv{n}"), getattr(owner, f"bn{n}")) for n in range(1, count + 1)]
+
+
+class Shortcut(nn.Module):
+    """The projected shortcut of a bottleneck: average pool, 1x1 convolution, BatchNorm.
+
+    The convolution and the BatchNorm are registered as ``0`` and ``1``: the checkpoint's names.
+    """
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        self.pool = nn.AvgPool2d(spec.stride) if spec.stride > 1 else nn.Identity()
+        self.add_module("0", nn.Conv2d(spec.in_channels, spec.out_channels, 1, bias=False))
+        self.add_module("1", nn.BatchNorm2d(spec.out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x * sigmoid(1.702 x)."""
-        return x * torch.sigmoid(1.702 * x)
+        """Project ``x`` to the block's output shape."""
+        conv, norm = self._modules["0"], self._modules["1"]
+        return norm(conv(self.pool(x)))
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck with an average pool in front of strided convolutions."""
+    """A residual bottleneck whose stride is an average pool before the expanding convolution."""
 
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+    def __init__(self, spec: BlockSpec):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride > 1 or inplanes != planes * self.expansion:
-            # key names "0" and "1" are those of the published checkpoints
-            self.downsample = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("-1", nn.AvgPool2d(stride)),
-                        ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, bias=False)),
-                        ("1", nn.BatchNorm2d(planes * self.expansion)),
-                    ]
-                )
-            )
+        self.depth = _add_conv_bn(self, spec.convs)
+        self.pool = nn.AvgPool2d(spec.stride) if spec.stride > 1 else nn.Identity()
+        # one activation after each conv/BN pair; the last pair's output meets the shortcut first
+        self.activations = nn.ModuleList([nn.ReLU(inplace=True), nn.ReLU(inplace=True), nn.Identity()])
+        self.downsample = Shortcut(spec) if spec.needs_projection else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual bottleneck."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(self.avgpool(out)))
-        return self.relu(out + identity)
+        """relu(branch(x) + shortcut(x))."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = x
+        for n, ((conv, norm), act) in enumerate(zip(_conv_bn_pairs(self, self.depth), self.activations), start=1):
+            if n == self.depth:
+                y = self.pool(y)
+            y = act(norm(conv(y)))
+        return F.relu(y + shortcut)
 
 
-class AttentionPool2d(nn.Module):
-    """Attention pooling: the mean token attends to the whole feature map."""
+class AttentionPool(nn.Module):
+    """One query, the mean of the feature map, attends over the map (plus itself) and is projected."""
 
-    def __init__(self, spatial: int, embed_dim: int, heads: int, output_dim: int):
+    def __init__(self, tokens: int, width: int, heads: int, output_dim: int):
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(spatial**2 + 1, embed_dim) / embed_dim**0.5)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
-        self.num_heads = heads
-        self.first_query_only = True  # False: every query, as the reference computes (same output)
+        self.heads = heads
+        self.positional_embedding = nn.Parameter(torch.empty(tokens + 1, width))
+        # separate projections: the checkpoint's layout
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width) for _ in range(3))
+        self.c_proj = nn.Linear(width, output_dim)
+        self.first_query_only = True  # False: every position queries, as the reference computes (same output)
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads."""
+        return self.heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool [N, C, H, W] to [N, output_dim]."""
         n, c = x.shape[:2]
-        x = x.flatten(2).transpose(1, 2)  # N, HW, C
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-        x = x + self.positional_embedding.to(x.dtype)
-        h, d = self.num_heads, c // self.num_heads
-        # Only the first token's output is kept, so only its query is computed.
-        queries = x[:, :1] if self.first_query_only else x
-        q = self.q_proj(queries).view(n, -1, h, d).transpose(1, 2)
-        k = self.k_proj(x).view(n, -1, h, d).transpose(1, 2)
-        v = self.v_proj(x).view(n, -1, h, d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)[:, :, :1]
-        return self.c_proj(out.transpose(1, 2).reshape(n, c))
+        tokens = x.flatten(2).transpose(1, 2)  # N, HW, C
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1) + self.positional_embedding.to(x.dtype)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, t.shape[1], self.heads, -1).transpose(1, 2)
+
+        # only the pooled token's output is used, so only its query is needed
+        queries = tokens[:, :1] if self.first_query_only else tokens
+        out = F.scaled_dot_product_attention(heads(self.q_proj(queries)), heads(self.k_proj(tokens)), heads(self.v_proj(tokens)))
+        return self.c_proj(out[:, :, 0].reshape(n, c))
 
 
 class ModifiedResNet(nn.Module):
-    """CLIP's ResNet: three-convolution stem, anti-aliased strides, attention pooling."""
+    """CLIP's ResNet (three-convolution stem, pooled strides, attention pooling), built from a :class:`ResNetPlan`."""
 
-    def __init__(self, layers: Sequence[int], output_dim: int, heads: int, image_size: int, width: int):
+    def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.output_dim = output_dim
-        self.input_resolution = image_size
-        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width // 2)
-        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width // 2)
-        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.avgpool = nn.AvgPool2d(2)
-        self.relu = nn.ReLU(inplace=True)
-        self._inplanes = width
-        self.layer1 = self._make_layer(width, layers[0])
-        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
-        self.attnpool = AttentionPool2d(image_size // 32, width * 32, heads, output_dim)
+        plan = resnet_plan(cfg)
+        self.input_resolution = cfg.image_size
+        self.output_dim = cfg.embed_dim
+        self.stem_depth = _add_conv_bn(self, plan.stem)
+        self.stem_pool = nn.AvgPool2d(STEM_POOL)
+        for number, blocks in enumerate(plan.stages, start=1):
+            self.add_module(f"layer{number}", nn.Sequential(*(Bottleneck(spec) for spec in blocks)))
+        self.stages = len(plan.stages)
+        self.attnpool = AttentionPool(plan.pool_tokens, plan.pool_width, plan.heads, plan.output_dim)
         # NHWC convolutions are about 20% faster on CPU (oneDNN) and use tensor cores on GPU;
         # the results are the same up to float rounding (tested against the reference).
         self.to(memory_format=torch.channels_last)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        layers = [Bottleneck(self._inplanes, planes, stride)]
-        self._inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode [N, 3, R, R] images to [N, output_dim]."""
         x = x.to(self.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
-        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            x = self.relu(bn(conv(x)))
-        x = self.avgpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for conv, norm in _conv_bn_pairs(self, self.stem_depth):
+            x = F.relu(norm(conv(x)))
+        x = self.stem_pool(x)
+        for number in range(1, self.stages + 1):
+            x = getattr(self, f"layer{number}")(x)
         return self.attnpool(x)
 
 
+# --------------------------------------------------------------------------------------------
+# ViT
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a packed input projection, through SDPA."""
+    """Multi-head self-attention with one packed q/k/v projection (the checkpoint's layout), through SDPA."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: torch.Tensor, first_query_only: bool = False) -> torch.Tensor:
         """Attend over [N, L, D]; with ``first_query_only`` return only token 0, [N, 1, D]."""
@@ -166,23 +254,28 @@ class SelfAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(n, q.shape[2], width))
 
 
+class FeedForward(nn.Module):
+    """Expand 4x, QuickGELU, project back (``c_fc`` and ``c_proj`` in the checkpoint)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.c_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """c_proj(quick_gelu(c_fc(x)))."""
+        return self.c_proj(quick_gelu(self.c_fc(x)))
+
+
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block of CLIP's ViT."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNormFp32(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
-                ]
-            )
-        )
+        self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNormFp32(width)
+        self.mlp = FeedForward(width)
 
     def forward(self, x: torch.Tensor, first_query_only: bool = False) -> torch.Tensor:
         """One block; with ``first_query_only`` the output holds token 0 only."""
@@ -198,7 +291,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*(ResidualAttentionBlock(width, heads) for _ in range(layers)))
 
     def forward(self, x: torch.Tensor, first_token_only: bool = False) -> torch.Tensor:
         """Run every block; with ``first_token_only`` the last block computes token 0 only."""
@@ -211,19 +304,22 @@ class Transformer(nn.Module):
 class VisionTransformer(nn.Module):
     """CLIP's ViT: patch embedding, class token, pre/post LayerNorm, projection."""
 
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+    def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.input_resolution = image_size
-        self.grid_size = (image_size // patch_size, image_size // patch_size)
-        self.output_dim = output_dim
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        scale = width**-0.5
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size[0] * self.grid_size[1] + 1, width))
-        self.ln_pre = LayerNormFp32(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = LayerNormFp32(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        if not cfg.patch_size or cfg.image_size % cfg.patch_size:
+            raise ValueError(f"vision config {cfg.name!r}: image_size {cfg.image_size} is not a multiple of "
+                             f"patch_size {cfg.patch_size}")
+        side = cfg.image_size // cfg.patch_size
+        self.input_resolution = cfg.image_size
+        self.grid_size = (side, side)
+        self.output_dim = cfg.embed_dim
+        self.conv1 = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(cfg.width))
+        self.positional_embedding = nn.Parameter(torch.empty(side * side + 1, cfg.width))
+        self.ln_pre = LayerNormFp32(cfg.width)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads)
+        self.ln_post = LayerNormFp32(cfg.width)
+        self.proj = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))
         self.first_token_only = True  # False: the last block computes every token, as the reference does
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,10 +331,11 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0]) @ self.proj
 
 
+BUILDERS = {"resnet": ModifiedResNet, "vit": VisionTransformer}
+
+
 def build_vision(cfg: VisionConfig) -> nn.Module:
-    """Instantiate the vision tower that ``cfg`` describes."""
-    if cfg.kind == "resnet":
-        return ModifiedResNet(cfg.layers, cfg.embed_dim, cfg.heads, cfg.image_size, cfg.width)
-    if cfg.kind == "vit":
-        return VisionTransformer(cfg.image_size, cfg.patch_size, cfg.width, cfg.layers, cfg.heads, cfg.embed_dim)
-    raise ValueError(f"vision config {cfg.name!r}: unknown kind {cfg.kind!r} (expected 'resnet' or 'vit')")
+    """Instantiate the vision tower that ``cfg`` describes (parameters uninitialised)."""
+    if cfg.kind not in BUILDERS:
+        raise ValueError(f"vision config {cfg.name!r}: unknown kind {cfg.kind!r} (expected one of {', '.join(BUILDERS)})")
+    return BUILDERS[cfg.kind](cfg)
