@@ -12,20 +12,25 @@ from typing import Callable, List, Optional
 
 import pytest
 
-from qaclip_core.errors import DownloadError
+from qaclip_core.errors import DownloadError, MissingDependencyError
 from qaclip_core.registry import ModelCard, all_cards, get_card
 from qaclip_core.report import CaseResult
 
-from .plugin import EXPECTED_DIR, Suite
+from .plugin import Suite, expected_dir, suite_case
 
 GATES = ("parity", "example", "golden")
-EXAMPLE_SPECS = EXPECTED_DIR / "example" / "api-example.yaml"
+
+
+def example_specs():
+    """The README example's published probabilities (``$QACLIP_EXPECTED_DIR`` or expected/, read when called)."""
+    return expected_dir() / "example" / "api-example.yaml"
 
 
 def gate_params() -> list:
     """``<gate>-<model>`` for every card, a model's three gates next to each other."""
     return [pytest.param(gate, card.name, id=f"{gate}-{card.name}",
-                         marks=[pytest.mark.checkpoint_gate, pytest.mark.xdist_group(card.name)])
+                         marks=[pytest.mark.checkpoint_gate, pytest.mark.xdist_group(card.name),
+                                suite_case(gate, card.name, gate)])
             for card in all_cards() for gate in GATES]
 
 
@@ -39,30 +44,36 @@ def _row(metric: str, cell: str, ok: bool, measured: float = 0.0, expected: Opti
 class GateCase:
     """One gate case: skips, errors and outcomes recorded in the suite's results."""
 
-    def __init__(self, suite: Suite, gate: str, card: ModelCard, precision: str):
-        self.suite, self.gate, self.card = suite, gate, card
+    def __init__(self, suite: Suite, item: pytest.Item, gate: str, card: ModelCard, precision: str):
+        self.suite, self.item, self.gate, self.card = suite, item, gate, card
         self.base = dict(dataset=gate, model=card.name, kind=gate, precision=precision)
         self.start = time.perf_counter()
 
     def skip(self, reason: str) -> None:
         """Record and skip with the first line of ``reason``."""
         reason = reason.splitlines()[0]
-        self.suite.results.append(CaseResult(status="skipped", reason=reason, **self.base))
+        self.suite.record(self.item, CaseResult(status="skipped", reason=reason, **self.base))
         pytest.skip(reason)
 
     def guarded(self, fn: Callable):
-        """Run ``fn``; a missing checkpoint or package skips, anything else is recorded as an error."""
+        """Run ``fn``; a missing package skips, a missing checkpoint skips (fails with --require-data), anything else is an error."""
         try:
             return fn()
-        except (DownloadError, ImportError) as e:
+        except (MissingDependencyError, ImportError) as e:
+            self.skip(str(e))
+        except DownloadError as e:
+            if self.suite.options.require_data:
+                reason = f"required but missing: {str(e).splitlines()[0]}"
+                self.suite.record(self.item, CaseResult(status="error", reason=reason, **self.base))
+                pytest.fail(f"{self.gate}-{self.card.name}: --require-data is set and {reason}", pytrace=False)
             self.skip(str(e))
         except Exception as e:
-            self.suite.results.append(CaseResult(status="error", reason=f"{type(e).__name__}: {e}".splitlines()[0], **self.base))
+            self.suite.record(self.item, CaseResult(status="error", reason=f"{type(e).__name__}: {e}".splitlines()[0], **self.base))
             raise
 
     def finish(self, ok: bool, rows: List[dict], measured: dict, table: str, device: str, reason: str = "") -> None:
         """Record the outcome; a failed gate fails the test with ``table``."""
-        self.suite.results.append(CaseResult(
+        self.suite.record(self.item, CaseResult(
             status="passed" if ok else "failed", checks=rows, measured=measured, device=device, reason=reason,
             seconds=round(time.perf_counter() - self.start, 2), **self.base))
         if not ok:
@@ -70,7 +81,7 @@ class GateCase:
         print(f"{self.gate}-{self.card.name}:\n{table}")
 
 
-def _parity(suite: Suite, card: ModelCard) -> None:
+def _parity(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
     from qaclip_core.adapters import load_encoder
     from qaclip_core.checkpoint import resolve_device
     from qaclip_core.gates.features import EncoderSource
@@ -78,7 +89,7 @@ def _parity(suite: Suite, card: ModelCard) -> None:
     from qaclip_core.gates.reference import reference_source
     from qaclip_core.probe import load_probe_set
 
-    case = GateCase(suite, "parity", card, "fp32")
+    case = GateCase(suite, item, "parity", card, "fp32")
     device = resolve_device(suite.device)
     probe = load_probe_set()
     path = case.guarded(lambda: suite.checkpoint_for(card))
@@ -102,15 +113,16 @@ def _parity(suite: Suite, card: ModelCard) -> None:
     case.finish(report.ok, rows, report.measured(), report.table(), str(device))
 
 
-def _example(suite: Suite, card: ModelCard) -> None:
+def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
     from qaclip_core.checkpoint import resolve_device
     from qaclip_core.gates.example import check_example, load_example_specs, run_encoder_example, run_native_example, spec_for
     from qaclip_core.probe import load_probe_set
 
-    case = GateCase(suite, "example", card, suite.precision)
-    if not EXAMPLE_SPECS.is_file():
-        case.skip(f"no example expectations {EXAMPLE_SPECS} in the expected folder (QACLIP_EXPECTED_DIR)")
-    spec = spec_for(load_example_specs(EXAMPLE_SPECS), card.name)
+    case = GateCase(suite, item, "example", card, suite.precision)
+    specs = example_specs()
+    if not specs.is_file():
+        case.skip(f"no example expectations {specs} in the expected folder (QACLIP_EXPECTED_DIR)")
+    spec = spec_for(load_example_specs(specs), card.name)
     image = load_probe_set().image(spec.image)
     device = resolve_device(suite.device)
     path = case.guarded(lambda: suite.checkpoint_for(card))
@@ -126,14 +138,14 @@ def _example(suite: Suite, card: ModelCard) -> None:
     case.finish(report.ok, rows, {f"p{i}": p for i, p in enumerate(report.probabilities)}, report.table(), str(device), reason)
 
 
-def _golden(suite: Suite, card: ModelCard, golden_dir: Optional[str], save: bool) -> None:
+def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Optional[str], save: bool) -> None:
     from qaclip_core.checkpoint import resolve_device
     from qaclip_core.gates.features import EncoderSource, probe_features
     from qaclip_core.gates.golden import GoldenMissing, checkpoint_digest, compare_golden, load_golden, save_golden
     from qaclip_core.gates.tolerances import golden_tolerance
     from qaclip_core.probe import load_probe_set
 
-    case = GateCase(suite, "golden", card, suite.precision)
+    case = GateCase(suite, item, "golden", card, suite.precision)
     if not golden_dir:
         case.skip("no --golden-dir given (QACLIP_GOLDEN_DIR): golden features are recorded with --golden-save and compared from there")
     device = resolve_device(suite.device)
@@ -173,9 +185,9 @@ def test_checkpoint_gate(gate, model, suite, request):
     """parity-, example- and golden-<model> (see qaclip_core.gates)."""
     card = get_card(model)
     if gate == "parity":
-        _parity(suite, card)
+        _parity(suite, request.node, card)
     elif gate == "example":
-        _example(suite, card)
+        _example(suite, request.node, card)
     else:
         opt = request.config.getoption
-        _golden(suite, card, opt("--golden-dir"), bool(opt("--golden-save")))
+        _golden(suite, request.node, card, opt("--golden-dir"), bool(opt("--golden-save")))

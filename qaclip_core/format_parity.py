@@ -1,61 +1,25 @@
 """Do two formats of one checkpoint give the same features? (the ``.pt`` natively vs its transformers folder)
 
-:func:`probe_inputs` is the fixed input set (the README example image, generated images of
-several sizes and modes, captions of several lengths); :func:`compare_encoders` feeds the same
-preprocessed pixels and token ids to two encoders and returns the largest difference of their
-normalised features.
+:func:`probe_inputs` is the fixed input set (the pinned probe set: the README example image,
+images of every size, mode and format the preprocessing meets, captions of every length);
+:func:`compare_encoders` feeds the same preprocessed pixels and token ids to two encoders and
+returns the largest difference of their normalised features.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .probe import EXAMPLE_IMAGE
-
-# Captions of several lengths: the README example's labels, everyday captions, punctuation and
-# Latin text (lower-casing), curly quotes (folded by the reference), and one far beyond 50 word
-# pieces (truncation).
-PROBE_CAPTIONS = [
-    "杰尼龟",
-    "妙蛙种子",
-    "小火龙",
-    "皮卡丘",
-    "一只橘猫趴在窗台上晒太阳",
-    "两个小孩在海边的沙滩上堆沙堡，阳光明媚",
-    "“你好”，他说。",
-    "Nike 男款跑步鞋 2023新款 透气网面 ABC",
-    "一群人在公园里打太极拳，背景是高楼大厦，天空中飘着几朵白云，远处还有一座古老的宝塔和一条蜿蜒的小河，"
-    "河边停着几艘小船，岸上的柳树随风摆动，孩子们在草地上放风筝，老人们坐在长椅上聊天",
-    "",
-]
-
-
-def _generated_images(seed: int = 0) -> List[Image.Image]:
-    """Drawn and noise images of varied sizes, aspect ratios and modes, deterministic."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for (w, h), colour in (((320, 240), (220, 30, 30)), ((97, 411), (30, 30, 220)), ((600, 50), (250, 200, 0))):
-        img = Image.new("RGB", (w, h), (240, 240, 240))
-        d = ImageDraw.Draw(img)
-        d.ellipse((w // 6, h // 6, 5 * w // 6, 5 * h // 6), fill=colour)
-        for x in range(0, w, 7):
-            d.line([(x, 0), (w - x, h)], fill=(x % 255, 90, 160), width=1)
-        out.append(img)
-    out.append(Image.fromarray(rng.integers(0, 256, (150, 180, 3), dtype=np.uint8)))  # noise
-    out.append(Image.fromarray(rng.integers(0, 256, (224, 224), dtype=np.uint8)))  # grey
-    out.append(out[0].convert("P", palette=Image.ADAPTIVE))  # palette
-    return out
+from .probe import load_probe_set
 
 
 def probe_inputs() -> Tuple[List[Image.Image], List[str]]:
-    """The images and captions both formats are compared on."""
-    with Image.open(EXAMPLE_IMAGE) as im:
-        example = im.convert("RGB")
-    return [example] + _generated_images(), list(PROBE_CAPTIONS)
+    """The images and captions both formats are compared on: the pinned probe set (qaclip_core/probe)."""
+    probe = load_probe_set()
+    return list(probe.images), list(probe.captions)
 
 
 @dataclass(frozen=True)

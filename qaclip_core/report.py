@@ -70,9 +70,10 @@ def failure_table(checks: Iterable[MetricCheck]) -> str:
 
 def _columns(results: List[CaseResult]) -> List[str]:
     kind = results[0].kind
-    seen = {r["metric"] for res in results for r in res.checks} or {m for res in results for m in res.measured}
-    order = METRIC_ORDER.get(kind, sorted(seen))
-    return [m for m in order if m in seen]
+    seen = list(dict.fromkeys([r["metric"] for res in results for r in res.checks]
+                              or [m for res in results for m in res.measured]))  # first-seen order
+    order = METRIC_ORDER.get(kind, [])
+    return [m for m in order if m in seen] + [m for m in seen if m not in order]
 
 
 def _cell(res: CaseResult, metric: str) -> str:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-k", "(fixture and not hf) or readme-example", "-q", "-rs",
+        [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-k", "(fixture-shapes and not hf) or onnx-parity-fixture or readme-example", "-q", "-rs",
          "-p", "no:cacheprovider", "--backend", "onnx", "--device", "cpu", "--report", str(tmp_path / "report")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, QACLIP_CACHE=str(tmp_path / "cache")),

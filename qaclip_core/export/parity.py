@@ -33,28 +33,9 @@ def gates(precision: str) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # the probe
 
-_WHO = ["猫", "一只橘猫", "两个穿校服的学生", "一位戴着草帽的老农民", "一辆红色的双层巴士", "一盘刚出锅的小笼包"]
-_WHERE = ["", "在海边", "在雪山脚下的木屋旁", "在夜晚灯火通明的城市街道上"]
-_MORE = ["", "，阳光很好", "，背景里有一座古老的宝塔、一条蜿蜒的小河和几只飞过的白鹭，远处的山峰被云雾笼罩",
-         " Nike 2023新款 ABC１２３ café ☕"]
-
-
-def probe_captions(count: int) -> List[str]:
-    """``count`` distinct captions from 1 character to past the 52-token context (truncated), varied in order."""
-    combos = [w + p + m for m in _MORE for p in _WHERE for w in _WHO]
-    rng = random.Random(0)
-    rng.shuffle(combos)
-    # the shortest and the longest first, so that batches of 1 and 7 already span the lengths
-    combos.sort(key=len)
-    head = [combos[0], combos[-1], combos[len(combos) // 2], combos[1], combos[-2], combos[len(combos) // 4], combos[-3]]
-    rest = [c for c in combos if c not in head]
-    out = head + rest
-    while len(out) < count:  # more than the combinations: numbered variants
-        out.append(f"{out[len(out) % len(combos)]} 第{len(out)}张")
-    return out[:count]
-
 
 def _drawn(i: int) -> Image.Image:
+    """A generated image (seeded by ``i``) of its own size, shapes and colours: fills batches past the probe set."""
     rng = random.Random(i)
     size = (rng.randint(40, 400), rng.randint(40, 400))
     background = tuple(rng.randint(0, 255) for _ in range(3))
@@ -70,22 +51,24 @@ def _drawn(i: int) -> Image.Image:
     return img
 
 
-def probe_images(count: int) -> List[Image.Image]:
-    """The README example image, then generated images of varied sizes, shapes and colours (deterministic)."""
-    from ..probe import EXAMPLE_IMAGE
-
-    with Image.open(EXAMPLE_IMAGE) as im:
-        first = im.convert("RGB")
-    return ([first] + [_drawn(i) for i in range(1, count)])[:count]
+def _spread(captions: Sequence[str]) -> List[str]:
+    """The shortest and the longest first, so that batches of 1 and 7 already span the lengths."""
+    by_len = sorted(captions, key=len)
+    head = [by_len[0], by_len[-1], by_len[len(by_len) // 2], by_len[1], by_len[-2], by_len[len(by_len) // 4], by_len[-3]]
+    return head + [c for c in captions if c not in head]
 
 
 def probe_inputs(count: int = max(BATCHES)) -> Tuple[List[Image.Image], List[str]]:
-    """Images and captions of the parity probe.
+    """``count`` images and captions: the pinned probe set (qaclip_core/probe), then generated images past its size."""
+    from ..probe import load_probe_set
 
-    The one place that chooses them: when the probe set of ``qaclip_core/probe`` holds enough
-    pinned images and captions, this returns those instead of generated ones.
-    """
-    return probe_images(count), probe_captions(count)
+    probe = load_probe_set()
+    images = list(probe.images)[:count]
+    images += [_drawn(i) for i in range(1, count - len(images) + 1)]
+    captions = _spread(probe.captions)
+    if len(captions) < count:
+        raise ExportError(f"the probe set has {len(captions)} captions; the parity probe needs {count}")
+    return images, captions[:count]
 
 
 # --------------------------------------------------------------------------------------------
