@@ -26,12 +26,18 @@ def example_specs():
     return expected_dir() / "example" / "api-example.yaml"
 
 
+def _gates_of(card: ModelCard) -> tuple:
+    # A transformers-format copy is held against its .pt by parity-hf-<model> (benchmarks/test_parity_hf.py);
+    # a parity-<copy> case would also share that id (parity-hf-<model>).
+    return tuple(g for g in GATES if not (g == "parity" and card.adapter == "chineseclip"))
+
+
 def gate_params() -> list:
-    """``<gate>-<model>`` for every card, a model's three gates next to each other."""
+    """``<gate>-<model>`` for every card, a model's gates next to each other."""
     return [pytest.param(gate, card.name, id=f"{gate}-{card.name}",
                          marks=[pytest.mark.checkpoint_gate, pytest.mark.xdist_group(card.name),
                                 suite_case(gate, card.name, gate)])
-            for card in all_cards() for gate in GATES]
+            for card in all_cards() for gate in _gates_of(card)]
 
 
 def _row(metric: str, cell: str, ok: bool, measured: float = 0.0, expected: Optional[float] = None,
