@@ -135,6 +135,7 @@ class Suite:
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
         self._fixture_root: Optional[Path] = None
         self._local_hub = None
+        self._hf_served = False
         self._digests: Dict[str, str] = {}
 
     # -- data -------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ class Suite:
             return self._fixture_converted(card)
         # Online, the fixture travels the real path: served over HTTP on 127.0.0.1, downloaded
         # into a fresh folder, checksummed, then loaded.
-        return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=self._fixture_hub().endpoint)
+        hub = self._fixture_hub() if card.adapter == "native" else self._fixture_hub_with_copies()
+        return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
 
     def _fixture_converted(self, card: ModelCard) -> Path:
         """The transformers-format copy of the fixture, converted into this run's folder (offline runs)."""
@@ -197,11 +199,18 @@ class Suite:
             served = self._tmp / "hub"
             (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
-            from qaclip_core.fixture.hf import write_converted
-
-            write_converted(served)  # its transformers-format copy, served as a folder
             self._local_hub = serve_directory(served)
         return self._local_hub
+
+    def _fixture_hub_with_copies(self):
+        """The fixture's hub, also serving its transformers-format copy (converted once, when first asked for)."""
+        hub = self._fixture_hub()
+        if not self._hf_served:
+            from qaclip_core.fixture.hf import write_converted
+
+            write_converted(self._tmp / "hub")  # seconds (transformers' import): only for runs that need it
+            self._hf_served = True
+        return hub
 
     def encoder_for(self, card: ModelCard, backend: Optional[str] = None):
         """The encoder of ``card`` on ``backend`` (default: --backend); the previous one is released so only one model is in memory."""

@@ -30,7 +30,7 @@ from .reference_models import reference_model, save_reference_checkpoint, write_
 LARGE = [pytest.mark.slow, pytest.mark.large]
 ARCH_CARDS = [
     "qa-clip-rn50",
-    "qa-clip-vit-b-16",
+    pytest.param("qa-clip-vit-b-16", marks=LARGE),  # 40 s; ViT-B/16 parity on every input: test_parity_model
     pytest.param("qa-clip-vit-l-14", marks=LARGE),
     pytest.param("cn-clip-vit-l-14-336", marks=LARGE),
     pytest.param("cn-clip-vit-h-14", marks=LARGE),

@@ -254,7 +254,8 @@ def _reference_checkpoint(arch: str, path: Path, seed: int = 0):
     return model, path
 
 
-@pytest.mark.parametrize("arch", [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese",
+                                                                marks=[pytest.mark.slow, pytest.mark.large])])
 def test_conversion_gives_the_same_features_through_both_backends(tf, arch, tmp_path, offline):
     """A real-size architecture too (about a minute here: most of it drawing, saving and converting 188M weights)."""
     import qaclip_core
