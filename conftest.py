@@ -27,6 +27,8 @@ FLAGS = [
     ("--evaluate-any-split", "QACLIP_EVALUATE_ANY_SPLIT",
      "evaluate data whose size is not the published split's anyway; the result is marked not comparable"),
     ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
+    ("--cpu-peer-throughput", "QACLIP_CPU_PEER_THROUGHPUT",
+     "also run the CPU throughput twins of the real architectures from other backends (transformers, ONNX Runtime)"),
     ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
      "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
     ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),

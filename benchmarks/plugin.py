@@ -359,7 +359,14 @@ def _report_reason(reason: Optional[str], encoder) -> Optional[str]:
 _SUITE_KEY = pytest.StashKey[Suite]()
 _OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
 _RESULTS_KEY = pytest.StashKey[Dict[str, CaseResult]]()
-_LEFT_OUT_KEY = pytest.StashKey[List[str]]()
+_LEFT_OUT_KEY = pytest.StashKey[List[tuple]]()  # (marker, count) of the CPU throughput groups left out
+# (marker, option, what): CPU throughput groups that run only when asked for (always on CUDA)
+_CPU_OPT_IN = [
+    ("large_model", "--cpu-large-throughput",
+     "of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP; minutes each on a CPU)"),
+    ("peer_backend", "--cpu-peer-throughput",
+     "of the transformers and ONNX Runtime twins of the real architectures (conversion or export first)"),
+]
 _WORKER_OUTPUT = "qaclip_results"
 
 
@@ -499,14 +506,19 @@ def _error_reason(call) -> str:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # CPU throughput of the large towers takes minutes per case: opt-in off CUDA.
-    if not config.getoption("--cpu-large-throughput") and not _runs_on_cuda(config.stash[_OPTIONS_KEY].device):
-        left = [i for i in items if i.get_closest_marker("throughput") and i.get_closest_marker("large_model")]
-        if left:
-            config.hook.pytest_deselected(items=left)
-            ids = {id(i) for i in left}
-            items[:] = [i for i in items if id(i) not in ids]
-            config.stash[_LEFT_OUT_KEY] = [i.nodeid for i in left]
+    # Off CUDA, CPU throughput of the large towers (minutes per case) and of the other backends'
+    # twins of the real architectures (their export or conversion) is opt-in: the default suite fits
+    # a CPU job. Each group left out is named in the summary with its option.
+    if not _runs_on_cuda(config.stash[_OPTIONS_KEY].device):
+        for marker, option, _ in _CPU_OPT_IN:
+            if config.getoption(option):
+                continue
+            left = [i for i in items if i.get_closest_marker("throughput") and i.get_closest_marker(marker)]
+            if left:
+                config.hook.pytest_deselected(items=left)
+                ids = {id(i) for i in left}
+                items[:] = [i for i in items if id(i) not in ids]
+                config.stash[_LEFT_OUT_KEY].append((marker, len(left)))
     # Reproduction cases of one model run back to back, so its weights load once.
     repro = [i for i in items if _case_of(i) is not None]
     if repro:
@@ -517,12 +529,10 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workeroutput"):
         return  # the controller reports for all workers
-    left = config.stash.get(_LEFT_OUT_KEY, [])
-    if left:
-        terminalreporter.write_line(
-            f"qaclip: left out {len(left)} CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, "
-            f"ViT-H/14, AltCLIP; minutes each on a CPU); include them with --cpu-large-throughput "
-            f"(or QACLIP_CPU_LARGE_THROUGHPUT=1)")
+    left = dict(config.stash.get(_LEFT_OUT_KEY, []))
+    parts = [f"{left[marker]} {what}: include them with {option}" for marker, option, what in _CPU_OPT_IN if marker in left]
+    if parts:
+        terminalreporter.write_line(f"qaclip: left out CPU throughput cases: {'; '.join(parts)}")
     results = sorted(config.stash.get(_RESULTS_KEY, {}).values(), key=lambda r: (r.dataset, r.model))
     if not results:
         return

@@ -46,6 +46,8 @@ def _params(tower: str) -> list:
             for batch in batch_sizes(device, tower):
                 for impl in _impls(tower, device, arch_id):
                     marks = [pytest.mark.large_model] if is_large(arch) else []
+                    if impl == ONNX and arch_id != "fixture":
+                        marks.append(pytest.mark.peer_backend)
                     params.append(pytest.param(arch, device, precision, batch, impl, marks=marks,
                                                id=f"{arch_id}-{precision}-b{batch}-{impl}"))
     return params

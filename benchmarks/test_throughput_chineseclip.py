@@ -38,7 +38,8 @@ def _architectures() -> list:
 def _params(tower: str) -> list:
     return [
         pytest.param(arch, device, precision, batch, id=f"{arch_id}-{precision}-b{batch}-{IMPL}",
-                     marks=[pytest.mark.large_model] if is_large(arch) else [])
+                     marks=([pytest.mark.large_model] if is_large(arch) else [])
+                     + ([pytest.mark.peer_backend] if arch_id != "fixture" else []))
         for arch_id, arch in _architectures()
         for device, precision in device_precisions()
         for batch in batch_sizes(device, tower)

@@ -109,10 +109,17 @@ def test_large_cpu_throughput_cases_are_opt_in():
     out = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu")
     assert out.returncode == 0, out.stdout[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("qaclip: left out"))
-    assert "--cpu-large-throughput" in line
-    assert "vit-l-14" not in out.stdout.split("qaclip: left out")[0] and "altclip" not in out.stdout.split("qaclip: left out")[0]
-    everything = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu", "--cpu-large-throughput")
-    assert "vit-h-14" in everything.stdout and "qaclip: left out" not in everything.stdout
+    assert "--cpu-large-throughput" in line and "--cpu-peer-throughput" in line
+    listed = out.stdout.split("qaclip: left out")[0]
+    assert "vit-l-14" not in listed and "altclip" not in listed
+    # the other backends' twins: only the fixture's by default (their code paths still run)
+    assert "fixture-fp32-b1-onnxruntime" in listed and "vit-b-16-fp32-b1-onnxruntime" not in listed
+    assert "vit-b-16-fp32-b1-transformers" not in listed and "vit-b-16-fp32-b1-qaclip_core" in listed
+    large = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu", "--cpu-large-throughput")
+    assert "vit-h-14" in large.stdout and "--cpu-large-throughput" not in large.stdout.split("qaclip: left out")[1]
+    everything = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu", "--cpu-large-throughput",
+                        "--cpu-peer-throughput")
+    assert "vit-b-16-fp32-b16-transformers" in everything.stdout and "qaclip: left out" not in everything.stdout
     # reproduction cases are all collected either way
     repro = _suite("--collect-only", "-q", "-m", "reproduction", "--device", "cpu")
     n = sum(len(yaml.safe_load(p.read_text(encoding="utf-8"))["models"]) for p in (REPO / "expected").glob("*.yaml"))

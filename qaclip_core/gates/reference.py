@@ -7,8 +7,8 @@
 * AltCLIP: ``transformers``' ``AltCLIPModel`` and ``AltCLIPProcessor`` used directly.
 
 Nothing here is used by the package's own models: these are test oracles, imported only when
-a parity check runs. A missing package is an ImportError whose message names it and how to
-install it.
+a parity check runs. A missing package is a MissingDependencyError (an ImportError) whose
+message names it and how to install it.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Sequence, Union
 import torch
 from PIL import Image
 
+from ..errors import MissingDependencyError
 from ..registry import ModelCard
 
 CN_CLIP_HINT = "pip install --no-deps cn_clip==1.6.0"
@@ -38,7 +39,8 @@ def _import_cn_clip():
         from cn_clip.clip import utils as ref_utils
         from cn_clip.eval import data as ref_data
     except ImportError as e:
-        raise ImportError(f"the reference implementation cn_clip is not installed ({e}); install it with: {CN_CLIP_HINT}") from e
+        raise MissingDependencyError(f"the reference implementation cn_clip is not installed ({e}); install it with: {CN_CLIP_HINT}",
+                                     package="cn_clip") from e
     return ref_model, ref_utils, ref_data
 
 
@@ -100,8 +102,8 @@ class TransformersAltCLIPReference:
         try:
             import transformers
         except ImportError as e:
-            raise ImportError(f"the AltCLIP reference needs transformers, which is not installed ({e}); "
-                              f"install it with: {TRANSFORMERS_HINT}") from e
+            raise MissingDependencyError(f"the AltCLIP reference needs transformers, which is not installed ({e}); "
+                                         f"install it with: {TRANSFORMERS_HINT}", package="transformers") from e
         self.name = name
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
@@ -137,7 +139,7 @@ class TransformersAltCLIPReference:
 
 def reference_source(card: ModelCard, weights: Union[str, Path], device: Union[str, torch.device] = "cpu",
                      batch_size: int = 32):
-    """The reference feature source for ``card``'s weights; ImportError (naming the package) when it is missing."""
+    """The reference feature source for ``card``'s weights; MissingDependencyError (naming the package) when it is missing."""
     if card.adapter == "native":
         return CnClipReference(card.arch, weights, device=device, batch_size=batch_size)
     if card.adapter == "altclip":
