@@ -5,7 +5,6 @@ import io
 from pathlib import Path
 from typing import List
 
-import pytest
 from PIL import Image, ImageDraw
 
 from .data import EXAMPLE_IMAGE

@@ -1,7 +1,6 @@
 """Provenance: split sizes, data fingerprints and builds, gating by build, the report's provenance, comparing runs."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
