@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -28,14 +29,24 @@ def test_manifest_lists_every_file_with_its_digest(manifest):
         assert actual == entry["sha256"], f"{folder / name}: sha256 {actual}, the manifest pins {entry['sha256']}"
 
 
+# A path that leaves the checkout: a relative literal naming a sibling of the working folder
+# ("../<name>"), the repository root's parent, or Path(__file__).parents[k] above the root.
+_SIBLING = re.compile(r"""["']\.\.[/\\][A-Za-z_]|REPO\.parent\b""")
+_PARENTS = re.compile(r"\.parents\[(\d+)\]")
+
+
+def _reaches_outside(line: str, depth: int) -> bool:
+    """Whether ``line`` of a file ``depth`` folders below the root points above the root."""
+    return bool(_SIBLING.search(line)) or any(int(k) > depth for k in _PARENTS.findall(line))
+
+
 def test_nothing_reads_beside_the_checkout():
-    """A fresh clone has nothing beside it: no code or test may reach for ../shared."""
+    """A fresh clone has nothing beside it: no code or test may reach outside the repository."""
     offenders = []
     for path in REPO.rglob("*.py"):
-        if any(part.startswith(".") or part in ("build", "dist") for part in path.relative_to(REPO).parts):
+        rel = path.relative_to(REPO)
+        if any(part.startswith(".") or part in ("build", "dist") for part in rel.parts) or path == Path(__file__).resolve():
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if '"shared"' in text or "'shared'" in text or "../shared" in text or "parent / \"shared" in text:
-            offenders.append(str(path.relative_to(REPO)))
-    offenders.remove("tests/test_data_manifest.py")
-    assert not offenders, f"these files refer to ../shared: {offenders}"
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        offenders += [f"{rel}:{n}" for n, line in enumerate(lines, 1) if _reaches_outside(line, len(rel.parts) - 1)]
+    assert not offenders, f"these lines reach outside the repository: {offenders}"
