@@ -17,21 +17,16 @@ from typing import Sequence, Union
 import torch
 
 from .checkpoint import read_state_dict, resolve_device
-from .errors import MissingDependencyError
 from .model.config import arch_config, reference_kwargs
 
-INSTALL_HINT = "pip install --no-deps cn_clip==1.6.0 six"
 
 
 def _cn_clip():
-    try:
-        import cn_clip.clip as clip
-        from cn_clip.clip.model import CLIP
-        from cn_clip.eval.data import _preprocess_text
-    except ImportError as e:
-        raise MissingDependencyError(f"the reference implementation cn_clip is not installed ({e}); {INSTALL_HINT}",
-                                     package="cn_clip") from e
-    return clip, CLIP, _preprocess_text
+    """cn_clip's utils (tokenize, image_transform), CLIP class and text normalisation (one import helper, the gates')."""
+    from .gates.reference import _import_cn_clip
+
+    ref_model, ref_utils, ref_data = _import_cn_clip()
+    return ref_utils, ref_model.CLIP, ref_data._preprocess_text
 
 
 class ReferenceEncoder:
