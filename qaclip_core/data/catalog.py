@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Union
 import yaml
 
 from ..errors import DatasetError
+from .zip_safety import check_members
 
 CARDS_FILE = Path(__file__).resolve().parents[1] / "cards" / "datasets.yaml"
 
@@ -172,12 +173,7 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: 
     staging.mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as zf:
-            inside = staging.resolve()
-            for member in zf.namelist():
-                dest = (staging / member).resolve()
-                # containment by path components: /x/stage-evil is not inside /x/stage
-                if dest != inside and inside not in dest.parents:
-                    raise DatasetError(f"{archive}: member {member!r} would extract outside the target folder")
+            check_members(zf, staging, str(archive))
             bad = zf.testzip()
             if bad:
                 raise DatasetError(f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and download again")

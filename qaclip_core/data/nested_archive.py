@@ -19,6 +19,7 @@ from typing import List, Optional
 from filelock import FileLock
 
 from ..errors import DatasetError
+from .zip_safety import check_members
 
 DOWNLOADS = ".downloads"
 
@@ -65,12 +66,7 @@ def _unpack_checked(archive: Path, target: Path, label: str) -> None:
     """Extract ``archive`` into ``target``, refusing members that would land outside it."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            inside = target.resolve()
-            for member in zf.namelist():
-                dest = (target / member).resolve()
-                # containment by path components: /x/stage-evil is not inside /x/stage
-                if dest != inside and inside not in dest.parents:
-                    raise DatasetError(f"{label}: member {member!r} would extract outside the target folder")
+            check_members(zf, target, label)
             zf.extractall(target)
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{label} is not a valid zip archive or is damaged ({e}); delete the outer archive and "
