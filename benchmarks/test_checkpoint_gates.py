@@ -1,7 +1,7 @@
 """Checkpoint-only gates for every registry model: parity-<model>, example-<model>, golden-<model>.
 
 They need the model's checkpoint and nothing else (no dataset): the probe set ships with the
-package. The logic lives in :mod:`qaclip_core.gates`; this file fetches through the suite,
+package. The logic lives in :mod:`qaclip_harness.gates`; this file fetches through the suite,
 records every case in the report and turns a failed gate into a failed test with its table.
 """
 from __future__ import annotations
@@ -12,11 +12,13 @@ from typing import Callable, List, Optional
 
 import pytest
 
-from qaclip_core.errors import DownloadError, MissingDependencyError
+from qaclip_core.errors import DownloadError
+from qaclip_harness.errors import MissingDependencyError
 from qaclip_core.registry import ModelCard, all_cards, get_card
-from qaclip_core.report import CaseResult
+from qaclip_harness.report.tables import CaseResult
 
-from .plugin import Suite, expected_dir, suite_case
+from qaclip_harness.suite.cases import expected_dir, suite_case
+from qaclip_harness.suite.session import Suite
 
 GATES = ("parity", "example", "golden")
 
@@ -89,12 +91,12 @@ class GateCase:
 
 
 def _parity(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
-    from qaclip_core.adapters import load_encoder
+    from qaclip_harness.backends import load_encoder
     from qaclip_core.checkpoint import resolve_device
-    from qaclip_core.gates.features import EncoderSource
-    from qaclip_core.gates.parity import on_cuda, run_parity, strict_and_tf32
-    from qaclip_core.gates.reference import reference_source
-    from qaclip_core.probe import load_probe_set
+    from qaclip_harness.gates.features import EncoderSource
+    from qaclip_harness.gates.parity import on_cuda, run_parity, strict_and_tf32
+    from qaclip_harness.backends.reference import reference_source
+    from qaclip_harness.probe import load_probe_set
 
     case = GateCase(suite, item, "parity", card, "fp32")
     device = resolve_device(suite.device)
@@ -122,8 +124,14 @@ def _parity(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
 
 def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
     from qaclip_core.checkpoint import resolve_device
-    from qaclip_core.gates.example import check_example, load_example_specs, run_encoder_example, run_native_example, spec_for
-    from qaclip_core.probe import load_probe_set
+    from qaclip_harness.gates.example import (
+        check_example,
+        load_example_specs,
+        run_encoder_example,
+        run_native_example,
+        spec_for,
+    )
+    from qaclip_harness.probe import load_probe_set
 
     case = GateCase(suite, item, "example", card, suite.precision)
     specs = example_specs()
@@ -147,10 +155,10 @@ def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
 
 def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Optional[str], save: bool) -> None:
     from qaclip_core.checkpoint import resolve_device
-    from qaclip_core.gates.features import EncoderSource, probe_features
-    from qaclip_core.gates.golden import GoldenMissing, checkpoint_digest, compare_golden, load_golden, save_golden
-    from qaclip_core.gates.tolerances import golden_tolerance
-    from qaclip_core.probe import load_probe_set
+    from qaclip_harness.gates.features import EncoderSource, probe_features
+    from qaclip_harness.gates.golden import GoldenMissing, checkpoint_digest, compare_golden, load_golden, save_golden
+    from qaclip_harness.gates.tolerances import golden_tolerance
+    from qaclip_harness.probe import load_probe_set
 
     case = GateCase(suite, item, "golden", card, suite.precision)
     if not golden_dir:
@@ -189,7 +197,7 @@ def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Option
 
 @pytest.mark.parametrize("gate, model", gate_params())
 def test_checkpoint_gate(gate, model, suite, request):
-    """parity-, example- and golden-<model> (see qaclip_core.gates)."""
+    """parity-, example- and golden-<model> (see qaclip_harness.gates)."""
     card = get_card(model)
     if gate == "parity":
         _parity(suite, request.node, card)

@@ -3,7 +3,7 @@
 ``onnx-parity-<model>`` exports the model's checkpoint into the cache, runs it with ONNX Runtime
 (the execution provider of --device) and holds its features against the PyTorch model's on the
 same probe inputs, in --precision, at batch sizes 1, 7 and 64: the gates are in
-``qaclip_core/export/parity.yaml``. Without the ``onnx`` extra every case skips with one line.
+``qaclip_harness/export/parity.yaml``. Without the ``onnx`` extra every case skips with one line.
 The MUGE rows published for ONNX fp16 are reproduction cases of ``expected/muge-onnx.yaml``
 (benchmarks/test_retrieval.py); they and the example below run with --backend onnx --precision fp16.
 """
@@ -14,11 +14,12 @@ import time
 import pytest
 import torch
 
-from qaclip_core.errors import DownloadError, MissingDependencyError, UnsupportedError
+from qaclip_core.errors import DownloadError
+from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_core.registry import all_cards, get_card
-from qaclip_core.report import CaseResult
+from qaclip_harness.report.tables import CaseResult
 
-from .plugin import case_params, suite_case
+from qaclip_harness.suite.cases import case_params, suite_case
 
 
 def _parity_params() -> list:
@@ -39,9 +40,9 @@ def _skip(suite, item, base: dict, err: BaseException) -> None:
 @pytest.mark.parametrize("model", _parity_params())
 def test_onnx_parity(model, suite, request):
     """ONNX Runtime features within the parity gates of PyTorch's, and the same top-5 rankings except at near-ties."""
-    from qaclip_core.adapters import load_encoder
-    from qaclip_core.export.deps import require
-    from qaclip_core.export.parity import compare
+    from qaclip_harness.backends import load_encoder
+    from qaclip_harness.export.deps import require
+    from qaclip_harness.export.parity import compare
 
     card = get_card(model)
     base = dict(dataset="onnx-parity", model=card.name, kind="parity", precision=suite.precision, backend="onnx")
@@ -74,8 +75,8 @@ def test_example_probabilities(case, suite, request):
     import yaml
     from PIL import Image
 
-    from qaclip_core.eval.features import normalise
-    from qaclip_core.probe import PROBE_DIR
+    from qaclip_harness.tensors import normalise
+    from qaclip_harness.probe import PROBE_DIR
 
     card = get_card(case.model)
     base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=suite.precision,
@@ -100,6 +101,6 @@ def test_example_probabilities(case, suite, request):
                         checks=rows, measured=measured, **base)
     suite.record(request.node, result)
     if result.status != "passed":
-        from qaclip_core.report import failure_table
+        from qaclip_harness.report.tables import failure_table
 
         pytest.fail(f"{case.id} is outside tolerance:\n" + failure_table(checks), pytrace=False)

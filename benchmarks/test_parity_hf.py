@@ -1,7 +1,7 @@
 """parity-hf-<model>: the transformers-format folder of a checkpoint gives the features of its original .pt.
 
 One case per card of the ChineseCLIP backend with the reference protocol and an ``original``
-(``qaclip_core/cards/chineseclip.yaml``; the fixture's copy in ``cards/fixture.yaml``): both
+(``qaclip_harness/cards/chineseclip.yaml``; the fixture's copy in ``cards/fixture.yaml``): both
 formats are fetched (or found) like every checkpoint of the suite, loaded in fp32 on the suite's
 device, fed the same probe pixels and token ids, and their normalised features compared with
 the tolerance of ``benchmarks/parity_hf.yaml``. The result is recorded in the report.
@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qaclip_core.errors import DownloadError, MissingDependencyError
+from qaclip_core.errors import DownloadError
+from qaclip_harness.errors import MissingDependencyError
 from qaclip_core.registry import all_cards, get_card
-from qaclip_core.report import CaseResult
+from qaclip_harness.report.tables import CaseResult
 
-from .plugin import suite_case
+from qaclip_harness.suite.cases import suite_case
 
 TOLERANCE = yaml.safe_load((Path(__file__).parent / "parity_hf.yaml").read_text(encoding="utf-8"))["tolerance"]["fp32"]
 PRECISION = "fp32"  # the formats are compared at the published numbers' precision, whatever --precision says
@@ -26,7 +27,7 @@ PRECISION = "fp32"  # the formats are compared at the published numbers' precisi
 
 def probe():
     """The inputs both formats are compared on (one place to point at a richer probe set)."""
-    from qaclip_core.format_parity import probe_inputs
+    from qaclip_harness.gates.format_parity import probe_inputs
 
     return probe_inputs()
 
@@ -44,8 +45,8 @@ def _record(suite, item, card, status: str, **kw) -> CaseResult:
 
 def _features(suite, card, images, captions):
     """(pixels, tokens, image features, text features) of ``card`` on the probe; the model is released after."""
-    from qaclip_core.adapters import load_encoder
-    from qaclip_core.format_parity import encode_probe
+    from qaclip_harness.backends import load_encoder
+    from qaclip_harness.gates.format_parity import encode_probe
 
     encoder = load_encoder(card, suite.checkpoint_for(card), device=suite.device, precision=PRECISION)
     try:

@@ -80,7 +80,7 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
     """The adapter over a random full-size AltCLIP on ``device`` in ``precision`` (one cached at a time)."""
     import transformers as tf
 
-    from qaclip_core.adapters.altclip import AltCLIPEncoder, pil_image_processor_class
+    from qaclip_harness.backends.altclip import AltCLIPEncoder, pil_image_processor_class
     from qaclip_core.checkpoint import resolve_dtype
 
     config = tf.AltCLIPConfig(vision_config=VISION, projection_dim=PROJECTION_DIM)
@@ -94,7 +94,7 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
 
 
 def _checkpoint_dir(config) -> str:
-    from qaclip_core.hub import cache_root
+    from qaclip_core.pretrained import cache_root
 
     return str(Path(config.getoption("--checkpoint-dir") or cache_root() / "checkpoints").expanduser())
 

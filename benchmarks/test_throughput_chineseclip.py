@@ -2,7 +2,7 @@
 
 For every architecture of a transformers-format card (ViT towers only: ChineseCLIPModel has no
 ResNet), the very weights of ``test_throughput.py``'s models (converted by
-``qaclip_core.convert_hf``) run through ``ChineseCLIPModel.get_image_features`` and
+``qaclip_harness.convert.hf``) run through ``ChineseCLIPModel.get_image_features`` and
 ``get_text_features`` with its SDPA attention, in the same pytest-benchmark groups as
 ``qaclip_core`` and ``cn_clip``, so that ``tools/throughput_report.py`` prints our ratio to it.
 Text is tokenized by a BERT tokenizer over the Chinese vocabulary and padded to the longest
@@ -57,7 +57,7 @@ def _model(arch: str, device: str, precision: str):
     """ChineseCLIPModel holding the weights of test_throughput.py's models for ``arch`` (one cached at a time)."""
     import transformers as tf
 
-    from qaclip_core.convert_hf import hf_config, to_hf_state_dict
+    from qaclip_harness.convert.hf import hf_config, to_hf_state_dict
 
     ours, _ = models(arch, device, precision)
     with torch.device("meta"):  # no random initialisation: every weight is assigned below
@@ -82,7 +82,7 @@ def _tokenizer():
     """The BERT tokenizer a ChineseCLIP folder carries (the Chinese vocabulary, lower-casing)."""
     import transformers as tf
 
-    from qaclip_core.convert_hf import write_tokenizer_files
+    from qaclip_harness.convert.hf import write_tokenizer_files
 
     folder = tempfile.mkdtemp(prefix="qaclip-tokenizer-")
     write_tokenizer_files(folder, 512)

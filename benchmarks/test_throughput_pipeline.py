@@ -26,8 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qaclip_core.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
-from qaclip_core.eval.retrieval import evaluate_retrieval
+from qaclip_harness.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
+from qaclip_harness.metrics.retrieval import evaluate_retrieval
 from qaclip_core.transforms import image_transform
 
 from .throughput_support import mean_seconds
@@ -87,7 +87,7 @@ def test_lmdb_loader(benchmark, photo_lmdb, impl, workers):
     """Images per second from LMDB bytes to a batch of normalised 224x224 tensors."""
     from torch.utils.data import DataLoader
 
-    from qaclip_core.data.loader import ImageBatchLoader
+    from qaclip_harness.data.loader import ImageBatchLoader
 
     if impl == "cn_clip":
         cn_data = pytest.importorskip("cn_clip.eval.data")
@@ -133,9 +133,9 @@ def test_lmdb_to_features(benchmark, photo_lmdb, impl, workers):
     """
     from torch.utils.data import DataLoader
 
-    from qaclip_core.adapters import NativeEncoder
-    from qaclip_core.eval.features import encode_image_dataset
-    from qaclip_core.fixture import ARCH
+    from qaclip_harness.backends import NativeEncoder
+    from qaclip_harness.eval.features import encode_image_dataset
+    from qaclip_harness.fixture import ARCH
 
     from .throughput_support import models
 

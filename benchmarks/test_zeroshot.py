@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from .plugin import case_params
+from qaclip_harness.suite.cases import case_params
 
 
 @pytest.mark.parametrize("case", case_params("zeroshot"))

@@ -119,15 +119,15 @@ def _onnx_encoder(arch: str, device: str, precision: str):
     import shutil
     import tempfile
 
-    from qaclip_core.adapters.onnx import OnnxEncoder
-    from qaclip_core.export.onnx import export_model
+    from qaclip_harness.backends.onnx import OnnxEncoder, verify_export
+    from qaclip_harness.export.onnx import export_model
 
     ours, _ = models(arch, device, precision)
     if not _EXPORT_DIRS:
         atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _EXPORT_DIRS])
     directory = tempfile.mkdtemp(prefix="qaclip-onnx-bench-")
     _EXPORT_DIRS.append(directory)
-    export_model(ours, directory, name=arch)
+    export_model(ours, directory, name=arch, verify=verify_export)
     return OnnxEncoder(directory, device=device)
 
 
@@ -136,7 +136,7 @@ def onnx_encoder(arch: str, device: str, precision: str):
 
     Raises ImportError without the ``onnx`` extra, QAClipError for a precision it does not export.
     """
-    from qaclip_core.export.deps import require
+    from qaclip_harness.export.deps import require
 
     require()
     return _onnx_encoder(arch, device, precision)

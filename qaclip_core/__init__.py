@@ -6,16 +6,8 @@ The public API follows the QA-CLIP example::
     model, preprocess = clip.load_from_name("ViT-B-16", device="cpu", download_root="./")
     text = clip.tokenize(["杰尼龟", "皮卡丘"])
 """
-from .checkpoint import load_checkpoint, read_state_dict, infer_arch
-from .errors import (
-    CheckpointError,
-    ChecksumError,
-    DatasetError,
-    DownloadError,
-    MissingDependencyError,
-    QAClipError,
-    UnknownModelError,
-)
+from .checkpoint import infer_arch, load_checkpoint, read_state_dict
+from .errors import CheckpointError, ChecksumError, DownloadError, QAClipError, UnknownModelError
 from .loading import load_from_name
 from .model.clip import CLIP, create_model
 from .registry import ModelCard, available_models, get_card
@@ -28,9 +20,7 @@ __all__ = [
     "CLIP",
     "CheckpointError",
     "ChecksumError",
-    "DatasetError",
     "DownloadError",
-    "MissingDependencyError",
     "ModelCard",
     "QAClipError",
     "UnknownModelError",

@@ -37,10 +37,10 @@ def load_from_name(
     if card.adapter != "native":
         raise UnknownModelError(
             f"{name!r} is a {card.adapter} model evaluated through an adapter, not a Chinese-CLIP checkpoint; "
-            f"use qaclip_core.adapters.load_encoder (or the suite/CLI) for it. load_from_name accepts: "
+            f"load it with qaclip_harness.backends.load_encoder (the suite's backends) or the qaclip command. load_from_name accepts: "
             f"{', '.join(available_models())}"
         )
-    from .hub import fetch_checkpoint  # deferred: huggingface_hub is slow to import
+    from .pretrained import fetch_checkpoint  # deferred: huggingface_hub is slow to import
 
     path = fetch_checkpoint(card, download_root=download_root)
     model = load_checkpoint(path, card.arch, device=device, precision=precision)

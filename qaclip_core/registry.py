@@ -1,6 +1,7 @@
 """Model cards: which checkpoints exist, their architecture, and where to fetch them.
 
-The cards live in ``cards/models.yaml``; more card files can be added with :func:`register_cards`.
+The published checkpoints' cards live in ``cards/models.yaml``; more card files can be added
+with :func:`register_cards` (one file) or :func:`register_card_dir` (every ``*.yaml`` of a folder).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from .errors import UnknownModelError
 
 CARDS_DIR = Path(__file__).parent / "cards"
+_CARD_DIRS: List[Path] = [CARDS_DIR]
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,22 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
 
 def register_cards(path: Union[str, Path]) -> List[ModelCard]:
     """Add the cards of a YAML file (``models: [...]``) to the registry."""
-    path = Path(path)
+    _ensure_loaded()
+    return _register_file(Path(path))
+
+
+def register_card_dir(path: Union[str, Path]) -> None:
+    """Add every ``*.yaml`` card file of a folder (once; the package's own cards stay first)."""
+    path = Path(path).resolve()
+    if path in _CARD_DIRS:
+        return
+    _CARD_DIRS.append(path)
+    if _CARDS:  # already loaded: register this folder now; otherwise _ensure_loaded reads it in order
+        for file in sorted(path.glob("*.yaml")):
+            _register_file(file)
+
+
+def _register_file(path: Path) -> List[ModelCard]:
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
     cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
@@ -110,9 +127,10 @@ def register_cards(path: Union[str, Path]) -> List[ModelCard]:
 
 def _ensure_loaded() -> None:
     if not _CARDS:
-        # models.yaml (the published checkpoints) first, then the other card files
-        for path in sorted(CARDS_DIR.glob("*.yaml"), key=lambda p: (p.name != "models.yaml", p.name)):
-            register_cards(path)
+        # the package's models.yaml (the published checkpoints) first, then every added folder
+        for folder in _CARD_DIRS:
+            for path in sorted(folder.glob("*.yaml")):
+                _register_file(path)
 
 
 def all_cards(include_test_only: bool = True) -> List[ModelCard]:

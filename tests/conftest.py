@@ -5,9 +5,14 @@ import io
 from pathlib import Path
 from typing import List
 
+import huggingface_hub.constants  # noqa: F401
 from PIL import Image, ImageDraw
 
 from .data import EXAMPLE_IMAGE
+
+# huggingface_hub reads HF_HUB_OFFLINE once, when first imported: imported here, with the session's
+# own environment, so that a test which sets the variable for itself (monkeypatch.setenv) cannot
+# leave every later download of the session offline.
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
     python tools/bad_inputs.py [--jobs 2] [--only SUBSTRING] [--keep DIR]
 
 Every fault builds its inputs in a folder of its own (from the embedded fixture: the tiny
-checkpoint and the generated Shapes-CN data), runs ``python -m qaclip_core eval ...`` or
+checkpoint and the generated Shapes-CN data), runs ``python -m qaclip_harness eval ...`` or
 ``pytest benchmarks ...`` on them with no network (``HF_HUB_OFFLINE=1``), and is judged:
 
 - exit code: the one expected (2 for a CLI user error, 4 for a suite usage error, 1 for a
@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 import lmdb  # noqa: E402
 import torch  # noqa: E402
 
-from qaclip_core.fixture import ARCH, CHECKPOINT  # noqa: E402
-from qaclip_core.fixture.shapes import write_shapes_dataset  # noqa: E402
+from qaclip_harness.fixture import ARCH, CHECKPOINT  # noqa: E402
+from qaclip_harness.fixture.shapes import write_shapes_dataset  # noqa: E402
 
 TRACEBACK = "Traceback (most recent call last)"
 LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", ".*.extract-*", "*.part")
@@ -105,7 +105,7 @@ class Base:
 
 
 def _cli(data: Path, *args: str, checkpoint: Path = CHECKPOINT, dataset: str = "fixture-shapes") -> List[str]:
-    return ["-m", "qaclip_core", "eval", "--checkpoint", str(checkpoint), "--dataset", dataset, "--data-root", str(data),
+    return ["-m", "qaclip_harness", "eval", "--checkpoint", str(checkpoint), "--dataset", dataset, "--data-root", str(data),
             "--quiet", "--device", "cpu", "--num-workers", "0", *args]
 
 
@@ -209,15 +209,15 @@ def faults(base: Base) -> List[Fault]:
         f.write_text("not a folder")
         return f
 
-    cli("--checkpoint-dir is a file", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "fixture-tiny", "--dataset",
+    cli("--checkpoint-dir is a file", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "fixture-tiny", "--dataset",
         "fixture-shapes", "--data-root", str(data), "--checkpoint-dir", str(a_file(d))], needles=("--checkpoint-dir",))
     cli("--data-root is a file", lambda d, data: _cli(a_file(d)), needles=("--data-root",))
     cli("--dump-predictions is a file", lambda d, data: _cli(data, "--dump-predictions", str(a_file(d))),
         needles=("--dump-predictions",))
     cli("--lock-file is a folder", lambda d, data: _cli(data, "--lock-file", str(d)), needles=("--lock-file",))
-    cli("--arch with --model", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "fixture-tiny", "--arch",
+    cli("--arch with --model", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "fixture-tiny", "--arch",
         ARCH, "--dataset", "fixture-shapes", "--data-root", str(data)], needles=("--arch applies to --checkpoint only",))
-    cli("unknown model name", lambda d, data: ["-m", "qaclip_core", "eval", "--model", "ViT-B-99", "--dataset",
+    cli("unknown model name", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "ViT-B-99", "--dataset",
         "fixture-shapes", "--data-root", str(data)], needles=("ViT-B-99", "available models"))
     cli("unknown dataset name", lambda d, data: _cli(data, dataset="flickr8k"), needles=("flickr8k", "known datasets"))
 

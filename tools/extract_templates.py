@@ -4,8 +4,8 @@ The reference keeps its prompts as lambdas in ``cn_clip/eval/cvinw_zeroshot_temp
 this turns each into a ``str.format`` string by calling it with ``"{}"``, and checks that the
 string gives the lambda's output for sample names. Two assets:
 
-- ``qaclip_core/assets/imagenet_templates_cn.json``: the 183 ``openai_templates``;
-- ``qaclip_core/assets/zeroshot_templates_cn.json``: the other lists that Chinese-CLIP's
+- ``qaclip_harness/data/imagenet_templates_cn.json``: the 183 ``openai_templates``;
+- ``qaclip_harness/data/zeroshot_templates_cn.json``: the other lists that Chinese-CLIP's
   zero-shot script selects by dataset folder name, and that selection itself, read (as data)
   from the ``template_dict`` literal in ``cn_clip/eval/zeroshot_evaluation.py``.
 
@@ -23,7 +23,7 @@ from typing import Dict, List
 SOURCE_SHA256 = "ae3324fae56ada29571f1aafb2b42179bc4c67729558b89afebe36df9d795629"
 # cn_clip/eval/zeroshot_evaluation.py of cn_clip 1.6.0: where the by-dataset selection is written
 RULE_SOURCE_SHA256 = "20f5f2e4075bcc4fe03c3e9b31162b3022b133430ac3b184319b170b444bffc1"
-ASSETS = Path(__file__).resolve().parents[1] / "qaclip_core" / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "qaclip_harness" / "data"
 OUT = ASSETS / "imagenet_templates_cn.json"
 OUT_ZEROSHOT = ASSETS / "zeroshot_templates_cn.json"
 DEFAULT_LIST = "openai_templates"  # the list imagenet_templates_cn.json holds
@@ -33,7 +33,7 @@ SAMPLES = ["猫", "金毛寻回犬", "a{b}c", "{}", "x%sy"]
 
 
 def templates_sha256(templates: List[str]) -> str:
-    """sha256 of the templates joined by newlines (the digest templates.py pins)."""
+    """sha256 of the templates joined by newlines (the digest qaclip_harness/data/prompts.py pins)."""
     return hashlib.sha256("\n".join(templates).encode("utf-8")).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Measure the float noise the checkpoint-only gates must tolerate (the evidence in qaclip_core/gates/tolerances.yaml).
+"""Measure the float noise the checkpoint-only gates must tolerate (the evidence in qaclip_harness/gates/tolerances.yaml).
 
     python tools/gate_noise.py                       # RN50, ViT-B/16 and the fixture, on this machine's CPU
     python tools/gate_noise.py --device cuda --archs ViT-B-16@RoBERTa-wwm-ext-base-chinese
@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qaclip_core.adapters import NativeEncoder  # noqa: E402
+from qaclip_harness.backends import NativeEncoder  # noqa: E402
 from qaclip_core.checkpoint import load_checkpoint  # noqa: E402
-from qaclip_core.gates.compare import TOWERS, tower_drift  # noqa: E402
-from qaclip_core.gates.features import EncoderSource, probe_features, tf32  # noqa: E402
-from qaclip_core.probe import load_probe_set  # noqa: E402
+from qaclip_harness.gates.drift import TOWERS, tower_drift  # noqa: E402
+from qaclip_harness.gates.features import EncoderSource, probe_features, tf32  # noqa: E402
+from qaclip_harness.probe import load_probe_set  # noqa: E402
 from tests.reference_models import reference_model, save_reference_checkpoint  # noqa: E402
 
 ARCHS = ["RN50@RBT3-chinese", "ViT-B-16@RoBERTa-wwm-ext-base-chinese", "ViT-fixture@BERT-fixture"]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             ckpt = save_reference_checkpoint(reference_model(arch, seed=7), Path(tmp) / "random.pt")
             gc.collect()
             try:
-                from qaclip_core.gates.reference import CnClipReference
+                from qaclip_harness.backends.reference import CnClipReference
 
                 with tf32(False):
                     ref = probe_features(CnClipReference(arch, ckpt, device=args.device), probe)

@@ -14,9 +14,9 @@ from .vision import ModifiedResNet, build_vision
 PAD_ID = 0
 
 
-def trim_padding(text: torch.Tensor) -> torch.Tensor:
-    """Drop the trailing columns that are padding in every row; features do not change."""
-    used = (text != PAD_ID).any(dim=0).nonzero()
+def trim_padding(text: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
+    """Drop the trailing columns that are padding (``pad_id``) in every row; masked features do not change."""
+    used = (text != pad_id).any(dim=0).nonzero()
     length = int(used.max()) + 1 if used.numel() else 1
     return text[:, :length]
 

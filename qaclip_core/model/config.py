@@ -10,6 +10,17 @@ from typing import List, Optional, Tuple, Union
 from ..errors import UnknownModelError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# folders searched for ``<kind>/<name>.json``, the package's own first (add_config_dir adds more)
+_CONFIG_DIRS: List[Path] = [CONFIG_DIR]
+
+
+def add_config_dir(path: Union[str, Path]) -> None:
+    """Also look for tower configs in ``path`` (``vision/*.json``, ``text/*.json``), as open_clip's add_model_config."""
+    path = Path(path).resolve()
+    if path not in _CONFIG_DIRS:
+        _CONFIG_DIRS.append(path)
+        vision_config.cache_clear()
+        text_config.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class ArchConfig:
 
 
 def _names(kind: str) -> List[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.json"))
+    return sorted({p.stem for d in _CONFIG_DIRS for p in (d / kind).glob("*.json")})
 
 
 def vision_names() -> List[str]:
@@ -77,7 +88,8 @@ def text_names() -> List[str]:
 
 
 def _read(kind: str, name: str) -> dict:
-    path = CONFIG_DIR / kind / f"{name.replace('/', '-')}.json"
+    candidates = [d / kind / f"{name.replace('/', '-')}.json" for d in _CONFIG_DIRS]
+    path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         known = ", ".join(_names(kind))
         raise UnknownModelError(f"unknown {kind} tower {name!r}; known {kind} towers: {known}")

@@ -1,7 +1,7 @@
 """Test data carried in the repository (see MANIFEST.yaml for sources, licences and digests)."""
 from pathlib import Path
 
-from qaclip_core.probe import EXAMPLE_IMAGE  # the README example's image ships with the package (probe set)
+from qaclip_harness.probe import EXAMPLE_IMAGE  # the README example's image ships with the package (probe set)
 
 DATA_DIR = Path(__file__).parent
 LABEL_CN = DATA_DIR / "label_cn.txt"

@@ -1,7 +1,0 @@
-"""``python -m qaclip_core``."""
-import sys
-
-from .cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Dataset cards (``datasets.yaml`` beside this module): where each evaluation set lives and how to get it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import yaml
+
+from qaclip_harness.errors import DatasetError
+
+CARDS_FILE = Path(__file__).resolve().parent / "datasets.yaml"
+
+
+class DatasetMissingError(DatasetError):
+    """The dataset is not on disk (and was not, or could not be, downloaded)."""
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """One evaluation dataset."""
+
+    name: str
+    display: str
+    kind: str  # "retrieval" or "zeroshot"
+    dirname: str
+    split: str
+    hub: Optional[dict] = None
+    url: Optional[str] = None
+    labels: Optional[dict] = None
+    how_to_get: Optional[str] = None
+    generator: Optional[str] = None
+    split_size: Optional[dict] = None  # the published size of ``split``: images, texts or classes
+    builds: Optional[dict] = None  # name -> {archive, note, fingerprints}
+
+    def build_of_archive(self, archive: str) -> Optional[str]:
+        """The build unpacked from ``archive`` (``repo/filename``), if one is listed."""
+        for name, build in (self.builds or {}).items():
+            if build.get("archive") == archive:
+                return name
+        return None
+
+    def build_of_fingerprint(self, fingerprint: str) -> Optional[str]:
+        """The build whose data has ``fingerprint``, if one is listed."""
+        for name, build in (self.builds or {}).items():
+            if fingerprint in (build.get("fingerprints") or []):
+                return name
+        return None
+    # ELEVATER (qaclip_harness/data/elevater.py): the folder layout to check, and the combined report
+    # table the dataset's column belongs to (the class count is in split_size)
+    layout: Optional[str] = None
+    report_table: Optional[str] = None
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``--download`` can fetch the data itself."""
+        return bool(self.hub)
+
+
+_CARDS: Dict[str, DatasetCard] = {}
+_FIELDS = set(DatasetCard.__dataclass_fields__)
+ORIGIN_FILE = ".qaclip-origin.json"  # written into a folder unpacked by --download: which archive it came from
+
+
+def all_datasets() -> List[DatasetCard]:
+    """Every dataset card, in file order."""
+    if not _CARDS:
+        with open(CARDS_FILE, encoding="utf-8") as f:
+            for raw in yaml.safe_load(f)["datasets"]:
+                unknown = set(raw) - _FIELDS
+                if unknown:
+                    raise DatasetError(f"{CARDS_FILE}: dataset {raw.get('name')!r} has unknown keys {sorted(unknown)}")
+                _CARDS[raw["name"]] = DatasetCard(**raw)
+    return list(_CARDS.values())
+
+
+def read_origin(folder: Path) -> Optional[dict]:
+    """The archive a dataset folder was unpacked from (``{"archive", "sha256"}``), if --download did it."""
+    try:
+        return json.loads((Path(folder) / ORIGIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def identify_build(card: DatasetCard, folder: Path, fingerprint: Optional[str]) -> Optional[str]:
+    """The named build of ``card`` this data is: by its fingerprint, else by the archive it came from.
+
+    A fingerprint listed under another dataset's build is an error: the data is in the wrong place.
+    """
+    if fingerprint:
+        build = card.build_of_fingerprint(fingerprint)
+        if build:
+            return build
+        for other in all_datasets():
+            if other.name != card.name and other.build_of_fingerprint(fingerprint):
+                raise DatasetError(
+                    f"the data in {folder} is {other.display} (build {other.build_of_fingerprint(fingerprint)!r}, "
+                    f"fingerprint {fingerprint[:16]}...), not {card.display}: it sits in the wrong folder"
+                )
+    origin = read_origin(folder)
+    if origin and origin.get("archive"):
+        return card.build_of_archive(origin["archive"])
+    return None
+
+
+def get_dataset(name: str) -> DatasetCard:
+    """The card of dataset ``name``."""
+    cards = {c.name: c for c in all_datasets()}
+    if name not in cards:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(cards)}")
+    return cards[name]
+
+
+def datasets_dir(data_root: Union[str, Path]) -> Path:
+    """``<root>/datasets`` if it exists (Chinese-CLIP's ${DATAPATH}), else ``<root>`` itself."""
+    root = Path(data_root).expanduser()
+    return root / "datasets" if (root / "datasets").is_dir() or not root.is_dir() else root
+
+
+def dataset_dir(card: DatasetCard, data_root: Union[str, Path]) -> Path:
+    """Folder of ``card`` under ``data_root``."""
+    return datasets_dir(data_root) / card.dirname
+
+
+def is_present(card: DatasetCard, folder: Path) -> bool:
+    if card.kind == "retrieval":
+        return (folder / "lmdb" / card.split / "imgs").is_dir() and (folder / f"{card.split}_texts.jsonl").is_file()
+    return (folder / card.split).is_dir() and (not _labels_inside(card) or (folder / card.labels["filename"]).is_file())
+
+
+def _labels_inside(card: DatasetCard) -> bool:
+    """Whether the label file comes with the dataset's folder (ELEVATER) rather than fetched on its own."""
+    return card.layout == "elevater" and bool(card.labels)
+
+
+def missing_parts(card: DatasetCard, folder: Path) -> list:
+    """The parts of the dataset that are absent from ``folder`` (paths relative to it)."""
+    if card.kind == "retrieval":
+        parts = [f"lmdb/{card.split}/imgs", f"{card.split}_texts.jsonl"]
+        present = [(folder / parts[0]).is_dir(), (folder / parts[1]).is_file()]
+    else:
+        parts, present = [f"{card.split}/<class folders>"], [(folder / card.split).is_dir()]
+        if _labels_inside(card):
+            parts.append(card.labels["filename"])
+            present.append((folder / card.labels["filename"]).is_file())
+    return [p for p, ok in zip(parts, present) if not ok]
+
+
+def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
+    """One line: what is missing, where it was expected, how to get it."""
+    folder = dataset_dir(card, data_root)
+    how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
+    if card.hub and card.hub.get("member"):  # a zip inside a larger zip (ELEVATER_all.zip)
+        how = nested_how_to_get(card, datasets_dir(data_root))
+    if not folder.is_dir():
+        return f"{card.display} not found: no folder {folder}; {how}"
+    missing = missing_parts(card, folder)
+    return f"{card.display} in {folder} is incomplete: {' and '.join(missing)} missing; {how}"
+
+def nested_how_to_get(card: DatasetCard, datasets_folder: Path) -> str:
+    """Where to get a nested dataset and where to put it, in one line."""
+    hub = card.hub
+    size = f" ({hub['size']})" if hub.get("size") else ""
+    where = f"the Hugging Face dataset {hub['repo']}" + (f" or {card.url}" if card.url else "")
+    return (f"run with --download (fetches {hub['filename']}{size} once from {where} and unpacks only {hub['member']}), "
+            f"or unzip {hub['member']} from {hub['filename']} into {datasets_folder}/ so that "
+            f"{datasets_folder / card.dirname}/{card.split}/ and label_cn.txt exist")
+
+
+@dataclass(frozen=True)
+class DatasetOnDisk:
+    """A dataset resolved to local paths: what the evaluation reads (it never downloads)."""
+
+    card: DatasetCard
+    folder: Path  # <datasets>/<dirname>
+    labels: Optional[Path] = None  # the zero-shot label file
+
+    @property
+    def datasets_folder(self) -> Path:
+        """The folder holding this dataset's folder (Chinese-CLIP's ``${DATAPATH}/datasets``)."""
+        return self.folder.parent
+
+
+def locate(card: DatasetCard, data_root: Union[str, Path]) -> DatasetOnDisk:
+    """``card``'s data under ``data_root`` as it is on disk; DatasetMissingError (with how to get it) when incomplete."""
+    folder = dataset_dir(card, data_root)
+    if not is_present(card, folder):
+        raise DatasetMissingError(missing_reason(card, data_root))
+    labels = None
+    if card.kind == "zeroshot":
+        labels = folder / card.labels["filename"]
+        if not labels.is_file():
+            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            raise DatasetMissingError(f"{card.display} label file {labels} not found; {how}")
+    return DatasetOnDisk(card, folder, labels)

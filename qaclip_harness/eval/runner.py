@@ -1,0 +1,191 @@
+"""One evaluation end to end: a dataset on disk + an encoder -> metrics (the suite and the CLI share it).
+
+The data must already be resolved (:func:`qaclip_harness.fetch.datasets.resolve_dataset` fetches
+it, :func:`qaclip_harness.data.catalog.locate` finds it): evaluation reads folders and never downloads.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from qaclip_harness.data.catalog import DatasetCard, DatasetOnDisk, identify_build, read_origin
+from qaclip_harness.data.fingerprint import combine, images_digest, labels_digest, texts_digest
+from qaclip_harness.data.splits import SplitMismatchError, check_split
+from qaclip_harness.eval.distributed import SINGLE, Shard, gather_indexed
+from qaclip_core.pretrained import sha256_file
+from qaclip_harness.progress import Progress
+from qaclip_harness.eval.features import encode_image_dataset, encode_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOutput:
+    """Metrics (percent), item counts, timings, and the raw result for predictions."""
+
+    dataset: str
+    model: str
+    metrics: Dict[str, float]
+    counts: Dict[str, int]
+    seconds: Dict[str, float] = field(default_factory=dict)
+    diagnostics: Dict[str, object] = field(default_factory=dict)
+    provenance: Dict[str, object] = field(default_factory=dict)  # data fingerprint, split check, build...
+    raw: object = None
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run an evaluation (the same for every dataset kind)."""
+
+    batch_size: int = 64
+    text_batch_size: int = 256
+    num_workers: int = 0
+    progress: Progress = True  # True: tqdm bars; a factory (qaclip_harness.progress); False: none
+    split: Optional[str] = None
+    shard: Shard = SINGLE
+    # data whose size is not the published split's: "strict" stops before encoding, "warn" warns
+    # and marks the result not comparable
+    split_policy: str = "warn"
+
+
+def _split_check(card: DatasetCard, split: str, found: Dict[str, int], opts: EvalOptions) -> Optional[dict]:
+    """Compare the counts with the published split before any encoding; strict raises, warn warns."""
+    if split != card.split:
+        return None  # another split was asked for: nothing is published for it
+    check = check_split(card.display, split, card.split_size, found)
+    if check is None:
+        return None
+    if not check.ok:
+        if opts.split_policy == "strict":
+            raise SplitMismatchError(check.describe() + "; to evaluate it anyway (the result is then marked not comparable), "
+                                     "pass --evaluate-any-split", check)
+        msg = check.describe() + ": the numbers are not comparable with the published ones"
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        log.warning(msg)
+    return check.as_dict()
+
+
+def _data_provenance(card: DatasetCard, folder: Path, split: str, kind: str, parts: Dict[str, str],
+                     counts: Dict[str, int], check: Optional[dict], **extra) -> Dict[str, object]:
+    """What identifies the data behind a number: fingerprint, counts, split check, named build."""
+    fingerprint = combine(kind, parts)
+    return {
+        "dataset": card.name, "split": split, "folder": str(folder), "data_fingerprint": fingerprint,
+        "fingerprint_parts": parts, "counts": counts, "split_check": check,
+        "comparable": check is None or bool(check["ok"]),
+        "build": identify_build(card, folder, fingerprint), "origin": read_origin(folder), **extra,
+    }
+
+
+def _gathered_digests(dataset, shard: Shard) -> list:
+    """Every item's (key, digest): each rank read its share of the images, so the shares are merged."""
+    local = dataset.item_digests()
+    if shard.world == 1:
+        return local
+    merged = {k: d for part in gather_indexed(shard, [(shard.rank, dict(local))]) for k, d in part.items() if d is not None}
+    return [(k, merged.get(k)) for k, _ in local]
+
+
+def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> EvalOutput:
+    """Text-to-image and image-to-text recall of ``encoder`` on a Chinese-CLIP-format dataset."""
+    from qaclip_harness.data.retrieval import load_retrieval_split
+    from qaclip_harness.metrics.retrieval import evaluate_retrieval
+
+    card, folder = data.card, data.folder
+    split = opts.split or card.split
+    split_data = load_retrieval_split(data.datasets_folder, card.dirname, split, transform=encoder.preprocess)
+    counts = {"images": len(split_data.images), "texts": len(split_data.texts)}
+    check = _split_check(card, split, counts, opts)  # before any image is decoded
+    t0 = time.perf_counter()
+    image_ids, image_feats = encode_image_dataset(encoder, split_data.images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
+    t1 = time.perf_counter()
+    text_ids = [t.text_id for t in split_data.texts]
+    text_feats = encode_texts(encoder, [t.text for t in split_data.texts], opts.text_batch_size, opts.progress, f"{card.name} texts", opts.shard)
+    t2 = time.perf_counter()
+    result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, split_data.text_to_images, k=10)
+    t3 = time.perf_counter()
+    parts = {"images": images_digest(_gathered_digests(split_data.images, opts.shard)),
+             "texts": texts_digest((t.text_id, t.text, t.image_ids) for t in split_data.texts)}
+    return EvalOutput(
+        dataset=card.name,
+        model=encoder.name,
+        metrics=dict(result.metrics),
+        counts=counts,
+        seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
+        diagnostics={"near_ties": result.near_ties},
+        provenance=_data_provenance(card, folder, split, "retrieval", parts, counts, check,
+                                    batch_size=opts.batch_size, i2t_queries=result.counts.get("num_i2t_queries")),
+        raw=result,
+    )
+
+
+def _zeroshot_folder(card: DatasetCard, folder: Path, transform, classnames, labels_path: Path):
+    """The split's images (``folder``) as an ``ImageFolder``: ELEVATER layout checked, or an ImageNet-style folder."""
+    if card.layout == "elevater":
+        from qaclip_harness.data.elevater import ElevaterFolder
+
+        # the published class count is checked with the split's other sizes (_split_check)
+        return ElevaterFolder(folder, labels_path, len(classnames), transform=transform, display=card.display)
+    from qaclip_harness.data.imagenet import ImageNetFolder
+
+    return ImageNetFolder(folder, transform=transform, num_labels=len(classnames), labels_path=labels_path)
+
+
+def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> EvalOutput:
+    """Zero-shot top-1/top-5 of ``encoder`` on class folders with Chinese labels (ImageNet, ELEVATER, fixture).
+
+    The prompt templates follow the reference's rule, by the dataset's folder name
+    (:mod:`qaclip_harness.data.prompts`).
+    """
+    from qaclip_harness.data.imagenet import IndexedImages, read_labels
+    from qaclip_harness.data.prompts import template_set, templates_for
+    from qaclip_harness.metrics.accuracy import accuracy
+    from qaclip_harness.eval.zeroshot import cached_classifier, param_counts
+
+    card, labels_path = data.card, data.labels
+    classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
+    split = opts.split or card.split
+    folder = _zeroshot_folder(card, data.folder / split, encoder.preprocess, classnames, labels_path)
+    counts = {"images": len(folder.samples), "classes": len(classnames)}
+    check = _split_check(card, split, counts, opts)  # before any image is decoded
+    images = IndexedImages(folder)
+    templates = templates_for(card.dirname)
+    t0 = time.perf_counter()
+    classifier = cached_classifier(encoder, classnames, templates, opts.text_batch_size, opts.progress, opts.shard,
+                                   desc=f"{card.name} prompts")
+    t1 = time.perf_counter()
+    _, image_feats = encode_image_dataset(encoder, images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
+    t2 = time.perf_counter()
+    targets = torch.tensor(folder.targets)
+    logits = 100.0 * image_feats @ classifier
+    metrics = accuracy(logits, targets, topk=(1, 5))
+    parts = {"images": images_digest(_gathered_digests(images, opts.shard)), "labels": labels_digest(classnames)}
+    return EvalOutput(
+        dataset=card.name,
+        model=encoder.name,
+        metrics=dict(metrics),
+        counts={**counts, "templates": len(templates)},
+        seconds={"classifier": t1 - t0, "images": t2 - t1},
+        diagnostics={"templates": template_set(card.dirname)},
+        provenance=_data_provenance(card, data.folder, split, "zeroshot", parts, counts, check,
+                                    batch_size=opts.batch_size, label_file=str(labels_path),
+                                    label_file_sha256=sha256_file(labels_path)),
+        raw={"logits": logits, "targets": targets, "dataset_dir": data.folder, "folder": card.dirname,
+             "params": param_counts(encoder)},
+    )
+
+
+def evaluate_card(encoder, data: DatasetOnDisk, **options) -> EvalOutput:
+    """Evaluate ``encoder`` on the resolved dataset ``data``; ``options`` are the fields of :class:`EvalOptions`."""
+    opts = EvalOptions(**options)
+    if data.card.kind == "retrieval":
+        return evaluate_retrieval_card(encoder, data, opts)
+    if data.card.kind == "zeroshot":
+        return evaluate_zeroshot_card(encoder, data, opts)
+    raise ValueError(f"dataset {data.card.name}: unknown kind {data.card.kind!r}")

@@ -1,0 +1,353 @@
+"""Expected numbers (``expected/*.yaml``): published values, their sources and tolerances."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+import yaml
+
+from qaclip_core.errors import QAClipError
+
+METRIC_ORDER = {
+    "retrieval": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_mean_recall", "i2t_mean_recall", "mean_recall"],
+    "zeroshot": ["top1", "top5"],
+    "probabilities": [],  # one metric per label, in the file's order
+    "parity": ["image_max_abs_diff", "text_max_abs_diff", "image_min_cosine", "text_min_cosine",
+               "t2i_top5_violations", "i2t_top5_violations"],
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed absolute deviation in points, and why."""
+
+    abs: float
+    why: str
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """One metric of one case: measured against the gate value."""
+
+    metric: str
+    measured: float
+    expected: float
+    tolerance: float
+
+    @property
+    def delta(self) -> float:
+        """measured - expected."""
+        return self.measured - self.expected
+
+    @property
+    def ok(self) -> bool:
+        """Within tolerance (a hair of float slack for values like 0.1 + 0.05)."""
+        return abs(self.delta) <= self.tolerance + 1e-9
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where published numbers come from, and (when known) the data build they were measured on."""
+
+    cite: str
+    build: Optional[str] = None
+
+
+CROSS_BUILD = "cross_build"  # tolerance group used when the data is not the gate source's build
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Which source a case is gated on for the data at hand, and why."""
+
+    source: str
+    build: Optional[str]  # the data's build, when it could be told
+    cross_build: bool  # the gate source was measured on another (or an unknown) build
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExpectedCase:
+    """Published numbers of one (dataset, model) pair."""
+
+    dataset: str
+    model: str
+    kind: str
+    split: str
+    gate: str
+    values: Dict[str, Dict[str, float]]  # source -> metric -> value
+    sources: Dict[str, Source]
+    tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
+    path: Optional[Path] = None
+    report_only: Optional[str] = None  # why this case is measured and shown but never gated
+    # run settings the numbers were published for (e.g. backend: onnx, precision: fp16); empty: any
+    requires: Dict[str, str] = field(default_factory=dict)
+
+    def gate_for(self, build: Optional[str]) -> GateDecision:
+        """The gate source for data of ``build`` (None: unknown).
+
+        A source measured on that very build gates (the declared gate first); otherwise the
+        declared gate does, and if it names another build (or the data's build is unknown) the
+        file's ``cross_build`` tolerance applies, where it defines one.
+        """
+        if self.measured_only:
+            return GateDecision("", build, False, "measured only: no published value to gate on")
+        if build is not None:
+            same = [s for s in [self.gate, *self.values] if self.sources[s].build == build]
+            if same:
+                return GateDecision(same[0], build, False, f"{same[0]} was measured on this data build ({build})")
+        declared = self.sources[self.gate].build
+        if declared is None:
+            return GateDecision(self.gate, build, False, "the declared gate (its data build is not named)")
+        cross = any(CROSS_BUILD in table for table in self.tolerances.values())
+        seen = f"this data is build {build}" if build else "this data's build could not be told"
+        return GateDecision(self.gate, build, cross, f"the declared gate, measured on build {declared}; {seen}")
+    measured_only: bool = False  # no published value: measured and shown, nothing to compare with
+
+    @property
+    def gated(self) -> bool:
+        """Whether a value outside tolerance fails the case."""
+        return self.report_only is None
+
+    @property
+    def id(self) -> str:
+        """Test id ``<dataset>-<model>``, plus the required settings (``-onnx-fp16``) when there are any."""
+        return "-".join([self.dataset, self.model, *self.requires.values()])
+
+    @property
+    def variant(self) -> str:
+        """The required settings in words (``onnx fp16``), or ''."""
+        return " ".join(self.requires.values())
+
+    def unmet(self, settings: Mapping[str, str]) -> List[str]:
+        """The required settings that ``settings`` (e.g. ``{"backend": ..., "precision": ...}``) does not meet, as ``--key value``."""
+        return [f"--{k} {v}" for k, v in self.requires.items() if str(settings.get(k)) != v]
+
+    @property
+    def gate_values(self) -> Dict[str, float]:
+        """The metric values of the declared gate source (none for a measured-only case)."""
+        return self.values[self.gate] if self.gate else {}
+
+    def tolerance(self, metric: str, precision: str = "fp32", cross_build: bool = False) -> Tolerance:
+        """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group).
+
+        ``cross_build``: the data is not the gate source's build; the file's ``cross_build``
+        tolerance applies where it is wider.
+        """
+        table = self.tolerances.get(precision)
+        if table is None:
+            raise QAClipError(f"{self.path}: no tolerance for precision {precision!r} (have {sorted(self.tolerances)})")
+        for key in (metric, metric.split("_")[0]):
+            if key in table:
+                tol = table[key]
+                wider = table.get(CROSS_BUILD) if cross_build else None
+                return wider if wider is not None and wider.abs > tol.abs else tol
+        raise QAClipError(f"{self.path}: no {precision} tolerance for metric {metric!r} or its group")
+
+    def _keys(self, values: Mapping[str, float]) -> List[str]:
+        order = METRIC_ORDER.get(self.kind, [])
+        return sorted(values, key=lambda k: order.index(k) if k in order else len(order))
+
+    def check(self, measured: Mapping[str, float], precision: str = "fp32",
+              decision: Optional[GateDecision] = None) -> List[MetricCheck]:
+        """Compare every metric of the gate source (``decision``'s, else the declared one) with ``measured``."""
+        if self.measured_only:
+            return []  # nothing published to compare with
+        decision = decision or GateDecision(self.gate, None, False, "the declared gate")
+        values = self.values[decision.source]
+        keys = self._keys(values)
+        missing = [k for k in keys if k not in measured]
+        if missing:
+            raise QAClipError(f"{self.id}: the evaluation did not produce metrics {missing}")
+        return [
+            MetricCheck(k, float(measured[k]), float(values[k]), self.tolerance(k, precision, decision.cross_build).abs)
+            for k in keys
+        ]
+
+    def source_deltas(self, measured: Mapping[str, float]) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """Every source's published value and the measured delta, per metric (the report shows them all)."""
+        return {
+            src: {k: {"expected": float(v), "delta": float(measured[k]) - float(v)} for k, v in vals.items() if k in measured}
+            for src, vals in self.values.items()
+        }
+
+
+class ExpectedFileError(QAClipError, ValueError):
+    """An expected file that does not follow the schema (the message names the file and the key)."""
+
+
+_TOP_KEYS = ("dataset", "kind", "split", "sources", "tolerance", "models")  # and optionally: requires
+_KINDS = tuple(METRIC_ORDER)
+
+
+def _mapping(value: object, where: str, path: Path) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise ExpectedFileError(f"{path}: {where} must be a non-empty mapping, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _number(value: object, where: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpectedFileError(f"{path}: {where} must be a number, got {value!r:.60}")
+    return float(value)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExpectedFileError(f"{path}: cannot be read ({e})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ExpectedFileError(f"{path}: is not valid YAML{where}: {problem}") from None
+    if doc is None:
+        raise ExpectedFileError(f"{path}: is empty; expected the keys {', '.join(_TOP_KEYS)}")
+    if not isinstance(doc, dict):
+        raise ExpectedFileError(f"{path}: expected a mapping with the keys {', '.join(_TOP_KEYS)}, got {type(doc).__name__}")
+    return doc
+
+
+_ENTRY_KEYS = ("gate", "report_only", "tolerance")
+REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
+
+
+def _parse_sources(raw: object, path: Path) -> Dict[str, Source]:
+    """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
+    out: Dict[str, Source] = {}
+    for name, value in _mapping(raw, "sources", path).items():
+        if isinstance(value, str):
+            out[str(name)] = Source(value)
+            continue
+        value = _mapping(value, f"sources.{name}", path)
+        unknown = set(value) - {"cite", "build"}
+        if unknown or not isinstance(value.get("cite"), str):
+            raise ExpectedFileError(f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
+                                    + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
+        out[str(name)] = Source(value["cite"], str(value["build"]) if value.get("build") else None)
+    return out
+
+
+def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> Dict[str, Dict[str, Tolerance]]:
+    out: Dict[str, Dict[str, Tolerance]] = {}
+    for prec, table in _mapping(raw, where, path).items():
+        out[str(prec)] = {}
+        for name, tol in _mapping(table, f"{where}.{prec}", path).items():
+            where_tol = f"{where}.{prec}.{name}"
+            tol = _mapping(tol, where_tol, path)
+            if "abs" not in tol or "why" not in tol:
+                raise ExpectedFileError(f"{path}: {where_tol} needs 'abs' (points) and 'why' (where the number comes from)")
+            value = _number(tol["abs"], f"{where_tol}.abs", path)
+            if value < 0:
+                raise ExpectedFileError(f"{path}: {where_tol}.abs must not be negative, got {value}")
+            if not str(tol["why"]).strip():
+                raise ExpectedFileError(f"{path}: {where_tol}.why is empty: a tolerance needs its reason")
+            out[str(prec)][str(name)] = Tolerance(value, str(tol["why"]))
+    return out
+
+
+def _parse(path: Path) -> List[ExpectedCase]:
+    doc = _read_yaml(path)
+    missing = [k for k in _TOP_KEYS if k not in doc]
+    if missing:
+        raise ExpectedFileError(f"{path}: missing top-level key(s) {', '.join(repr(k) for k in missing)}")
+    if doc["kind"] not in _KINDS:
+        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
+    sources = _parse_sources(doc["sources"], path)
+    tolerances = _parse_tolerances(doc["tolerance"], path)
+    requires = doc.get("requires") or {}
+    if not isinstance(requires, dict) or not all(k in REQUIREMENTS and isinstance(v, str) for k, v in requires.items()):
+        raise ExpectedFileError(f"{path}: requires must map run settings ({', '.join(REQUIREMENTS)}) to values "
+                                f"(e.g. backend: onnx), got {requires!r}")
+    cases = []
+    for model, entry in _mapping(doc["models"], "models", path).items():
+        entry = _mapping(entry, f"models.{model}", path)
+        if "measured_only" in entry:
+            cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
+            continue
+        gate = entry.get("gate")
+        report_only = entry.get("report_only")
+        case_tolerances = tolerances
+        if "tolerance" in entry:  # a model's own tolerances (its protocol is less certain), over the file's
+            own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")
+            case_tolerances = {p: {**tolerances.get(p, {}), **own.get(p, {})} for p in set(tolerances) | set(own)}
+        values: Dict[str, Dict[str, float]] = {}
+        for source, vals in entry.items():
+            if source in _ENTRY_KEYS:
+                continue
+            values[source] = {str(m): _number(v, f"models.{model}.{source}.{m}", path)
+                              for m, v in _mapping(vals, f"models.{model}.{source}", path).items()}
+        if gate not in values:
+            raise ExpectedFileError(f"{path}: models.{model}.gate {gate!r} is not one of its sources {sorted(values)}")
+        unknown = set(values) - set(sources)
+        if unknown:
+            raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
+        case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
+                            dict(sources), case_tolerances, path,
+                            report_only=str(report_only).strip() if report_only else None, requires=dict(requires))
+        for prec in case_tolerances:
+            for metric in case.gate_values:
+                try:
+                    case.tolerance(metric, prec)
+                except QAClipError:
+                    raise ExpectedFileError(
+                        f"{path}: models.{model}: no tolerance.{prec} entry for metric {metric!r} or its group "
+                        f"{metric.split('_')[0]!r}") from None
+        cases.append(case)
+    return cases
+
+
+def check_against_catalog(cases: List[ExpectedCase]) -> None:
+    """Each case's dataset has a card, and its split is the card's published split (else the numbers mean another split)."""
+    from qaclip_harness.data.catalog import all_datasets
+
+    cards = {c.name: c for c in all_datasets()}
+    for case in cases:
+        if case.kind not in ("retrieval", "zeroshot"):
+            continue  # not an evaluation dataset (e.g. the README example's probabilities)
+        card = cards.get(case.dataset)
+        if card is None:
+            raise ExpectedFileError(f"{case.path}: dataset {case.dataset!r} has no dataset card (known: {', '.join(cards)})")
+        if case.split != card.split:
+            raise ExpectedFileError(f"{case.path}: split {case.split!r} is not the published split of {case.dataset} "
+                                    f"({card.split!r}, cards/datasets.yaml): these numbers would gate another split")
+        builds = set(card.builds or {})
+        for name, src in case.sources.items():
+            if src.build is not None and src.build not in builds:
+                raise ExpectedFileError(f"{case.path}: sources.{name}.build {src.build!r} is not a build of {case.dataset} "
+                                        f"(known: {', '.join(sorted(builds)) or 'none'})")
+
+
+def _measured_only_case(doc: dict, model: str, entry: dict, sources: Dict[str, Source],
+                        tolerances: Dict[str, Dict[str, Tolerance]], path: Path) -> ExpectedCase:
+    """A model with no published value: ``measured_only: <why>`` and nothing else (reported, never gated)."""
+    where = f"models.{model}"
+    others = sorted(k for k in entry if k != "measured_only")
+    if others:
+        raise ExpectedFileError(f"{path}: {where} is measured_only, so it takes no gate or values; remove {others} "
+                                "(or drop measured_only and gate on a source)")
+    why = entry["measured_only"]
+    if not isinstance(why, str) or not why.strip():
+        raise ExpectedFileError(f"{path}: {where}.measured_only must say why there is no published value, got {why!r:.60}")
+    return ExpectedCase(str(doc["dataset"]), model, str(doc["kind"]), str(doc["split"]), "", {}, sources, tolerances,
+                        path, report_only=f"measured only: {why.strip()}", measured_only=True)
+
+
+def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:
+    """Every case of every YAML file in ``directory``, in file then model order, validated."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExpectedFileError(f"expected-numbers folder {directory} does not exist")
+    cases: List[ExpectedCase] = []
+    seen: Dict[str, Path] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        for case in _parse(path):
+            if case.id in seen:
+                raise ExpectedFileError(f"{path}: case {case.id} is also defined in {seen[case.id]}")
+            seen[case.id] = path
+            cases.append(case)
+    return cases

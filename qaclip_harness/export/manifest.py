@@ -1,0 +1,144 @@
+"""The manifest of an ONNX export (``manifest.json``): what was exported, from which checkpoint, and its files.
+
+A deployer reads it to feed the models (input names, shapes and dtypes, resolution, context
+length, normalisation constants, logit scale); the ONNX backend reads it to refuse an export
+that is damaged (file sizes and sha256), from another checkpoint (its sha256), or made for
+another precision, opset or package version.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+from qaclip_harness.errors import ExportError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "qaclip-onnx/1"
+TOWERS = ("image", "text")
+PathLike = Union[str, "os.PathLike[str]"]
+# checks a fresh export folder against the eager model it came from; returns the manifest's "verification" record
+Verifier = Callable[[Path, Any], Dict[str, Any]]
+
+
+@dataclass
+class Manifest:
+    """Everything needed to run, check and reproduce one export."""
+
+    model: str
+    arch: str
+    precision: str
+    opset: int
+    checkpoint_sha256: Optional[str]
+    checkpoint_file: Optional[str]
+    resolution: int
+    context_length: int
+    embed_dim: int
+    normalisation: Dict[str, Any]
+    logit_scale: float
+    towers: Dict[str, Dict[str, Any]]  # tower -> {file, input {name, shape, dtype}, output {...}}
+    files: Dict[str, Dict[str, Any]]  # file name -> {bytes, sha256}
+    versions: Dict[str, str]  # qaclip_core, torch, onnx, onnxscript, onnxruntime
+    exporter: str
+    verification: Dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+    @property
+    def qaclip_version(self) -> str:
+        """The qaclip_core version that wrote the export."""
+        return self.versions.get("qaclip_core", "")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict, ``format`` first."""
+        d = asdict(self)
+        return {"format": d.pop("format"), **d}
+
+    def write(self, directory: PathLike) -> Path:
+        """Write ``manifest.json`` into ``directory`` (atomically)."""
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def verify_files(self, directory: PathLike) -> None:
+        """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256."""
+        from qaclip_core.pretrained import cached_sha256
+
+        directory = Path(directory)
+        for tower in TOWERS:
+            listed = self.towers[tower]["file"]
+            if listed not in self.files:
+                raise ExportError(f"{directory / MANIFEST_NAME}: the {tower} model {listed!r} is not listed under 'files'")
+        for name, rec in self.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise ExportError(f"{path}: missing (listed in {directory / MANIFEST_NAME}); export again")
+            size = path.stat().st_size
+            if size != rec["bytes"]:
+                what = "truncated" if size < rec["bytes"] else "longer than exported"
+                raise ExportError(
+                    f"{path}: {size:,} bytes, the manifest lists {rec['bytes']:,} ({what}); export again"
+                )
+            digest = cached_sha256(path)
+            if digest != rec["sha256"]:
+                raise ExportError(f"{path}: sha256 {digest}, the manifest lists {rec['sha256']} (corrupt); export again")
+
+
+_REQUIRED = {
+    "model": str, "arch": str, "precision": str, "opset": int, "resolution": int, "context_length": int,
+    "embed_dim": int, "normalisation": dict, "logit_scale": (int, float), "towers": dict, "files": dict,
+    "versions": dict, "exporter": str,
+}
+
+
+def _tower_ok(path: Path, tower: str, rec: Any) -> None:
+    if not isinstance(rec, Mapping):
+        raise ExportError(f"{path}: towers.{tower} must be a mapping, got {type(rec).__name__}")
+    for key in ("file", "input", "output"):
+        if key not in rec:
+            raise ExportError(f"{path}: towers.{tower} lacks {key!r}")
+    for side in ("input", "output"):
+        for key in ("name", "shape", "dtype"):
+            if key not in rec[side]:
+                raise ExportError(f"{path}: towers.{tower}.{side} lacks {key!r}")
+
+
+def read_manifest(directory: PathLike) -> Manifest:
+    """The manifest of the export in ``directory``; ExportError naming the file and key when it is absent or malformed."""
+    path = Path(directory) / MANIFEST_NAME
+    if not Path(directory).is_dir():
+        raise ExportError(f"{directory}: no such export folder")
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; {directory} is not a complete qaclip_core ONNX export")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ExportError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(doc, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
+        raise ExportError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    for key, kind in _REQUIRED.items():
+        if key not in doc:
+            raise ExportError(f"{path}: missing key {key!r}")
+        if not isinstance(doc[key], kind) or isinstance(doc[key], bool):
+            raise ExportError(f"{path}: key {key!r} has type {type(doc[key]).__name__}")
+    for key in ("checkpoint_sha256", "checkpoint_file"):
+        doc.setdefault(key, None)
+    for tower in TOWERS:
+        if tower not in doc["towers"]:
+            raise ExportError(f"{path}: towers lacks {tower!r}")
+        _tower_ok(path, tower, doc["towers"][tower])
+    for name, rec in doc["files"].items():
+        if not isinstance(rec, Mapping) or not isinstance(rec.get("bytes"), int) or not isinstance(rec.get("sha256"), str):
+            raise ExportError(f"{path}: files.{name} must hold 'bytes' (int) and 'sha256' (hex)")
+        if Path(name).name != name:
+            raise ExportError(f"{path}: files.{name}: file names must not contain folders")
+    known = set(Manifest.__dataclass_fields__)
+    unknown = set(doc) - known
+    if unknown:
+        raise ExportError(f"{path}: unknown keys {sorted(unknown)}")
+    return Manifest(**doc)

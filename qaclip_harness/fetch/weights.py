@@ -1,0 +1,65 @@
+"""A model card's weights on disk, whatever their format: a reference ``.pt`` file, or a transformers folder.
+
+Each card names its backend in ``adapter``; the weights it needs are fetched here, before any
+model is loaded, so that loading and evaluation only ever see local paths. Transformers-format
+folders need ``transformers`` to be loaded at all, so its absence is reported before any download.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+from qaclip_core.errors import DownloadError
+from qaclip_core.pretrained import cache_root, fetch_checkpoint
+from qaclip_core.registry import ModelCard
+from qaclip_harness import optional
+from qaclip_harness.fetch.folders import FolderLayout, fetch_folder
+from qaclip_harness.fetch.urls import fetch_url
+
+PathLike = Union[str, Path]
+
+# Files of a transformers repo that loading needs (the weights are chosen by fetch.folders; the
+# OFA-Sys repos also hold the original .pt, which is not fetched for these cards).
+LAYOUTS: Dict[str, FolderLayout] = {
+    "chineseclip": FolderLayout(
+        family="ChineseCLIP",
+        config_files=("config.json", "preprocessor_config.json", "processor_config.json", "vocab.txt",
+                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"),
+        tokenizer_files=("vocab.txt", "tokenizer.json"),
+        manual_files=("config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
+                      "special_tokens_map.json)"),
+    ),
+    "altclip": FolderLayout(
+        family="AltCLIP",
+        config_files=("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+                      "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model"),
+        tokenizer_files=("tokenizer.json", "sentencepiece.bpe.model"),
+        manual_files=("config.json, preprocessor_config.json, the tokenizer files (tokenizer.json, tokenizer_config.json, "
+                      "special_tokens_map.json, sentencepiece.bpe.model)"),
+    ),
+}
+# the extra that installs transformers for each folder family, and the version it needs
+_TRANSFORMERS = {"chineseclip": ("ChineseCLIP", "chineseclip", optional.MIN_TRANSFORMERS),
+                 "altclip": ("AltCLIP", "altclip", optional.MIN_TRANSFORMERS)}
+
+
+def folder_complete(card_adapter: str, folder: PathLike) -> bool:
+    """Whether ``folder`` holds everything a transformers folder of this adapter needs (config, processor, tokenizer, weights)."""
+    return LAYOUTS[card_adapter].complete(folder)
+
+
+def fetch_weights(card: ModelCard, download_root: Optional[PathLike] = None, endpoint: Optional[str] = None) -> Path:
+    """Local path of ``card``'s weights (a file, or a folder for transformers-format models), fetched when absent.
+
+    ``endpoint`` overrides the Hub address for this call (the fixture's local hub).
+    """
+    if card.adapter in LAYOUTS:
+        family, extra, minimum = _TRANSFORMERS[card.adapter]
+        optional.import_transformers(family, f"pip install 'qaclip-core[{extra}]'", minimum, extra=extra)
+        return fetch_folder(card, LAYOUTS[card.adapter], download_root=download_root, endpoint=endpoint)
+    if card.adapter != "native":
+        raise DownloadError(f"model {card.name!r}: no way to fetch weights of adapter {card.adapter!r}")
+    if not card.hub_repo and card.url:  # a checkpoint published at a plain URL only
+        root = Path(download_root).expanduser() if download_root is not None else cache_root()
+        return fetch_url(card.url, root / card.filename, sha256=card.sha256)
+    return fetch_checkpoint(card, download_root=download_root, endpoint=endpoint)

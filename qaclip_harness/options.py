@@ -1,0 +1,101 @@
+"""Validation of user options, shared by the CLI (argparse types) and the suite (checked at configure time).
+
+Each check raises :class:`OptionError` with one line naming the option, the value and what was
+expected, before any model is built or any data is read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from qaclip_core.errors import QAClipError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class OptionError(QAClipError, ValueError):
+    """An option value that cannot work: ``str()`` is ``'<option> <value>: <detail>'``."""
+
+    def __init__(self, option: str, value: object, detail: str):
+        super().__init__(f"{option} {str(value)!r}: {detail}")
+        self.option, self.value, self.detail = option, value, detail
+
+
+def device(value: str, option: str = "--device") -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against the devices this machine has."""
+    import torch
+
+    text = str(value).strip().lower()
+    if text in ("auto", "cpu"):
+        return text
+    if text == "cuda" or text.startswith("cuda:"):
+        index = text[5:] if text.startswith("cuda:") else "0"
+        if not index.isdigit():
+            raise OptionError(option, value, "expected auto, cpu, cuda or cuda:N with N a GPU index")
+        if not torch.cuda.is_available():
+            raise OptionError(option, value, f"this machine has no CUDA device "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise OptionError(option, value, f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return text
+    raise OptionError(option, value, "expected auto, cpu, cuda or cuda:N")
+
+
+def precision(value: str, option: str = "--precision") -> str:
+    """One of fp32, fp16, bf16."""
+    if value not in PRECISIONS:
+        raise OptionError(option, value, f"expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def positive_int(value: Union[str, int], option: str) -> int:
+    """An integer of at least 1."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise OptionError(option, value, "expected a positive integer") from None
+    if n < 1:
+        raise OptionError(option, value, "expected a positive integer (at least 1)")
+    return n
+
+
+def folder(value: Optional[Union[str, Path]], option: str, must_exist: bool = False) -> Optional[Path]:
+    """A folder path: it may be absent (it is created when needed) unless ``must_exist``, but never a file."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, value, f"expected a folder, but {path} is a file")
+    if must_exist and not path.is_dir():
+        raise OptionError(option, value, f"the folder {path} does not exist")
+    return path
+
+
+def new_output_folder(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+    """A folder to write into: created now, so that a path that cannot be written fails before any work."""
+    path = folder(value, option)
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError(option, value, f"cannot create the folder {path} ({e.strerror or e})") from None
+    probe = path / f".qaclip-write-test-{id(path)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OptionError(option, value, f"the folder {path} is not writable ({e.strerror or e})") from None
+    return path
+
+
+def architecture(value: str, option: str = "--arch") -> str:
+    """``VISION@TEXT`` with both towers known."""
+    from qaclip_core.model.config import arch_config
+
+    try:
+        arch_config(value)
+    except (ValueError, KeyError) as e:
+        raise OptionError(option, value, str(e)) from None
+    return value

@@ -1,0 +1,100 @@
+"""Two reports side by side: per case and metric both values and their delta, and every provenance field that differs.
+
+``python -m qaclip_harness compare-reports A/report.json B/report.json`` answers "why do these runs
+disagree?" at a glance: a different data build, torch version, TF32 setting, precision or
+checkpoint shows up as a differing field beside the metric deltas.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
+
+from qaclip_core.errors import QAClipError
+
+# per-case fields compared besides the metrics (provenance keys are flattened with dots)
+CASE_FIELDS = ("status", "precision", "device", "checkpoint_sha256", "data_fingerprint", "gate")
+SKIP_PROVENANCE = ("folder", "label_file", "origin.unpacked")  # where a copy sits, when it was unpacked: not what it is
+
+
+def load_report(path: Union[str, Path]) -> dict:
+    """A report.json (or the folder holding one), checked for its shape."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise QAClipError(f"cannot read the report {path}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise QAClipError(f"{path} is not a qaclip report.json (it has no 'results' list)")
+    return doc
+
+
+def _flatten(value: object, prefix: str = "") -> Dict[str, object]:
+    if isinstance(value, dict):
+        out: Dict[str, object] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _cases(doc: dict) -> Dict[Tuple[str, str], dict]:
+    return {(r["dataset"], r["model"]): r for r in doc["results"]}
+
+
+def _case_fields(r: dict) -> Dict[str, object]:
+    fields = {k: r.get(k) for k in CASE_FIELDS}
+    prov = _flatten(r.get("provenance") or {}, "provenance")
+    fields.update({k: v for k, v in prov.items() if not any(k.endswith(s) for s in SKIP_PROVENANCE)
+                   and "fingerprint_parts" not in k})
+    return fields
+
+
+def compare(a: dict, b: dict) -> dict:
+    """The differences between reports ``a`` and ``b`` as data (what :func:`render` prints)."""
+    env = {k: (v, _flatten(b.get("environment") or {}).get(k))
+           for k, v in _flatten(a.get("environment") or {}).items()}
+    env.update({k: (None, v) for k, v in _flatten(b.get("environment") or {}).items() if k not in env})
+    meta = {k: (a.get("meta", {}).get(k), b.get("meta", {}).get(k))
+            for k in set(a.get("meta") or {}) | set(b.get("meta") or {}) if k != "time"}
+    ca, cb = _cases(a), _cases(b)
+    cases = []
+    for key in sorted(set(ca) | set(cb)):
+        ra, rb = ca.get(key), cb.get(key)
+        if ra is None or rb is None:
+            cases.append({"case": key, "only_in": "A" if rb is None else "B"})
+            continue
+        ma, mb = ra.get("measured") or {}, rb.get("measured") or {}
+        metrics = [(m, ma.get(m), mb.get(m)) for m in list(dict.fromkeys([*ma, *mb]))]
+        fa, fb = _case_fields(ra), _case_fields(rb)
+        fields = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+        cases.append({"case": key, "metrics": metrics, "fields": fields})
+    return {"environment": {k: v for k, v in env.items() if v[0] != v[1]},
+            "meta": {k: v for k, v in meta.items() if v[0] != v[1]}, "cases": cases}
+
+
+def render(diff: dict, a_name: str = "A", b_name: str = "B") -> str:
+    """Plain-text comparison: run-level differences, then per case the metric table and differing fields."""
+    lines: List[str] = [f"A = {a_name}", f"B = {b_name}", ""]
+    run = {**diff["meta"], **diff["environment"]}
+    lines.append("run settings that differ:" if run else "run settings: identical")
+    lines.extend(f"  {k}: {va!r} -> {vb!r}" for k, (va, vb) in sorted(run.items()))
+    for c in diff["cases"]:
+        dataset, model = c["case"]
+        lines.append("")
+        if "only_in" in c:
+            lines.append(f"{dataset} / {model}: only in {c['only_in']}")
+            continue
+        lines.append(f"{dataset} / {model}")
+        if c["metrics"]:
+            lines.append(f"  {'metric':<18}{'A':>10}{'B':>10}{'B - A':>9}")
+            for m, va, vb in c["metrics"]:
+                fa = f"{va:.2f}" if isinstance(va, (int, float)) else "-"
+                fb = f"{vb:.2f}" if isinstance(vb, (int, float)) else "-"
+                d = f"{vb - va:+.2f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else ""
+                lines.append(f"  {m:<18}{fa:>10}{fb:>10}{d:>9}")
+        for k, (va, vb) in c["fields"].items():
+            lines.append(f"  {k}: {va!r} -> {vb!r}")
+    return "\n".join(lines)

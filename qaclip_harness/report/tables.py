@@ -1,0 +1,243 @@
+"""Result tables: one per dataset, rows = models, columns = metrics, cells = measured and delta."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Union
+
+from qaclip_harness.expected import METRIC_ORDER, MetricCheck
+
+SHORT = {
+    "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5", "t2i_r10": "T2I R@10",
+    "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
+    "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
+    "top1": "Top-1", "top5": "Top-5",
+    "image_max_abs_diff": "img max|d|", "text_max_abs_diff": "txt max|d|",
+    "image_min_cosine": "img min cos", "text_min_cosine": "txt min cos",
+    "t2i_top5_violations": "T2I top-5 off", "i2t_top5_violations": "I2T top-5 off",
+}
+
+
+@dataclass
+class CaseResult:
+    """The outcome of one reproduction case."""
+
+    dataset: str
+    model: str
+    status: str  # passed, failed, skipped, error, reported (measured, shown, not gated)
+    kind: str = "retrieval"
+    precision: str = "fp32"
+    device: str = ""
+    reason: str = ""
+    checks: List[dict] = field(default_factory=list)  # MetricCheck as dicts, with delta/ok
+    measured: Dict[str, float] = field(default_factory=dict)
+    counts: Dict[str, int] = field(default_factory=dict)
+    seconds: Optional[float] = None
+    gate: Optional[str] = None  # the source the checks compare with
+    gate_reason: str = ""  # why that source (the data's build)
+    sources: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
+    checkpoint_sha256: Optional[str] = None
+    data_fingerprint: Optional[str] = None
+    provenance: Dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
+    backend: str = "pytorch"
+    variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
+
+    @classmethod
+    def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
+                    report_only: Optional[str] = None, **kw) -> "CaseResult":
+        """A passed/failed result from metric checks; ``reported`` (never failed) for a report-only case."""
+        rows = [dict(asdict(c), delta=c.delta, ok=c.ok) for c in checks]
+        if report_only is not None:
+            return cls(dataset=dataset, model=model, kind=kind, status="reported", checks=rows, reason=report_only, **kw)
+        provenance = kw.get("provenance") or {}
+        if provenance.get("comparable") is False:
+            check = provenance.get("split_check") or {}
+            why = f"evaluated with --evaluate-any-split: {check.get('cause') or 'not the published split'}"
+            return cls(dataset=dataset, model=model, kind=kind, status="not comparable", checks=rows, reason=why, **kw)
+        status = "passed" if all(r["ok"] for r in rows) else "failed"
+        return cls(dataset=dataset, model=model, kind=kind, status=status, checks=rows, **kw)
+
+
+def failure_table(checks: Iterable[MetricCheck]) -> str:
+    """Plain-text table of measured, expected, delta and tolerance for every metric."""
+    lines = [f"{'metric':<16}{'measured':>10}{'expected':>10}{'delta':>9}{'tol':>7}  "]
+    for c in checks:
+        mark = "ok" if c.ok else "FAIL"
+        lines.append(f"{c.metric:<16}{c.measured:>10.2f}{c.expected:>10.2f}{c.delta:>+9.2f}{c.tolerance:>7.2f}  {mark}")
+    return "\n".join(lines)
+
+
+def _columns(results: List[CaseResult]) -> List[str]:
+    kind = results[0].kind
+    seen = list(dict.fromkeys([r["metric"] for res in results for r in res.checks]
+                              or [m for res in results for m in res.measured]))  # first-seen order
+    order = METRIC_ORDER.get(kind, [])
+    return [m for m in order if m in seen] + [m for m in seen if m not in order]
+
+
+def _cell(res: CaseResult, metric: str) -> str:
+    for r in res.checks:
+        if r["metric"] == metric:
+            flag = "" if r["ok"] else "!"
+            if "cell" in r:  # a check that formats its own value (checkpoint gates)
+                return f"{r['cell']}{flag}"
+            spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
+            if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
+                return f"{r['measured']:{spec or '.1e'}}{flag}"
+            spec = spec or ".1f"
+            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
+    if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
+        return f"{res.measured[metric]:.1f}"
+    return ""
+
+
+def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
+    by_ds: Dict[str, List[CaseResult]] = {}
+    for r in results:
+        by_ds.setdefault(f"{r.dataset} [{r.variant}]" if r.variant else r.dataset, []).append(r)
+    return by_ds
+
+
+def _note(r: CaseResult) -> str:
+    # the table keeps the first clause of a skip reason; the full line is pytest's -rs output
+    if r.status == "skipped":
+        return f"skipped: {r.reason.split('; ')[0]}"
+    if r.status == "reported":
+        return f"reported, not gated: {r.reason.split('; ')[0]}"
+    if r.status == "not comparable":
+        return f"not comparable ({r.reason})"
+    return f"error: {r.reason}" if r.status == "error" else r.status
+
+
+def _short(metric: str) -> str:
+    return SHORT.get(metric, metric)
+
+
+def _other_sources(rows: List[CaseResult]) -> List[tuple]:
+    """(model, text): the delta against every source other than the gate, and why the gate is the gate."""
+    out = []
+    for r in rows:
+        others = {src: d for src, d in r.sources.items() if src != r.gate and d}
+        if not others and "the declared gate, measured on" not in r.gate_reason:
+            continue  # one source, measured on this very data: nothing to explain
+        parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
+        for src, deltas in sorted(others.items()):
+            parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))
+        out.append((r.model, "; ".join(parts)))
+    return out
+
+
+def _fmt_counts(counts: Dict[str, int]) -> str:
+    return ", ".join(f"{v:,} {k}" for k, v in counts.items() if isinstance(v, int))
+
+
+def _provenance_rows(rows: List[CaseResult]) -> List[List[str]]:
+    out = []
+    for r in rows:
+        p = r.provenance or {}
+        if not (r.checkpoint_sha256 or r.data_fingerprint):
+            continue
+        check = p.get("split_check") or {}
+        split = "" if not check else ("published size" if check.get("ok") else "NOT the published size")
+        label = p.get("label_file_sha256")
+        out.append([r.model, (r.checkpoint_sha256 or "")[:12], (r.data_fingerprint or "")[:12], str(p.get("build") or "unknown"),
+                    _fmt_counts(p.get("counts") or r.counts), split, str(p.get("batch_size", "")), r.precision,
+                    (label or "")[:12]])
+    return out
+
+
+def _details(rows: List[CaseResult]) -> List[tuple]:
+    """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
+    return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
+
+
+def render_text(results: List[CaseResult]) -> str:
+    """Terminal tables, one per dataset, like the seed README's result tables (and the combined grids)."""
+    from qaclip_harness.report.grid import render_grid_text, split_grids
+
+    grids, results = split_grids(results)
+    out = []
+    for ds, rows in _tables(results).items():
+        measured = [r for r in rows if r.checks or r.measured]
+        cols = _columns(measured) if measured else []
+        width = max(len(r.model) for r in rows) + 2
+        own = measured and all("cell" in r for res in measured for r in res.checks)  # checkpoint gates
+        legend = "measured" if own else "measured (measured - expected)"
+        out.append(f"{ds}  (cells: {legend}; ! = outside tolerance)")
+        out.append(f"{'model':<{width}}" + "".join(f"{SHORT.get(c, c):>15}" for c in cols) + "  status")
+        for r in rows:
+            cells = "".join(f"{_cell(r, c):>15}" for c in cols)
+            out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
+        out.extend(f"  {model}: {text}" for model, text in _details(rows))
+        out.extend(f"  {model}: {text}" for model, text in _other_sources(rows))
+        out.extend(f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
+                   for row in _provenance_rows(rows))
+        out.append("")
+    out.extend(render_grid_text(g) for g in grids)
+    return "\n".join(out)
+
+
+def render_markdown(results: List[CaseResult]) -> str:
+    """The same tables in Markdown."""
+    from qaclip_harness.report.grid import render_grid_markdown, split_grids
+
+    grids, results = split_grids(results)
+    out = ["# Reproduction report", ""]
+    for ds, rows in _tables(results).items():
+        measured = [r for r in rows if r.checks or r.measured]
+        cols = _columns(measured) if measured else []
+        out.append(f"## {ds}")
+        out.append("")
+        header = ["model", *(SHORT.get(c, c) for c in cols), "status"]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        for r in rows:
+            cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        out.append("")
+        notes = _details(rows) + _other_sources(rows)
+        out.extend(f"- {model}: {text}" for model, text in notes)
+        if notes:
+            out.append("")
+        prov = _provenance_rows(rows)
+        if prov:
+            header = ["model", "checkpoint sha256", "data fingerprint", "data build", "counts", "split", "batch",
+                      "precision", "label file sha256"]
+            out.append("Provenance (first 12 hex digits; full values in report.json):")
+            out.append("")
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
+            out.append("")
+    out.extend(render_grid_markdown(g) for g in grids)
+    out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
+    return "\n".join(out) + "\n"
+
+
+def _environment_lines(env: dict) -> List[str]:
+    git = env.get("git") or {}
+    num = env.get("numerics") or {}
+    return [
+        f"- qaclip_core {env.get('qaclip_core')}" + (f", commit {git.get('commit', '')[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if git else ""),
+        f"- torch {env.get('torch')}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}",
+        f"- device {env.get('device')} ({env.get('device_name')})",
+        f"- TF32 matmul {num.get('tf32_matmul')}, TF32 cuDNN {num.get('tf32_cudnn')}, deterministic {num.get('deterministic_algorithms')}",
+        f"- cn_clip {env.get('cn_clip')}, transformers {env.get('transformers')}",
+    ]
+
+
+def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None,
+                  environment: Optional[dict] = None) -> List[Path]:
+    """Write ``report.json`` and ``report.md`` to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    js = directory / "report.json"
+    md = directory / "report.md"
+    doc = {"meta": meta or {}, "environment": environment or {}, "results": [asdict(r) for r in results]}
+    js.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    text = render_markdown(results)
+    if environment:
+        text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
+    md.write_text(text, encoding="utf-8")
+    return [js, md]

@@ -1,0 +1,116 @@
+"""The suite's options: each flag with its environment-variable twin, validated once at configure time."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qaclip_core.pretrained import cache_root
+from qaclip_harness import options as opts
+from qaclip_harness.data.loader import resolve_workers
+
+OPTIONS = [
+    # (flag, env var, default, help)
+    ("--data-root", "QACLIP_DATA_ROOT", None, "Chinese-CLIP ${DATAPATH} (holding datasets/) or the datasets folder itself"),
+    ("--checkpoint-dir", "QACLIP_CHECKPOINT_DIR", None, "where checkpoints are looked for and downloaded (default: ~/.cache/qaclip)"),
+    ("--device", "QACLIP_DEVICE", "auto", "cpu, cuda, cuda:N or auto (CUDA when available)"),
+    ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
+    ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
+    ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
+    ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+    ("--lock-file", "QACLIP_LOCK_FILE", None,
+     "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
+    ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
+    ("--golden-dir", "QACLIP_GOLDEN_DIR", None, "folder of golden probe features for the golden-<model> cases"),
+]
+
+FLAGS = [
+    # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
+    ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN, label_cn.txt and ELEVATER_all.zip (the ELEVATER datasets) when missing"),
+    ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
+    ("--require-data", "QACLIP_REQUIRE_DATA",
+     "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),
+    ("--evaluate-any-split", "QACLIP_EVALUATE_ANY_SPLIT",
+     "evaluate data whose size is not the published split's anyway; the result is marked not comparable"),
+    ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
+    ("--cpu-peer-throughput", "QACLIP_CPU_PEER_THROUGHPUT",
+     "also run the CPU throughput twins of the real architectures from other backends (transformers, ONNX Runtime)"),
+    ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
+     "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
+    ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),
+]
+
+# (marker, option, what): CPU throughput groups that run only when asked for (always on CUDA)
+CPU_OPT_IN = [
+    ("large_model", "--cpu-large-throughput",
+     "of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP; minutes each on a CPU)"),
+    ("peer_backend", "--cpu-peer-throughput",
+     "of the transformers and ONNX Runtime twins of the real architectures (conversion or export first)"),
+]
+BACKEND_CHOICES = ("pytorch", "onnx")
+
+
+def env_flag(name: str) -> bool:
+    """Whether the variable ``name`` is set to something other than empty, 0, false or no."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def add_options(parser: Any) -> None:
+    """Register every option and flag on pytest's parser, defaulting to its environment variable."""
+    group = parser.getgroup("qaclip", "QA-CLIP reproduction suite")
+    for flag, env, default, help_text in OPTIONS:
+        group.addoption(flag, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
+    for flag, env, help_text in FLAGS:
+        group.addoption(flag, action="store_true", default=env_flag(env), help=f"{help_text} [env {env}=1]")
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    """The suite's options, validated once at configure time."""
+
+    data_root: Path
+    checkpoint_dir: Path
+    device: str
+    precision: str
+    batch_size: int
+    num_workers: int
+    download: bool
+    compile: bool
+    require_data: bool
+    report: Optional[Path]
+    lock_file: Optional[Path]
+    verify: bool
+    evaluate_any_split: bool
+    backend: str = "pytorch"
+
+
+def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False) -> SuiteOptions:
+    """Every suite option checked (``OptionError`` with the option and value), before any case runs.
+
+    ``get`` reads one option by its flag (pytest's ``config.getoption``).
+    """
+    workers = str(get("--num-workers"))
+    try:
+        num_workers = resolve_workers(workers, worker_count)
+    except ValueError as e:
+        raise opts.OptionError("--num-workers", workers, str(e).split(", got ")[0]) from None
+    backend = get("--backend")
+    if backend not in BACKEND_CHOICES:
+        raise opts.OptionError("--backend", backend, f"expected one of {', '.join(BACKEND_CHOICES)}")
+    return SuiteOptions(
+        data_root=opts.folder(get("--data-root"), "--data-root") or cache_root() / "data",
+        checkpoint_dir=opts.folder(get("--checkpoint-dir"), "--checkpoint-dir") or cache_root() / "checkpoints",
+        device=opts.device(get("--device")),
+        precision=opts.precision(get("--precision")),
+        batch_size=opts.positive_int(get("--batch-size"), "--batch-size"),
+        num_workers=num_workers,
+        download=bool(get("--download")),
+        compile=bool(get("--compile")),
+        require_data=bool(get("--require-data")),
+        report=opts.new_output_folder(get("--report"), "--report") if not is_worker else None,
+        lock_file=Path(get("--lock-file")).expanduser().resolve() if get("--lock-file") else None,
+        verify=bool(get("--verify")),
+        evaluate_any_split=bool(get("--evaluate-any-split")),
+        backend=backend,
+    )

@@ -1,0 +1,73 @@
+"""What a finished case leaves behind: its failure message, its JUnit properties, its report fields."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from qaclip_harness.expected import ExpectedCase
+from qaclip_harness.report.tables import CaseResult, failure_table
+
+
+def case_provenance(data: dict) -> dict:
+    """The data provenance a report keeps per case (the folder and fingerprint parts included)."""
+    return {k: v for k, v in data.items() if k != "data_fingerprint"}
+
+
+def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: str) -> str:
+    """Why a case failed: the table against the gate, the data it ran on, and the sources it does match."""
+    lines = [f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
+             failure_table(checks)]
+    prov = result.provenance or {}
+    lines.append(f"data: {prov.get('folder')} (fingerprint {str(result.data_fingerprint)[:16]}..., build "
+                 f"{prov.get('build') or 'unknown'}, {', '.join(f'{v:,} {k}' for k, v in (prov.get('counts') or {}).items())})")
+    matching = []
+    for src, deltas in result.sources.items():
+        if src == result.gate or not deltas:
+            continue
+        worst = max(abs(d["delta"]) for d in deltas.values())
+        tol = min(c.tolerance for c in checks) if checks else 0.0
+        if worst <= tol + 1e-9:
+            build = case.sources[src].build
+            matching.append(f"{src} (measured on build {build or 'unstated'}; largest |delta| {worst:.2f})")
+    if matching:
+        lines.append("within tolerance of another source: " + "; ".join(matching)
+                     + ": the data may be that source's build, or the model matches that measurement")
+    return "\n".join(lines)
+
+
+def junit_properties(result: CaseResult) -> List[tuple]:
+    """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
+    props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
+    if result.reason:
+        props.append(("qaclip.reason", result.reason))
+    for name in ("gate", "checkpoint_sha256", "data_fingerprint"):
+        if getattr(result, name):
+            props.append((f"qaclip.{name}", getattr(result, name)))
+    for c in result.checks:
+        for field in ("measured", "expected", "delta", "tolerance"):
+            if c.get(field) is not None:  # checkpoint gates hold some rows against nothing published
+                props.append((f"{c['metric']}.{field}", round(float(c[field]), 4) + 0.0))  # + 0.0: no "-0.0"
+    return props
+
+
+def report_reason(reason: Optional[str], encoder) -> Optional[str]:
+    """A report-only case's reason, with the preprocessing steps its encoder does differently (if it lists them)."""
+    differences = getattr(encoder, "differences", None)
+    if reason is None or not differences:
+        return reason
+    return f"{reason}; differs from the reference protocol in: " + "; ".join(differences)
+
+
+def skip_reason(report) -> str:
+    """The one-line reason of a skipped test report."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ").splitlines()[0] if text else "skipped"
+
+
+def error_reason(call) -> str:
+    """``Type: first line`` of the exception a test call raised."""
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if exc is None:
+        return "error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()

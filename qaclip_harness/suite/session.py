@@ -1,0 +1,248 @@
+"""One pytest run's shared state: resolved options, data and checkpoints, the loaded model, the results."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from qaclip_core.errors import DownloadError
+from qaclip_core.registry import ModelCard, get_card
+from qaclip_harness.data.catalog import DatasetCard, DatasetMissingError, get_dataset
+from qaclip_harness.errors import MissingDependencyError, UnsupportedError
+from qaclip_harness.expected import ExpectedCase
+from qaclip_harness.fetch.datasets import resolve_dataset
+from qaclip_harness.report.tables import CaseResult
+from qaclip_harness.suite.options import SuiteOptions
+from qaclip_harness.suite.results import case_provenance, failure_message, junit_properties, report_reason
+from qaclip_harness.suite.terminal import terminal_progress
+
+# Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
+# (a bug, a corrupt file, a broken import inside the package) is an error.
+SKIPPABLE = (DatasetMissingError, DownloadError, MissingDependencyError, UnsupportedError)
+
+
+class Suite:
+    """Everything one pytest run shares between reproduction cases."""
+
+    def __init__(self, config: pytest.Config, options: SuiteOptions, results: Dict[str, CaseResult]):
+        o = options
+        self.options = o
+        self.data_root = o.data_root
+        self.checkpoint_dir = o.checkpoint_dir
+        self.device = worker_device(config, o.device)
+        self.precision = o.precision
+        self.batch_size = o.batch_size
+        self.num_workers = o.num_workers
+        self.download = o.download
+        self.compile = o.compile
+        self.backend = o.backend
+        self.results = results
+        self.progress = terminal_progress(config)
+        self._encoder_key: Optional[tuple] = None
+        self._encoder = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
+        self._fixture_root: Optional[Path] = None
+        self._local_hub = None
+        self._hf_served = False
+        self._digests: Dict[str, str] = {}
+
+    # -- data -------------------------------------------------------------------------------
+    def data_root_for(self, card: DatasetCard) -> Path:
+        """The data root holding ``card``: generated into a temporary root for fixture datasets."""
+        if not card.generator:
+            return self.data_root
+        if self._fixture_root is None:
+            from qaclip_harness.fixture.shapes import write_shapes_dataset
+
+            root = self._tmp / "fixture-data"
+            write_shapes_dataset(root)
+            self._fixture_root = root
+        return self._fixture_root
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_for(self, card: ModelCard) -> Path:
+        """Local path of ``card``'s checkpoint, fetched through the hub code when absent."""
+        from qaclip_harness.fetch.weights import fetch_weights
+
+        if card.test_only:
+            return self._fixture_checkpoint(card)
+        return fetch_weights(card, download_root=self.checkpoint_dir)
+
+    def _fixture_checkpoint(self, card: ModelCard) -> Path:
+        from qaclip_harness.fetch.weights import fetch_weights
+        from qaclip_harness.fixture import CHECKPOINT
+        from qaclip_core.pretrained import is_offline, verify_file
+
+        if is_offline():
+            # Offline (an air-gapped runner): the fixture ships inside the package, so it is read
+            # from there, checked against its card's sha256; no server is started.
+            native = get_card("fixture-tiny")
+            verify_file(CHECKPOINT, native.sha256, f"the packaged fixture checkpoint of {native.name}", sidecar=False)
+            if card.adapter == "native":
+                return CHECKPOINT
+            return self._fixture_converted(card)
+        # Online, the fixture travels the real path: served over HTTP on 127.0.0.1, downloaded
+        # into a fresh folder, checksummed, then loaded.
+        hub = self._fixture_hub() if card.adapter == "native" else self._fixture_hub_with_copies()
+        return fetch_weights(card, download_root=self._tmp / "fixture-checkpoints", endpoint=hub.endpoint)
+
+    def _fixture_converted(self, card: ModelCard) -> Path:
+        """The transformers-format copy of the fixture, converted into this run's folder (offline runs)."""
+        from qaclip_harness.backends import backend
+
+        backend(card.adapter).import_transformers()  # a missing transformers skips, naming the extra
+        folder = self._tmp / "fixture-converted" / card.hub_repo
+        if not folder.is_dir():
+            from qaclip_harness.fixture.hf import write_converted
+
+            write_converted(self._tmp / "fixture-converted")
+        return folder
+
+    def _fixture_hub(self):
+        if self._local_hub is None:
+            from qaclip_harness.fixture import CHECKPOINT
+            from qaclip_harness.fetch.local_hub import serve_directory
+
+            card = get_card("fixture-tiny")
+            served = self._tmp / "hub"
+            (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
+            self._local_hub = serve_directory(served)
+        return self._local_hub
+
+    def _fixture_hub_with_copies(self):
+        """The fixture's hub, also serving its transformers-format copy (converted once, when first asked for)."""
+        hub = self._fixture_hub()
+        if not self._hf_served:
+            from qaclip_harness.fixture.hf import write_converted
+
+            write_converted(self._tmp / "hub")  # seconds (transformers' import): only for runs that need it
+            self._hf_served = True
+        return hub
+
+    def encoder_for(self, card: ModelCard, backend: Optional[str] = None):
+        """The encoder of ``card`` on ``backend`` (default: --backend); the previous one is released so only one model is in memory."""
+        from qaclip_harness.backends import load_encoder
+
+        backend = backend or self.backend
+        key = (card.name, self.device, self.precision, self.compile, backend)
+        if key != self._encoder_key:
+            self._encoder = None
+            self._encoder_key = None
+            path = self.checkpoint_for(card)
+            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile,
+                                         backend_name=None if backend == "pytorch" else backend)
+            self._encoder_key = key
+        return self._encoder
+
+    def skip_unless_met(self, item: pytest.Item, case: ExpectedCase) -> None:
+        """Skip (recorded) a case published for other settings than this run's (e.g. ONNX in fp16)."""
+        unmet = case.unmet({"backend": self.backend, "precision": self.precision})
+        if unmet:
+            reason = f"published for {case.variant}; run with {' '.join(unmet)}"
+            self.record(item, CaseResult(status="skipped", reason=reason, **self._base(case)))
+            pytest.skip(reason)
+
+    # -- one case ---------------------------------------------------------------------------
+    def skip_or_fail(self, item: pytest.Item, case: ExpectedCase, reason: str) -> None:
+        """Skip for a missing prerequisite; with ``--require-data`` that is a failure instead."""
+        if self.options.require_data:
+            self.record(item, CaseResult(status="error", reason=f"required but missing: {reason}", **self._base(case)))
+            pytest.fail(f"{case.id}: --require-data is set and {reason}", pytrace=False)
+        self.record(item, CaseResult(status="skipped", reason=reason, **self._base(case)))
+        pytest.skip(reason)
+
+    def _base(self, case: ExpectedCase) -> dict:
+        return dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision,
+                    backend=self.backend, variant=case.variant)
+
+    def record(self, item: pytest.Item, result: CaseResult) -> CaseResult:
+        """Keep ``result`` for the report and, for JUnit XML, as properties of ``item``."""
+        self.results[item.nodeid] = result
+        item.user_properties.extend(junit_properties(result))
+        return result
+
+    def checkpoint_digest(self, card: ModelCard) -> Optional[str]:
+        """sha256 of the card's weights (a pinned card's own value: its file was verified against it)."""
+        from qaclip_harness.fetch.digests import sha256_of
+
+        if card.name not in self._digests:
+            self._digests[card.name] = card.sha256 or sha256_of(self.checkpoint_for(card))
+        return self._digests[card.name]
+
+    def run_case(self, case: ExpectedCase, item: pytest.Item) -> CaseResult:
+        """Evaluate ``case``; skip (with a one-line reason) when data or weights are missing."""
+        from qaclip_harness.data.splits import SplitMismatchError
+        from qaclip_harness.eval.runner import evaluate_card
+
+        ds = get_dataset(case.dataset)
+        model_card = get_card(case.model)
+        root = self.data_root_for(ds)
+        self.skip_unless_met(item, case)
+        try:
+            data = resolve_dataset(ds, root, download=self.download)  # fetched first: evaluation never downloads
+            encoder = self.encoder_for(model_card)
+        except SKIPPABLE as e:
+            self.skip_or_fail(item, case, str(e).splitlines()[0])
+        start = time.perf_counter()
+        try:
+            out = evaluate_card(encoder, data, batch_size=self.batch_size, num_workers=self.num_workers,
+                                progress=self.progress,
+                                split_policy="warn" if self.options.evaluate_any_split else "strict")
+        except SplitMismatchError as e:  # wrong data: stopped before any encoding, nothing to compare
+            self.record(item, CaseResult(status="error", reason=str(e), counts=e.check.found, **self._base(case),
+                                         provenance={"split_check": e.check.as_dict()}))
+            pytest.fail(f"{case.id}: {e}", pytrace=False)
+        decision = case.gate_for(out.provenance.get("build"))
+        checks = case.check(out.metrics, self.precision, decision)
+        result = self.record(item, CaseResult.from_checks(
+            device=str(encoder.device), measured=out.metrics, counts=out.counts,
+            seconds=round(time.perf_counter() - start, 2), checks=checks,
+            report_only=report_reason(case.report_only, encoder), gate=decision.source, gate_reason=decision.reason,
+            sources=case.source_deltas(out.metrics), checkpoint_sha256=self.checkpoint_digest(model_card),
+            data_fingerprint=out.provenance.get("data_fingerprint"), provenance=case_provenance(out.provenance),
+            **self._base(case),
+        ))
+        if result.status == "failed":
+            pytest.fail(failure_message(case, result, checks, self.precision), pytrace=False)
+        return result
+
+    def close(self) -> None:
+        """Stop the local hub and remove temporary files."""
+        if self._local_hub is not None:
+            self._local_hub.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def worker_device(config: pytest.Config, device: str) -> str:
+    """Under pytest-xdist, worker gwN takes GPU N modulo the GPU count."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
+
+
+def resolved_device(device: str) -> str:
+    """``auto`` made concrete: cuda where there is one, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def runs_on_cuda(device: str) -> bool:
+    """Whether cases of this run execute on a CUDA device."""
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()

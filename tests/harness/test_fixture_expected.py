@@ -1,0 +1,48 @@
+"""The fixture's expected numbers are re-derived from the reference pipeline, so a hand edit cannot pass CI."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / "tools" / "fixture_expected.py"
+FILES = ("fixture-shapes.yaml", "fixture-shapes-cls.yaml")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("fixture_expected_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_expected_files_agree_with_the_reference_pipeline():
+    """tools/fixture_expected.py --check recomputes every gated number with cn_clip and compares."""
+    out = subprocess.run([sys.executable, str(TOOL), "--check"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "agree with the reference pipeline" in out.stdout
+
+
+def test_check_names_every_hand_edit(tmp_path):
+    """The comparison sees a changed value, tolerance or digest (documents from disk stand in for recomputed ones)."""
+    tool = _tool()
+    computed = {name: yaml.safe_load((REPO / "expected" / name).read_text(encoding="utf-8")) for name in FILES}
+    for name in FILES:
+        (tmp_path / name).write_text((REPO / "expected" / name).read_text(encoding="utf-8"), encoding="utf-8")
+    assert tool.compare_documents(computed, tmp_path) == []
+
+    edited = yaml.safe_load((tmp_path / FILES[0]).read_text(encoding="utf-8"))
+    entry = edited["models"]["fixture-tiny"]
+    entry[entry["gate"]]["t2i_r1"] += 0.1
+    edited["tolerance"]["fp32"]["i2t"]["abs"] = 5.0
+    edited["data"]["test_digest"] = "0" * 64
+    (tmp_path / FILES[0]).write_text(yaml.safe_dump(edited), encoding="utf-8")
+    problems = "\n".join(tool.compare_documents(computed, tmp_path))
+    assert "t2i_r1" in problems and "tolerance.fp32.i2t" in problems and "data.test_digest" in problems
+
+    (tmp_path / FILES[1]).unlink()
+    assert any("missing" in p for p in tool.compare_documents(computed, tmp_path))
