@@ -33,7 +33,9 @@ def run(tmp_path_factory) -> Path:
     """One fixture run of the suite with --report and --benchmark-json (offline, as on an air-gapped runner)."""
     out_dir = tmp_path_factory.mktemp("run") / "report"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
-    env.update(HF_HUB_OFFLINE="1", QACLIP_CACHE=str(out_dir.parent / "cache"))
+    # a first run on a fresh runner: the history folder does not exist yet; the job summary is a file
+    env.update(HF_HUB_OFFLINE="1", QACLIP_CACHE=str(out_dir.parent / "cache"), QACLIP_HISTORY=str(out_dir.parent / "history"),
+               GITHUB_STEP_SUMMARY=str(out_dir.parent / "summary.md"))
     out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "-k", SELECTION,
                           "--report", str(out_dir), "--benchmark-json", str(out_dir / "benchmark.json"),
                           "--benchmark-max-time=0.05", "--benchmark-min-rounds=3", "--benchmark-warmup=off"],
@@ -219,3 +221,11 @@ def test_renders_in_headless_chromium_without_errors_or_network(run, tmp_path):
     assert len(dom.find_all("svg")) == len(source.find_all("svg")) > 0  # every figure parsed into the page
     assert len(dom.find_all("details", cls="case-details")) == len(_doc(run)["results"])
     check_numbers(dom, _doc(run))  # the numbers as the browser's DOM holds them
+
+
+def test_the_job_summary_gets_the_report_and_what_moved(run):
+    """--history (here QACLIP_HISTORY, a folder not made yet: the first run) adds history.md to the job summary."""
+    summary = (run.parent / "summary.md").read_text(encoding="utf-8")
+    assert summary.startswith("# Reproduction report") and "## What moved since the last run" in summary
+    assert "one run (report" in (run / "history.md").read_text(encoding="utf-8")
+    assert "nothing to compare with yet" in parse((run / "report.html").read_text(encoding="utf-8")).by_id("history").text
