@@ -20,6 +20,7 @@ from qaclip_harness.files import atomic_write_text
 from qaclip_harness.report import plots
 from qaclip_harness.report.diff import load_report
 from qaclip_harness.report.grid import LEGEND as GRID_LEGEND
+from qaclip_harness.report.grid import _model_order
 from qaclip_harness.report.grid import cell as grid_cell
 from qaclip_harness.report.grid import notes as grid_notes
 from qaclip_harness.report.grid import split_grids
@@ -158,7 +159,7 @@ def _grid_section(grid, missing: Optional[str]) -> str:
     by_key = {(r.model, r.dataset): r for r in grid.results}
     present = {r.dataset for r in grid.results}
     columns = [(n, d) for n, d in grid.columns if n in present]
-    models = list(dict.fromkeys(r.model for r in grid.results))
+    models = _model_order([r.model for r in grid.results])  # the registry's order, as report.md has it
     body = []
     for m in models:
         cells = [f'<td class="l">{escape(m)}</td>']

@@ -229,3 +229,34 @@ def test_the_job_summary_gets_the_report_and_what_moved(run):
     assert summary.startswith("# Reproduction report") and "## What moved since the last run" in summary
     assert "one run (report" in (run / "history.md").read_text(encoding="utf-8")
     assert "nothing to compare with yet" in parse((run / "report.html").read_text(encoding="utf-8")).by_id("history").text
+
+
+def test_elevater_datasets_share_one_grid_with_their_numbers():
+    """The ten ELEVATER datasets are one Results.md-style grid (rows models, columns datasets), numbers read back."""
+    from dataclasses import asdict
+
+    from qaclip_harness.report.tables import CaseResult
+
+    results = []
+    for dataset, delta in (("cifar-10", 0.3), ("cifar100", -0.9), ("dtd", 0.1)):
+        for model in ("cn-clip-rn50", "qa-clip-rn50"):
+            check = dict(metric="top1", measured=70.0 + delta, expected=70.0, tolerance=0.5, delta=delta, ok=abs(delta) <= 0.5)
+            results.append(CaseResult(dataset=dataset, model=model, kind="zeroshot", checks=[check],
+                                      status="passed" if check["ok"] else "failed"))
+    results.append(CaseResult(dataset="mnist", model="qa-clip-rn50", kind="zeroshot", status="skipped", reason="MNIST not found"))
+    doc = {"results": [asdict(r) for r in results]}
+    page = parse(render_html(doc))
+    (grid,) = page.find_all("section", cls="grid")
+    assert [th.text for th in grid.find_all("th")] == ["model", "CIFAR-10", "CIFAR-100", "DTD", "MNIST"]
+    for r in doc["results"]:
+        (cell,) = grid.find_all("td", cls="case", data_dataset=r["dataset"], data_model=r["model"])
+        assert cell.attrs["data-status"] == r["status"]
+        if r["checks"]:
+            c = r["checks"][0]
+            assert json.loads(cell.attrs["data-measured"]) == c["measured"]
+            assert cell.text == f"{c['measured']:.1f} ({c['delta']:+.1f})" + ("" if c["ok"] else "!")
+            assert ("out" in cell.classes) == (not c["ok"])
+        else:
+            assert cell.text == "skipped"
+    assert "skipped (1): MNIST not found" in grid.text and grid.find_all("svg")
+    assert len(page.find_all("details", cls="case-details")) == len(results)
