@@ -126,6 +126,7 @@ def test_json_lists_every_moved_number(store, capsys):
 
 
 def test_the_page_draws_every_number_over_the_runs(store, tmp_path):
+    pytest.importorskip("matplotlib", reason="the report extra is not installed: pip install 'qaclip-core[report]'")
     current = store.parent / "current"
     assert main(["history", str(store), str(current), "--html", str(tmp_path / "page.html")]) == 0
     page = parse((tmp_path / "page.html").read_text(encoding="utf-8"))

@@ -70,6 +70,7 @@ def _qaclip(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.large
 def test_history_over_three_fixture_runs_names_the_deliberate_change(tmp_path):
+    pytest.importorskip("matplotlib", reason="the report extra is not installed: pip install 'qaclip-core[report]'")
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "perturb.py").write_text(PERTURB, encoding="utf-8")
     data = tmp_path / "data"
