@@ -26,6 +26,7 @@ ACCURACY = ("retrieval", "zeroshot")
 SELECTION = ("fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny or (test_checkpoint_gate and parity-fixture-tiny) "
              "or golden-fixture-tiny or (test_encode_text and fixture-fp32-b1- and (qaclip_core or cn_clip) and not compile)")
 RED = "#c62828"
+BASELINE = REPO / "benchmarks" / "results" / "cpu-2core-fp32.json"  # holds the same fixture records: the compared run
 
 
 def _needs_plots() -> None:
@@ -42,6 +43,7 @@ def run(tmp_path_factory) -> Path:
                GITHUB_STEP_SUMMARY=str(out_dir.parent / "summary.md"))
     out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "-k", SELECTION,
                           "--report", str(out_dir), "--benchmark-json", str(out_dir / "benchmark.json"),
+                          f"--benchmark-compare={BASELINE}",
                           "--benchmark-max-time=0.05", "--benchmark-min-rounds=3", "--benchmark-warmup=off"],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
@@ -127,7 +129,7 @@ def test_every_case_is_present_once_with_its_provenance_and_skip_reason(run):
     assert doc["environment"]["torch"] in env and doc["environment"]["git"]["commit"] in env
 
 
-def test_the_run_s_throughput_is_in_the_page(run):
+def test_the_run_s_throughput_and_its_baseline_are_in_the_page(run):
     bench = json.loads((run / "benchmark.json").read_text(encoding="utf-8"))
     page = parse((run / "report.html").read_text(encoding="utf-8"))
     recs = records(bench)
@@ -137,6 +139,11 @@ def test_the_run_s_throughput_is_in_the_page(run):
         assert json.loads(row.attrs["data-per-s"]) == rec.per_s
     ours = page.find_all("tr", cls="bench", data_impl="qaclip_core")[0]
     assert "cn_clip " in ours.text and "x" in ours.text  # the ratio over the reference
+    # --benchmark-compare: each record against the baseline file's record of the same test
+    base = {r.fullname: r.per_s for r in records(json.loads(BASELINE.read_text(encoding="utf-8")))}
+    for rec in recs:
+        (row,) = page.find_all("tr", cls="bench", data_group=rec.group, data_impl=rec.impl)
+        assert json.loads(row.attrs["data-baseline"]) == base[rec.fullname]
 
 
 def test_the_page_has_its_plots_and_needs_nothing_from_outside(run):
