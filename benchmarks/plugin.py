@@ -20,12 +20,14 @@ from qaclip_harness.report.tables import CaseResult, render_text, write_reports
 from qaclip_harness.suite.cases import all_expected, case_of, expected_dir, report_identity
 from qaclip_harness.suite.options import CPU_OPT_IN, SuiteOptions, add_options, validated_options
 from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
+from qaclip_harness.suite.reports import write_html_and_history
 from qaclip_harness.suite.session import Suite, resolved_device, runs_on_cuda
 
 _SUITE_KEY = pytest.StashKey[Suite]()
 _OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
 _RESULTS_KEY = pytest.StashKey[Dict[str, CaseResult]]()
 _LEFT_OUT_KEY = pytest.StashKey[List[tuple]]()  # (marker, count) of the CPU throughput groups left out
+_BENCH_KEY = pytest.StashKey[Dict[str, dict]]()  # pytest-benchmark's JSON of this run ("run") and the compared one ("baseline")
 _WORKER_OUTPUT = "qaclip_results"
 
 
@@ -37,6 +39,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.stash[_RESULTS_KEY] = {}
     config.stash[_LEFT_OUT_KEY] = []
+    config.stash[_BENCH_KEY] = {}
     try:
         worker = getattr(config, "workerinput", None)
         config.stash[_OPTIONS_KEY] = o = validated_options(
@@ -72,6 +75,16 @@ def pytest_testnodedown(node, error):
     data = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
     if data:
         node.config.stash[_RESULTS_KEY].update({k: CaseResult(**r) for k, r in json.loads(data).items()})
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hooks: report.html shows the run's throughput
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    config.stash[_BENCH_KEY]["run"] = output_json
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    config.stash[_BENCH_KEY]["baseline"] = compared_benchmark  # the last compared file, as --benchmark-compare-fail uses
 
 
 @pytest.fixture(scope="session")
@@ -151,15 +164,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "batch_size": options.batch_size, "evaluate_any_split": options.evaluate_any_split}
         paths = write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))
+        bench = config.stash.get(_BENCH_KEY, {})
+        paths += write_html_and_history(options.report, bench.get("run"), bench.get("baseline"), options.history,
+                                        lambda line: terminalreporter.write_line(line, red=True))
         for path in paths:
             terminalreporter.write_line(f"report written to {path}")
         _append_step_summary(paths[1])
+        if len(paths) > 3:
+            _append_step_summary(paths[3])  # history.md: what moved since the last kept run
+    elif options is not None and options.history is not None:
+        terminalreporter.write_line("qaclip: --history is used only with --report (it draws into report.html): ignored",
+                                    yellow=True)
 
 
 def _append_step_summary(markdown: Path) -> None:
-    """On GitHub Actions, add report.md to the job's summary page."""
+    """On GitHub Actions, add a Markdown file (report.md, history.md) to the job's summary page."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
-    if target:
+    if target and markdown.is_file():
         with open(target, "a", encoding="utf-8") as f:
             f.write(markdown.read_text(encoding="utf-8") + "\n")
 

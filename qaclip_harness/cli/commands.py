@@ -102,6 +102,23 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("a", type=Path, help="report.json (or its folder) of the first run")
     cmp.add_argument("b", type=Path, help="report.json (or its folder) of the second run")
     cmp.add_argument("--json", action="store_true", help="print the differences as one JSON object")
+    hist = sub.add_parser("history", help="every number over earlier runs: what moved since the run before, by how much "
+                          "of its tolerance; which queries changed rank")
+    hist.add_argument("runs", nargs="+", type=Path, metavar="DIR",
+                      help="run folders (report.json, pytest-benchmark *.json, predictions/<case>/) or folders of runs "
+                           "(qaclip keep-run); in this order, a folder's runs oldest first; the last run is the current one")
+    hist.add_argument("--html", type=Path, metavar="FILE",
+                      help="write the current run's report with the history of every number drawn (e.g. reports/report.html)")
+    hist.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table as Markdown (for a job summary)")
+    hist.add_argument("--json", action="store_true", help="print every moved number as one JSON object")
+    hist.add_argument("--limit", type=_checked(options.positive_int, "--limit"), default=25,
+                      help="rows per section in the printed and Markdown tables (default 25)")
+    keep = sub.add_parser("keep-run", help="copy a run folder into a history folder (whole or not at all)")
+    keep.add_argument("run", type=Path, help="the run folder (the suite's --report folder)")
+    keep.add_argument("store", type=Path, help="the history folder (created when missing)")
+    keep.add_argument("--name", required=True, help="the run's name, e.g. the commit; the folder is <time>-<name>")
+    keep.add_argument("--keep-last", type=_checked(options.positive_int, "--keep-last"), default=None,
+                      help="then remove all but the newest N runs of the folder")
     from qaclip_harness.cli.export_onnx import add_export_parser
 
     add_export_parser(sub)
@@ -250,6 +267,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.command == "calibrate":
         return _calibrate(args)
+    if args.command in ("history", "keep-run"):
+        from qaclip_harness.cli.history import run_history, run_keep
+
+        return run_history(args) if args.command == "history" else run_keep(args)
     if args.command == "models":
         from qaclip_core.registry import all_cards, available_models
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
+from qaclip_harness.files import atomic_write_text
 
 SHORT = {
     "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5", "t2i_r10": "T2I R@10",
@@ -229,15 +230,15 @@ def _environment_lines(env: dict) -> List[str]:
 
 def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None,
                   environment: Optional[dict] = None) -> List[Path]:
-    """Write ``report.json`` and ``report.md`` to ``directory``."""
+    """Write ``report.json`` and ``report.md`` to ``directory`` (each atomically; report.html: :mod:`.html`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     js = directory / "report.json"
     md = directory / "report.md"
     doc = {"meta": meta or {}, "environment": environment or {}, "results": [asdict(r) for r in results]}
-    js.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    atomic_write_text(js, json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     text = render_markdown(results)
     if environment:
         text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
-    md.write_text(text, encoding="utf-8")
+    atomic_write_text(md, text)
     return [js, md]

@@ -18,7 +18,10 @@ OPTIONS = [
     ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
-    ("--report", "QACLIP_REPORT", None, "folder for report.json and report.md"),
+    ("--report", "QACLIP_REPORT", None, "folder for report.json, report.md and report.html"),
+    ("--history", "QACLIP_HISTORY", None,
+     "folder of earlier runs (qaclip keep-run): report.html draws every number over them, and what moved since the "
+     "last one goes to the job summary and history.md (needs --report)"),
     ("--lock-file", "QACLIP_LOCK_FILE", None,
      "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
     ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
@@ -83,6 +86,7 @@ class SuiteOptions:
     verify: bool
     evaluate_any_split: bool
     backend: str = "pytorch"
+    history: Optional[Path] = None
 
 
 def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False) -> SuiteOptions:
@@ -113,4 +117,5 @@ def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worke
         verify=bool(get("--verify")),
         evaluate_any_split=bool(get("--evaluate-any-split")),
         backend=backend,
+        history=opts.folder(get("--history"), "--history"),
     )

@@ -66,6 +66,8 @@ def test_every_pytest_option_named_exists(workflow):
                                capture_output=True, text=True, timeout=300).stdout
     options = set()
     for _, script in _runs(workflow):
+        if "tox exec" in script:
+            continue  # a qaclip command in the suite's environment, not pytest: test_every_qaclip_command_named_exists
         tail = script.split(" -- ", 1)[1] if " -- " in script else ""
         options |= {w.split("=")[0] for w in _words(tail) if w.startswith("--") and w != "--"}
     assert {"--require-data", "--report", "--junit-xml", "--benchmark-compare-fail"} <= options
@@ -90,3 +92,36 @@ def test_reports_are_uploaded_and_summarised(workflow):
     # report.md reaches the job summary through the suite itself (GITHUB_STEP_SUMMARY), passed on by tox
     assert "GITHUB_STEP_SUMMARY" in (REPO / "tox.ini").read_text(encoding="utf-8")
     assert "GITHUB_STEP_SUMMARY" in (REPO / "benchmarks" / "plugin.py").read_text(encoding="utf-8")
+
+
+def test_every_qaclip_command_named_exists(workflow):
+    """``tox exec -e ENV -- python -m qaclip_harness SUB ...``: the env, the subcommand and its options exist."""
+    named = []
+    for _, script in _runs(workflow):
+        for line in re.sub(r"\\\n", " ", script).splitlines():
+            if "tox exec" not in line:
+                continue
+            words = shlex.split(line)
+            sub = words[words.index("qaclip_harness") + 1]
+            help_text = subprocess.run([sys.executable, "-m", "qaclip_harness", sub, "--help"], cwd=REPO, capture_output=True,
+                                       text=True, timeout=300)
+            assert help_text.returncode == 0, f"{WORKFLOW.name} runs qaclip {sub}, which does not exist"
+            unknown = [w for w in words if w.startswith("--") and w != "--" and not re.search(rf"(^|\s){re.escape(w)}\b",
+                                                                                          help_text.stdout, flags=re.M)]
+            assert not unknown, f"qaclip {sub} knows no {unknown}"
+            named.append(sub)
+    assert sorted(named) == ["history", "keep-run"]
+
+
+def test_the_page_and_the_history_are_published(workflow):
+    steps = workflow["jobs"]["gpu-gate"]["steps"]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert "reports/report.html" in upload["with"]["path"] and "reports/history.md" in upload["with"]["path"]
+    history = next(s for s in steps if "qaclip_harness history" in s.get("run", ""))
+    keep = next(s for s in steps if "qaclip_harness keep-run" in s.get("run", ""))
+    # every run reads the history (a failed one too: its page is what a reviewer opens); only main writes it
+    assert history["if"] == "always()" and "GITHUB_STEP_SUMMARY" in history["run"]
+    assert keep["if"].startswith("github.ref == 'refs/heads/main'")
+    assert history["env"]["HISTORY"] == keep["env"]["HISTORY"]
+    assert steps.index(history) > next(i for i, s in enumerate(steps) if "-e throughput" in s.get("run", ""))
+    assert steps.index(keep) > steps.index(history)
