@@ -56,6 +56,7 @@ class Entry:
 
     record: Path
     files: List[Path]
+    folder: Optional[Path] = None  # removed last (a pixel entry's folder)
 
     @property
     def size(self) -> int:
@@ -80,12 +81,11 @@ class Entry:
         """Delete the record first (the entry stops being found), then its data."""
         for f in [self.record, *self.files]:
             try:
-                if f.is_dir():
-                    shutil.rmtree(f, ignore_errors=True)
-                else:
-                    f.unlink()
+                f.unlink()
             except OSError:
                 pass  # removed by another worker, or open on a system that forbids it: harmless
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def entries(root: Path) -> List[Entry]:
@@ -94,7 +94,7 @@ def entries(root: Path) -> List[Entry]:
     for record in sorted((root / "features").glob("*.json")):
         found.append(Entry(record, [record.with_suffix(".pt")]))
     for record in sorted((root / "pixels").glob("*/meta.json")):
-        found.append(Entry(record, [record.parent / "pixels.npy", record.parent]))
+        found.append(Entry(record, [record.parent / "pixels.npy"], record.parent))
     return found
 
 
