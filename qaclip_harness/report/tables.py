@@ -155,14 +155,16 @@ def describe_features(features: Dict[str, object]) -> str:
     if not steps:
         return ""
     keys = ", ".join(f"{name} {str(s.get('key', ''))[:12]}" for name, s in steps.items())
-    runs = {(s.get("status"), s.get("run"), s.get("date")) for s in steps.values()}
-    if len(runs) == 1:
-        status, run, date = next(iter(runs))
-        head = f"features reused from {run}, {date}" if status == "reused" else "features computed"
-        return f"{head} (cache {features.get('cache')}; keys {keys})"
-    parts = [f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused" else f"{name} computed"
-             for name, s in steps.items()]
-    return f"features: {'; '.join(parts)} (cache {features.get('cache')}; keys {keys})"
+    statuses = {s.get("status") for s in steps.values()}
+    runs = {s.get("run") for s in steps.values()}
+    if statuses == {"computed"}:
+        head = "features computed"
+    elif statuses == {"reused"} and len(runs) == 1:  # one run computed them all, seconds apart: its first date
+        head = f"features reused from {next(iter(runs))}, {min(str(s.get('date')) for s in steps.values())}"
+    else:
+        head = "features: " + "; ".join(f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused"
+                                        else f"{name} computed" for name, s in steps.items())
+    return f"{head} (cache {features.get('cache')}; keys {keys})"
 
 
 def _features_lines(rows: List[CaseResult]) -> List[tuple]:
