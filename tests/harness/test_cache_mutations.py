@@ -29,9 +29,8 @@ MUTATIONS = {
     # every caption loses its last character before tokenising
     "tokenizer": ("qaclip_core/tokenizer.py", 'return text.lower().replace("\\u201c", \'"\')',
                   'return text.lower()[:-1].replace("\\u201c", \'"\')'),
-    # the image embedding taken from the first patch token instead of the class token
-    "model layer": ("qaclip_core/model/vision.py", "return self.ln_post(x[:, 0]) @ self.proj",
-                    "return self.ln_post(x[:, 1]) @ self.proj"),
+    # the ViT blocks' feed-forward without its pre-norm (ln_2 forgotten)
+    "model layer": ("qaclip_core/model/vision.py", "return x + self.mlp(self.ln_2(x))", "return x + self.mlp(x)"),
 }
 
 
@@ -76,7 +75,7 @@ def test_a_mutation_turns_the_same_cases_red_warm_and_cold(warm, mutation):
         cold = _suite(tree, root / f"{mutation}-cold-cache", root / f"{mutation}-cold")
     finally:
         source.write_text(original, encoding="utf-8")
-    red = {case for case, (status, _) in cold.items() if status == "failed"}
+    red = {case for case, (status, _) in cold.items() if status in ("failed", "error")}
     assert red, f"the {mutation} mutation turned no case red even without a cache: {cold}"
-    assert {case for case, (status, _) in with_warm.items() if status == "failed"} == red
+    assert {case for case, (status, _) in with_warm.items() if status in ("failed", "error")} == red
     assert all(features == "computed" for _, features in with_warm.values())  # nothing reused past the edit
