@@ -30,6 +30,7 @@ class ClipImageTransform(Compose):
         # the same float32 constants and the same three rounded operations as ToTensor + Normalize
         self._mean = np.asarray(self.normalize.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.normalize.std, dtype=np.float32).reshape(3, 1, 1)
+        self._tables: dict = {}  # device -> the [3 * 256] lookup table of from_pixels
 
     @property
     def output_shape(self) -> tuple:
@@ -43,13 +44,33 @@ class ClipImageTransform(Compose):
         saves the intermediate tensors and the final stack, and NumPy (unlike torch) runs the
         arithmetic in the calling thread instead of starting a thread team per worker.
         """
-        rgb = to_rgb(self.resize(image))
         slot = out.numpy()
-        np.copyto(slot, np.asarray(rgb).transpose(2, 0, 1), casting="unsafe")
+        np.copyto(slot, self.pixels(image).transpose(2, 0, 1), casting="unsafe")
         np.divide(slot, np.float32(255), out=slot)
         np.subtract(slot, self._mean, out=slot)
         np.divide(slot, self._std, out=slot)
         return out
+
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The resized RGB image as [R, R, 3] uint8: the last step that depends on PIL (what a pixel cache keeps)."""
+        return np.asarray(to_rgb(self.resize(image)))
+
+    def from_pixels(self, batch: torch.Tensor) -> torch.Tensor:
+        """[N, R, R, 3] uint8 from :meth:`pixels` (on any device) -> [N, 3, R, R] float32, bit-equal to ``self(image)``.
+
+        A channel's output depends only on its uint8 value, so the reference's own ``ToTensor``
+        and ``Normalize``, applied once on the CPU to the 256 values of each channel, give a table
+        that a lookup then applies on the batch's device: no device arithmetic whose rounding
+        could differ from the CPU's.
+        """
+        table = self._tables.get(batch.device)
+        if table is None:
+            ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), 3, axis=2)
+            table = self.normalize(ToTensor()(Image.fromarray(ramp))).reshape(3 * 256).to(batch.device)
+            self._tables[batch.device] = table
+        offsets = torch.arange(0, 3 * 256, 256, device=batch.device).view(1, 3, 1, 1)
+        return table.take(batch.permute(0, 3, 1, 2).to(torch.int64) + offsets)
 
 
 def image_transform(image_size: int = 224) -> ClipImageTransform:

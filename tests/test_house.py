@@ -21,7 +21,7 @@ LAYERS: List[List[str]] = [
     ["qaclip_core"],
     ["qaclip_harness", "qaclip_harness.errors", "qaclip_harness.optional", "qaclip_harness.options",
      "qaclip_harness.progress", "qaclip_harness.environment", "qaclip_harness.tensors"],
-    ["qaclip_harness.probe", "qaclip_harness.data", "qaclip_harness.metrics"],
+    ["qaclip_harness.probe", "qaclip_harness.data", "qaclip_harness.metrics", "qaclip_harness.cache"],
     ["qaclip_harness.fetch"],
     ["qaclip_harness.export"],
     ["qaclip_harness.backends"],

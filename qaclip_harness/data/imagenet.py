@@ -137,8 +137,8 @@ class IndexedImages(torch.utils.data.Dataset):
         """Items are numbered by their place in the folder."""
         return i
 
-    def load_image(self, i: int) -> Image.Image:
-        """The RGB image of item ``i`` (its bytes hashed on the way)."""
+    def read_bytes(self, i: int) -> bytes:
+        """The file of item ``i``, hashed for the fingerprint on the way."""
         path = self.base.samples[i][0]
         try:
             with open(path, "rb") as f:
@@ -146,7 +146,15 @@ class IndexedImages(torch.utils.data.Dataset):
         except OSError as e:
             raise DatasetError(f"cannot read image {path} ({e.strerror or e})") from e
         self.digests[i] = item_digest(data)
-        return _decode_rgb(data, path)
+        return data
+
+    def load_image(self, i: int) -> Image.Image:
+        """The RGB image of item ``i`` (its bytes hashed on the way)."""
+        return _decode_rgb(self.read_bytes(i), self.base.samples[i][0])
+
+    def source_files(self) -> List[Path]:
+        """The image files (their sizes and times identify the data between runs)."""
+        return [Path(p) for p, _ in self.base.samples]
 
     def item_digests(self) -> List[Tuple[str, Optional[bytes]]]:
         """(relative path, sha256 of the file or None if not read yet) for every item."""

@@ -9,6 +9,10 @@ On two cores the process design was about a fifth slower (the loader benchmark i
 Datasets with ``load_image(i)``, ``item_id(i)`` and a ``transform`` that has ``into`` (see
 :class:`qaclip_core.transforms.ClipImageTransform`) take that path; any other dataset of
 ``(id, tensor)`` items is read with ``dataset[i]`` in the same threads and stacked.
+
+With a pixel cache (:mod:`qaclip_harness.cache.pixels`) batches are ``uint8`` ``[N, R, R, 3]``
+instead, the transform's :meth:`pixels` of each image: copied from the cached array, or decoded
+and kept in the array being built. The encoder's batch turns them into floats (``from_pixels``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 Batch = Tuple[List[int], torch.Tensor]
@@ -61,6 +66,12 @@ def writes_into_slots(dataset: Any) -> bool:
     """Whether ``dataset`` can decode item ``i`` straight into a batch slot."""
     transform = getattr(dataset, "transform", None)
     return all(hasattr(dataset, n) for n in ("load_image", "item_id")) and all(hasattr(transform, n) for n in ("into", "output_shape"))
+
+
+def yields_pixels(dataset: Any) -> bool:
+    """Whether ``dataset``'s transform splits at the resized uint8 image (``pixels`` and ``from_pixels``): a pixel cache fits it."""
+    transform = getattr(dataset, "transform", None)
+    return writes_into_slots(dataset) and all(hasattr(transform, n) for n in ("pixels", "from_pixels"))
 
 
 class _Pending:
@@ -111,6 +122,8 @@ class ImageBatchLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch: int = 2,
+        pixels: Optional[np.ndarray] = None,
+        pixel_writer: Any = None,
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -122,6 +135,11 @@ class ImageBatchLoader:
         self.pin_memory = pin_memory
         self.prefetch = max(1, prefetch) if num_workers else 0
         self.into_slots = writes_into_slots(dataset)
+        # a complete cached array to copy from, or a writer (``put(i, pixels)``) of one being built
+        self.pixels = pixels
+        self.pixel_writer = pixel_writer
+        if (pixels is not None or pixel_writer is not None) and not yields_pixels(dataset):
+            raise ValueError("a pixel cache needs a dataset whose transform has pixels() and from_pixels()")
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -135,6 +153,8 @@ class ImageBatchLoader:
         chunks = [slots[start : start + size] for start in range(0, len(slots), size)]
         if not self.into_slots:
             return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
+        if self.pixels is not None or self.pixel_writer is not None:
+            return _Pending([int(ds.item_id(i)) for i in indices], *self._pixel_jobs(indices, chunks), submit)
         buffer = torch.empty((len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory)
 
         def fill(chunk: List[Tuple[int, int]]) -> list:
@@ -143,6 +163,28 @@ class ImageBatchLoader:
             return []
 
         return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
+
+    def _pixel_jobs(self, indices: List[int], chunks: List[List[Tuple[int, int]]]) -> tuple:
+        """A uint8 batch buffer and the jobs that fill it: copies from the cached array, or decodes kept in the new one."""
+        ds, cached, writer = self.dataset, self.pixels, self.pixel_writer
+        _, height, width = ds.transform.output_shape
+        buffer = torch.empty((len(indices), height, width, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        out = buffer.numpy()
+
+        def fill(chunk: List[Tuple[int, int]]) -> list:
+            s0, i0 = chunk[0]
+            if cached is not None and all(i - i0 == slot - s0 for slot, i in chunk):  # consecutive items: one copy
+                np.copyto(out[s0 : s0 + len(chunk)], cached[i0 : i0 + len(chunk)])
+                return []
+            for slot, i in chunk:
+                if cached is not None:
+                    out[slot] = cached[i]
+                else:
+                    out[slot] = ds.transform.pixels(ds.load_image(i))
+                    writer.put(i, out[slot])
+            return []
+
+        return buffer, [lambda c=c: fill(c) for c in chunks]
 
     def __iter__(self) -> Iterator[Batch]:
         pool = (ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode", initializer=_lower_priority)

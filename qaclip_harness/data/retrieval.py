@@ -240,6 +240,10 @@ class LmdbImages(torch.utils.data.Dataset):
         """(image id, sha256 of its bytes or None if not read yet) for every item."""
         return list(zip(self.ids, self.digests))
 
+    def source_files(self) -> List[Path]:
+        """The files the images are read from (their sizes and times identify the data between runs)."""
+        return [self.path / "data.mdb"] if self.path.is_dir() else [self.path]
+
     def load_image(self, index: int) -> Image.Image:
         """The PIL image of item ``index``, fully decoded (so truncated files fail here)."""
         data = self.read_bytes(index)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -50,23 +51,34 @@ def encode_image_dataset(
     progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
+    pixels: Optional[np.ndarray] = None,
+    pixel_writer=None,
 ) -> Tuple[List[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
 
     ``num_workers`` threads decode images (see :mod:`qaclip_harness.data.loader`). Under torchrun
-    each rank encodes its share of the batches and all ranks receive everything.
+    each rank encodes its share of the batches and all ranks receive everything. With a pixel
+    cache (``pixels``, a complete cached array, or ``pixel_writer``, one being built) batches
+    travel as uint8 and become floats on the encoder's device (on the GPU where there is one).
     """
     cuda = encoder.device.type == "cuda"
     batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
     mine = shard.mine(batches)
-    loader = ImageBatchLoader(dataset, [b for _, b in mine], num_workers=num_workers, pin_memory=cuda)
+    loader = ImageBatchLoader(dataset, [b for _, b in mine], num_workers=num_workers, pin_memory=cuda,
+                              pixels=pixels, pixel_writer=pixel_writer)
+    encode = encoder.encode_image
+    if pixels is not None or pixel_writer is not None:
+        from_pixels, where = dataset.transform.from_pixels, encoder.device if cuda else torch.device("cpu")
+
+        def encode(batch: torch.Tensor) -> torch.Tensor:
+            return encoder.encode_image(from_pixels(batch.to(where, non_blocking=True)))
     state = {"size": batch_size}
     local = []
     total = sum(len(b) for _, b in mine)
     shown = track(loader, progress, f"encode {desc}", total, "images", size=lambda batch: len(batch[0]))
     # the tracked loader first: zip then draws from it once more at the end, so the last batch is counted
     for (batch_ids, images), (index, _) in zip(shown, mine):
-        out = _run_halving(encoder.encode_image, images, state, desc)
+        out = _run_halving(encode, images, state, desc)
         local.append((index, ([int(i) for i in batch_ids], normalise(out).cpu())))
     parts = gather_indexed(shard, local)
     ids = [i for part_ids, _ in parts for i in part_ids]

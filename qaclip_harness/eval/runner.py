@@ -17,10 +17,10 @@ import torch
 from qaclip_harness.data.catalog import DatasetCard, DatasetOnDisk, identify_build, read_origin
 from qaclip_harness.data.fingerprint import combine, images_digest, labels_digest, texts_digest
 from qaclip_harness.data.splits import SplitMismatchError, check_split
-from qaclip_harness.eval.distributed import SINGLE, Shard, gather_indexed
+from qaclip_harness.eval.cached import CaseCache, can_identify, classifier, gathered_digests, identify_images, image_features, text_features
+from qaclip_harness.eval.distributed import SINGLE, Shard
 from qaclip_core.pretrained import sha256_file
 from qaclip_harness.progress import Progress
-from qaclip_harness.eval.features import encode_image_dataset, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class EvalOptions:
     # data whose size is not the published split's: "strict" stops before encoding, "warn" warns
     # and marks the result not comparable
     split_policy: str = "warn"
+    # the feature and pixel caches with the fields naming the model (qaclip_harness.eval.cached); None: no cache
+    cache: Optional[CaseCache] = None
 
 
 def _split_check(card: DatasetCard, split: str, found: Dict[str, int], opts: EvalOptions) -> Optional[dict]:
@@ -84,12 +86,22 @@ def _data_provenance(card: DatasetCard, folder: Path, split: str, kind: str, par
 
 
 def _gathered_digests(dataset, shard: Shard) -> list:
-    """Every item's (key, digest): each rank read its share of the images, so the shares are merged."""
-    local = dataset.item_digests()
-    if shard.world == 1:
-        return local
-    merged = {k: d for part in gather_indexed(shard, [(shard.rank, dict(local))]) for k, d in part.items() if d is not None}
-    return [(k, merged.get(k)) for k, _ in local]
+    """Every item's (key, digest), merged over the ranks (:func:`qaclip_harness.eval.cached.gathered_digests`)."""
+    return gathered_digests(dataset, shard)
+
+
+def _identify(card: DatasetCard, folder: Path, kind: str, images, parts: Dict[str, str], opts: EvalOptions) -> Optional[dict]:
+    """With a cache: the images' digest, the fingerprint and the build, known before any decoding (what the keys need)."""
+    if opts.cache is None or not opts.cache.cache.enabled or not can_identify(images):
+        return None
+    digest = identify_images(opts.cache, images, kind, opts.shard, opts.batch_size, opts.num_workers)
+    build = identify_build(card, folder, combine(kind, {**parts, "images": digest}))
+    return {"images": digest, "build": build}
+
+
+def _features_provenance(**steps) -> Dict[str, object]:
+    """Per step (images, texts, classifier): computed here or reused from which run, date and key."""
+    return {name: prov.as_dict() for name, prov in steps.items() if prov is not None}
 
 
 def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> EvalOutput:
@@ -102,16 +114,20 @@ def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> 
     split_data = load_retrieval_split(data.datasets_folder, card.dirname, split, transform=encoder.preprocess)
     counts = {"images": len(split_data.images), "texts": len(split_data.texts)}
     check = _split_check(card, split, counts, opts)  # before any image is decoded
+    parts = {"texts": texts_digest((t.text_id, t.text, t.image_ids) for t in split_data.texts)}
+    known = _identify(card, data.folder, "retrieval", split_data.images, parts, opts)
     t0 = time.perf_counter()
-    image_ids, image_feats = encode_image_dataset(encoder, split_data.images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
+    image_ids, image_feats, image_prov = image_features(opts.cache, encoder, split_data.images, opts, f"{card.name} images",
+                                                        known and {**known, "split": split})
     t1 = time.perf_counter()
     text_ids = [t.text_id for t in split_data.texts]
-    text_feats = encode_texts(encoder, [t.text for t in split_data.texts], opts.text_batch_size, opts.progress, f"{card.name} texts", opts.shard)
+    text_feats, text_prov = text_features(opts.cache, encoder, [t.text for t in split_data.texts], opts, f"{card.name} texts")
     t2 = time.perf_counter()
     result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, split_data.text_to_images, k=10)
     t3 = time.perf_counter()
-    parts = {"images": images_digest(_gathered_digests(split_data.images, opts.shard)),
-             "texts": texts_digest((t.text_id, t.text, t.image_ids) for t in split_data.texts)}
+    parts = {"images": known["images"] if known else images_digest(_gathered_digests(split_data.images, opts.shard)),
+             "texts": parts["texts"]}  # in the report's order
+    reuse = _features_provenance(images=image_prov, texts=text_prov)
     return EvalOutput(
         dataset=card.name,
         model=encoder.name,
@@ -120,7 +136,8 @@ def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> 
         seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
         diagnostics={"near_ties": result.near_ties},
         provenance=_data_provenance(card, folder, split, "retrieval", parts, counts, check,
-                                    batch_size=opts.batch_size, i2t_queries=result.counts.get("num_i2t_queries")),
+                                    batch_size=opts.batch_size, i2t_queries=result.counts.get("num_i2t_queries"),
+                                    **({"features": reuse} if reuse else {})),
         raw=result,
     )
 
@@ -146,7 +163,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     from qaclip_harness.data.imagenet import IndexedImages, read_labels
     from qaclip_harness.data.prompts import template_set, templates_for
     from qaclip_harness.metrics.accuracy import accuracy
-    from qaclip_harness.eval.zeroshot import cached_classifier, param_counts
+    from qaclip_harness.eval.zeroshot import param_counts
 
     card, labels_path = data.card, data.labels
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
@@ -156,16 +173,20 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     check = _split_check(card, split, counts, opts)  # before any image is decoded
     images = IndexedImages(folder)
     templates = templates_for(card.dirname)
+    parts = {"labels": labels_digest(classnames)}
+    known = _identify(card, data.folder, "zeroshot", images, parts, opts)
     t0 = time.perf_counter()
-    classifier = cached_classifier(encoder, classnames, templates, opts.text_batch_size, opts.progress, opts.shard,
-                                   desc=f"{card.name} prompts")
+    weights, classifier_prov = classifier(opts.cache, encoder, classnames, templates, opts, f"{card.name} prompts")
     t1 = time.perf_counter()
-    _, image_feats = encode_image_dataset(encoder, images, opts.batch_size, opts.num_workers, opts.progress, f"{card.name} images", opts.shard)
+    _, image_feats, image_prov = image_features(opts.cache, encoder, images, opts, f"{card.name} images",
+                                                known and {**known, "split": split})
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
-    logits = 100.0 * image_feats @ classifier
+    logits = 100.0 * image_feats @ weights
     metrics = accuracy(logits, targets, topk=(1, 5))
-    parts = {"images": images_digest(_gathered_digests(images, opts.shard)), "labels": labels_digest(classnames)}
+    parts = {"images": known["images"] if known else images_digest(_gathered_digests(images, opts.shard)),
+             "labels": parts["labels"]}  # in the report's order
+    reuse = _features_provenance(classifier=classifier_prov, images=image_prov)
     return EvalOutput(
         dataset=card.name,
         model=encoder.name,
@@ -175,7 +196,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
         diagnostics={"templates": template_set(card.dirname)},
         provenance=_data_provenance(card, data.folder, split, "zeroshot", parts, counts, check,
                                     batch_size=opts.batch_size, label_file=str(labels_path),
-                                    label_file_sha256=sha256_file(labels_path)),
+                                    label_file_sha256=sha256_file(labels_path), **({"features": reuse} if reuse else {})),
         raw={"logits": logits, "targets": targets, "dataset_dir": data.folder, "folder": card.dirname,
              "params": param_counts(encoder)},
     )

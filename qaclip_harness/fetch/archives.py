@@ -1,25 +1,36 @@
 """Datasets shipped as a zip inside a larger zip (Chinese-CLIP's ``ELEVATER_all.zip``, one zip per dataset).
 
-``--download`` fetches the outer archive once through the hub code (resumable, verified against
-the Hub's sha256, locked, recorded in the checksum lock file) into ``<datasets>/.downloads/``,
-and unpacks only the inner zip of the dataset asked for: the inner zip is copied out (its CRC
-checked as it is read), its members checked to stay inside the target, unpacked into a staging
-folder beside the target and moved into place with one rename, under a per-dataset file lock.
-The outer archive stays, so other datasets of it need no second download.
+``--download`` reads only the inner zip of the dataset asked for: a zip's central directory sits
+at its end and the Hub serves byte ranges, so huggingface_hub's file system (``HfFileSystem``)
+opens the 37 GB archive for random access, ``zipfile`` reads its directory and the one member,
+and the rest never leaves the server. What arrives is verified: the inner zip's CRC-32 as it is
+read out of the outer archive, then every member's CRC-32 as it is unpacked (the outer file's
+sha256 cannot be checked without all of it). Where the outer archive was already downloaded
+whole into ``<datasets>/.downloads/`` (verified against the Hub's sha256 then), it is read from
+there. Either way the inner zip's members are checked to stay inside the target, unpacked into
+a staging folder beside the target and moved into place with one rename, under a per-dataset
+file lock, with a ``.qaclip-origin.json`` saying where the data came from.
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import shutil
+import time
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from typing import IO, List, Optional, Union
 
 from filelock import FileLock
 
+from qaclip_core.errors import DownloadError
+from qaclip_harness.data.catalog import ORIGIN_FILE
 from qaclip_harness.errors import DatasetError
 from qaclip_harness.fetch.zip_safety import check_members
+
+Outer = Union[Path, IO[bytes]]
+RANGE_BLOCK = 8 << 20  # bytes per range request: few requests for a large member, little waste for the directory
 
 DOWNLOADS = ".downloads"
 
@@ -36,21 +47,25 @@ def _inner_members(names: List[str], wanted: str) -> List[str]:
             and not n.startswith("__MACOSX/")]
 
 
-def _copy_member(outer: Path, wanted: str, dest: Path) -> None:
-    """Copy the inner zip ``wanted`` out of ``outer`` to ``dest`` (zipfile checks its CRC at the end)."""
+def _copy_member(outer: Outer, wanted: str, dest: Path, label: str = "") -> dict:
+    """Copy the inner zip ``wanted`` out of ``outer`` to ``dest`` (zipfile checks its CRC at the end); its record."""
+    label = label or str(outer)
     try:
         with zipfile.ZipFile(outer) as zf:
             found = _inner_members(zf.namelist(), wanted)
             if len(found) != 1:
                 zips = sorted(posixpath.basename(n) for n in zf.namelist() if n.endswith(".zip"))
                 what = "no member" if not found else f"{len(found)} members ({', '.join(found[:4])})"
-                raise DatasetError(f"{outer}: {what} named {wanted}; it holds {len(zips)} zip files"
+                raise DatasetError(f"{label}: {what} named {wanted}; it holds {len(zips)} zip files"
                                    + (f": {', '.join(zips[:12])}{' ...' if len(zips) > 12 else ''}" if zips else ""))
-            with zf.open(found[0]) as src, open(dest, "wb") as out:
+            info = zf.getinfo(found[0])
+            with zf.open(info) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-    except zipfile.BadZipFile as e:
-        raise DatasetError(f"{outer} is not a valid zip archive or {wanted} in it is damaged ({e}); "
-                           "delete the archive and download again") from e
+            return {"member": info.filename, "member_crc32": f"{info.CRC:08x}", "member_bytes": info.file_size}
+    except (zipfile.BadZipFile, EOFError) as e:
+        advice = ("delete the archive and download again" if isinstance(outer, Path) else
+                  "the server sent other bytes than the archive holds: run again, or download it whole")
+        raise DatasetError(f"{label} is not a valid zip archive or {wanted} in it is damaged ({e}); {advice}") from e
 
 
 def _unpack_checked(archive: Path, target: Path, label: str) -> None:
@@ -79,17 +94,26 @@ def _dataset_root(content: Path, split: str, label: str) -> Path:
     return top[0]
 
 
-def extract_member(outer: Path, wanted: str, parent: Path, dirname: str, split: str = "test") -> Path:
-    """Unpack the inner zip ``wanted`` of ``outer`` as ``parent/dirname`` (atomically); returns that folder."""
+def extract_member(outer: Outer, wanted: str, parent: Path, dirname: str, split: str = "test",
+                   label: str = "", origin: Optional[dict] = None) -> Path:
+    """Unpack the inner zip ``wanted`` of ``outer`` (a path or a seekable file) as ``parent/dirname`` (atomically).
+
+    ``origin`` (where ``outer`` came from) is written, with the member's name, CRC-32 and size,
+    into the folder as ``.qaclip-origin.json`` before the rename.
+    """
+    label = label or str(outer)
     final = parent / dirname
     staging = parent / f".{dirname}.extract-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "content").mkdir(parents=True)
     try:
         inner = staging / wanted
-        _copy_member(outer, wanted, inner)
-        _unpack_checked(inner, staging / "content", f"{outer} -> {wanted}")
-        root = _dataset_root(staging / "content", split, f"{outer} -> {wanted}")
+        member = _copy_member(outer, wanted, inner, label)
+        _unpack_checked(inner, staging / "content", f"{label} -> {wanted}")
+        root = _dataset_root(staging / "content", split, f"{label} -> {wanted}")
+        if origin is not None:
+            doc = {**origin, **member, "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (root / ORIGIN_FILE).write_text(json.dumps(doc, indent=1), encoding="utf-8")
         if not final.exists():  # else another process finished first
             os.replace(root, final)
     finally:
@@ -97,18 +121,68 @@ def extract_member(outer: Path, wanted: str, parent: Path, dirname: str, split: 
     return final
 
 
+def open_by_ranges(hub: dict, endpoint: Optional[str] = None):
+    """The hub file of ``hub`` (repo, filename, repo_type, revision) opened for random access by HTTP range requests."""
+    from huggingface_hub import HfFileSystem
+
+    from qaclip_core.pretrained import hub_endpoint, is_offline
+
+    where = f"{hub['repo']}/{hub['filename']}"
+    if is_offline():
+        raise DownloadError(f"{where}: offline (HF_HUB_OFFLINE is set), so the inner zip cannot be read from the Hub; "
+                            f"place the dataset's folder yourself or download {hub['filename']} whole into .downloads/")
+    prefix = {"dataset": "datasets/", "model": "", "space": "spaces/"}[hub.get("repo_type", "model")]
+    revision = f"@{hub['revision']}" if hub.get("revision") else ""
+    fs = HfFileSystem(endpoint=endpoint or hub_endpoint(), skip_instance_cache=True)
+    try:
+        return fs.open(f"{prefix}{hub['repo']}{revision}/{hub['filename']}", "rb", block_size=RANGE_BLOCK,
+                       cache_type="readahead")
+    except Exception as e:  # huggingface_hub's and the transport's errors: the file could not be reached
+        raise DownloadError(f"{where}: cannot open it on the Hub for range requests ({type(e).__name__}: {e})") from e
+
+
+def fetch_member_by_ranges(card, datasets_folder: Path, endpoint: Optional[str] = None) -> Path:
+    """Read only ``card``'s inner zip out of its hub archive with range requests, verify it, unpack it."""
+    hub = card.hub
+    where = f"{hub['repo']}/{hub['filename']}"
+    label = f"{where} (read by byte ranges)"
+    origin = {"archive": where, "fetched": "byte ranges of the hub file; inner CRC-32s checked, the outer sha256 "
+                                          "not (it needs the whole file)"}
+    with open_by_ranges(hub, endpoint) as remote:
+        try:
+            return extract_member(remote, hub["member"], datasets_folder, card.dirname, card.split, label, origin)
+        except (DatasetError, DownloadError):
+            raise
+        except Exception as e:  # a cut connection, a server that lies about the size or the bytes: nothing is kept
+            raise DownloadError(f"{label}: reading {hub['member']} failed ({type(e).__name__}: {e}); run again to retry, "
+                                f"or download {hub['filename']} whole") from e
+
+
 def fetch_nested(card, datasets_folder: Path, present) -> Path:
-    """Fetch ``card``'s outer archive (once) and unpack its inner zip; ``present(folder)`` says whether it is there."""
+    """Fetch ``card``'s inner zip (by ranges, or from a whole outer archive already here) and unpack it.
+
+    ``present(folder)`` says whether the dataset is there.
+    """
     from qaclip_core.pretrained import fetch_hub_file
 
     hub = card.hub
     datasets_folder.mkdir(parents=True, exist_ok=True)
     folder = datasets_folder / card.dirname
-    outer = fetch_hub_file(hub["repo"], hub["filename"], repo_type=hub.get("repo_type", "model"),
-                           local_dir=datasets_folder / DOWNLOADS, sha256=hub.get("sha256"), manual_url=card.url)
+    whole = (datasets_folder / DOWNLOADS / hub["filename"]).is_file()
+    outer = None
+    if whole:  # downloaded whole before: checked against its sha256 (its record), then read locally
+        outer = fetch_hub_file(hub["repo"], hub["filename"], repo_type=hub.get("repo_type", "model"),
+                               local_dir=datasets_folder / DOWNLOADS, sha256=hub.get("sha256"), manual_url=card.url)
     with FileLock(str(datasets_folder / f".{card.dirname}.lock")):
         if not present(folder):
             if folder.exists():
                 raise DatasetError(f"{folder} exists but is incomplete; move it away and run with --download again")
-            extract_member(Path(outer), hub["member"], datasets_folder, card.dirname, card.split)
+            if outer is None:
+                fetch_member_by_ranges(card, datasets_folder)
+            else:
+                from qaclip_harness.fetch.digests import sha256_of
+
+                origin = {"archive": f"{hub['repo']}/{hub['filename']}", "sha256": sha256_of(Path(outer)),
+                          "fetched": "the whole hub file, verified against its sha256"}
+                extract_member(Path(outer), hub["member"], datasets_folder, card.dirname, card.split, origin=origin)
     return folder

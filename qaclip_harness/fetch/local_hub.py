@@ -20,9 +20,13 @@ Files whose suffix is one the Hub keeps in Git LFS (weights, archives) are liste
 sha256 as LFS object id, as the Hub lists them.
 
 Point the downloader at it with ``HF_ENDPOINT`` / ``QACLIP_HF_ENDPOINT`` (``qaclip_core.pretrained``
-reads both at call time) or ``endpoint=``. Fault injection for tests: ``truncate_after`` (cut the
-connection after N body bytes), ``corrupt`` (serve wrong bytes under the right ETag),
-``ignore_range`` (answer Range requests with the whole file, 200) and ``chunk_delay``.
+reads both at call time) or ``endpoint=``. Range requests (``Range: bytes=a-b``) are answered with
+206 and the slice, as the Hub does; huggingface_hub's ``HfFileSystem`` reads files that way.
+Fault injection for tests: ``truncate_after`` (cut the connection after N body bytes),
+``corrupt`` (serve wrong bytes under the right ETag), ``corrupt_at`` (flip the one byte at that
+offset of the file: a subtle lie), ``claim_size`` (state another size in the listing, the
+size headers and Content-Range: a server lying about the size), ``ignore_range`` (answer Range
+requests with the whole file, 200) and ``chunk_delay``.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ class Faults:
     truncate_times: Optional[int] = None  # how many GETs to cut; None: every one
     corrupt: bool = False  # flip bytes but keep the true ETag/length, as a bad mirror would
     ignore_range: bool = False  # answer Range with 200 and the whole file
+    corrupt_at: Optional[int] = None  # flip the byte at this offset of the file (the ETag stays the true one)
+    claim_size: Optional[int] = None  # the size stated in listings and headers, whatever the file's
     chunk_delay: float = 0.0  # seconds between body chunks, to make downloads overlap
     chunk_size: int = _CHUNK
 
@@ -178,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             with open(file, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     git.update(chunk)
+            size = size if self.state.faults.claim_size is None else self.state.faults.claim_size
             entry = {"path": rel.as_posix(), "size": size, "oid": git.hexdigest()}
             if file.suffix in _LFS_SUFFIXES:
                 entry["lfs"] = {"oid": self._digest(file), "size": size, "pointerSize": 134}
@@ -240,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status = 206
         length = end - start + 1 if size else 0
+        stated = size if faults.claim_size is None else faults.claim_size
 
         truncate = None
         if not head and faults.truncate_after is not None:
@@ -255,12 +263,12 @@ class _Handler(BaseHTTPRequestHandler):
         # The real Hub sends the LFS sha256 as (X-Linked-)ETag; hub.fetch_checkpoint relies on it.
         self.send_header("ETag", f'"{etag}"')
         self.send_header("X-Linked-Etag", f'"{etag}"')
-        self.send_header("X-Linked-Size", str(size))
+        self.send_header("X-Linked-Size", str(stated))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{stated}")
         self.send_header("Connection", "close")
         self.end_headers()
         self._record(status)
@@ -277,6 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 if faults.corrupt:
                     chunk = bytes(b ^ 0xFF for b in chunk)
+                at = None if faults.corrupt_at is None else faults.corrupt_at - (start + sent)
+                if at is not None and 0 <= at < len(chunk):
+                    chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
                 if truncate is not None and sent + len(chunk) > truncate:
                     chunk = chunk[: max(truncate - sent, 0)]
                     if chunk:

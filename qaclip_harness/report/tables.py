@@ -43,6 +43,8 @@ class CaseResult:
     provenance: Dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
     backend: str = "pytorch"
     variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
+    # computed here or reused from a cache: {"status", "cache": mode, "steps": {images|texts|classifier: {status, key, run, date}}}
+    features: Dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
@@ -148,6 +150,28 @@ def _provenance_rows(rows: List[CaseResult]) -> List[List[str]]:
     return out
 
 
+def describe_features(features: Dict[str, object]) -> str:
+    """One line: the case's features computed in this run, or reused from which run, date and key (per step)."""
+    steps = features.get("steps") or {}
+    if not steps:
+        return ""
+    keys = ", ".join(f"{name} {str(s.get('key', ''))[:12]}" for name, s in steps.items())
+    statuses = {s.get("status") for s in steps.values()}
+    runs = {s.get("run") for s in steps.values()}
+    if statuses == {"computed"}:
+        head = "features computed"
+    elif statuses == {"reused"} and len(runs) == 1:  # one run computed them all, seconds apart: its first date
+        head = f"features reused from {next(iter(runs))}, {min(str(s.get('date')) for s in steps.values())}"
+    else:
+        head = "features: " + "; ".join(f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused"
+                                        else f"{name} computed" for name, s in steps.items())
+    return f"{head} (cache {features.get('cache')}; keys {keys})"
+
+
+def _features_lines(rows: List[CaseResult]) -> List[tuple]:
+    return [(r.model, describe_features(r.features)) for r in rows if r.features and describe_features(r.features)]
+
+
 def _details(rows: List[CaseResult]) -> List[tuple]:
     """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
     return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
@@ -174,6 +198,7 @@ def render_text(results: List[CaseResult]) -> str:
         out.extend(f"  {model}: {text}" for model, text in _other_sources(rows))
         out.extend(f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
                    for row in _provenance_rows(rows))
+        out.extend(f"  {model}: {text}" for model, text in _features_lines(rows))
         out.append("")
     out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
@@ -210,6 +235,10 @@ def render_markdown(results: List[CaseResult]) -> str:
             out.append("| " + " | ".join(header) + " |")
             out.append("|" + "---|" * len(header))
             out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
+            out.append("")
+        reuse = _features_lines(rows)
+        if reuse:
+            out.extend(f"- {model}: {text}" for model, text in reuse)
             out.append("")
     out.extend(render_grid_markdown(g) for g in grids)
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")

@@ -42,6 +42,10 @@ FLAGS = [
     ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
      "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
     ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),
+    ("--no-cache", "QACLIP_NO_CACHE", "recompute every feature and decode every image; read and write no cache (docs/caching.md)"),
+    ("--refresh-cache", "QACLIP_REFRESH_CACHE", "recompute every feature and decoded image and overwrite what the cache holds"),
+    ("--cache-read-only", "QACLIP_CACHE_READ_ONLY",
+     "reuse cached features and pixels but write none (a pull request's job on a runner whose cache main fills)"),
 ]
 
 # (marker, option, what): CPU throughput groups that run only when asked for (always on CUDA)
@@ -87,6 +91,15 @@ class SuiteOptions:
     evaluate_any_split: bool
     backend: str = "pytorch"
     history: Optional[Path] = None
+    cache_mode: str = "use"  # use, read-only, refresh, off (qaclip_harness.cache)
+
+
+def cache_mode(no_cache: bool, refresh: bool, read_only: bool) -> str:
+    """The cache mode of the three cache flags; two that contradict each other are an OptionError."""
+    given = [flag for flag, on in (("--no-cache", no_cache), ("--refresh-cache", refresh), ("--cache-read-only", read_only)) if on]
+    if len(given) > 1:
+        raise opts.OptionError(given[1], "set", f"cannot be combined with {given[0]}: choose one cache mode")
+    return {"--no-cache": "off", "--refresh-cache": "refresh", "--cache-read-only": "read-only"}.get(given[0] if given else "", "use")
 
 
 def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False) -> SuiteOptions:
@@ -118,4 +131,5 @@ def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worke
         evaluate_any_split=bool(get("--evaluate-any-split")),
         backend=backend,
         history=opts.folder(get("--history"), "--history"),
+        cache_mode=cache_mode(bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only"))),
     )

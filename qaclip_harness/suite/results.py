@@ -9,7 +9,15 @@ from qaclip_harness.report.tables import CaseResult, failure_table
 
 def case_provenance(data: dict) -> dict:
     """The data provenance a report keeps per case (the folder and fingerprint parts included)."""
-    return {k: v for k, v in data.items() if k != "data_fingerprint"}
+    return {k: v for k, v in data.items() if k not in ("data_fingerprint", "features")}
+
+
+def features_summary(steps: Optional[dict], mode: str) -> dict:
+    """What the report says of a case's features: per step computed or reused (run, date, key), and the cache mode."""
+    steps = dict(steps or {})
+    statuses = {s.get("status") for s in steps.values()}
+    status = "reused" if statuses == {"reused"} else "computed" if statuses <= {"computed"} else "partly reused"
+    return {"status": status, "cache": mode, "steps": steps}
 
 
 def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: str) -> str:

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import pytest
 
 from qaclip_core.errors import DownloadError
+from qaclip_core.pretrained import cache_root
 from qaclip_core.registry import ModelCard, get_card
 from qaclip_harness.data.catalog import DatasetCard, DatasetMissingError, get_dataset
 from qaclip_harness.errors import MissingDependencyError, UnsupportedError
@@ -17,7 +18,7 @@ from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.fetch.datasets import resolve_dataset
 from qaclip_harness.report.tables import CaseResult
 from qaclip_harness.suite.options import SuiteOptions
-from qaclip_harness.suite.results import case_provenance, failure_message, junit_properties, report_reason
+from qaclip_harness.suite.results import case_provenance, failure_message, features_summary, junit_properties, report_reason
 from qaclip_harness.suite.terminal import terminal_progress
 
 # Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
@@ -49,6 +50,10 @@ class Suite:
         self._local_hub = None
         self._hf_served = False
         self._digests: Dict[str, str] = {}
+        from qaclip_harness.cache import Cache
+
+        # features, decoded pixels and data identities of earlier runs (docs/caching.md)
+        self.cache = Cache.at(cache_root(), o.cache_mode, verify=o.verify)
 
     # -- data -------------------------------------------------------------------------------
     def data_root_for(self, card: DatasetCard) -> Path:
@@ -56,11 +61,9 @@ class Suite:
         if not card.generator:
             return self.data_root
         if self._fixture_root is None:
-            from qaclip_harness.fixture.shapes import write_shapes_dataset
+            from qaclip_harness.suite.fixture_data import fixture_data
 
-            root = self._tmp / "fixture-data"
-            write_shapes_dataset(root)
-            self._fixture_root = root
+            self._fixture_root = fixture_data(self.cache.mode, cache_root(), self._tmp)
         return self._fixture_root
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -174,6 +177,14 @@ class Suite:
             self._digests[card.name] = card.sha256 or sha256_of(self.checkpoint_for(card))
         return self._digests[card.name]
 
+    def case_cache(self, card: ModelCard, encoder):
+        """The cache as ``card``'s evaluations use it (the fields naming the model, this run's settings)."""
+        from qaclip_harness.eval.cached import CaseCache, model_fields
+
+        fields = model_fields(encoder, self.checkpoint_digest(card), card, precision=self.precision,
+                              backend=self.backend, compile=self.compile)
+        return CaseCache(self.cache, fields)
+
     def run_case(self, case: ExpectedCase, item: pytest.Item) -> CaseResult:
         """Evaluate ``case``; skip (with a one-line reason) when data or weights are missing."""
         from qaclip_harness.data.splits import SplitMismatchError
@@ -192,7 +203,8 @@ class Suite:
         try:
             out = evaluate_card(encoder, data, batch_size=self.batch_size, num_workers=self.num_workers,
                                 progress=self.progress,
-                                split_policy="warn" if self.options.evaluate_any_split else "strict")
+                                split_policy="warn" if self.options.evaluate_any_split else "strict",
+                                cache=self.case_cache(model_card, encoder))
         except SplitMismatchError as e:  # wrong data: stopped before any encoding, nothing to compare
             self.record(item, CaseResult(status="error", reason=str(e), counts=e.check.found, **self._base(case),
                                          provenance={"split_check": e.check.as_dict()}))
@@ -205,6 +217,7 @@ class Suite:
             report_only=report_reason(case.report_only, encoder), gate=decision.source, gate_reason=decision.reason,
             sources=case.source_deltas(out.metrics), checkpoint_sha256=self.checkpoint_digest(model_card),
             data_fingerprint=out.provenance.get("data_fingerprint"), provenance=case_provenance(out.provenance),
+            features=features_summary(out.provenance.get("features"), self.cache.mode),
             **self._base(case),
         ))
         if result.status == "failed":

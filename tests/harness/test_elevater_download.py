@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -49,7 +50,52 @@ def test_without_download_the_skip_says_where_to_get_it_and_where_to_put_it(tmp_
         ensure_dataset(get_dataset("cifar100"), tmp_path)
 
 
-def test_download_fetches_once_and_unpacks_only_what_is_needed(hub_root, tmp_path, monkeypatch):
+def _range_bytes(hub) -> int:
+    """Body bytes the server sent for range requests of the archive (206 answers)."""
+    total = 0
+    for r in hub.requests:
+        if r.status == 206 and r.range:
+            first, last = r.range.removeprefix("bytes=").split("-")
+            total += int(last) - int(first) + 1
+    return total
+
+
+def test_download_reads_only_the_inner_zip_by_range_requests(hub_root, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "datasets").mkdir(parents=True)
+    archive = hub_root / HUB_PATH
+    with zipfile.ZipFile(archive) as zf:
+        cifar = next(i for i in zf.infolist() if i.filename.endswith("cifar-10.zip"))
+        mnist = next(i for i in zf.infolist() if i.filename.endswith("mnist.zip"))
+    with serve_directory(hub_root) as hub:
+        monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
+        folder = ensure_dataset(get_dataset("cifar-10"), root, download=True)
+        assert folder == root / "datasets" / "cifar-10"
+        assert sorted(p.name for p in (folder / "test").iterdir()) == ["0", "1", "2"]
+        assert (folder / "label_cn.txt").read_text(encoding="utf-8").split() == ["飞机", "汽车", "鸟"]
+        assert json.loads((folder / "index.json").read_text()) == [5, 4, 3, 2, 1, 0]
+        assert not (root / "datasets" / "mnist").exists()  # only the inner zip asked for
+        assert not (root / "datasets" / ".downloads").exists()  # the outer archive never came whole
+        gets = [r for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+        assert gets and all(r.status == 206 for r in gets)  # every read of the archive was a range
+        # the directory and cifar-10.zip, in 8 MiB blocks at most: here less than the archive with mnist.zip
+        assert _range_bytes(hub) < archive.stat().st_size + cifar.compress_size
+        origin = json.loads((folder / ".qaclip-origin.json").read_text(encoding="utf-8"))
+        assert origin["archive"] == "OFA-Sys/chinese-clip-eval/ELEVATER_all.zip"
+        assert origin["member_crc32"] == f"{cifar.CRC:08x}" and origin["fetched"].startswith("byte ranges")
+        assert mnist.CRC != cifar.CRC
+
+        hub.reset_requests()
+        assert ensure_dataset(get_dataset("cifar-10"), root, download=True) == folder and hub.count("GET") == 0
+        mnist_folder = ensure_dataset(get_dataset("mnist"), root, download=True)
+        assert sorted(p.name for p in (mnist_folder / "test").iterdir()) == ["0", "1", "2"]
+    assert not _leftovers(root)
+
+
+def test_an_archive_downloaded_whole_is_verified_and_read_locally(hub_root, tmp_path, monkeypatch):
+    """Where ELEVATER_all.zip was downloaded whole (resumed after a cut, checked against its sha256), it is used."""
+    from qaclip_core.pretrained import fetch_hub_file
+
     lock = tmp_path / "qaclip.lock"
     monkeypatch.setenv("QACLIP_LOCK_FILE", str(lock))
     root = tmp_path / "data"
@@ -57,32 +103,52 @@ def test_download_fetches_once_and_unpacks_only_what_is_needed(hub_root, tmp_pat
     with serve_directory(hub_root) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
         hub.set_faults(truncate_after=700, truncate_times=1)  # the first transfer is cut: resumed, then verified
-        folder = ensure_dataset(get_dataset("cifar-10"), root, download=True)
-        assert folder == root / "datasets" / "cifar-10"
-        assert sorted(p.name for p in (folder / "test").iterdir()) == ["0", "1", "2"]
-        assert (folder / "label_cn.txt").read_text(encoding="utf-8").split() == ["飞机", "汽车", "鸟"]
-        assert json.loads((folder / "index.json").read_text()) == [5, 4, 3, 2, 1, 0]
-        assert not (root / "datasets" / "mnist").exists()  # only the inner zip asked for
-        assert (root / "datasets" / ".downloads" / "ELEVATER_all.zip").is_file()
-        fetched = hub.count("GET")
-        assert fetched >= 2  # the cut transfer and its resumption
+        fetch_hub_file("OFA-Sys/chinese-clip-eval", "ELEVATER_all.zip", repo_type="dataset",
+                       local_dir=root / "datasets" / ".downloads")
         recorded = json.loads(lock.read_text())["files"]["hf://datasets/OFA-Sys/chinese-clip-eval@main/ELEVATER_all.zip"]
         assert recorded["sha256"] == hashlib.sha256((hub_root / HUB_PATH).read_bytes()).hexdigest()
-
         hub.reset_requests()
-        hub.set_faults(truncate_after=None)
-        mnist = ensure_dataset(get_dataset("mnist"), root, download=True)  # the same archive: no second download
-        assert hub.count("GET") == 0
+        hub.set_faults()
+        folder = ensure_dataset(get_dataset("cifar-10"), root, download=True)
+        mnist = ensure_dataset(get_dataset("mnist"), root, download=True)
+        assert not [r for r in hub.requests if r.method == "GET"]  # read from the local copy
         assert sorted(p.name for p in (mnist / "test").iterdir()) == ["0", "1", "2"]
-        assert ensure_dataset(get_dataset("cifar-10"), root, download=True) == folder and hub.count("GET") == 0
+        origin = json.loads((folder / ".qaclip-origin.json").read_text(encoding="utf-8"))
+        assert origin["sha256"] == recorded["sha256"] and origin["fetched"].startswith("the whole hub file")
+        (root / "datasets" / ".downloads" / "ELEVATER_all.zip").write_bytes(b"PK damaged")  # a local copy gone bad
+        shutil.rmtree(folder)
+        with pytest.raises(Exception, match="sha256|checksum|ELEVATER_all.zip"):
+            ensure_dataset(get_dataset("cifar-10"), root, download=True)
+        assert not folder.exists()
     assert not _leftovers(root)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "lying size", "lying bytes"])
+def test_a_truncated_or_lying_server_leaves_nothing_behind(hub_root, tmp_path, monkeypatch, fault):
+    from qaclip_core.errors import DownloadError
+
+    archive = hub_root / HUB_PATH
+    with zipfile.ZipFile(archive) as zf:
+        cifar = next(i for i in zf.infolist() if i.filename.endswith("cifar-10.zip"))
+    faults = {"truncated": dict(truncate_after=300),  # every transfer cut after 300 bytes
+              "lying size": dict(claim_size=archive.stat().st_size - 1000),  # the directory is not where it says
+              "lying bytes": dict(corrupt_at=cifar.header_offset + 200)}[fault]  # one bit inside cifar-10.zip
+    root = tmp_path / "data"
+    with serve_directory(hub_root, **faults) as hub:
+        monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
+        with pytest.raises((DatasetError, DownloadError)) as e:
+            ensure_dataset(get_dataset("cifar-10"), root, download=True)
+    assert "ELEVATER_all.zip" in str(e.value)
+    if fault == "lying bytes":
+        assert isinstance(e.value, DatasetError) and ("CRC" in str(e.value) or "damaged" in str(e.value))
+    assert not (root / "datasets" / "cifar-10").exists() and not _leftovers(root)
 
 
 def test_archive_without_the_dataset_names_what_it_holds(hub_root, tmp_path, monkeypatch):
     root = tmp_path / "data"
     with serve_directory(hub_root) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
-        with pytest.raises(DatasetError, match=r"ELEVATER_all\.zip: no member named dtd\.zip; it holds 2 zip files: cifar-10\.zip, mnist\.zip"):
+        with pytest.raises(DatasetError, match=r"ELEVATER_all\.zip \(read by byte ranges\): no member named dtd\.zip; it holds 2 zip files: cifar-10\.zip, mnist\.zip"):
             ensure_dataset(get_dataset("dtd"), root, download=True)
     assert not (root / "datasets" / "dtd").exists() and not _leftovers(root)
 
@@ -123,7 +189,7 @@ def test_damaged_inner_zip_is_an_error_naming_the_archive(tmp_path, monkeypatch)
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
         with pytest.raises(DatasetError, match=r"ELEVATER_all\.zip.*(damaged|CRC)") as e:
             ensure_dataset(get_dataset("dtd"), root, download=True)
-    assert "download again" in str(e.value)
+    assert "run again, or download it whole" in str(e.value)
     assert not (root / "datasets" / "dtd").exists() and not _leftovers(root)
 
 

@@ -1,0 +1,64 @@
+"""Data identity before any decoding: the images' content digest, remembered per folder state.
+
+A cached result is keyed by the digest of the data's bytes, which is known only after every
+image was read. So that a second run need not read them all again, the digest is recorded under
+a signature of the files' paths, sizes, modification times and inodes (as a checkpoint's
+``.sha256`` record is kept while its size and time are unchanged); ``--verify`` (QACLIP_VERIFY)
+ignores the records and reads everything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from qaclip_harness.files import OutputError, atomic_write_json
+
+
+def signature(kind: str, files: Sequence[Path]) -> str:
+    """sha256 over ``kind`` and each file's resolved path, size, modification time and inode."""
+    h = hashlib.sha256(f"{kind}\n".encode("utf-8"))
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+@dataclass
+class IdentityRecords:
+    """``<root>/identity/<signature>.json``: the images digest of a folder in a given state."""
+
+    root: Path
+    verify: bool = False  # read everything, whatever the records say
+    writes: bool = True
+
+    def images_digest(self, kind: str, files: Sequence[Path], compute: Callable[[], str]) -> str:
+        """The recorded digest of ``files`` while they are unchanged, else ``compute()`` (then recorded)."""
+        sig = signature(kind, files)
+        record = Path(self.root) / "identity" / f"{sig}.json"
+        if not self.verify:
+            found = self._read(record, sig)
+            if found is not None:
+                return found
+        digest = compute()
+        if self.writes and signature(kind, files) == sig:  # files changed while read: nothing to record
+            try:
+                atomic_write_json(record, {"signature": sig, "kind": kind, "images": digest, "files": len(files),
+                                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            except OutputError:
+                pass  # a full disk costs the next run one more read, nothing else
+        return digest
+
+    @staticmethod
+    def _read(record: Path, sig: str) -> Optional[str]:
+        try:
+            doc = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("signature") != sig or not isinstance(doc.get("images"), str):
+            return None
+        return doc["images"]
