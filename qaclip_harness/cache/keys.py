@@ -19,8 +19,8 @@ _CORE = Path(qaclip_core.__file__).resolve().parent
 _HARNESS = Path(qaclip_harness.__file__).resolve().parent
 # Everything that turns an image or a caption into a feature: the core (model, tokenizer,
 # preprocessing, checkpoint loading, cards), the readers and the loader, the encoding loop and the
-# zero-shot classifier, every backend with its export and conversion, this package, and the one
-# normalisation. Left out on purpose: metrics, gates, expected numbers, the report, the suite and
+# zero-shot classifier, every backend with its export and conversion, this package, the harness's
+# model cards and tower configs, and the one normalisation. Left out on purpose: metrics, gates, expected numbers, the report, the suite and
 # the CLI, which work on features and never change them, so a change there reuses the cache.
 FEATURE_PATH = (
     (_CORE, "."),
@@ -31,6 +31,7 @@ FEATURE_PATH = (
     (_HARNESS, "convert"),
     (_HARNESS, "cache"),
     (_HARNESS, "cards"),
+    (_HARNESS, "fixture/configs"),  # the fixture towers' configs: a head width changes features, not weight shapes
     (_HARNESS, "tensors.py"),
 )
 _SOURCE_SUFFIXES = (".py", ".json", ".yaml", ".txt")
