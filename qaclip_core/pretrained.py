@@ -83,13 +83,16 @@ def record_path(path: Path) -> Path:
 def write_record(path: Path, digest: str, st: Optional[os.stat_result] = None) -> None:
     real = Path(os.path.realpath(path))
     side = record_path(path)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
     try:
         st = st or real.stat()
-        tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
         os.replace(tmp, side)
-    except OSError:
-        pass  # read-only directory: the only cost is hashing again on the next load
+    except OSError:  # read-only directory or full disk: the only cost is hashing again on the next load
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def full_verification() -> bool:
