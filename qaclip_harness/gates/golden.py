@@ -198,7 +198,7 @@ def load_golden(directory: PathLike, model: str, precision: str, device: Union[s
 
 def _check_features(path: Path, feats: ProbeFeatures) -> None:
     """Each tower [N, D] with one row per probe item, one D for both, and no NaN or inf: else name the file."""
-    dims = set()
+    dims = {}
     for tower in TOWERS:
         x, names = feats.tower(tower)
         if x.dim() != 2 or x.shape[0] != len(names):
@@ -208,9 +208,10 @@ def _check_features(path: Path, feats: ProbeFeatures) -> None:
         if len(bad):
             raise GoldenError(f"{path}: the {tower} features hold NaN or inf ({len(bad)} rows, first {names[int(bad[0])]!r}): "
                               f"the file is damaged; record the goldens again with --golden-save")
-        dims.add(x.shape[1])
-    if len(dims) != 1:
-        raise GoldenError(f"{path}: the image and text features have different widths {sorted(dims)}")
+        dims[tower] = x.shape[1]
+    if dims["image"] != dims["text"]:
+        raise GoldenError(f"{path}: the text features are {dims['text']} wide, the image features {dims['image']}; "
+                          f"expected one width for both")
 
 
 @dataclass
