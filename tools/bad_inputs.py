@@ -40,7 +40,7 @@ from qaclip_harness.fixture import ARCH, CHECKPOINT  # noqa: E402
 from qaclip_harness.fixture.shapes import write_shapes_dataset  # noqa: E402
 
 TRACEBACK = "Traceback (most recent call last)"
-HF_MODEL, HF_REPO = "hf-fixture-tiny", "qaclip-fixture/hf-fixture-tiny"
+HF_MODEL = "hf-fixture-tiny"  # the fixture's transformers-format copy
 LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", "*.tmpdir", ".*.tmp-*", ".*.extract-*", "*.part", ".qaclip-write-test-*")
 
 
@@ -99,8 +99,10 @@ class Base:
         if self._converted is None:
             from qaclip_harness.fixture.hf import write_converted
 
+            from qaclip_core.registry import get_card
+
             write_converted(self.root / "converted")
-            self._converted = self.root / "converted" / HF_REPO
+            self._converted = self.root / "converted" / get_card(HF_MODEL).hub_repo
         return self._converted
 
     def data_copy(self, d: Path) -> Path:
@@ -469,8 +471,9 @@ def faults(base: Base) -> List[Fault]:
     # ---- transformers-format folders ------------------------------------------------------------
     def hf(edit):
         def fn(d, data):
-            folder = d / "ckpts" / HF_REPO.split("/")[-1]
-            shutil.copytree(base.converted(), folder)
+            source = base.converted()
+            folder = d / "ckpts" / source.name
+            shutil.copytree(source, folder)
             edit(folder)
             return ["-m", "qaclip_harness", "eval", "--model", HF_MODEL, "--checkpoint-dir", str(d / "ckpts"),
                     "--dataset", "fixture-shapes", "--data-root", str(data), "--quiet", "--device", "cpu",
@@ -702,6 +705,11 @@ def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[s
     return d, argv, (d if fault.surface == "cli" else REPO), env
 
 
+# Popen objects stay referenced: one that is garbage-collected while its process runs is reaped by
+# subprocess's own clean-up, and the waitpid below would find no child.
+_CHILDREN: List[subprocess.Popen] = []
+
+
 def _without_root_overrides() -> None:
     """Before exec: drop CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER (root then obeys mode bits)."""
     import ctypes
@@ -712,19 +720,47 @@ def _without_root_overrides() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
+def _drop_root_overrides_now() -> None:
+    """In a forked child: clear CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from this process (capset)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    mask = ~((1 << 1) | (1 << 2) | (1 << 3)) & 0xFFFFFFFF
+    data[0].effective &= mask
+    data[0].permitted &= mask
+    data[0].inheritable &= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
 def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation: str, read_only: bool = False) -> int:
-    """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter."""
-    if read_only:  # a read-only folder binds root only without its capabilities, which an exec drops
-        with open(out, "wb") as f:
-            return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    preexec_fn=_without_root_overrides if os.geteuid() == 0 else None).pid
+    """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter.
+
+    ``read_only``: the child runs without root's capabilities that override mode bits, so that a
+    folder of mode 0o555 is read-only for it as for any user.
+    """
+    drop = read_only and os.geteuid() == 0
     if isolation == "fork":
         pid = os.fork()
         if pid == 0:
+            if drop:
+                _drop_root_overrides_now()
             _forked_child(argv, cwd, env, out)
         return pid
     with open(out, "wb") as f:
-        return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).pid
+        child = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                 preexec_fn=_without_root_overrides if drop else None)
+    _CHILDREN.append(child)
+    return child.pid
 
 
 def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: str = "fork",
