@@ -293,3 +293,19 @@ def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(tmp_path):
                          timeout=300, cwd=REPO)
     assert out.returncode == 130, out.stderr
     assert out.stderr.strip() == "qaclip: interrupted (Ctrl-C)"
+
+
+def test_a_report_cut_by_a_file_size_limit_leaves_the_old_one_whole(tmp_path):
+    # ulimit -f in a child while the report is written: the old report.json stays valid, no temporary stays
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "from qaclip_harness.report.tables import CaseResult, write_reports\n"
+            "from qaclip_harness.files import OutputError\n"
+            "rows = [CaseResult(dataset='d', model=f'm{i}', status='passed', reason='x' * 200) for i in range(50)]\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+            "try:\n    write_reports(rows, sys.argv[1], {'precision': 'fp32'})\n"
+            "except OutputError as e:\n    print(e)\n")
+    (tmp_path / "report.json").write_text('{"meta": {}, "environment": {}, "results": []}')
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert "report.json: file too large" in out.stdout, out.stdout + out.stderr
+    assert json.loads((tmp_path / "report.json").read_text()) == {"meta": {}, "environment": {}, "results": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
