@@ -101,6 +101,24 @@ def new_output_folder(value: Optional[Union[str, Path]], option: str, will_write
     return path
 
 
+def output_folder_later(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+    """A folder the run creates later (beside a temporary sibling): nothing is created now, but a file in
+    its place, or a nearest existing folder that cannot be written, fails now."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, value, f"expected a folder, but {path} is a file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(option, value, f"cannot create {path}: {ancestor} is a file, not a folder")
+    for folder in ([path] if path.is_dir() else []) + [ancestor]:
+        _probe_writable(folder, option, value, f"the folder {folder}")
+    return path
+
+
 def output_file(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
     """A file the run will write (through a temporary beside it): never a folder, and its folder writable now."""
     if value is None or str(value) == "":

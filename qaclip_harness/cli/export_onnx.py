@@ -26,12 +26,11 @@ def add_export_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentPar
 
 
 def _output_folder(value: str) -> Path:
-    """``--out``: created and probed when parsed (the export is made beside it, then moved in)."""
+    """``--out``: probed when parsed (the export is made in a sibling, then moved in; nothing is created now)."""
     from qaclip_harness import options
 
     try:
-        path = options.new_output_folder(value, "--out")
-        options.new_output_folder(path.parent, "--out")  # the temporary export folder is its sibling
+        path = options.output_folder_later(value, "--out")
     except options.OptionError as e:
         raise argparse.ArgumentTypeError(f"{value!r}: {e.detail}") from None
     return path
