@@ -6,28 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness import options as opts
 from qaclip_harness.expected import check_against_catalog
-from qaclip_harness.report.tables import CaseResult, render_text, write_reports
+from qaclip_harness.files import OutputError
+from qaclip_harness.report.tables import CaseResult, render_text
 from qaclip_harness.suite.cases import all_expected, case_of, expected_dir, report_identity
-from qaclip_harness.suite.options import CPU_OPT_IN, SuiteOptions, add_options, validated_options
+from qaclip_harness.suite.options import CPU_OPT_IN, SuiteOptions, add_options, option_source, validated_options
 from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
 from qaclip_harness.suite.reports import write_html_and_history
-from qaclip_harness.suite.session import Suite, resolved_device, runs_on_cuda
+from qaclip_harness.suite.run_report import interrupted_result, write_run_report
+from qaclip_harness.suite.session import Suite, runs_on_cuda
 
 _SUITE_KEY = pytest.StashKey[Suite]()
 _OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
 _RESULTS_KEY = pytest.StashKey[Dict[str, CaseResult]]()
 _LEFT_OUT_KEY = pytest.StashKey[List[tuple]]()  # (marker, count) of the CPU throughput groups left out
 _BENCH_KEY = pytest.StashKey[Dict[str, dict]]()  # pytest-benchmark's JSON of this run ("run") and the compared one ("baseline")
+_RUNNING_KEY = pytest.StashKey[Optional[pytest.Item]]()  # the case running now (the one a Ctrl-C interrupts)
+_WRITTEN_KEY = pytest.StashKey[List[str]]()  # lines saying where the report went, or why it could not
 _WORKER_OUTPUT = "qaclip_results"
 
 
@@ -40,14 +42,15 @@ def pytest_configure(config):
     config.stash[_RESULTS_KEY] = {}
     config.stash[_LEFT_OUT_KEY] = []
     config.stash[_BENCH_KEY] = {}
+    config.stash[_RUNNING_KEY] = None
+    config.stash[_WRITTEN_KEY] = []
     try:
         worker = getattr(config, "workerinput", None)
         config.stash[_OPTIONS_KEY] = o = validated_options(
-            config.getoption, worker_count=(worker or {}).get("workercount", 1), is_worker=worker is not None)
+            config.getoption, worker_count=(worker or {}).get("workercount", 1), is_worker=worker is not None,
+            source=option_source(config.option))
         # the hub reads these at call time (and xdist workers inherit them)
         if o.lock_file is not None:
-            if o.lock_file.is_dir():
-                raise opts.OptionError("--lock-file", str(o.lock_file), "expected a file path, but it is a folder")
             os.environ["QACLIP_LOCK_FILE"] = str(o.lock_file)
         if o.verify:
             os.environ["QACLIP_VERIFY"] = "1"
@@ -63,10 +66,40 @@ def pytest_configure(config):
         config.option.dist = "loadgroup"
 
 
-def pytest_sessionfinish(session):
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    # A Ctrl-C raises out of the case without a report: remember which case was running.
+    item.config.stash[_RUNNING_KEY] = item
+    result = yield
+    item.config.stash[_RUNNING_KEY] = None
+    return result
+
+
+def pytest_sessionfinish(session, exitstatus):
     config = session.config
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    results = config.stash.get(_RESULTS_KEY, {})
+    running = config.stash.get(_RUNNING_KEY, None)
+    if interrupted and running is not None and running.nodeid not in results and _OPTIONS_KEY in config.stash:
+        result = interrupted_result(running, config.stash[_OPTIONS_KEY])
+        if result is not None:
+            results[running.nodeid] = result
     if hasattr(config, "workeroutput"):
-        config.workeroutput[_WORKER_OUTPUT] = json.dumps({k: asdict(r) for k, r in config.stash[_RESULTS_KEY].items()})
+        config.workeroutput[_WORKER_OUTPUT] = json.dumps({k: asdict(r) for k, r in results.items()})
+        return
+    options = config.stash.get(_OPTIONS_KEY, None)
+    if options is None or options.report is None or not results:
+        return
+    ordered = sorted(results.values(), key=lambda r: (r.dataset, r.model))
+    try:
+        paths = write_run_report(ordered, options, interrupted=interrupted)
+    except OutputError as e:  # a full disk: one line naming the path, and the run fails
+        config.stash[_WRITTEN_KEY] = [f"qaclip: the report was not written: {e}"]
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    config.stash[_WRITTEN_KEY] = [f"report written to {path}" for path in paths]
+    _append_step_summary(paths[1])
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown when xdist is not installed
@@ -156,23 +189,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     terminalreporter.section("QA-CLIP reproduction report")
     terminalreporter.write_line(render_text(results))
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        terminalreporter.write_line("qaclip: the run was interrupted: the report holds the cases that ran and the "
+                                    "one that was interrupted", yellow=True, bold=True)
+    for line in config.stash.get(_WRITTEN_KEY, []):
+        terminalreporter.write_line(line, red=line.startswith("qaclip:"))
     options = config.stash.get(_OPTIONS_KEY, None)
-    if options is not None and options.report is not None:
-        from qaclip_harness.environment import environment
-
-        meta = {"precision": options.precision, "device": options.device, "backend": options.backend,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "batch_size": options.batch_size, "evaluate_any_split": options.evaluate_any_split}
-        paths = write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))
+    if options is None:
+        return
+    if options.report is not None and (options.report / "report.json").is_file() and not any(
+            line.startswith("qaclip:") for line in config.stash.get(_WRITTEN_KEY, [])):
+        # report.html and history.md come after pytest-benchmark has saved this run's JSON (its own
+        # sessionfinish): they read report.json back and add the throughput records
         bench = config.stash.get(_BENCH_KEY, {})
-        paths += write_html_and_history(options.report, bench.get("run"), bench.get("baseline"), options.history,
-                                        lambda line: terminalreporter.write_line(line, red=True))
+        paths = write_html_and_history(options.report, bench.get("run"), bench.get("baseline"), options.history,
+                                       lambda line: terminalreporter.write_line(line, red=True))
         for path in paths:
             terminalreporter.write_line(f"report written to {path}")
-        _append_step_summary(paths[1])
-        if len(paths) > 3:
-            _append_step_summary(paths[3])  # history.md: what moved since the last kept run
-    elif options is not None and options.history is not None:
+        if len(paths) > 1:
+            _append_step_summary(paths[1])  # history.md: what moved since the last kept run
+    elif options.report is None and options.history is not None:
         terminalreporter.write_line("qaclip: --history is used only with --report (it draws into report.html): ignored",
                                     yellow=True)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import pytest
 
-from qaclip_core.errors import DownloadError
+from qaclip_core.errors import DownloadError, QAClipError
 from qaclip_harness.errors import MissingDependencyError
 from qaclip_core.registry import ModelCard, all_cards, get_card
 from qaclip_harness.report.tables import CaseResult
@@ -76,6 +77,9 @@ class GateCase:
                 self.suite.record(self.item, CaseResult(status="error", reason=reason, **self.base))
                 pytest.fail(f"{self.gate}-{self.card.name}: --require-data is set and {reason}", pytrace=False)
             self.skip(str(e))
+        except QAClipError as e:  # bad input (a damaged golden store, a full disk): one message naming the file
+            self.suite.record(self.item, CaseResult(status="error", reason=str(e).splitlines()[0], **self.base))
+            pytest.fail(f"{self.gate}-{self.card.name}: {e}", pytrace=False)
         except Exception as e:
             self.suite.record(self.item, CaseResult(status="error", reason=f"{type(e).__name__}: {e}".splitlines()[0], **self.base))
             raise
@@ -156,7 +160,8 @@ def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
 def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Optional[str], save: bool) -> None:
     from qaclip_core.checkpoint import resolve_device
     from qaclip_harness.gates.features import EncoderSource, probe_features
-    from qaclip_harness.gates.golden import GoldenMissing, checkpoint_digest, compare_golden, load_golden, save_golden
+    from qaclip_harness.gates.golden import (GoldenMissing, checkpoint_digest, compare_golden, golden_name, load_golden,
+                                             save_golden)
     from qaclip_harness.gates.tolerances import golden_tolerance
     from qaclip_harness.probe import load_probe_set
 
@@ -168,7 +173,7 @@ def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Option
     path = case.guarded(lambda: suite.checkpoint_for(card))
     current = case.guarded(lambda: probe_features(EncoderSource(suite.encoder_for(card), suite.batch_size), probe))
     if save:
-        out = save_golden(golden_dir, card.name, suite.precision, device, current, path, probe)
+        out = case.guarded(lambda: save_golden(golden_dir, card.name, suite.precision, device, current, path, probe))
         case.finish(True, [_row("recorded", out.name, True)], {}, f"recorded {out}", str(device), reason=f"recorded {out.name}")
         return
 
@@ -179,7 +184,8 @@ def _golden(suite: Suite, item: pytest.Item, card: ModelCard, golden_dir: Option
             case.skip(str(e))
 
     golden, entry = case.guarded(load)
-    report = compare_golden(current, golden, golden_tolerance(suite.precision))
+    golden_file = Path(golden_dir) / golden_name(card.name, suite.precision, device)
+    report = case.guarded(lambda: compare_golden(current, golden, golden_tolerance(suite.precision), golden_file))
     if entry.get("checkpoint_sha256") != checkpoint_digest(path):
         report.notes.append(f"note: the checkpoint differs from the one the goldens were recorded from "
                             f"(sha256 {str(entry.get('checkpoint_sha256'))[:12]}..., now {checkpoint_digest(path)[:12]}...)")

@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DeviceError
 from .model.clip import CLIP, create_model
 from .model.config import text_names, vision_names
 
@@ -18,10 +18,21 @@ _SHOW = 8  # key names quoted in an error message
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """``auto`` means CUDA when available, else CPU."""
+    """``auto`` means CUDA when available, else CPU; a CUDA device this machine lacks is a DeviceError."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"device {device!r}: expected auto, cpu, cuda or cuda:N (or another torch device)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: this machine has no CUDA device (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda or 'no'}); use 'cpu'")
+        count = torch.cuda.device_count()
+        if (dev.index or 0) >= count:
+            raise DeviceError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return dev
 
 
 def resolve_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
@@ -234,6 +245,8 @@ def load_checkpoint(
     precision: Union[str, torch.dtype] = "fp32",
 ) -> CLIP:
     """Build the model of ``arch`` (inferred from the weights when None) and load ``path`` strictly."""
+    device = resolve_device(device)  # a device this machine lacks fails before gigabytes are read
+    dtype = resolve_dtype(precision)
     sd = read_state_dict(path)
     if arch is None:
         arch = infer_arch(sd)
@@ -241,4 +254,4 @@ def load_checkpoint(
             raise ArchitectureUnknownError(path, arch)
     model = create_model(arch, random_init=False)  # every tensor comes from the checkpoint
     load_state_dict_strict(model, sd, source=f"checkpoint {path}")
-    return model.to(device=resolve_device(device), dtype=resolve_dtype(precision)).eval()
+    return model.to(device=device, dtype=dtype).eval()

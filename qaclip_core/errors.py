@@ -24,3 +24,7 @@ class ChecksumError(QAClipError, ValueError):
 
 class DownloadError(QAClipError, OSError):
     """A file that could not be fetched (offline, unreachable, missing upstream)."""
+
+
+class DeviceError(QAClipError, ValueError):
+    """A device this machine does not have (``cuda`` without a GPU, ``cuda:7`` on a machine with fewer)."""

@@ -14,6 +14,7 @@ Format (JSON, sorted, one entry per file)::
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -74,12 +75,38 @@ class ChecksumLock:
                 check(files[key], key, sha256, size, self.path)
                 return files[key]
             files[key] = {"sha256": sha256, "size": int(size), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": VERSION, "files": dict(sorted(files.items()))}, indent=2) + "\n",
-                           encoding="utf-8")
-            os.replace(tmp, self.path)
+            self._write({"version": VERSION, "files": dict(sorted(files.items()))})
             return files[key]
+
+    def _write(self, doc: dict) -> None:
+        # A temporary beside the file, then one rename (the harness's files.py does the same; the
+        # core cannot import it). Temporaries of writers that died are removed first.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for old in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            pid = old.name[len(self.path.name) + 2: -len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                old.unlink(missing_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LockFileError(f"cannot write the lock file {self.path}: {e.strerror or e}; "
+                                f"nothing was recorded (the file as it was is kept)") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check(entry: dict, key: str, sha256: str, size: int, lock_path: Path, where: str = "") -> None:

@@ -83,13 +83,16 @@ def record_path(path: Path) -> Path:
 def write_record(path: Path, digest: str, st: Optional[os.stat_result] = None) -> None:
     real = Path(os.path.realpath(path))
     side = record_path(path)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
     try:
         st = st or real.stat()
-        tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
         os.replace(tmp, side)
-    except OSError:
-        pass  # read-only directory: the only cost is hashing again on the next load
+    except OSError:  # read-only directory or full disk: the only cost is hashing again on the next load
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def full_verification() -> bool:
@@ -117,8 +120,19 @@ def cached_sha256(path: Path) -> str:
 
 
 
-def verify_cached(path: Path, expected: Optional[str], source: str) -> None:
+def check_size(path: Path, size: Optional[int], source: str) -> None:
+    """A file of another size than ``size`` is refused at once, naming both sizes (no need to hash gigabytes)."""
+    if size is None:
+        return
+    actual = Path(os.path.realpath(path)).stat().st_size
+    if actual != size:
+        raise ChecksumError(f"{path}: {actual:,} bytes, but {source} is {size:,} bytes (its pinned size): the file is "
+                            f"truncated, unfinished or another file. Delete it to download it again.")
+
+
+def verify_cached(path: Path, expected: Optional[str], source: str, size: Optional[int] = None) -> None:
     # A file found on disk may have been placed by hand, so a mismatch is reported, not deleted.
+    check_size(path, size, source)
     if expected is None:
         return
     actual = cached_sha256(path)
@@ -135,9 +149,11 @@ def check_lock(lock: Optional[ChecksumLock], key: str, path: Path) -> None:
         return
     from .lockfile import check
 
-    digest = cached_sha256(path)
     size = Path(os.path.realpath(path)).stat().st_size
     entry = lock.entry(key)
+    if entry is not None and entry["size"] != size:  # told apart before hashing
+        check_size(path, entry["size"], f"{key} as recorded in the lock file {lock.path}")
+    digest = cached_sha256(path)
     if entry is None:
         lock.record(key, digest, size)
     else:
@@ -302,10 +318,12 @@ def fetch_hub_file(
     cache_dir: Optional[PathLike] = None,
     manual_url: Optional[str] = None,
     endpoint: Optional[str] = None,
+    size: Optional[int] = None,
 ) -> Path:
     """Path of a verified Hub file: reused from ``local_dir`` (or the HF cache) if present, else downloaded.
 
-    ``endpoint`` overrides the hub address for this call only (the fixture's local server).
+    ``endpoint`` overrides the hub address for this call only (the fixture's local server);
+    ``size`` (bytes), when pinned, is checked before any hashing.
     """
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
@@ -327,7 +345,7 @@ def fetch_hub_file(
     key = hub_key(repo_id, filename, repo_type, revision)
     found = find_existing()
     if found is not None:
-        verify_cached(found, expected, source)
+        verify_cached(found, expected, source, size)
         check_lock(lock, key, found)
         return found
 
@@ -341,7 +359,7 @@ def fetch_hub_file(
     with FileLock(str(lock_path)):
         found = find_existing()
         if found is not None:
-            verify_cached(found, expected, source)
+            verify_cached(found, expected, source, size)
             check_lock(lock, key, found)
             return found
         if is_offline():
@@ -363,6 +381,11 @@ def fetch_hub_file(
         except hub_exceptions() as exc:
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, failure_reason(exc), endpoint) from exc
 
+        got = Path(os.path.realpath(path)).stat().st_size
+        if size is not None and got != size:  # refused before hashing
+            _discard_hub_file(path, ldir, filename)
+            raise ChecksumError(f"{filename} from {source}: {got:,} bytes downloaded, {size:,} expected (the model card's "
+                                f"pinned size); the downloaded file {path} was removed.")
         # what the file must be: the card's pin, else the lock file's record, else the Hub's ETag
         entry = lock.entry(key) if lock is not None else None
         if expected:
@@ -429,10 +452,11 @@ def fetch_checkpoint(card: ModelCard, download_root: Optional[PathLike] = None, 
             sha256=card.sha256,
             manual_url=card.url,
             endpoint=endpoint,
+            size=card.size,
         )
     root = Path(download_root).expanduser() if download_root is not None else cache_root()
     target = root / card.filename
     if target.is_file():
-        verify_cached(target, normalize_sha256(card.sha256), f"model {card.name}")
+        verify_cached(target, normalize_sha256(card.sha256), f"model {card.name}", card.size)
         return target
     raise DownloadError(f"model {card.name!r} has no hub repo to fetch from; place the checkpoint at {target}")

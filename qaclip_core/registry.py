@@ -5,6 +5,7 @@ with :func:`register_cards` (one file) or :func:`register_card_dir` (every ``*.y
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -32,6 +33,8 @@ class ModelCard:
     hub_revision: Optional[str] = None
     url: Optional[str] = None
     sha256: Optional[str] = None
+    size: Optional[int] = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
+    checksum_source: Optional[str] = None  # where sha256 and size were published
     params_m: Optional[float] = None
     aliases: tuple = ()
     adapter: str = "native"
@@ -55,7 +58,7 @@ class ModelCard:
 _CARDS: Dict[str, ModelCard] = {}
 _ALIASES: Dict[str, str] = {}
 _KNOWN_KEYS = {
-    "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256",
+    "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256", "size", "checksum_source",
     "params_m", "aliases", "adapter", "protocol", "test_only", "preprocessing", "original",
 }
 
@@ -70,6 +73,11 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
     if raw.get("preprocessing") not in (None, "reference", "processor"):
         raise ValueError(f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
                          f"expected 'reference' or 'processor'")
+    sha256, size = raw.get("sha256"), raw.get("size")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+        raise ValueError(f"{source}: card {raw.get('name')!r}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"{source}: card {raw.get('name')!r}: size must be a positive number of bytes, got {size!r}")
     hub = raw.get("hub") or {}
     return ModelCard(
         name=raw["name"],
@@ -82,7 +90,9 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
         hub_filename=hub.get("filename"),
         hub_revision=hub.get("revision"),
         url=raw.get("url"),
-        sha256=raw.get("sha256"),
+        sha256=sha256,
+        size=size,
+        checksum_source=raw.get("checksum_source"),
         params_m=raw.get("params_m"),
         aliases=tuple(raw.get("aliases") or ()),
         adapter=raw.get("adapter", "native"),

@@ -160,6 +160,15 @@ class Tokenizer:
         """[N, context_length] ids: [CLS] + ids[:context_length - 2] + [SEP], zero padded."""
         if isinstance(texts, (str, bytes)):
             texts = [texts]
+        else:
+            try:
+                texts = list(texts)
+            except TypeError:
+                raise TypeError(f"tokenize: expected a string or a list of strings, got {type(texts).__name__} "
+                                f"{texts!r:.80}") from None
+        for i, text in enumerate(texts):
+            if not isinstance(text, (str, bytes)):
+                raise TypeError(f"tokenize: texts[{i}] is {type(text).__name__} {text!r:.80}, expected a string")
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (for [CLS] and [SEP]), got {context_length}")
         out = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)

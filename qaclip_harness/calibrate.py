@@ -27,6 +27,7 @@ import yaml
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.data.catalog import DatasetOnDisk
+from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
 
 RUNS = ("fp32", "fp32-tf32", "fp16", "bf16", "reference-fp32")
 
@@ -155,12 +156,11 @@ def _calibrate_each(cases, checkpoint_dir, data_root, device, runs, batch_size, 
 def write_calibration(doc: dict, path: Path) -> Path:
     """Write the calibration file (YAML)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
     header = ("# Measured by `python -m qaclip_harness calibrate` (qaclip_harness.calibrate): per case, the metrics of every\n"
               "# run, their deltas from the fp32 (TF32 off) run and the largest |delta| per run. A tolerance in\n"
               "# expected/ should cover the largest delta of its precision plus 0.05 for the published value's rounding.\n")
-    path.write_text(header + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=110), encoding="utf-8")
-    return path
+    return atomic_write_text(path, header + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=110))
 
 
 def select_cases(cases: List, patterns: Sequence[str]) -> List:

@@ -5,8 +5,9 @@ expected, before any model is built or any data is read.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from qaclip_core.errors import QAClipError
 
@@ -72,8 +73,20 @@ def folder(value: Optional[Union[str, Path]], option: str, must_exist: bool = Fa
     return path
 
 
-def new_output_folder(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
-    """A folder to write into: created now, so that a path that cannot be written fails before any work."""
+def _probe_writable(path: Path, option: str, value: object, label: str) -> None:
+    """Create a throw-away file in ``path`` now: a folder that cannot be written fails before any work."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".qaclip-write-test-"):
+            pass
+    except OSError as e:
+        raise OptionError(option, value, f"{label} is not writable ({e.strerror or e})") from None
+
+
+def new_output_folder(value: Optional[Union[str, Path]], option: str, will_write: Sequence[str] = ()) -> Optional[Path]:
+    """A folder to write into: created and probed now, so that a path that cannot be written fails before any work.
+
+    ``will_write`` names the files the run writes there: a folder in the place of one is refused too.
+    """
     path = folder(value, option)
     if path is None:
         return None
@@ -81,13 +94,60 @@ def new_output_folder(value: Optional[Union[str, Path]], option: str) -> Optiona
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OptionError(option, value, f"cannot create the folder {path} ({e.strerror or e})") from None
-    probe = path / f".qaclip-write-test-{id(path)}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OptionError(option, value, f"the folder {path} is not writable ({e.strerror or e})") from None
+    for name in will_write:
+        if (path / name).is_dir():
+            raise OptionError(option, value, f"{path / name} is a folder, but the run writes the file {name} there")
+    _probe_writable(path, option, value, f"the folder {path}")
     return path
+
+
+def output_folder_later(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+    """A folder the run creates later (beside a temporary sibling): nothing is created now, but a file in
+    its place, or a nearest existing folder that cannot be written, fails now."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, value, f"expected a folder, but {path} is a file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(option, value, f"cannot create {path}: {ancestor} is a file, not a folder")
+    for folder in ([path] if path.is_dir() else []) + [ancestor]:
+        _probe_writable(folder, option, value, f"the folder {folder}")
+    return path
+
+
+def output_file(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+    """A file the run will write (through a temporary beside it): never a folder, and its folder writable now."""
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise OptionError(option, value, f"expected a file path, but {path} is a folder")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OptionError(option, value, f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError(option, value, f"cannot create the folder {parent} ({e.strerror or e})") from None
+    _probe_writable(parent, option, value, f"the folder {parent}, where {path.name} is written,")
+    return path
+
+
+def cache_folder(sub: str) -> Path:
+    """``<package cache>/<sub>`` (``$QACLIP_CACHE`` or ``~/.cache/qaclip``), created and probed; errors name ``QACLIP_CACHE``."""
+    import os
+
+    from qaclip_core.pretrained import cache_root
+
+    root = os.environ.get("QACLIP_CACHE", "").strip()
+    name = "QACLIP_CACHE" if root else "the package cache (QACLIP_CACHE unset, default ~/.cache/qaclip)"
+    if root and Path(root).expanduser().is_file():
+        raise OptionError(name, root, f"expected a folder, but {Path(root).expanduser()} is a file")
+    return new_output_folder(cache_root() / sub, name)
 
 
 def architecture(value: str, option: str = "--arch") -> str:

@@ -1,6 +1,6 @@
 """A campaign of bad inputs against the CLI and the suite, each run in a subprocess.
 
-    python tools/bad_inputs.py [--jobs 2] [--only SUBSTRING] [--keep DIR]
+    python tools/bad_inputs.py [--jobs 2] [--only SUBSTRING ...] [--keep DIR]
 
 Every fault builds its inputs in a folder of its own (from the embedded fixture: the tiny
 checkpoint and the generated Shapes-CN data), runs ``python -m qaclip_harness eval ...`` or
@@ -40,7 +40,8 @@ from qaclip_harness.fixture import ARCH, CHECKPOINT  # noqa: E402
 from qaclip_harness.fixture.shapes import write_shapes_dataset  # noqa: E402
 
 TRACEBACK = "Traceback (most recent call last)"
-LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", ".*.extract-*", "*.part")
+HF_MODEL = "hf-fixture-tiny"  # the fixture's transformers-format copy
+LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", "*.tmpdir", ".*.tmp-*", ".*.extract-*", "*.part", ".qaclip-write-test-*")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Fault:
     codes: Tuple[int, ...]
     needles: Tuple[str, ...] = ()
     must_not_exist: Tuple[str, ...] = ()  # paths (relative to the fault's folder) that must not appear
+    read_only: bool = False  # runs where mode bits bind: a fresh interpreter without root's overriding capabilities
 
 
 @dataclass
@@ -90,6 +92,18 @@ class Base:
         write_shapes_dataset(self.data)
         _write_elevater(self.data)
         self.state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+        self._converted = None
+
+    def converted(self) -> Path:
+        """The fixture in transformers format (hf-fixture-tiny's folder), converted once."""
+        if self._converted is None:
+            from qaclip_harness.fixture.hf import write_converted
+
+            from qaclip_core.registry import get_card
+
+            write_converted(self.root / "converted")
+            self._converted = self.root / "converted" / get_card(HF_MODEL).hub_repo
+        return self._converted
 
     def data_copy(self, d: Path) -> Path:
         target = d / "data"
@@ -136,6 +150,10 @@ def _write_elevater(data: Path) -> None:
     for i, folder in enumerate(sorted((cls / "test").iterdir())[:4]):
         shutil.copytree(folder, target / "test" / str(i))
     (target / "label_cn.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+
+
+def _elevater_images(data: Path) -> int:
+    return sum(1 for f in (_elevater(data) / "test").rglob("*") if f.is_file())
 
 
 def _edit_lmdb(path: Path, edit: Callable[[lmdb.Transaction], None]) -> None:
@@ -412,9 +430,134 @@ def faults(base: Base) -> List[Fault]:
 
     cli("predictions cannot be written", unwritable_predictions, codes=(1,), needles=('"t2i_r1"', "the metrics above were computed"))
 
+
+    # ---- round three: outputs probed before the work, named by what the user set --------------
+    def read_only_dir(d: Path) -> Path:
+        ro = d / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+
+    def ro_cli(name, args_fn, needles):
+        def build(d: Path):
+            data = base.data_copy(d)
+            return args_fn(d, data), {}
+        out.append(F(name, "cli", build, (2,), needles, (), read_only=True))
+
+    def export_args(out_path: str) -> List[str]:
+        return ["-m", "qaclip_harness", "export-onnx", "--checkpoint", str(CHECKPOINT), "--out", out_path]
+
+    cli("export-onnx --out is a file", lambda d, data: export_args(str(a_file(d))), needles=("--out", "is a file"))
+    ro_cli("export-onnx --out read-only", lambda d, data: export_args(str(read_only_dir(d) / "onnx")),
+           needles=("--out", "Permission denied"))
+
+    def calibrate_args(d: Path, out_path: str, *extra: str) -> List[str]:
+        return ["-m", "qaclip_harness", "calibrate", "--out", out_path, "--expected-dir", str(REPO / "expected"),
+                "--case", "muge-qa-clip-rn50", "--data-root", str(d / "no-data"), "--checkpoint-dir", str(d / "no-ckpt"),
+                "--device", "cpu", *extra]
+
+    cli("calibrate --out is a folder", lambda d, data: calibrate_args(d, str(d)), needles=("--out", "is a folder"))
+    ro_cli("calibrate --out read-only", lambda d, data: calibrate_args(d, str(read_only_dir(d) / "c.yaml")),
+           needles=("--out", "not writable", "Permission denied"))
+    cli("calibrate, every case skipped", lambda d, data: calibrate_args(d, str(d / "cal.yaml")), codes=(1,),
+        needles=("were skipped", "nothing was calibrated", "--allow-empty"), must_not_exist=("cal.yaml",))
+    ro_cli("--lock-file read-only", lambda d, data: _cli(data, "--lock-file", str(read_only_dir(d) / "lock.json")),
+           needles=("--lock-file", "not writable", "Permission denied"))
+    cli("QACLIP_LOCK_FILE under a file", lambda d, data: _cli(data), needles=("QACLIP_LOCK_FILE", "is a file"),
+        env={"QACLIP_LOCK_FILE": "__FILE__/lock.json"})
+    cli("QACLIP_CACHE a file, --backend onnx", lambda d, data: _cli(data, "--backend", "onnx"),
+        needles=("QACLIP_CACHE", "is a file"), env={"QACLIP_CACHE": "__FILE__"})
+
+    # ---- transformers-format folders ------------------------------------------------------------
+    def hf(edit):
+        def fn(d, data):
+            source = base.converted()
+            folder = d / "ckpts" / source.name
+            shutil.copytree(source, folder)
+            edit(folder)
+            return ["-m", "qaclip_harness", "eval", "--model", HF_MODEL, "--checkpoint-dir", str(d / "ckpts"),
+                    "--dataset", "fixture-shapes", "--data-root", str(data), "--quiet", "--device", "cpu",
+                    "--num-workers", "0"]
+        return fn
+
+    def wider_text(folder: Path):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config["text_config"]["hidden_size"] *= 2
+        (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    def cut_weights(folder: Path):
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+    def nan_weights(folder: Path):
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(folder / "model.safetensors")
+        weights = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    def pickled_code(folder: Path):
+        from safetensors.torch import load_file
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("echo pwned > PWNED",))
+
+        weights = load_file(folder / "model.safetensors")
+        (folder / "model.safetensors").unlink()
+        torch.save({**weights, "x": Evil()}, folder / "pytorch_model.bin")
+
+    cli("hf folder: config.json hidden_size wrong", hf(wider_text), needles=("model.safetensors", "config.json"))
+    cli("hf folder: model.safetensors truncated", hf(cut_weights), needles=("model.safetensors", "not a readable safetensors"))
+    cli("hf folder: model.safetensors garbage", hf(lambda f: (f / "model.safetensors").write_bytes(os.urandom(5000))),
+        needles=("model.safetensors", "not a readable safetensors"))
+    cli("hf folder: all-NaN weights", hf(nan_weights), needles=("model.safetensors", "NaN"))
+    cli("hf folder: pytorch_model.bin with pickled code", hf(pickled_code), needles=("pytorch_model.bin", "refused"),
+        must_not_exist=("PWNED",))
+
+    # ---- silent wrong results, text --------------------------------------------------------------
+    def loop_link(d, data):
+        root = _elevater(data)
+        (root / "test" / "0" / "loop").symlink_to(".", target_is_directory=True)
+        return _cli(data, "--json", dataset="kitti-distance")
+
+    cli("ELEVATER class folder with a link loop", loop_link, codes=(0,),
+        needles=("directory link(s) not followed", "kitti-distance/test/0/loop", f'"num_images": {_elevater_images(base.data)}'))
+    cli("jsonl caption with a lone surrogate", texts(lambda r: json.dumps(dict(r, text="a\ud800b"))),
+        needles=("test_texts.jsonl:1", "lone surrogate"))
+
+    # ---- compare-reports --------------------------------------------------------------------------
+    good = {"meta": {"precision": "fp32"}, "environment": {"torch": "x"},
+            "results": [{"dataset": "muge", "model": "m", "status": "passed", "measured": {"t2i_r1": 1.0},
+                         "provenance": {"build": "a"}}]}
+
+    def report_pair(edit, *extra):
+        def fn(d, data):
+            import copy
+
+            (d / "a.json").write_text(json.dumps(good), encoding="utf-8")
+            doc = copy.deepcopy(good)
+            edit(doc)
+            (d / "b.json").write_text(json.dumps(doc), encoding="utf-8")
+            return ["-m", "qaclip_harness", "compare-reports", str(d / "a.json"), str(d / "b.json"), *extra]
+        return fn
+
+    for name, edit, key in [
+        ("a result that is a number", lambda doc: doc["results"].append(3), "results[1]"),
+        ("dataset missing", lambda doc: doc["results"][0].pop("dataset"), "'dataset' is a required property"),
+        ("meta a list", lambda doc: doc.update(meta=[1]), "meta:"),
+        ("measured a list", lambda doc: doc["results"][0].update(measured=[1.0]), "results[0].measured"),
+        ("dataset a list", lambda doc: doc["results"][0].update(dataset=["muge"]), "results[0].dataset"),
+        ("environment a string", lambda doc: doc.update(environment="torch x"), "environment:"),
+        ("provenance a string", lambda doc: doc["results"][0].update(provenance="a"), "results[0].provenance"),
+    ]:
+        cli(f"compare-reports: {name}", report_pair(edit), needles=("b.json", key))
+    cli("compare-reports --json: measured a list", report_pair(lambda doc: doc["results"][0].update(measured=[1.0]), "--json"),
+        needles=("b.json", "results[0].measured"))
+
     # the suite
-    def suite(name, build, codes, needles=(), must_not_exist=()):
-        out.append(F(name, "suite", build, codes, needles, must_not_exist))
+    def suite(name, build, codes, needles=(), must_not_exist=(), read_only=False):
+        out.append(F(name, "suite", build, codes, needles, must_not_exist, read_only))
 
     suite("suite --batch-size 0", lambda d: (_suite("--collect-only", "--batch-size", "0"), {}), (4,), ("--batch-size",))
     suite("suite --device cuda:7", lambda d: (_suite("--collect-only", "--device", "cuda:7"), {}), (4,), ("cuda:7",))
@@ -469,6 +612,40 @@ def faults(base: Base) -> List[Fault]:
 
     suite("suite ELEVATER case, label file short", suite_elevater_label_short, (1,),
           ("kitti-distance/test", "label_cn.txt", "1 failed"))
+
+    # ---- round three: the suite's outputs, probed at configure time ------------------------------
+    def report_json_folder(d: Path):
+        (d / "r" / "report.json").mkdir(parents=True)
+        return _suite("--collect-only", "--report", str(d / "r")), {}
+
+    suite("suite --report/report.json is a folder", report_json_folder, (4,), ("--report", "report.json is a folder"))
+    suite("suite --golden-dir is a file, --golden-save", lambda d: (_suite("--collect-only", "--golden-dir", str(a_file(d)),
+          "--golden-save"), {}), (4,), ("--golden-dir", "is a file"))
+    suite("suite QACLIP_GOLDEN_DIR is a file", lambda d: (_suite("--collect-only"), {"QACLIP_GOLDEN_DIR": str(a_file(d))}),
+          (4,), ("QACLIP_GOLDEN_DIR", "is a file"))
+    suite("suite --golden-save into a read-only folder", lambda d: (_suite("--collect-only", "--golden-save", "--golden-dir",
+          str(read_only_dir(d) / "goldens")), {}), (4,), ("--golden-dir", "Permission denied"), read_only=True)
+    suite("suite QACLIP_CACHE a file, --backend onnx", lambda d: (_suite("--collect-only", "--backend", "onnx"),
+          {"QACLIP_CACHE": str(a_file(d))}), (4,), ("QACLIP_CACHE", "is a file"))
+    suite("suite --lock-file in a read-only folder", lambda d: (_suite("--collect-only", "--lock-file",
+          str(read_only_dir(d) / "lock.json")), {}), (4,), ("--lock-file", "not writable", "Permission denied"), read_only=True)
+    suite("suite QACLIP_DEVICE=cuda:7", lambda d: (_suite("--collect-only"), {"QACLIP_DEVICE": "cuda:7"}), (4,),
+          ("QACLIP_DEVICE 'cuda:7'",))
+
+    def golden_store(edit):
+        def build(d: Path):
+            store = d / "goldens"
+            store.mkdir()
+            (store / "fixture-tiny-fp32-cpu.pt").write_bytes(b"features recorded earlier")
+            edit(store)
+            return (_suite("-k", "golden-fixture-tiny and not hf", "--golden-dir", str(store), "--device", "cpu"), {})
+        return build
+
+    suite("suite golden store without its manifest", golden_store(lambda store: None), (1,),
+          ("manifest.json is missing", "1 failed"))
+    suite("suite golden manifest entry is a list", golden_store(lambda store: (store / "manifest.json").write_text(
+          json.dumps({"format": 1, "goldens": {"fixture-tiny-fp32-cpu.pt": [1, 2]}}), encoding="utf-8")), (1,),
+          ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"))
     return out
 
 
@@ -516,6 +693,11 @@ def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[s
     d = workdir / "".join(c if c.isalnum() else "-" for c in fault.name).strip("-")
     d.mkdir(parents=True)
     argv, extra = fault.build(d)
+    if any("__FILE__" in v for v in extra.values()):  # a variable naming a file where a folder must be
+        (d / "a-file").write_text("not a folder")
+        extra = {k: v.replace("__FILE__", str(d / "a-file")) for k, v in extra.items()}
+    if fault.read_only:
+        d.chmod(0o777)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
                 "OMP_NUM_THREADS": "1", "QACLIP_CACHE": str(d / "qaclip-cache")})
@@ -523,15 +705,62 @@ def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[s
     return d, argv, (d if fault.surface == "cli" else REPO), env
 
 
-def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation: str) -> int:
-    """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter."""
+# Popen objects stay referenced: one that is garbage-collected while its process runs is reaped by
+# subprocess's own clean-up, and the waitpid below would find no child.
+_CHILDREN: List[subprocess.Popen] = []
+
+
+def _without_root_overrides() -> None:
+    """Before exec: drop CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER (root then obeys mode bits)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def _drop_root_overrides_now() -> None:
+    """In a forked child: clear CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from this process (capset)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    mask = ~((1 << 1) | (1 << 2) | (1 << 3)) & 0xFFFFFFFF
+    data[0].effective &= mask
+    data[0].permitted &= mask
+    data[0].inheritable &= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation: str, read_only: bool = False) -> int:
+    """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter.
+
+    ``read_only``: the child runs without root's capabilities that override mode bits, so that a
+    folder of mode 0o555 is read-only for it as for any user.
+    """
+    drop = read_only and os.geteuid() == 0
     if isolation == "fork":
         pid = os.fork()
         if pid == 0:
+            if drop:
+                _drop_root_overrides_now()
             _forked_child(argv, cwd, env, out)
         return pid
     with open(out, "wb") as f:
-        return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).pid
+        child = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                 preexec_fn=_without_root_overrides if drop else None)
+    _CHILDREN.append(child)
+    return child.pid
 
 
 def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: str = "fork",
@@ -549,7 +778,7 @@ def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: 
             index, fault = pending.pop(0)
             d, argv, cwd, env = _prepare(fault, workdir)
             out = workdir / f"{d.name}.out"
-            running[_start(argv, cwd, env, out, isolation)] = (index, fault, d, out, time.perf_counter())
+            running[_start(argv, cwd, env, out, isolation, fault.read_only)] = (index, fault, d, out, time.perf_counter())
         finished = []
         for pid, (index, fault, d, out, t0) in running.items():
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -573,7 +802,7 @@ def main(argv: Sequence[str] = None) -> int:
     """Run the campaign and print the table; exit 0 only if every fault was handled cleanly."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=int, default=2, help="faults run at once (default 2)")
-    p.add_argument("--only", default="", help="run the faults whose name contains this")
+    p.add_argument("--only", action="append", default=[], help="run the faults whose name contains this (repeatable)")
     p.add_argument("--keep", type=Path, help="build the faults here and keep them (default: a temporary folder)")
     p.add_argument("--verbose", action="store_true", help="print the output of faults not handled cleanly")
     p.add_argument("--isolation", choices=["fork", "exec"], default="fork" if hasattr(os, "fork") else "exec",
@@ -583,7 +812,7 @@ def main(argv: Sequence[str] = None) -> int:
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="qaclip-bad-inputs-"))
     try:
         base = Base(workdir / "_base")
-        selected = [f for f in faults(base) if args.only in f.name]
+        selected = [f for f in faults(base) if not args.only or any(o in f.name for o in args.only)]
         outcomes = run_all(selected, workdir, args.jobs, args.isolation)
     finally:
         if args.keep is None:

@@ -45,26 +45,9 @@ def import_transformers() -> Any:
 
 
 def load_model(transformers: Any, source: str, kw: Dict[str, Any], dtype: torch.dtype) -> Any:
-    """``ChineseCLIPModel.from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
-
-    transformers only logs a warning for those and initialises the gaps at random, which would
-    evaluate a broken model without a word.
-    """
-    try:
-        model, info = transformers.ChineseCLIPModel.from_pretrained(
-            source, **{hf_common.dtype_kwarg(transformers): dtype}, output_loading_info=True, **kw)
-    except (OSError, ValueError) as e:
-        # a local folder that does not load is a bad checkpoint; a repo id that does not is a failed fetch
-        err = CheckpointError if kw else DownloadError
-        raise err(f"cannot load ChineseCLIPModel from {source}: {type(e).__name__}: {e}") from e
-    problems = []
-    for what in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-        found = [str(k) for k in (info.get(what) or [])]
-        if found:
-            problems.append(f"{len(found)} {what.replace('_', ' ')}: {', '.join(found[:6])}" + (" ..." if len(found) > 6 else ""))
-    if problems:
-        raise CheckpointError(f"{source} does not fit its config.json as a ChineseCLIPModel: " + "; ".join(problems))
-    return model
+    """``ChineseCLIPModel.from_pretrained`` that refuses missing, unexpected, mis-shaped or non-finite weights
+    (:func:`~qaclip_harness.backends.transformers_base.load_pretrained`)."""
+    return hf_common.load_pretrained(transformers.ChineseCLIPModel, transformers, source, kw, dtype, "ChineseCLIP")
 
 
 # --------------------------------------------------------------------------------------------

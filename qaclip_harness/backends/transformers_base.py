@@ -10,13 +10,15 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-from qaclip_core.errors import CheckpointError
+from qaclip_core.checkpoint import non_finite_weights
+from qaclip_core.errors import CheckpointError, DownloadError
 from qaclip_core.model.clip import trim_padding
 from qaclip_harness.optional import version_tuple
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
+# the weight files transformers looks for in a folder, in its order of preference
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_SHOW = 4
 
 
 def dtype_kwarg(transformers: Any) -> str:
@@ -38,6 +40,75 @@ def resolve_source(path_or_dir: PathLike, family: str) -> Tuple[str, Dict[str, A
     if os.sep in source or source.startswith((".", "~")) or source.count("/") > 1:
         raise CheckpointError(f"{family} folder {source} does not exist")
     return source, {}  # a hub repo id: transformers resolves it through its own cache
+
+
+def weights_file(folder: PathLike) -> str:
+    """The weight file of a transformers folder that ``from_pretrained`` reads (for messages), or a description."""
+    for name in WEIGHT_FILES:
+        if (Path(folder) / name).is_file():
+            return name
+    return f"its weights ({' or '.join(WEIGHT_FILES[::2])})"
+
+
+def _load_failure(source: str, local: bool, family: str, e: BaseException) -> Exception:
+    """One error for a folder that does not load, naming the folder, the file and what was expected."""
+    import pickle
+
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if not local:  # a hub repo id that does not load is a failed fetch
+        return DownloadError(f"cannot load {family}Model from {source}: {type(e).__name__}: {first}")
+    weights = f"{source}/{weights_file(source)}"
+    if type(e).__name__ == "SafetensorError":
+        return CheckpointError(f"{weights}: not a readable safetensors file ({first}); expected the complete file "
+                               f"{family}Model.save_pretrained writes: it is truncated or damaged, download it again")
+    if isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(f"{weights}: refused: it holds pickled objects other than tensors, which could run code "
+                               f"when loaded (read with weights_only=True); expected a plain state dict, or "
+                               f"model.safetensors")
+    if isinstance(e, OSError) and "config" in first.lower():
+        return CheckpointError(f"{source}/config.json: cannot be read as a {family} config ({first})")
+    return CheckpointError(f"cannot load {family}Model from {source}: {type(e).__name__}: {first}")
+
+
+def load_pretrained(model_class: Any, transformers: Any, source: str, kw: Dict[str, Any], dtype: torch.dtype,
+                    family: str) -> Any:
+    """``model_class.from_pretrained`` of a folder or repo id that refuses what would evaluate a broken model.
+
+    transformers only logs missing, unexpected or mis-shaped weights (a ``config.json`` that does
+    not fit its weights) and draws the gaps at random; it raises its own types for a damaged
+    safetensors file or a pickle it refuses; and it loads NaN weights without a word. Each of
+    these is a CheckpointError here, naming the folder, the file and what was expected.
+    """
+    local = bool(kw)
+    logging = transformers.utils.logging
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # its load report would repeat, unasked, what the error below says
+    try:
+        model, info = model_class.from_pretrained(source, **{dtype_kwarg(transformers): dtype}, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True, **kw)
+    except Exception as e:  # noqa: BLE001 - transformers, safetensors and torch raise many types
+        raise _load_failure(source, local, family, e) from e
+    finally:
+        logging.set_verbosity(verbosity)
+    weights = f"{source}/{weights_file(source)}" if local else source
+    problems = []
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        shapes = [f"{k[0]} {list(k[1])} in the weights, {list(k[2])} by config.json" if isinstance(k, tuple) and len(k) == 3
+                  else str(k) for k in mismatched]
+        problems.append(f"{len(shapes)} weight(s) of other shapes than {source}/config.json describes: "
+                        + "; ".join(shapes[:_SHOW]) + (" ..." if len(shapes) > _SHOW else ""))
+    for what in ("missing_keys", "unexpected_keys", "error_msgs"):
+        found = sorted(str(k) for k in (info.get(what) or []))
+        if found:
+            problems.append(f"{len(found)} {what.replace('_', ' ')}: {', '.join(found[:6])}" + (" ..." if len(found) > 6 else ""))
+    if problems:
+        raise CheckpointError(f"{weights} does not fit its config.json as a {family}Model: " + "; ".join(problems))
+    bad = non_finite_weights(model)
+    if bad:
+        raise CheckpointError(f"{weights}: {len(bad)} weight(s) hold NaN or infinite values: {', '.join(bad[:_SHOW])}"
+                              + (" ..." if len(bad) > _SHOW else "") + "; the file is damaged or from a diverged run")
+    return model
 
 
 def features(out: Any, what: str) -> torch.Tensor:

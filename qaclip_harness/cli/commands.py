@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"),
                     help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
-    ev.add_argument("--lock-file", type=Path, help="checksum lock file: record the first verified download of each "
+    ev.add_argument("--lock-file", type=_checked(options.output_file, "--lock-file"), help="checksum lock file: record the first verified download of each "
                     "file, check later ones against it (also QACLIP_LOCK_FILE)")
     ev.add_argument("--verify", action="store_true", help="hash cached files in full instead of trusting their .sha256 records")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -84,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)")
     sub.add_parser("models", help="list registry names")
     cal = sub.add_parser("calibrate", help="measure how each case's metrics move with precision, TF32 and the reference")
-    cal.add_argument("--out", type=Path, required=True, help="calibration file to write (YAML)")
+    cal.add_argument("--out", type=_checked(options.output_file, "--out"), required=True,
+                     help="calibration file to write (YAML)")
+    cal.add_argument("--allow-empty", action="store_true",
+                     help="write the calibration and exit 0 even when every selected case was skipped")
     cal.add_argument("--expected-dir", type=_checked(options.folder, "--expected-dir", must_exist=True), default=Path("expected"),
                      help="folder of expected YAML files (default ./expected)")
     cal.add_argument("--case", action="append", default=[], metavar="SUBSTRING",
@@ -140,6 +143,10 @@ def _check_before_work(args, card) -> None:
 
             read_index(dataset_dir(card, args.data_root))  # a malformed index.json fails here, not after the evaluation
         options.new_output_folder(args.dump_predictions, "--dump-predictions")
+    if args.lock_file is None and os.environ.get("QACLIP_LOCK_FILE", "").strip():
+        options.output_file(os.environ["QACLIP_LOCK_FILE"].strip(), "QACLIP_LOCK_FILE")  # the hub writes it
+    if args.backend == "onnx":  # exports are written into the package cache
+        options.cache_folder("onnx")
 
 
 def _encoder(args):
@@ -242,18 +249,34 @@ def _calibrate(args) -> int:
     except QAClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = write_calibration(doc, args.out)
     for case_id, res in doc["cases"].items():
         print(f"{case_id}: largest |delta| from fp32: "
               + ", ".join(f"{run} {d:.3f}" for run, d in res["largest_abs_delta"].items()))
     for case_id, why in doc["skipped"].items():
         print(f"{case_id}: not calibrated: {why}")
+    if not doc["cases"] and not args.allow_empty:
+        print(f"error: all {len(doc['skipped'])} selected case(s) were skipped (weights or data missing, reasons above): "
+              f"nothing was calibrated and {args.out} was not written; --allow-empty writes it anyway", file=sys.stderr)
+        return 1
+    try:
+        path = write_calibration(doc, args.out)
+    except QAClipError as e:  # a full disk after the work: the numbers above stay on the screen
+        print(f"error: the calibration above was measured, but {e}", file=sys.stderr)
+        return 1
     print(f"calibration written to {path}")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (130 after Ctrl-C, with one line instead of a traceback)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("qaclip: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Optional[List[str]]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare-reports":
         from qaclip_harness.report.diff import compare, load_report, render
@@ -285,10 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_export(args)
     from qaclip_harness.eval.distributed import finish, init_from_env, shard_device
 
-    if args.lock_file:  # the hub reads both at call time
-        if args.lock_file.is_dir():
-            print(f"error: --lock-file {str(args.lock_file)!r}: expected a file path, but it is a folder", file=sys.stderr)
-            return 2
+    if args.lock_file:  # the hub reads both at call time (checked writable when parsed)
         os.environ["QACLIP_LOCK_FILE"] = str(args.lock_file.expanduser().resolve())
     if args.verify:
         os.environ["QACLIP_VERIFY"] = "1"

@@ -16,12 +16,24 @@ def add_export_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentPar
     who.add_argument("--model", help="registry name (see `python -m qaclip_harness models`)")
     who.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
     ex.add_argument("--arch", help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
-    ex.add_argument("--out", type=Path, required=True, help="folder for image.onnx, text.onnx, their weights and manifest.json")
+    ex.add_argument("--out", type=_output_folder, required=True,
+                    help="folder for image.onnx, text.onnx, their weights and manifest.json")
     ex.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset ({MIN_OPSET} or newer; default {DEFAULT_OPSET})")
     ex.add_argument("--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
     ex.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return ex
+
+
+def _output_folder(value: str) -> Path:
+    """``--out``: probed when parsed (the export is made in a sibling, then moved in; nothing is created now)."""
+    from qaclip_harness import options
+
+    try:
+        path = options.output_folder_later(value, "--out")
+    except options.OptionError as e:
+        raise argparse.ArgumentTypeError(f"{value!r}: {e.detail}") from None
+    return path
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from qaclip_harness.errors import DatasetError
-from qaclip_harness.data.imagenet import _checked_loader
+from qaclip_harness.data.imagenet import _checked_loader, class_samples
 
 PathLike = Union[str, Path]
 INDEX_FILE = "index.json"
@@ -43,8 +43,8 @@ def _describe(ids: List[str]) -> str:
 
 
 def _has_image(folder: str) -> bool:
-    # the files torchvision's ImageFolder would take from this class folder (it walks it, following links)
-    for _, _, files in os.walk(folder, followlinks=True):
+    # the files the class folder's walk takes (imagenet.class_samples: directory links are not followed)
+    for _, _, files in os.walk(folder, followlinks=False):
         if any(has_file_allowed_extension(name, IMG_EXTENSIONS) for name in files):
             return True
     return False
@@ -106,6 +106,8 @@ class ElevaterFolder(ImageFolder):
         except OSError as e:
             raise DatasetError(f"{folder}: {e}") from e
         self.folder = folder
+
+    make_dataset = staticmethod(class_samples)  # directory links not followed, each file once
 
 
 def read_index(dataset_dir: PathLike, num_images: Optional[int] = None) -> Optional[List[int]]:

@@ -6,12 +6,12 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import default_loader
+from torchvision.datasets.folder import default_loader, has_file_allowed_extension
 
 from qaclip_harness.errors import DatasetError
 from qaclip_harness.data.fingerprint import item_digest
@@ -60,6 +60,56 @@ def _checked_loader(path: str) -> Any:
         raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
 
 
+def class_samples(directory: str, class_to_idx: Dict[str, int], extensions: Optional[Tuple[str, ...]] = None,
+                  is_valid_file: Optional[Callable[[str], bool]] = None, allow_empty: bool = False) -> List[Tuple[str, int]]:
+    """``(path, class index)`` of every image under the class folders, as ``ImageFolder`` lists them, but safe.
+
+    torchvision's walk follows directory links: a link that points back up (``loop -> .``) makes a
+    class folder hold itself, and its images are counted again at every level (132 instead of
+    12). Here directory links are not followed and a file reached twice (a file link beside its
+    target) is counted once; both are named in a warning. Order and class numbering are ImageFolder's.
+    """
+    def valid(path: str) -> bool:
+        return is_valid_file(path) if is_valid_file is not None else has_file_allowed_extension(path, extensions)
+
+    samples: List[Tuple[str, int]] = []
+    seen: Dict[str, str] = {}
+    links, repeats, empty = [], [], []
+    for name in sorted(class_to_idx):
+        top = os.path.join(directory, name)
+        if not os.path.isdir(top):
+            continue
+        found = False
+        for root, dirs, fnames in sorted(os.walk(top, followlinks=False)):
+            links += [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]
+            for fname in sorted(fnames):
+                path = os.path.join(root, fname)
+                if not valid(path):
+                    continue
+                real = os.path.realpath(path)
+                if real in seen:
+                    repeats.append(f"{path} (= {seen[real]})")
+                    continue
+                seen[real] = path
+                samples.append((path, class_to_idx[name]))
+                found = True
+        if not found:
+            empty.append(name)
+    if links or repeats:
+        parts = []
+        if links:
+            parts.append(f"{len(links)} directory link(s) not followed ({', '.join(sorted(links)[:3])}"
+                         f"{' ...' if len(links) > 3 else ''}): a link may lead back into the folder and count its images again")
+        if repeats:
+            parts.append(f"{len(repeats)} file(s) reached twice through links counted once ({', '.join(repeats[:3])}"
+                         f"{' ...' if len(repeats) > 3 else ''})")
+        warnings.warn(f"{directory}: " + "; ".join(parts), UserWarning, stacklevel=3)
+    if empty and not allow_empty:
+        raise DatasetError(f"{directory}: no image files in the class folder(s) {', '.join(empty[:5])}"
+                           f"{' ...' if len(empty) > 5 else ''} (links to folders are not followed)")
+    return samples
+
+
 def resolve_imagenet_dir(root: PathLike, split: str = "test") -> Path:
     """``<root>/imagenet/<split>``, ``<root>/datasets/imagenet/<split>``, or ``root`` itself."""
     root = Path(root).expanduser()
@@ -102,6 +152,8 @@ class ImageNetFolder(ImageFolder):
         except (FileNotFoundError, OSError) as e:
             raise DatasetError(f"{folder}: {e}") from e
         self.folder = folder
+
+    make_dataset = staticmethod(class_samples)  # directory links not followed, each file once
 
     def find_classes(self, directory: str):  # type: ignore[override]
         """Sorted class folder names and their indices (errors as DatasetError)."""

@@ -304,6 +304,12 @@ def read_texts(path: PathLike) -> List[TextRecord]:
                 raise DatasetError(f"{path}:{lineno}: text_id must be an integer, got {text_id!r}")
             if not isinstance(text, str):
                 raise DatasetError(f"{path}:{lineno}: text of text_id {text_id} must be a string, got {text!r}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a \uD800 escape without its other half: valid JSON, but no text
+                raise DatasetError(f"{path}:{lineno}: text of text_id {text_id} holds a lone surrogate "
+                                   f"\\u{ord(text[e.start]):04x} at character {e.start + 1} (half of a \\uXXXX escape "
+                                   f"pair); expected text that UTF-8 can encode") from None
             if not isinstance(image_ids, list) or not image_ids or not all(_is_int(i) for i in image_ids):
                 raise DatasetError(
                     f"{path}:{lineno}: image_ids of text_id {text_id} must be a non-empty list of integers, got {image_ids!r}"

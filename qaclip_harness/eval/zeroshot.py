@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import weakref
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Union
@@ -108,12 +107,6 @@ def write_zeroshot_predictions(raw: dict, directory: Union[str, Path], model_nam
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{raw['folder']}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from qaclip_harness.files import atomic_write_text
+
+    return atomic_write_text(directory / f"{raw['folder']}.json", json.dumps(doc, ensure_ascii=False))

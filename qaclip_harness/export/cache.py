@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from qaclip_harness.errors import ExportError
+from qaclip_harness.files import OutputError
 from qaclip_harness.export.manifest import Verifier, read_manifest
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def cached_export(
     opset = DEFAULT_OPSET if opset is None else opset
     sha = checkpoint_digest(checkpoint)
     base = Path(root) if root is not None else export_cache_root()
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # QACLIP_CACHE read-only, or a file: one line naming the folder
+        raise OutputError(f"cannot create the ONNX export cache {base} (set by QACLIP_CACHE, default ~/.cache/qaclip): "
+                          f"{e.strerror or e}") from None
     directory = base / cache_key(sha, opset, precision)
     with FileLock(str(directory) + ".lock"):
         reason = stale_reason(directory, sha, opset, precision) if directory.exists() else "absent"

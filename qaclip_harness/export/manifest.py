@@ -57,11 +57,9 @@ class Manifest:
 
     def write(self, directory: PathLike) -> Path:
         """Write ``manifest.json`` into ``directory`` (atomically)."""
-        path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from qaclip_harness.files import atomic_write_json
+
+        return atomic_write_json(Path(directory) / MANIFEST_NAME, self.to_dict(), indent=2, ensure_ascii=False)
 
     def verify_files(self, directory: PathLike) -> None:
         """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256."""

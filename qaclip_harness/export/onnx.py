@@ -32,7 +32,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Union
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from qaclip_harness.errors import ExportError
+from qaclip_harness.files import OutputError, remove_stale_temporaries, temp_path
 from qaclip_core.model.clip import CLIP, PAD_ID
 from qaclip_core.tokenizer import CONTEXT_LENGTH
 from qaclip_core.transforms import MEAN, STD
@@ -136,11 +136,26 @@ def _export_tower(module: nn.Module, example: torch.Tensor, path: Path, input_na
                 dynamic_shapes={input_name: dynamic}, opset_version=opset, dynamo=True, verbose=False,
             )
             program.save(os.fspath(path), external_data=True)
+    except OSError as e:  # a full disk or a size limit while the model and its weights are written
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     except Exception as e:  # the exporter raises many types (torch._dynamo, onnxscript, ...)
+        written = _os_error(e)
+        if written is not None:
+            raise OutputError(f"cannot write {path}: {written.strerror or written}") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(f"exporting {path.name} failed: {type(e).__name__}: {first[:500]}") from e
     finally:
         quiet.setLevel(level)
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError at the root of an exporter's exception, if any (it wraps what the file system said)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def _file_records(directory: Path) -> Dict[str, Dict[str, object]]:
@@ -176,7 +191,15 @@ def export_model(
     cpu_model = model if model.visual.conv1.weight.device.type == "cpu" else _cpu_copy(model)
     res, length = cpu_model.image_size, CONTEXT_LENGTH
     max_positions = cpu_model.bert.embeddings.position_embeddings.num_embeddings
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # The export is made in a temporary sibling named after this process (files.temp_path): a
+    # killed exporter's folder (megabytes to gigabytes) is recognised and removed by the next one.
+    remove_stale_temporaries(out_dir.parent)
+    tmp = temp_path(out_dir, folder=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # this very process's, from an export that failed before its cleanup
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise OutputError(f"cannot write the ONNX export {out_dir}: cannot create {tmp} ({e.strerror or e})") from None
     try:
         from torch.export import Dim
 

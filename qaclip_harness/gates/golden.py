@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.files import OutputError, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from qaclip_harness.probe import ProbeSet
 from qaclip_harness.gates.drift import TOWERS, TowerDrift, drift_table, top1_agreement, tower_drift
 from qaclip_harness.gates.features import ProbeFeatures
@@ -126,6 +128,10 @@ def read_manifest(directory: PathLike) -> dict:
         raise GoldenError(f"{path}: cannot read the golden manifest ({type(e).__name__}: {e})") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("goldens"), dict):
         raise GoldenError(f"{path}: expected an object with a 'goldens' mapping (file name -> how it was recorded)")
+    for name, entry in doc["goldens"].items():
+        if not isinstance(entry, dict):
+            raise GoldenError(f"{path}: goldens.{name}: expected an object saying how the file was recorded "
+                              f"(checkpoint_sha256, file_sha256, probe_digest, ...), got a {type(entry).__name__}")
     return doc
 
 
@@ -135,23 +141,26 @@ def save_golden(directory: PathLike, model: str, precision: str, device: Union[s
     from filelock import FileLock
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the golden folder {directory}: {e.strerror or e}") from None
+    remove_stale_temporaries(directory)  # what a killed or failed earlier save left behind
     name = golden_name(model, precision, device)
     payload = {"format": FORMAT, "image": features.image.float().cpu().contiguous(),
                "text": features.text.float().cpu().contiguous(),
                "image_names": list(features.image_names), "captions": list(features.captions)}
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, directory / name)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(directory / name, data)
     entry = {"model": model, "precision": precision, "device_kind": device_kind(device),
              "checkpoint_sha256": checkpoint_digest(checkpoint), "probe_digest": probe.digest,
-             "file_sha256": hashlib.sha256((directory / name).read_bytes()).hexdigest(), **environment(device)}
+             "file_sha256": hashlib.sha256(data).hexdigest(), **environment(device)}
     with FileLock(str(directory / f".{MANIFEST}.lock")):
         doc = read_manifest(directory)
         doc["goldens"][name] = entry
-        tmp = directory / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, _manifest_path(directory))
+        atomic_write_json(_manifest_path(directory), doc, indent=2, ensure_ascii=False, sort_keys=True)
     return directory / name
 
 
@@ -161,8 +170,15 @@ def load_golden(directory: PathLike, model: str, precision: str, device: Union[s
     directory = Path(directory)
     name = golden_name(model, precision, device)
     path = directory / name
+    if path.is_file() and not _manifest_path(directory).is_file():
+        raise GoldenError(f"{path} is there but {_manifest_path(directory)} is missing: without it the file cannot be "
+                          f"checked (its sha256, checkpoint and probe set); restore the manifest or record the goldens "
+                          f"again with --golden-save")
     entry = read_manifest(directory)["goldens"].get(name)
-    if not path.is_file() or entry is None:
+    if path.is_file() and entry is None:
+        raise GoldenError(f"{path} is there but {_manifest_path(directory)} has no entry goldens.{name}: the file cannot "
+                          f"be checked; record the goldens again with --golden-save")
+    if not path.is_file():
         raise GoldenMissing(f"no golden features {name} in {directory} (record them with --golden-save)")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != entry.get("file_sha256"):
@@ -172,11 +188,30 @@ def load_golden(directory: PathLike, model: str, precision: str, device: Union[s
         feats = ProbeFeatures(list(raw["image_names"]), list(raw["captions"]), raw["image"].float(), raw["text"].float())
     except Exception as e:  # a damaged or foreign file: say which
         raise GoldenError(f"{path}: not a golden features file ({type(e).__name__}: {e})") from e
+    _check_features(path, feats)
     if entry.get("probe_digest") != probe.digest or feats.image_names != list(probe.image_names) \
             or feats.captions != list(probe.captions):
         raise GoldenError(f"{path} was recorded on another probe set (digest {str(entry.get('probe_digest'))[:12]}, "
                           f"this one {probe.digest[:12]}): record the goldens again with --golden-save")
     return feats, entry
+
+
+def _check_features(path: Path, feats: ProbeFeatures) -> None:
+    """Each tower [N, D] with one row per probe item, one D for both, and no NaN or inf: else name the file."""
+    dims = {}
+    for tower in TOWERS:
+        x, names = feats.tower(tower)
+        if x.dim() != 2 or x.shape[0] != len(names):
+            raise GoldenError(f"{path}: the {tower} features have shape {list(x.shape)}, expected [{len(names)}, D] "
+                              f"(one row per probe {tower})")
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+        if len(bad):
+            raise GoldenError(f"{path}: the {tower} features hold NaN or inf ({len(bad)} rows, first {names[int(bad[0])]!r}): "
+                              f"the file is damaged; record the goldens again with --golden-save")
+        dims[tower] = x.shape[1]
+    if dims["image"] != dims["text"]:
+        raise GoldenError(f"{path}: the text features are {dims['text']} wide, the image features {dims['image']}; "
+                          f"expected one width for both")
 
 
 @dataclass
@@ -216,13 +251,19 @@ class GoldenReport:
         return out
 
 
-def compare_golden(current: ProbeFeatures, golden: ProbeFeatures, tolerance: GoldenTolerance) -> GoldenReport:
+def compare_golden(current: ProbeFeatures, golden: ProbeFeatures, tolerance: GoldenTolerance,
+                   golden_file: Optional[PathLike] = None) -> GoldenReport:
     """Drift per tower, and per tower the share of items whose best match moved.
 
     Top-1 agreement isolates each tower: an image's best caption is computed with its current
     features against the *golden* caption features (and the other way round for captions).
+    Features that cannot be compared (another width, NaN) raise GoldenError naming ``golden_file``.
     """
-    drifts = {t: tower_drift(t, current.tower(t)[0], golden.tower(t)[0], golden.tower(t)[1]) for t in TOWERS}
+    try:
+        drifts = {t: tower_drift(t, current.tower(t)[0], golden.tower(t)[0], golden.tower(t)[1]) for t in TOWERS}
+    except ValueError as e:
+        raise GoldenError(f"{golden_file or 'the golden features'}: cannot compare the current features (first run) "
+                          f"with these golden ones (second run): {e}") from None
     g_img, g_txt = golden.image.double(), golden.text.double()
     top1 = {
         "image": (top1_agreement(g_img @ g_txt.t(), current.image.double() @ g_txt.t()), len(g_img)),

@@ -287,6 +287,6 @@ def write_predictions(result: RetrievalResult, out_dir: Union[str, Path], split:
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    from qaclip_harness.files import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -17,17 +17,41 @@ CASE_FIELDS = ("status", "precision", "device", "checkpoint_sha256", "data_finge
 SKIP_PROVENANCE = ("folder", "label_file", "origin.unpacked")  # where a copy sits, when it was unpacked: not what it is
 
 
+SCHEMA = Path(__file__).with_name("report.schema.json")
+
+
+class ReportError(QAClipError, ValueError):
+    """A file given as a report that is not one: the message names the file and the key."""
+
+
+def _where(path_parts) -> str:
+    out = ""
+    for part in path_parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the top level"
+
+
+def validate_report(doc: object, path: Union[str, Path]) -> None:
+    """Check ``doc`` against the report's JSON Schema (``report.schema.json``); ReportError naming file and key."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        raise ReportError(f"{path} is not a qaclip report.json: {_where(error.absolute_path)}: {error.message} "
+                          f"(the schema is {SCHEMA.name})")
+
+
 def load_report(path: Union[str, Path]) -> dict:
-    """A report.json (or the folder holding one), checked for its shape."""
+    """A report.json (or the folder holding one), validated against its schema."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QAClipError(f"cannot read the report {path}: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise QAClipError(f"{path} is not a qaclip report.json (it has no 'results' list)")
+        raise ReportError(f"cannot read the report {path}: {e}") from None
+    validate_report(doc, path)
     return doc
 
 

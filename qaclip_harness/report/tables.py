@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
-from qaclip_harness.files import atomic_write_text
+from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
 
 SHORT = {
     "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5", "t2i_r10": "T2I R@10",
@@ -26,7 +26,7 @@ class CaseResult:
 
     dataset: str
     model: str
-    status: str  # passed, failed, skipped, error, reported (measured, shown, not gated)
+    status: str  # passed, failed, skipped, error, reported (measured, shown, not gated), interrupted
     kind: str = "retrieval"
     precision: str = "fp32"
     device: str = ""
@@ -110,6 +110,8 @@ def _note(r: CaseResult) -> str:
         return f"reported, not gated: {r.reason.split('; ')[0]}"
     if r.status == "not comparable":
         return f"not comparable ({r.reason})"
+    if r.status == "interrupted":
+        return "interrupted (Ctrl-C) while running"
     return f"error: {r.reason}" if r.status == "error" else r.status
 
 
@@ -259,15 +261,21 @@ def _environment_lines(env: dict) -> List[str]:
 
 def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None,
                   environment: Optional[dict] = None) -> List[Path]:
-    """Write ``report.json`` and ``report.md`` to ``directory`` (each atomically; report.html: :mod:`.html`)."""
+    """Write ``report.json`` and ``report.md`` to ``directory``, each atomically (OutputError naming the file when one cannot be).
+
+    Temporaries left there by a writer that died (a kill, a full disk) are removed first. report.html: :mod:`.html`.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    js = directory / "report.json"
-    md = directory / "report.md"
-    doc = {"meta": meta or {}, "environment": environment or {}, "results": [asdict(r) for r in results]}
-    atomic_write_text(js, json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    remove_stale_temporaries(directory)
+    meta = meta or {}
+    doc = {"meta": meta, "environment": environment or {}, "results": [asdict(r) for r in results]}
+    js = atomic_write_text(directory / "report.json", json.dumps(doc, indent=2, ensure_ascii=False, default=str))
     text = render_markdown(results)
+    if meta.get("interrupted"):
+        ran = sum(r.status not in ("skipped", "interrupted") for r in results)
+        text = text.replace("# Reproduction report\n", "# Reproduction report\n\n**The run was interrupted** (Ctrl-C): "
+                            f"this partial report holds the {ran} case(s) that ran and the one that was interrupted.\n", 1)
     if environment:
         text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
-    atomic_write_text(md, text)
+    md = atomic_write_text(directory / "report.md", text)
     return [js, md]

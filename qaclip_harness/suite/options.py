@@ -1,10 +1,11 @@
 """The suite's options: each flag with its environment-variable twin, validated once at configure time."""
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from qaclip_core.pretrained import cache_root
 from qaclip_harness import options as opts
@@ -63,13 +64,58 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
+GIVEN = "qaclip_given"  # the namespace attribute listing the flags given on the command line
+ENV_OF: Dict[str, str] = {flag: env for flag, env, *_ in OPTIONS + FLAGS}
+REPORT_FILES = ("report.json", "report.md")
+
+
+def _mark_given(namespace: argparse.Namespace, flag: str) -> None:
+    setattr(namespace, GIVEN, {*(getattr(namespace, GIVEN, None) or ()), flag})
+
+
+class _GivenValue(argparse.Action):
+    """``store``, noting that the flag was given (its default may come from the environment)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.option_strings[0])
+
+
+class _GivenFlag(argparse.Action):
+    """``store_true``, noting that the flag was given."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default, required=required, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _mark_given(namespace, self.option_strings[0])
+
+
 def add_options(parser: Any) -> None:
     """Register every option and flag on pytest's parser, defaulting to its environment variable."""
     group = parser.getgroup("qaclip", "QA-CLIP reproduction suite")
     for flag, env, default, help_text in OPTIONS:
-        group.addoption(flag, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
+        group.addoption(flag, action=_GivenValue, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
     for flag, env, help_text in FLAGS:
-        group.addoption(flag, action="store_true", default=env_flag(env), help=f"{help_text} [env {env}=1]")
+        group.addoption(flag, action=_GivenFlag, default=env_flag(env), help=f"{help_text} [env {env}=1]")
+
+
+def option_source(option_namespace: Any) -> Callable[[str], str]:
+    """``source(flag)``: the name the user set the value under, the flag or its environment variable.
+
+    pytest takes an option's default from its variable, so an error about a value the user put in
+    ``QACLIP_DEVICE`` must say ``QACLIP_DEVICE``, not ``--device``.
+    """
+    given = set(getattr(option_namespace, GIVEN, None) or ())
+
+    def source(flag: str) -> str:
+        env = ENV_OF.get(flag)
+        if flag in given or env is None or not os.environ.get(env, "").strip():
+            return flag
+        return env
+
+    return source
 
 
 @dataclass(frozen=True)
@@ -92,44 +138,60 @@ class SuiteOptions:
     backend: str = "pytorch"
     history: Optional[Path] = None
     cache_mode: str = "use"  # use, read-only, refresh, off (qaclip_harness.cache)
+    golden_dir: Optional[Path] = None
+    golden_save: bool = False
 
 
-def cache_mode(no_cache: bool, refresh: bool, read_only: bool) -> str:
+def cache_mode(no_cache: bool, refresh: bool, read_only: bool, source: Callable[[str], str] = lambda flag: flag) -> str:
     """The cache mode of the three cache flags; two that contradict each other are an OptionError."""
     given = [flag for flag, on in (("--no-cache", no_cache), ("--refresh-cache", refresh), ("--cache-read-only", read_only)) if on]
     if len(given) > 1:
-        raise opts.OptionError(given[1], "set", f"cannot be combined with {given[0]}: choose one cache mode")
+        raise opts.OptionError(source(given[1]), "set", f"cannot be combined with {source(given[0])}: choose one cache mode")
     return {"--no-cache": "off", "--refresh-cache": "refresh", "--cache-read-only": "read-only"}.get(given[0] if given else "", "use")
 
 
-def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False) -> SuiteOptions:
+def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False,
+                      source: Callable[[str], str] = lambda flag: flag) -> SuiteOptions:
     """Every suite option checked (``OptionError`` with the option and value), before any case runs.
 
-    ``get`` reads one option by its flag (pytest's ``config.getoption``).
+    ``get`` reads one option by its flag (pytest's ``config.getoption``); ``source`` names where the
+    value came from (:func:`option_source`), so an error names the flag or the variable the user set.
+    Every output path (report, lock file, golden folder, ONNX export cache) is created and probed
+    here: one that cannot be written fails now, not after the run.
     """
     workers = str(get("--num-workers"))
     try:
         num_workers = resolve_workers(workers, worker_count)
     except ValueError as e:
-        raise opts.OptionError("--num-workers", workers, str(e).split(", got ")[0]) from None
+        raise opts.OptionError(source("--num-workers"), workers, str(e).split(", got ")[0]) from None
     backend = get("--backend")
     if backend not in BACKEND_CHOICES:
-        raise opts.OptionError("--backend", backend, f"expected one of {', '.join(BACKEND_CHOICES)}")
+        raise opts.OptionError(source("--backend"), backend, f"expected one of {', '.join(BACKEND_CHOICES)}")
+    golden_save = bool(get("--golden-save"))
+    golden_check = opts.new_output_folder if golden_save else opts.folder
+    if backend == "onnx":  # exports are written into the package cache
+        opts.cache_folder("onnx")
     return SuiteOptions(
-        data_root=opts.folder(get("--data-root"), "--data-root") or cache_root() / "data",
-        checkpoint_dir=opts.folder(get("--checkpoint-dir"), "--checkpoint-dir") or cache_root() / "checkpoints",
-        device=opts.device(get("--device")),
-        precision=opts.precision(get("--precision")),
-        batch_size=opts.positive_int(get("--batch-size"), "--batch-size"),
+        data_root=opts.folder(get("--data-root"), source("--data-root")) or cache_root() / "data",
+        checkpoint_dir=opts.folder(get("--checkpoint-dir"), source("--checkpoint-dir")) or cache_root() / "checkpoints",
+        device=opts.device(get("--device"), source("--device")),
+        precision=opts.precision(get("--precision"), source("--precision")),
+        batch_size=opts.positive_int(get("--batch-size"), source("--batch-size")),
         num_workers=num_workers,
         download=bool(get("--download")),
         compile=bool(get("--compile")),
         require_data=bool(get("--require-data")),
-        report=opts.new_output_folder(get("--report"), "--report") if not is_worker else None,
-        lock_file=Path(get("--lock-file")).expanduser().resolve() if get("--lock-file") else None,
+        report=opts.new_output_folder(get("--report"), source("--report"), will_write=REPORT_FILES) if not is_worker else None,
+        lock_file=_resolved(opts.output_file(get("--lock-file"), source("--lock-file"))),
         verify=bool(get("--verify")),
         evaluate_any_split=bool(get("--evaluate-any-split")),
         backend=backend,
-        history=opts.folder(get("--history"), "--history"),
-        cache_mode=cache_mode(bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only"))),
+        history=opts.folder(get("--history"), source("--history")),
+        cache_mode=cache_mode(bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only")), source),
+        golden_dir=golden_check(get("--golden-dir"), source("--golden-dir")),
+        golden_save=golden_save,
     )
+
+
+def _resolved(path: Optional[Path]) -> Optional[Path]:
+    return path.resolve() if path is not None else None

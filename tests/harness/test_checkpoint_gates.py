@@ -27,11 +27,13 @@ from tests.reference_models import reference_model, save_reference_checkpoint, w
 # One registry card per architecture (the QA-CLIP and CN-CLIP cards of an architecture share its
 # code). The large ones take minutes each on a CPU (both models in fp32 on 30 images): they are
 # `large` tests, run by `tox -e large`; tests/core/test_parity_model.py covers them on a few inputs.
+# The CN-CLIP cards: the QA-CLIP cards pin their files' sha256 and size, which a random
+# checkpoint put in their place cannot match (and must not).
 LARGE = [pytest.mark.slow, pytest.mark.large]
 ARCH_CARDS = [
-    "qa-clip-rn50",
-    pytest.param("qa-clip-vit-b-16", marks=LARGE),  # 40 s; ViT-B/16 parity on every input: test_parity_model
-    pytest.param("qa-clip-vit-l-14", marks=LARGE),
+    "cn-clip-rn50",
+    pytest.param("cn-clip-vit-b-16", marks=LARGE),  # 40 s; ViT-B/16 parity on every input: test_parity_model
+    pytest.param("cn-clip-vit-l-14", marks=LARGE),
     pytest.param("cn-clip-vit-l-14-336", marks=LARGE),
     pytest.param("cn-clip-vit-h-14", marks=LARGE),
 ]
@@ -103,12 +105,12 @@ def test_parity_case_fails_with_a_table_when_our_model_is_wrong(tmp_path):
 
 @pytest.mark.slow
 def test_golden_save_then_compare_then_a_changed_checkpoint_fails(tmp_path):
-    ckpt = _random_checkpoint("qa-clip-rn50", tmp_path / "ckpt")
+    ckpt = _random_checkpoint("cn-clip-rn50", tmp_path / "ckpt")
     golden = tmp_path / "golden"
-    common = ("-k", "golden-qa-clip-rn50", "--checkpoint-dir", str(ckpt.parent), "--golden-dir", str(golden))
+    common = ("-k", "golden-cn-clip-rn50", "--checkpoint-dir", str(ckpt.parent), "--golden-dir", str(golden))
     saved = _suite(*common, "--golden-save")
     assert saved.returncode == 0 and "1 passed" in saved.stdout, saved.stdout[-3000:]
-    manifest = json.loads((golden / "manifest.json").read_text(encoding="utf-8"))["goldens"]["qa-clip-rn50-fp32-cpu.pt"]
+    manifest = json.loads((golden / "manifest.json").read_text(encoding="utf-8"))["goldens"]["cn-clip-rn50-fp32-cpu.pt"]
     assert manifest["torch"] == torch.__version__ and len(manifest["checkpoint_sha256"]) == 64
     assert {"qaclip_core", "git_commit", "cuda", "device_name", "date", "probe_digest"} <= set(manifest)
 
@@ -122,7 +124,7 @@ def test_golden_save_then_compare_then_a_changed_checkpoint_fails(tmp_path):
     torch.save(state, ckpt)
     changed = _suite(*common)
     assert changed.returncode == 1, changed.stdout[-3000:]
-    assert "golden-qa-clip-rn50 (fp32) fails its gate" in changed.stdout
+    assert "golden-cn-clip-rn50 (fp32) fails its gate" in changed.stdout
     assert "min cosine" in changed.stdout and "top-1" in changed.stdout
     text_row = next(line for line in changed.stdout.splitlines() if line.startswith("text "))
     assert "FAIL" in text_row and "the checkpoint differs from the one the goldens were recorded from" in changed.stdout

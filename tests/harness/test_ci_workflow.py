@@ -1,9 +1,12 @@
-"""The example GPU-runner workflow names only commands, tox envs, options and files that exist."""
+"""The example GPU-runner workflow names only commands, tox envs, options and files that exist; actionlint and
+zizmor (offline) report nothing a comment beside its line does not explain; main writes, pull requests read."""
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +128,95 @@ def test_the_page_and_the_history_are_published(workflow):
     assert history["env"]["HISTORY"] == keep["env"]["HISTORY"]
     assert steps.index(history) > next(i for i, s in enumerate(steps) if "-e throughput" in s.get("run", ""))
     assert steps.index(keep) > steps.index(history)
+# ------------------------------------------------------------------------------------------------
+# the two standard workflow linters, offline: nothing reported that a comment beside its line does
+# not explain
+
+EXPLAINED = re.compile(r"#\s*(zizmor: ignore\[(?P<rules>[^\]]+)\]|actionlint:)\s*(--\s*)?(?P<why>.*)$")
+
+
+def _tool(name: str) -> str:
+    beside = Path(sys.executable).with_name(name)  # the environment's own script (tox, a venv)
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed in this environment (see the note in pyproject.toml's test extra)")
+    return found
+
+
+def _explanation(line_no: int, rule: str) -> str:
+    """The explanation in the comment on ``line_no`` (1-based) of the workflow that names ``rule``, or ''."""
+    line = WORKFLOW.read_text(encoding="utf-8").splitlines()[line_no - 1]
+    m = EXPLAINED.search(line)
+    if m is None or (m.group("rules") is not None and rule not in [r.strip() for r in m.group("rules").split(",")]):
+        return ""
+    return m.group("why").strip()
+
+
+def _zizmor(*args: str) -> list:
+    out = subprocess.run([_tool("zizmor"), "--offline", "--persona=auditor", "--format", "json", *args, str(WORKFLOW)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode in (0, 10, 11, 12, 13, 14), out.stderr[-2000:]  # 10+: findings of some severity
+    return json.loads(out.stdout)
+
+
+def test_zizmor_finds_nothing_and_every_ignore_says_why():
+    assert _zizmor() == [], "zizmor findings not explained by a comment beside their line"
+    for finding in _zizmor("--no-ignores"):  # what the ignore comments silence: each must say why
+        rows = {loc["concrete"]["location"]["start_point"]["row"] + 1 for loc in finding["locations"]}
+        for row in rows:
+            why = _explanation(row, finding["ident"])
+            assert len(why.split()) >= 5, f"{WORKFLOW.name}:{row}: {finding['ident']} is ignored without a reason"
+
+
+def test_actionlint_finds_nothing_unexplained():
+    out = subprocess.run([_tool("actionlint"), "-format", "{{json .}}", "-config-file",
+                          str(REPO / ".github" / "actionlint.yaml"), str(WORKFLOW)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    findings = json.loads(out.stdout or "[]")
+    unexplained = [f"{WORKFLOW.name}:{f['line']}: {f['message']} [{f['kind']}]" for f in findings
+                   if len(_explanation(f["line"], f["kind"]).split()) < 5]
+    assert not unexplained, "\n".join(unexplained)
+
+
+def test_actionlint_knows_the_gpu_label():
+    config = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text(encoding="utf-8"))
+    assert "gpu" in config["self-hosted-runner"]["labels"]
+
+
+# ------------------------------------------------------------------------------------------------
+# main writes, pull requests read; a fork's pull request waits for approval
+
+SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+
+
+def test_every_action_is_pinned_to_a_commit_with_its_release_named(workflow):
+    lines = WORKFLOW.read_text(encoding="utf-8").splitlines()
+    uses = [(i, line) for i, line in enumerate(lines, 1) if re.match(r"^\s*(- )?uses:", line)]
+    assert uses
+    for i, line in uses:
+        ref = line.split("uses:", 1)[1].split("#")[0].strip()
+        assert SHA_PIN.match(ref), f"{WORKFLOW.name}:{i}: {ref} is not pinned to a commit"
+        assert re.search(r"#\s*v\d+(\.\d+)*\s*$", line), f"{WORKFLOW.name}:{i}: say which release the commit is"
+
+
+def test_the_token_only_reads_and_checkouts_keep_no_credentials(workflow):
+    assert workflow["permissions"] == {"contents": "read"}
+    for name, job in workflow["jobs"].items():
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step.get("with", {}).get("persist-credentials") is False, name
+
+
+def test_forks_wait_for_approval_and_pull_requests_cannot_write_mains_records(workflow):
+    job = workflow["jobs"]["gpu-gate"]
+    env = job["environment"]
+    assert "github.event.pull_request.head.repo.full_name != github.repository" in env and "'gpu-fork-review'" in env
+    assert "pull_request_target" not in workflow.get(True, workflow.get("on", {}))  # never run a fork's code with secrets
+    records = next(s for s in job["steps"] if "QACLIP_GOLDEN_DIR" in s.get("run", ""))
+    script = records["run"]
+    # only main points the suite at the records on the runner's disk; anything else gets a copy
+    assert 'if [ "$GITHUB_REF" = "refs/heads/main" ]' in script and 'records="$RUNNER_TEMP/main-records"' in script
+    for step in job["steps"]:
+        if "--golden-save" in step.get("run", "") or step.get("uses", "").startswith("actions/cache/save@"):
+            assert step.get("if", "").startswith("github.ref == 'refs/heads/main'"), step.get("name")
+    assert not any(k in job["env"] for k in ("QACLIP_LOCK_FILE", "QACLIP_GOLDEN_DIR"))

@@ -189,6 +189,9 @@ GOOD = json.dumps({"text_id": 1, "text": "猫", "image_ids": [5]}, ensure_ascii=
         ('{"text_id": 2, "text": "x", "image_ids": 5}', r":2: image_ids of text_id 2 must be"),
         ('{"text_id": 2, "text": "x", "image_ids": [5, "6"]}', r":2: image_ids of text_id 2 must be"),
         ('{"text_id": 1, "text": "x", "image_ids": [5]}', r":2: duplicate text_id 1 \(first on line 1\)"),
+        # valid JSON, but no UTF-8 can hold a lone surrogate: it used to crash later, in the data fingerprint
+        ('{"text_id": 2, "text": "a\\ud800b", "image_ids": [5]}', r":2: text of text_id 2 holds a lone surrogate \\ud800"),
+        ('{"text_id": 2, "text": "\\udfff", "image_ids": [5]}', r":2: text of text_id 2 holds a lone surrogate \\udfff"),
     ],
 )
 def test_bad_texts(tmp_path, bad, pattern):

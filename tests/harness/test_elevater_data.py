@@ -211,3 +211,28 @@ def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsy
     assert doc["dataset_name"] == "kitti-distance" and doc["n_shot"] == 0 and doc["num_params"] > 0
     assert rows == [plain[i] for i in [5, 0, 4, 1, 3, 2]]
     assert all(abs(sum(r) - 1) < 1e-5 and len(r) == len(names) for r in rows)
+
+
+# --- links in class folders -------------------------------------------------------------------
+
+def test_a_directory_link_loop_is_not_followed_and_each_file_counts_once(tmp_path):
+    """``loop -> .`` beside the images made torchvision count every image again at each level (132 for 12)."""
+    from qaclip_harness.data.imagenet import ImageNetFolder
+
+    root = make_elevater(tmp_path, "kitti", ["近", "中", "远"], per_class=4)
+    (root / "test" / "1" / "loop").symlink_to(".", target_is_directory=True)
+    (root / "test" / "2" / "again.png").symlink_to(root / "test" / "2" / "2_1.png")  # the same file twice
+    with pytest.warns(UserWarning, match=r"1 directory link\(s\) not followed .*test/1/loop.*; 1 file\(s\) reached twice"):
+        data = ElevaterFolder(root / "test", root / "label_cn.txt", 3)
+    assert len(data.samples) == 12 and [t for _, t in data.samples] == [0] * 4 + [1] * 4 + [2] * 4
+    with pytest.warns(UserWarning, match="not followed"):
+        assert len(ImageNetFolder(root / "test", num_labels=3).samples) == 12
+
+
+def test_a_class_folder_holding_only_a_link_is_empty(tmp_path):
+    root = make_elevater(tmp_path, "kitti", ["近", "中"], per_class=2)
+    for f in (root / "test" / "1").iterdir():
+        f.unlink()
+    (root / "test" / "1" / "elsewhere").symlink_to(root / "test" / "0", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"test/1: class folder holds no image files"):
+        ElevaterFolder(root / "test", root / "label_cn.txt", 2)

@@ -66,3 +66,45 @@ def test_missing_changed_and_foreign_goldens_are_named(tmp_path, checkpoint):
     manifest.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(GoldenError, match=r"recorded on another probe set"):
         load_golden(tmp_path, "m", "fp32", "cpu", probe)
+
+
+def test_a_lost_manifest_is_named_not_skipped(tmp_path, checkpoint):
+    probe = load_probe_set()
+    save_golden(tmp_path, "m", "fp32", "cpu", _features(), checkpoint, probe)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(GoldenError, match=r"m-fp32-cpu\.pt is there but .*manifest\.json is missing") as e:
+        load_golden(tmp_path, "m", "fp32", "cpu", probe)
+    assert not isinstance(e.value, GoldenMissing)  # an error, not a skip
+
+
+def test_a_manifest_entry_that_is_not_an_object_is_named(tmp_path, checkpoint):
+    probe = load_probe_set()
+    save_golden(tmp_path, "m", "fp32", "cpu", _features(), checkpoint, probe)
+    manifest = tmp_path / "manifest.json"
+    doc = json.loads(manifest.read_text(encoding="utf-8"))
+    doc["goldens"]["m-fp32-cpu.pt"] = ["not", "an", "object"]
+    manifest.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(GoldenError, match=r"manifest\.json: goldens\.m-fp32-cpu\.pt: expected an object .* got a list"):
+        load_golden(tmp_path, "m", "fp32", "cpu", probe)
+
+
+@pytest.mark.parametrize("damage", ["nan", "rows", "width"])
+def test_golden_features_of_the_wrong_shape_or_nan_name_the_file(tmp_path, checkpoint, damage):
+    probe = load_probe_set()
+    feats = _features()
+    if damage == "nan":
+        feats.text[3, 0] = float("nan")
+    elif damage == "rows":
+        feats = replace(feats, image=feats.image[:-1])
+    else:
+        feats = replace(feats, text=torch.nn.functional.normalize(torch.randn(len(feats.captions), 8), dim=-1))
+    save_golden(tmp_path, "m", "fp32", "cpu", feats, checkpoint, probe)
+    with pytest.raises(GoldenError, match=r"m-fp32-cpu\.pt: the (image|text) features"):
+        load_golden(tmp_path, "m", "fp32", "cpu", probe)
+
+
+def test_current_features_of_another_width_name_the_golden_file(tmp_path):
+    golden, current = _features(), _features(1)
+    current = replace(current, image=current.image[:, :8], text=current.text[:, :8])
+    with pytest.raises(GoldenError, match=r"g\.pt: cannot compare .*different shapes"):
+        compare_golden(current, golden, golden_tolerance("fp32"), tmp_path / "g.pt")

@@ -31,9 +31,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _card(sha256=None, url=None) -> ModelCard:
+def _card(sha256=None, url=None, size=None) -> ModelCard:
     return ModelCard(name="t", family="t", display="t", vision="RN50", text="RBT3-chinese", resolution=224,
-                     hub_repo=REPO, hub_filename=FILE, sha256=sha256, url=url)
+                     hub_repo=REPO, hub_filename=FILE, sha256=sha256, url=url, size=size)
 
 
 @dataclass
@@ -461,3 +461,59 @@ def test_malformed_lock_file_is_named(env, monkeypatch, tmp_path):
     monkeypatch.setenv("QACLIP_LOCK_FILE", str(lock))
     with pytest.raises(LockFileError, match="bad.lock.json"):
         hub.fetch_checkpoint(_card(), download_root=env.root)
+
+
+# ------------------------------------------------------------------------------------------------
+# pinned sizes: checked before any hashing
+
+
+def _no_hashing(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a file of the wrong size was hashed")
+
+    monkeypatch.setattr(hub, "sha256_file", refuse)
+    monkeypatch.setattr(hub, "cached_sha256", refuse)
+
+
+def test_a_cached_file_of_another_size_is_refused_before_hashing(env, monkeypatch):
+    env.root.mkdir(parents=True)
+    (env.root / FILE).write_bytes(env.data[:1000])  # an unfinished copy placed by hand
+    _no_hashing(monkeypatch)
+    with pytest.raises(ChecksumError, match=rf"{FILE}: 1,000 bytes, but model {REPO}/{FILE} is {SIZE:,} bytes \(its pinned size\)"):
+        hub.fetch_hub_file(REPO, FILE, local_dir=env.root, sha256=env.sha, size=SIZE, endpoint=env.server.endpoint)
+    assert (env.root / FILE).exists()  # found on disk: reported, not deleted
+
+
+def test_a_download_of_another_size_is_removed_before_hashing(env, monkeypatch):
+    _no_hashing(monkeypatch)
+    with pytest.raises(ChecksumError, match=rf"{SIZE:,} bytes downloaded, {SIZE + 1:,} expected .*was removed"):
+        hub.fetch_checkpoint(_card(sha256=env.sha, size=SIZE + 1), download_root=env.root)
+    assert _leftovers(env.root) == []
+
+
+def test_the_right_size_and_digest_pass(env):
+    path = hub.fetch_checkpoint(_card(sha256=env.sha, size=SIZE), download_root=env.root)
+    assert path.read_bytes() == env.data
+
+
+def test_the_qa_clip_cards_carry_their_published_pins():
+    from qaclip_core.registry import all_cards, get_card
+
+    for name, size in [("qa-clip-rn50", 617_738_279), ("qa-clip-vit-b-16", 1_569_891_012),
+                       ("qa-clip-vit-l-14", 2_443_404_116), ("qa-clip-vit-l-14-336", 2_444_715_284)]:
+        card = get_card(name)
+        assert card.size == size and len(card.sha256) == 64 and "TencentARC/QA-CLIP" in card.checksum_source
+    assert all(c.size is None or c.sha256 for c in all_cards())  # a size is never pinned without its digest
+
+
+def test_a_malformed_pin_is_named(tmp_path):
+    from qaclip_core.registry import register_cards
+
+    bad = tmp_path / "cards.yaml"
+    bad.write_text("models:\n  - {name: x-pin, family: x, display: x, vision: RN50, text: RBT3-chinese, resolution: 224,\n"
+                   "     sha256: abc, size: 10}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cards\.yaml: card 'x-pin': sha256 must be 64 lower-case hex digits, got 'abc'"):
+        register_cards(bad)
+    bad.write_text(bad.read_text().replace("sha256: abc", "sha256: " + "a" * 64).replace("size: 10", "size: -3"))
+    with pytest.raises(ValueError, match=r"size must be a positive number of bytes, got -3"):
+        register_cards(bad)
