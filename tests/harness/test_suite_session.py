@@ -130,7 +130,7 @@ def test_large_cpu_throughput_cases_are_opt_in():
     (["--checkpoint-dir", "{file}"], {}, "--checkpoint-dir"),
     ([], {"QACLIP_EXPECTED_DIR": "{missing}"}, "QACLIP_EXPECTED_DIR"),
     ([], {"QACLIP_EXPECTED_DIR": "{broken}"}, "broken.yaml: is not valid YAML at line 1"),
-    ([], {"QACLIP_HISTORY": "{file}"}, "--history"),
+    ([], {"QACLIP_HISTORY": "{file}"}, "QACLIP_HISTORY '"),  # the variable the user set, not the flag
 ], ids=["batch-0", "cuda-7", "checkpoint-dir-file", "expected-dir-missing", "expected-malformed", "history-file"])
 def test_bad_options_stop_at_start_with_one_line(tmp_path, args, env, needle):
     """Checked at configure time: exit 4 (usage error), one ERROR line naming option and value, no traceback."""
