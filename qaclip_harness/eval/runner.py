@@ -145,7 +145,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     """
     from qaclip_harness.data.imagenet import IndexedImages, read_labels
     from qaclip_harness.data.prompts import template_set, templates_for
-    from qaclip_harness.metrics.accuracy import accuracy
+    from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
     from qaclip_harness.eval.zeroshot import cached_classifier, param_counts
 
     card, labels_path = data.card, data.labels
@@ -164,7 +164,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ classifier
-    metrics = accuracy(logits, targets, topk=(1, 5))
+    metrics = {**accuracy(logits, targets, topk=(1, 5)), "true_prob": true_class_probability(logits, targets)}
     parts = {"images": images_digest(_gathered_digests(images, opts.shard)), "labels": labels_digest(classnames)}
     return EvalOutput(
         dataset=card.name,
