@@ -223,9 +223,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qaclip-mutants-"))
     rows = []
     try:
+        base = work / "base"  # one snapshot: later edits of the working tree do not leak into the run
+        copy_tree(base)
         if not args.skip_baseline:
             tree = work / "unmutated"
-            copy_tree(tree)
+            shutil.copytree(base, tree)
             check_imports(tree)
             rc, red, secs, tail = run_suite(tree, False, args.with_cn_clip, args.timeout)
             print(f"unmutated: {'green' if rc == 0 else 'RED'} in {secs:.0f}s\n{tail}", flush=True)
@@ -234,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 2
         for m in mutants:
             tree = work / m.name
-            copy_tree(tree)
+            shutil.copytree(base, tree)
             apply(tree, m)
             rc, red, secs, tail = run_suite(tree, not args.all_cases, args.with_cn_clip, args.timeout)
             killed = rc not in (0, 5)
