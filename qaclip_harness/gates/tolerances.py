@@ -72,3 +72,9 @@ def precision_tolerance(precision: str, model: str) -> PrecisionTolerance:
         raise QAClipError(f"{TOLERANCES}: reference_precision.{precision}.max_abs has no entry for {model!r} "
                           f"(have {', '.join(raw['max_abs'])}): measure it as its why says")
     return PrecisionTolerance(precision, float(raw["max_abs"][model]), str(raw["why"]).strip())
+
+
+def reference_cpu_tolerance() -> PrecisionTolerance:
+    """The fp32 tolerance of ours against the stored reference features when both ran on a CPU (``reference_cpu``)."""
+    raw = _doc()["reference_cpu"]
+    return PrecisionTolerance("fp32", float(raw["max_abs"]), str(raw["why"]).strip())
