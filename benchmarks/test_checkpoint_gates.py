@@ -25,7 +25,8 @@ GATES = ("parity", "example", "golden")
 
 
 def example_specs():
-    """The README example's published probabilities (``$QACLIP_EXPECTED_DIR`` or expected/, read when called)."""
+    """The README example's published probabilities (``$QACLIP_EXPECTED_DIR`` or expected/, read when called):
+    ``api-example.yaml``, and beside it the reference's probabilities of the fixture models (``fixture-example.yaml``)."""
     return expected_dir() / "example" / "api-example.yaml"
 
 
@@ -130,7 +131,7 @@ def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
     from qaclip_core.checkpoint import resolve_device
     from qaclip_harness.gates.example import (
         check_example,
-        load_example_specs,
+        load_example_folder,
         run_encoder_example,
         run_native_example,
         spec_for,
@@ -141,7 +142,7 @@ def _example(suite: Suite, item: pytest.Item, card: ModelCard) -> None:
     specs = example_specs()
     if not specs.is_file():
         case.skip(f"no example expectations {specs} in the expected folder (QACLIP_EXPECTED_DIR)")
-    spec = spec_for(load_example_specs(specs), card.name)
+    spec = spec_for(load_example_folder(specs.parent, specs.name), card.name)
     image = load_probe_set().image(spec.image)
     device = resolve_device(suite.device)
     path = case.guarded(lambda: suite.checkpoint_for(card))

@@ -127,9 +127,9 @@ def _calibrate_each(cases, checkpoint_dir, data_root, device, runs, batch_size, 
         try:
             data = resolve_dataset(dataset, root)
             if card.test_only and card.adapter == "native":
-                from qaclip_harness.fixture import CHECKPOINT
+                from qaclip_harness.fixture import packaged_checkpoint
 
-                path = CHECKPOINT
+                path = packaged_checkpoint(card.name)
             elif card.test_only:  # the fixture's transformers-format copy: converted here, as the suite does
                 from qaclip_harness.backends import backend
                 from qaclip_harness.fixture.hf import write_converted

@@ -11,7 +11,7 @@ from qaclip_core.errors import QAClipError
 
 METRIC_ORDER = {
     "retrieval": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_mean_recall", "i2t_mean_recall", "mean_recall"],
-    "zeroshot": ["top1", "top5"],
+    "zeroshot": ["top1", "top5", "true_prob"],
     "probabilities": [],  # one metric per label, in the file's order
     "parity": ["image_max_abs_diff", "text_max_abs_diff", "image_min_cosine", "text_min_cosine",
                "t2i_top5_violations", "i2t_top5_violations"],
@@ -83,6 +83,8 @@ class ExpectedCase:
     report_only: Optional[str] = None  # why this case is measured and shown but never gated
     # run settings the numbers were published for (e.g. backend: onnx, precision: fp16); empty: any
     requires: Dict[str, str] = field(default_factory=dict)
+    # metric -> items whose decision is a near-tie in the gate source (excused by name; the fixture's exact gates)
+    near_ties: Dict[str, List[str]] = field(default_factory=dict)
 
     def gate_for(self, build: Optional[str]) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -165,6 +167,10 @@ class ExpectedCase:
             for k in keys
         ]
 
+    def near_tie_note(self) -> str:
+        """The excused near-tie items by metric, in words ('' when there are none)."""
+        return "; ".join(f"{m}: {', '.join(items)}" for m, items in self.near_ties.items())
+
     def source_deltas(self, measured: Mapping[str, float]) -> Dict[str, Dict[str, Dict[str, float]]]:
         """Every source's published value and the measured delta, per metric (the report shows them all)."""
         return {
@@ -212,7 +218,7 @@ def _read_yaml(path: Path) -> dict:
     return doc
 
 
-_ENTRY_KEYS = ("gate", "report_only", "tolerance")
+_ENTRY_KEYS = ("gate", "report_only", "tolerance", "near_ties")
 REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
 
 
@@ -286,9 +292,13 @@ def _parse(path: Path) -> List[ExpectedCase]:
         unknown = set(values) - set(sources)
         if unknown:
             raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
+        near = entry.get("near_ties") or {}
+        if not isinstance(near, dict) or not all(isinstance(v, list) for v in near.values()):
+            raise ExpectedFileError(f"{path}: models.{model}.near_ties must map metrics to lists of items, got {near!r:.60}")
         case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
                             dict(sources), case_tolerances, path,
-                            report_only=str(report_only).strip() if report_only else None, requires=dict(requires))
+                            report_only=str(report_only).strip() if report_only else None, requires=dict(requires),
+                            near_ties={str(k): [str(i) for i in v] for k, v in near.items()})
         for prec in case_tolerances:
             for metric in case.gate_values:
                 try:

@@ -52,7 +52,9 @@ def run_export(args: argparse.Namespace) -> int:
             if card.adapter != "native":
                 raise QAClipError(f"{card.name} is a {card.adapter} model; export-onnx exports qaclip_core models")
             if card.test_only:  # the embedded fixture ships inside the package
-                from qaclip_harness.fixture import CHECKPOINT as path
+                from qaclip_harness.fixture import packaged_checkpoint
+
+                path = packaged_checkpoint(card.name)
             else:
                 path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
             manifest = export_checkpoint(path, args.out, arch=card.arch, precision=args.precision, opset=args.opset,

@@ -162,7 +162,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     """
     from qaclip_harness.data.imagenet import IndexedImages, read_labels
     from qaclip_harness.data.prompts import template_set, templates_for
-    from qaclip_harness.metrics.accuracy import accuracy
+    from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
     from qaclip_harness.eval.zeroshot import param_counts
 
     card, labels_path = data.card, data.labels
@@ -183,7 +183,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ weights
-    metrics = accuracy(logits, targets, topk=(1, 5))
+    metrics = {**accuracy(logits, targets, topk=(1, 5)), "true_prob": true_class_probability(logits, targets)}
     parts = {"images": known["images"] if known else images_digest(_gathered_digests(images, opts.shard)),
              "labels": parts["labels"]}  # in the report's order
     reuse = _features_provenance(classifier=classifier_prov, images=image_prov)

@@ -69,6 +69,27 @@ def load_example_specs(path: Union[str, Path]) -> Dict[str, ExampleSpec]:
     return specs
 
 
+def load_example_folder(folder: Union[str, Path], default: str = "api-example.yaml") -> Dict[str, ExampleSpec]:
+    """Every model's example spec from the YAML files of ``folder`` (each file's own image, labels and tolerance).
+
+    ``default`` supplies the inputs of models listed nowhere; a model listed in two files is an error.
+    """
+    folder = Path(folder)
+    specs = load_example_specs(folder / default)
+    seen = {m: default for m in specs if m}
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name == default:
+            continue
+        for model, spec in load_example_specs(path).items():
+            if not model:
+                continue
+            if model in seen:
+                raise QAClipError(f"{path}: model {model!r} is also listed in {folder / seen[model]}")
+            seen[model] = path.name
+            specs[model] = spec
+    return specs
+
+
 def spec_for(specs: Dict[str, ExampleSpec], model: str) -> ExampleSpec:
     """The spec of ``model``, or the default inputs with nothing to gate on."""
     if model in specs:

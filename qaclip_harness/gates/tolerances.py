@@ -32,6 +32,15 @@ class GoldenTolerance:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class PrecisionTolerance:
+    """A reduced-precision comparison with the reference in the same precision: max |delta| per component."""
+
+    precision: str
+    max_abs: float
+    why: str = ""
+
+
 @lru_cache(maxsize=None)
 def _doc() -> dict:
     with open(TOLERANCES, encoding="utf-8") as f:
@@ -51,3 +60,21 @@ def golden_tolerance(precision: str) -> GoldenTolerance:
         raise QAClipError(f"{TOLERANCES}: no golden tolerance for precision {precision!r} (have {', '.join(table)})")
     raw = table[precision]
     return GoldenTolerance(precision, float(raw["max_abs"]), float(raw["min_cos"]), str(raw["why"]).strip())
+
+
+def precision_tolerance(precision: str, model: str) -> PrecisionTolerance:
+    """The ``reference_precision`` tolerance of ``model`` at ``precision`` (bf16, fp16): ours against the reference in that precision."""
+    table = _doc().get("reference_precision") or {}
+    if precision not in table:
+        raise QAClipError(f"{TOLERANCES}: no reference_precision tolerance for {precision!r} (have {', '.join(table)})")
+    raw = table[precision]
+    if model not in raw["max_abs"]:
+        raise QAClipError(f"{TOLERANCES}: reference_precision.{precision}.max_abs has no entry for {model!r} "
+                          f"(have {', '.join(raw['max_abs'])}): measure it as its why says")
+    return PrecisionTolerance(precision, float(raw["max_abs"][model]), str(raw["why"]).strip())
+
+
+def reference_cpu_tolerance() -> PrecisionTolerance:
+    """The fp32 tolerance of ours against the stored reference features when both ran on a CPU (``reference_cpu``)."""
+    raw = _doc()["reference_cpu"]
+    return PrecisionTolerance("fp32", float(raw["max_abs"]), str(raw["why"]).strip())

@@ -77,16 +77,17 @@ class Suite:
 
     def _fixture_checkpoint(self, card: ModelCard) -> Path:
         from qaclip_harness.fetch.weights import fetch_weights
-        from qaclip_harness.fixture import CHECKPOINT
+        from qaclip_harness.fixture import packaged_checkpoint
         from qaclip_core.pretrained import is_offline, verify_file
 
         if is_offline():
             # Offline (an air-gapped runner): the fixture ships inside the package, so it is read
             # from there, checked against its card's sha256; no server is started.
-            native = get_card("fixture-tiny")
-            verify_file(CHECKPOINT, native.sha256, f"the packaged fixture checkpoint of {native.name}", sidecar=False)
+            native = get_card(card.original or card.name)
+            packaged = packaged_checkpoint(native.name)
+            verify_file(packaged, native.sha256, f"the packaged fixture checkpoint of {native.name}", sidecar=False)
             if card.adapter == "native":
-                return CHECKPOINT
+                return packaged
             return self._fixture_converted(card)
         # Online, the fixture travels the real path: served over HTTP on 127.0.0.1, downloaded
         # into a fresh folder, checksummed, then loaded.
@@ -107,13 +108,14 @@ class Suite:
 
     def _fixture_hub(self):
         if self._local_hub is None:
-            from qaclip_harness.fixture import CHECKPOINT
+            from qaclip_harness.fixture import MODELS
             from qaclip_harness.fetch.local_hub import serve_directory
 
-            card = get_card("fixture-tiny")
             served = self._tmp / "hub"
-            (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(CHECKPOINT, served / card.hub_repo / card.hub_filename)
+            for name, (_, checkpoint) in MODELS.items():  # every packaged fixture checkpoint, in its card's repo
+                card = get_card(name)
+                (served / card.hub_repo).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint, served / card.hub_repo / card.hub_filename)
             self._local_hub = serve_directory(served)
         return self._local_hub
 
@@ -214,7 +216,8 @@ class Suite:
         result = self.record(item, CaseResult.from_checks(
             device=str(encoder.device), measured=out.metrics, counts=out.counts,
             seconds=round(time.perf_counter() - start, 2), checks=checks,
-            report_only=report_reason(case.report_only, encoder), gate=decision.source, gate_reason=decision.reason,
+            report_only=report_reason(case.report_only, encoder), gate=decision.source,
+            gate_reason=decision.reason + (f"; near-ties excused by name: {case.near_tie_note()}" if case.near_ties else ""),
             sources=case.source_deltas(out.metrics), checkpoint_sha256=self.checkpoint_digest(model_card),
             data_fingerprint=out.provenance.get("data_fingerprint"), provenance=case_provenance(out.provenance),
             features=features_summary(out.provenance.get("features"), self.cache.mode),

@@ -466,10 +466,11 @@ def test_fixture_run_reports_both_protocols_side_by_side(tf, tmp_path):
         ("fixture-shapes-cls", "fixture-tiny"): "passed",
         ("fixture-shapes-cls", "hf-fixture-tiny"): "passed",
         ("fixture-shapes-cls", "hf-fixture-tiny-processor"): "reported",
+        ("fixture-shapes-cls", "fixture-tiny-rn"): "passed",
         ("parity-hf", "fixture-tiny"): "passed",
     }
     proc = status[("fixture-shapes-cls", "hf-fixture-tiny-processor")]
     assert "differs from the reference protocol in:" in proc["reason"] and "curly quotes" in proc["reason"]
-    assert {c["metric"] for c in proc["checks"]} == {"top1", "top5"}
+    assert {c["metric"] for c in proc["checks"]} == {"top1", "top5", "true_prob"}
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| hf-fixture-tiny-processor |" in md and "- hf-fixture-tiny-processor: differs from the reference" in md

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ import yaml
 from PIL import Image
 
 from qaclip_core import get_card, infer_arch, load_checkpoint, read_state_dict, tokenize
-from qaclip_harness.fixture import ARCH, CHECKPOINT
+from qaclip_harness.fixture import ARCH, CHECKPOINT, MODELS
 from qaclip_harness.fixture import shapes
 from qaclip_harness.fixture.train import storage_dtype
 from qaclip_core.registry import available_models
@@ -30,7 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "expected"
 MAX_BYTES = 5 * 1024 * 1024
 UNK_ID = 100
-R1_FLOOR = 80.0
+# t2i R@1 of the shipped checkpoints (fp32) on the test split: fixture-tiny 34.5, fixture-tiny-rn 93.8.
+# The ViT learns the varied storage modes and sizes more slowly than the ResNet in the same 2,000
+# steps; the exact gates need features, not accuracy (a weaker model has more near decisions).
+R1_FLOOR = {"fixture-tiny": 30.0, "fixture-tiny-rn": 85.0}
+BREAK_MARGIN = 10.0
 
 
 def _sha256(path: Path) -> str:
@@ -54,7 +59,7 @@ def model():
 def test_generator_is_deterministic(test_split):
     again = shapes.generate_split("test")
     assert [i.image_id for i in again.images] == [i.image_id for i in test_split.images]
-    assert [i.png for i in again.images] == [i.png for i in test_split.images]
+    assert [i.data for i in again.images] == [i.data for i in test_split.images]
     assert again.texts == test_split.texts
     a, b = shapes.generate_classification(per_class=3), shapes.generate_classification(per_class=3)
     assert a == b
@@ -73,39 +78,84 @@ def test_generator_pins_the_data_the_expected_numbers_were_computed_on(test_spli
     )
 
 
-def test_captions_are_unique_and_valid(test_split):
+def test_captions_and_ground_truth_look_like_the_real_sets(test_split):
     ids = [img.image_id for img in test_split.images]
     assert len(set(ids)) == len(ids)
-    assert len({img.combo for img in test_split.images}) == len(ids), "attribute combinations repeat in the split"
     assert 100 <= len(ids) <= 200 and 300 <= len(test_split.texts) <= 450
+    assert [t for t, _, _ in test_split.texts] == list(range(1, len(test_split.texts) + 1))
     texts = [t for _, t, _ in test_split.texts]
-    assert len(set(texts)) == len(texts)
-    assert [t for t, _, _ in test_split.texts] == list(range(1, len(texts) + 1))
     described = set()
     for _, text, image_ids in test_split.texts:
         assert text and image_ids == sorted(set(image_ids)) and set(image_ids) <= set(ids)
         described.update(image_ids)
     assert described == set(ids), "every image needs a caption"
-    # fine captions name the whole combination, so each describes exactly one image
-    owners = {c: img.image_id for img in test_split.images for c in img.captions}
-    for _, text, image_ids in test_split.texts:
-        if text in owners:
-            assert image_ids == [owners[text]]
+    # duplicate caption records (same text, own text id), texts with several ground-truth images,
+    # images with several captions, repeated renderings of one combination
+    assert len(texts) - len(set(texts)) == shapes.TEST_DUPLICATES
+    assert sum(len(gt) > 1 for _, _, gt in test_split.texts) >= 20
+    per_image = {}
+    for _, _, gt in test_split.texts:
+        for i in gt:
+            per_image[i] = per_image.get(i, 0) + 1
+    assert min(per_image.values()) >= 3
+    assert len({img.combo for img in test_split.images}) == len(ids) - shapes.TEST_REPEATS
+    # Latin colour words in several cases and with accents, ASCII and full-width digits
+    joined = "".join(texts)
+    assert any(w in joined for w in ("RED", "BLUE", "GREEN", "BLACK", "PURPLE", "YELLOW"))
+    assert any(w in joined for w in ("Red", "Blue", "Green", "Black", "Purple", "Yellow"))
+    assert any(ch in joined for ch in "èÉüÜöÖàÀïÏ")
+    assert any(ch in joined for ch in "23") and any(ch in joined for ch in "２３")
     tokens = tokenize([preprocess_text(t) for t in texts])
     assert not (tokens == UNK_ID).any(), "a caption has a character outside the vocabulary"
-    assert ((tokens != 0).sum(1) < tokens.shape[1]).all(), "a caption is truncated"
+    truncated = [t for t, row in zip(texts, tokens) if bool((row != 0).all())]
+    assert len(set(truncated)) == shapes.TEST_LONG, "the long captions (and only they) reach the context length"
 
 
-def test_images_are_png_at_the_canvas_size(test_split):
-    for img in test_split.images[:10]:
-        im = Image.open(io.BytesIO(img.png))
-        assert im.format == "PNG" and im.mode == "RGB" and im.size == (shapes.CANVAS, shapes.CANVAS)
+@pytest.mark.parametrize("kind", sorted(shapes.LONG_KINDS))
+def test_long_captions_put_the_telling_character_where_the_cut_matters(kind):
+    combo = shapes.Combo(1, 0, 1, 0, 0)  # a cross: 十字形
+    caption = shapes.long_caption(combo, kind)
+    ids = tokenize([preprocess_text(caption)], context_length=80)[0].tolist()
+    at = shapes.LONG_KINDS[kind]
+    assert ids[at] == tokenize(["十"])[0, 1].item(), "the shape's first character is not at its place"
+    kept = tokenize([preprocess_text(caption)])[0]
+    assert (ids[at] in kept.tolist()) == (at <= shapes.CONTEXT - 2)
+
+
+def test_images_come_in_every_mode_size_and_format(test_split):
+    modes, formats, sizes = set(), set(), set()
+    for img in test_split.images:
+        im = Image.open(io.BytesIO(img.data))
+        assert im.size == img.size
+        modes.add(im.mode)
+        formats.add(im.format)
+        sizes.add(img.size)
+    assert {"RGB", "RGBA", "P", "CMYK", "L", "LA", "1", "I;16"} <= modes
+    assert formats == {"PNG", "JPEG"}
+    assert {(320, 80), (80, 320), (384, 96), (96, 384), (48, 48)} <= sizes
+    cls = [Image.open(io.BytesIO(d)) for files in shapes.generate_classification(per_class=20).values() for _, d in files]
+    assert len({im.mode for im in cls}) >= 6 and {im.format for im in cls} == {"PNG", "JPEG"}
+
+
+def test_a_scene_survives_squashing_but_not_a_centre_crop():
+    """The logical scene comes back from any canvas by squashing; a centre crop of a wide one loses a corner shape."""
+    import random
+
+    combo = shapes.Combo(0, 0, 1, 0, 1)  # a small red circle in the top-left corner
+    square = np.asarray(Image.open(io.BytesIO(shapes.render(combo, random.Random(3), (96, 96)))).convert("RGB"), dtype=float)
+    wide = Image.open(io.BytesIO(shapes.render(combo, random.Random(3), (384, 96))))
+    squashed = np.asarray(wide.resize((96, 96), Image.BICUBIC).convert("RGB"), dtype=float)
+    assert np.abs(squashed - square).mean() < 4
+    cropped = np.asarray(wide.crop((144, 0, 240, 96)).convert("RGB"), dtype=float)
+    red = (cropped[..., 0] > 150) & (cropped[..., 1] < 100)
+    assert not red.any(), "a centre crop keeps the corner shape"
 
 
 def test_write_shapes_dataset_layout(tmp_path):
     info = shapes.write_shapes_dataset(tmp_path)
     folder = tmp_path / shapes.RETRIEVAL_DIRNAME
-    for split in ("train", "test"):
+    assert set(info["splits"]) == {"test"}  # the training split is written only when asked for
+    for split in ("test",):
         env = lmdb.open(str(folder / "lmdb" / split / "imgs"), readonly=True, lock=False)
         with env.begin() as txn:
             n = int(txn.get(b"num_images").decode())
@@ -116,7 +166,7 @@ def test_write_shapes_dataset_layout(tmp_path):
         assert all(k.decode().isdigit() for k in keys)
         import base64
 
-        assert Image.open(io.BytesIO(base64.urlsafe_b64decode(first))).format == "PNG"
+        assert Image.open(io.BytesIO(base64.urlsafe_b64decode(first))).format in ("PNG", "JPEG")
         lines = (folder / f"{split}_texts.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == info["splits"][split]["texts"]
         assert set(json.loads(lines[0])) == {"text_id", "text", "image_ids"}
@@ -125,56 +175,61 @@ def test_write_shapes_dataset_layout(tmp_path):
     labels = (cls / "label_cn.txt").read_text(encoding="utf-8").splitlines()
     assert folders == [f for f, _ in shapes.SHAPES]
     assert labels == [dict(shapes.SHAPES)[f] for f in folders] == info["classes"]
-    assert all(len(list((cls / "test" / f).glob("*.png"))) == shapes.ZEROSHOT_PER_CLASS for f in folders)
+    assert all(len(list((cls / "test" / f).glob("*.*"))) == shapes.ZEROSHOT_PER_CLASS for f in folders)
 
 
 # ------------------------------------------------------------------ checkpoint and card
 
 
-def test_checkpoint_has_the_reference_format():
-    assert CHECKPOINT.stat().st_size <= MAX_BYTES
-    ckpt = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+FIXTURES = sorted(MODELS)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_checkpoint_has_the_reference_format(name):
+    arch, checkpoint = MODELS[name]
+    assert checkpoint.stat().st_size <= MAX_BYTES
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"epoch", "step", "name", "state_dict"}
-    assert isinstance(ckpt["epoch"], int) and isinstance(ckpt["step"], int) and ckpt["name"] == "fixture-tiny"
+    assert isinstance(ckpt["epoch"], int) and isinstance(ckpt["step"], int) and ckpt["name"] == name
     sd = ckpt["state_dict"]
     assert all(k.startswith("module.") for k in sd)
     for key, value in sd.items():
-        assert value.dtype == storage_dtype(key[len("module."):]), key
-    assert sum(v.numel() for v in sd.values() if v.dtype == torch.float16) > 0.99 * sum(v.numel() for v in sd.values())
+        assert value.dtype == storage_dtype(key[len("module."):], value.dtype), key
+    floats = [v for v in sd.values() if v.is_floating_point()]
+    assert sum(v.numel() for v in floats if v.dtype == torch.float16) > 0.95 * sum(v.numel() for v in floats)
 
 
-def test_checkpoint_dtype_layout_is_the_reference_fp16_layout():
+@pytest.mark.parametrize("name", FIXTURES)
+def test_checkpoint_dtype_layout_is_the_reference_fp16_layout(name):
     pytest.importorskip("cn_clip")
-    import sys
-
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from fixture_expected import reference_kwargs
-    finally:
-        sys.path.remove(str(REPO / "tools"))
     from cn_clip.clip.model import CLIP, convert_weights
 
-    ref = CLIP(**reference_kwargs(ARCH))
+    from qaclip_core.model.config import reference_kwargs
+
+    arch, checkpoint = MODELS[name]
+    ref = CLIP(**reference_kwargs(arch))
     convert_weights(ref)
-    sd = read_state_dict(CHECKPOINT)
+    sd = read_state_dict(checkpoint)
     assert {k: v.dtype for k, v in sd.items()} == {k: v.dtype for k, v in ref.state_dict().items()}
 
 
-def test_card_matches_the_checkpoint():
-    card = get_card("fixture-tiny")
+@pytest.mark.parametrize("name", FIXTURES)
+def test_card_matches_the_checkpoint(name):
+    arch, checkpoint = MODELS[name]
+    card = get_card(name)
     assert card.test_only and card.family == "fixture"
-    assert card.arch == ARCH and card.resolution == 64
-    assert card.hub_filename == CHECKPOINT.name
-    assert card.sha256 == _sha256(CHECKPOINT)
-    assert "fixture-tiny" not in available_models()
+    assert card.arch == arch and card.resolution == 64
+    assert card.hub_filename == checkpoint.name
+    assert card.sha256 == _sha256(checkpoint)
+    assert name not in available_models()
 
 
-def test_expected_numbers_name_this_checkpoint():
-    sha = _sha256(CHECKPOINT)
-    for name in ("fixture-shapes.yaml", "fixture-shapes-cls.yaml"):
-        doc = yaml.safe_load((EXPECTED / name).read_text(encoding="utf-8"))
-        assert doc["checkpoint"]["sha256"] == sha, f"{name} was computed from another checkpoint"
-        assert "fixture-tiny" in doc["models"]
+def test_expected_numbers_name_these_checkpoints():
+    for doc_name in ("fixture-shapes.yaml", "fixture-shapes-cls.yaml"):
+        doc = yaml.safe_load((EXPECTED / doc_name).read_text(encoding="utf-8"))
+        for name, (_, checkpoint) in MODELS.items():
+            assert doc["checkpoints"][name]["sha256"] == _sha256(checkpoint), f"{doc_name} was computed from another {name}"
+            assert name in doc["models"]
 
 
 def test_loads_strictly_and_is_recognised(model):
@@ -190,7 +245,7 @@ def test_loads_strictly_and_is_recognised(model):
 
 def _features(model, split, image_fn=None, token_fn=None):
     transform = image_transform(model.image_size)
-    images = torch.stack([transform(Image.open(io.BytesIO(i.png))) for i in split.images])
+    images = torch.stack([transform(Image.open(io.BytesIO(i.data))) for i in split.images])
     tokens = tokenize([preprocess_text(t) for _, t, _ in split.texts])
     if image_fn is not None:
         images = image_fn(images)
@@ -223,15 +278,28 @@ def _unnormalised(images):
     return images * std + mean
 
 
+_MODELS: dict = {}
+
+
+def _loaded(name: str):
+    if name not in _MODELS:
+        arch, checkpoint = MODELS[name]
+        _MODELS[name] = load_checkpoint(checkpoint, arch)
+    return _MODELS[name]
+
+
 @pytest.fixture(scope="module")
-def r1(model, test_split) -> float:
-    return _t2i_r1(model, test_split)
+def r1(test_split) -> dict:
+    return {name: _t2i_r1(_loaded(name), test_split) for name in FIXTURES}
 
 
-def test_fixture_retrieves(r1):
-    assert r1 >= R1_FLOOR, f"t2i R@1 {r1:.1f} < {R1_FLOOR}"
+@pytest.mark.parametrize("name", FIXTURES)
+def test_fixture_retrieves(r1, name):
+    # chance is about 1.5% (several ground truths for some captions among 120 images)
+    assert r1[name] >= R1_FLOOR[name], f"{name}: t2i R@1 {r1[name]:.1f} < {R1_FLOOR[name]}"
 
 
+@pytest.mark.parametrize("name", FIXTURES)
 @pytest.mark.parametrize(
     "what, kw",
     [
@@ -240,9 +308,9 @@ def test_fixture_retrieves(r1):
         ("normalisation left out", {"image_fn": _unnormalised}),
     ],
 )
-def test_wrong_inputs_break_it(model, test_split, r1, what, kw):
-    # Measured at training time: 0.8 (shifted ids), 47.9 (BGR), 36.6 (unnormalised) against 95.1.
-    # Subtler slips (ImageNet's mean/std, mean/std in reversed channel order) move R@1 by at
-    # most a couple of points here; the pixel parity tests catch those.
-    broken = _t2i_r1(model, test_split, **kw)
-    assert broken < r1 - 10, f"{what}: t2i R@1 {broken:.1f} is not clearly below {r1:.1f}"
+def test_wrong_inputs_break_it(test_split, r1, name, what, kw):
+    # Measured on the shipped checkpoints: shifted ids 1.6 / 0.8, BGR 8.0 / 34.7, unnormalised 4.1 / 4.4
+    # (fixture-tiny / fixture-tiny-rn) against 34.5 / 93.8. Subtler slips move R@1 by a few queries;
+    # the exact gates of the suite and the stored reference features catch those.
+    broken = _t2i_r1(_loaded(name), test_split, **kw)
+    assert broken < r1[name] - BREAK_MARGIN, f"{name}, {what}: t2i R@1 {broken:.1f} is not clearly below {r1[name]:.1f}"

@@ -28,12 +28,21 @@ def test_expected_files_agree_with_the_reference_pipeline():
 
 
 def test_check_names_every_hand_edit(tmp_path):
-    """The comparison sees a changed value, tolerance or digest (documents from disk stand in for recomputed ones)."""
+    """The comparison sees a changed value, tolerance, digest, example probability or feature file (documents and
+    features from disk stand in for recomputed ones)."""
+    import shutil
+
     tool = _tool()
-    computed = {name: yaml.safe_load((REPO / "expected" / name).read_text(encoding="utf-8")) for name in FILES}
-    for name in FILES:
+    names = FILES + ("example/fixture-example.yaml", "reference-features/MANIFEST.yaml")
+    computed = {name: yaml.safe_load((REPO / "expected" / name).read_text(encoding="utf-8")) for name in names}
+    features_dir = REPO / "expected" / "reference-features"
+    features = {p.name: p.read_bytes() for p in features_dir.glob("*.npy")}
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((REPO / "expected" / name).read_text(encoding="utf-8"), encoding="utf-8")
-    assert tool.compare_documents(computed, tmp_path) == []
+    for name in features:
+        shutil.copyfile(features_dir / name, tmp_path / "reference-features" / name)
+    assert tool.compare_documents(computed, tmp_path, features) == []
 
     edited = yaml.safe_load((tmp_path / FILES[0]).read_text(encoding="utf-8"))
     entry = edited["models"]["fixture-tiny"]
@@ -41,8 +50,14 @@ def test_check_names_every_hand_edit(tmp_path):
     edited["tolerance"]["fp32"]["i2t"]["abs"] = 5.0
     edited["data"]["test_digest"] = "0" * 64
     (tmp_path / FILES[0]).write_text(yaml.safe_dump(edited), encoding="utf-8")
-    problems = "\n".join(tool.compare_documents(computed, tmp_path))
+    example = yaml.safe_load((tmp_path / names[2]).read_text(encoding="utf-8"))
+    example["models"]["fixture-tiny-rn"]["probabilities"][0] += 1e-4
+    (tmp_path / names[2]).write_text(yaml.safe_dump(example, allow_unicode=True), encoding="utf-8")
+    victim = sorted(features)[0]
+    (tmp_path / "reference-features" / victim).write_bytes(features[victim][:-4] + b"\0\0\0\0")
+    problems = "\n".join(tool.compare_documents(computed, tmp_path, features))
     assert "t2i_r1" in problems and "tolerance.fp32.i2t" in problems and "data.test_digest" in problems
+    assert "fixture-tiny-rn.probabilities" in problems and f"{victim}: sha256" in problems
 
     (tmp_path / FILES[1]).unlink()
     assert any("missing" in p for p in tool.compare_documents(computed, tmp_path))

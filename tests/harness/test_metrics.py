@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from qaclip_harness.data.prompts import imagenet_templates
 from qaclip_harness.metrics.retrieval import evaluate_retrieval, recall_at_k, topk_desc, write_predictions
-from qaclip_harness.metrics.accuracy import accuracy
+from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
 from qaclip_harness.eval.zeroshot import build_classifier
 from qaclip_core.tokenizer import preprocess_text, tokenize
 
@@ -344,3 +344,18 @@ def test_accuracy_ties_go_to_lower_class():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 1.0, 1.0]])
     assert accuracy(logits, torch.tensor([1, 0, 1]), topk=(1, 2)) == {"top1": 100.0, "top2": 100.0}
     assert accuracy(logits, torch.tensor([2, 3, 3]), topk=(1, 2, 3)) == {"top1": 0.0, "top2": 1 / 3 * 100, "top3": 2 / 3 * 100}
+
+
+def test_true_class_probability_is_the_references_softmax_output_and_moves_with_the_scale():
+    """Mean softmax(100 x cosine) of the true class, in percent, as the reference's zero-shot outputs give it."""
+    g = torch.Generator().manual_seed(0)
+    cos = torch.rand(50, 7, generator=g) * 0.6 - 0.3
+    targets = cos.argmax(dim=1)  # a classifier that is mostly right, as the fixture's
+    targets[:10] = torch.randint(0, 7, (10,), generator=g)
+    outputs = (100.0 * cos).softmax(dim=-1)  # the reference's run: softmax of the scaled cosines
+    expected = outputs.double().gather(1, targets[:, None]).mean().item() * 100
+    assert abs(true_class_probability(100.0 * cos, targets) - expected) < 1e-4
+    assert abs(true_class_probability(50.0 * cos, targets) - expected) > 1.0  # a scale change cannot hide
+    assert accuracy(50.0 * cos, targets) == accuracy(100.0 * cos, targets)  # where top-k cannot see it
+    with pytest.raises(ValueError):
+        true_class_probability(cos[:0], targets[:0])

@@ -114,7 +114,7 @@ def test_fixture_report_holds_provenance_and_compare_reports_names_the_differenc
     (res,) = [r for r in doc["results"] if r["model"] == "fixture-tiny"]
     assert res["checkpoint_sha256"] == "edf29728acd6c81b948418b5b63818cdc98cfc58f3689ea22fd2d9019f8611d2"
     assert len(res["data_fingerprint"]) == 64 and res["provenance"]["build"] == "generated-seed-0"
-    assert res["provenance"]["counts"] == {"images": 120, "texts": 388} and res["provenance"]["batch_size"] == 64
+    assert res["provenance"]["counts"] == {"images": 120, "texts": 386} and res["provenance"]["batch_size"] == 64
     assert res["gate"] == "cn-clip-reference" and res["sources"]["cn-clip-reference"]["t2i_r1"]["delta"] == pytest.approx(0, abs=0.3)
     env = doc["environment"]
     for key in ("qaclip_core", "torch", "torchvision", "cuda", "cudnn", "device_name", "numerics", "cn_clip", "transformers"):

@@ -31,7 +31,7 @@ def _run(cmd, **env):
 
 @pytest.mark.parametrize("dataset", ["fixture-shapes", "fixture-shapes-cls"])
 def test_torchrun_gloo_equals_single_process(shapes_root, tmp_path, dataset):
-    # 120 images in batches of 7 (17 full batches and one of 1) and 388 texts in batches of
+    # 120 images in batches of 7 (17 full batches and one of 1) and 386 texts in batches of
     # 100: neither is a multiple of 2 x batch size, so the last shard is uneven
     args = ["eval", "--checkpoint", str(CHECKPOINT), "--dataset", dataset, "--data-root", str(shapes_root),
             "--device", "cpu", "--batch-size", "7", "--text-batch-size", "100", "--json", "--quiet"]

@@ -73,7 +73,7 @@ def _tiny_flickr(root: Path) -> None:
     from qaclip_harness.fixture.shapes import generate_split
 
     split = generate_split("test")
-    images = {img.image_id: img.png for img in split.images[:4]}
+    images = {img.image_id: img.data for img in split.images[:4]}
     texts = [TextRecord(text_id=i, text=f"图{i}", image_ids=[image_id]) for i, image_id in enumerate(images)]
     write_retrieval_split(root, "Flickr30k-CN", "test", images, texts)
 
