@@ -51,7 +51,6 @@ class ClipImageTransform(Compose):
         np.divide(slot, self._std, out=slot)
         return out
 
-
     def pixels(self, image: Image.Image) -> np.ndarray:
         """The resized RGB image as [R, R, 3] uint8: the last step that depends on PIL (what a pixel cache keeps)."""
         return np.asarray(to_rgb(self.resize(image)))

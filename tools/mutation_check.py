@@ -61,8 +61,9 @@ MUTANTS: List[Mutant] = [
            "resize the short side and centre-crop (the usual CLIP transform) instead of squashing"),
     Mutant("pre-convert-first", "preprocessing", T, "super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])",
            "super().__init__([to_rgb, self.resize, ToTensor(), self.normalize])", "convert to RGB before resizing"),
-    Mutant("pre-into-convert-first", "preprocessing", T, "rgb = to_rgb(self.resize(image))", "rgb = self.resize(to_rgb(image))",
-           "the batch loader's in-place path converts before resizing"),
+    Mutant("pre-into-convert-first", "preprocessing", T, "return np.asarray(to_rgb(self.resize(image)))",
+           "return np.asarray(self.resize(to_rgb(image)))",
+           "the pixels of the batch loader and the pixel cache are converted before resizing"),
     Mutant("pre-imagenet-mean", "preprocessing", T, "MEAN = (0.48145466, 0.4578275, 0.40821073)", "MEAN = (0.485, 0.456, 0.406)",
            "ImageNet's mean instead of CLIP's"),
     Mutant("pre-rgba-composite", "preprocessing", T, '    return image.convert("RGB")',
@@ -119,8 +120,8 @@ MUTANTS: List[Mutant] = [
            "only the first template is used"),
     Mutant("eval-template-count", "evaluation", "qaclip_harness/data/prompts.py", "        return imagenet_templates()",
            "        return imagenet_templates()[:80]", "the default list cut to 80 templates"),
-    Mutant("eval-logit-scale", "evaluation", "qaclip_harness/eval/runner.py", "    logits = 100.0 * image_feats @ classifier",
-           "    logits = image_feats @ classifier", "zero-shot logits without the scale of 100"),
+    Mutant("eval-logit-scale", "evaluation", "qaclip_harness/eval/runner.py", "    logits = 100.0 * image_feats @ weights",
+           "    logits = image_feats @ weights", "zero-shot logits without the scale of 100"),
     Mutant("eval-first-gt-only", "evaluation", D, "        text_to_images={rec.text_id: list(rec.image_ids) for rec in texts},",
            "        text_to_images={rec.text_id: list(rec.image_ids)[:1] for rec in texts},",
            "only a caption's first ground-truth image counts"),
@@ -136,8 +137,8 @@ MUTANTS: List[Mutant] = [
            "the ViT's fp32 LayerNorm no longer casts back to the model's precision"),
     Mutant("prec-fp16-is-bf16", "precision", P, '"fp16": torch.float16,', '"fp16": torch.bfloat16,', "fp16 runs in bf16"),
     Mutant("prec-bf16-is-fp16", "precision", P, '"bf16": torch.bfloat16}', '"bf16": torch.float16}', "bf16 runs in fp16"),
-    Mutant("prec-ignored", "precision", P, "    return model.to(device=resolve_device(device), dtype=resolve_dtype(precision)).eval()",
-           "    return model.to(device=resolve_device(device)).eval()", "the precision is ignored (stays fp32)"),
+    Mutant("prec-ignored", "precision", P, "    return model.to(device=device, dtype=dtype).eval()",
+           "    return model.to(device=device).eval()", "the precision is ignored (stays fp32)"),
 ]
 
 
@@ -230,6 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         base = work / "base"  # one snapshot: later edits of the working tree do not leak into the run
         copy_tree(base)
+        for m in mutants:  # every mutant must still apply before an hour of runs starts
+            count = (base / m.path).read_text(encoding="utf-8").count(m.old)
+            if count != 1:
+                raise SystemExit(f"{m.name}: {m.path} holds its text {count} times (expected once): update the mutant")
         if not args.skip_baseline:
             tree = work / "unmutated"
             shutil.copytree(base, tree)

@@ -9,14 +9,14 @@ import torch
 from qaclip_core.checkpoint import load_checkpoint, resolve_device, resolve_dtype
 from qaclip_core.model.clip import CLIP
 from qaclip_core.registry import ModelCard
-from qaclip_core.tokenizer import preprocess_text, tokenize
+from qaclip_core.tokenizer import CONTEXT_LENGTH, preprocess_text, tokenize
 from qaclip_core.transforms import image_transform
 
 
 class NativeEncoder:
     """A ``qaclip_core`` CLIP model behind the :class:`Encoder` interface."""
 
-    def __init__(self, model: CLIP, name: str = "model", context_length: int = 52, compile: bool = False):
+    def __init__(self, model: CLIP, name: str = "model", context_length: int = CONTEXT_LENGTH, compile: bool = False):
         self.model = model.eval()
         self.name = name
         self.context_length = context_length
