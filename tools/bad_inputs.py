@@ -389,7 +389,7 @@ def faults(base: Base) -> List[Fault]:
     cli("label file not UTF-8", zs(lambda cls: (cls / "label_cn.txt").write_bytes(b"\xff\xfe\x00bad\n")),
         needles=("label_cn.txt", "UTF-8"))
     cli("class folder empty", zs(empty_class), needles=("test",))
-    cli("class image corrupt", zs(corrupt_image), needles=(".png",))
+    cli("class image corrupt", zs(corrupt_image), needles=("cannot read image", "circle_000."))  # the first file, PNG or JPEG
     cli("split folder missing", zs(lambda cls: shutil.rmtree(cls / "test")), needles=("test/<class folders> missing",))
 
     # ELEVATER data (Chinese-CLIP's zero-shot layout)
@@ -588,7 +588,7 @@ def faults(base: Base) -> List[Fault]:
         return (_suite("-k", "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny", "--report", str(d / "report")),
                 {"QACLIP_CACHE": str(d / "cache")})
 
-    suite("HF_HUB_OFFLINE=1 still runs the fixture", offline_fixture, (0,), ("2 passed",))
+    suite("HF_HUB_OFFLINE=1 still runs the fixture", offline_fixture, (0,), ("4 passed",))  # ViT and ResNet, two cases each
 
     def suite_lmdb_truncated(d: Path):
         data = base.data_copy(d)
@@ -638,7 +638,7 @@ def faults(base: Base) -> List[Fault]:
             store.mkdir()
             (store / "fixture-tiny-fp32-cpu.pt").write_bytes(b"features recorded earlier")
             edit(store)
-            return (_suite("-k", "golden-fixture-tiny and not hf", "--golden-dir", str(store), "--device", "cpu"), {})
+            return (_suite("-k", "golden-fixture-tiny and not hf and not fixture-tiny-rn", "--golden-dir", str(store), "--device", "cpu"), {})
         return build
 
     suite("suite golden store without its manifest", golden_store(lambda store: None), (1,),

@@ -305,7 +305,7 @@ def _fixture_example() -> bytes:
     from qaclip_harness.fixture.shapes import COLOURS, SHAPES, Combo, render
 
     shape = [s for s, (folder, _) in enumerate(SHAPES) if folder == "circle"][0]
-    colour = [c for c, (name, _) in enumerate(COLOURS) if name == "红色"][0]
+    colour = [c for c, (name, *_rest) in enumerate(COLOURS) if name == "红色"][0]
     return render(Combo(shape, colour, 1, position=4, size=0), random.Random("qaclip-probe/fixture-example"))
 
 

@@ -53,7 +53,8 @@ def junit_properties(result: CaseResult) -> List[tuple]:
     for c in result.checks:
         for field in ("measured", "expected", "delta", "tolerance"):
             if c.get(field) is not None:  # checkpoint gates hold some rows against nothing published
-                props.append((f"{c['metric']}.{field}", round(float(c[field]), 4) + 0.0))  # + 0.0: no "-0.0"
+                # six significant digits, not decimals: an exact gate's 1e-6 tolerance must not read as 0; + 0.0: no "-0.0"
+                props.append((f"{c['metric']}.{field}", float(f"{float(c[field]):.6g}") + 0.0))
     return props
 
 

@@ -156,6 +156,6 @@ sys.modules["cn_clip"] = None  # makes `import cn_clip...` raise ImportError
 def test_parity_case_skips_in_one_line_without_the_reference(tmp_path):
     (tmp_path / "no_cn_clip.py").write_text(NO_CN_CLIP_PLUGIN, encoding="utf-8")
     out = _suite("-k", "parity-fixture-tiny and not onnx", "-p", "no_cn_clip", pythonpath=str(tmp_path), offline=False)
-    assert out.returncode == 0 and "1 skipped" in out.stdout, out.stdout[-3000:]
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("SKIPPED")]
+    assert out.returncode == 0 and "2 skipped" in out.stdout, out.stdout[-3000:]  # the ViT and the ResNet fixture
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("SKIPPED")]  # one line for both
     assert "cn_clip is not installed" in line and "pip install --no-deps cn_clip==1.6.0" in line

@@ -23,7 +23,7 @@ def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
         env=dict(os.environ, QACLIP_CACHE=str(tmp_path / "cache")),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "3 passed, 1 skipped" in out.stdout, out.stdout[-3000:]
+    assert "6 passed, 1 skipped" in out.stdout, out.stdout[-3000:]  # shapes, shapes-cls and onnx-parity of both fixtures
     # published for ONNX fp16: skipped in fp32 with one line saying how to run it
     assert "published for onnx fp16; run with --precision fp16" in out.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))

@@ -285,6 +285,8 @@ def test_calibrate_with_every_case_skipped_fails_unless_asked(tmp_path, capsys, 
 def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(tmp_path):
     # a real SIGINT, delivered while the command works
     code = ("import os, signal, time, sys\n"
+            # a child started from a background job inherits SIGINT ignored; a terminal's Ctrl-C is not
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "import qaclip_harness.cli.commands as cli\n"
             "def work(args):\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
             "cli._calibrate = work\n"
