@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from qaclip_core.registry import get_card
+
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'qaclip-core[onnx]'")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'qaclip-core[onnx]'")
 
@@ -28,14 +30,15 @@ def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
     assert "published for onnx fp16; run with --precision fp16" in out.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert report["meta"]["backend"] == "onnx"
-    results = {r["dataset"]: r for r in report["results"]}
+    results = {r["dataset"]: r for r in report["results"] if r["model"] in ("fixture-tiny", "cn-clip-vit-b-16")}
     assert {k: r["status"] for k, r in results.items()} == {
         "fixture-shapes": "passed", "fixture-shapes-cls": "passed", "onnx-parity": "passed", "readme-example": "skipped"}
     assert results["fixture-shapes"]["backend"] == "onnx" and results["fixture-shapes-cls"]["backend"] == "onnx"
-    # within one query of the reference's numbers: the fixture's fp32 tolerances are one caption / one image
-    for name in ("fixture-shapes", "fixture-shapes-cls"):
-        for check in results[name]["checks"]:
-            assert abs(check["delta"]) <= check["tolerance"] + 1e-9, (name, check)
-    # the export went into the cache, under the checkpoint's key
-    exports = [p for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir()]
-    assert len(exports) == 1 and exports[0].name.endswith("-opset20-fp32-qaclip0.1.0")
+    # within the fixture's off-CPU near-tie allowance (ONNX Runtime is another implementation), for both models
+    for r in report["results"]:
+        for check in r["checks"] if r["dataset"].startswith("fixture-shapes") else []:
+            assert abs(check["delta"]) <= check["tolerance"] + 1e-9, (r["dataset"], r["model"], check)
+    # each fixture's export went into the cache, under its checkpoint's key
+    exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir())
+    shas = sorted(get_card(m).sha256[:24] for m in ("fixture-tiny", "fixture-tiny-rn"))
+    assert [e.split("-")[0] for e in exports] == shas and all(e.endswith("-opset20-fp32-qaclip0.1.0") for e in exports)
