@@ -494,7 +494,9 @@ HEADER = """\
 # Shape (the one qaclip_harness.expected reads): dataset, kind (retrieval|zeroshot), split;
 # sources: id -> citation; tolerance: precision -> metric group -> {{abs (points), why}};
 # models: registry name -> gate (the source compared with), per source a metrics mapping, and
-# where an item's decision is a near-tie, near_ties (metric -> items) and the tolerance it earns.
+# where an item's decision is a near-tie, near_ties (metric -> items with their margins) and the
+# tolerance they earn: `tolerance` for the qaclip_core model run eagerly on the CPU (margins below
+# the measured CPU noise's bound), `tolerance_off_cpu` for any other run (below the parity bound).
 # checkpoints: the files the numbers were computed from (sha256s match cards/fixture.yaml);
 # data: the generator, seed and content digest of the data they were computed on.
 # A metric passes when |measured - value| <= abs.
