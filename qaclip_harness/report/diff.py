@@ -55,11 +55,12 @@ def load_report(path: Union[str, Path]) -> dict:
     return doc
 
 
-def _flatten(value: object, prefix: str = "") -> Dict[str, object]:
+def flatten(value: object, prefix: str = "") -> Dict[str, object]:
+    """Nested mappings as one mapping of dotted keys (``a.b.c``) to their leaf values."""
     if isinstance(value, dict):
         out: Dict[str, object] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
@@ -70,7 +71,7 @@ def _cases(doc: dict) -> Dict[Tuple[str, str], dict]:
 
 def _case_fields(r: dict) -> Dict[str, object]:
     fields = {k: r.get(k) for k in CASE_FIELDS}
-    prov = _flatten(r.get("provenance") or {}, "provenance")
+    prov = flatten(r.get("provenance") or {}, "provenance")
     fields.update({k: v for k, v in prov.items() if not any(k.endswith(s) for s in SKIP_PROVENANCE)
                    and "fingerprint_parts" not in k})
     return fields
@@ -78,9 +79,9 @@ def _case_fields(r: dict) -> Dict[str, object]:
 
 def compare(a: dict, b: dict) -> dict:
     """The differences between reports ``a`` and ``b`` as data (what :func:`render` prints)."""
-    env = {k: (v, _flatten(b.get("environment") or {}).get(k))
-           for k, v in _flatten(a.get("environment") or {}).items()}
-    env.update({k: (None, v) for k, v in _flatten(b.get("environment") or {}).items() if k not in env})
+    env = {k: (v, flatten(b.get("environment") or {}).get(k))
+           for k, v in flatten(a.get("environment") or {}).items()}
+    env.update({k: (None, v) for k, v in flatten(b.get("environment") or {}).items() if k not in env})
     meta = {k: (a.get("meta", {}).get(k), b.get("meta", {}).get(k))
             for k in set(a.get("meta") or {}) | set(b.get("meta") or {}) if k != "time"}
     ca, cb = _cases(a), _cases(b)

@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from qaclip_harness.files import atomic_write_text
 from qaclip_harness.report import plots
-from qaclip_harness.report.diff import load_report
+from qaclip_harness.report.diff import flatten, load_report
 from qaclip_harness.report.grid import LEGEND as GRID_LEGEND
 from qaclip_harness.report.grid import _model_order
 from qaclip_harness.report.grid import cell as grid_cell
@@ -287,18 +287,9 @@ def _skipped_section(results: List[CaseResult]) -> str:
     return '<section id="skipped"><h2>Skipped and errors</h2>' + _table(["dataset", "model", "status", "why"], rows, 4) + "</section>"
 
 
-def _flatten(value: object, prefix: str = "") -> Dict[str, object]:
-    if isinstance(value, dict):
-        out: Dict[str, object] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def _environment_section(meta: dict, env: dict) -> str:
     rows = [f'<tr><th class="l">{escape(k)}</th><td class="l">{escape(str(v))}</td></tr>'
-            for k, v in {**{f"run.{k}": v for k, v in _flatten(meta).items()}, **_flatten(env)}.items()]
+            for k, v in {**{f"run.{k}": v for k, v in flatten(meta).items()}, **flatten(env)}.items()]
     return f'<section id="environment"><h2>Run and environment</h2><table>{"".join(rows)}</table></section>'
 
 

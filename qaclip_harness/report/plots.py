@@ -86,6 +86,16 @@ def tolerance_plot(title: str, points: Sequence[Tuple[str, str, float, bool]]) -
     return _svg(fig)
 
 
+
+def _log_bars(fig, ax, labels: Sequence[str], xlabel: str, title: str) -> str:
+    """Finish a horizontal bar chart on a log x axis, one labelled row per bar, the first at the top, as SVG."""
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(labels)), list(labels))
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, loc="left", fontsize=10)
+    return _svg(fig)
+
 def drift_plot(title: str, rows: Sequence[Tuple[str, float, float, bool]]) -> str:
     """(label, measured drift, tolerance, ok) per row on a log scale: a bar to the drift, a mark at the tolerance."""
     positive = [v for r in rows for v in r[1:3] if v and v > 0]
@@ -99,12 +109,7 @@ def drift_plot(title: str, rows: Sequence[Tuple[str, float, float, bool]]) -> st
         ax.plot([tolerance, tolerance], [i - 0.4, i + 0.4], color=COLOURS["baseline"], linewidth=2, zorder=3)
         if measured == 0:
             ax.text(floor * 1.2, i, "0", va="center", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel("drift (log scale); black mark: tolerance")
-    ax.set_title(title, loc="left", fontsize=10)
-    return _svg(fig)
+    return _log_bars(fig, ax, [r[0] for r in rows], "drift (log scale); black mark: tolerance", title)
 
 
 def throughput_plot(title: str, rows: Sequence[Tuple[str, str, float, Optional[float]]]) -> str:
@@ -115,12 +120,8 @@ def throughput_plot(title: str, rows: Sequence[Tuple[str, str, float, Optional[f
         ax.barh(i, speed, height=0.6, color=COLOURS.get(role, COLOURS["peer"]), zorder=2)
         if base:
             ax.plot([base, base], [i - 0.4, i + 0.4], color=COLOURS["baseline"], linewidth=2, zorder=3)
-    ax.set_xscale("log")
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel("per second (log scale); blue: qaclip_core, grey: cn_clip, orange: peers; black mark: baseline")
-    ax.set_title(title, loc="left", fontsize=10)
-    return _svg(fig)
+    return _log_bars(fig, ax, [r[0] for r in rows],
+                     "per second (log scale); blue: qaclip_core, grey: cn_clip, orange: peers; black mark: baseline", title)
 
 
 def history_plot(title: str, runs: Sequence[str], lines: Dict[str, List[Optional[float]]], ylabel: str,
