@@ -381,6 +381,13 @@ def npy_bytes(array: np.ndarray) -> bytes:
 # query of these sets is 0.26 points or more).
 DECIMALS = 6
 ROUNDING = 1.0e-6
+# --check compares a continuous gate value (true_prob, a mean of softmax probabilities) within this many
+# points, every other value exactly as written: the reference pipeline's true_prob moves with the CPU's
+# vector kernels (measured on the fixture: 84.354309 where the files were written, 84.354301 with AVX2 and
+# 84.354307 with ATEN_CPU_CAPABILITY=default on an AMD EPYC; 8e-6 at most), so 1e-4 is 12 times the spread
+# seen and 10 times below the suite's own fp32 allowance for it (1e-3 points).
+CONTINUOUS_METRICS = frozenset({"true_prob"})
+CROSS_KERNEL_ABS = 1.0e-4
 
 
 def _tol(points: float, why: str) -> dict:
@@ -737,6 +744,14 @@ def _gated_facts(doc: dict) -> Dict[str, object]:
     return facts
 
 
+def _same_fact(key: str, fresh: object, stored: object) -> bool:
+    """A continuous gate value within the cross-kernel allowance; anything else only when equal."""
+    continuous = key.rsplit(".", 1)[-1] in CONTINUOUS_METRICS and ".tolerance" not in key
+    if continuous and isinstance(fresh, float) and isinstance(stored, (int, float)):
+        return abs(fresh - stored) <= CROSS_KERNEL_ABS
+    return fresh == stored
+
+
 def _example_problems(fresh: dict, stored: dict, path: Path) -> List[str]:
     problems = []
     for key in ("image", "labels"):
@@ -813,7 +828,7 @@ def compare_documents(computed: Dict[str, dict], directory: Path, features: Opti
             continue
         fresh = _gated_facts(doc)
         for key in sorted(set(fresh) | set(stored)):
-            if fresh.get(key) != stored.get(key):
+            if not _same_fact(key, fresh.get(key), stored.get(key)):
                 problems.append(f"{path}: {key} is {stored.get(key)!r}, the reference pipeline gives {fresh.get(key)!r}")
     return problems
 
