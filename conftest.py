@@ -1,2 +1,3 @@
 """The suite's pytest plugin (options, session fixture, report): benchmarks/plugin.py."""
+
 pytest_plugins = ["benchmarks.plugin"]

@@ -2,13 +2,14 @@
 
 Everything else (the session's state, the cases, their results) lives in :mod:`qaclip_harness.suite`.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import pytest
 
@@ -18,18 +19,20 @@ from qaclip_harness.files import OutputError
 from qaclip_harness.report.tables import CaseResult, render_text
 from qaclip_harness.suite.cases import all_expected, case_of, expected_dir, report_identity
 from qaclip_harness.suite.options import CPU_OPT_IN, SuiteOptions, add_options, option_source, validated_options
-from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
 from qaclip_harness.suite.reports import write_html_and_history
+from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
 from qaclip_harness.suite.run_report import interrupted_result, write_run_report
 from qaclip_harness.suite.session import Suite, runs_on_cuda
 
 _SUITE_KEY = pytest.StashKey[Suite]()
 _OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
-_RESULTS_KEY = pytest.StashKey[Dict[str, CaseResult]]()
-_LEFT_OUT_KEY = pytest.StashKey[List[tuple]]()  # (marker, count) of the CPU throughput groups left out
-_BENCH_KEY = pytest.StashKey[Dict[str, dict]]()  # pytest-benchmark's JSON of this run ("run") and the compared one ("baseline")
+_RESULTS_KEY = pytest.StashKey[dict[str, CaseResult]]()
+_LEFT_OUT_KEY = pytest.StashKey[list[tuple]]()  # (marker, count) of the CPU throughput groups left out
+_BENCH_KEY = pytest.StashKey[
+    dict[str, dict]
+]()  # pytest-benchmark's JSON of this run ("run") and the compared one ("baseline")
 _RUNNING_KEY = pytest.StashKey[Optional[pytest.Item]]()  # the case running now (the one a Ctrl-C interrupts)
-_WRITTEN_KEY = pytest.StashKey[List[str]]()  # lines saying where the report went, or why it could not
+_WRITTEN_KEY = pytest.StashKey[list[str]]()  # lines saying where the report went, or why it could not
 _WORKER_OUTPUT = "qaclip_results"
 
 
@@ -47,8 +50,11 @@ def pytest_configure(config):
     try:
         worker = getattr(config, "workerinput", None)
         config.stash[_OPTIONS_KEY] = o = validated_options(
-            config.getoption, worker_count=(worker or {}).get("workercount", 1), is_worker=worker is not None,
-            source=option_source(config.option))
+            config.getoption,
+            worker_count=(worker or {}).get("workercount", 1),
+            is_worker=worker is not None,
+            source=option_source(config.option),
+        )
         # the hub reads these at call time (and xdist workers inherit them)
         if o.lock_file is not None:
             os.environ["QACLIP_LOCK_FILE"] = str(o.lock_file)
@@ -117,7 +123,9 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
-    config.stash[_BENCH_KEY]["baseline"] = compared_benchmark  # the last compared file, as --benchmark-compare-fail uses
+    config.stash[_BENCH_KEY]["baseline"] = (
+        compared_benchmark  # the last compared file, as --benchmark-compare-fail uses
+    )
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +141,9 @@ def suite(request) -> Suite:
 def pytest_runtest_setup(item):
     # workers share the machine, so their timings would measure each other
     if item.get_closest_marker("throughput") and getattr(item.config, "workerinput", None) is not None:
-        pytest.skip("throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`")
+        pytest.skip(
+            "throughput is not timed under pytest-xdist (-n): run `pytest benchmarks -m throughput -p no:xdist`"
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -181,7 +191,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workeroutput"):
         return  # the controller reports for all workers
     left = dict(config.stash.get(_LEFT_OUT_KEY, []))
-    parts = [f"{left[marker]} {what}: include them with {option}" for marker, option, what in CPU_OPT_IN if marker in left]
+    parts = [
+        f"{left[marker]} {what}: include them with {option}" for marker, option, what in CPU_OPT_IN if marker in left
+    ]
     if parts:
         terminalreporter.write_line(f"qaclip: left out CPU throughput cases: {'; '.join(parts)}")
     results = sorted(config.stash.get(_RESULTS_KEY, {}).values(), key=lambda r: (r.dataset, r.model))
@@ -190,27 +202,39 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("QA-CLIP reproduction report")
     terminalreporter.write_line(render_text(results))
     if exitstatus == pytest.ExitCode.INTERRUPTED:
-        terminalreporter.write_line("qaclip: the run was interrupted: the report holds the cases that ran and the "
-                                    "one that was interrupted", yellow=True, bold=True)
+        terminalreporter.write_line(
+            "qaclip: the run was interrupted: the report holds the cases that ran and the one that was interrupted",
+            yellow=True,
+            bold=True,
+        )
     for line in config.stash.get(_WRITTEN_KEY, []):
         terminalreporter.write_line(line, red=line.startswith("qaclip:"))
     options = config.stash.get(_OPTIONS_KEY, None)
     if options is None:
         return
-    if options.report is not None and (options.report / "report.json").is_file() and not any(
-            line.startswith("qaclip:") for line in config.stash.get(_WRITTEN_KEY, [])):
+    if (
+        options.report is not None
+        and (options.report / "report.json").is_file()
+        and not any(line.startswith("qaclip:") for line in config.stash.get(_WRITTEN_KEY, []))
+    ):
         # report.html and history.md come after pytest-benchmark has saved this run's JSON (its own
         # sessionfinish): they read report.json back and add the throughput records
         bench = config.stash.get(_BENCH_KEY, {})
-        paths = write_html_and_history(options.report, bench.get("run"), bench.get("baseline"), options.history,
-                                       lambda line: terminalreporter.write_line(line, red=True))
+        paths = write_html_and_history(
+            options.report,
+            bench.get("run"),
+            bench.get("baseline"),
+            options.history,
+            lambda line: terminalreporter.write_line(line, red=True),
+        )
         for path in paths:
             terminalreporter.write_line(f"report written to {path}")
         if len(paths) > 1:
             _append_step_summary(paths[1])  # history.md: what moved since the last kept run
     elif options.report is None and options.history is not None:
-        terminalreporter.write_line("qaclip: --history is used only with --report (it draws into report.html): ignored",
-                                    yellow=True)
+        terminalreporter.write_line(
+            "qaclip: --history is used only with --report (it draws into report.html): ignored", yellow=True
+        )
 
 
 def _append_step_summary(markdown: Path) -> None:
@@ -230,4 +254,7 @@ def pytest_unconfigure(config):
     if results and reporter is not None and all(r.status == "skipped" for r in results):
         reporter.write_line(
             f"qaclip: all {len(results)} selected reproduction cases were skipped (weights or data missing): "
-            "nothing was evaluated", yellow=True, bold=True)
+            "nothing was evaluated",
+            yellow=True,
+            bold=True,
+        )

@@ -7,6 +7,7 @@ same probe inputs, in --precision, at batch sizes 1, 7 and 64: the gates are in
 The MUGE rows published for ONNX fp16 are reproduction cases of ``expected/muge-onnx.yaml``
 (benchmarks/test_retrieval.py); they and the example below run with --backend onnx --precision fp16.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,17 +16,22 @@ import pytest
 import torch
 
 from qaclip_core.errors import DownloadError
-from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_core.registry import all_cards, get_card
+from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_harness.report.tables import CaseResult
-
 from qaclip_harness.suite.cases import case_params, suite_case
 
 
 def _parity_params() -> list:
-    return [pytest.param(card.name, id=f"onnx-parity-{card.name}",
-                         marks=[pytest.mark.xdist_group(card.name), suite_case("onnx-parity", card.name, "parity")])
-            for card in all_cards() if card.adapter == "native"]
+    return [
+        pytest.param(
+            card.name,
+            id=f"onnx-parity-{card.name}",
+            marks=[pytest.mark.xdist_group(card.name), suite_case("onnx-parity", card.name, "parity")],
+        )
+        for card in all_cards()
+        if card.adapter == "native"
+    ]
 
 
 SKIPPABLE = (DownloadError, MissingDependencyError, UnsupportedError)
@@ -45,7 +51,13 @@ def test_onnx_parity(model, suite, request):
     from qaclip_harness.export.parity import compare
 
     card = get_card(model)
-    base = dict(dataset="onnx-parity", model=card.name, kind="parity", precision=suite.precision, backend="onnx")
+    base = {
+        "dataset": "onnx-parity",
+        "model": card.name,
+        "kind": "parity",
+        "precision": suite.precision,
+        "backend": "onnx",
+    }
     start = time.perf_counter()
     try:
         require()
@@ -55,8 +67,13 @@ def test_onnx_parity(model, suite, request):
     except SKIPPABLE as e:
         _skip(suite, request.node, base, e)
     report = compare(ours, reference, suite.precision, model=card.name)
-    result = CaseResult(status="passed" if report.ok else "failed", device=str(ours.device), checks=report.metric_rows(),
-                        seconds=round(time.perf_counter() - start, 2), **base)
+    result = CaseResult(
+        status="passed" if report.ok else "failed",
+        device=str(ours.device),
+        checks=report.metric_rows(),
+        seconds=round(time.perf_counter() - start, 2),
+        **base,
+    )
     suite.record(request.node, result)
     if not report.ok:
         pytest.fail(report.table(), pytrace=False)
@@ -75,12 +92,18 @@ def test_example_probabilities(case, suite, request):
     import yaml
     from PIL import Image
 
-    from qaclip_harness.tensors import normalise
     from qaclip_harness.probe import PROBE_DIR
+    from qaclip_harness.tensors import normalise
 
     card = get_card(case.model)
-    base = dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=suite.precision,
-                backend=suite.backend, variant=case.variant)
+    base = {
+        "dataset": case.dataset,
+        "model": case.model,
+        "kind": case.kind,
+        "precision": suite.precision,
+        "backend": suite.backend,
+        "variant": case.variant,
+    }
     suite.skip_unless_met(request.node, case)
     example = yaml.safe_load(case.path.read_text(encoding="utf-8"))["example"]
     try:
@@ -95,10 +118,25 @@ def test_example_probabilities(case, suite, request):
     probs = (_logit_scale(encoder) * image @ text.T).softmax(dim=-1)[0]
     measured = {f"prob_{label}": 100.0 * float(p) for label, p in zip(example["labels"], probs)}
     checks = case.check(measured, suite.precision)
-    rows = [dict(metric=c.metric, measured=c.measured, expected=c.expected, tolerance=c.tolerance, delta=c.delta,
-                 ok=c.ok, format=".3f") for c in checks]
-    result = CaseResult(status="passed" if all(r["ok"] for r in rows) else "failed", device=str(encoder.device),
-                        checks=rows, measured=measured, **base)
+    rows = [
+        {
+            "metric": c.metric,
+            "measured": c.measured,
+            "expected": c.expected,
+            "tolerance": c.tolerance,
+            "delta": c.delta,
+            "ok": c.ok,
+            "format": ".3f",
+        }
+        for c in checks
+    ]
+    result = CaseResult(
+        status="passed" if all(r["ok"] for r in rows) else "failed",
+        device=str(encoder.device),
+        checks=rows,
+        measured=measured,
+        **base,
+    )
     suite.record(request.node, result)
     if result.status != "passed":
         from qaclip_harness.report.tables import failure_table

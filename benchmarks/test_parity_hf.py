@@ -6,6 +6,7 @@ formats are fetched (or found) like every checkpoint of the suite, loaded in fp3
 device, fed the same probe pixels and token ids, and their normalised features compared with
 the tolerance of ``benchmarks/parity_hf.yaml``. The result is recorded in the report.
 """
+
 from __future__ import annotations
 
 import gc
@@ -15,10 +16,9 @@ import pytest
 import yaml
 
 from qaclip_core.errors import DownloadError
-from qaclip_harness.errors import MissingDependencyError
 from qaclip_core.registry import all_cards, get_card
+from qaclip_harness.errors import MissingDependencyError
 from qaclip_harness.report.tables import CaseResult
-
 from qaclip_harness.suite.cases import suite_case
 
 TOLERANCE = yaml.safe_load((Path(__file__).parent / "parity_hf.yaml").read_text(encoding="utf-8"))["tolerance"]["fp32"]
@@ -33,13 +33,21 @@ def probe():
 
 
 def _cards() -> list:
-    return [pytest.param(c, id=f"parity-hf-{c.original}",
-                         marks=[pytest.mark.xdist_group(c.original), suite_case("parity-hf", c.original, "parity")])
-            for c in all_cards() if c.adapter == "chineseclip" and c.preprocessing == "reference" and c.original]
+    return [
+        pytest.param(
+            c,
+            id=f"parity-hf-{c.original}",
+            marks=[pytest.mark.xdist_group(c.original), suite_case("parity-hf", c.original, "parity")],
+        )
+        for c in all_cards()
+        if c.adapter == "chineseclip" and c.preprocessing == "reference" and c.original
+    ]
 
 
 def _record(suite, item, card, status: str, **kw) -> CaseResult:
-    result = CaseResult(dataset="parity-hf", model=card.original, kind="parity", status=status, precision=PRECISION, **kw)
+    result = CaseResult(
+        dataset="parity-hf", model=card.original, kind="parity", status=status, precision=PRECISION, **kw
+    )
     return suite.record(item, result)
 
 
@@ -77,12 +85,28 @@ def test_parity_hf(card, suite, request):
         _record(suite, request.node, card, "error", reason=f"{type(e).__name__}: {e}".splitlines()[0])
         raise
     tol = float(TOLERANCE["abs"])
-    measured = {"image_max_abs_diff": float((img_hf - img_pt).abs().max()),
-                "text_max_abs_diff": float((txt_hf - txt_pt).abs().max())}
-    checks = [dict(metric=k, measured=v, expected=0.0, tolerance=tol, delta=v, ok=v <= tol) for k, v in measured.items()]
+    measured = {
+        "image_max_abs_diff": float((img_hf - img_pt).abs().max()),
+        "text_max_abs_diff": float((txt_hf - txt_pt).abs().max()),
+    }
+    checks = [
+        {"metric": k, "measured": v, "expected": 0.0, "tolerance": tol, "delta": v, "ok": v <= tol}
+        for k, v in measured.items()
+    ]
     ok = all(c["ok"] for c in checks)
-    _record(suite, request.node, card, "passed" if ok else "failed", device=device, checks=checks, measured=measured,
-            counts={"images": len(images), "texts": len(captions)})
+    _record(
+        suite,
+        request.node,
+        card,
+        "passed" if ok else "failed",
+        device=device,
+        checks=checks,
+        measured=measured,
+        counts={"images": len(images), "texts": len(captions)},
+    )
     if not ok:
-        pytest.fail(f"parity-hf-{card.original}: {card.hub_repo} and {original.filename} differ beyond {tol:g}: "
-                    + ", ".join(f"{k} {v:.3g}" for k, v in measured.items()), pytrace=False)
+        pytest.fail(
+            f"parity-hf-{card.original}: {card.hub_repo} and {original.filename} differ beyond {tol:g}: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in measured.items()),
+            pytrace=False,
+        )

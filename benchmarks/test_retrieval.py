@@ -1,4 +1,5 @@
 """Published retrieval numbers (Flickr30K-CN, MUGE, COCO-CN, fixture) as pytest cases."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ Random weights of the real architecture cost what the real ones cost, so these c
 every machine. Each reference case sits in the same benchmark group as ours, so the saved JSON
 and the terminal table put them side by side (``tools/throughput_report.py`` prints the ratios).
 """
+
 from __future__ import annotations
 
 import time
@@ -48,8 +49,17 @@ def _params(tower: str) -> list:
                     marks = [pytest.mark.large_model] if is_large(arch) else []
                     if impl == ONNX and arch_id != "fixture":
                         marks.append(pytest.mark.peer_backend)
-                    params.append(pytest.param(arch, device, precision, batch, impl, marks=marks,
-                                               id=f"{arch_id}-{precision}-b{batch}-{impl}"))
+                    params.append(
+                        pytest.param(
+                            arch,
+                            device,
+                            precision,
+                            batch,
+                            impl,
+                            marks=marks,
+                            id=f"{arch_id}-{precision}-b{batch}-{impl}",
+                        )
+                    )
     return params
 
 
@@ -109,9 +119,21 @@ def test_encode_image(benchmark, arch, device, precision, batch, impl):
     gflops = nominal_image_gflops(arch)
     # compiled on the first (warm-up) call, which is not timed
     encode = torch.compile(model.visual) if impl == COMPILED else model.encode_image
-    _run(benchmark, lambda: encode(images), device, batch,
-         {"tower": "image", "arch": arch, "batch": batch, "precision": precision, "impl": impl,
-          "device": device, "nominal_gflops_per_item": round(gflops, 2)})
+    _run(
+        benchmark,
+        lambda: encode(images),
+        device,
+        batch,
+        {
+            "tower": "image",
+            "arch": arch,
+            "batch": batch,
+            "precision": precision,
+            "impl": impl,
+            "device": device,
+            "nominal_gflops_per_item": round(gflops, 2),
+        },
+    )
     if "items_per_s" in benchmark.extra_info:
         benchmark.extra_info["achieved_tflops"] = round(benchmark.extra_info["items_per_s"] * gflops / 1e3, 2)
 
@@ -124,9 +146,21 @@ def test_encode_text(benchmark, arch, device, precision, batch, impl):
     tokens = tokenize(realistic_captions(batch))
     tokens = tokens if impl == ONNX else tokens.to(device)
     benchmark.group = f"encode_text {arch} {precision} b{batch} {device}"
-    _run(benchmark, lambda: model.encode_text(tokens), device, batch,
-         {"tower": "text", "arch": arch, "batch": batch, "precision": precision, "impl": impl, "device": device,
-          "mean_tokens": round(float((tokens != 0).sum(1).float().mean()), 1)})
+    _run(
+        benchmark,
+        lambda: model.encode_text(tokens),
+        device,
+        batch,
+        {
+            "tower": "text",
+            "arch": arch,
+            "batch": batch,
+            "precision": precision,
+            "impl": impl,
+            "device": device,
+            "mean_tokens": round(float((tokens != 0).sum(1).float().mean()), 1),
+        },
+    )
 
 
 @pytest.mark.throughput
@@ -139,6 +173,8 @@ def test_matmul_peak(benchmark, device, precision):
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(device, resolve_dtype(precision)) for _ in range(2))
     benchmark.group = f"matmul peak {precision} {device}"
-    _run(benchmark, lambda: a @ b, device, 1, {"impl": "torch matmul", "n": n, "precision": precision, "device": device})
+    _run(
+        benchmark, lambda: a @ b, device, 1, {"impl": "torch matmul", "n": n, "precision": precision, "device": device}
+    )
     if mean_seconds(benchmark) is not None:
         benchmark.extra_info["achieved_tflops"] = round(2 * n**3 / mean_seconds(benchmark) / 1e12, 2)

@@ -9,6 +9,7 @@ default ``~/.cache/qaclip/checkpoints``); otherwise a one-piece-per-character st
 at least as many tokens as XLM-R for Chinese captions (so its timings are an upper bound). The
 record's ``tokenizer`` says which was used.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -28,8 +29,16 @@ SKIP_REASON = "AltCLIP throughput needs transformers: pip install 'qaclip-core[a
 
 # BAAI/AltCLIP's architecture. AltCLIPConfig() alone gives XLM-R large but a ViT-B/32 vision
 # tower (CLIP's defaults), so the vision side is spelled out.
-VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-              patch_size=14, image_size=RES, projection_dim=768, hidden_act="quick_gelu")
+VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": RES,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
 PROJECTION_DIM = 768
 
 
@@ -60,8 +69,16 @@ def _char_tokenizer(tf):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
-    return tf.XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                      cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    return tf.XLMRobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
 
 
 def _tokenizer(tf, checkpoint_dir: Path):
@@ -80,8 +97,8 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
     """The adapter over a random full-size AltCLIP on ``device`` in ``precision`` (one cached at a time)."""
     import transformers as tf
 
-    from qaclip_harness.backends.altclip import AltCLIPEncoder, pil_image_processor_class
     from qaclip_core.checkpoint import resolve_dtype
+    from qaclip_harness.backends.altclip import AltCLIPEncoder, pil_image_processor_class
 
     config = tf.AltCLIPConfig(vision_config=VISION, projection_dim=PROJECTION_DIM)
     torch.manual_seed(0)
@@ -89,7 +106,9 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
         model = tf.AltCLIPModel(config)
     model = model.to(dtype=resolve_dtype(precision)).eval()
     tokenizer, label = _tokenizer(tf, Path(checkpoint_dir))
-    image_processor = pil_image_processor_class(tf)(size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES})
+    image_processor = pil_image_processor_class(tf)(
+        size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES}
+    )
     return AltCLIPEncoder(model, image_processor, tokenizer, name=CARD), label
 
 
@@ -100,8 +119,14 @@ def _checkpoint_dir(config) -> str:
 
 
 def _info(tower: str, batch: int, precision: str, tf) -> dict:
-    return {"tower": tower, "arch": ARCH, "batch": batch, "precision": precision, "impl": IMPL,
-            "transformers": tf.__version__}
+    return {
+        "tower": tower,
+        "arch": ARCH,
+        "batch": batch,
+        "precision": precision,
+        "impl": IMPL,
+        "transformers": tf.__version__,
+    }
 
 
 @pytest.mark.throughput

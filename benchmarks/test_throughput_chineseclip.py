@@ -9,6 +9,7 @@ Text is tokenized by a BERT tokenizer over the Chinese vocabulary and padded to 
 caption of the batch, as ``ChineseCLIPProcessor(text=..., padding=True)`` does; the record says
 how long that is (``padded_tokens``) and how many tokens are real (``mean_tokens``).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -37,9 +38,15 @@ def _architectures() -> list:
 
 def _params(tower: str) -> list:
     return [
-        pytest.param(arch, device, precision, batch, id=f"{arch_id}-{precision}-b{batch}-{IMPL}",
-                     marks=([pytest.mark.large_model] if is_large(arch) else [])
-                     + ([pytest.mark.peer_backend] if arch_id != "fixture" else []))
+        pytest.param(
+            arch,
+            device,
+            precision,
+            batch,
+            id=f"{arch_id}-{precision}-b{batch}-{IMPL}",
+            marks=([pytest.mark.large_model] if is_large(arch) else [])
+            + ([pytest.mark.peer_backend] if arch_id != "fixture" else []),
+        )
         for arch_id, arch in _architectures()
         for device, precision in device_precisions()
         for batch in batch_sizes(device, tower)
@@ -69,7 +76,9 @@ def _model(arch: str, device: str, precision: str):
         for name in ("position_ids", "token_type_ids"):
             buf = getattr(module, name, None)
             if isinstance(buf, torch.Tensor) and buf.is_meta:
-                ids = torch.arange(buf.shape[-1]).expand(buf.shape) if name == "position_ids" else torch.zeros(buf.shape)
+                ids = (
+                    torch.arange(buf.shape[-1]).expand(buf.shape) if name == "position_ids" else torch.zeros(buf.shape)
+                )
                 module.register_buffer(name, ids.to(device=device, dtype=torch.long), persistent=False)
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if missing:
@@ -90,8 +99,16 @@ def _tokenizer():
 
 
 def _info(tower: str, arch: str, batch: int, precision: str, device: str, tf) -> dict:
-    return {"tower": tower, "arch": arch, "batch": batch, "precision": precision, "impl": IMPL, "device": device,
-            "transformers": tf.__version__, "attention": "sdpa"}
+    return {
+        "tower": tower,
+        "arch": arch,
+        "batch": batch,
+        "precision": precision,
+        "impl": IMPL,
+        "device": device,
+        "transformers": tf.__version__,
+        "attention": "sdpa",
+    }
 
 
 @pytest.mark.throughput
@@ -103,8 +120,13 @@ def test_encode_image_chineseclip(benchmark, tf, arch, device, precision, batch)
     dtype = next(model.parameters()).dtype
     images = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     benchmark.group = f"encode_image {arch} {precision} b{batch} {device}"
-    _run(benchmark, lambda: model.get_image_features(pixel_values=images), device, batch,
-         _info("image", arch, batch, precision, device, tf))
+    _run(
+        benchmark,
+        lambda: model.get_image_features(pixel_values=images),
+        device,
+        batch,
+        _info("image", arch, batch, precision, device, tf),
+    )
 
 
 @pytest.mark.throughput

@@ -15,6 +15,7 @@
   of queries and lines and scaled to the full counts. Its evaluation scripts (a set lookup
   per query) are left out: they take well under a second.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,9 +28,9 @@ import pytest
 import torch
 from PIL import Image
 
+from qaclip_core.transforms import image_transform
 from qaclip_harness.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
 from qaclip_harness.metrics.retrieval import evaluate_retrieval
-from qaclip_core.transforms import image_transform
 
 from .throughput_support import mean_seconds
 
@@ -206,7 +207,7 @@ def muge_ground_truth(seed: int = 0) -> dict:
     gt, start = {}, 0
     for t in range(MUGE_TEXTS):
         n = per_text + (1 if t < extra else 0)
-        gt[t] = order[start:start + n]
+        gt[t] = order[start : start + n]
         start += n
     return gt
 
@@ -231,7 +232,7 @@ def _reference_seconds_per_query(queries: torch.Tensor, keys: torch.Tensor, key_
 
 def _reference_load_seconds(feats: torch.Tensor) -> float:
     """Each top-k script first parses every key feature line of its JSON file into a numpy array."""
-    lines = [json.dumps({"image_id": i, "feature": f.tolist()}) for i, f in enumerate(feats[:REFERENCE_SAMPLE * 10])]
+    lines = [json.dumps({"image_id": i, "feature": f.tolist()}) for i, f in enumerate(feats[: REFERENCE_SAMPLE * 10])]
     start = time.perf_counter()
     np.array([json.loads(line)["feature"] for line in lines], dtype=np.float32)
     return (time.perf_counter() - start) / len(lines) * len(feats)
@@ -242,18 +243,28 @@ def test_muge_scale_scoring(benchmark):
     """Both directions of top-10 plus recall at MUGE scale; the reference is sampled and scaled."""
     image_ids, img, text_ids, txt, gt = _muge_like()
     benchmark.group = "retrieval scoring MUGE scale"
-    result = benchmark.pedantic(lambda: evaluate_retrieval(image_ids, img, text_ids, txt, gt, k=10),
-                                rounds=2, iterations=1, warmup_rounds=0)
+    result = benchmark.pedantic(
+        lambda: evaluate_retrieval(image_ids, img, text_ids, txt, gt, k=10), rounds=2, iterations=1, warmup_rounds=0
+    )
     assert result.counts["num_texts"] == MUGE_TEXTS
     assert result.counts["num_i2t_queries"] == MUGE_IMAGES  # every image is a query, as in MUGE valid
     ours = mean_seconds(benchmark)
     if ours is None:  # --benchmark-disable: the case ran once as a test; there is no timing to compare
         return
     # its image-to-text script ranks every image, captioned or not
-    reference = (_reference_load_seconds(img) + _reference_seconds_per_query(txt, img, image_ids) * MUGE_TEXTS
-                 + _reference_load_seconds(txt) + _reference_seconds_per_query(img, txt, text_ids) * MUGE_IMAGES)
+    reference = (
+        _reference_load_seconds(img)
+        + _reference_seconds_per_query(txt, img, image_ids) * MUGE_TEXTS
+        + _reference_load_seconds(txt)
+        + _reference_seconds_per_query(img, txt, text_ids) * MUGE_IMAGES
+    )
     benchmark.extra_info.update(
-        impl="qaclip_core", seconds=round(ours, 2), reference_seconds_scaled=round(reference, 1),
-        reference_sample_queries=REFERENCE_SAMPLE, speedup_vs_reference=round(reference / ours, 1),
-        num_texts=MUGE_TEXTS, num_images=MUGE_IMAGES, num_i2t_queries=result.counts["num_i2t_queries"],
+        impl="qaclip_core",
+        seconds=round(ours, 2),
+        reference_seconds_scaled=round(reference, 1),
+        reference_sample_queries=REFERENCE_SAMPLE,
+        speedup_vs_reference=round(reference / ours, 1),
+        num_texts=MUGE_TEXTS,
+        num_images=MUGE_IMAGES,
+        num_i2t_queries=result.counts["num_i2t_queries"],
     )

@@ -1,4 +1,5 @@
 """Published zero-shot classification numbers (ImageNet, the ten ELEVATER datasets, fixture) as pytest cases."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,37 +1,64 @@
 """Shared pieces of the throughput cases: realistic captions, model pairs, timing helpers."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import platform
 import random
-from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Tuple
+from functools import cache, lru_cache
+from typing import Callable
 
 import torch
 
 from qaclip_core.registry import all_cards
 
-_SUBJECTS = ["一只橘猫", "两个小孩", "一位穿红色外套的女士", "一辆白色的汽车", "一群游客", "一只金毛犬", "一位老人",
-             "三个穿校服的学生", "一盘热气腾腾的饺子", "一座古老的石桥", "一架飞机", "一双运动鞋", "一件羊毛大衣"]
+_SUBJECTS = [
+    "一只橘猫",
+    "两个小孩",
+    "一位穿红色外套的女士",
+    "一辆白色的汽车",
+    "一群游客",
+    "一只金毛犬",
+    "一位老人",
+    "三个穿校服的学生",
+    "一盘热气腾腾的饺子",
+    "一座古老的石桥",
+    "一架飞机",
+    "一双运动鞋",
+    "一件羊毛大衣",
+]
 _ACTIONS = ["坐在", "站在", "躺在", "走过", "停在", "摆放在", "飞过", "出现在"]
 _PLACES = ["窗台上", "海边的沙滩上", "雪地里", "城市街道上", "公园的草地上", "木桌上", "山顶", "商场门口", "河边"]
-_DETAILS = ["", "，阳光明媚", "，背景是高楼大厦", "，天空中飘着几朵白云", "，周围有很多人在拍照",
-            "，画面温馨", "，远处还有一座宝塔和一条蜿蜒的小河", "，夜晚霓虹灯闪烁", "，2023新款 包邮 正品保证"]
+_DETAILS = [
+    "",
+    "，阳光明媚",
+    "，背景是高楼大厦",
+    "，天空中飘着几朵白云",
+    "，周围有很多人在拍照",
+    "，画面温馨",
+    "，远处还有一座宝塔和一条蜿蜒的小河",
+    "，夜晚霓虹灯闪烁",
+    "，2023新款 包邮 正品保证",
+]
 
 
-def realistic_captions(n: int, seed: int = 0) -> List[str]:
+def realistic_captions(n: int, seed: int = 0) -> list[str]:
     """Chinese captions of varied length (about 6 to 40 characters), deterministic."""
     rng = random.Random(seed)
     return [
-        rng.choice(_SUBJECTS) + rng.choice(_ACTIONS) + rng.choice(_PLACES) + rng.choice(_DETAILS) + rng.choice(["", "。"])
+        rng.choice(_SUBJECTS)
+        + rng.choice(_ACTIONS)
+        + rng.choice(_PLACES)
+        + rng.choice(_DETAILS)
+        + rng.choice(["", "。"])
         for _ in range(n)
     ]
 
 
-def architectures() -> List[Tuple[str, str]]:
+def architectures() -> list[tuple[str, str]]:
     """(id, VISION@TEXT) for every architecture a registry card uses, native models only."""
-    seen: Dict[str, str] = {}
+    seen: dict[str, str] = {}
     for card in all_cards():
         if card.adapter != "native" or card.arch in seen.values():
             continue
@@ -52,7 +79,7 @@ def is_large(arch: str) -> bool:
     return cfg.kind == "vit" and cfg.width >= 1024
 
 
-def device_precisions() -> List[Tuple[str, str]]:
+def device_precisions() -> list[tuple[str, str]]:
     """(device, precision) pairs this machine supports."""
     pairs = [("cpu", "fp32")]
     if torch.cuda.is_available():
@@ -60,7 +87,7 @@ def device_precisions() -> List[Tuple[str, str]]:
     return pairs
 
 
-def batch_sizes(device: str, tower: str) -> List[int]:
+def batch_sizes(device: str, tower: str) -> list[int]:
     """Small and large batches, per device and tower."""
     if device == "cuda":
         return [1, 64, 256] if tower == "image" else [1, 1024]
@@ -110,7 +137,7 @@ def models(arch: str, device: str, precision: str):
     return _models(arch, device, precision)
 
 
-_EXPORT_DIRS: List[str] = []
+_EXPORT_DIRS: list[str] = []
 
 
 @lru_cache(maxsize=1)
@@ -142,7 +169,7 @@ def onnx_encoder(arch: str, device: str, precision: str):
     return _onnx_encoder(arch, device, precision)
 
 
-@lru_cache(maxsize=None)
+@cache
 def nominal_image_gflops(arch: str) -> float:
     """GFLOPs of one image through the vision tower computing every token (as the reference does).
 
@@ -182,7 +209,7 @@ def timed_call(fn: Callable[[], torch.Tensor], device: str) -> Callable[[], torc
     return run
 
 
-def mean_seconds(benchmark) -> Optional[float]:
+def mean_seconds(benchmark) -> float | None:
     """Mean seconds per round, or None under ``--benchmark-disable`` (the case then runs once, untimed)."""
     stats = getattr(benchmark, "stats", None)
     return None if stats is None else stats.stats.mean

@@ -6,6 +6,7 @@ The public API follows the QA-CLIP example::
     model, preprocess = clip.load_from_name("ViT-B-16", device="cpu", download_root="./")
     text = clip.tokenize(["杰尼龟", "皮卡丘"])
 """
+
 from .checkpoint import infer_arch, load_checkpoint, read_state_dict
 from .errors import CheckpointError, ChecksumError, DownloadError, QAClipError, UnknownModelError
 from .loading import load_from_name

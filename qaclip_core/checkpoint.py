@@ -1,11 +1,12 @@
 """Reading checkpoints (untrusted input) and loading them strictly into a model."""
+
 from __future__ import annotations
 
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
 
 import torch
 
@@ -17,7 +18,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SHOW = 8  # key names quoted in an error message
 
 
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` means CUDA when available, else CPU; a CUDA device this machine lacks is a DeviceError."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -27,15 +28,17 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
         raise DeviceError(f"device {device!r}: expected auto, cpu, cuda or cuda:N (or another torch device)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r}: this machine has no CUDA device (torch {torch.__version__}, "
-                              f"CUDA build: {torch.version.cuda or 'no'}); use 'cpu'")
+            raise DeviceError(
+                f"device {device!r}: this machine has no CUDA device (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'no'}); use 'cpu'"
+            )
         count = torch.cuda.device_count()
         if (dev.index or 0) >= count:
             raise DeviceError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return dev
 
 
-def resolve_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
+def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
     """``fp32``/``fp16``/``bf16`` (or a torch dtype) to a torch dtype."""
     if isinstance(precision, torch.dtype):
         return precision
@@ -44,7 +47,7 @@ def resolve_dtype(precision: Union[str, torch.dtype]) -> torch.dtype:
     return DTYPES[precision]
 
 
-def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint file, with ``module.`` stripped and ``bert.pooler.*`` dropped.
 
     Accepts the training code's dict (``{"epoch", "step", "name", "state_dict", ...}``) and a
@@ -57,7 +60,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is not a regular file")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download? Delete it and fetch again")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): an interrupted download? Delete it and fetch again"
+        )
     is_zip = zipfile.is_zipfile(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -86,7 +91,7 @@ def _unpickler_detail(err: BaseException) -> str:
     return detail
 
 
-def normalise_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def normalise_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Extract the state dict from a checkpoint object and normalise its keys."""
     if isinstance(obj, Mapping) and "state_dict" in obj:
         sd = obj["state_dict"]
@@ -100,19 +105,19 @@ def normalise_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, t
         )
     if not isinstance(sd, Mapping) or not sd:
         raise CheckpointError(f"{source}: 'state_dict' is empty or not a dict ({type(sd).__name__})")
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
         if key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         if key.startswith("bert.pooler."):
             continue
         out[key] = value
     return out
 
 
-def infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+def infer_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
     """Guess ``VISION@TEXT`` from the shapes in a state dict (None when it does not look like CLIP)."""
     vision = _infer_vision(sd)
     text = _infer_text(sd)
@@ -126,7 +131,7 @@ def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd for m in [rx.match(k)] if m})
 
 
-def _infer_vision(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+def _infer_vision(sd: Mapping[str, torch.Tensor]) -> str | None:
     from .model.config import vision_config
 
     if "visual.attnpool.c_proj.weight" in sd:
@@ -145,14 +150,20 @@ def _infer_vision(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
         embed = sd["visual.proj"].shape[1] if "visual.proj" in sd else None
         for name in vision_names():
             cfg = vision_config(name)
-            if (cfg.kind == "vit" and cfg.width == width and cfg.patch_size == patch
-                    and cfg.layers == layers and cfg.image_size == res and cfg.embed_dim == embed):
+            if (
+                cfg.kind == "vit"
+                and cfg.width == width
+                and cfg.patch_size == patch
+                and cfg.layers == layers
+                and cfg.image_size == res
+                and cfg.embed_dim == embed
+            ):
                 return name
         return f"ViT(width={width}, patch={patch}, layers={layers}, resolution={res})"
     return None
 
 
-def _infer_text(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+def _infer_text(sd: Mapping[str, torch.Tensor]) -> str | None:
     from .model.config import text_config
 
     key = "bert.embeddings.word_embeddings.weight"
@@ -203,9 +214,7 @@ def load_state_dict_strict(model: CLIP, sd: Mapping[str, torch.Tensor], source: 
             parts.append(f"{len(mismatched)} shape mismatches: {'; '.join(mismatched[:_SHOW])}")
         guess = infer_arch(sd)
         looks = f"; the checkpoint looks like {guess}" if guess else "; it does not look like a Chinese CLIP checkpoint"
-        raise CheckpointError(
-            f"{source} does not fit architecture {model.arch.name}: " + "; ".join(parts) + looks
-        )
+        raise CheckpointError(f"{source} does not fit architecture {model.arch.name}: " + "; ".join(parts) + looks)
     model.load_state_dict(sd, strict=True)
     bad = non_finite_weights(model)
     if bad:
@@ -231,18 +240,19 @@ def non_finite_weights(model: torch.nn.Module) -> list:
 class ArchitectureUnknownError(CheckpointError):
     """The architecture of a checkpoint could not be read from its shapes (``guess`` says what it looks like)."""
 
-    def __init__(self, path: Union[str, Path], guess: Optional[str]):
+    def __init__(self, path: str | Path, guess: str | None):
         self.path, self.guess = Path(path), guess
         looks = f" (it looks like {guess})" if guess else " (it does not look like a Chinese CLIP checkpoint)"
-        super().__init__(f"checkpoint {path}: cannot tell its architecture from the weights{looks}; "
-                         "pass arch='VISION@TEXT'")
+        super().__init__(
+            f"checkpoint {path}: cannot tell its architecture from the weights{looks}; pass arch='VISION@TEXT'"
+        )
 
 
 def load_checkpoint(
-    path: Union[str, Path],
-    arch: Optional[str] = None,
-    device: Union[str, torch.device] = "cpu",
-    precision: Union[str, torch.dtype] = "fp32",
+    path: str | Path,
+    arch: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | torch.dtype = "fp32",
 ) -> CLIP:
     """Build the model of ``arch`` (inferred from the weights when None) and load ``path`` strictly."""
     device = resolve_device(device)  # a device this machine lacks fails before gigabytes are read

@@ -1,4 +1,5 @@
 """Exceptions raised for bad input: each message names the file, key or line at fault."""
+
 from __future__ import annotations
 
 

@@ -1,29 +1,29 @@
 """``load_from_name``: registry name or local file -> (model, preprocess)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable
 
 import torch
 
 from .checkpoint import load_checkpoint
-from .model.clip import CLIP
 from .errors import UnknownModelError
+from .model.clip import CLIP
 from .registry import available_models, get_card
 from .transforms import image_transform
 
 
-
 def load_from_name(
     name: str,
-    device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
-    download_root: Optional[Union[str, Path]] = None,
-    vision_model_name: Optional[str] = None,
-    text_model_name: Optional[str] = None,
-    input_resolution: Optional[int] = None,
+    device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
+    download_root: str | Path | None = None,
+    vision_model_name: str | None = None,
+    text_model_name: str | None = None,
+    input_resolution: int | None = None,
     precision: str = "fp32",
-) -> Tuple[CLIP, Callable]:
+) -> tuple[CLIP, Callable]:
     """Fetch (or find) a checkpoint by registry name, or open a local file, and load it.
 
     Returns ``(model, preprocess)``. The model is in eval mode, in ``precision`` (fp32 as the

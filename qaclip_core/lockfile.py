@@ -12,6 +12,7 @@ Format (JSON, sorted, one entry per file)::
     {"version": 1, "files": {"hf://models/TencentARC/QA-CLIP@main/QA-CLIP-base.pt":
         {"sha256": "...", "size": 752337589, "recorded": "2026-11-27T12:00:00Z"}}}
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,7 +20,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 from filelock import FileLock
 
@@ -33,7 +33,7 @@ class LockFileError(QAClipError, ValueError):
     """A lock file that cannot be read or does not follow the format."""
 
 
-def hub_key(repo_id: str, filename: str, repo_type: str = "model", revision: Optional[str] = None) -> str:
+def hub_key(repo_id: str, filename: str, repo_type: str = "model", revision: str | None = None) -> str:
     """The entry name of a Hub file (independent of the endpoint it is fetched from)."""
     return f"hf://{repo_type}s/{repo_id}@{revision or 'main'}/{filename}"
 
@@ -41,28 +41,34 @@ def hub_key(repo_id: str, filename: str, repo_type: str = "model", revision: Opt
 class ChecksumLock:
     """One lock file on disk; every read and write happens under a file lock (safe for parallel workers)."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
 
     def _guard(self) -> FileLock:
         return FileLock(str(self.path) + ".lock")
 
-    def _read(self) -> Dict[str, dict]:
+    def _read(self) -> dict[str, dict]:
         if not self.path.exists():
             return {}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise LockFileError(f"lock file {self.path} cannot be read as JSON ({e}); fix it or delete it to record anew") from None
+            raise LockFileError(
+                f"lock file {self.path} cannot be read as JSON ({e}); fix it or delete it to record anew"
+            ) from None
         files = doc.get("files") if isinstance(doc, dict) else None
         if not isinstance(files, dict):
             raise LockFileError(f"lock file {self.path}: expected an object with a 'files' mapping")
         for key, entry in files.items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("size"), int):
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("size"), int)
+            ):
                 raise LockFileError(f"lock file {self.path}: entry {key!r} needs 'sha256' (hex) and 'size' (bytes)")
         return files
 
-    def entry(self, key: str) -> Optional[dict]:
+    def entry(self, key: str) -> dict | None:
         """The recorded ``{"sha256", "size", ...}`` of ``key``, or None."""
         with self._guard():
             return self._read().get(key)
@@ -74,7 +80,11 @@ class ChecksumLock:
             if key in files:
                 check(files[key], key, sha256, size, self.path)
                 return files[key]
-            files[key] = {"sha256": sha256, "size": int(size), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            files[key] = {
+                "sha256": sha256,
+                "size": int(size),
+                "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             self._write({"version": VERSION, "files": dict(sorted(files.items()))})
             return files[key]
 
@@ -83,7 +93,7 @@ class ChecksumLock:
         # core cannot import it). Temporaries of writers that died are removed first.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for old in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            pid = old.name[len(self.path.name) + 2: -len(".tmp")]
+            pid = old.name[len(self.path.name) + 2 : -len(".tmp")]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 old.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -95,8 +105,10 @@ class ChecksumLock:
             os.replace(tmp, self.path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise LockFileError(f"cannot write the lock file {self.path}: {e.strerror or e}; "
-                                f"nothing was recorded (the file as it was is kept)") from None
+            raise LockFileError(
+                f"cannot write the lock file {self.path}: {e.strerror or e}; "
+                f"nothing was recorded (the file as it was is kept)"
+            ) from None
 
 
 def _alive(pid: int) -> bool:
@@ -119,7 +131,7 @@ def check(entry: dict, key: str, sha256: str, size: int, lock_path: Path, where:
         )
 
 
-def active_lock() -> Optional[ChecksumLock]:
+def active_lock() -> ChecksumLock | None:
     """The lock named by ``QACLIP_LOCK_FILE`` (read now), or None."""
     path = os.environ.get(ENV, "").strip()
     return ChecksumLock(path) if path else None

@@ -21,6 +21,7 @@ that was replaced, truncated or re-downloaded; it does not protect against a del
 keeps the size and restores the modification time. ``QACLIP_VERIFY=1`` (the suite's
 ``--verify``) re-hashes everything.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,7 @@ import re
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from filelock import FileLock
 
@@ -65,7 +66,7 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def normalize_sha256(sha256: Optional[str]) -> Optional[str]:
+def normalize_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
     s = sha256.strip().lower()
@@ -80,7 +81,7 @@ def record_path(path: Path) -> Path:
     return real.with_name(real.name + ".sha256")
 
 
-def write_record(path: Path, digest: str, st: Optional[os.stat_result] = None) -> None:
+def write_record(path: Path, digest: str, st: os.stat_result | None = None) -> None:
     real = Path(os.path.realpath(path))
     side = record_path(path)
     tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
@@ -119,18 +120,19 @@ def cached_sha256(path: Path) -> str:
     return digest
 
 
-
-def check_size(path: Path, size: Optional[int], source: str) -> None:
+def check_size(path: Path, size: int | None, source: str) -> None:
     """A file of another size than ``size`` is refused at once, naming both sizes (no need to hash gigabytes)."""
     if size is None:
         return
     actual = Path(os.path.realpath(path)).stat().st_size
     if actual != size:
-        raise ChecksumError(f"{path}: {actual:,} bytes, but {source} is {size:,} bytes (its pinned size): the file is "
-                            f"truncated, unfinished or another file. Delete it to download it again.")
+        raise ChecksumError(
+            f"{path}: {actual:,} bytes, but {source} is {size:,} bytes (its pinned size): the file is "
+            f"truncated, unfinished or another file. Delete it to download it again."
+        )
 
 
-def verify_cached(path: Path, expected: Optional[str], source: str, size: Optional[int] = None) -> None:
+def verify_cached(path: Path, expected: str | None, source: str, size: int | None = None) -> None:
     # A file found on disk may have been placed by hand, so a mismatch is reported, not deleted.
     check_size(path, size, source)
     if expected is None:
@@ -143,7 +145,7 @@ def verify_cached(path: Path, expected: Optional[str], source: str, size: Option
         )
 
 
-def check_lock(lock: Optional[ChecksumLock], key: str, path: Path) -> None:
+def check_lock(lock: ChecksumLock | None, key: str, path: Path) -> None:
     """Check a file on disk against its lock entry, or record it there (first verified sight)."""
     if lock is None:
         return
@@ -185,8 +187,7 @@ def fsync_dir(path: Path) -> None:
 # Hugging Face Hub
 
 
-
-def verify_file(path: PathLike, sha256: Optional[str], source: str, sidecar: bool = True) -> None:
+def verify_file(path: PathLike, sha256: str | None, source: str, sidecar: bool = True) -> None:
     """Check a file on disk against ``sha256`` (if given); a mismatch is a ChecksumError naming both values.
 
     ``sidecar=False`` hashes the file in full and writes no ``.sha256`` record beside it (for
@@ -212,13 +213,13 @@ def is_offline() -> bool:
     return constants.is_offline_mode()
 
 
-def hub_endpoint() -> Optional[str]:
+def hub_endpoint() -> str | None:
     # huggingface_hub bakes HF_ENDPOINT into its URL template at import, so pass the current value explicitly.
     ep = os.environ.get("QACLIP_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT")
     return ep.rstrip("/") if ep else None
 
 
-def _public_url(repo_id: str, filename: str, repo_type: str, revision: Optional[str]) -> str:
+def _public_url(repo_id: str, filename: str, repo_type: str, revision: str | None) -> str:
     prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
     return f"{PUBLIC_HUB}/{prefix}{repo_id}/resolve/{revision or 'main'}/{filename}"
 
@@ -226,7 +227,7 @@ def _public_url(repo_id: str, filename: str, repo_type: str, revision: Optional[
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
-def unreachable(endpoint: str, timeout: float = 5.0) -> Optional[str]:
+def unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
     """Why ``endpoint``'s host cannot be reached at all (unknown name, refused, no route), else None.
 
     huggingface_hub retries those failures with back-off, about 25 s per file; one connection
@@ -248,15 +249,25 @@ def unreachable(endpoint: str, timeout: float = 5.0) -> Optional[str]:
         return f"cannot connect to {host}:{port} ({type(e).__name__}: {e})"
 
 
-def _hub_error(repo_id: str, filename: str, repo_type: str, revision: Optional[str], local_dir: Optional[Path],
-               manual_url: Optional[str], reason: str, endpoint: Optional[str] = None) -> DownloadError:
+def _hub_error(
+    repo_id: str,
+    filename: str,
+    repo_type: str,
+    revision: str | None,
+    local_dir: Path | None,
+    manual_url: str | None,
+    reason: str,
+    endpoint: str | None = None,
+) -> DownloadError:
     url = manual_url or _public_url(repo_id, filename, repo_type, revision)
     where = endpoint or hub_endpoint() or PUBLIC_HUB
     if local_dir is not None:
         place = f"download {url} and save it as {local_dir / filename}"
     else:
-        place = (f"download {url}, save it as <dir>/{filename} and pass download_root=<dir> "
-                 f"(or point HF_ENDPOINT at a reachable mirror)")
+        place = (
+            f"download {url}, save it as <dir>/{filename} and pass download_root=<dir> "
+            f"(or point HF_ENDPOINT at a reachable mirror)"
+        )
     return DownloadError(
         f"could not fetch {filename!r} from the Hugging Face {repo_type} repo {repo_id!r} "
         f"(revision {revision or 'main'}, endpoint {where}): {reason}. To install it by hand, {place}."
@@ -285,8 +296,9 @@ def hub_exceptions() -> tuple:
     return tuple(excs)
 
 
-def _hub_lfs_sha256(repo_id: str, filename: str, repo_type: str, revision: Optional[str], path: Path,
-                    endpoint: Optional[str] = None) -> Optional[str]:
+def _hub_lfs_sha256(
+    repo_id: str, filename: str, repo_type: str, revision: str | None, path: Path, endpoint: str | None = None
+) -> str | None:
     """The sha256 the Hub advertises for an LFS file, or None (non-LFS files carry a git sha1 instead)."""
     blob = Path(os.path.realpath(path)).name
     if path.is_symlink() and _SHA256.match(blob):
@@ -312,13 +324,13 @@ def fetch_hub_file(
     filename: str,
     *,
     repo_type: str = "model",
-    revision: Optional[str] = None,
-    local_dir: Optional[PathLike] = None,
-    sha256: Optional[str] = None,
-    cache_dir: Optional[PathLike] = None,
-    manual_url: Optional[str] = None,
-    endpoint: Optional[str] = None,
-    size: Optional[int] = None,
+    revision: str | None = None,
+    local_dir: PathLike | None = None,
+    sha256: str | None = None,
+    cache_dir: PathLike | None = None,
+    manual_url: str | None = None,
+    endpoint: str | None = None,
+    size: int | None = None,
 ) -> Path:
     """Path of a verified Hub file: reused from ``local_dir`` (or the HF cache) if present, else downloaded.
 
@@ -333,7 +345,7 @@ def fetch_hub_file(
     ldir = Path(local_dir).expanduser() if local_dir is not None else None
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
 
-    def find_existing() -> Optional[Path]:
+    def find_existing() -> Path | None:
         # Once fetched and verified a file is final: no HEAD request per load, and offline runs work.
         if ldir is not None:
             target = ldir / filename
@@ -363,29 +375,43 @@ def fetch_hub_file(
             check_lock(lock, key, found)
             return found
         if is_offline():
-            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url,
-                             "offline mode is on (HF_HUB_OFFLINE) and the file is not on disk", endpoint)
+            raise _hub_error(
+                repo_id,
+                filename,
+                repo_type,
+                revision,
+                ldir,
+                manual_url,
+                "offline mode is on (HF_HUB_OFFLINE) and the file is not on disk",
+                endpoint,
+            )
         why = unreachable(endpoint or PUBLIC_HUB)
         if why:
             raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, why, endpoint)
         try:
-            path = Path(hf_hub_download(
-                repo_id=repo_id,
-                filename=filename,
-                repo_type=repo_type,
-                revision=revision,
-                local_dir=str(ldir) if ldir is not None else None,
-                cache_dir=str(cdir),
-                endpoint=endpoint,
-            ))
+            path = Path(
+                hf_hub_download(
+                    repo_id=repo_id,
+                    filename=filename,
+                    repo_type=repo_type,
+                    revision=revision,
+                    local_dir=str(ldir) if ldir is not None else None,
+                    cache_dir=str(cdir),
+                    endpoint=endpoint,
+                )
+            )
         except hub_exceptions() as exc:
-            raise _hub_error(repo_id, filename, repo_type, revision, ldir, manual_url, failure_reason(exc), endpoint) from exc
+            raise _hub_error(
+                repo_id, filename, repo_type, revision, ldir, manual_url, failure_reason(exc), endpoint
+            ) from exc
 
         got = Path(os.path.realpath(path)).stat().st_size
         if size is not None and got != size:  # refused before hashing
             _discard_hub_file(path, ldir, filename)
-            raise ChecksumError(f"{filename} from {source}: {got:,} bytes downloaded, {size:,} expected (the model card's "
-                                f"pinned size); the downloaded file {path} was removed.")
+            raise ChecksumError(
+                f"{filename} from {source}: {got:,} bytes downloaded, {size:,} expected (the model card's "
+                f"pinned size); the downloaded file {path} was removed."
+            )
         # what the file must be: the card's pin, else the lock file's record, else the Hub's ETag
         entry = lock.entry(key) if lock is not None else None
         if expected:
@@ -410,7 +436,7 @@ def fetch_hub_file(
         return path
 
 
-def _orphaned_partials(local_dir: Optional[Path], filename: str, path: Path) -> list:
+def _orphaned_partials(local_dir: Path | None, filename: str, path: Path) -> list:
     """Partial downloads of this file left by killed processes (huggingface_hub never resumes them).
 
     huggingface_hub writes each download to a process-unique ``*.incomplete`` file and cannot
@@ -424,14 +450,20 @@ def _orphaned_partials(local_dir: Optional[Path], filename: str, path: Path) -> 
 
             probe = get_local_download_paths(local_dir, filename).incomplete_path("ETAG")
             prefix = probe.name.split(".ETAG.")[0]
-            return [Path(p) for p in glob.glob(os.path.join(glob.escape(str(probe.parent)), f"{glob.escape(prefix)}.*.incomplete"))]
+            return [
+                Path(p)
+                for p in glob.glob(os.path.join(glob.escape(str(probe.parent)), f"{glob.escape(prefix)}.*.incomplete"))
+            ]
         blob = Path(os.path.realpath(path))  # HF cache: blobs/<etag>.<id>.incomplete beside blobs/<etag>
-        return [Path(p) for p in glob.glob(os.path.join(glob.escape(str(blob.parent)), f"{glob.escape(blob.name)}.*.incomplete"))]
+        return [
+            Path(p)
+            for p in glob.glob(os.path.join(glob.escape(str(blob.parent)), f"{glob.escape(blob.name)}.*.incomplete"))
+        ]
     except Exception:  # noqa: BLE001 - a private layout of huggingface_hub; cleaning is best effort
         return []
 
 
-def _discard_hub_file(path: Path, local_dir: Optional[Path], filename: str) -> None:
+def _discard_hub_file(path: Path, local_dir: Path | None, filename: str) -> None:
     real = Path(os.path.realpath(path))
     side = record_path(path)
     # In the HF cache `path` is a snapshot link to a blob: both must go, or the bad blob is reused.
@@ -441,7 +473,7 @@ def _discard_hub_file(path: Path, local_dir: Optional[Path], filename: str) -> N
         remove_files(local_dir / ".cache" / "huggingface" / "download" / f"{filename}.metadata")
 
 
-def fetch_checkpoint(card: ModelCard, download_root: Optional[PathLike] = None, endpoint: Optional[str] = None) -> Path:
+def fetch_checkpoint(card: ModelCard, download_root: PathLike | None = None, endpoint: str | None = None) -> Path:
     """Local path of the card's verified checkpoint: found in ``download_root`` (or the HF cache), else downloaded from its hub repo."""
     if card.hub_repo:
         return fetch_hub_file(

@@ -3,19 +3,19 @@
 The published checkpoints' cards live in ``cards/models.yaml``; more card files can be added
 with :func:`register_cards` (one file) or :func:`register_card_dir` (every ``*.yaml`` of a folder).
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
 
 import yaml
 
 from .errors import UnknownModelError
 
 CARDS_DIR = Path(__file__).parent / "cards"
-_CARD_DIRS: List[Path] = [CARDS_DIR]
+_CARD_DIRS: list[Path] = [CARDS_DIR]
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,20 @@ class ModelCard:
     vision: str
     text: str
     resolution: int
-    hub_repo: Optional[str] = None
-    hub_filename: Optional[str] = None
-    hub_revision: Optional[str] = None
-    url: Optional[str] = None
-    sha256: Optional[str] = None
-    size: Optional[int] = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
-    checksum_source: Optional[str] = None  # where sha256 and size were published
-    params_m: Optional[float] = None
+    hub_repo: str | None = None
+    hub_filename: str | None = None
+    hub_revision: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    size: int | None = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
+    checksum_source: str | None = None  # where sha256 and size were published
+    params_m: float | None = None
     aliases: tuple = ()
     adapter: str = "native"
-    protocol: Optional[str] = None
+    protocol: str | None = None
     test_only: bool = False
-    preprocessing: Optional[str] = None  # transformers-format models: "reference" or "processor"
-    original: Optional[str] = None  # the native card of the same weights (a transformers-format copy's .pt)
+    preprocessing: str | None = None  # transformers-format models: "reference" or "processor"
+    original: str | None = None  # the native card of the same weights (a transformers-format copy's .pt)
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -55,11 +55,27 @@ class ModelCard:
         return self.hub_filename or f"{self.name}.pt"
 
 
-_CARDS: Dict[str, ModelCard] = {}
-_ALIASES: Dict[str, str] = {}
+_CARDS: dict[str, ModelCard] = {}
+_ALIASES: dict[str, str] = {}
 _KNOWN_KEYS = {
-    "name", "family", "display", "vision", "text", "resolution", "hub", "url", "sha256", "size", "checksum_source",
-    "params_m", "aliases", "adapter", "protocol", "test_only", "preprocessing", "original",
+    "name",
+    "family",
+    "display",
+    "vision",
+    "text",
+    "resolution",
+    "hub",
+    "url",
+    "sha256",
+    "size",
+    "checksum_source",
+    "params_m",
+    "aliases",
+    "adapter",
+    "protocol",
+    "test_only",
+    "preprocessing",
+    "original",
 }
 
 
@@ -71,8 +87,10 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
     if missing:
         raise ValueError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
     if raw.get("preprocessing") not in (None, "reference", "processor"):
-        raise ValueError(f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
-                         f"expected 'reference' or 'processor'")
+        raise ValueError(
+            f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
+            f"expected 'reference' or 'processor'"
+        )
     sha256, size = raw.get("sha256"), raw.get("size")
     if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
         raise ValueError(f"{source}: card {raw.get('name')!r}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
@@ -103,13 +121,13 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
     )
 
 
-def register_cards(path: Union[str, Path]) -> List[ModelCard]:
+def register_cards(path: str | Path) -> list[ModelCard]:
     """Add the cards of a YAML file (``models: [...]``) to the registry."""
     _ensure_loaded()
     return _register_file(Path(path))
 
 
-def register_card_dir(path: Union[str, Path]) -> None:
+def register_card_dir(path: str | Path) -> None:
     """Add every ``*.yaml`` card file of a folder (once; the package's own cards stay first)."""
     path = Path(path).resolve()
     if path in _CARD_DIRS:
@@ -120,7 +138,7 @@ def register_card_dir(path: Union[str, Path]) -> None:
             _register_file(file)
 
 
-def _register_file(path: Path) -> List[ModelCard]:
+def _register_file(path: Path) -> list[ModelCard]:
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
     cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
@@ -143,13 +161,13 @@ def _ensure_loaded() -> None:
                 _register_file(path)
 
 
-def all_cards(include_test_only: bool = True) -> List[ModelCard]:
+def all_cards(include_test_only: bool = True) -> list[ModelCard]:
     """Every registered card, in file order."""
     _ensure_loaded()
     return [c for c in _CARDS.values() if include_test_only or not c.test_only]
 
 
-def available_models() -> List[str]:
+def available_models() -> list[str]:
     """Names ``load_from_name`` accepts: the QA-CLIP example's aliases first, then every native card."""
     _ensure_loaded()
     # The example prints ['ViT-B-16', 'ViT-L-14', 'RN50']: keep that order for the aliases.

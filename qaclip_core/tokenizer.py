@@ -4,13 +4,14 @@
 1.6.0 wheel (Chinese-CLIP, MIT licence; originally Google's Chinese BERT, Apache-2.0). It is
 pinned by :data:`VOCAB_SHA256` and checked when first loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
 
 import torch
 
@@ -69,8 +70,8 @@ def _strip_accents(word: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFD", word) if unicodedata.category(ch) != "Mn")
 
 
-def _split_punct(word: str) -> List[str]:
-    pieces: List[str] = []
+def _split_punct(word: str) -> list[str]:
+    pieces: list[str] = []
     current = ""
     for ch in word:
         if _char_class(ch) == "punct":
@@ -85,7 +86,7 @@ def _split_punct(word: str) -> List[str]:
     return pieces
 
 
-def basic_tokenize(text: str) -> List[str]:
+def basic_tokenize(text: str) -> list[str]:
     """Clean, split CJK characters and punctuation, lower-case and strip accents."""
     spaced = []
     for ch in text:
@@ -98,7 +99,7 @@ def basic_tokenize(text: str) -> List[str]:
             spaced.append(f" {ch} ")
         else:
             spaced.append(ch)
-    words: List[str] = []
+    words: list[str] = []
     # str.split() (not split(" ")): BERT splits on every Unicode whitespace here, \u2028 included.
     for word in "".join(spaced).split():
         word = _strip_accents(word.lower())
@@ -109,12 +110,12 @@ def basic_tokenize(text: str) -> List[str]:
 class Tokenizer:
     """WordPiece over a vocabulary file; ids equal to the reference tokenizer's."""
 
-    def __init__(self, vocab_path: Union[str, Path] = VOCAB_PATH, sha256: str = VOCAB_SHA256):
+    def __init__(self, vocab_path: str | Path = VOCAB_PATH, sha256: str = VOCAB_SHA256):
         data = Path(vocab_path).read_bytes()
         digest = sha256_hex(data)
         if sha256 and digest != sha256:
             raise ValueError(f"vocabulary {vocab_path}: sha256 {digest} does not match the pinned {sha256}")
-        self.vocab: Dict[str, int] = {}
+        self.vocab: dict[str, int] = {}
         # One entry per line; stripped like the reference, so a later duplicate wins.
         for index, line in enumerate(_lines(data)):
             self.vocab[line.strip()] = index
@@ -143,20 +144,20 @@ class Tokenizer:
             start = end
         return tuple(ids)
 
-    def encode(self, text: Union[str, bytes]) -> List[int]:
+    def encode(self, text: str | bytes) -> list[int]:
         """WordPiece ids of ``text``, without [CLS]/[SEP]."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "ignore")
-        ids: List[int] = []
+        ids: list[int] = []
         for word in basic_tokenize(text):
             ids.extend(self._word_ids(word))
         return ids
 
-    def tokenize(self, text: str) -> List[str]:
+    def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of ``text``."""
         return [self.inv_vocab[i] for i in self.encode(text)]
 
-    def __call__(self, texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
+    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
         """[N, context_length] ids: [CLS] + ids[:context_length - 2] + [SEP], zero padded."""
         if isinstance(texts, (str, bytes)):
             texts = [texts]
@@ -164,8 +165,9 @@ class Tokenizer:
             try:
                 texts = list(texts)
             except TypeError:
-                raise TypeError(f"tokenize: expected a string or a list of strings, got {type(texts).__name__} "
-                                f"{texts!r:.80}") from None
+                raise TypeError(
+                    f"tokenize: expected a string or a list of strings, got {type(texts).__name__} {texts!r:.80}"
+                ) from None
         for i, text in enumerate(texts):
             if not isinstance(text, (str, bytes)):
                 raise TypeError(f"tokenize: texts[{i}] is {type(text).__name__} {text!r:.80}, expected a string")
@@ -178,7 +180,7 @@ class Tokenizer:
         return out
 
 
-def _lines(data: bytes) -> List[str]:
+def _lines(data: bytes) -> list[str]:
     # The reference reads the file with readline(), which splits on \n (and \r) only, not on
     # \u2028 that the vocabulary contains.
     text = data.decode("utf-8")
@@ -194,6 +196,6 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def tokenize(texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
     """Token ids [N, context_length] for a string or a list of strings, as ``cn_clip.tokenize`` gives."""
     return default_tokenizer()(texts, context_length)

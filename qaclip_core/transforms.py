@@ -1,4 +1,5 @@
 """Image preprocessing: the reference's squash-resize, RGB conversion and CLIP normalisation."""
+
 from __future__ import annotations
 
 import numpy as np

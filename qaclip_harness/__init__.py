@@ -9,6 +9,7 @@ the pytest session (``suite``) and the ``qaclip`` command (``cli``).
 Importing it registers the harness's own model cards (the transformers-format copies, AltCLIP,
 the fixture) and the fixture's architecture configs with the core's registry.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """``python -m qaclip_harness``: the ``qaclip`` command."""
+
 import sys
 
 from qaclip_harness.cli import main

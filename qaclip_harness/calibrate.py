@@ -13,14 +13,16 @@ and the calibration file records every metric of every run, its delta from the b
 largest delta per run. A tolerance in ``expected/`` should cover the largest measured delta of its
 precision plus the rounding of the published value (0.05): see the README, "Measured tolerances".
 """
+
 from __future__ import annotations
 
 import contextlib
 import gc
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable
 
 import torch
 import yaml
@@ -57,39 +59,61 @@ def _encoder(run: str, card, path: Path, device: str):
     return load_encoder(card, path, device=device, precision=precision)
 
 
-def calibrate_case(case, card, checkpoint: Path, data: DatasetOnDisk, device: str = "cpu",
-                   runs: Sequence[str] = RUNS, batch_size: int = 64, num_workers: int = 0,
-                   progress=False) -> dict:
+def calibrate_case(
+    case,
+    card,
+    checkpoint: Path,
+    data: DatasetOnDisk,
+    device: str = "cpu",
+    runs: Sequence[str] = RUNS,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress=False,
+) -> dict:
     """Every run of one case: metrics, deltas from the fp32 baseline, the largest delta per run."""
     from qaclip_harness.eval.runner import evaluate_card
 
-    measured: Dict[str, Dict[str, float]] = {}
-    notes: Dict[str, str] = {}
+    measured: dict[str, dict[str, float]] = {}
+    notes: dict[str, str] = {}
     for run in runs:
         encoder = _encoder(run, card, checkpoint, device)
         if encoder is None:
             notes[run] = f"not measured: the reference implementation has no {card.adapter} models"
             continue
         with tf32(run == "fp32-tf32"):
-            out = evaluate_card(encoder, data, batch_size=batch_size, num_workers=num_workers,
-                                progress=progress)
+            out = evaluate_card(encoder, data, batch_size=batch_size, num_workers=num_workers, progress=progress)
         measured[run] = {k: float(v) for k, v in out.metrics.items()}
         del encoder
         gc.collect()
     if "fp32-tf32" in measured and not str(device).startswith("cuda"):
         notes["fp32-tf32"] = "TF32 exists on NVIDIA GPUs only: on this device it is the fp32 run"
     base = measured.get("fp32", {})
-    deltas = {run: {k: v - base[k] for k, v in vals.items() if k in base} for run, vals in measured.items() if run != "fp32"}
+    deltas = {
+        run: {k: v - base[k] for k, v in vals.items() if k in base} for run, vals in measured.items() if run != "fp32"
+    }
     largest = {run: max((abs(d) for d in ds.values()), default=0.0) for run, ds in deltas.items()}
     return {
-        "dataset": case.dataset, "model": case.model, "checkpoint": str(checkpoint),
+        "dataset": case.dataset,
+        "model": case.model,
+        "checkpoint": str(checkpoint),
         "published": {src: dict(vals) for src, vals in case.values.items()},
-        "runs": measured, "deltas_from_fp32": deltas, "largest_abs_delta": largest, "notes": notes,
+        "runs": measured,
+        "deltas_from_fp32": deltas,
+        "largest_abs_delta": largest,
+        "notes": notes,
     }
 
 
-def calibrate(cases: List, checkpoint_dir: Path, data_root: Path, device: str = "cpu", runs: Sequence[str] = RUNS,
-              batch_size: int = 64, num_workers: int = 0, log: Callable[[str], None] = print) -> dict:
+def calibrate(
+    cases: list,
+    checkpoint_dir: Path,
+    data_root: Path,
+    device: str = "cpu",
+    runs: Sequence[str] = RUNS,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Calibrate every case whose weights and data are present; the others are listed with the reason."""
     from qaclip_harness.environment import environment
 
@@ -97,23 +121,35 @@ def calibrate(cases: List, checkpoint_dir: Path, data_root: Path, device: str = 
     skipped: dict = {}
     scratch = tempfile.TemporaryDirectory(prefix="qaclip-calibrate-")
     try:
-        _calibrate_each(cases, checkpoint_dir, data_root, device, runs, batch_size, num_workers, log, results, skipped,
-                        Path(scratch.name))
+        _calibrate_each(
+            cases,
+            checkpoint_dir,
+            data_root,
+            device,
+            runs,
+            batch_size,
+            num_workers,
+            log,
+            results,
+            skipped,
+            Path(scratch.name),
+        )
     finally:
         scratch.cleanup()
     return {"environment": environment(device), "runs": list(runs), "cases": results, "skipped": skipped}
 
 
-def _calibrate_each(cases, checkpoint_dir, data_root, device, runs, batch_size, num_workers, log, results, skipped,
-                    scratch: Path) -> None:
-    from qaclip_harness.fetch.weights import fetch_weights
-    from qaclip_harness.data.catalog import DatasetMissingError, get_dataset
-    from qaclip_harness.fetch.datasets import resolve_dataset
+def _calibrate_each(
+    cases, checkpoint_dir, data_root, device, runs, batch_size, num_workers, log, results, skipped, scratch: Path
+) -> None:
     from qaclip_core.errors import DownloadError
-    from qaclip_harness.errors import MissingDependencyError
     from qaclip_core.registry import get_card
+    from qaclip_harness.data.catalog import DatasetMissingError, get_dataset
+    from qaclip_harness.errors import MissingDependencyError
+    from qaclip_harness.fetch.datasets import resolve_dataset
+    from qaclip_harness.fetch.weights import fetch_weights
 
-    fixture_root: Optional[Path] = None
+    fixture_root: Path | None = None
     for case in cases:
         card, dataset = get_card(case.model), get_dataset(case.dataset)
         root = data_root
@@ -157,13 +193,15 @@ def write_calibration(doc: dict, path: Path) -> Path:
     """Write the calibration file (YAML)."""
     path = Path(path)
     remove_stale_temporaries(path.parent)
-    header = ("# Measured by `python -m qaclip_harness calibrate` (qaclip_harness.calibrate): per case, the metrics of every\n"
-              "# run, their deltas from the fp32 (TF32 off) run and the largest |delta| per run. A tolerance in\n"
-              "# expected/ should cover the largest delta of its precision plus 0.05 for the published value's rounding.\n")
+    header = (
+        "# Measured by `python -m qaclip_harness calibrate` (qaclip_harness.calibrate): per case, the metrics of every\n"
+        "# run, their deltas from the fp32 (TF32 off) run and the largest |delta| per run. A tolerance in\n"
+        "# expected/ should cover the largest delta of its precision plus 0.05 for the published value's rounding.\n"
+    )
     return atomic_write_text(path, header + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=110))
 
 
-def select_cases(cases: List, patterns: Sequence[str]) -> List:
+def select_cases(cases: list, patterns: Sequence[str]) -> list:
     """The cases whose id contains any of ``patterns`` (all when none are given)."""
     if not patterns:
         return list(cases)

@@ -4,33 +4,39 @@ Two runs whose numbers differ are first compared on this (``python -m qaclip_cor
 compare-reports``): a torch upgrade, TF32 switched on or another GPU explains many differences
 before any code does.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _version(dist: str) -> Optional[str]:
+def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def git_commit(root: Path = PACKAGE_ROOT) -> Optional[Dict[str, object]]:
+def git_commit(root: Path = PACKAGE_ROOT) -> dict[str, object] | None:
     """The checkout's commit and whether it has uncommitted changes; None outside a git checkout."""
     if not (root / ".git").exists():
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(dirty)}
@@ -46,7 +52,7 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
-def numeric_settings() -> Dict[str, object]:
+def numeric_settings() -> dict[str, object]:
     """TF32, determinism and thread settings: what changes the low bits of every feature."""
     import torch
 
@@ -61,7 +67,7 @@ def numeric_settings() -> Dict[str, object]:
     }
 
 
-def environment(device: str = "cpu") -> Dict[str, object]:
+def environment(device: str = "cpu") -> dict[str, object]:
     """Everything about this run that is not the data or the checkpoint."""
     import torch
 

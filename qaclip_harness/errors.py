@@ -1,4 +1,5 @@
 """The harness's exceptions (the core's, for checkpoints, checksums and downloads, live in qaclip_core.errors)."""
+
 from __future__ import annotations
 
 from qaclip_core.errors import QAClipError

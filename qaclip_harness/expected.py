@@ -1,20 +1,37 @@
 """Expected numbers (``expected/*.yaml``): published values, their sources and tolerances."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
 
 import yaml
 
 from qaclip_core.errors import QAClipError
 
 METRIC_ORDER = {
-    "retrieval": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_mean_recall", "i2t_mean_recall", "mean_recall"],
+    "retrieval": [
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_mean_recall",
+        "i2t_mean_recall",
+        "mean_recall",
+    ],
     "zeroshot": ["top1", "top5", "true_prob"],
     "probabilities": [],  # one metric per label, in the file's order
-    "parity": ["image_max_abs_diff", "text_max_abs_diff", "image_min_cosine", "text_min_cosine",
-               "t2i_top5_violations", "i2t_top5_violations"],
+    "parity": [
+        "image_max_abs_diff",
+        "text_max_abs_diff",
+        "image_min_cosine",
+        "text_min_cosine",
+        "t2i_top5_violations",
+        "i2t_top5_violations",
+    ],
 }
 
 
@@ -51,7 +68,7 @@ class Source:
     """Where published numbers come from, and (when known) the data build they were measured on."""
 
     cite: str
-    build: Optional[str] = None
+    build: str | None = None
 
 
 CROSS_BUILD = "cross_build"  # tolerance group used when the data is not the gate source's build
@@ -62,7 +79,7 @@ class GateDecision:
     """Which source a case is gated on for the data at hand, and why."""
 
     source: str
-    build: Optional[str]  # the data's build, when it could be told
+    build: str | None  # the data's build, when it could be told
     cross_build: bool  # the gate source was measured on another (or an unknown) build
     reason: str
 
@@ -76,21 +93,21 @@ class ExpectedCase:
     kind: str
     split: str
     gate: str
-    values: Dict[str, Dict[str, float]]  # source -> metric -> value
-    sources: Dict[str, Source]
-    tolerances: Dict[str, Dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
-    path: Optional[Path] = None
-    report_only: Optional[str] = None  # why this case is measured and shown but never gated
+    values: dict[str, dict[str, float]]  # source -> metric -> value
+    sources: dict[str, Source]
+    tolerances: dict[str, dict[str, Tolerance]] = field(repr=False)  # precision -> metric or group -> tol
+    path: Path | None = None
+    report_only: str | None = None  # why this case is measured and shown but never gated
     # run settings the numbers were published for (e.g. backend: onnx, precision: fp16); empty: any
-    requires: Dict[str, str] = field(default_factory=dict)
+    requires: dict[str, str] = field(default_factory=dict)
     # metric -> items whose decision is a near-tie in the gate source (excused by name; the fixture's exact gates)
-    near_ties: Dict[str, List[str]] = field(default_factory=dict)
+    near_ties: dict[str, list[str]] = field(default_factory=dict)
     # precision -> metric -> tolerance off the CPU (``tolerance_off_cpu``): the fixture's exact gates excuse the
     # near-ties of the measured CPU noise for the qaclip_core model run eagerly on the CPU (which reference-<model>
     # holds to that noise), and those of the wider parity bound for any other run (a GPU, ONNX, transformers, compile)
-    off_cpu: Dict[str, Dict[str, Tolerance]] = field(default_factory=dict, repr=False)
+    off_cpu: dict[str, dict[str, Tolerance]] = field(default_factory=dict, repr=False)
 
-    def gate_for(self, build: Optional[str]) -> GateDecision:
+    def gate_for(self, build: str | None) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
 
         A source measured on that very build gates (the declared gate first); otherwise the
@@ -109,6 +126,7 @@ class ExpectedCase:
         cross = any(CROSS_BUILD in table for table in self.tolerances.values())
         seen = f"this data is build {build}" if build else "this data's build could not be told"
         return GateDecision(self.gate, build, cross, f"the declared gate, measured on build {declared}; {seen}")
+
     measured_only: bool = False  # no published value: measured and shown, nothing to compare with
 
     @property
@@ -126,16 +144,18 @@ class ExpectedCase:
         """The required settings in words (``onnx fp16``), or ''."""
         return " ".join(self.requires.values())
 
-    def unmet(self, settings: Mapping[str, str]) -> List[str]:
+    def unmet(self, settings: Mapping[str, str]) -> list[str]:
         """The required settings that ``settings`` (e.g. ``{"backend": ..., "precision": ...}``) does not meet, as ``--key value``."""
         return [f"--{k} {v}" for k, v in self.requires.items() if str(settings.get(k)) != v]
 
     @property
-    def gate_values(self) -> Dict[str, float]:
+    def gate_values(self) -> dict[str, float]:
         """The metric values of the declared gate source (none for a measured-only case)."""
         return self.values[self.gate] if self.gate else {}
 
-    def tolerance(self, metric: str, precision: str = "fp32", cross_build: bool = False, on_cpu: bool = True) -> Tolerance:
+    def tolerance(
+        self, metric: str, precision: str = "fp32", cross_build: bool = False, on_cpu: bool = True
+    ) -> Tolerance:
         """Tolerance of ``metric`` at ``precision`` (exact metric key first, then its group).
 
         ``cross_build``: the data is not the gate source's build; the file's ``cross_build``
@@ -155,12 +175,17 @@ class ExpectedCase:
                 return wider if wider is not None and wider.abs > tol.abs else tol
         raise QAClipError(f"{self.path}: no {precision} tolerance for metric {metric!r} or its group")
 
-    def _keys(self, values: Mapping[str, float]) -> List[str]:
+    def _keys(self, values: Mapping[str, float]) -> list[str]:
         order = METRIC_ORDER.get(self.kind, [])
         return sorted(values, key=lambda k: order.index(k) if k in order else len(order))
 
-    def check(self, measured: Mapping[str, float], precision: str = "fp32",
-              decision: Optional[GateDecision] = None, on_cpu: bool = True) -> List[MetricCheck]:
+    def check(
+        self,
+        measured: Mapping[str, float],
+        precision: str = "fp32",
+        decision: GateDecision | None = None,
+        on_cpu: bool = True,
+    ) -> list[MetricCheck]:
         """Compare every metric of the gate source (``decision``'s, else the declared one) with ``measured``."""
         if self.measured_only:
             return []  # nothing published to compare with
@@ -171,7 +196,9 @@ class ExpectedCase:
         if missing:
             raise QAClipError(f"{self.id}: the evaluation did not produce metrics {missing}")
         return [
-            MetricCheck(k, float(measured[k]), float(values[k]), self.tolerance(k, precision, decision.cross_build, on_cpu).abs)
+            MetricCheck(
+                k, float(measured[k]), float(values[k]), self.tolerance(k, precision, decision.cross_build, on_cpu).abs
+            )
             for k in keys
         ]
 
@@ -179,10 +206,14 @@ class ExpectedCase:
         """The excused near-tie items by metric, in words ('' when there are none)."""
         return "; ".join(f"{m}: {', '.join(items)}" for m, items in self.near_ties.items())
 
-    def source_deltas(self, measured: Mapping[str, float]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    def source_deltas(self, measured: Mapping[str, float]) -> dict[str, dict[str, dict[str, float]]]:
         """Every source's published value and the measured delta, per metric (the report shows them all)."""
         return {
-            src: {k: {"expected": float(v), "delta": float(measured[k]) - float(v)} for k, v in vals.items() if k in measured}
+            src: {
+                k: {"expected": float(v), "delta": float(measured[k]) - float(v)}
+                for k, v in vals.items()
+                if k in measured
+            }
             for src, vals in self.values.items()
         }
 
@@ -197,7 +228,9 @@ _KINDS = tuple(METRIC_ORDER)
 
 def _mapping(value: object, where: str, path: Path) -> dict:
     if not isinstance(value, dict) or not value:
-        raise ExpectedFileError(f"{path}: {where} must be a non-empty mapping, got {type(value).__name__} {value!r:.60}")
+        raise ExpectedFileError(
+            f"{path}: {where} must be a non-empty mapping, got {type(value).__name__} {value!r:.60}"
+        )
     return value
 
 
@@ -222,7 +255,9 @@ def _read_yaml(path: Path) -> dict:
     if doc is None:
         raise ExpectedFileError(f"{path}: is empty; expected the keys {', '.join(_TOP_KEYS)}")
     if not isinstance(doc, dict):
-        raise ExpectedFileError(f"{path}: expected a mapping with the keys {', '.join(_TOP_KEYS)}, got {type(doc).__name__}")
+        raise ExpectedFileError(
+            f"{path}: expected a mapping with the keys {', '.join(_TOP_KEYS)}, got {type(doc).__name__}"
+        )
     return doc
 
 
@@ -230,9 +265,9 @@ _ENTRY_KEYS = ("gate", "report_only", "tolerance", "tolerance_off_cpu", "near_ti
 REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
 
 
-def _parse_sources(raw: object, path: Path) -> Dict[str, Source]:
+def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
     """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
-    out: Dict[str, Source] = {}
+    out: dict[str, Source] = {}
     for name, value in _mapping(raw, "sources", path).items():
         if isinstance(value, str):
             out[str(name)] = Source(value)
@@ -240,21 +275,25 @@ def _parse_sources(raw: object, path: Path) -> Dict[str, Source]:
         value = _mapping(value, f"sources.{name}", path)
         unknown = set(value) - {"cite", "build"}
         if unknown or not isinstance(value.get("cite"), str):
-            raise ExpectedFileError(f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
-                                    + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
+            raise ExpectedFileError(
+                f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
+                + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+            )
         out[str(name)] = Source(value["cite"], str(value["build"]) if value.get("build") else None)
     return out
 
 
-def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> Dict[str, Dict[str, Tolerance]]:
-    out: Dict[str, Dict[str, Tolerance]] = {}
+def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict[str, dict[str, Tolerance]]:
+    out: dict[str, dict[str, Tolerance]] = {}
     for prec, table in _mapping(raw, where, path).items():
         out[str(prec)] = {}
         for name, tol in _mapping(table, f"{where}.{prec}", path).items():
             where_tol = f"{where}.{prec}.{name}"
             tol = _mapping(tol, where_tol, path)
             if "abs" not in tol or "why" not in tol:
-                raise ExpectedFileError(f"{path}: {where_tol} needs 'abs' (points) and 'why' (where the number comes from)")
+                raise ExpectedFileError(
+                    f"{path}: {where_tol} needs 'abs' (points) and 'why' (where the number comes from)"
+                )
             value = _number(tol["abs"], f"{where_tol}.abs", path)
             if value < 0:
                 raise ExpectedFileError(f"{path}: {where_tol}.abs must not be negative, got {value}")
@@ -264,7 +303,7 @@ def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> Dict
     return out
 
 
-def _parse(path: Path) -> List[ExpectedCase]:
+def _parse(path: Path) -> list[ExpectedCase]:
     doc = _read_yaml(path)
     missing = [k for k in _TOP_KEYS if k not in doc]
     if missing:
@@ -275,8 +314,10 @@ def _parse(path: Path) -> List[ExpectedCase]:
     tolerances = _parse_tolerances(doc["tolerance"], path)
     requires = doc.get("requires") or {}
     if not isinstance(requires, dict) or not all(k in REQUIREMENTS and isinstance(v, str) for k, v in requires.items()):
-        raise ExpectedFileError(f"{path}: requires must map run settings ({', '.join(REQUIREMENTS)}) to values "
-                                f"(e.g. backend: onnx), got {requires!r}")
+        raise ExpectedFileError(
+            f"{path}: requires must map run settings ({', '.join(REQUIREMENTS)}) to values "
+            f"(e.g. backend: onnx), got {requires!r}"
+        )
     cases = []
     for model, entry in _mapping(doc["models"], "models", path).items():
         entry = _mapping(entry, f"models.{model}", path)
@@ -289,26 +330,46 @@ def _parse(path: Path) -> List[ExpectedCase]:
         if "tolerance" in entry:  # a model's own tolerances (its protocol is less certain), over the file's
             own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")
             case_tolerances = {p: {**tolerances.get(p, {}), **own.get(p, {})} for p in set(tolerances) | set(own)}
-        values: Dict[str, Dict[str, float]] = {}
+        values: dict[str, dict[str, float]] = {}
         for source, vals in entry.items():
             if source in _ENTRY_KEYS:
                 continue
-            values[source] = {str(m): _number(v, f"models.{model}.{source}.{m}", path)
-                              for m, v in _mapping(vals, f"models.{model}.{source}", path).items()}
+            values[source] = {
+                str(m): _number(v, f"models.{model}.{source}.{m}", path)
+                for m, v in _mapping(vals, f"models.{model}.{source}", path).items()
+            }
         if gate not in values:
             raise ExpectedFileError(f"{path}: models.{model}.gate {gate!r} is not one of its sources {sorted(values)}")
         unknown = set(values) - set(sources)
         if unknown:
-            raise ExpectedFileError(f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')")
-        off_cpu = (_parse_tolerances(entry["tolerance_off_cpu"], path, where=f"models.{model}.tolerance_off_cpu")
-                   if "tolerance_off_cpu" in entry else {})
+            raise ExpectedFileError(
+                f"{path}: models.{model} cites undeclared sources {sorted(unknown)} (declare them under 'sources')"
+            )
+        off_cpu = (
+            _parse_tolerances(entry["tolerance_off_cpu"], path, where=f"models.{model}.tolerance_off_cpu")
+            if "tolerance_off_cpu" in entry
+            else {}
+        )
         near = entry.get("near_ties") or {}
         if not isinstance(near, dict) or not all(isinstance(v, list) for v in near.values()):
-            raise ExpectedFileError(f"{path}: models.{model}.near_ties must map metrics to lists of items, got {near!r:.60}")
-        case = ExpectedCase(str(doc["dataset"]), str(model), str(doc["kind"]), str(doc["split"]), gate, values,
-                            dict(sources), case_tolerances, path,
-                            report_only=str(report_only).strip() if report_only else None, requires=dict(requires),
-                            near_ties={str(k): [str(i) for i in v] for k, v in near.items()}, off_cpu=off_cpu)
+            raise ExpectedFileError(
+                f"{path}: models.{model}.near_ties must map metrics to lists of items, got {near!r:.60}"
+            )
+        case = ExpectedCase(
+            str(doc["dataset"]),
+            str(model),
+            str(doc["kind"]),
+            str(doc["split"]),
+            gate,
+            values,
+            dict(sources),
+            case_tolerances,
+            path,
+            report_only=str(report_only).strip() if report_only else None,
+            requires=dict(requires),
+            near_ties={str(k): [str(i) for i in v] for k, v in near.items()},
+            off_cpu=off_cpu,
+        )
         for prec in case_tolerances:
             for metric in case.gate_values:
                 try:
@@ -316,12 +377,13 @@ def _parse(path: Path) -> List[ExpectedCase]:
                 except QAClipError:
                     raise ExpectedFileError(
                         f"{path}: models.{model}: no tolerance.{prec} entry for metric {metric!r} or its group "
-                        f"{metric.split('_')[0]!r}") from None
+                        f"{metric.split('_')[0]!r}"
+                    ) from None
         cases.append(case)
     return cases
 
 
-def check_against_catalog(cases: List[ExpectedCase]) -> None:
+def check_against_catalog(cases: list[ExpectedCase]) -> None:
     """Each case's dataset has a card, and its split is the card's published split (else the numbers mean another split)."""
     from qaclip_harness.data.catalog import all_datasets
 
@@ -331,39 +393,66 @@ def check_against_catalog(cases: List[ExpectedCase]) -> None:
             continue  # not an evaluation dataset (e.g. the README example's probabilities)
         card = cards.get(case.dataset)
         if card is None:
-            raise ExpectedFileError(f"{case.path}: dataset {case.dataset!r} has no dataset card (known: {', '.join(cards)})")
+            raise ExpectedFileError(
+                f"{case.path}: dataset {case.dataset!r} has no dataset card (known: {', '.join(cards)})"
+            )
         if case.split != card.split:
-            raise ExpectedFileError(f"{case.path}: split {case.split!r} is not the published split of {case.dataset} "
-                                    f"({card.split!r}, cards/datasets.yaml): these numbers would gate another split")
+            raise ExpectedFileError(
+                f"{case.path}: split {case.split!r} is not the published split of {case.dataset} "
+                f"({card.split!r}, cards/datasets.yaml): these numbers would gate another split"
+            )
         builds = set(card.builds or {})
         for name, src in case.sources.items():
             if src.build is not None and src.build not in builds:
-                raise ExpectedFileError(f"{case.path}: sources.{name}.build {src.build!r} is not a build of {case.dataset} "
-                                        f"(known: {', '.join(sorted(builds)) or 'none'})")
+                raise ExpectedFileError(
+                    f"{case.path}: sources.{name}.build {src.build!r} is not a build of {case.dataset} "
+                    f"(known: {', '.join(sorted(builds)) or 'none'})"
+                )
 
 
-def _measured_only_case(doc: dict, model: str, entry: dict, sources: Dict[str, Source],
-                        tolerances: Dict[str, Dict[str, Tolerance]], path: Path) -> ExpectedCase:
+def _measured_only_case(
+    doc: dict,
+    model: str,
+    entry: dict,
+    sources: dict[str, Source],
+    tolerances: dict[str, dict[str, Tolerance]],
+    path: Path,
+) -> ExpectedCase:
     """A model with no published value: ``measured_only: <why>`` and nothing else (reported, never gated)."""
     where = f"models.{model}"
     others = sorted(k for k in entry if k != "measured_only")
     if others:
-        raise ExpectedFileError(f"{path}: {where} is measured_only, so it takes no gate or values; remove {others} "
-                                "(or drop measured_only and gate on a source)")
+        raise ExpectedFileError(
+            f"{path}: {where} is measured_only, so it takes no gate or values; remove {others} "
+            "(or drop measured_only and gate on a source)"
+        )
     why = entry["measured_only"]
     if not isinstance(why, str) or not why.strip():
-        raise ExpectedFileError(f"{path}: {where}.measured_only must say why there is no published value, got {why!r:.60}")
-    return ExpectedCase(str(doc["dataset"]), model, str(doc["kind"]), str(doc["split"]), "", {}, sources, tolerances,
-                        path, report_only=f"measured only: {why.strip()}", measured_only=True)
+        raise ExpectedFileError(
+            f"{path}: {where}.measured_only must say why there is no published value, got {why!r:.60}"
+        )
+    return ExpectedCase(
+        str(doc["dataset"]),
+        model,
+        str(doc["kind"]),
+        str(doc["split"]),
+        "",
+        {},
+        sources,
+        tolerances,
+        path,
+        report_only=f"measured only: {why.strip()}",
+        measured_only=True,
+    )
 
 
-def load_expected(directory: Union[str, Path]) -> List[ExpectedCase]:
+def load_expected(directory: str | Path) -> list[ExpectedCase]:
     """Every case of every YAML file in ``directory``, in file then model order, validated."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ExpectedFileError(f"expected-numbers folder {directory} does not exist")
-    cases: List[ExpectedCase] = []
-    seen: Dict[str, Path] = {}
+    cases: list[ExpectedCase] = []
+    seen: dict[str, Path] = {}
     for path in sorted(directory.glob("*.yaml")):
         for case in _parse(path):
             if case.id in seen:

@@ -4,6 +4,7 @@ temporaries of processes that died before their rename cleaned up on a later run
 A temporary is named ``.<target name>.<pid>.tmp`` (a folder: ``.<target name>.<pid>.tmpdir``), so a
 later process can tell whose it is: one whose process is gone is debris from a kill or a crash.
 """
+
 from __future__ import annotations
 
 import errno
@@ -12,7 +13,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any, Union
 
 from qaclip_core.errors import QAClipError
 
@@ -75,7 +76,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     """Remove the temporaries in ``folder`` whose writing process no longer exists; returns what was removed."""
     folder = Path(folder)
     removed = []

@@ -3,11 +3,12 @@
 Each check raises :class:`OptionError` with one line naming the option, the value and what was
 expected, before any model is built or any data is read.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 from qaclip_core.errors import QAClipError
 
@@ -34,8 +35,12 @@ def device(value: str, option: str = "--device") -> str:
         if not index.isdigit():
             raise OptionError(option, value, "expected auto, cpu, cuda or cuda:N with N a GPU index")
         if not torch.cuda.is_available():
-            raise OptionError(option, value, f"this machine has no CUDA device "
-                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+            raise OptionError(
+                option,
+                value,
+                f"this machine has no CUDA device "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu",
+            )
         count = torch.cuda.device_count()
         if int(index) >= count:
             raise OptionError(option, value, f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
@@ -50,7 +55,7 @@ def precision(value: str, option: str = "--precision") -> str:
     return value
 
 
-def positive_int(value: Union[str, int], option: str) -> int:
+def positive_int(value: str | int, option: str) -> int:
     """An integer of at least 1."""
     try:
         n = int(str(value).strip())
@@ -61,7 +66,7 @@ def positive_int(value: Union[str, int], option: str) -> int:
     return n
 
 
-def folder(value: Optional[Union[str, Path]], option: str, must_exist: bool = False) -> Optional[Path]:
+def folder(value: str | Path | None, option: str, must_exist: bool = False) -> Path | None:
     """A folder path: it may be absent (it is created when needed) unless ``must_exist``, but never a file."""
     if value is None or str(value) == "":
         return None
@@ -82,7 +87,7 @@ def _probe_writable(path: Path, option: str, value: object, label: str) -> None:
         raise OptionError(option, value, f"{label} is not writable ({e.strerror or e})") from None
 
 
-def new_output_folder(value: Optional[Union[str, Path]], option: str, will_write: Sequence[str] = ()) -> Optional[Path]:
+def new_output_folder(value: str | Path | None, option: str, will_write: Sequence[str] = ()) -> Path | None:
     """A folder to write into: created and probed now, so that a path that cannot be written fails before any work.
 
     ``will_write`` names the files the run writes there: a folder in the place of one is refused too.
@@ -101,7 +106,7 @@ def new_output_folder(value: Optional[Union[str, Path]], option: str, will_write
     return path
 
 
-def output_folder_later(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+def output_folder_later(value: str | Path | None, option: str) -> Path | None:
     """A folder the run creates later (beside a temporary sibling): nothing is created now, but a file in
     its place, or a nearest existing folder that cannot be written, fails now."""
     if value is None or str(value) == "":
@@ -119,7 +124,7 @@ def output_folder_later(value: Optional[Union[str, Path]], option: str) -> Optio
     return path
 
 
-def output_file(value: Optional[Union[str, Path]], option: str) -> Optional[Path]:
+def output_file(value: str | Path | None, option: str) -> Path | None:
     """A file the run will write (through a temporary beside it): never a folder, and its folder writable now."""
     if value is None or str(value) == "":
         return None

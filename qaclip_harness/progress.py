@@ -5,10 +5,12 @@ returns a :class:`Stage` that receives ``update(n)`` calls and ``close()`` once.
 tqdm bars; the suite writes through pytest's terminal reporter (see ``qaclip_harness/suite/terminal.py``),
 so progress is visible without ``-s``. ``True`` means tqdm, ``False`` or ``None`` nothing.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar, Union
+from collections.abc import Iterable, Iterator
+from typing import Callable, Protocol, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -59,8 +61,9 @@ def stage(progress: Progress, desc: str, total: int, unit: str) -> Stage:
     return progress(desc, total, unit)
 
 
-def track(items: Iterable[T], progress: Progress, desc: str, total: int, unit: str,
-          size: Callable[[T], int] = lambda _: 1) -> Iterator[T]:
+def track(
+    items: Iterable[T], progress: Progress, desc: str, total: int, unit: str, size: Callable[[T], int] = lambda _: 1
+) -> Iterator[T]:
     """Yield ``items``, reporting ``size(item)`` units done after each one is consumed."""
     s = stage(progress, desc, total, unit)
     try:
@@ -96,8 +99,17 @@ class LineStage:
     shows that work goes on.
     """
 
-    def __init__(self, write: Callable[[str, bool], None], desc: str, total: int, unit: str, live: bool,
-                 interval: float = 0.5, heartbeat: float = 300.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        write: Callable[[str, bool], None],
+        desc: str,
+        total: int,
+        unit: str,
+        live: bool,
+        interval: float = 0.5,
+        heartbeat: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.write, self.desc, self.total, self.unit, self.live = write, desc, total, unit, live
         self.interval, self.heartbeat, self.clock = interval, heartbeat, clock
         self.done = 0
@@ -108,8 +120,10 @@ class LineStage:
     def _line(self) -> str:
         elapsed = self.clock() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        return (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}, {rate:,.1f} {self.unit}/s, "
-                f"ETA {format_eta(self.done, self.total, elapsed)}")
+        return (
+            f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}, {rate:,.1f} {self.unit}/s, "
+            f"ETA {format_eta(self.done, self.total, elapsed)}"
+        )
 
     def update(self, n: int) -> None:
         """Count ``n`` items; redraw when the interval (live) or the heartbeat (log) has passed."""
@@ -139,4 +153,3 @@ def line_progress(write: Callable[[str, bool], None], live: bool, **kw) -> Progr
         return LineStage(write, desc, total, unit, live, **kw)
 
     return factory
-

@@ -1,4 +1,5 @@
 """The one feature normalisation every comparison uses: rows L2-normalised in fp32."""
+
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,9 @@
 """Shared fixtures for the unit and parity tests."""
+
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import List
 
 import huggingface_hub.constants  # noqa: F401
 from PIL import Image, ImageDraw
@@ -53,7 +53,7 @@ def _draw(size, colour, shape: str) -> Image.Image:
     return img
 
 
-def real_images() -> List[Image.Image]:
+def real_images() -> list[Image.Image]:
     """The seed's example photo plus generated images of varied modes and sizes."""
     images = [Image.open(EXAMPLE_IMAGE)]
     images.append(_draw((320, 240), (220, 30, 30), "circle"))

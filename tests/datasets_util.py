@@ -1,4 +1,5 @@
 """Builders of tiny evaluation datasets (retrieval LMDBs, ImageNet folders) and reference helpers for tests."""
+
 from __future__ import annotations
 
 import ast
@@ -9,19 +10,44 @@ import json
 import random
 import runpy
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import lmdb
 import numpy as np
 from PIL import Image, ImageDraw
 
 # ids on both sides of 9 / 99 / 999 so that byte order differs from numeric order
-IMAGE_IDS = [3, 7, 9, 10, 11, 25, 99, 100, 101, 250, 999, 1000, 1001, 4096, 12345, 20000, 31, 5, 800, 77,
-             123456, 42, 8, 1010, 60]
+IMAGE_IDS = [
+    3,
+    7,
+    9,
+    10,
+    11,
+    25,
+    99,
+    100,
+    101,
+    250,
+    999,
+    1000,
+    1001,
+    4096,
+    12345,
+    20000,
+    31,
+    5,
+    800,
+    77,
+    123456,
+    42,
+    8,
+    1010,
+    60,
+]
 
 
-def make_image(seed: int, size: Tuple[int, int] = (32, 32), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+def make_image(seed: int, size: tuple[int, int] = (32, 32), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
     """Encoded bytes of a small deterministic drawing."""
     rng = random.Random(seed)
     img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
@@ -38,15 +64,22 @@ def make_image(seed: int, size: Tuple[int, int] = (32, 32), fmt: str = "JPEG", m
     return buf.getvalue()
 
 
-def sample_images(ids: Sequence[int] = IMAGE_IDS) -> Dict[int, bytes]:
+def sample_images(ids: Sequence[int] = IMAGE_IDS) -> dict[int, bytes]:
     """Mixed JPEG / PNG (RGB, RGBA, L, P) images of a few sizes, keyed by image id."""
-    kinds = [("JPEG", "RGB", (32, 32)), ("PNG", "RGB", (32, 32)), ("PNG", "RGBA", (40, 24)),
-             ("JPEG", "L", (17, 33)), ("PNG", "P", (32, 32))]
-    return {i: make_image(i, kinds[n % len(kinds)][2], kinds[n % len(kinds)][0], kinds[n % len(kinds)][1])
-            for n, i in enumerate(ids)}
+    kinds = [
+        ("JPEG", "RGB", (32, 32)),
+        ("PNG", "RGB", (32, 32)),
+        ("PNG", "RGBA", (40, 24)),
+        ("JPEG", "L", (17, 33)),
+        ("PNG", "P", (32, 32)),
+    ]
+    return {
+        i: make_image(i, kinds[n % len(kinds)][2], kinds[n % len(kinds)][0], kinds[n % len(kinds)][1])
+        for n, i in enumerate(ids)
+    }
 
 
-def sample_texts(ids: Sequence[int] = IMAGE_IDS, n_texts: int = 30, seed: int = 0) -> List[dict]:
+def sample_texts(ids: Sequence[int] = IMAGE_IDS, n_texts: int = 30, seed: int = 0) -> list[dict]:
     """Caption records, some naming several images; every image gets at least one caption."""
     rng = random.Random(seed)
     words = ["猫", "狗", "红色的", "汽车", "Nike 跑鞋", "“你好”", "ABC", "海边", "雪地里的人"]
@@ -59,7 +92,7 @@ def sample_texts(ids: Sequence[int] = IMAGE_IDS, n_texts: int = 30, seed: int = 
     return out
 
 
-def _quiet_run_module(module: str, argv: List[str]) -> None:
+def _quiet_run_module(module: str, argv: list[str]) -> None:
     old = sys.argv
     sys.argv = [module] + argv
     try:
@@ -82,7 +115,7 @@ def build_with_reference(data_dir: Path, split: str, images: Mapping[int, bytes]
     return data_dir / "lmdb" / split / "imgs"
 
 
-def reference_tr_annotation(texts_jsonl: Path) -> List[dict]:
+def reference_tr_annotation(texts_jsonl: Path) -> list[dict]:
     """cn_clip's transform_ir_annotation_to_tr output for ``texts_jsonl`` (image_id -> text_ids lines)."""
     _quiet_run_module("cn_clip.eval.transform_ir_annotation_to_tr", ["--input", str(texts_jsonl)])
     out = Path(str(texts_jsonl).replace(".jsonl", "") + ".tr.jsonl")
@@ -100,7 +133,7 @@ def write_raw_lmdb(path: Path, items: Mapping[bytes, bytes]) -> Path:
     return path
 
 
-def lmdb_items(path: Path) -> Dict[bytes, bytes]:
+def lmdb_items(path: Path) -> dict[bytes, bytes]:
     """Every key/value of an LMDB."""
     env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
@@ -117,21 +150,32 @@ def write_features(path: Path, key: str, ids: Sequence[int], feats: np.ndarray) 
     return path
 
 
-def run_reference_topk(script: str, image_feats: Path, text_feats: Path, out: Path, k: int = 10) -> List[dict]:
+def run_reference_topk(script: str, image_feats: Path, text_feats: Path, out: Path, k: int = 10) -> list[dict]:
     """Run cn_clip's make_topk_predictions(_tr) on the CPU (``Tensor.cuda`` patched to a no-op)."""
     import torch
 
     cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *a, **kw: self  # type: ignore[assignment]
     try:
-        _quiet_run_module(f"cn_clip.eval.{script}", ["--image-feats", str(image_feats), "--text-feats", str(text_feats),
-                                                     "--top-k", str(k), "--output", str(out)])
+        _quiet_run_module(
+            f"cn_clip.eval.{script}",
+            [
+                "--image-feats",
+                str(image_feats),
+                "--text-feats",
+                str(text_feats),
+                "--top-k",
+                str(k),
+                "--output",
+                str(out),
+            ],
+        )
     finally:
         torch.Tensor.cuda = cuda  # type: ignore[assignment]
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def reference_functions(module: str, names: Sequence[str], namespace: Optional[dict] = None) -> dict:
+def reference_functions(module: str, names: Sequence[str], namespace: dict | None = None) -> dict:
     """Compile just the named top-level functions of a cn_clip module (whose imports may be unavailable)."""
     import importlib.util
 
@@ -156,8 +200,14 @@ def make_imagenet(root: Path, classes: Sequence[str], per_class: int = 2, split:
     return folder
 
 
-def make_elevater(datasets: Path, folder: str, class_names: Sequence[str], per_class: int = 2,
-                  padded: Optional[bool] = None, index: Optional[Sequence[int]] = None) -> Path:
+def make_elevater(
+    datasets: Path,
+    folder: str,
+    class_names: Sequence[str],
+    per_class: int = 2,
+    padded: bool | None = None,
+    index: Sequence[int] | None = None,
+) -> Path:
     """``<datasets>/<folder>/`` in Chinese-CLIP's ELEVATER layout: ``test/<class id>/``, ``label_cn.txt``, ``label.txt``.
 
     Class ids are written here by the documented rule (``0``-``9`` up to 10 classes, else
@@ -171,7 +221,9 @@ def make_elevater(datasets: Path, folder: str, class_names: Sequence[str], per_c
         d.mkdir(parents=True, exist_ok=True)
         for j in range(per_class):
             fmt = "JPEG" if (c + j) % 2 == 0 else "PNG"
-            (d / f"{c}_{j}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(make_image(1000 + 31 * c + j, (28, 28 + j), fmt))
+            (d / f"{c}_{j}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(
+                make_image(1000 + 31 * c + j, (28, 28 + j), fmt)
+            )
     (root / "label_cn.txt").write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
     (root / "label.txt").write_text("".join(f"class {c}\n" for c in range(n)), encoding="utf-8")
     if index is not None:
@@ -191,7 +243,7 @@ def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
     return archive
 
 
-def elevater_all_zip(datasets: Dict[str, Path], archive: Path, inner_dir: str = "ELEVATER_all/") -> Path:
+def elevater_all_zip(datasets: dict[str, Path], archive: Path, inner_dir: str = "ELEVATER_all/") -> Path:
     """An ``ELEVATER_all.zip`` in miniature: one ``<folder>.zip`` per dataset folder, plus a stray file."""
     import zipfile
 

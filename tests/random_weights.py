@@ -6,6 +6,7 @@ tensor (parameters and buffers, BatchNorm running statistics included) is drawn:
 std 1/sqrt(fan-in), so that activations keep their scale through the layers; vectors around
 1 (norm weights, running variances) or 0 (biases, means, embeddings' rows).
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,13 +7,13 @@ LayerNorm bias or a linear bias would still match such a reference exactly. Ever
 therefore builds its reference through :func:`reference_model`, which overwrites every float
 parameter and buffer (BatchNorm running statistics included) with random values.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 from itertools import chain
 from pathlib import Path
-from typing import Tuple
 
 import torch
 
@@ -45,7 +45,7 @@ def _random_values(name: str, like: torch.Tensor, gen: torch.Generator) -> torch
     if like.dim() == 1:  # biases of linear, norm and projection layers
         return normal(0.2)
     fan_in = like.numel() // shape[0]
-    return normal(fan_in ** -0.5)
+    return normal(fan_in**-0.5)
 
 
 def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -84,11 +84,20 @@ def save_reference_checkpoint(model: torch.nn.Module, path: Path, ddp_prefix: bo
     """Write ``model`` as cn_clip's training loop saves checkpoints (DDP ``module.`` keys)."""
     prefix = "module." if ddp_prefix else ""
     state = {prefix + k: v for k, v in model.state_dict().items()}
-    torch.save({"epoch": 3, "step": 1234, "name": "parity", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "step": 1234,
+            "name": "parity",
+            "state_dict": state,
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
     return path
 
 
-def reference_with_checkpoint(arch: str, path: Path, seed: int = 0) -> Tuple[torch.nn.Module, Path]:
+def reference_with_checkpoint(arch: str, path: Path, seed: int = 0) -> tuple[torch.nn.Module, Path]:
     """A random reference model in fp32 (as its eval scripts run it) and its checkpoint on disk."""
     model = reference_model(arch, seed)
     save_reference_checkpoint(model, path)
@@ -112,21 +121,47 @@ def write_tiny_altclip(out: Path, captions, seed: int = 0, resolution: int = 32)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
     tokenizer = transformers.XLMRobertaTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
     config = transformers.AltCLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=96, project_dim=32,
-                         pad_token_id=1, bos_token_id=0, eos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=resolution, patch_size=8, projection_dim=16),
-        projection_dim=16)
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 96,
+            "project_dim": 32,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": resolution,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
+        projection_dim=16,
+    )
     torch.manual_seed(seed)
     model = randomise_(transformers.AltCLIPModel(config), seed).eval()
-    processor = transformers.CLIPImageProcessor(size={"shortest_edge": resolution},
-                                                crop_size={"height": resolution, "width": resolution}, resample=3)
+    processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": resolution}, crop_size={"height": resolution, "width": resolution}, resample=3
+    )
     out.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)

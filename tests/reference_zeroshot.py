@@ -14,6 +14,7 @@ libraries is bent, from the outside:
   refuses ``float()`` of a 1-d array);
 - ``timm`` is stubbed when absent (imported by its training module, unused here).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -34,7 +35,7 @@ def _float(x):
 
 def _stub_timm() -> None:
     try:
-        import timm.data  # noqa: F401
+        import timm.data
     except ImportError:
         timm = types.ModuleType("timm")
         timm.data = types.ModuleType("timm.data")
@@ -59,7 +60,9 @@ def _cpu_only() -> None:
 def run(argv) -> None:
     """Run the reference script once with ``argv``."""
     sys.argv = ["zeroshot_evaluation.py", *argv]
-    runpy.run_module("cn_clip.eval.zeroshot_evaluation", run_name="__main__", init_globals={"float": _float}, alter_sys=False)
+    runpy.run_module(
+        "cn_clip.eval.zeroshot_evaluation", run_name="__main__", init_globals={"float": _float}, alter_sys=False
+    )
 
 
 def main(argv) -> None:

@@ -3,13 +3,13 @@
 Read from the source (every import, including those inside functions and under TYPE_CHECKING:
 a circle closed by a lazy import is still a circle), like ``import_graph.py`` of the project's tools.
 """
+
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
 
 import pytest
 
@@ -17,10 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("qaclip_core", "qaclip_harness", "benchmarks")
 
 # The harness's floors, lowest first: a module may import its own floor and the floors below.
-LAYERS: List[List[str]] = [
+LAYERS: list[list[str]] = [
     ["qaclip_core"],
-    ["qaclip_harness", "qaclip_harness.errors", "qaclip_harness.optional", "qaclip_harness.options",
-     "qaclip_harness.progress", "qaclip_harness.environment", "qaclip_harness.tensors"],
+    [
+        "qaclip_harness",
+        "qaclip_harness.errors",
+        "qaclip_harness.optional",
+        "qaclip_harness.options",
+        "qaclip_harness.progress",
+        "qaclip_harness.environment",
+        "qaclip_harness.tensors",
+    ],
     ["qaclip_harness.probe", "qaclip_harness.data", "qaclip_harness.metrics", "qaclip_harness.cache"],
     ["qaclip_harness.fetch"],
     ["qaclip_harness.export"],
@@ -34,7 +41,7 @@ LAYERS: List[List[str]] = [
 CORE_LINES_MAX = 2500
 
 
-def _modules() -> Dict[str, Path]:
+def _modules() -> dict[str, Path]:
     files = {}
     for pkg in PACKAGES:
         for p in (REPO / pkg).rglob("*.py"):
@@ -43,11 +50,11 @@ def _modules() -> Dict[str, Path]:
     return files
 
 
-def _imports(files: Dict[str, Path]) -> Dict[str, Set[str]]:
-    edges: Dict[str, Set[str]] = {m: set() for m in files}
+def _imports(files: dict[str, Path]) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names: List[str] = []
+            names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -76,12 +83,12 @@ def _floor(mod: str) -> int:
     return best[1]
 
 
-def _circles(edges: Dict[str, Set[str]]) -> List[List[str]]:
-    index: Dict[str, int] = {}
-    low: Dict[str, int] = {}
-    stack: List[str] = []
-    on: Set[str] = set()
-    found: List[List[str]] = []
+def _circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
     sys.setrecursionlimit(10000)
 
     def visit(v: str) -> None:
@@ -121,14 +128,23 @@ def test_no_import_circles(graph):
 
 
 def test_no_import_runs_up_the_floors(graph):
-    upward = [f"{a} (floor {_floor(a)}) imports {b} (floor {_floor(b)})"
-              for a, targets in sorted(graph.items()) for b in sorted(targets) if _floor(b) > _floor(a)]
+    upward = [
+        f"{a} (floor {_floor(a)}) imports {b} (floor {_floor(b)})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if _floor(b) > _floor(a)
+    ]
     assert not upward, "imports from a lower floor to a higher one:\n" + "\n".join(upward)
 
 
 def test_the_core_imports_nothing_of_the_harness(graph):
-    reach = [f"{a} imports {b}" for a, targets in graph.items() if a.split(".")[0] == "qaclip_core"
-             for b in targets if b.split(".")[0] != "qaclip_core"]
+    reach = [
+        f"{a} imports {b}"
+        for a, targets in graph.items()
+        if a.split(".")[0] == "qaclip_core"
+        for b in targets
+        if b.split(".")[0] != "qaclip_core"
+    ]
     assert not reach, reach
 
 
@@ -139,8 +155,11 @@ def test_no_private_name_is_imported_across_packages():
             if isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 target = node.module.split(".")
                 if target[0] in PACKAGES and target[:2] != mod.split(".")[:2]:
-                    crossings += [f"{mod}: from {node.module} import {a.name}" for a in node.names
-                                  if a.name.startswith("_") and not a.name.startswith("__")]
+                    crossings += [
+                        f"{mod}: from {node.module} import {a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
     assert not crossings, crossings
 
 
@@ -150,9 +169,11 @@ def test_the_core_stays_small():
 
 
 def test_importing_the_core_loads_no_harness_module():
-    code = ("import sys, qaclip_core; qaclip_core.tokenize(['猫']); qaclip_core.available_models(); "
-            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('qaclip_harness', 'benchmarks', "
-            "'transformers', 'onnxruntime', 'huggingface_hub'))))")
+    code = (
+        "import sys, qaclip_core; qaclip_core.tokenize(['猫']); qaclip_core.available_models(); "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('qaclip_harness', 'benchmarks', "
+        "'transformers', 'onnxruntime', 'huggingface_hub'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"import qaclip_core loaded: {out.stdout.strip()}"

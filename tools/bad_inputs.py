@@ -15,6 +15,7 @@ checkpoint and the generated Shapes-CN data), runs ``python -m qaclip_harness ev
 It prints one row per fault and ends with ``N bad inputs, M handled cleanly``; the exit status is
 1 unless every fault was handled cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -50,10 +52,10 @@ class Fault:
 
     name: str
     surface: str  # "cli" or "suite"
-    build: Callable[[Path], Tuple[List[str], Dict[str, str]]]  # -> (argv after python, extra env)
-    codes: Tuple[int, ...]
-    needles: Tuple[str, ...] = ()
-    must_not_exist: Tuple[str, ...] = ()  # paths (relative to the fault's folder) that must not appear
+    build: Callable[[Path], tuple[list[str], dict[str, str]]]  # -> (argv after python, extra env)
+    codes: tuple[int, ...]
+    needles: tuple[str, ...] = ()
+    must_not_exist: tuple[str, ...] = ()  # paths (relative to the fault's folder) that must not appear
     read_only: bool = False  # runs where mode bits bind: a fresh interpreter without root's overriding capabilities
 
 
@@ -64,8 +66,8 @@ class Outcome:
     fault: Fault
     code: int
     traceback: bool
-    missing_needles: List[str]
-    leftovers: List[str]
+    missing_needles: list[str]
+    leftovers: list[str]
     seconds: float
     output: str = field(repr=False, default="")
 
@@ -97,9 +99,8 @@ class Base:
     def converted(self) -> Path:
         """The fixture in transformers format (hf-fixture-tiny's folder), converted once."""
         if self._converted is None:
-            from qaclip_harness.fixture.hf import write_converted
-
             from qaclip_core.registry import get_card
+            from qaclip_harness.fixture.hf import write_converted
 
             write_converted(self.root / "converted")
             self._converted = self.root / "converted" / get_card(HF_MODEL).hub_repo
@@ -118,12 +119,27 @@ class Base:
         return path
 
 
-def _cli(data: Path, *args: str, checkpoint: Path = CHECKPOINT, dataset: str = "fixture-shapes") -> List[str]:
-    return ["-m", "qaclip_harness", "eval", "--checkpoint", str(checkpoint), "--dataset", dataset, "--data-root", str(data),
-            "--quiet", "--device", "cpu", "--num-workers", "0", *args]
+def _cli(data: Path, *args: str, checkpoint: Path = CHECKPOINT, dataset: str = "fixture-shapes") -> list[str]:
+    return [
+        "-m",
+        "qaclip_harness",
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(data),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        *args,
+    ]
 
 
-def _suite(*args: str) -> List[str]:
+def _suite(*args: str) -> list[str]:
     return ["-m", "pytest", str(REPO / "benchmarks"), "-p", "no:cacheprovider", "-q", "-m", "not throughput", *args]
 
 
@@ -189,8 +205,10 @@ def _expected_for(d: Path, dataset: str, kind: str, split: str, values: dict, bo
     if body is None:
         groups = sorted({k.split("_")[0] for k in values})
         tol = "".join(f"    {g}: {{abs: 0.5, why: campaign}}\n" for g in groups)
-        body = (f"dataset: {dataset}\nkind: {kind}\nsplit: {split}\nsources: {{campaign: made up}}\n"
-                f"tolerance:\n  fp32:\n{tol}models:\n  fixture-tiny:\n    gate: campaign\n    campaign: {json.dumps(values)}\n")
+        body = (
+            f"dataset: {dataset}\nkind: {kind}\nsplit: {split}\nsources: {{campaign: made up}}\n"
+            f"tolerance:\n  fp32:\n{tol}models:\n  fixture-tiny:\n    gate: campaign\n    campaign: {json.dumps(values)}\n"
+        )
     (folder / f"{dataset}.yaml").write_text(body, encoding="utf-8")
     return folder
 
@@ -199,22 +217,25 @@ def _expected_for(d: Path, dataset: str, kind: str, split: str, values: dict, bo
 # the faults
 
 
-def faults(base: Base) -> List[Fault]:
+def faults(base: Base) -> list[Fault]:
     """Every fault of the campaign."""
     F = Fault
-    out: List[Fault] = []
+    out: list[Fault] = []
 
     def cli(name, args_fn, codes=(2,), needles=(), must_not_exist=(), env=None):
         def build(d: Path):
             data = base.data_copy(d)
             return args_fn(d, data), dict(env or {})
+
         out.append(F(name, "cli", build, codes, needles, must_not_exist))
 
     # options, checked when parsed
     cli("--batch-size 0", lambda d, data: _cli(data, "--batch-size", "0"), needles=("--batch-size",))
     cli("--batch-size -1", lambda d, data: _cli(data, "--batch-size", "-1"), needles=("--batch-size",))
     cli("--text-batch-size 0", lambda d, data: _cli(data, "--text-batch-size", "0"), needles=("--text-batch-size",))
-    cli("--device cuda (no GPU)", lambda d, data: _cli(data, "--device", "cuda"), needles=("--device", "no CUDA device"))
+    cli(
+        "--device cuda (no GPU)", lambda d, data: _cli(data, "--device", "cuda"), needles=("--device", "no CUDA device")
+    )
     cli("--device cuda:7", lambda d, data: _cli(data, "--device", "cuda:7"), needles=("cuda:7",))
     cli("--device tpu", lambda d, data: _cli(data, "--device", "tpu"), needles=("--device",))
     cli("--arch without @", lambda d, data: _cli(data, "--arch", "ViT-B-16"), needles=("VISION@TEXT",))
@@ -227,16 +248,62 @@ def faults(base: Base) -> List[Fault]:
         f.write_text("not a folder")
         return f
 
-    cli("--checkpoint-dir is a file", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "fixture-tiny", "--dataset",
-        "fixture-shapes", "--data-root", str(data), "--checkpoint-dir", str(a_file(d))], needles=("--checkpoint-dir",))
+    cli(
+        "--checkpoint-dir is a file",
+        lambda d, data: [
+            "-m",
+            "qaclip_harness",
+            "eval",
+            "--model",
+            "fixture-tiny",
+            "--dataset",
+            "fixture-shapes",
+            "--data-root",
+            str(data),
+            "--checkpoint-dir",
+            str(a_file(d)),
+        ],
+        needles=("--checkpoint-dir",),
+    )
     cli("--data-root is a file", lambda d, data: _cli(a_file(d)), needles=("--data-root",))
-    cli("--dump-predictions is a file", lambda d, data: _cli(data, "--dump-predictions", str(a_file(d))),
-        needles=("--dump-predictions",))
+    cli(
+        "--dump-predictions is a file",
+        lambda d, data: _cli(data, "--dump-predictions", str(a_file(d))),
+        needles=("--dump-predictions",),
+    )
     cli("--lock-file is a folder", lambda d, data: _cli(data, "--lock-file", str(d)), needles=("--lock-file",))
-    cli("--arch with --model", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "fixture-tiny", "--arch",
-        ARCH, "--dataset", "fixture-shapes", "--data-root", str(data)], needles=("--arch applies to --checkpoint only",))
-    cli("unknown model name", lambda d, data: ["-m", "qaclip_harness", "eval", "--model", "ViT-B-99", "--dataset",
-        "fixture-shapes", "--data-root", str(data)], needles=("ViT-B-99", "available models"))
+    cli(
+        "--arch with --model",
+        lambda d, data: [
+            "-m",
+            "qaclip_harness",
+            "eval",
+            "--model",
+            "fixture-tiny",
+            "--arch",
+            ARCH,
+            "--dataset",
+            "fixture-shapes",
+            "--data-root",
+            str(data),
+        ],
+        needles=("--arch applies to --checkpoint only",),
+    )
+    cli(
+        "unknown model name",
+        lambda d, data: [
+            "-m",
+            "qaclip_harness",
+            "eval",
+            "--model",
+            "ViT-B-99",
+            "--dataset",
+            "fixture-shapes",
+            "--data-root",
+            str(data),
+        ],
+        needles=("ViT-B-99", "available models"),
+    )
     cli("unknown dataset name", lambda d, data: _cli(data, dataset="flickr8k"), needles=("flickr8k", "known datasets"))
 
     # checkpoints
@@ -276,12 +343,15 @@ def faults(base: Base) -> List[Fault]:
         return d / "odd.pt"
 
     def nan(d):
-        return base.checkpoint_with(d, "nan.pt", lambda sd: sd[next(k for k in sd if k.endswith("attn.in_proj_weight"))].fill_(float("nan")))
+        return base.checkpoint_with(
+            d, "nan.pt", lambda sd: sd[next(k for k in sd if k.endswith("attn.in_proj_weight"))].fill_(float("nan"))
+        )
 
     def int8(d):
         def edit(sd):
             key = next(k for k in sd if k.endswith("visual.proj"))
             sd[key] = sd[key].float().mul(100).to(torch.int8)
+
         return base.checkpoint_with(d, "int8.pt", edit)
 
     def missing_key(d):
@@ -291,15 +361,34 @@ def faults(base: Base) -> List[Fault]:
     cli("checkpoint truncated", lambda d, data: _cli(data, checkpoint=truncated(d)), needles=("cut.pt",))
     cli("checkpoint random bytes", lambda d, data: _cli(data, checkpoint=random_bytes(d)), needles=("random.pt",))
     cli("checkpoint is an HTML page", lambda d, data: _cli(data, checkpoint=html(d)), needles=("page.pt",))
-    cli("checkpoint with pickled code", lambda d, data: _cli(data, checkpoint=evil(d)), needles=("evil.pt",),
-        must_not_exist=("PWNED",))
-    cli("checkpoint is a list", lambda d, data: _cli(data, checkpoint=bare_list(d)), needles=("list.pt", "expected a dict"))
-    cli("checkpoint architecture unknown", lambda d, data: _cli(data, checkpoint=odd_keys(d)), needles=("odd.pt", "--arch"))
-    cli("checkpoint of another architecture", lambda d, data: _cli(data, "--arch", "RN50@RBT3-chinese"),
-        needles=("fixture-tiny.pt", "does not fit architecture"))
+    cli(
+        "checkpoint with pickled code",
+        lambda d, data: _cli(data, checkpoint=evil(d)),
+        needles=("evil.pt",),
+        must_not_exist=("PWNED",),
+    )
+    cli(
+        "checkpoint is a list",
+        lambda d, data: _cli(data, checkpoint=bare_list(d)),
+        needles=("list.pt", "expected a dict"),
+    )
+    cli(
+        "checkpoint architecture unknown",
+        lambda d, data: _cli(data, checkpoint=odd_keys(d)),
+        needles=("odd.pt", "--arch"),
+    )
+    cli(
+        "checkpoint of another architecture",
+        lambda d, data: _cli(data, "--arch", "RN50@RBT3-chinese"),
+        needles=("fixture-tiny.pt", "does not fit architecture"),
+    )
     cli("checkpoint with NaN weights", lambda d, data: _cli(data, checkpoint=nan(d)), needles=("nan.pt", "NaN"))
     cli("checkpoint with int8 weights", lambda d, data: _cli(data, checkpoint=int8(d)), needles=("int8.pt", "int8"))
-    cli("checkpoint missing a key", lambda d, data: _cli(data, checkpoint=missing_key(d)), needles=("missing.pt", "ln_post"))
+    cli(
+        "checkpoint missing a key",
+        lambda d, data: _cli(data, checkpoint=missing_key(d)),
+        needles=("missing.pt", "ln_post"),
+    )
 
     # retrieval data
     def damage_lmdb(how):
@@ -318,6 +407,7 @@ def faults(base: Base) -> List[Fault]:
             elif how == "remove":
                 shutil.rmtree(path.parent.parent)
             return _cli(data)
+
         return fn
 
     cli("LMDB data.mdb truncated", damage_lmdb("truncate"), needles=("data.mdb", "Shapes-CN"))
@@ -331,11 +421,15 @@ def faults(base: Base) -> List[Fault]:
             k = key or _first_key(path)
             _edit_lmdb(path, lambda txn: txn.put(k, value))
             return _cli(data)
+
         return fn
 
-    cli("LMDB value not base64", lmdb_value("不是base64".encode("utf-8")), needles=("base64",))
-    cli("LMDB value not an image", lmdb_value(base64.urlsafe_b64encode(b"just some bytes, not a PNG")),
-        needles=("cannot be decoded as an image",))
+    cli("LMDB value not base64", lmdb_value("不是base64".encode()), needles=("base64",))
+    cli(
+        "LMDB value not an image",
+        lmdb_value(base64.urlsafe_b64encode(b"just some bytes, not a PNG")),
+        needles=("cannot be decoded as an image",),
+    )
     cli("LMDB num_images wrong", lmdb_value(b"7", key=b"num_images"), needles=("num_images",))
     cli("LMDB non-decimal key", lmdb_value(base64.urlsafe_b64encode(b"x"), key=b"img-1"), needles=("img-1",))
 
@@ -343,16 +437,32 @@ def faults(base: Base) -> List[Fault]:
         def fn(d, data):
             _rewrite_first_text(data, edit)
             return _cli(data)
+
         return fn
 
     cli("jsonl missing", lambda d, data: (_texts(data).unlink(), _cli(data))[1], needles=("test_texts.jsonl missing",))
-    cli("jsonl line not JSON", texts(lambda r: '{"text_id": 1, "text": "x", '), needles=("test_texts.jsonl:1", "invalid JSON"))
+    cli(
+        "jsonl line not JSON",
+        texts(lambda r: '{"text_id": 1, "text": "x", '),
+        needles=("test_texts.jsonl:1", "invalid JSON"),
+    )
     cli("jsonl field missing", texts(lambda r: r.pop("image_ids")), needles=("test_texts.jsonl:1", "image_ids"))
-    cli("jsonl text_id not an integer", texts(lambda r: r.update(text_id="seven")), needles=("test_texts.jsonl:1", "text_id"))
+    cli(
+        "jsonl text_id not an integer",
+        texts(lambda r: r.update(text_id="seven")),
+        needles=("test_texts.jsonl:1", "text_id"),
+    )
     cli("jsonl unknown image id", texts(lambda r: r.update(image_ids=[987654321])), needles=("987654321",))
-    cli("jsonl not UTF-8", lambda d, data: (_texts(data).write_bytes(b'{"text_id": 1, "text": "\xff\xfe"}\n'), _cli(data))[1],
-        needles=("test_texts.jsonl:1", "UTF-8"))
-    cli("jsonl empty", lambda d, data: (_texts(data).write_text(""), _cli(data))[1], needles=("test_texts.jsonl", "empty"))
+    cli(
+        "jsonl not UTF-8",
+        lambda d, data: (_texts(data).write_bytes(b'{"text_id": 1, "text": "\xff\xfe"}\n'), _cli(data))[1],
+        needles=("test_texts.jsonl:1", "UTF-8"),
+    )
+    cli(
+        "jsonl empty",
+        lambda d, data: (_texts(data).write_text(""), _cli(data))[1],
+        needles=("test_texts.jsonl", "empty"),
+    )
 
     def dup_text_id(d, data):
         lines = _texts(data).read_text(encoding="utf-8").splitlines()
@@ -369,6 +479,7 @@ def faults(base: Base) -> List[Fault]:
         def fn(d, data):
             edit(_cls(data))
             return _cli(data, dataset="fixture-shapes-cls")
+
         return fn
 
     def drop_label(cls: Path):
@@ -386,10 +497,15 @@ def faults(base: Base) -> List[Fault]:
 
     cli("label file one line short", zs(drop_label), needles=("label_cn.txt", "class folders"))
     cli("label file missing", zs(lambda cls: (cls / "label_cn.txt").unlink()), needles=("label_cn.txt",))
-    cli("label file not UTF-8", zs(lambda cls: (cls / "label_cn.txt").write_bytes(b"\xff\xfe\x00bad\n")),
-        needles=("label_cn.txt", "UTF-8"))
+    cli(
+        "label file not UTF-8",
+        zs(lambda cls: (cls / "label_cn.txt").write_bytes(b"\xff\xfe\x00bad\n")),
+        needles=("label_cn.txt", "UTF-8"),
+    )
     cli("class folder empty", zs(empty_class), needles=("test",))
-    cli("class image corrupt", zs(corrupt_image), needles=("cannot read image", "circle_000."))  # the first file, PNG or JPEG
+    cli(
+        "class image corrupt", zs(corrupt_image), needles=("cannot read image", "circle_000.")
+    )  # the first file, PNG or JPEG
     cli("split folder missing", zs(lambda cls: shutil.rmtree(cls / "test")), needles=("test/<class folders> missing",))
 
     # ELEVATER data (Chinese-CLIP's zero-shot layout)
@@ -397,6 +513,7 @@ def faults(base: Base) -> List[Fault]:
         def fn(d, data):
             edit(_elevater(data))
             return _cli(data, *(a(d) if callable(a) else a for a in args), dataset="kitti-distance")
+
         return fn
 
     def padded_ids(root: Path):  # 000..003 where at most 10 classes take 0..3
@@ -410,16 +527,39 @@ def faults(base: Base) -> List[Fault]:
     def el_index(text: str):
         return lambda root: (root / "index.json").write_text(text)
 
-    cli("ELEVATER label file one line short", el(drop_label), needles=("label_cn.txt", "4 class folders", "names 3 classes"))
-    cli("ELEVATER class folders not the ids", el(padded_ids), needles=("kitti-distance/test", "0 to 3", "unexpected ['000'"))
+    cli(
+        "ELEVATER label file one line short",
+        el(drop_label),
+        needles=("label_cn.txt", "4 class folders", "names 3 classes"),
+    )
+    cli(
+        "ELEVATER class folders not the ids",
+        el(padded_ids),
+        needles=("kitti-distance/test", "0 to 3", "unexpected ['000'"),
+    )
     cli("ELEVATER class folder empty", el(el_empty_class), needles=("kitti-distance/test/2", "no image files"))
-    cli("ELEVATER dataset without a card", lambda d, data: _cli(data, dataset="food-101"), needles=("food-101", "known datasets"))
-    cli("ELEVATER dataset missing, no --download", el(lambda root: shutil.rmtree(root)),
-        needles=("KITTI-distance not found", "ELEVATER_all.zip", "--download", "kitti-distance.zip"))
-    cli("ELEVATER index.json not a list", el(el_index('{"order": [1, 0]}'), "--dump-predictions", lambda d: str(d / "out")),
-        needles=("index.json", "JSON list"), must_not_exist=("out",))
-    cli("ELEVATER index.json out of range", el(el_index("[0, 1, 9999]"), "--dump-predictions", lambda d: str(d / "out")),
-        codes=(1,), needles=("index.json", "9999", "the metrics above were computed"))
+    cli(
+        "ELEVATER dataset without a card",
+        lambda d, data: _cli(data, dataset="food-101"),
+        needles=("food-101", "known datasets"),
+    )
+    cli(
+        "ELEVATER dataset missing, no --download",
+        el(lambda root: shutil.rmtree(root)),
+        needles=("KITTI-distance not found", "ELEVATER_all.zip", "--download", "kitti-distance.zip"),
+    )
+    cli(
+        "ELEVATER index.json not a list",
+        el(el_index('{"order": [1, 0]}'), "--dump-predictions", lambda d: str(d / "out")),
+        needles=("index.json", "JSON list"),
+        must_not_exist=("out",),
+    )
+    cli(
+        "ELEVATER index.json out of range",
+        el(el_index("[0, 1, 9999]"), "--dump-predictions", lambda d: str(d / "out")),
+        codes=(1,),
+        needles=("index.json", "9999", "the metrics above were computed"),
+    )
 
     # a late failure must not lose the metrics
     def unwritable_predictions(d, data):
@@ -428,8 +568,12 @@ def faults(base: Base) -> List[Fault]:
         (out_dir / "test_predictions.jsonl").mkdir()  # a folder where a prediction file must go
         return _cli(data, "--dump-predictions", str(out_dir), "--json")
 
-    cli("predictions cannot be written", unwritable_predictions, codes=(1,), needles=('"t2i_r1"', "the metrics above were computed"))
-
+    cli(
+        "predictions cannot be written",
+        unwritable_predictions,
+        codes=(1,),
+        needles=('"t2i_r1"', "the metrics above were computed"),
+    )
 
     # ---- round three: outputs probed before the work, named by what the user set --------------
     def read_only_dir(d: Path) -> Path:
@@ -442,31 +586,69 @@ def faults(base: Base) -> List[Fault]:
         def build(d: Path):
             data = base.data_copy(d)
             return args_fn(d, data), {}
+
         out.append(F(name, "cli", build, (2,), needles, (), read_only=True))
 
-    def export_args(out_path: str) -> List[str]:
+    def export_args(out_path: str) -> list[str]:
         return ["-m", "qaclip_harness", "export-onnx", "--checkpoint", str(CHECKPOINT), "--out", out_path]
 
     cli("export-onnx --out is a file", lambda d, data: export_args(str(a_file(d))), needles=("--out", "is a file"))
-    ro_cli("export-onnx --out read-only", lambda d, data: export_args(str(read_only_dir(d) / "onnx")),
-           needles=("--out", "Permission denied"))
+    ro_cli(
+        "export-onnx --out read-only",
+        lambda d, data: export_args(str(read_only_dir(d) / "onnx")),
+        needles=("--out", "Permission denied"),
+    )
 
-    def calibrate_args(d: Path, out_path: str, *extra: str) -> List[str]:
-        return ["-m", "qaclip_harness", "calibrate", "--out", out_path, "--expected-dir", str(REPO / "expected"),
-                "--case", "muge-qa-clip-rn50", "--data-root", str(d / "no-data"), "--checkpoint-dir", str(d / "no-ckpt"),
-                "--device", "cpu", *extra]
+    def calibrate_args(d: Path, out_path: str, *extra: str) -> list[str]:
+        return [
+            "-m",
+            "qaclip_harness",
+            "calibrate",
+            "--out",
+            out_path,
+            "--expected-dir",
+            str(REPO / "expected"),
+            "--case",
+            "muge-qa-clip-rn50",
+            "--data-root",
+            str(d / "no-data"),
+            "--checkpoint-dir",
+            str(d / "no-ckpt"),
+            "--device",
+            "cpu",
+            *extra,
+        ]
 
     cli("calibrate --out is a folder", lambda d, data: calibrate_args(d, str(d)), needles=("--out", "is a folder"))
-    ro_cli("calibrate --out read-only", lambda d, data: calibrate_args(d, str(read_only_dir(d) / "c.yaml")),
-           needles=("--out", "not writable", "Permission denied"))
-    cli("calibrate, every case skipped", lambda d, data: calibrate_args(d, str(d / "cal.yaml")), codes=(1,),
-        needles=("were skipped", "nothing was calibrated", "--allow-empty"), must_not_exist=("cal.yaml",))
-    ro_cli("--lock-file read-only", lambda d, data: _cli(data, "--lock-file", str(read_only_dir(d) / "lock.json")),
-           needles=("--lock-file", "not writable", "Permission denied"))
-    cli("QACLIP_LOCK_FILE under a file", lambda d, data: _cli(data), needles=("QACLIP_LOCK_FILE", "is a file"),
-        env={"QACLIP_LOCK_FILE": "__FILE__/lock.json"})
-    cli("QACLIP_CACHE a file, --backend onnx", lambda d, data: _cli(data, "--backend", "onnx"),
-        needles=("QACLIP_CACHE", "is a file"), env={"QACLIP_CACHE": "__FILE__"})
+    ro_cli(
+        "calibrate --out read-only",
+        lambda d, data: calibrate_args(d, str(read_only_dir(d) / "c.yaml")),
+        needles=("--out", "not writable", "Permission denied"),
+    )
+    cli(
+        "calibrate, every case skipped",
+        lambda d, data: calibrate_args(d, str(d / "cal.yaml")),
+        codes=(1,),
+        needles=("were skipped", "nothing was calibrated", "--allow-empty"),
+        must_not_exist=("cal.yaml",),
+    )
+    ro_cli(
+        "--lock-file read-only",
+        lambda d, data: _cli(data, "--lock-file", str(read_only_dir(d) / "lock.json")),
+        needles=("--lock-file", "not writable", "Permission denied"),
+    )
+    cli(
+        "QACLIP_LOCK_FILE under a file",
+        lambda d, data: _cli(data),
+        needles=("QACLIP_LOCK_FILE", "is a file"),
+        env={"QACLIP_LOCK_FILE": "__FILE__/lock.json"},
+    )
+    cli(
+        "QACLIP_CACHE a file, --backend onnx",
+        lambda d, data: _cli(data, "--backend", "onnx"),
+        needles=("QACLIP_CACHE", "is a file"),
+        env={"QACLIP_CACHE": "__FILE__"},
+    )
 
     # ---- transformers-format folders ------------------------------------------------------------
     def hf(edit):
@@ -475,9 +657,25 @@ def faults(base: Base) -> List[Fault]:
             folder = d / "ckpts" / source.name
             shutil.copytree(source, folder)
             edit(folder)
-            return ["-m", "qaclip_harness", "eval", "--model", HF_MODEL, "--checkpoint-dir", str(d / "ckpts"),
-                    "--dataset", "fixture-shapes", "--data-root", str(data), "--quiet", "--device", "cpu",
-                    "--num-workers", "0"]
+            return [
+                "-m",
+                "qaclip_harness",
+                "eval",
+                "--model",
+                HF_MODEL,
+                "--checkpoint-dir",
+                str(d / "ckpts"),
+                "--dataset",
+                "fixture-shapes",
+                "--data-root",
+                str(data),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+            ]
+
         return fn
 
     def wider_text(folder: Path):
@@ -508,12 +706,23 @@ def faults(base: Base) -> List[Fault]:
         torch.save({**weights, "x": Evil()}, folder / "pytorch_model.bin")
 
     cli("hf folder: config.json hidden_size wrong", hf(wider_text), needles=("model.safetensors", "config.json"))
-    cli("hf folder: model.safetensors truncated", hf(cut_weights), needles=("model.safetensors", "not a readable safetensors"))
-    cli("hf folder: model.safetensors garbage", hf(lambda f: (f / "model.safetensors").write_bytes(os.urandom(5000))),
-        needles=("model.safetensors", "not a readable safetensors"))
+    cli(
+        "hf folder: model.safetensors truncated",
+        hf(cut_weights),
+        needles=("model.safetensors", "not a readable safetensors"),
+    )
+    cli(
+        "hf folder: model.safetensors garbage",
+        hf(lambda f: (f / "model.safetensors").write_bytes(os.urandom(5000))),
+        needles=("model.safetensors", "not a readable safetensors"),
+    )
     cli("hf folder: all-NaN weights", hf(nan_weights), needles=("model.safetensors", "NaN"))
-    cli("hf folder: pytorch_model.bin with pickled code", hf(pickled_code), needles=("pytorch_model.bin", "refused"),
-        must_not_exist=("PWNED",))
+    cli(
+        "hf folder: pytorch_model.bin with pickled code",
+        hf(pickled_code),
+        needles=("pytorch_model.bin", "refused"),
+        must_not_exist=("PWNED",),
+    )
 
     # ---- silent wrong results, text --------------------------------------------------------------
     def loop_link(d, data):
@@ -521,15 +730,36 @@ def faults(base: Base) -> List[Fault]:
         (root / "test" / "0" / "loop").symlink_to(".", target_is_directory=True)
         return _cli(data, "--json", dataset="kitti-distance")
 
-    cli("ELEVATER class folder with a link loop", loop_link, codes=(0,),
-        needles=("directory link(s) not followed", "kitti-distance/test/0/loop", f'"num_images": {_elevater_images(base.data)}'))
-    cli("jsonl caption with a lone surrogate", texts(lambda r: json.dumps(dict(r, text="a\ud800b"))),
-        needles=("test_texts.jsonl:1", "lone surrogate"))
+    cli(
+        "ELEVATER class folder with a link loop",
+        loop_link,
+        codes=(0,),
+        needles=(
+            "directory link(s) not followed",
+            "kitti-distance/test/0/loop",
+            f'"num_images": {_elevater_images(base.data)}',
+        ),
+    )
+    cli(
+        "jsonl caption with a lone surrogate",
+        texts(lambda r: json.dumps(dict(r, text="a\ud800b"))),
+        needles=("test_texts.jsonl:1", "lone surrogate"),
+    )
 
     # ---- compare-reports --------------------------------------------------------------------------
-    good = {"meta": {"precision": "fp32"}, "environment": {"torch": "x"},
-            "results": [{"dataset": "muge", "model": "m", "status": "passed", "measured": {"t2i_r1": 1.0},
-                         "provenance": {"build": "a"}}]}
+    good = {
+        "meta": {"precision": "fp32"},
+        "environment": {"torch": "x"},
+        "results": [
+            {
+                "dataset": "muge",
+                "model": "m",
+                "status": "passed",
+                "measured": {"t2i_r1": 1.0},
+                "provenance": {"build": "a"},
+            }
+        ],
+    }
 
     def report_pair(edit, *extra):
         def fn(d, data):
@@ -540,6 +770,7 @@ def faults(base: Base) -> List[Fault]:
             edit(doc)
             (d / "b.json").write_text(json.dumps(doc), encoding="utf-8")
             return ["-m", "qaclip_harness", "compare-reports", str(d / "a.json"), str(d / "b.json"), *extra]
+
         return fn
 
     for name, edit, key in [
@@ -552,23 +783,45 @@ def faults(base: Base) -> List[Fault]:
         ("provenance a string", lambda doc: doc["results"][0].update(provenance="a"), "results[0].provenance"),
     ]:
         cli(f"compare-reports: {name}", report_pair(edit), needles=("b.json", key))
-    cli("compare-reports --json: measured a list", report_pair(lambda doc: doc["results"][0].update(measured=[1.0]), "--json"),
-        needles=("b.json", "results[0].measured"))
+    cli(
+        "compare-reports --json: measured a list",
+        report_pair(lambda doc: doc["results"][0].update(measured=[1.0]), "--json"),
+        needles=("b.json", "results[0].measured"),
+    )
 
     # the suite
     def suite(name, build, codes, needles=(), must_not_exist=(), read_only=False):
         out.append(F(name, "suite", build, codes, needles, must_not_exist, read_only))
 
-    suite("suite --batch-size 0", lambda d: (_suite("--collect-only", "--batch-size", "0"), {}), (4,), ("--batch-size",))
+    suite(
+        "suite --batch-size 0", lambda d: (_suite("--collect-only", "--batch-size", "0"), {}), (4,), ("--batch-size",)
+    )
     suite("suite --device cuda:7", lambda d: (_suite("--collect-only", "--device", "cuda:7"), {}), (4,), ("cuda:7",))
     suite("suite --precision fp8", lambda d: (_suite("--collect-only", "--precision", "fp8"), {}), (4,), ("fp8",))
-    suite("suite --checkpoint-dir is a file", lambda d: (_suite("--collect-only", "--checkpoint-dir", str(a_file(d))), {}),
-          (4,), ("--checkpoint-dir",))
-    suite("suite --data-root is a file", lambda d: (_suite("--collect-only", "--data-root", str(a_file(d))), {}),
-          (4,), ("--data-root",))
-    suite("suite --report is a file", lambda d: (_suite("--collect-only", "--report", str(a_file(d))), {}), (4,), ("--report",))
-    suite("QACLIP_EXPECTED_DIR missing", lambda d: (_suite("--collect-only"), {"QACLIP_EXPECTED_DIR": str(d / "nope")}),
-          (4,), ("QACLIP_EXPECTED_DIR",))
+    suite(
+        "suite --checkpoint-dir is a file",
+        lambda d: (_suite("--collect-only", "--checkpoint-dir", str(a_file(d))), {}),
+        (4,),
+        ("--checkpoint-dir",),
+    )
+    suite(
+        "suite --data-root is a file",
+        lambda d: (_suite("--collect-only", "--data-root", str(a_file(d))), {}),
+        (4,),
+        ("--data-root",),
+    )
+    suite(
+        "suite --report is a file",
+        lambda d: (_suite("--collect-only", "--report", str(a_file(d))), {}),
+        (4,),
+        ("--report",),
+    )
+    suite(
+        "QACLIP_EXPECTED_DIR missing",
+        lambda d: (_suite("--collect-only"), {"QACLIP_EXPECTED_DIR": str(d / "nope")}),
+        (4,),
+        ("QACLIP_EXPECTED_DIR",),
+    )
 
     def expected_text(text: str):
         def build(d: Path):
@@ -576,19 +829,32 @@ def faults(base: Base) -> List[Fault]:
             folder.mkdir()
             (folder / "bad.yaml").write_text(text, encoding="utf-8")
             return _suite("--collect-only"), {"QACLIP_EXPECTED_DIR": str(folder)}
+
         return build
 
     suite("expected file empty", expected_text(""), (4,), ("bad.yaml", "empty"))
     suite("expected file not YAML", expected_text("models: [unclosed"), (4,), ("bad.yaml", "not valid YAML"))
-    suite("expected tolerance abs: lots", expected_text(
-        "dataset: muge\nkind: retrieval\nsplit: valid\nsources: {a: b}\ntolerance: {fp32: {t2i: {abs: lots, why: w}}}\n"
-        "models: {qa-clip-rn50: {gate: a, a: {t2i_r1: 1}}}\n"), (4,), ("bad.yaml", "tolerance.fp32.t2i.abs"))
+    suite(
+        "expected tolerance abs: lots",
+        expected_text(
+            "dataset: muge\nkind: retrieval\nsplit: valid\nsources: {a: b}\ntolerance: {fp32: {t2i: {abs: lots, why: w}}}\n"
+            "models: {qa-clip-rn50: {gate: a, a: {t2i_r1: 1}}}\n"
+        ),
+        (4,),
+        ("bad.yaml", "tolerance.fp32.t2i.abs"),
+    )
 
     def offline_fixture(d: Path):
-        return (_suite("-k", "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny", "--report", str(d / "report")),
-                {"QACLIP_CACHE": str(d / "cache")})
+        return (
+            _suite(
+                "-k", "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny", "--report", str(d / "report")
+            ),
+            {"QACLIP_CACHE": str(d / "cache")},
+        )
 
-    suite("HF_HUB_OFFLINE=1 still runs the fixture", offline_fixture, (0,), ("4 passed",))  # ViT and ResNet, two cases each
+    suite(
+        "HF_HUB_OFFLINE=1 still runs the fixture", offline_fixture, (0,), ("4 passed",)
+    )  # ViT and ResNet, two cases each
 
     def suite_lmdb_truncated(d: Path):
         data = base.data_copy(d)
@@ -598,8 +864,17 @@ def faults(base: Base) -> List[Fault]:
         with open(mdb, "r+b") as f:
             f.truncate(mdb.stat().st_size // 2)
         exp = _expected_for(d, "flickr30k-cn", "retrieval", "test", {"t2i_r1": 90.0})
-        return (_suite("-k", "flickr30k-cn-fixture-tiny", "--data-root", str(data), "--report", str(d / "report"),
-                       ), {"QACLIP_EXPECTED_DIR": str(exp)})
+        return (
+            _suite(
+                "-k",
+                "flickr30k-cn-fixture-tiny",
+                "--data-root",
+                str(data),
+                "--report",
+                str(d / "report"),
+            ),
+            {"QACLIP_EXPECTED_DIR": str(exp)},
+        )
 
     suite("suite case on a truncated LMDB", suite_lmdb_truncated, (1,), ("data.mdb", "1 failed"))
 
@@ -607,11 +882,17 @@ def faults(base: Base) -> List[Fault]:
         data = base.data_copy(d)
         drop_label(_elevater(data))
         exp = _expected_for(d, "kitti-distance", "zeroshot", "test", {"top1": 50.0})
-        return (_suite("-k", "kitti-distance-fixture-tiny", "--data-root", str(data), "--report", str(d / "report")),
-                {"QACLIP_EXPECTED_DIR": str(exp)})
+        return (
+            _suite("-k", "kitti-distance-fixture-tiny", "--data-root", str(data), "--report", str(d / "report")),
+            {"QACLIP_EXPECTED_DIR": str(exp)},
+        )
 
-    suite("suite ELEVATER case, label file short", suite_elevater_label_short, (1,),
-          ("kitti-distance/test", "label_cn.txt", "1 failed"))
+    suite(
+        "suite ELEVATER case, label file short",
+        suite_elevater_label_short,
+        (1,),
+        ("kitti-distance/test", "label_cn.txt", "1 failed"),
+    )
 
     # ---- round three: the suite's outputs, probed at configure time ------------------------------
     def report_json_folder(d: Path):
@@ -619,18 +900,44 @@ def faults(base: Base) -> List[Fault]:
         return _suite("--collect-only", "--report", str(d / "r")), {}
 
     suite("suite --report/report.json is a folder", report_json_folder, (4,), ("--report", "report.json is a folder"))
-    suite("suite --golden-dir is a file, --golden-save", lambda d: (_suite("--collect-only", "--golden-dir", str(a_file(d)),
-          "--golden-save"), {}), (4,), ("--golden-dir", "is a file"))
-    suite("suite QACLIP_GOLDEN_DIR is a file", lambda d: (_suite("--collect-only"), {"QACLIP_GOLDEN_DIR": str(a_file(d))}),
-          (4,), ("QACLIP_GOLDEN_DIR", "is a file"))
-    suite("suite --golden-save into a read-only folder", lambda d: (_suite("--collect-only", "--golden-save", "--golden-dir",
-          str(read_only_dir(d) / "goldens")), {}), (4,), ("--golden-dir", "Permission denied"), read_only=True)
-    suite("suite QACLIP_CACHE a file, --backend onnx", lambda d: (_suite("--collect-only", "--backend", "onnx"),
-          {"QACLIP_CACHE": str(a_file(d))}), (4,), ("QACLIP_CACHE", "is a file"))
-    suite("suite --lock-file in a read-only folder", lambda d: (_suite("--collect-only", "--lock-file",
-          str(read_only_dir(d) / "lock.json")), {}), (4,), ("--lock-file", "not writable", "Permission denied"), read_only=True)
-    suite("suite QACLIP_DEVICE=cuda:7", lambda d: (_suite("--collect-only"), {"QACLIP_DEVICE": "cuda:7"}), (4,),
-          ("QACLIP_DEVICE 'cuda:7'",))
+    suite(
+        "suite --golden-dir is a file, --golden-save",
+        lambda d: (_suite("--collect-only", "--golden-dir", str(a_file(d)), "--golden-save"), {}),
+        (4,),
+        ("--golden-dir", "is a file"),
+    )
+    suite(
+        "suite QACLIP_GOLDEN_DIR is a file",
+        lambda d: (_suite("--collect-only"), {"QACLIP_GOLDEN_DIR": str(a_file(d))}),
+        (4,),
+        ("QACLIP_GOLDEN_DIR", "is a file"),
+    )
+    suite(
+        "suite --golden-save into a read-only folder",
+        lambda d: (_suite("--collect-only", "--golden-save", "--golden-dir", str(read_only_dir(d) / "goldens")), {}),
+        (4,),
+        ("--golden-dir", "Permission denied"),
+        read_only=True,
+    )
+    suite(
+        "suite QACLIP_CACHE a file, --backend onnx",
+        lambda d: (_suite("--collect-only", "--backend", "onnx"), {"QACLIP_CACHE": str(a_file(d))}),
+        (4,),
+        ("QACLIP_CACHE", "is a file"),
+    )
+    suite(
+        "suite --lock-file in a read-only folder",
+        lambda d: (_suite("--collect-only", "--lock-file", str(read_only_dir(d) / "lock.json")), {}),
+        (4,),
+        ("--lock-file", "not writable", "Permission denied"),
+        read_only=True,
+    )
+    suite(
+        "suite QACLIP_DEVICE=cuda:7",
+        lambda d: (_suite("--collect-only"), {"QACLIP_DEVICE": "cuda:7"}),
+        (4,),
+        ("QACLIP_DEVICE 'cuda:7'",),
+    )
 
     def golden_store(edit):
         def build(d: Path):
@@ -638,14 +945,36 @@ def faults(base: Base) -> List[Fault]:
             store.mkdir()
             (store / "fixture-tiny-fp32-cpu.pt").write_bytes(b"features recorded earlier")
             edit(store)
-            return (_suite("-k", "golden-fixture-tiny and not hf and not fixture-tiny-rn", "--golden-dir", str(store), "--device", "cpu"), {})
+            return (
+                _suite(
+                    "-k",
+                    "golden-fixture-tiny and not hf and not fixture-tiny-rn",
+                    "--golden-dir",
+                    str(store),
+                    "--device",
+                    "cpu",
+                ),
+                {},
+            )
+
         return build
 
-    suite("suite golden store without its manifest", golden_store(lambda store: None), (1,),
-          ("manifest.json is missing", "1 failed"))
-    suite("suite golden manifest entry is a list", golden_store(lambda store: (store / "manifest.json").write_text(
-          json.dumps({"format": 1, "goldens": {"fixture-tiny-fp32-cpu.pt": [1, 2]}}), encoding="utf-8")), (1,),
-          ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"))
+    suite(
+        "suite golden store without its manifest",
+        golden_store(lambda store: None),
+        (1,),
+        ("manifest.json is missing", "1 failed"),
+    )
+    suite(
+        "suite golden manifest entry is a list",
+        golden_store(
+            lambda store: (store / "manifest.json").write_text(
+                json.dumps({"format": 1, "goldens": {"fixture-tiny-fp32-cpu.pt": [1, 2]}}), encoding="utf-8"
+            )
+        ),
+        (1,),
+        ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"),
+    )
     return out
 
 
@@ -653,13 +982,13 @@ def faults(base: Base) -> List[Fault]:
 # running
 
 
-def _leftovers(d: Path, fault: Fault) -> List[str]:
+def _leftovers(d: Path, fault: Fault) -> list[str]:
     found = {str(p.relative_to(d)) for pattern in LEFTOVER_PATTERNS for p in d.rglob(pattern)}
     found |= {rel for rel in fault.must_not_exist if (d / rel).exists() or (REPO / rel).exists()}
     return sorted(found)
 
 
-def _forked_child(argv: List[str], cwd: Path, env: Dict[str, str], out: Path) -> None:
+def _forked_child(argv: list[str], cwd: Path, env: dict[str, str], out: Path) -> None:
     """In a forked child: ``python -m <module> <args>`` emulated, output to ``out``; never returns."""
     import runpy
     import traceback
@@ -688,7 +1017,7 @@ def _forked_child(argv: List[str], cwd: Path, env: Dict[str, str], out: Path) ->
         os._exit(code)
 
 
-def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[str, str]]:
+def _prepare(fault: Fault, workdir: Path) -> tuple[Path, list[str], Path, dict[str, str]]:
     """Build the fault's inputs in a folder of their own; returns (folder, argv, cwd, env)."""
     d = workdir / "".join(c if c.isalnum() else "-" for c in fault.name).strip("-")
     d.mkdir(parents=True)
@@ -699,15 +1028,21 @@ def _prepare(fault: Fault, workdir: Path) -> Tuple[Path, List[str], Path, Dict[s
     if fault.read_only:
         d.chmod(0o777)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-                "OMP_NUM_THREADS": "1", "QACLIP_CACHE": str(d / "qaclip-cache")})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1",
+            "QACLIP_CACHE": str(d / "qaclip-cache"),
+        }
+    )
     env.update(extra)
     return d, argv, (d if fault.surface == "cli" else REPO), env
 
 
 # Popen objects stay referenced: one that is garbage-collected while its process runs is reaped by
 # subprocess's own clean-up, and the waitpid below would find no child.
-_CHILDREN: List[subprocess.Popen] = []
+_CHILDREN: list[subprocess.Popen] = []
 
 
 def _without_root_overrides() -> None:
@@ -742,7 +1077,7 @@ def _drop_root_overrides_now() -> None:
         raise OSError(ctypes.get_errno(), "capset failed")
 
 
-def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation: str, read_only: bool = False) -> int:
+def _start(argv: list[str], cwd: Path, env: dict[str, str], out: Path, isolation: str, read_only: bool = False) -> int:
     """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter.
 
     ``read_only``: the child runs without root's capabilities that override mode bits, so that a
@@ -757,28 +1092,41 @@ def _start(argv: List[str], cwd: Path, env: Dict[str, str], out: Path, isolation
             _forked_child(argv, cwd, env, out)
         return pid
     with open(out, "wb") as f:
-        child = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                 preexec_fn=_without_root_overrides if drop else None)
+        child = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=cwd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_without_root_overrides if drop else None,
+        )
     _CHILDREN.append(child)
     return child.pid
 
 
-def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: str = "fork",
-            timeout: float = 900.0) -> List[Outcome]:
+def run_all(
+    selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: str = "fork", timeout: float = 900.0
+) -> list[Outcome]:
     """Run the faults, ``jobs`` children at a time, from this (single) thread; outcomes in input order.
 
     Children are started from the main thread only: forking while other threads hold locks
     (an import in progress) could hang a child.
     """
-    outcomes: Dict[int, Outcome] = {}
+    outcomes: dict[int, Outcome] = {}
     pending = list(enumerate(selected))
-    running: Dict[int, tuple] = {}  # pid -> (index, fault, folder, output file, start)
+    running: dict[int, tuple] = {}  # pid -> (index, fault, folder, output file, start)
     while pending or running:
         while pending and len(running) < max(1, jobs):
             index, fault = pending.pop(0)
             d, argv, cwd, env = _prepare(fault, workdir)
             out = workdir / f"{d.name}.out"
-            running[_start(argv, cwd, env, out, isolation, fault.read_only)] = (index, fault, d, out, time.perf_counter())
+            running[_start(argv, cwd, env, out, isolation, fault.read_only)] = (
+                index,
+                fault,
+                d,
+                out,
+                time.perf_counter(),
+            )
         finished = []
         for pid, (index, fault, d, out, t0) in running.items():
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -788,9 +1136,15 @@ def run_all(selected: Sequence[Fault], workdir: Path, jobs: int = 2, isolation: 
             if done:
                 finished.append(pid)
                 text = out.read_text(encoding="utf-8", errors="replace")
-                outcomes[index] = Outcome(fault, os.waitstatus_to_exitcode(status), TRACEBACK in text,
-                                          [n for n in fault.needles if n not in text], _leftovers(d, fault),
-                                          time.perf_counter() - t0, text)
+                outcomes[index] = Outcome(
+                    fault,
+                    os.waitstatus_to_exitcode(status),
+                    TRACEBACK in text,
+                    [n for n in fault.needles if n not in text],
+                    _leftovers(d, fault),
+                    time.perf_counter() - t0,
+                    text,
+                )
         for pid in finished:
             del running[pid]
         if not finished:
@@ -805,9 +1159,13 @@ def main(argv: Sequence[str] = None) -> int:
     p.add_argument("--only", action="append", default=[], help="run the faults whose name contains this (repeatable)")
     p.add_argument("--keep", type=Path, help="build the faults here and keep them (default: a temporary folder)")
     p.add_argument("--verbose", action="store_true", help="print the output of faults not handled cleanly")
-    p.add_argument("--isolation", choices=["fork", "exec"], default="fork" if hasattr(os, "fork") else "exec",
-                   help="fork: children forked from this process, which has imported torch already (fast); "
-                        "exec: a fresh interpreter per fault")
+    p.add_argument(
+        "--isolation",
+        choices=["fork", "exec"],
+        default="fork" if hasattr(os, "fork") else "exec",
+        help="fork: children forked from this process, which has imported torch already (fast); "
+        "exec: a fresh interpreter per fault",
+    )
     args = p.parse_args(argv)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="qaclip-bad-inputs-"))
     try:
@@ -818,12 +1176,16 @@ def main(argv: Sequence[str] = None) -> int:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
     width = max(len(o.fault.name) for o in outcomes) + 2
-    print(f"{'input':<{width}}{'via':<7}{'exit':>5}  {'traceback':<10}{'left behind':<14}{'named':<7}{'clean':<6}{'s':>6}")
+    print(
+        f"{'input':<{width}}{'via':<7}{'exit':>5}  {'traceback':<10}{'left behind':<14}{'named':<7}{'clean':<6}{'s':>6}"
+    )
     for o in outcomes:
         left = ", ".join(o.leftovers) or "nothing"
         named = "yes" if not o.missing_needles else "no"
-        print(f"{o.fault.name:<{width}}{o.fault.surface:<7}{o.code:>5}  {'YES' if o.traceback else 'no':<10}"
-              f"{left[:13]:<14}{named:<7}{'yes' if o.clean else 'NO':<6}{o.seconds:>6.1f}")
+        print(
+            f"{o.fault.name:<{width}}{o.fault.surface:<7}{o.code:>5}  {'YES' if o.traceback else 'no':<10}"
+            f"{left[:13]:<14}{named:<7}{'yes' if o.clean else 'NO':<6}{o.seconds:>6.1f}"
+        )
         if not o.clean and args.verbose:
             print(f"    expected exit {o.fault.codes}; missing in output: {o.missing_needles}; left: {o.leftovers}")
             print("    " + "\n    ".join(o.output.strip().splitlines()[-12:]))

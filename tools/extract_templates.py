@@ -11,6 +11,7 @@ string gives the lambda's output for sample names. Two assets:
 
 Usage: python tools/extract_templates.py [--out PATH] [--out-zeroshot PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import ast
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, List
 
 SOURCE_SHA256 = "ae3324fae56ada29571f1aafb2b42179bc4c67729558b89afebe36df9d795629"
 # cn_clip/eval/zeroshot_evaluation.py of cn_clip 1.6.0: where the by-dataset selection is written
@@ -32,7 +32,7 @@ ATTRIBUTION = "Chinese-CLIP, Copyright (c) OFA-Sys (https://github.com/OFA-Sys/C
 SAMPLES = ["猫", "金毛寻回犬", "a{b}c", "{}", "x%sy"]
 
 
-def templates_sha256(templates: List[str]) -> str:
+def templates_sha256(templates: list[str]) -> str:
     """sha256 of the templates joined by newlines (the digest qaclip_harness/data/prompts.py pins)."""
     return hashlib.sha256("\n".join(templates).encode("utf-8")).hexdigest()
 
@@ -44,7 +44,7 @@ def _checked_source(path: Path, want: str) -> str:
     return digest
 
 
-def format_strings(lambdas: list, variable: str) -> List[str]:
+def format_strings(lambdas: list, variable: str) -> list[str]:
     """Each prompt lambda as a ``str.format`` string, checked against the lambda on sample names."""
     templates = [fn("{}") for fn in lambdas]
     for fmt, fn in zip(templates, lambdas):
@@ -59,6 +59,7 @@ def format_strings(lambdas: list, variable: str) -> List[str]:
 def extract() -> dict:
     """The JSON document: provenance plus the format strings."""
     from importlib import metadata
+
     from cn_clip.eval import cvinw_zeroshot_templates as mod
 
     source = Path(mod.__file__)
@@ -83,21 +84,27 @@ def extract() -> dict:
     }
 
 
-def selection_rule(path: Path) -> Dict[str, str]:
+def selection_rule(path: Path) -> dict[str, str]:
     """``template_dict`` of the zero-shot script as data: dataset folder name -> list variable name.
 
     It is a dict literal inside the script's ``__main__`` block (never importable), so it is read
     from the syntax tree; every value must be a plain name of a template list.
     """
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = [node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
-             and any(isinstance(t, ast.Name) and t.id == "template_dict" for t in node.targets)]
+    found = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "template_dict" for t in node.targets)
+    ]
     if len(found) != 1 or not isinstance(found[0], ast.Dict):
         raise SystemExit(f"{path}: expected one dict literal assigned to template_dict, found {len(found)}")
     rule = {}
     for key, value in zip(found[0].keys, found[0].values):
         if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Name)):
-            raise SystemExit(f"{path}: template_dict entry at line {getattr(key, 'lineno', '?')} is not 'name': variable")
+            raise SystemExit(
+                f"{path}: template_dict entry at line {getattr(key, 'lineno', '?')} is not 'name': variable"
+            )
         rule[key.value] = value.id
     return rule
 
@@ -105,6 +112,7 @@ def selection_rule(path: Path) -> Dict[str, str]:
 def extract_zeroshot() -> dict:
     """The JSON document of the by-dataset lists and the rule that selects them."""
     from importlib import metadata
+
     from cn_clip.eval import cvinw_zeroshot_templates as mod
 
     src = _checked_source(Path(mod.__file__), SOURCE_SHA256)
@@ -120,16 +128,25 @@ def extract_zeroshot() -> dict:
         lists[variable] = format_strings(getattr(mod, variable), variable)
     return {
         "name": "Chinese-CLIP zero-shot prompt templates by dataset",
-        "description": ("Prompt lists Chinese-CLIP's zero-shot script chooses by the dataset's folder name "
-                        "(exact match); every other folder takes the default list, the 183 openai_templates "
-                        "kept in imagenet_templates_cn.json. '{}' is the class name."),
+        "description": (
+            "Prompt lists Chinese-CLIP's zero-shot script chooses by the dataset's folder name "
+            "(exact match); every other folder takes the default list, the 183 openai_templates "
+            "kept in imagenet_templates_cn.json. '{}' is the class name."
+        ),
         "source": {
             "package": "cn_clip",
             "version": metadata.version("cn_clip"),
-            "templates": {"path": "cn_clip/eval/cvinw_zeroshot_templates.py", "sha256": src,
-                          "url": URL + "cvinw_zeroshot_templates.py"},
-            "rule": {"path": "cn_clip/eval/zeroshot_evaluation.py", "variable": "template_dict", "sha256": rule_digest,
-                     "url": URL + "zeroshot_evaluation.py"},
+            "templates": {
+                "path": "cn_clip/eval/cvinw_zeroshot_templates.py",
+                "sha256": src,
+                "url": URL + "cvinw_zeroshot_templates.py",
+            },
+            "rule": {
+                "path": "cn_clip/eval/zeroshot_evaluation.py",
+                "variable": "template_dict",
+                "sha256": rule_digest,
+                "url": URL + "zeroshot_evaluation.py",
+            },
         },
         "license": "MIT",
         "attribution": ATTRIBUTION,

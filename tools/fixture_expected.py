@@ -44,6 +44,7 @@ Writes ``expected/fixture-shapes.yaml``, ``expected/fixture-shapes-cls.yaml``,
 and their ``MANIFEST.yaml`` with sha256s). ``--check`` recomputes everything except the
 reduced-precision drift and exits 1 on any difference (CI: a hand edit cannot pass).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,6 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -68,10 +68,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qaclip_harness.fixture import MODELS  # noqa: E402
 from qaclip_core.model.config import arch_config, reference_kwargs  # noqa: E402
-from qaclip_harness.gates.tolerances import parity_tolerance, reference_cpu_tolerance  # noqa: E402
-from qaclip_harness.probe import load_probe_set  # noqa: E402
+from qaclip_harness.fixture import MODELS  # noqa: E402
 from qaclip_harness.fixture.shapes import (
     RETRIEVAL_DIRNAME,
     ZEROSHOT_DIRNAME,
@@ -81,6 +79,8 @@ from qaclip_harness.fixture.shapes import (
     split_digest,
     write_shapes_dataset,
 )
+from qaclip_harness.gates.tolerances import parity_tolerance, reference_cpu_tolerance  # noqa: E402
+from qaclip_harness.probe import load_probe_set  # noqa: E402
 
 SOURCE_ID = "cn-clip-reference"
 SOURCE = "cn_clip 1.6.0 reference pipeline on the fixture checkpoints (tools/fixture_expected.py)"
@@ -91,7 +91,16 @@ FEATURES_DIRNAME = "reference-features"
 EXAMPLE_FILE = Path("example") / "fixture-example.yaml"
 EXAMPLE_IMAGE = "shapes-cn-red-circle.png"
 # the seed example's labels, then labels with Latin capitals (and an accent) that the fixture reads
-EXAMPLE_LABELS = ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘", "一个RED的圆形", "一个Blue的正方形", "两个GRËEN的三角形", "一个红色的圆形"]
+EXAMPLE_LABELS = [
+    "杰尼龟",
+    "妙蛙种子",
+    "小火龙",
+    "皮卡丘",
+    "一个RED的圆形",
+    "一个Blue的正方形",
+    "两个GRËEN的三角形",
+    "一个红色的圆形",
+]
 
 
 def sha256_file(path: Path) -> str:
@@ -110,7 +119,8 @@ def _stub_timm() -> None:
     import chain reaches ``from timm.data import create_transform``; nothing here calls it.
     """
     try:
-        import timm.data  # noqa: F401
+        import timm.data
+
         return
     except ImportError:
         pass
@@ -127,7 +137,7 @@ def _stub_timm() -> None:
     sys.modules.setdefault("timm.data", data)
 
 
-def load_reference_model(arch: str, checkpoint: Path) -> Tuple[torch.nn.Module, dict]:
+def load_reference_model(arch: str, checkpoint: Path) -> tuple[torch.nn.Module, dict]:
     """The reference model with the checkpoint loaded as cn_clip's eval scripts load it (fp32)."""
     from cn_clip.clip.model import CLIP, convert_weights
 
@@ -142,7 +152,7 @@ def load_reference_model(arch: str, checkpoint: Path) -> Tuple[torch.nn.Module, 
     ckpt = torch.load(checkpoint, map_location="cpu")
     sd = ckpt["state_dict"]
     if next(iter(sd.items()))[0].startswith("module"):
-        sd = {k[len("module."):]: v for k, v in sd.items() if "bert.pooler" not in k}
+        sd = {k[len("module.") :]: v for k, v in sd.items() if "bert.pooler" not in k}
     # The fixture stores each tensor in the dtype cn_clip's fp16 conversion gives it.
     odd = sorted(k for k, v in sd.items() if reference_dtypes.get(k) != v.dtype)
     if odd:
@@ -176,7 +186,7 @@ def cpu_only():
         torch.Tensor.cuda = saved
 
 
-def run_script(module: str, argv: List[str]) -> None:
+def run_script(module: str, argv: list[str]) -> None:
     """Run a cn_clip script module as ``python -m module argv...`` (quietly)."""
     saved = sys.argv
     sys.argv = [module] + argv
@@ -188,7 +198,7 @@ def run_script(module: str, argv: List[str]) -> None:
 
 
 @torch.no_grad()
-def extract_features(model, lmdb_imgs: Path, texts_jsonl: Path, resolution: int, work: Path) -> Tuple[Path, Path]:
+def extract_features(model, lmdb_imgs: Path, texts_jsonl: Path, resolution: int, work: Path) -> tuple[Path, Path]:
     """Image and text features as extract_features.py computes and stores them (JSON lines)."""
     from cn_clip.eval.data import EvalImgDataset, EvalTxtDataset
     from torch.utils.data import DataLoader
@@ -208,7 +218,7 @@ def extract_features(model, lmdb_imgs: Path, texts_jsonl: Path, resolution: int,
     return img_out, txt_out
 
 
-def read_features(path: Path, key: str) -> Tuple[List[int], torch.Tensor]:
+def read_features(path: Path, key: str) -> tuple[list[int], torch.Tensor]:
     """Ids and features [N, D] (float64) from an extract_features.py JSON-lines file."""
     ids, feats = [], []
     with open(path) as f:
@@ -219,15 +229,16 @@ def read_features(path: Path, key: str) -> Tuple[List[int], torch.Tensor]:
     return ids, torch.tensor(feats, dtype=torch.float64)
 
 
-def _ranking_margins(scores: torch.Tensor, row_names: List[str], positives: List[set], bound: float,
-                     direction: str) -> Tuple[float, Dict[str, List[str]]]:
+def _ranking_margins(
+    scores: torch.Tensor, row_names: list[str], positives: list[set], bound: float, direction: str
+) -> tuple[float, dict[str, list[str]]]:
     """Smallest decision margin, and the near-ties (margin < ``bound``) per recall metric, of one direction.
 
     A query's hit at k flips when its k-th best negative crosses its best positive, so the
     decision margin at k is |best positive - k-th best negative|.
     """
     smallest = float("inf")
-    near: Dict[str, List[str]] = {}
+    near: dict[str, list[str]] = {}
     for r, name in enumerate(row_names):
         row = scores[r]
         pos = torch.tensor(sorted(positives[r]), dtype=torch.long)
@@ -244,27 +255,35 @@ def _ranking_margins(scores: torch.Tensor, row_names: List[str], positives: List
     return smallest, near
 
 
-def retrieval_decisions(img_feats: Path, txt_feats: Path, texts_jsonl: Path, bound: float) -> Tuple[Dict[str, float], Dict[str, List[str]]]:
+def retrieval_decisions(
+    img_feats: Path, txt_feats: Path, texts_jsonl: Path, bound: float
+) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Smallest decision margins both ways and the near-tie queries per metric (names: ``text <id>``, ``image <id>``)."""
     img_ids, img = read_features(img_feats, "image_id")
     txt_ids, txt = read_features(txt_feats, "text_id")
-    gt: Dict[int, set] = {}
+    gt: dict[int, set] = {}
     with open(texts_jsonl, encoding="utf-8") as f:
         for line in f:
             o = json.loads(line)
             gt[o["text_id"]] = set(o["image_ids"])
     col_img = {i: c for c, i in enumerate(img_ids)}
     col_txt = {t: c for c, t in enumerate(txt_ids)}
-    inverse: Dict[int, set] = {}
+    inverse: dict[int, set] = {}
     for t, ims in gt.items():
         for i in ims:
             inverse.setdefault(i, set()).add(t)
     scores = txt @ img.t()
-    t2i, near = _ranking_margins(scores, [f"text {t}" for t in txt_ids], [{col_img[i] for i in gt[t]} for t in txt_ids],
-                                 bound, "t2i")
+    t2i, near = _ranking_margins(
+        scores, [f"text {t}" for t in txt_ids], [{col_img[i] for i in gt[t]} for t in txt_ids], bound, "t2i"
+    )
     described = [c for c, i in enumerate(img_ids) if i in inverse]  # images without a caption are no i2t query
-    i2t, near_i = _ranking_margins(scores.t()[described], [f"image {img_ids[c]}" for c in described],
-                                   [{col_txt[t] for t in inverse[img_ids[c]]} for c in described], bound, "i2t")
+    i2t, near_i = _ranking_margins(
+        scores.t()[described],
+        [f"image {img_ids[c]}" for c in described],
+        [{col_txt[t] for t in inverse[img_ids[c]]} for c in described],
+        bound,
+        "i2t",
+    )
     near.update(near_i)
     return {"t2i": t2i, "i2t": i2t}, near
 
@@ -278,7 +297,16 @@ def retrieval_metrics(model, root: Path, resolution: int, work: Path, bound: flo
     texts_jsonl.write_bytes((folder / "test_texts.jsonl").read_bytes())
     img_feats, txt_feats = extract_features(model, folder / "lmdb" / "test" / "imgs", texts_jsonl, resolution, work)
     t2i_pred, i2t_pred = work / "test_predictions.jsonl", work / "test_tr_predictions.jsonl"
-    common = ["--image-feats", str(img_feats), "--text-feats", str(txt_feats), "--top-k", "10", "--eval-batch-size", "32768"]
+    common = [
+        "--image-feats",
+        str(img_feats),
+        "--text-feats",
+        str(txt_feats),
+        "--top-k",
+        "10",
+        "--eval-batch-size",
+        "32768",
+    ]
     run_script("cn_clip.eval.make_topk_predictions", common + ["--output", str(t2i_pred)])
     run_script("cn_clip.eval.make_topk_predictions_tr", common + ["--output", str(i2t_pred)])
     run_script("cn_clip.eval.transform_ir_annotation_to_tr", ["--input", str(texts_jsonl)])
@@ -286,9 +314,14 @@ def retrieval_metrics(model, root: Path, resolution: int, work: Path, bound: flo
     t2i_mean, t2i_r1, t2i_r5, t2i_r10 = evaluation.compute_score(str(texts_jsonl), str(t2i_pred))
     i2t_mean, i2t_r1, i2t_r5, i2t_r10 = evaluation_tr.compute_score(str(tr_truth), str(i2t_pred))
     metrics = {
-        "t2i_r1": t2i_r1, "t2i_r5": t2i_r5, "t2i_r10": t2i_r10,
-        "i2t_r1": i2t_r1, "i2t_r5": i2t_r5, "i2t_r10": i2t_r10,
-        "t2i_mean_recall": t2i_mean, "i2t_mean_recall": i2t_mean,
+        "t2i_r1": t2i_r1,
+        "t2i_r5": t2i_r5,
+        "t2i_r10": t2i_r10,
+        "i2t_r1": i2t_r1,
+        "i2t_r5": i2t_r5,
+        "i2t_r10": i2t_r10,
+        "t2i_mean_recall": t2i_mean,
+        "i2t_mean_recall": i2t_mean,
         "mean_recall": (t2i_r1 + t2i_r5 + t2i_r10 + i2t_r1 + i2t_r5 + i2t_r10) / 6,
     }
     n_texts = sum(1 for _ in open(texts_jsonl, encoding="utf-8"))
@@ -306,10 +339,16 @@ def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
     from cn_clip.eval.zeroshot_evaluation import zero_shot_classifier
 
     folder = root / ZEROSHOT_DIRNAME
-    args = SimpleNamespace(datapath=str(folder / "test"), img_batch_size=BATCH, num_workers=0,
-                           context_length=CONTEXT_LENGTH, gpu="cpu", index="")
+    args = SimpleNamespace(
+        datapath=str(folder / "test"),
+        img_batch_size=BATCH,
+        num_workers=0,
+        context_length=CONTEXT_LENGTH,
+        gpu="cpu",
+        index="",
+    )
     data = get_zeroshot_dataset(args, image_transform(resolution))
-    with open(folder / "label_cn.txt", "r", encoding="utf8") as f:
+    with open(folder / "label_cn.txt", encoding="utf8") as f:
         classnames = [line.strip() for line in f.readlines()]
     with contextlib.redirect_stderr(io.StringIO()):
         classifier = zero_shot_classifier(model, classnames, openai_templates, args)
@@ -334,7 +373,7 @@ def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
     smallest, near = float("inf"), {}
     for r in range(n):
         row = cosines[r]
-        others = torch.cat([row[: targets[r]], row[targets[r] + 1:]]).sort(descending=True).values
+        others = torch.cat([row[: targets[r]], row[targets[r] + 1 :]]).sort(descending=True).values
         for metric, k in (("top1", 1), ("top5", 5)):
             if k <= len(others):
                 gap = abs(float(row[targets[r]] - others[k - 1]))
@@ -346,7 +385,7 @@ def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
 
 
 @torch.no_grad()
-def probe_features(model, resolution: int, dtype: torch.dtype = torch.float32) -> Dict[str, np.ndarray]:
+def probe_features(model, resolution: int, dtype: torch.dtype = torch.float32) -> dict[str, np.ndarray]:
     """Normalised image and text features of the probe set, as cn_clip computes them (``model`` in ``dtype``)."""
     from cn_clip.clip.utils import image_transform, tokenize
     from cn_clip.eval.data import _preprocess_text
@@ -357,11 +396,14 @@ def probe_features(model, resolution: int, dtype: torch.dtype = torch.float32) -
     tokens = tokenize([_preprocess_text(str(c)) for c in probe.captions], context_length=CONTEXT_LENGTH)
     image = model.encode_image(pixels).float()
     text = model.encode_text(tokens).float()
-    return {"image": (image / image.norm(dim=-1, keepdim=True)).numpy(), "text": (text / text.norm(dim=-1, keepdim=True)).numpy()}
+    return {
+        "image": (image / image.norm(dim=-1, keepdim=True)).numpy(),
+        "text": (text / text.norm(dim=-1, keepdim=True)).numpy(),
+    }
 
 
 @torch.no_grad()
-def example_probabilities(model, resolution: int) -> List[float]:
+def example_probabilities(model, resolution: int) -> list[float]:
     """The README example as cn_clip's README runs it, on the fixture's image and labels: softmax of get_similarity."""
     from cn_clip.clip.utils import image_transform, tokenize
 
@@ -396,7 +438,7 @@ def _tol(points: float, why: str) -> dict:
 
 def _round_up(points: float, digits: int = 3) -> float:
     """``points`` rounded up to ``digits`` decimals."""
-    scale = 10 ** digits
+    scale = 10**digits
     return math.ceil(points * scale - 1e-9) / scale
 
 
@@ -410,22 +452,26 @@ def _sig_up(x: float) -> float:
     if x <= 0:
         return 0.0
     e = math.floor(math.log10(x))
-    return math.ceil(x / 10 ** e - 1e-9) * 10 ** e
+    return math.ceil(x / 10**e - 1e-9) * 10**e
 
 
-HF_REPORT_ONLY = ("ChineseCLIPProcessor as users call it, not the protocol of these numbers: shown with its distance "
-                  "from them, never gated")
+HF_REPORT_ONLY = (
+    "ChineseCLIPProcessor as users call it, not the protocol of these numbers: shown with its distance "
+    "from them, never gated"
+)
 # How far a correct fp32 implementation lands from the reference's true-class probability on this
 # set: the suite's own pipeline measured 2.4e-6 points (fixture-tiny) and 8.1e-6 (fixture-tiny-rn)
 # from it on the development machine; 1e-3 points leaves a factor of ~100 for other CPUs' float
 # order. What the classifier faults tried move it by is in the mutation check's kill table.
 TRUE_PROB_ABS = 1.0e-3
-TRUE_PROB_WHY = ("continuous, so not exact: the suite's pipeline lands 2.4e-6 (fixture-tiny) and 8.1e-6 (fixture-tiny-rn) "
-                 "points from the reference on the development CPU; 1e-3 points leaves a factor of ~100 for other float "
-                 "orders. A change of templates, classifier or logit scale moves it (tools/mutation_check.py).")
+TRUE_PROB_WHY = (
+    "continuous, so not exact: the suite's pipeline lands 2.4e-6 (fixture-tiny) and 8.1e-6 (fixture-tiny-rn) "
+    "points from the reference on the development CPU; 1e-3 points leaves a factor of ~100 for other float "
+    "orders. A change of templates, classifier or logit scale moves it (tools/mutation_check.py)."
+)
 
 
-def model_entries(per_model: Dict[str, dict]) -> dict:
+def model_entries(per_model: dict[str, dict]) -> dict:
     """``models`` of an expected document: each fixture model and its transformers-format copies (cards whose original it is).
 
     ``per_model``: name -> {"values", "near" (metric -> items), "tolerance" (fp32 overrides)}. The
@@ -461,14 +507,15 @@ def near_margin(item: str) -> float:
     return float(re.search(r"margin ([0-9.e+-]+)\)", item).group(1))
 
 
-def near_below(near: Dict[str, List[str]], bound: float) -> Dict[str, List[str]]:
+def near_below(near: dict[str, list[str]], bound: float) -> dict[str, list[str]]:
     """The near-ties whose margin is below ``bound`` (metrics left without one are dropped)."""
     kept = {m: [i for i in items if near_margin(i) < bound] for m, items in near.items()}
     return {m: items for m, items in kept.items() if items}
 
 
-def near_tie_tolerances(near: Dict[str, List[str]], one: Dict[str, float], means: Dict[str, List[str]],
-                        where: str) -> dict:
+def near_tie_tolerances(
+    near: dict[str, list[str]], one: dict[str, float], means: dict[str, list[str]], where: str
+) -> dict:
     """fp32 tolerance overrides for metrics with excused near-ties: one query's worth per excused item.
 
     ``one``: metric prefix (t2i, i2t, top1...) -> one query in points; ``means``: mean metric -> its terms;
@@ -477,9 +524,11 @@ def near_tie_tolerances(near: Dict[str, List[str]], one: Dict[str, float], means
     out = {}
     for metric, items in near.items():
         unit = one[metric.split("_")[0]]
-        out[metric] = _tol(round(len(items) * unit + ROUNDING, DECIMALS),
-                           f"{where}: {len(items)} near-tie item(s) may flip ({', '.join(items)}), one query ({unit} "
-                           "points) each; every other item is exact.")
+        out[metric] = _tol(
+            round(len(items) * unit + ROUNDING, DECIMALS),
+            f"{where}: {len(items)} near-tie item(s) may flip ({', '.join(items)}), one query ({unit} "
+            "points) each; every other item is exact.",
+        )
     for mean, terms in means.items():
         slack = sum(len(near.get(t, [])) * one[t.split("_")[0]] for t in terms) / len(terms)
         if slack:
@@ -523,17 +572,20 @@ FEATURES_HEADER = """\
 
 def retrieval_noise(gap: float, bound: float, cpu_bound: float) -> str:
     """Why the fp32 retrieval gate is exact."""
-    return (f"exact (1e-6 is the rounding of the written value): the suite runs the reference's pipeline, so every hit and "
-            f"miss must come out as the reference's. An item whose decision margin is below the most a score can move "
-            f"(2 sqrt(D) x the largest feature drift the suite accepts) is a near-tie: on the CPU {cpu_bound:.1e} (the "
-            f"measured CPU noise, reference_cpu in qaclip_harness/gates/tolerances.yaml, for the qaclip_core model run "
-            f"eagerly on the CPU), elsewhere {bound:.1e} (the parity max_abs: a GPU, ONNX, transformers, torch.compile). "
-            f"Near-ties are listed under the model's near_ties, and each earns one query of tolerance (the model's "
-            f"tolerance on the CPU, tolerance_off_cpu elsewhere). Smallest margin of any model here: {gap:.1e}.")
+    return (
+        f"exact (1e-6 is the rounding of the written value): the suite runs the reference's pipeline, so every hit and "
+        f"miss must come out as the reference's. An item whose decision margin is below the most a score can move "
+        f"(2 sqrt(D) x the largest feature drift the suite accepts) is a near-tie: on the CPU {cpu_bound:.1e} (the "
+        f"measured CPU noise, reference_cpu in qaclip_harness/gates/tolerances.yaml, for the qaclip_core model run "
+        f"eagerly on the CPU), elsewhere {bound:.1e} (the parity max_abs: a GPU, ONNX, transformers, torch.compile). "
+        f"Near-ties are listed under the model's near_ties, and each earns one query of tolerance (the model's "
+        f"tolerance on the CPU, tolerance_off_cpu elsewhere). Smallest margin of any model here: {gap:.1e}."
+    )
 
 
-def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: bool = True,
-                      drift: bool = True) -> Tuple[Dict[str, dict], Dict[str, bytes]]:
+def compute_documents(
+    seed: int = 0, data_root: Path | None = None, verbose: bool = True, drift: bool = True
+) -> tuple[dict[str, dict], dict[str, bytes]]:
     """The expected documents (relative path -> YAML document) and feature files (file name -> bytes), recomputed.
 
     ``drift``: also run the reduced-precision pipelines that the fp16/bf16 reproduction
@@ -541,13 +593,13 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
     """
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     parity = parity_tolerance()
-    ret_docs: Dict[str, dict] = {}
-    zs_docs: Dict[str, dict] = {}
-    checkpoints: Dict[str, dict] = {}
-    features: Dict[str, bytes] = {}
-    feature_entries: Dict[str, dict] = {}
-    examples: Dict[str, dict] = {}
-    drifts: Dict[str, Dict[str, float]] = {p: {} for p in REDUCED}
+    ret_docs: dict[str, dict] = {}
+    zs_docs: dict[str, dict] = {}
+    checkpoints: dict[str, dict] = {}
+    features: dict[str, bytes] = {}
+    feature_entries: dict[str, dict] = {}
+    examples: dict[str, dict] = {}
+    drifts: dict[str, dict[str, float]] = {p: {} for p in REDUCED}
     margins = {"t2i": float("inf"), "i2t": float("inf"), "zs": float("inf")}
     with tempfile.TemporaryDirectory(prefix="fixture-expected-") as tmp:
         root = data_root or Path(tmp) / "data"
@@ -555,8 +607,12 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
         for name, (arch, checkpoint) in MODELS.items():
             sha = sha256_file(checkpoint)
             model, info = load_reference_model(arch, checkpoint)
-            checkpoints[name] = {"file": checkpoint.relative_to(REPO).as_posix(), "sha256": sha,
-                                 "epoch": info["epoch"], "step": info["step"]}
+            checkpoints[name] = {
+                "file": checkpoint.relative_to(REPO).as_posix(),
+                "sha256": sha,
+                "epoch": info["epoch"],
+                "step": info["step"],
+            }
             resolution = reference_kwargs(arch)["image_resolution"]
             # a score moves at most 2 sqrt(D) x the largest feature drift: the parity gate's max_abs
             # anywhere, the measured CPU noise (reference_cpu) on the CPU, where the suite's
@@ -567,19 +623,30 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
             work.mkdir()
             ret, counts, ret_margin, ret_near = retrieval_metrics(model, root, resolution, work, bound)
             zs, n_cls, zs_margin, zs_near = zeroshot_metrics(model, root, resolution, bound)
-            margins = {"t2i": min(margins["t2i"], ret_margin["t2i"]), "i2t": min(margins["i2t"], ret_margin["i2t"]),
-                       "zs": min(margins["zs"], zs_margin)}
+            margins = {
+                "t2i": min(margins["t2i"], ret_margin["t2i"]),
+                "i2t": min(margins["i2t"], ret_margin["i2t"]),
+                "zs": min(margins["zs"], zs_margin),
+            }
             ret_docs[name] = {"values": ret, "near": ret_near, "counts": counts, "bound": bound, "cpu_bound": cpu_bound}
             zs_docs[name] = {"values": zs, "near": zs_near, "n": n_cls, "bound": bound, "cpu_bound": cpu_bound}
-            examples[name] = {"source": SOURCE_ID, "probabilities": [float(f"{p:.9e}") for p in example_probabilities(model, resolution)]}
+            examples[name] = {
+                "source": SOURCE_ID,
+                "probabilities": [float(f"{p:.9e}") for p in example_probabilities(model, resolution)],
+            }
             for precision in ("fp32", *REDUCED):
                 low = model if precision == "fp32" else reduced_precision(model, REDUCED[precision])
                 feats = probe_features(low, resolution, torch.float32 if precision == "fp32" else REDUCED[precision])
                 for tower, array in feats.items():
                     fname = f"{name}-{precision}-{tower}.npy"
                     features[fname] = npy_bytes(array)
-                    feature_entries[fname] = {"model": name, "precision": precision, "tower": tower,
-                                              "shape": list(array.shape), "sha256": hashlib.sha256(features[fname]).hexdigest()}
+                    feature_entries[fname] = {
+                        "model": name,
+                        "precision": precision,
+                        "tower": tower,
+                        "shape": list(array.shape),
+                        "sha256": hashlib.sha256(features[fname]).hexdigest(),
+                    }
                 if drift and precision != "fp32":
                     low_work = Path(tmp) / f"work-{name}-{precision}"
                     low_work.mkdir()
@@ -590,12 +657,19 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
                         drifts[precision][k] = max(drifts[precision].get(k, 0.0), abs(v - base))
             if verbose:
                 print(f"{name}: checkpoint {checkpoint.name} sha256 {sha[:16]}... ({info})")
-                print(f"  retrieval ({counts['texts']} texts, {counts['images']} images): "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in ret.items()))
-                print(f"  smallest decision margin: t2i {ret_margin['t2i']:.2e}, i2t {ret_margin['i2t']:.2e}; "
-                      f"near-tie bound {bound:.1e}; near ties: {ret_near or 'none'}")
-                print(f"  zero-shot ({n_cls} images): " + ", ".join(f"{k} {v:.4f}" for k, v in zs.items())
-                      + f"; smallest margin {zs_margin:.2e}; near ties: {zs_near or 'none'}")
+                print(
+                    f"  retrieval ({counts['texts']} texts, {counts['images']} images): "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in ret.items())
+                )
+                print(
+                    f"  smallest decision margin: t2i {ret_margin['t2i']:.2e}, i2t {ret_margin['i2t']:.2e}; "
+                    f"near-tie bound {bound:.1e}; near ties: {ret_near or 'none'}"
+                )
+                print(
+                    f"  zero-shot ({n_cls} images): "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in zs.items())
+                    + f"; smallest margin {zs_margin:.2e}; near ties: {zs_near or 'none'}"
+                )
                 print(f"  example probabilities: {examples[name]['probabilities']}")
     if verbose and drift:
         for precision, d in drifts.items():
@@ -608,32 +682,45 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
     zs_one = _one(any_zs["n"])
     bound, cpu_bound = any_ret["bound"], any_ret["cpu_bound"]
 
-    def low_tol(prec: str, metrics: List[str], one: float, unit: str) -> dict:
+    def low_tol(prec: str, metrics: list[str], one: float, unit: str) -> dict:
         if not drift:
             return _tol(0.0, "not computed (--check does not compare reduced-precision tolerances)")
         dev = max(drifts[prec][m] for m in metrics)
-        return _tol(_round_up(dev + 2 * one), (
-            f"measured: the reference pipeline with its model in {prec} (cn_clip's fp16 weight layout, "
-            f"LayerNorms in fp32, on the CPU) moves these metrics by up to {dev:.3f} points from fp32 (worst of the "
-            f"fixture models); two more {unit} ({2 * one:.3f} points) because other kernels (GPU) round differently. "
-            "The fp32 tolerance is the reproduction gate."))
+        return _tol(
+            _round_up(dev + 2 * one),
+            (
+                f"measured: the reference pipeline with its model in {prec} (cn_clip's fp16 weight layout, "
+                f"LayerNorms in fp32, on the CPU) moves these metrics by up to {dev:.3f} points from fp32 (worst of the "
+                f"fixture models); two more {unit} ({2 * one:.3f} points) because other kernels (GPU) round differently. "
+                "The fp32 tolerance is the reproduction gate."
+            ),
+        )
 
     def true_prob_low_tol(prec: str) -> dict:
         if not drift:
             return _tol(0.0, "not computed (--check does not compare reduced-precision tolerances)")
         dev = drifts[prec]["true_prob"]
-        return _tol(_round_up(2 * dev + TRUE_PROB_ABS), (
-            f"measured: the reference pipeline in {prec} (cn_clip's fp16 layout, on the CPU) moves it by up to {dev:.3f} "
-            f"points from fp32; twice that (other kernels round differently) plus the fp32 allowance."))
+        return _tol(
+            _round_up(2 * dev + TRUE_PROB_ABS),
+            (
+                f"measured: the reference pipeline in {prec} (cn_clip's fp16 layout, on the CPU) moves it by up to {dev:.3f} "
+                f"points from fp32; twice that (other kernels round differently) plus the fp32 allowance."
+            ),
+        )
 
     T2I = ["t2i_r1", "t2i_r5", "t2i_r10", "t2i_mean_recall"]
     I2T = ["i2t_r1", "i2t_r5", "i2t_r10", "i2t_mean_recall"]
-    ret_means = {"t2i_mean_recall": ["t2i_r1", "t2i_r5", "t2i_r10"], "i2t_mean_recall": ["i2t_r1", "i2t_r5", "i2t_r10"],
-                 "mean_recall": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"]}
+    ret_means = {
+        "t2i_mean_recall": ["t2i_r1", "t2i_r5", "t2i_r10"],
+        "i2t_mean_recall": ["i2t_r1", "i2t_r5", "i2t_r10"],
+        "mean_recall": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"],
+    }
     on_cpu = f"on the CPU (margins below {cpu_bound:.1e})"
     off_cpu = f"off the CPU, through ONNX or transformers, or compiled (margins below {bound:.1e})"
-    for docs, units, means in ((ret_docs, {"t2i": t2i_one, "i2t": i2t_one}, ret_means),
-                               (zs_docs, {"top1": zs_one, "top5": zs_one}, {})):
+    for docs, units, means in (
+        (ret_docs, {"t2i": t2i_one, "i2t": i2t_one}, ret_means),
+        (zs_docs, {"top1": zs_one, "top5": zs_one}, {}),
+    ):
         for info in docs.values():
             info["tolerance"] = near_tie_tolerances(near_below(info["near"], info["cpu_bound"]), units, means, on_cpu)
             info["tolerance_off_cpu"] = near_tie_tolerances(info["near"], units, means, off_cpu)
@@ -646,12 +733,20 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
         "split": "test",
         "sources": {SOURCE_ID: {"cite": SOURCE, "build": f"generated-seed-{seed}"}},
         "checkpoints": checkpoints,
-        "data": {**data_common, "texts": counts["texts"], "images": counts["images"],
-                 "test_digest": split_digest(generate_split("test", seed))},
+        "data": {
+            **data_common,
+            "texts": counts["texts"],
+            "images": counts["images"],
+            "test_digest": split_digest(generate_split("test", seed)),
+        },
         "tolerance": {
             "fp32": {
-                "t2i": _tol(ROUNDING, f"one of {counts['texts']} captions is {100 / counts['texts']:.3f} points; " + exact),
-                "i2t": _tol(ROUNDING, f"one of {counts['images']} images is {100 / counts['images']:.3f} points; " + exact),
+                "t2i": _tol(
+                    ROUNDING, f"one of {counts['texts']} captions is {100 / counts['texts']:.3f} points; " + exact
+                ),
+                "i2t": _tol(
+                    ROUNDING, f"one of {counts['images']} images is {100 / counts['images']:.3f} points; " + exact
+                ),
                 "mean": _tol(ROUNDING, "exact, as its terms (1e-6: the rounding of the written value)."),
             },
             **{
@@ -663,14 +758,17 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
                 for prec in REDUCED
             },
         },
-        "models": model_entries({n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")}
-                                for n, d in ret_docs.items()}),
+        "models": model_entries(
+            {n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")} for n, d in ret_docs.items()}
+        ),
     }
-    zs_exact = (f"one of {any_zs['n']} images is {100 / any_zs['n']:.3f} points; exact (1e-6 is the rounding of the written "
-                f"value): every image's top-1 and top-5 "
-                f"decision must come out as the reference's, except near-ties (cosine margin below {cpu_bound:.1e} on the CPU, "
-                f"the measured CPU noise; below {bound:.1e} elsewhere, the parity max_abs; listed under near_ties). "
-                f"Smallest margin of any model here: {margins['zs']:.1e}.")
+    zs_exact = (
+        f"one of {any_zs['n']} images is {100 / any_zs['n']:.3f} points; exact (1e-6 is the rounding of the written "
+        f"value): every image's top-1 and top-5 "
+        f"decision must come out as the reference's, except near-ties (cosine margin below {cpu_bound:.1e} on the CPU, "
+        f"the measured CPU noise; below {bound:.1e} elsewhere, the parity max_abs; listed under near_ties). "
+        f"Smallest margin of any model here: {margins['zs']:.1e}."
+    )
     zeroshot_doc = {
         "dataset": "fixture-shapes-cls",
         "kind": "zeroshot",
@@ -679,29 +777,45 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
         "checkpoints": checkpoints,
         "data": {**data_common, "images": any_zs["n"], "digest": classification_digest(generate_classification(seed))},
         "tolerance": {
-            "fp32": {"top1": _tol(ROUNDING, zs_exact), "top5": _tol(ROUNDING, zs_exact),
-                     "true_prob": _tol(TRUE_PROB_ABS, TRUE_PROB_WHY)},
+            "fp32": {
+                "top1": _tol(ROUNDING, zs_exact),
+                "top5": _tol(ROUNDING, zs_exact),
+                "true_prob": _tol(TRUE_PROB_ABS, TRUE_PROB_WHY),
+            },
             **{
-                prec: {**{m: low_tol(prec, [m], zs_one, "images") for m in ("top1", "top5")},
-                       "true_prob": true_prob_low_tol(prec)}
+                prec: {
+                    **{m: low_tol(prec, [m], zs_one, "images") for m in ("top1", "top5")},
+                    "true_prob": true_prob_low_tol(prec),
+                }
                 for prec in REDUCED
             },
         },
-        "models": model_entries({n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")}
-                                for n, d in zs_docs.items()}),
+        "models": model_entries(
+            {n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")} for n, d in zs_docs.items()}
+        ),
     }
     example_doc = {
         "image": EXAMPLE_IMAGE,
         "labels": list(EXAMPLE_LABELS),
-        "sources": {SOURCE_ID: f"{SOURCE}: cn_clip's image_transform, tokenize (no other text normalisation, as the README "
-                               "example calls it) and get_similarity, softmax, fp32 on the CPU."},
+        "sources": {
+            SOURCE_ID: f"{SOURCE}: cn_clip's image_transform, tokenize (no other text normalisation, as the README "
+            "example calls it) and get_similarity, softmax, fp32 on the CPU."
+        },
         "tolerance": {"abs": EXAMPLE_ABS, "precisions": ["fp32"], "why": EXAMPLE_WHY},
         "models": examples,
     }
-    features_doc = {"source": SOURCE, "probe_digest": load_probe_set().digest,
-                    "checkpoints": {n: c["sha256"] for n, c in checkpoints.items()}, "files": feature_entries}
-    docs = {"fixture-shapes.yaml": retrieval_doc, "fixture-shapes-cls.yaml": zeroshot_doc,
-            EXAMPLE_FILE.as_posix(): example_doc, f"{FEATURES_DIRNAME}/MANIFEST.yaml": features_doc}
+    features_doc = {
+        "source": SOURCE,
+        "probe_digest": load_probe_set().digest,
+        "checkpoints": {n: c["sha256"] for n, c in checkpoints.items()},
+        "files": feature_entries,
+    }
+    docs = {
+        "fixture-shapes.yaml": retrieval_doc,
+        "fixture-shapes-cls.yaml": zeroshot_doc,
+        EXAMPLE_FILE.as_posix(): example_doc,
+        f"{FEATURES_DIRNAME}/MANIFEST.yaml": features_doc,
+    }
     return docs, features
 
 
@@ -710,9 +824,11 @@ def compute_documents(seed: int = 0, data_root: Optional[Path] = None, verbose: 
 # (fixture-tiny) and 1.8e-6 (fixture-tiny-rn, whose logit scale of 52 amplifies cosine noise) in
 # fp32; 2e-5 leaves a factor of ~10.
 EXAMPLE_ABS = 2.0e-5
-EXAMPLE_WHY = ("measured: the suite's example (load_from_name, preprocess, tokenize, get_similarity) lands at most 4.8e-7 "
-               "(fixture-tiny) and 1.8e-6 (fixture-tiny-rn) from these probabilities in fp32 on the development CPU; 2e-5 "
-               "leaves a factor of ~10 for other float orders. At other precisions only the winning label is gated.")
+EXAMPLE_WHY = (
+    "measured: the suite's example (load_from_name, preprocess, tokenize, get_similarity) lands at most 4.8e-7 "
+    "(fixture-tiny) and 1.8e-6 (fixture-tiny-rn) from these probabilities in fp32 on the development CPU; 2e-5 "
+    "leaves a factor of ~10 for other float orders. At other precisions only the winning label is gated."
+)
 
 
 def feature_check_abs(precision: str, model: str) -> float:
@@ -726,9 +842,9 @@ def feature_check_abs(precision: str, model: str) -> float:
     return precision_tolerance(precision, model).max_abs
 
 
-def _gated_facts(doc: dict) -> Dict[str, object]:
+def _gated_facts(doc: dict) -> dict[str, object]:
     """What a hand edit must not change: gate values, fp32 tolerances, near-ties, checkpoint and data digests and counts."""
-    facts: Dict[str, object] = {f"checkpoints.{n}.sha256": c["sha256"] for n, c in doc["checkpoints"].items()}
+    facts: dict[str, object] = {f"checkpoints.{n}.sha256": c["sha256"] for n, c in doc["checkpoints"].items()}
     facts.update({f"data.{k}": v for k, v in doc["data"].items()})
     for group, tol in doc["tolerance"]["fp32"].items():
         facts[f"tolerance.fp32.{group}"] = tol["abs"]
@@ -752,7 +868,7 @@ def _same_fact(key: str, fresh: object, stored: object) -> bool:
     return fresh == stored
 
 
-def _example_problems(fresh: dict, stored: dict, path: Path) -> List[str]:
+def _example_problems(fresh: dict, stored: dict, path: Path) -> list[str]:
     problems = []
     for key in ("image", "labels"):
         if fresh[key] != stored.get(key):
@@ -766,12 +882,14 @@ def _example_problems(fresh: dict, stored: dict, path: Path) -> List[str]:
         if worst > fresh["tolerance"]["abs"] / 10:
             problems.append(f"{path}: models.{model}.probabilities differ from the reference's by {worst:.1e}")
     if (stored.get("tolerance") or {}).get("abs") != fresh["tolerance"]["abs"]:
-        problems.append(f"{path}: tolerance.abs is {(stored.get('tolerance') or {}).get('abs')!r}, the generator writes "
-                        f"{fresh['tolerance']['abs']!r}")
+        problems.append(
+            f"{path}: tolerance.abs is {(stored.get('tolerance') or {}).get('abs')!r}, the generator writes "
+            f"{fresh['tolerance']['abs']!r}"
+        )
     return problems
 
 
-def _feature_problems(fresh: dict, features: Dict[str, bytes], stored: dict, folder: Path) -> List[str]:
+def _feature_problems(fresh: dict, features: dict[str, bytes], stored: dict, folder: Path) -> list[str]:
     problems = []
     for key in ("probe_digest", "checkpoints"):
         if fresh[key] != stored.get(key):
@@ -794,13 +912,17 @@ def _feature_problems(fresh: dict, features: Dict[str, bytes], stored: dict, fol
         worst = float(np.abs(on_disk.astype(np.float64) - now.astype(np.float64)).max())
         allowed = feature_check_abs(entry["precision"], entry["model"])
         if worst > allowed:
-            problems.append(f"{path}: max |delta| {worst:.1e} from the reference's features now (allowed {allowed:.0e})")
+            problems.append(
+                f"{path}: max |delta| {worst:.1e} from the reference's features now (allowed {allowed:.0e})"
+            )
     for name in sorted(set(stored_files) - set(fresh["files"])):
         problems.append(f"{folder / name}: in the manifest but not produced by the generator")
     return problems
 
 
-def compare_documents(computed: Dict[str, dict], directory: Path, features: Optional[Dict[str, bytes]] = None) -> List[str]:
+def compare_documents(
+    computed: dict[str, dict], directory: Path, features: dict[str, bytes] | None = None
+) -> list[str]:
     """Differences between recomputed documents and the files in ``directory`` (empty when they agree).
 
     Values are compared as the generator rounds them (6 decimals); example probabilities and
@@ -829,7 +951,9 @@ def compare_documents(computed: Dict[str, dict], directory: Path, features: Opti
         fresh = _gated_facts(doc)
         for key in sorted(set(fresh) | set(stored)):
             if not _same_fact(key, fresh.get(key), stored.get(key)):
-                problems.append(f"{path}: {key} is {stored.get(key)!r}, the reference pipeline gives {fresh.get(key)!r}")
+                problems.append(
+                    f"{path}: {key} is {stored.get(key)!r}, the reference pipeline gives {fresh.get(key)!r}"
+                )
     return problems
 
 
@@ -841,8 +965,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the numbers, write nothing")
-    mode.add_argument("--check", action="store_true",
-                      help="compare with the files in --out-dir and exit 1 on any difference (CI: a hand edit cannot pass)")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with the files in --out-dir and exit 1 on any difference (CI: a hand edit cannot pass)",
+    )
     args = p.parse_args()
     docs, features = compute_documents(args.seed, args.data_root, drift=not args.check)
     if args.dry_run:
@@ -851,7 +978,10 @@ def main() -> int:
         problems = compare_documents(docs, args.out_dir, features)
         for line in problems:
             print(line)
-        print("fixture expected numbers: " + ("DIFFER from the reference pipeline" if problems else "agree with the reference pipeline"))
+        print(
+            "fixture expected numbers: "
+            + ("DIFFER from the reference pipeline" if problems else "agree with the reference pipeline")
+        )
         return 1 if problems else 0
     for name, doc in docs.items():
         path = args.out_dir / name

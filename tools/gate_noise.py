@@ -13,6 +13,7 @@ encoded on the probe set:
 
 Prints one line per measurement; needs cn_clip for the parity part (skipped without it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qaclip_harness.backends import NativeEncoder  # noqa: E402
 from qaclip_core.checkpoint import load_checkpoint  # noqa: E402
+from qaclip_harness.backends import NativeEncoder  # noqa: E402
 from qaclip_harness.gates.drift import TOWERS, tower_drift  # noqa: E402
 from qaclip_harness.gates.features import EncoderSource, probe_features, tf32  # noqa: E402
 from qaclip_harness.probe import load_probe_set  # noqa: E402
@@ -60,7 +60,9 @@ def main(argv=None) -> int:
 
                 with tf32(False):
                     ref = probe_features(CnClipReference(arch, ckpt, device=args.device), probe)
-                    ours = probe_features(EncoderSource(NativeEncoder(load_checkpoint(ckpt, arch, device=args.device))), probe)
+                    ours = probe_features(
+                        EncoderSource(NativeEncoder(load_checkpoint(ckpt, arch, device=args.device))), probe
+                    )
                 print(_line(f"parity  {arch} fp32", _drifts(ours, ref)), flush=True)
             except ImportError as e:
                 print(f"parity  {arch}: skipped ({e})")

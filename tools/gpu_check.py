@@ -7,6 +7,7 @@ bf16 (ours and cn_clip's in the same groups), saves the pytest-benchmark JSON as
 ``<out>/<card>-encode-image-b256.json`` and prints the speed-ups and the FLOP-bound shares
 (tools/throughput_report.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,20 @@ def main() -> int:
     args = p.parse_args()
     out = args.out / f"{card_slug()}-encode-image-b256.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_throughput.py"), "-m", "throughput",
-           "-k", SELECTION, "-p", "no:xdist", f"--benchmark-json={out}", *args.pytest_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "benchmarks" / "test_throughput.py"),
+        "-m",
+        "throughput",
+        "-k",
+        SELECTION,
+        "-p",
+        "no:xdist",
+        f"--benchmark-json={out}",
+        *args.pytest_args,
+    ]
     code = subprocess.call(cmd, cwd=ROOT)
     if out.exists():
         subprocess.call([sys.executable, str(ROOT / "tools" / "throughput_report.py"), str(out)], cwd=ROOT)

@@ -12,6 +12,7 @@ fixed seeds. The committed files are the reference: encoders (zlib, libjpeg, lib
 another Pillow build may write other bytes, so ``--check`` compares decoded pixels and says
 which files differ, and the manifest pins the committed bytes by sha256.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -37,7 +38,7 @@ LICENCE = "this repository's licence (MIT)"
 # content: each returns an RGB uint8 array [H, W, 3]
 
 
-def _grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     return y / max(h - 1, 1), x / max(w - 1, 1)
 
@@ -189,8 +190,10 @@ def scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         left += bw + rng.uniform(0, 0.03) * w
     draw.rectangle([0, ground, w, h], fill=(60, 60, 65))
     for lx in np.arange(rng.uniform(0, 40), w, max(30.0, w / 8)):
-        draw.rectangle([lx, ground + (h - ground) / 2 - 1, lx + max(8, w / 25), ground + (h - ground) / 2 + 1],
-                       fill=(230, 230, 230))
+        draw.rectangle(
+            [lx, ground + (h - ground) / 2 - 1, lx + max(8, w / 25), ground + (h - ground) / 2 + 1],
+            fill=(230, 230, 230),
+        )
     arr = np.asarray(img).astype(np.float32) / 255 + rng.normal(0, 0.015, (h, w, 3))
     return _u8(arr)
 
@@ -209,9 +212,9 @@ class Spec:
 
     name: str
     content: Callable[[np.random.Generator, int, int], np.ndarray]
-    size: Tuple[int, int]  # (width, height)
+    size: tuple[int, int]  # (width, height)
     convert: Callable[[Image.Image, np.random.Generator], Image.Image] = lambda im, rng: im
-    save: Dict = field(default_factory=dict)
+    save: dict = field(default_factory=dict)
     what: str = ""
 
 
@@ -257,46 +260,111 @@ def _exif_rotated(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return im
 
 
-SPECS: List[Spec] = [
-    Spec("scene-640x480.jpg", scene, (640, 480), save=dict(format="JPEG", quality=90), what="RGB JPEG, 4:3"),
-    Spec("scene-480x640-progressive.jpg", scene, (480, 640),
-         save=dict(format="JPEG", quality=75, progressive=True), what="RGB progressive JPEG, portrait"),
-    Spec("scene-1280x960.jpg", scene, (1280, 960), save=dict(format="JPEG", quality=85), what="large RGB JPEG"),
-    Spec("scene-336x336-gray.jpg", scene, (336, 336), lambda im, rng: im.convert("L"),
-         dict(format="JPEG", quality=90), "grayscale (L) JPEG at the 336 px resolution"),
-    Spec("scene-320x240-exif-rotated.jpg", scene, (320, 240), _exif_rotated,
-         dict(format="JPEG", quality=90), "JPEG with EXIF orientation 6 (not applied by either side)"),
-    Spec("rings-224x224.png", rings, (224, 224), save=dict(format="PNG"), what="RGB PNG at the 224 px resolution"),
-    Spec("rings-640x640-q30.jpg", rings, (640, 640), save=dict(format="JPEG", quality=30),
-         what="heavily compressed JPEG (block artefacts)"),
-    Spec("checker-300x200.bmp", checker, (300, 200), save=dict(format="BMP"), what="RGB BMP"),
-    Spec("checker-129x131.png", checker, (129, 131), save=dict(format="PNG"), what="odd sizes, nearly square"),
-    Spec("strokes-512x256-gray.png", strokes, (512, 256), lambda im, rng: im.convert("L"),
-         dict(format="PNG"), "grayscale (L) PNG, text-like strokes"),
-    Spec("strokes-256x512-bilevel.png", strokes, (256, 512), lambda im, rng: im.convert("1"),
-         dict(format="PNG"), "1-bit PNG (mode 1)"),
-    Spec("strokes-400x300-q50.jpg", strokes, (400, 300), save=dict(format="JPEG", quality=50),
-         what="text-like strokes through JPEG artefacts"),
-    Spec("blobs-800x600.jpg", blobs, (800, 600), save=dict(format="JPEG", quality=88), what="soft photo-like RGB JPEG"),
-    Spec("blobs-320x240-rgba.png", blobs, (320, 240), _rgba, dict(format="PNG"), "RGBA PNG, varying alpha"),
-    Spec("blobs-200x200-la.png", blobs, (200, 200), _la, dict(format="PNG"), "grayscale with alpha (LA) PNG"),
-    Spec("plasma-256x256-palette.png", plasma, (256, 256), _palette, dict(format="PNG"), "palette (P) PNG, dithered"),
-    Spec("plasma-333x222-transparent.gif", plasma, (333, 222), _palette_transparent, dict(format="GIF"),
-         "palette GIF with a transparent index"),
-    Spec("plasma-160x90.webp", plasma, (160, 90), save=dict(format="WEBP", quality=80), what="lossy WebP, 16:9"),
-    Spec("shapes-500x375-cmyk.jpg", shapes, (500, 375), lambda im, rng: im.convert("CMYK"),
-         dict(format="JPEG", quality=90), "CMYK JPEG"),
-    Spec("shapes-224x224.webp", shapes, (224, 224), save=dict(format="WEBP", lossless=True), what="lossless WebP"),
-    Spec("stripes-1024x128.png", stripes, (1024, 128), save=dict(format="PNG"), what="very wide (8:1) RGB PNG"),
-    Spec("stripes-64x512-gray.jpg", stripes, (64, 512), lambda im, rng: im.convert("L"),
-         dict(format="JPEG", quality=90), "very tall (1:8) grayscale JPEG"),
-    Spec("mosaic-384x288.tiff", mosaic, (384, 288), save=dict(format="TIFF"), what="RGB TIFF"),
-    Spec("mosaic-150x150-palette-rgba.png", mosaic, (150, 150), _palette_rgba, dict(format="PNG"),
-         "palette PNG with per-entry alpha (tRNS)"),
-    Spec("noise-256x256-16bit.png", value_noise, (256, 256), _i16, dict(format="PNG"), "16-bit grayscale (I;16) PNG"),
-    Spec("noise-97x411.png", value_noise, (97, 411), save=dict(format="PNG"), what="odd portrait size"),
-    Spec("noise-7x5.png", value_noise, (7, 5), save=dict(format="PNG"), what="tiny image (upsampled 32x)"),
-    Spec("rings-2x2.png", rings, (2, 2), save=dict(format="PNG"), what="2x2 pixels"),
+SPECS: list[Spec] = [
+    Spec("scene-640x480.jpg", scene, (640, 480), save={"format": "JPEG", "quality": 90}, what="RGB JPEG, 4:3"),
+    Spec(
+        "scene-480x640-progressive.jpg",
+        scene,
+        (480, 640),
+        save={"format": "JPEG", "quality": 75, "progressive": True},
+        what="RGB progressive JPEG, portrait",
+    ),
+    Spec("scene-1280x960.jpg", scene, (1280, 960), save={"format": "JPEG", "quality": 85}, what="large RGB JPEG"),
+    Spec(
+        "scene-336x336-gray.jpg",
+        scene,
+        (336, 336),
+        lambda im, rng: im.convert("L"),
+        {"format": "JPEG", "quality": 90},
+        "grayscale (L) JPEG at the 336 px resolution",
+    ),
+    Spec(
+        "scene-320x240-exif-rotated.jpg",
+        scene,
+        (320, 240),
+        _exif_rotated,
+        {"format": "JPEG", "quality": 90},
+        "JPEG with EXIF orientation 6 (not applied by either side)",
+    ),
+    Spec("rings-224x224.png", rings, (224, 224), save={"format": "PNG"}, what="RGB PNG at the 224 px resolution"),
+    Spec(
+        "rings-640x640-q30.jpg",
+        rings,
+        (640, 640),
+        save={"format": "JPEG", "quality": 30},
+        what="heavily compressed JPEG (block artefacts)",
+    ),
+    Spec("checker-300x200.bmp", checker, (300, 200), save={"format": "BMP"}, what="RGB BMP"),
+    Spec("checker-129x131.png", checker, (129, 131), save={"format": "PNG"}, what="odd sizes, nearly square"),
+    Spec(
+        "strokes-512x256-gray.png",
+        strokes,
+        (512, 256),
+        lambda im, rng: im.convert("L"),
+        {"format": "PNG"},
+        "grayscale (L) PNG, text-like strokes",
+    ),
+    Spec(
+        "strokes-256x512-bilevel.png",
+        strokes,
+        (256, 512),
+        lambda im, rng: im.convert("1"),
+        {"format": "PNG"},
+        "1-bit PNG (mode 1)",
+    ),
+    Spec(
+        "strokes-400x300-q50.jpg",
+        strokes,
+        (400, 300),
+        save={"format": "JPEG", "quality": 50},
+        what="text-like strokes through JPEG artefacts",
+    ),
+    Spec(
+        "blobs-800x600.jpg", blobs, (800, 600), save={"format": "JPEG", "quality": 88}, what="soft photo-like RGB JPEG"
+    ),
+    Spec("blobs-320x240-rgba.png", blobs, (320, 240), _rgba, {"format": "PNG"}, "RGBA PNG, varying alpha"),
+    Spec("blobs-200x200-la.png", blobs, (200, 200), _la, {"format": "PNG"}, "grayscale with alpha (LA) PNG"),
+    Spec("plasma-256x256-palette.png", plasma, (256, 256), _palette, {"format": "PNG"}, "palette (P) PNG, dithered"),
+    Spec(
+        "plasma-333x222-transparent.gif",
+        plasma,
+        (333, 222),
+        _palette_transparent,
+        {"format": "GIF"},
+        "palette GIF with a transparent index",
+    ),
+    Spec("plasma-160x90.webp", plasma, (160, 90), save={"format": "WEBP", "quality": 80}, what="lossy WebP, 16:9"),
+    Spec(
+        "shapes-500x375-cmyk.jpg",
+        shapes,
+        (500, 375),
+        lambda im, rng: im.convert("CMYK"),
+        {"format": "JPEG", "quality": 90},
+        "CMYK JPEG",
+    ),
+    Spec("shapes-224x224.webp", shapes, (224, 224), save={"format": "WEBP", "lossless": True}, what="lossless WebP"),
+    Spec("stripes-1024x128.png", stripes, (1024, 128), save={"format": "PNG"}, what="very wide (8:1) RGB PNG"),
+    Spec(
+        "stripes-64x512-gray.jpg",
+        stripes,
+        (64, 512),
+        lambda im, rng: im.convert("L"),
+        {"format": "JPEG", "quality": 90},
+        "very tall (1:8) grayscale JPEG",
+    ),
+    Spec("mosaic-384x288.tiff", mosaic, (384, 288), save={"format": "TIFF"}, what="RGB TIFF"),
+    Spec(
+        "mosaic-150x150-palette-rgba.png",
+        mosaic,
+        (150, 150),
+        _palette_rgba,
+        {"format": "PNG"},
+        "palette PNG with per-entry alpha (tRNS)",
+    ),
+    Spec("noise-256x256-16bit.png", value_noise, (256, 256), _i16, {"format": "PNG"}, "16-bit grayscale (I;16) PNG"),
+    Spec("noise-97x411.png", value_noise, (97, 411), save={"format": "PNG"}, what="odd portrait size"),
+    Spec("noise-7x5.png", value_noise, (7, 5), save={"format": "PNG"}, what="tiny image (upsampled 32x)"),
+    Spec("rings-2x2.png", rings, (2, 2), save={"format": "PNG"}, what="2x2 pixels"),
 ]
 
 
@@ -326,7 +394,7 @@ def render_spec(spec: Spec, index: int) -> bytes:
     return buf.getvalue()
 
 
-def generate() -> Dict[str, Tuple[bytes, str]]:
+def generate() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, description) for every generated probe image."""
     out = {spec.name: (render_spec(spec, i), spec.what) for i, spec in enumerate(SPECS)}
     out["shapes-cn-red-circle.png"] = (_fixture_example(), "a Shapes-CN rendering (the fixture model's example image)")
@@ -346,8 +414,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     images = generate()
     if args.check:
-        bad = [n for n, (data, _) in images.items()
-               if not (args.out / n).is_file() or _pixels((args.out / n).read_bytes()) != _pixels(data)]
+        bad = [
+            n
+            for n, (data, _) in images.items()
+            if not (args.out / n).is_file() or _pixels((args.out / n).read_bytes()) != _pixels(data)
+        ]
         print("pixels differ: " + ", ".join(bad) if bad else f"all {len(images)} generated images match")
         return 1 if bad else 0
     args.out.mkdir(parents=True, exist_ok=True)

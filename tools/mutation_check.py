@@ -16,6 +16,7 @@ The unmutated copy must be green, else nothing is measured. Every run shares one
 pixel of the correct code hides a regression. About 10 s a mutant on two cores (with ``-x``);
 run it with ``nice``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,107 +46,317 @@ class Mutant:
     what: str
 
 
-T, V, TX, TK, E, P, D = ("qaclip_core/transforms.py", "qaclip_core/model/vision.py", "qaclip_core/model/text.py",
-                         "qaclip_core/tokenizer.py", "qaclip_harness/eval/zeroshot.py", "qaclip_core/checkpoint.py",
-                         "qaclip_harness/data/retrieval.py")
+T, V, TX, TK, E, P, D = (
+    "qaclip_core/transforms.py",
+    "qaclip_core/model/vision.py",
+    "qaclip_core/model/text.py",
+    "qaclip_core/tokenizer.py",
+    "qaclip_harness/eval/zeroshot.py",
+    "qaclip_core/checkpoint.py",
+    "qaclip_harness/data/retrieval.py",
+)
 
-MUTANTS: List[Mutant] = [
+MUTANTS: list[Mutant] = [
     # ---- preprocessing
-    Mutant("pre-bilinear", "preprocessing", T, "interpolation=InterpolationMode.BICUBIC", "interpolation=InterpolationMode.BILINEAR",
-           "bilinear instead of bicubic resizing"),
-    Mutant("pre-centre-crop", "preprocessing", T,
-           "super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])",
-           "self.resize = Resize(image_size, interpolation=InterpolationMode.BICUBIC)\n"
-           "        from torchvision.transforms import CenterCrop\n"
-           "        super().__init__([self.resize, CenterCrop(image_size), to_rgb, ToTensor(), self.normalize])",
-           "resize the short side and centre-crop (the usual CLIP transform) instead of squashing"),
-    Mutant("pre-convert-first", "preprocessing", T, "super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])",
-           "super().__init__([to_rgb, self.resize, ToTensor(), self.normalize])", "convert to RGB before resizing"),
-    Mutant("pre-into-convert-first", "preprocessing", T, "return np.asarray(to_rgb(self.resize(image)))",
-           "return np.asarray(self.resize(to_rgb(image)))",
-           "the pixels of the batch loader and the pixel cache are converted before resizing"),
-    Mutant("pre-imagenet-mean", "preprocessing", T, "MEAN = (0.48145466, 0.4578275, 0.40821073)", "MEAN = (0.485, 0.456, 0.406)",
-           "ImageNet's mean instead of CLIP's"),
-    Mutant("pre-rgba-composite", "preprocessing", T, '    return image.convert("RGB")',
-           '    if image.mode in ("RGBA", "LA"):\n        bg = Image.new("RGBA", image.size, (255, 255, 255, 255))\n'
-           '        return Image.alpha_composite(bg, image.convert("RGBA")).convert("RGB")\n    return image.convert("RGB")',
-           "transparent images composited on white"),
+    Mutant(
+        "pre-bilinear",
+        "preprocessing",
+        T,
+        "interpolation=InterpolationMode.BICUBIC",
+        "interpolation=InterpolationMode.BILINEAR",
+        "bilinear instead of bicubic resizing",
+    ),
+    Mutant(
+        "pre-centre-crop",
+        "preprocessing",
+        T,
+        "super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])",
+        "self.resize = Resize(image_size, interpolation=InterpolationMode.BICUBIC)\n"
+        "        from torchvision.transforms import CenterCrop\n"
+        "        super().__init__([self.resize, CenterCrop(image_size), to_rgb, ToTensor(), self.normalize])",
+        "resize the short side and centre-crop (the usual CLIP transform) instead of squashing",
+    ),
+    Mutant(
+        "pre-convert-first",
+        "preprocessing",
+        T,
+        "super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])",
+        "super().__init__([to_rgb, self.resize, ToTensor(), self.normalize])",
+        "convert to RGB before resizing",
+    ),
+    Mutant(
+        "pre-into-convert-first",
+        "preprocessing",
+        T,
+        "return np.asarray(to_rgb(self.resize(image)))",
+        "return np.asarray(self.resize(to_rgb(image)))",
+        "the pixels of the batch loader and the pixel cache are converted before resizing",
+    ),
+    Mutant(
+        "pre-imagenet-mean",
+        "preprocessing",
+        T,
+        "MEAN = (0.48145466, 0.4578275, 0.40821073)",
+        "MEAN = (0.485, 0.456, 0.406)",
+        "ImageNet's mean instead of CLIP's",
+    ),
+    Mutant(
+        "pre-rgba-composite",
+        "preprocessing",
+        T,
+        '    return image.convert("RGB")',
+        '    if image.mode in ("RGBA", "LA"):\n        bg = Image.new("RGBA", image.size, (255, 255, 255, 255))\n'
+        '        return Image.alpha_composite(bg, image.convert("RGBA")).convert("RGB")\n    return image.convert("RGB")',
+        "transparent images composited on white",
+    ),
     # ---- tokenizer
-    Mutant("tok-no-lower", "tokenizer", TK, "        word = _strip_accents(word.lower())", "        word = _strip_accents(word)",
-           "the basic tokenizer no longer lower-cases"),
-    Mutant("tok-no-accents", "tokenizer", TK, "        word = _strip_accents(word.lower())", "        word = word.lower()",
-           "accents are no longer stripped"),
-    Mutant("tok-context-48", "tokenizer", TK, "CONTEXT_LENGTH = 52", "CONTEXT_LENGTH = 48", "context length 48 instead of 52"),
-    Mutant("tok-cut-early", "tokenizer", TK, "*self.encode(text)[: context_length - 2], self.sep_id]",
-           "*self.encode(text)[: context_length - 3], self.sep_id]", "truncation keeps one token fewer"),
-    Mutant("tok-nfkc", "tokenizer", TK, '    return text.lower().replace("\\u201c", \'"\').replace("\\u201d", \'"\')',
-           '    return unicodedata.normalize("NFKC", text).lower().replace("\\u201c", \'"\').replace("\\u201d", \'"\')',
-           "full-width forms folded to ASCII (NFKC) before tokenizing"),
-    Mutant("tok-punct", "tokenizer", TK, ' or cat.startswith("P"):', ":",
-           "non-ASCII punctuation (，。) no longer split off"),
+    Mutant(
+        "tok-no-lower",
+        "tokenizer",
+        TK,
+        "        word = _strip_accents(word.lower())",
+        "        word = _strip_accents(word)",
+        "the basic tokenizer no longer lower-cases",
+    ),
+    Mutant(
+        "tok-no-accents",
+        "tokenizer",
+        TK,
+        "        word = _strip_accents(word.lower())",
+        "        word = word.lower()",
+        "accents are no longer stripped",
+    ),
+    Mutant(
+        "tok-context-48",
+        "tokenizer",
+        TK,
+        "CONTEXT_LENGTH = 52",
+        "CONTEXT_LENGTH = 48",
+        "context length 48 instead of 52",
+    ),
+    Mutant(
+        "tok-cut-early",
+        "tokenizer",
+        TK,
+        "*self.encode(text)[: context_length - 2], self.sep_id]",
+        "*self.encode(text)[: context_length - 3], self.sep_id]",
+        "truncation keeps one token fewer",
+    ),
+    Mutant(
+        "tok-nfkc",
+        "tokenizer",
+        TK,
+        '    return text.lower().replace("\\u201c", \'"\').replace("\\u201d", \'"\')',
+        '    return unicodedata.normalize("NFKC", text).lower().replace("\\u201c", \'"\').replace("\\u201d", \'"\')',
+        "full-width forms folded to ASCII (NFKC) before tokenizing",
+    ),
+    Mutant(
+        "tok-punct",
+        "tokenizer",
+        TK,
+        ' or cat.startswith("P"):',
+        ":",
+        "non-ASCII punctuation (，。) no longer split off",
+    ),
     # ---- text tower
-    Mutant("txt-gelu-tanh", "text tower", TX, "return F.gelu(self.dense(x))", 'return F.gelu(self.dense(x), approximate="tanh")',
-           "tanh-approximated GELU in BERT"),
-    Mutant("txt-ln-eps", "text tower", TX, "        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)",
-           "        self.LayerNorm = nn.LayerNorm(d_out, eps=1e-5)", "LayerNorm eps 1e-5 in the encoder layers"),
-    Mutant("txt-no-mask", "text tower", TX, "    return (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_VALUE",
-           "    return (0.0 * attention_mask.to(dtype))[:, None, None, :] * MASK_VALUE", "padding no longer masked"),
-    Mutant("txt-position-offset", "text tower", TX, "        pos = self.position_embeddings.weight[:length]",
-           "        pos = self.position_embeddings.weight[1 : length + 1]", "position ids start at 1"),
-    Mutant("txt-token-type", "text tower", TX, "+ self.token_type_embeddings.weight[0]", "+ self.token_type_embeddings.weight[1]",
-           "token type 1 instead of 0"),
+    Mutant(
+        "txt-gelu-tanh",
+        "text tower",
+        TX,
+        "return F.gelu(self.dense(x))",
+        'return F.gelu(self.dense(x), approximate="tanh")',
+        "tanh-approximated GELU in BERT",
+    ),
+    Mutant(
+        "txt-ln-eps",
+        "text tower",
+        TX,
+        "        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)",
+        "        self.LayerNorm = nn.LayerNorm(d_out, eps=1e-5)",
+        "LayerNorm eps 1e-5 in the encoder layers",
+    ),
+    Mutant(
+        "txt-no-mask",
+        "text tower",
+        TX,
+        "    return (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASK_VALUE",
+        "    return (0.0 * attention_mask.to(dtype))[:, None, None, :] * MASK_VALUE",
+        "padding no longer masked",
+    ),
+    Mutant(
+        "txt-position-offset",
+        "text tower",
+        TX,
+        "        pos = self.position_embeddings.weight[:length]",
+        "        pos = self.position_embeddings.weight[1 : length + 1]",
+        "position ids start at 1",
+    ),
+    Mutant(
+        "txt-token-type",
+        "text tower",
+        TX,
+        "+ self.token_type_embeddings.weight[0]",
+        "+ self.token_type_embeddings.weight[1]",
+        "token type 1 instead of 0",
+    ),
     # ---- ViT
-    Mutant("vit-gelu", "ViT", V, "    return x * torch.sigmoid(1.702 * x)", "    return F.gelu(x)", "exact GELU instead of QuickGELU"),
-    Mutant("vit-no-ln-pre", "ViT", V, "x = self.transformer(self.ln_pre(x), first_token_only=self.first_token_only)",
-           "x = self.transformer(x, first_token_only=self.first_token_only)", "ln_pre skipped"),
-    Mutant("vit-pos-shift", "ViT", V, "x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)",
-           "x = torch.cat([cls, x], dim=1) + self.positional_embedding.roll(1, 0).to(x.dtype)", "positional embedding rows shifted"),
-    Mutant("vit-attn-scale", "ViT", V, "        out = F.scaled_dot_product_attention(q, k, v)\n        return self.out_proj(",
-           "        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1])\n        return self.out_proj(",
-           "attention scaled by 1/d instead of 1/sqrt(d)"),
+    Mutant(
+        "vit-gelu",
+        "ViT",
+        V,
+        "    return x * torch.sigmoid(1.702 * x)",
+        "    return F.gelu(x)",
+        "exact GELU instead of QuickGELU",
+    ),
+    Mutant(
+        "vit-no-ln-pre",
+        "ViT",
+        V,
+        "x = self.transformer(self.ln_pre(x), first_token_only=self.first_token_only)",
+        "x = self.transformer(x, first_token_only=self.first_token_only)",
+        "ln_pre skipped",
+    ),
+    Mutant(
+        "vit-pos-shift",
+        "ViT",
+        V,
+        "x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)",
+        "x = torch.cat([cls, x], dim=1) + self.positional_embedding.roll(1, 0).to(x.dtype)",
+        "positional embedding rows shifted",
+    ),
+    Mutant(
+        "vit-attn-scale",
+        "ViT",
+        V,
+        "        out = F.scaled_dot_product_attention(q, k, v)\n        return self.out_proj(",
+        "        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1])\n        return self.out_proj(",
+        "attention scaled by 1/d instead of 1/sqrt(d)",
+    ),
     # ---- ResNet
-    Mutant("rn-no-mean-token", "ResNet", V, "tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)",
-           "tokens = torch.cat([tokens.amax(dim=1, keepdim=True), tokens], dim=1)", "attention pool queries with the max, not the mean"),
-    Mutant("rn-stride-conv", "ResNet", V, "            if n == self.depth:\n                y = self.pool(y)",
-           "            if n == self.depth - 1:\n                y = self.pool(y)", "the bottleneck pools before its 3x3 convolution, not after"),
-    Mutant("rn-stem-pool-max", "ResNet", V, "self.stem_pool = nn.AvgPool2d(STEM_POOL)", "self.stem_pool = nn.MaxPool2d(STEM_POOL)",
-           "max pooling in the stem"),
-    Mutant("rn-shortcut-relu", "ResNet", V, "        return F.relu(y + shortcut)", "        return F.relu(y) + shortcut",
-           "the block's ReLU before the residual sum"),
+    Mutant(
+        "rn-no-mean-token",
+        "ResNet",
+        V,
+        "tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)",
+        "tokens = torch.cat([tokens.amax(dim=1, keepdim=True), tokens], dim=1)",
+        "attention pool queries with the max, not the mean",
+    ),
+    Mutant(
+        "rn-stride-conv",
+        "ResNet",
+        V,
+        "            if n == self.depth:\n                y = self.pool(y)",
+        "            if n == self.depth - 1:\n                y = self.pool(y)",
+        "the bottleneck pools before its 3x3 convolution, not after",
+    ),
+    Mutant(
+        "rn-stem-pool-max",
+        "ResNet",
+        V,
+        "self.stem_pool = nn.AvgPool2d(STEM_POOL)",
+        "self.stem_pool = nn.MaxPool2d(STEM_POOL)",
+        "max pooling in the stem",
+    ),
+    Mutant(
+        "rn-shortcut-relu",
+        "ResNet",
+        V,
+        "        return F.relu(y + shortcut)",
+        "        return F.relu(y) + shortcut",
+        "the block's ReLU before the residual sum",
+    ),
     # ---- evaluation code
-    Mutant("eval-no-renorm", "evaluation", E, "    return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()",
-           "    return mean.t().contiguous()", "the class embedding is not renormalised after averaging the prompts"),
-    Mutant("eval-one-template", "evaluation", E, "    texts = [_fill(t, c) for c in classnames for t in templates]",
-           "    templates = templates[:1]\n    texts = [_fill(t, c) for c in classnames for t in templates]",
-           "only the first template is used"),
-    Mutant("eval-template-count", "evaluation", "qaclip_harness/data/prompts.py", "        return imagenet_templates()",
-           "        return imagenet_templates()[:80]", "the default list cut to 80 templates"),
-    Mutant("eval-logit-scale", "evaluation", "qaclip_harness/eval/runner.py", "    logits = 100.0 * image_feats @ weights",
-           "    logits = image_feats @ weights", "zero-shot logits without the scale of 100"),
-    Mutant("eval-first-gt-only", "evaluation", D, "        text_to_images={rec.text_id: list(rec.image_ids) for rec in texts},",
-           "        text_to_images={rec.text_id: list(rec.image_ids)[:1] for rec in texts},",
-           "only a caption's first ground-truth image counts"),
-    Mutant("eval-dedupe-captions", "evaluation", D, "            records.append(TextRecord(text_id, text, list(image_ids), line=lineno))",
-           "            if any(r.text == text for r in records):\n                continue\n"
-           "            records.append(TextRecord(text_id, text, list(image_ids), line=lineno))", "duplicate captions dropped"),
-    Mutant("eval-recall-off-by-one", "evaluation", "qaclip_harness/metrics/retrieval.py",
-           "    return {k: int(hits[:, :k].any(axis=1).sum()) for k in ks}",
-           "    return {k: int(hits[:, : max(1, k - 1)].any(axis=1).sum()) for k in ks}", "R@k counts the first k-1 predictions"),
+    Mutant(
+        "eval-no-renorm",
+        "evaluation",
+        E,
+        "    return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()",
+        "    return mean.t().contiguous()",
+        "the class embedding is not renormalised after averaging the prompts",
+    ),
+    Mutant(
+        "eval-one-template",
+        "evaluation",
+        E,
+        "    texts = [_fill(t, c) for c in classnames for t in templates]",
+        "    templates = templates[:1]\n    texts = [_fill(t, c) for c in classnames for t in templates]",
+        "only the first template is used",
+    ),
+    Mutant(
+        "eval-template-count",
+        "evaluation",
+        "qaclip_harness/data/prompts.py",
+        "        return imagenet_templates()",
+        "        return imagenet_templates()[:80]",
+        "the default list cut to 80 templates",
+    ),
+    Mutant(
+        "eval-logit-scale",
+        "evaluation",
+        "qaclip_harness/eval/runner.py",
+        "    logits = 100.0 * image_feats @ weights",
+        "    logits = image_feats @ weights",
+        "zero-shot logits without the scale of 100",
+    ),
+    Mutant(
+        "eval-first-gt-only",
+        "evaluation",
+        D,
+        "        text_to_images={rec.text_id: list(rec.image_ids) for rec in texts},",
+        "        text_to_images={rec.text_id: list(rec.image_ids)[:1] for rec in texts},",
+        "only a caption's first ground-truth image counts",
+    ),
+    Mutant(
+        "eval-dedupe-captions",
+        "evaluation",
+        D,
+        "            records.append(TextRecord(text_id, text, list(image_ids), line=lineno))",
+        "            if any(r.text == text for r in records):\n                continue\n"
+        "            records.append(TextRecord(text_id, text, list(image_ids), line=lineno))",
+        "duplicate captions dropped",
+    ),
+    Mutant(
+        "eval-recall-off-by-one",
+        "evaluation",
+        "qaclip_harness/metrics/retrieval.py",
+        "    return {k: int(hits[:, :k].any(axis=1).sum()) for k in ks}",
+        "    return {k: int(hits[:, : max(1, k - 1)].any(axis=1).sum()) for k in ks}",
+        "R@k counts the first k-1 predictions",
+    ),
     # ---- precision
-    Mutant("prec-ln-no-cast", "precision", V, "            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps\n        ).to(x.dtype)",
-           "            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps\n        )",
-           "the ViT's fp32 LayerNorm no longer casts back to the model's precision"),
-    Mutant("prec-fp16-is-bf16", "precision", P, '"fp16": torch.float16,', '"fp16": torch.bfloat16,', "fp16 runs in bf16"),
-    Mutant("prec-bf16-is-fp16", "precision", P, '"bf16": torch.bfloat16}', '"bf16": torch.float16}', "bf16 runs in fp16"),
-    Mutant("prec-ignored", "precision", P, "    return model.to(device=device, dtype=dtype).eval()",
-           "    return model.to(device=device).eval()", "the precision is ignored (stays fp32)"),
+    Mutant(
+        "prec-ln-no-cast",
+        "precision",
+        V,
+        "        return y.to(x.dtype)",
+        "        return y",
+        "the ViT's fp32 LayerNorm no longer casts back to the model's precision",
+    ),
+    Mutant(
+        "prec-fp16-is-bf16", "precision", P, '"fp16": torch.float16,', '"fp16": torch.bfloat16,', "fp16 runs in bf16"
+    ),
+    Mutant(
+        "prec-bf16-is-fp16", "precision", P, '"bf16": torch.bfloat16}', '"bf16": torch.float16}', "bf16 runs in fp16"
+    ),
+    Mutant(
+        "prec-ignored",
+        "precision",
+        P,
+        "    return model.to(device=device, dtype=dtype).eval()",
+        "    return model.to(device=device).eval()",
+        "the precision is ignored (stays fp32)",
+    ),
 ]
 
 
 def copy_tree(dest: Path) -> None:
     """The files git tracks plus untracked ones it does not ignore, copied to ``dest``."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, check=True)
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
     for rel in out.stdout.decode().split("\0"):
         if not rel:
             continue
@@ -167,7 +378,9 @@ def apply(tree: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.old, mutant.new), encoding="utf-8")
 
 
-HIDE_CN_CLIP = "import sys\nsys.modules['cn_clip'] = None  # hidden by tools/mutation_check.py: the gate must not need it\n"
+HIDE_CN_CLIP = (
+    "import sys\nsys.modules['cn_clip'] = None  # hidden by tools/mutation_check.py: the gate must not need it\n"
+)
 
 
 def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, cache: Path) -> tuple:
@@ -182,8 +395,19 @@ def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, ca
         (tree / "_hide_cn_clip").mkdir(exist_ok=True)
         (tree / "_hide_cn_clip" / "sitecustomize.py").write_text(HIDE_CN_CLIP, encoding="utf-8")
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(tree / "_hide_cn_clip")])
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-p", "no:cacheprovider", "-q", "-rfE",
-           "--no-header"] + (["-x"] if stop_first else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-m",
+        "not throughput",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfE",
+        "--no-header",
+    ] + (["-x"] if stop_first else [])
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
@@ -197,21 +421,31 @@ def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, ca
 def check_imports(tree: Path) -> None:
     """The copy's own packages are what its runs import (not the editable install of the working tree)."""
     code = "import qaclip_core, qaclip_harness; print(qaclip_core.__file__); print(qaclip_harness.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for line in out.stdout.split():
         if not Path(line).resolve().is_relative_to(tree.resolve()):
             raise SystemExit(f"the copy imports {line}, not its own files: cannot measure mutants")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the unmutated tree and the mutants; print the kill table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", default="", help="comma-separated mutant names")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--skip-baseline", action="store_true", help="do not run the unmutated tree first")
-    p.add_argument("--all-cases", action="store_true", help="run every case of each mutant (no -x): every red case is listed")
-    p.add_argument("--with-cn-clip", action="store_true", help="leave cn_clip importable (the live parity-* cases then run)")
+    p.add_argument(
+        "--all-cases", action="store_true", help="run every case of each mutant (no -x): every red case is listed"
+    )
+    p.add_argument(
+        "--with-cn-clip", action="store_true", help="leave cn_clip importable (the live parity-* cases then run)"
+    )
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--keep", action="store_true", help="keep the copies (their paths are printed)")
     args = p.parse_args(argv)
@@ -251,7 +485,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rc, red, secs, tail = run_suite(tree, not args.all_cases, args.with_cn_clip, args.timeout, work / "cache")
             killed = rc not in (0, 5)
             rows.append((m, killed, red, secs))
-            print(f"{m.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {', '.join(red) or '-'}", flush=True)
+            print(
+                f"{m.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {', '.join(red) or '-'}", flush=True
+            )
             if not killed or not red:
                 print(tail, flush=True)
             if not args.keep:
@@ -265,7 +501,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for m, killed, red, _ in rows:
         print(f"| {m.name} | {m.area} | {m.what} | {'yes' if killed else '**no**'} | {', '.join(red) or '-'} |")
     survivors = [m.name for m, killed, _, _ in rows if not killed]
-    print(f"\n{len(rows) - len(survivors)} of {len(rows)} killed" + (f"; survivors: {', '.join(survivors)}" if survivors else ""))
+    print(
+        f"\n{len(rows) - len(survivors)} of {len(rows)} killed"
+        + (f"; survivors: {', '.join(survivors)}" if survivors else "")
+    )
     return 1 if survivors else 0
 
 

@@ -9,6 +9,7 @@ its report equals the first one but for the lines and fields that say computed o
 timings), and, with --touch, that a third run from a copy of the tree with one line added to the
 preprocessing (qaclip_core/transforms.py) recomputes every case. Exits 1 when a check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,23 @@ def run_suite(cwd: Path, cache: Path, out: Path) -> dict:
     """One `pytest benchmarks -k fixture` run; its reproduction cases' seconds, report.json and report.md."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     env.update(QACLIP_CACHE=str(cache))
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-k", "fixture", "-m", "not throughput", "-q", "-p",
-           "no:cacheprovider", "--report", str(out / "report"), "--junit-xml", str(out / "junit.xml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-k",
+        "fixture",
+        "-m",
+        "not throughput",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--report",
+        str(out / "report"),
+        "--junit-xml",
+        str(out / "junit.xml"),
+    ]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         sys.exit(f"the suite failed in {cwd}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -53,7 +69,9 @@ def comparable(run: dict) -> tuple:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--touch", action="store_true", help="also run from a copy with a line added to the preprocessing")
+    parser.add_argument(
+        "--touch", action="store_true", help="also run from a copy with a line added to the preprocessing"
+    )
     args = parser.parse_args()
     failures = []
     with tempfile.TemporaryDirectory(prefix="qaclip-second-run-") as tmp:
@@ -65,9 +83,14 @@ def main() -> int:
             print(f"{name:<58}{s:>9.2f}{second['seconds'].get(name, float('nan')):>10.2f}")
         a, b = sum(first["seconds"].values()), sum(second["seconds"].values())
         print(f"{'reproduction cases, total':<58}{a:>9.2f}{b:>10.2f}   ratio {a / b:.1f}x")
-        statuses = {r["model"] + "/" + r["dataset"]: (r.get("features") or {}).get("status")
-                    for r in second["json"]["results"] if r.get("features")}
-        print(f"second run: {sum(s == 'reused' for s in statuses.values())} of {len(statuses)} evaluated cases reused every feature")
+        statuses = {
+            r["model"] + "/" + r["dataset"]: (r.get("features") or {}).get("status")
+            for r in second["json"]["results"]
+            if r.get("features")
+        }
+        print(
+            f"second run: {sum(s == 'reused' for s in statuses.values())} of {len(statuses)} evaluated cases reused every feature"
+        )
         if set(statuses.values()) != {"reused"}:
             failures.append(f"not every case reused its features: {statuses}")
         if comparable(first) != comparable(second):
@@ -80,8 +103,11 @@ def main() -> int:
             copy = tmp / "tree"
             for name in TREE:
                 src = REPO / name
-                (shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-                 else shutil.copy2(src, copy / name))
+                (
+                    shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+                    if src.is_dir()
+                    else shutil.copy2(src, copy / name)
+                )
             with open(copy / "qaclip_core" / "transforms.py", "a", encoding="utf-8") as f:
                 f.write("\n# a touched line\n")
             third = run_suite(copy, tmp / "cache", tmp / "third")

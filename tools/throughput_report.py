@@ -9,6 +9,7 @@ nominal FLOPs, its share of the dense matmul rate measured in the same run, and 
 the bound in benchmarks/flop_bounds.yaml where that file has one for the card, marked against
 the target share for the target cases.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import fnmatch
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import List, Optional
 
 import yaml
 
@@ -36,7 +36,9 @@ def ratios(path: Path) -> list:
         info = bench.get("extra_info", {})
         if "reference_seconds_scaled" in info:  # a reference timed on a sample and scaled (scoring)
             ours_s, ref_s = bench["stats"]["mean"], info["reference_seconds_scaled"]
-            scaled.append((bench["group"], "qaclip_core / cn_clip (sampled, scaled)", 1 / ours_s, 1 / ref_s, ref_s / ours_s))
+            scaled.append(
+                (bench["group"], "qaclip_core / cn_clip (sampled, scaled)", 1 / ours_s, 1 / ref_s, ref_s / ours_s)
+            )
             continue
         impl = info.get("impl", "qaclip_core")
         if "workers" in info:
@@ -59,7 +61,7 @@ def ratios(path: Path) -> list:
     return rows + scaled
 
 
-def _bound(bounds: dict, device_name: str, precision: str) -> Optional[dict]:
+def _bound(bounds: dict, device_name: str, precision: str) -> dict | None:
     for entry in bounds.get("bounds", []):
         if entry["device_name_contains"] in device_name and precision in entry["precisions"]:
             return entry
@@ -76,12 +78,13 @@ def _is_target(bounds: dict, info: dict) -> bool:
     )
 
 
-def flop_shares(path: Path, bounds: dict) -> List[tuple]:
+def flop_shares(path: Path, bounds: dict) -> list[tuple]:
     """(case, img/s, achieved TFLOP/s, share of measured matmul, share of bound, verdict) per encode_image record."""
     records = _records(path)
     matmul = {
         (b["extra_info"].get("device"), b["extra_info"].get("precision")): b["extra_info"]["achieved_tflops"]
-        for b in records if b["extra_info"].get("impl") == "torch matmul"
+        for b in records
+        if b["extra_info"].get("impl") == "torch matmul"
     }
     rows = []
     for b in records:
@@ -94,7 +97,9 @@ def flop_shares(path: Path, bounds: dict) -> List[tuple]:
         share = achieved / bound["tflops"] if bound else None
         verdict = ""
         if bound and _is_target(bounds, info):
-            verdict = "meets target" if share >= bounds["target_share"] else f"below the {bounds['target_share']:.0%} target"
+            verdict = (
+                "meets target" if share >= bounds["target_share"] else f"below the {bounds['target_share']:.0%} target"
+            )
         rows.append((b["name"], info["items_per_s"], achieved, achieved / peak if peak else None, share, verdict))
     return rows
 
@@ -104,7 +109,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json", type=Path)
     p.add_argument("--markdown", action="store_true")
-    p.add_argument("--bounds", type=Path, default=BOUNDS, help="FLOP bounds and target (default: benchmarks/flop_bounds.yaml)")
+    p.add_argument(
+        "--bounds", type=Path, default=BOUNDS, help="FLOP bounds and target (default: benchmarks/flop_bounds.yaml)"
+    )
     args = p.parse_args()
     fmt = lambda v, spec=",.2f": "-" if v is None else format(v, spec)  # noqa: E731
     rows = ratios(args.json)

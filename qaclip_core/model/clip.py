@@ -1,7 +1,6 @@
 """The CLIP model: a vision tower, a BERT text tower and the two projections."""
-from __future__ import annotations
 
-from typing import Tuple
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ class CLIP(nn.Module):
             init_weights(self)
         self.text_fast_path = True
 
-    def use_fast_paths(self, enabled: bool = True) -> "CLIP":
+    def use_fast_paths(self, enabled: bool = True) -> CLIP:
         """Switch the exact shortcuts (packed text, token-0-only last vision layer) on or off.
 
         Off, the model computes every token as the reference does: the features agree within
@@ -80,7 +79,7 @@ class CLIP(nn.Module):
             cls = self.bert(text, attention_mask=mask)[:, 0, :]
         return cls @ self.text_projection
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised image and text features and the logit scale (exp)."""
         image_features = self.encode_image(image)
         text_features = self.encode_text(text)
@@ -88,7 +87,7 @@ class CLIP(nn.Module):
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)
         return image_features, text_features, self.logit_scale.exp()
 
-    def get_similarity(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def get_similarity(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled cosine similarities: (logits_per_image [N_img, N_txt], logits_per_text)."""
         image_features, text_features, scale = self(image, text)
         logits_per_image = scale * image_features @ text_features.t()

@@ -1,20 +1,20 @@
 """Architecture configs: JSON files under ``configs/`` named after the tower they describe."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
 
 from ..errors import UnknownModelError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # folders searched for ``<kind>/<name>.json``, the package's own first (add_config_dir adds more)
-_CONFIG_DIRS: List[Path] = [CONFIG_DIR]
+_CONFIG_DIRS: list[Path] = [CONFIG_DIR]
 
 
-def add_config_dir(path: Union[str, Path]) -> None:
+def add_config_dir(path: str | Path) -> None:
     """Also look for tower configs in ``path`` (``vision/*.json``, ``text/*.json``), as open_clip's add_model_config."""
     path = Path(path).resolve()
     if path not in _CONFIG_DIRS:
@@ -31,10 +31,10 @@ class VisionConfig:
     kind: str
     embed_dim: int
     image_size: int
-    layers: Union[int, Tuple[int, ...]]
+    layers: int | tuple[int, ...]
     width: int
     head_width: int = 64
-    patch_size: Optional[int] = None
+    patch_size: int | None = None
 
     @property
     def heads(self) -> int:
@@ -73,16 +73,16 @@ class ArchConfig:
         return f"{self.vision.name}@{self.text.name}"
 
 
-def _names(kind: str) -> List[str]:
+def _names(kind: str) -> list[str]:
     return sorted({p.stem for d in _CONFIG_DIRS for p in (d / kind).glob("*.json")})
 
 
-def vision_names() -> List[str]:
+def vision_names() -> list[str]:
     """Names of the vision towers with a config file."""
     return _names("vision")
 
 
-def text_names() -> List[str]:
+def text_names() -> list[str]:
     """Names of the text towers with a config file."""
     return _names("text")
 
@@ -97,7 +97,7 @@ def _read(kind: str, name: str) -> dict:
         return json.load(f)
 
 
-@lru_cache(maxsize=None)
+@cache
 def vision_config(name: str) -> VisionConfig:
     """Read the config of vision tower ``name`` (for example ``ViT-B-16``)."""
     raw = _read("vision", name)
@@ -106,7 +106,7 @@ def vision_config(name: str) -> VisionConfig:
     return VisionConfig(name=name.replace("/", "-"), **raw)
 
 
-@lru_cache(maxsize=None)
+@cache
 def text_config(name: str) -> TextConfig:
     """Read the config of text tower ``name`` (for example ``RBT3-chinese``)."""
     return TextConfig(name=name, **_read("text", name))

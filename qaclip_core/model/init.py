@@ -6,6 +6,7 @@ of standard deviation :data:`STD`, biases zero, normalisation layers the identit
 statistics 0/1), and the logit scale CLIP's starting temperature of 0.07. A model that will
 receive a checkpoint skips all this (``create_model(..., random_init=False)``).
 """
+
 from __future__ import annotations
 
 import math

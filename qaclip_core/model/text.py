@@ -4,6 +4,7 @@ Module names follow the published checkpoints (``bert.encoder.layer.N.attention.
 the pooler is absent, as in the checkpoints' evaluation code. Random initial weights, when
 wanted, come from :func:`qaclip_core.model.init.init_weights` for the whole CLIP model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,7 +59,7 @@ class BertSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(n, length, width)
 
-    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, layout: PackedLayout, queries: torch.Tensor) -> torch.Tensor:
         """Attend with real tokens packed as [T, D]; outputs only at the packed rows ``queries``."""
         n, length = layout.shape
         width = x.shape[-1]
@@ -98,7 +99,7 @@ class BertAttention(nn.Module):
         """Post-norm attention sub-layer."""
         return self.output(self.self(x, mask), x)
 
-    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, layout: PackedLayout, queries: torch.Tensor) -> torch.Tensor:
         """Packed variant: rows ``queries`` of the output only."""
         residual = x if queries is layout.all_rows else x[queries]
         return self.output(self.self.forward_packed(x, layout, queries), residual)
@@ -130,7 +131,7 @@ class BertLayer(nn.Module):
         x = self.attention(x, mask)
         return self.output(self.intermediate(x), x)
 
-    def forward_packed(self, x: torch.Tensor, layout: "PackedLayout", queries: torch.Tensor) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, layout: PackedLayout, queries: torch.Tensor) -> torch.Tensor:
         """Packed variant: rows ``queries`` of the output only."""
         x = self.attention.forward_packed(x, layout, queries)
         return self.output(self.intermediate(x), x)

@@ -8,10 +8,11 @@ running counter); a ViT from its config's width, depth and patch size. Parameter
 empty and filled by :func:`qaclip_core.model.init.init_weights` when a random model is
 wanted; a model about to receive a checkpoint skips that.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,8 @@ class LayerNormFp32(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise in fp32 and cast back."""
-        return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        ).to(x.dtype)
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -67,10 +67,13 @@ class BlockSpec:
         return self.width * EXPANSION
 
     @property
-    def convs(self) -> Tuple[ConvSpec, ConvSpec, ConvSpec]:
+    def convs(self) -> tuple[ConvSpec, ConvSpec, ConvSpec]:
         """The three convolutions of the residual branch."""
-        return (ConvSpec(self.in_channels, self.width, 1), ConvSpec(self.width, self.width, 3),
-                ConvSpec(self.width, self.out_channels, 1))
+        return (
+            ConvSpec(self.in_channels, self.width, 1),
+            ConvSpec(self.width, self.width, 3),
+            ConvSpec(self.width, self.out_channels, 1),
+        )
 
     @property
     def needs_projection(self) -> bool:
@@ -82,8 +85,8 @@ class BlockSpec:
 class ResNetPlan:
     """Every layer of a ModifiedResNet, derived from its config."""
 
-    stem: Tuple[ConvSpec, ...]
-    stages: Tuple[Tuple[BlockSpec, ...], ...]
+    stem: tuple[ConvSpec, ...]
+    stages: tuple[tuple[BlockSpec, ...], ...]
     pool_tokens: int  # spatial positions seen by the attention pool
     pool_width: int
     heads: int
@@ -98,7 +101,7 @@ def resnet_plan(cfg: VisionConfig) -> ResNetPlan:
     """
     base = cfg.width
     stem = (ConvSpec(3, base // 2, 3, stride=2), ConvSpec(base // 2, base // 2, 3), ConvSpec(base // 2, base, 3))
-    stages: List[Tuple[BlockSpec, ...]] = []
+    stages: list[tuple[BlockSpec, ...]] = []
     channels = stem[-1].out_channels
     for index, depth in enumerate(cfg.layers):
         width = base * 2**index
@@ -107,20 +110,35 @@ def resnet_plan(cfg: VisionConfig) -> ResNetPlan:
         stages.append((first, *rest))
         channels = first.out_channels
     grid = cfg.image_size // TOTAL_DOWNSAMPLE
-    return ResNetPlan(stem=stem, stages=tuple(stages), pool_tokens=grid * grid, pool_width=channels,
-                      heads=cfg.heads, output_dim=cfg.embed_dim)
+    return ResNetPlan(
+        stem=stem,
+        stages=tuple(stages),
+        pool_tokens=grid * grid,
+        pool_width=channels,
+        heads=cfg.heads,
+        output_dim=cfg.embed_dim,
+    )
 
 
 def _add_conv_bn(owner: nn.Module, specs: Sequence[ConvSpec]) -> int:
     """Register ``conv1, bn1, conv2, bn2, ...`` on ``owner`` (the checkpoint's names); returns how many."""
     for number, spec in enumerate(specs, start=1):
-        owner.add_module(f"conv{number}", nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel,
-                                                    stride=spec.stride, padding=spec.kernel // 2, bias=False))
+        owner.add_module(
+            f"conv{number}",
+            nn.Conv2d(
+                spec.in_channels,
+                spec.out_channels,
+                spec.kernel,
+                stride=spec.stride,
+                padding=spec.kernel // 2,
+                bias=False,
+            ),
+        )
         owner.add_module(f"bn{number}", nn.BatchNorm2d(spec.out_channels))
     return len(specs)
 
 
-def _conv_bn_pairs(owner: nn.Module, count: int) -> List[Tuple[nn.Module, nn.Module]]:
+def _conv_bn_pairs(owner: nn.Module, count: int) -> list[tuple[nn.Module, nn.Module]]:
     return [(getattr(owner, f"conv{n}"), getattr(owner, f"bn{n}")) for n in range(1, count + 1)]
 
 
@@ -192,7 +210,9 @@ class AttentionPool(nn.Module):
 
         # only the pooled token's output is used, so only its query is needed
         queries = tokens[:, :1] if self.first_query_only else tokens
-        out = F.scaled_dot_product_attention(heads(self.q_proj(queries)), heads(self.k_proj(tokens)), heads(self.v_proj(tokens)))
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(queries)), heads(self.k_proj(tokens)), heads(self.v_proj(tokens))
+        )
         return self.c_proj(out[:, :, 0].reshape(n, c))
 
 
@@ -249,7 +269,9 @@ class SelfAttention(nn.Module):
             q = F.linear(x[:, :1], w_q, b_q).view(n, 1, h, -1).transpose(1, 2)
             k, v = F.linear(x, w_kv, b_kv).view(n, length, 2, h, -1).permute(2, 0, 3, 1, 4)
         else:
-            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(n, length, 3, h, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                F.linear(x, self.in_proj_weight, self.in_proj_bias).view(n, length, 3, h, -1).permute(2, 0, 3, 1, 4)
+            )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(n, q.shape[2], width))
 
@@ -307,8 +329,10 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         if not cfg.patch_size or cfg.image_size % cfg.patch_size:
-            raise ValueError(f"vision config {cfg.name!r}: image_size {cfg.image_size} is not a multiple of "
-                             f"patch_size {cfg.patch_size}")
+            raise ValueError(
+                f"vision config {cfg.name!r}: image_size {cfg.image_size} is not a multiple of "
+                f"patch_size {cfg.patch_size}"
+            )
         side = cfg.image_size // cfg.patch_size
         self.input_resolution = cfg.image_size
         self.grid_size = (side, side)
@@ -337,5 +361,7 @@ BUILDERS = {"resnet": ModifiedResNet, "vit": VisionTransformer}
 def build_vision(cfg: VisionConfig) -> nn.Module:
     """Instantiate the vision tower that ``cfg`` describes (parameters uninitialised)."""
     if cfg.kind not in BUILDERS:
-        raise ValueError(f"vision config {cfg.name!r}: unknown kind {cfg.kind!r} (expected one of {', '.join(BUILDERS)})")
+        raise ValueError(
+            f"vision config {cfg.name!r}: unknown kind {cfg.kind!r} (expected one of {', '.join(BUILDERS)})"
+        )
     return BUILDERS[cfg.kind](cfg)

@@ -8,6 +8,7 @@ qaclip_core model; ``altclip`` and ``chineseclip`` load transformers-format fold
 exports a qaclip_core checkpoint and runs it with ONNX Runtime; ``reference`` holds the
 reference implementations used as oracles (not a card's backend).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,11 +40,11 @@ def backend(name: str) -> ModuleType:
 
 def load_encoder(
     card: ModelCard,
-    checkpoint: Union[str, Path],
-    device: Union[str, torch.device] = "auto",
+    checkpoint: str | Path,
+    device: str | torch.device = "auto",
     precision: str = "fp32",
     compile: bool = False,
-    backend_name: Optional[str] = None,
+    backend_name: str | None = None,
 ) -> Encoder:
     """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface.
 

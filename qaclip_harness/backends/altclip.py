@@ -12,11 +12,13 @@ trained and how its published numbers were produced:
 ``transformers`` is imported lazily: ``import qaclip_core`` never needs it. Install it with
 ``pip install 'qaclip-core[altclip]'``.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 from PIL import Image
@@ -32,7 +34,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 MIN_TRANSFORMERS = "4.40"
 INSTALL_HINT = "pip install 'qaclip-core[altclip]'"
 CONTEXT_LENGTH = 77  # AltCLIP's examples and FlagAI's inference code truncate at 77 tokens
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,8 +60,14 @@ def pil_image_processor_class(transformers: Any) -> Any:
 class AltCLIPEncoder(hf_common.TransformersEncoder):
     """A ``transformers`` AltCLIP model with its own image processor and tokenizer."""
 
-    def __init__(self, model: Any, image_processor: Any, tokenizer: Any, name: str = "altclip",
-                 context_length: int = CONTEXT_LENGTH):
+    def __init__(
+        self,
+        model: Any,
+        image_processor: Any,
+        tokenizer: Any,
+        name: str = "altclip",
+        context_length: int = CONTEXT_LENGTH,
+    ):
         self.model = model.eval()
         self.image_processor = image_processor
         self.tokenizer = tokenizer
@@ -85,10 +92,10 @@ class AltCLIPEncoder(hf_common.TransformersEncoder):
         cls,
         path_or_dir: PathLike,
         name: str = "altclip",
-        device: Union[str, torch.device] = "auto",
+        device: str | torch.device = "auto",
         precision: str = "fp32",
         context_length: int = CONTEXT_LENGTH,
-    ) -> "AltCLIPEncoder":
+    ) -> AltCLIPEncoder:
         """Load a transformers-format AltCLIP folder (or hub repo id) on ``device`` in ``precision``."""
         transformers = import_transformers()
         dev, dtype = resolve_device(device), resolve_dtype(precision)
@@ -104,7 +111,6 @@ class AltCLIPEncoder(hf_common.TransformersEncoder):
             raise err(f"cannot load AltCLIP from {source}: {type(e).__name__}: {e}") from e
         model = model.to(device=dev, dtype=dtype).eval()
         return cls(model, image_processor, tokenizer, name=name, context_length=context_length)
-
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """AltCLIP's image processor: shortest side resize, centre crop, CLIP mean/std -> [3, R, R] fp32."""
@@ -123,15 +129,16 @@ class AltCLIPEncoder(hf_common.TransformersEncoder):
         return enc["input_ids"].long()
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # the backend interface (see qaclip_harness.backends)
 
 
-def load(card: ModelCard, path: PathLike, device: Union[str, torch.device] = "auto", precision: str = "fp32",
-         compile: bool = False) -> "AltCLIPEncoder":
+def load(
+    card: ModelCard, path: PathLike, device: str | torch.device = "auto", precision: str = "fp32", compile: bool = False
+) -> AltCLIPEncoder:
     """Load the folder at ``path``; ``compile`` is not supported here and runs eagerly with a warning."""
     if compile:
-        warnings.warn(f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3
+        )
     return AltCLIPEncoder.from_pretrained(path, name=card.name, device=device, precision=precision)

@@ -1,7 +1,9 @@
 """The encoder interface every backend implements: what the evaluation, the suite and the timing code call."""
+
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image

@@ -14,11 +14,13 @@ Two protocols, named by the model card's ``preprocessing``:
 ``transformers`` is imported lazily: ``import qaclip_core`` never needs it. Install it with
 ``pip install 'qaclip-core[chineseclip]'``.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 from PIL import Image
@@ -38,13 +40,12 @@ PROTOCOLS = ("reference", "processor")
 PAD_ID = 0  # [PAD] in the Chinese BERT vocabulary; the reference's mask is token != 0
 
 
-
 def import_transformers() -> Any:
     """The ``transformers`` module, or an ImportError saying how to install it."""
     return optional.import_transformers("ChineseCLIP", INSTALL_HINT, extra="chineseclip")
 
 
-def load_model(transformers: Any, source: str, kw: Dict[str, Any], dtype: torch.dtype) -> Any:
+def load_model(transformers: Any, source: str, kw: dict[str, Any], dtype: torch.dtype) -> Any:
     """``ChineseCLIPModel.from_pretrained`` that refuses missing, unexpected, mis-shaped or non-finite weights
     (:func:`~qaclip_harness.backends.transformers_base.load_pretrained`)."""
     return hf_common.load_pretrained(transformers.ChineseCLIPModel, transformers, source, kw, dtype, "ChineseCLIP")
@@ -58,7 +59,7 @@ def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def _size(value: Any) -> Dict[str, Any]:
+def _size(value: Any) -> dict[str, Any]:
     """An image processor size (dict, SizeDict or int) as a plain dict of its set keys."""
     if isinstance(value, int):
         return {"shortest_edge": value}
@@ -72,13 +73,16 @@ def _resample_name(value: Any) -> str:
     return names.get(value, str(value)) if isinstance(value, int) else str(value).lower()
 
 
-def _normaliser(tokenizer: Any) -> Dict[str, Any]:
+def _normaliser(tokenizer: Any) -> dict[str, Any]:
     """Lower-casing, accent stripping and CJK splitting of a BERT tokenizer, from its configuration."""
-    settings: Dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     normalizer = getattr(backend, "normalizer", None) if backend is not None else None
-    for ours, theirs in (("lowercase", "lowercase"), ("strip_accents", "strip_accents"),
-                         ("chinese_chars", "handle_chinese_chars")):
+    for ours, theirs in (
+        ("lowercase", "lowercase"),
+        ("strip_accents", "strip_accents"),
+        ("chinese_chars", "handle_chinese_chars"),
+    ):
         value = getattr(normalizer, theirs, None) if normalizer is not None else None
         if value is not None or (normalizer is not None and hasattr(normalizer, theirs)):
             settings[ours] = value
@@ -89,15 +93,20 @@ def _normaliser(tokenizer: Any) -> Dict[str, Any]:
     return settings
 
 
-def processor_differences(image_processor: Any, tokenizer: Any, resolution: int,
-                          context_length: int = CONTEXT_LENGTH, max_length: Optional[int] = None) -> List[str]:
+def processor_differences(
+    image_processor: Any,
+    tokenizer: Any,
+    resolution: int,
+    context_length: int = CONTEXT_LENGTH,
+    max_length: int | None = None,
+) -> list[str]:
     """Every preprocessing step where ``ChineseCLIPProcessor`` (as configured) differs from the reference protocol.
 
     Read from the image processor's and tokenizer's configuration; the reference protocol is
     DESIGN.md section 3 (squash resize to R x R with PIL bicubic, then RGB, CLIP mean/std;
     lower-case, fold curly quotes, BERT WordPiece, ``[CLS] ids[:50] [SEP]`` padded to 52).
     """
-    out: List[str] = []
+    out: list[str] = []
     ip = image_processor
     cls = type(ip).__name__
     torchvision_backend = "Fast" in cls or any(b.__name__ == "TorchvisionBackend" for b in type(ip).__mro__)
@@ -107,31 +116,42 @@ def processor_differences(image_processor: Any, tokenizer: Any, resolution: int,
         out.append("no resize (the reference resizes to R x R)")
     else:
         if "shortest_edge" in size:
-            out.append(f"resize keeps the aspect ratio, shortest side to {size['shortest_edge']} "
-                       f"(the reference squashes to {resolution}x{resolution})")
+            out.append(
+                f"resize keeps the aspect ratio, shortest side to {size['shortest_edge']} "
+                f"(the reference squashes to {resolution}x{resolution})"
+            )
         elif (size.get("height"), size.get("width")) != (resolution, resolution):
             out.append(f"resize to {size.get('height')}x{size.get('width')} (the reference: {resolution}x{resolution})")
         resample = _resample_name(_get(ip, "resample"))
         if resample != "bicubic":
             out.append(f"{resample} resampling (the reference: bicubic)")
         if torchvision_backend:
-            out.append(f"resampling by torchvision on tensors ({cls}, antialiased bicubic), not PIL's bicubic "
-                       f"as the reference")
+            out.append(
+                f"resampling by torchvision on tensors ({cls}, antialiased bicubic), not PIL's bicubic as the reference"
+            )
     if _get(ip, "do_center_crop"):
         out.append(f"centre crop to {crop.get('height')}x{crop.get('width')} (the reference does not crop)")
     if _get(ip, "do_convert_rgb") is False:
         out.append("no RGB conversion (grey, palette and RGBA images reach the model unconverted)")
     elif _get(ip, "do_convert_rgb"):
-        out.append("RGB conversion before the resize (the reference resizes first: palette and 1-bit images "
-                   "are resized by nearest neighbour there)")
+        out.append(
+            "RGB conversion before the resize (the reference resizes first: palette and 1-bit images "
+            "are resized by nearest neighbour there)"
+        )
     factor = _get(ip, "rescale_factor")
     if _get(ip, "do_rescale") is False or (factor is not None and abs(float(factor) - 1 / 255) > 1e-12):
         out.append(f"rescale {'off' if _get(ip, 'do_rescale') is False else f'by {factor}'} (the reference: 1/255)")
     mean, std = _get(ip, "image_mean"), _get(ip, "image_std")
     if _get(ip, "do_normalize") is False:
         out.append("no mean/std normalisation")
-    elif mean is not None and std is not None and (
-            any(abs(float(a) - b) > 1e-6 for a, b in zip(mean, MEAN)) or any(abs(float(a) - b) > 1e-6 for a, b in zip(std, STD))):
+    elif (
+        mean is not None
+        and std is not None
+        and (
+            any(abs(float(a) - b) > 1e-6 for a, b in zip(mean, MEAN))
+            or any(abs(float(a) - b) > 1e-6 for a, b in zip(std, STD))
+        )
+    ):
         out.append(f"mean {list(mean)} std {list(std)} (the reference: OpenAI-CLIP's)")
 
     norm = _normaliser(tokenizer)
@@ -143,11 +163,15 @@ def processor_differences(image_processor: Any, tokenizer: Any, resolution: int,
         out.append("accents kept (the reference strips them)")
     if norm.get("chinese_chars") is False:
         out.append("CJK characters not split one per token (the reference splits them)")
-    out.append(f"padding to the longest caption of a batch (the reference pads to {context_length}; padding is "
-               f"masked, so only float rounding differs)")
+    out.append(
+        f"padding to the longest caption of a batch (the reference pads to {context_length}; padding is "
+        f"masked, so only float rounding differs)"
+    )
     if max_length is None or max_length != context_length:
-        out.append(f"truncation at {max_length} tokens (the reference keeps [CLS] + {context_length - 2} word pieces "
-                   f"+ [SEP]; longer captions differ)")
+        out.append(
+            f"truncation at {max_length} tokens (the reference keeps [CLS] + {context_length - 2} word pieces "
+            f"+ [SEP]; longer captions differ)"
+        )
     return out
 
 
@@ -158,10 +182,18 @@ def processor_differences(image_processor: Any, tokenizer: Any, resolution: int,
 class ChineseCLIPEncoder(hf_common.TransformersEncoder):
     """A transformers ``ChineseCLIPModel`` with the reference protocol or ``ChineseCLIPProcessor``."""
 
-    def __init__(self, model: Any, protocol: str = "reference", processor: Any = None, name: str = "chineseclip",
-                 context_length: int = CONTEXT_LENGTH):
+    def __init__(
+        self,
+        model: Any,
+        protocol: str = "reference",
+        processor: Any = None,
+        name: str = "chineseclip",
+        context_length: int = CONTEXT_LENGTH,
+    ):
         if protocol not in PROTOCOLS:
-            raise ValueError(f"{name}: unknown preprocessing protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+            raise ValueError(
+                f"{name}: unknown preprocessing protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}"
+            )
         if protocol == "processor" and processor is None:
             raise ValueError(f"{name}: the processor protocol needs a ChineseCLIPProcessor")
         self.model = model.eval()
@@ -173,8 +205,10 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
         self.max_positions = int(model.config.text_config.max_position_embeddings)
         config_pad = getattr(model.config.text_config, "pad_token_id", None)
         if config_pad not in (None, PAD_ID):
-            raise CheckpointError(f"{name}: config.json text pad_token_id is {config_pad}; the Chinese BERT vocabulary pads with {PAD_ID}")
-        self.differences: List[str] = []
+            raise CheckpointError(
+                f"{name}: config.json text pad_token_id is {config_pad}; the Chinese BERT vocabulary pads with {PAD_ID}"
+            )
+        self.differences: list[str] = []
         if protocol == "reference":
             self.pad_id = PAD_ID
             # the transform object itself, so loaders can use its ``into``
@@ -188,9 +222,12 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
             model_max = getattr(tok, "model_max_length", None)
             # as users call it (padding=True) there is no truncation; a caption beyond the model's
             # positions would fail, so the tokenizer's own limit applies, capped by the positions
-            self.max_length = min(int(model_max), self.max_positions) if model_max and model_max < 10**6 else self.max_positions
-            self.differences = processor_differences(processor.image_processor, tok, self.image_size,
-                                                     self.context_length, self.max_length)
+            self.max_length = (
+                min(int(model_max), self.max_positions) if model_max and model_max < 10**6 else self.max_positions
+            )
+            self.differences = processor_differences(
+                processor.image_processor, tok, self.image_size, self.context_length, self.max_length
+            )
 
     @classmethod
     def from_pretrained(
@@ -198,12 +235,14 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
         path_or_dir: PathLike,
         protocol: str = "reference",
         name: str = "chineseclip",
-        device: Union[str, torch.device] = "auto",
+        device: str | torch.device = "auto",
         precision: str = "fp32",
-    ) -> "ChineseCLIPEncoder":
+    ) -> ChineseCLIPEncoder:
         """Load a transformers-format ChineseCLIP folder (or hub repo id) on ``device`` in ``precision``."""
         if protocol not in PROTOCOLS:
-            raise ValueError(f"{name}: unknown preprocessing protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+            raise ValueError(
+                f"{name}: unknown preprocessing protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}"
+            )
         transformers = import_transformers()
         dev, dtype = resolve_device(device), resolve_dtype(precision)
         source, kw = hf_common.resolve_source(path_or_dir, "ChineseCLIP")
@@ -218,7 +257,6 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
         model = model.to(device=dev, dtype=dtype).eval()
         return cls(model, protocol=protocol, processor=processor, name=name)
 
-
     def _processor_image(self, image: Image.Image) -> torch.Tensor:
         """The folder's image processor, as ChineseCLIPProcessor runs it -> [3, R, R] fp32."""
         out = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
@@ -229,24 +267,28 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
         texts = [str(t) for t in texts]
         if self.protocol == "reference":
             return tokenize([preprocess_text(t) for t in texts], context_length=self.context_length)
-        enc = self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt")
+        enc = self.processor.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return enc["input_ids"].long()
-
-
 
 
 # --------------------------------------------------------------------------------------------
 # the backend interface (see qaclip_harness.backends)
 
 
-def load(card: ModelCard, path: PathLike, device: Union[str, torch.device] = "auto", precision: str = "fp32",
-         compile: bool = False) -> ChineseCLIPEncoder:
+def load(
+    card: ModelCard, path: PathLike, device: str | torch.device = "auto", precision: str = "fp32", compile: bool = False
+) -> ChineseCLIPEncoder:
     """Load the folder at ``path`` with the card's protocol; ``compile`` runs eagerly with a warning."""
     if compile:
-        warnings.warn(f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3
+        )
     protocol = card.preprocessing or "reference"
-    encoder = ChineseCLIPEncoder.from_pretrained(path, protocol=protocol, name=card.name, device=device, precision=precision)
+    encoder = ChineseCLIPEncoder.from_pretrained(
+        path, protocol=protocol, name=card.name, device=device, precision=precision
+    )
     if encoder.image_size != card.resolution:
         raise CheckpointError(
             f"{path}: config.json has vision image_size {encoder.image_size}, but model {card.name!r} is {card.resolution} px"

@@ -1,8 +1,9 @@
 """The ``qaclip_core`` model behind the :class:`~qaclip_harness.backends.base.Encoder` interface."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import torch
 
@@ -52,8 +53,13 @@ class NativeEncoder:
         return self.model.encode_text(tokens.to(self.device, non_blocking=True))
 
 
-def load(card: ModelCard, path: Union[str, Path], device: Union[str, torch.device] = "auto",
-         precision: str = "fp32", compile: bool = False) -> NativeEncoder:
+def load(
+    card: ModelCard,
+    path: str | Path,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+) -> NativeEncoder:
     """Load the checkpoint at ``path`` as the architecture ``card`` names."""
     model = load_checkpoint(path, card.arch, device=resolve_device(device), precision=resolve_dtype(precision))
     return NativeEncoder(model, name=card.name, compile=compile)

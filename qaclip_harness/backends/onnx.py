@@ -6,21 +6,23 @@ provider of the device: CPU, or CUDA with ``onnxruntime-gpu``. Preprocessing and
 are the package's own, with the resolution and context length the export's manifest records.
 Needs the ``onnx`` extra (``pip install 'qaclip-core[onnx]'``).
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
-from qaclip_harness.errors import ExportError, UnsupportedError
 from qaclip_core.model.clip import CLIP
 from qaclip_core.registry import ModelCard
 from qaclip_core.tokenizer import preprocess_text, tokenize
 from qaclip_core.transforms import MEAN, STD, image_transform
+from qaclip_harness.errors import ExportError, UnsupportedError
 
 PathLike = Union[str, "os.PathLike[str]"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -32,11 +34,11 @@ class OnnxEncoder:
     def __init__(
         self,
         directory: PathLike,
-        device: Union[str, torch.device] = "auto",
-        name: Optional[str] = None,
-        checkpoint_sha256: Optional[str] = None,
-        precision: Optional[str] = None,
-        threads: Optional[int] = None,
+        device: str | torch.device = "auto",
+        name: str | None = None,
+        checkpoint_sha256: str | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
     ):
         from qaclip_harness.export.manifest import read_manifest
         from qaclip_harness.export.runtime import resolve_providers, session
@@ -50,7 +52,9 @@ class OnnxEncoder:
                 f"not the one asked for ({checkpoint_sha256.lower()}); export this checkpoint again"
             )
         if precision is not None and manifest.precision != precision:
-            raise ExportError(f"{where}: precision {manifest.precision}, {precision} asked for; export again with --precision {precision}")
+            raise ExportError(
+                f"{where}: precision {manifest.precision}, {precision} asked for; export again with --precision {precision}"
+            )
         if manifest.precision not in DTYPES:
             raise ExportError(f"{where}: precision {manifest.precision!r}; the ONNX backend runs {', '.join(DTYPES)}")
         norm = manifest.normalisation
@@ -118,7 +122,9 @@ class OnnxEncoder:
         # the sequence axis is dynamic: padding masked in every row changes nothing but the work
         ids = trim_padding(tokens.detach().to("cpu", torch.long))
         if ids.shape[1] > self._max_sequence:
-            raise ValueError(f"{self.name}: token sequences of length {ids.shape[1]} exceed the model's {self._max_sequence} positions")
+            raise ValueError(
+                f"{self.name}: token sequences of length {ids.shape[1]} exceed the model's {self._max_sequence} positions"
+            )
         (out,) = self._text.run(None, {self._text_input: np.ascontiguousarray(ids.numpy())})
         return torch.from_numpy(out)
 
@@ -127,26 +133,40 @@ class OnnxEncoder:
 # the backend interface (see qaclip_harness.backends)
 
 
-def load(card: ModelCard, path: PathLike, device: Union[str, torch.device] = "auto", precision: str = "fp32",
-         compile: bool = False, opset: Optional[int] = None) -> OnnxEncoder:
+def load(
+    card: ModelCard,
+    path: PathLike,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+    opset: int | None = None,
+) -> OnnxEncoder:
     """Export ``path`` into the cache (or reuse a valid export there) and open it with ONNX Runtime."""
     from qaclip_harness.export.cache import cached_export
     from qaclip_harness.export.deps import require
 
     if card.adapter != "native":
-        raise UnsupportedError(f"{card.name}: the onnx backend exports qaclip_core models; this is a {card.adapter} model")
+        raise UnsupportedError(
+            f"{card.name}: the onnx backend exports qaclip_core models; this is a {card.adapter} model"
+        )
     require()  # the one-line ImportError naming the extra, before any work
     if compile:
         warnings.warn(f"{card.name}: compile does not apply to the onnx backend; ignored", UserWarning, stacklevel=3)
     if precision not in DTYPES:
         raise UnsupportedError(f"{card.name}: the onnx backend exports {' and '.join(DTYPES)}, not {precision}")
-    directory, sha = cached_export(path, arch=card.arch, precision=precision, opset=opset, name=card.name,
-                                   verify=verify_export)
+    directory, sha = cached_export(
+        path, arch=card.arch, precision=precision, opset=opset, name=card.name, verify=verify_export
+    )
     return OnnxEncoder(directory, device=device, name=card.name, checkpoint_sha256=sha, precision=precision)
 
 
-def load_checkpoint_encoder(checkpoint: PathLike, arch: Optional[str] = None, device: Union[str, torch.device] = "auto",
-                            precision: str = "fp32", opset: Optional[int] = None) -> OnnxEncoder:
+def load_checkpoint_encoder(
+    checkpoint: PathLike,
+    arch: str | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    opset: int | None = None,
+) -> OnnxEncoder:
     """A local checkpoint file exported into the cache (``arch`` inferred from its weights when None) and opened."""
     from qaclip_harness.export.cache import cached_export
     from qaclip_harness.export.deps import require
@@ -154,12 +174,13 @@ def load_checkpoint_encoder(checkpoint: PathLike, arch: Optional[str] = None, de
     require()
     if precision not in DTYPES:
         raise ExportError(f"{checkpoint}: the onnx backend exports {' and '.join(DTYPES)}, not {precision}")
-    directory, sha = cached_export(checkpoint, arch=arch, precision=precision, opset=opset, name=Path(checkpoint).name,
-                                   verify=verify_export)
+    directory, sha = cached_export(
+        checkpoint, arch=arch, precision=precision, opset=opset, name=Path(checkpoint).name, verify=verify_export
+    )
     return OnnxEncoder(directory, device=device, name=Path(checkpoint).name, checkpoint_sha256=sha, precision=precision)
 
 
-def verify_export(directory: Path, model: CLIP) -> Dict[str, Any]:
+def verify_export(directory: Path, model: CLIP) -> dict[str, Any]:
     """Run a fresh export with ONNX Runtime (CPU) against the eager ``model``; ExportError with the table when it is off.
 
     The exporter calls it (``verify=``) before it installs the folder, so no export that disagrees is ever used.
@@ -172,7 +193,9 @@ def verify_export(directory: Path, model: CLIP) -> Dict[str, Any]:
     try:
         ours = OnnxEncoder(directory, device="cpu", name=manifest.model)
         # batch 3 and trimmed captions: sizes other than the export's examples (batch 2, 52 tokens)
-        report = compare(ours, NativeEncoder(model, name=manifest.model), manifest.precision, batches=(3,), model=manifest.model)
+        report = compare(
+            ours, NativeEncoder(model, name=manifest.model), manifest.precision, batches=(3,), model=manifest.model
+        )
     except ExportError:
         raise
     except Exception as e:  # onnxruntime's run-time failures (an operator it cannot run at this opset, ...)
@@ -181,8 +204,14 @@ def verify_export(directory: Path, model: CLIP) -> Dict[str, Any]:
             f"the export of {manifest.model} at opset {manifest.opset} does not run in ONNX Runtime: "
             f"{type(e).__name__}: {first[:400]}"
         ) from e
-    towers = [t for t in report.towers]
+    towers = list(report.towers)
     if not all(t.ok for t in towers):
-        raise ExportError(f"the export of {manifest.model} at opset {manifest.opset} disagrees with PyTorch:\n{report.table()}")
-    return {"runtime": "onnxruntime CPU", "batch": 3, **{f"{t.tower}_max_abs_diff": t.max_abs_diff for t in towers},
-            **{f"{t.tower}_min_cosine": t.min_cosine for t in towers}}
+        raise ExportError(
+            f"the export of {manifest.model} at opset {manifest.opset} disagrees with PyTorch:\n{report.table()}"
+        )
+    return {
+        "runtime": "onnxruntime CPU",
+        "batch": 3,
+        **{f"{t.tower}_max_abs_diff": t.max_abs_diff for t in towers},
+        **{f"{t.tower}_min_cosine": t.min_cosine for t in towers},
+    }

@@ -11,12 +11,13 @@ Nothing here is used by the package's own models: these are test oracles, import
 a parity check runs. A missing package is a MissingDependencyError (an ImportError) whose
 message names it and how to install it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import torch
 from PIL import Image
@@ -32,23 +33,30 @@ TRANSFORMERS_HINT = "pip install 'qaclip-core[altclip]'"
 ALTCLIP_CONTEXT_LENGTH = 77  # AltCLIP's own examples pad and truncate at 77 tokens
 
 
-
 def _import_cn_clip():
     try:
         from cn_clip.clip import model as ref_model
         from cn_clip.clip import utils as ref_utils
         from cn_clip.eval import data as ref_data
     except ImportError as e:
-        raise MissingDependencyError(f"the reference implementation cn_clip is not installed ({e}); install it with: {CN_CLIP_HINT}",
-                                     package="cn_clip") from e
+        raise MissingDependencyError(
+            f"the reference implementation cn_clip is not installed ({e}); install it with: {CN_CLIP_HINT}",
+            package="cn_clip",
+        ) from e
     return ref_model, ref_utils, ref_data
 
 
 class CnClipReference:
     """A checkpoint run by cn_clip, as its evaluation scripts run it (fp32)."""
 
-    def __init__(self, arch: str, checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                 batch_size: int = 32, name: str = "cn_clip"):
+    def __init__(
+        self,
+        arch: str,
+        checkpoint: str | Path,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        name: str = "cn_clip",
+    ):
         ref_model, ref_utils, ref_data = _import_cn_clip()
         self.name = name
         self.device = torch.device(device)
@@ -65,7 +73,7 @@ class CnClipReference:
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
         sd = state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
         if next(iter(sd)).startswith("module"):
-            sd = {k[len("module."):]: v for k, v in sd.items() if "bert.pooler" not in k}
+            sd = {k[len("module.") :]: v for k, v in sd.items() if "bert.pooler" not in k}
         model.load_state_dict(sd)
         self.model = model.to(self.device).eval()
         self._transform = ref_utils.image_transform(self.resolution)
@@ -76,8 +84,12 @@ class CnClipReference:
         """cn_clip's image_transform, then its encode_image, in batches."""
         pixels = torch.stack([self._transform(im) for im in images])
         with torch.no_grad():
-            return torch.cat([normalise(self.model.encode_image(pixels[i : i + self.batch_size].to(self.device)).cpu())
-                              for i in range(0, len(pixels), self.batch_size)])
+            return torch.cat(
+                [
+                    normalise(self.model.encode_image(pixels[i : i + self.batch_size].to(self.device)).cpu())
+                    for i in range(0, len(pixels), self.batch_size)
+                ]
+            )
 
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """cn_clip's evaluation text normalisation and tokenize, then its encode_text."""
@@ -95,13 +107,17 @@ def _resolution(arch: str) -> int:
 class TransformersAltCLIPReference:
     """A transformers-format AltCLIP folder run by ``AltCLIPModel`` and ``AltCLIPProcessor`` directly."""
 
-    def __init__(self, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", batch_size: int = 32,
-                 name: str = "transformers"):
+    def __init__(
+        self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 32, name: str = "transformers"
+    ):
         try:
             import transformers
         except ImportError as e:
-            raise MissingDependencyError(f"the AltCLIP reference needs transformers, which is not installed ({e}); "
-                                         f"install it with: {TRANSFORMERS_HINT}", package="transformers") from e
+            raise MissingDependencyError(
+                f"the AltCLIP reference needs transformers, which is not installed ({e}); "
+                f"install it with: {TRANSFORMERS_HINT}",
+                package="transformers",
+            ) from e
         self.name = name
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
@@ -109,7 +125,9 @@ class TransformersAltCLIPReference:
         # the PIL image backend: what AltCLIP's original processor ran (transformers 5 defaults to torchvision)
         backend = {"backend": "pil"} if major >= 5 else {"use_fast": False}
         self.processor = transformers.AltCLIPProcessor.from_pretrained(str(folder), local_files_only=True, **backend)
-        self.model = transformers.AltCLIPModel.from_pretrained(str(folder), local_files_only=True).float().to(self.device).eval()
+        self.model = (
+            transformers.AltCLIPModel.from_pretrained(str(folder), local_files_only=True).float().to(self.device).eval()
+        )
 
     @staticmethod
     def _projected(out) -> torch.Tensor:
@@ -122,27 +140,35 @@ class TransformersAltCLIPReference:
         with torch.no_grad():
             for i in range(0, len(images), self.batch_size):
                 px = self.processor(images=list(images[i : i + self.batch_size]), return_tensors="pt")["pixel_values"]
-                outs.append(normalise(self._projected(self.model.get_image_features(pixel_values=px.to(self.device))).cpu()))
+                outs.append(
+                    normalise(self._projected(self.model.get_image_features(pixel_values=px.to(self.device))).cpu())
+                )
         return torch.cat(outs)
 
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """The processor's tokenizer (padded and truncated to 77, its attention mask), then get_text_features."""
-        enc = self.processor(text=[str(c) for c in captions], padding="max_length", truncation=True,
-                             max_length=ALTCLIP_CONTEXT_LENGTH, return_tensors="pt")
+        enc = self.processor(
+            text=[str(c) for c in captions],
+            padding="max_length",
+            truncation=True,
+            max_length=ALTCLIP_CONTEXT_LENGTH,
+            return_tensors="pt",
+        )
         with torch.no_grad():
-            out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
-                                               attention_mask=enc["attention_mask"].to(self.device))
+            out = self.model.get_text_features(
+                input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
+            )
         return normalise(self._projected(out).cpu())
 
 
-def reference_source(card: ModelCard, weights: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                     batch_size: int = 32):
+def reference_source(card: ModelCard, weights: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
     """The reference feature source for ``card``'s weights; MissingDependencyError (naming the package) when it is missing."""
     if card.adapter == "native":
         return CnClipReference(card.arch, weights, device=device, batch_size=batch_size)
     if card.adapter == "altclip":
         return TransformersAltCLIPReference(weights, device=device, batch_size=batch_size)
     raise ValueError(f"no reference implementation is known for adapter {card.adapter!r} (model {card.name})")
+
 
 class ReferenceEncoder:
     """cn_clip's CLIP in fp32 with cn_clip's image transform, tokenizer and text normalisation, behind the Encoder interface.
@@ -152,7 +178,7 @@ class ReferenceEncoder:
     itself lands from ours on the same data.
     """
 
-    def __init__(self, checkpoint: Union[str, Path], arch: str, name: str = "cn_clip", device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, arch: str, name: str = "cn_clip", device: str = "cpu"):
         ref_model, clip, ref_data = _import_cn_clip()
         CLIP, preprocess_text = ref_model.CLIP, ref_data._preprocess_text
         with contextlib.redirect_stdout(io.StringIO()):  # cn_clip prints its configuration

@@ -2,11 +2,12 @@
 
 ``transformers`` is imported only when a model is loaded (:func:`qaclip_harness.optional.import_transformers`).
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Union
 
 import torch
 
@@ -17,7 +18,12 @@ from qaclip_harness.optional import version_tuple
 
 PathLike = Union[str, "os.PathLike[str]"]
 # the weight files transformers looks for in a folder, in its order of preference
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _SHOW = 4
 
 
@@ -27,7 +33,7 @@ def dtype_kwarg(transformers: Any) -> str:
     return "dtype" if version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
 
 
-def resolve_source(path_or_dir: PathLike, family: str) -> Tuple[str, Dict[str, Any]]:
+def resolve_source(path_or_dir: PathLike, family: str) -> tuple[str, dict[str, Any]]:
     """(source, from_pretrained keywords): a local folder is loaded without network, else a hub repo id."""
     source = os.fspath(path_or_dir)
     local = Path(source).expanduser()
@@ -59,19 +65,24 @@ def _load_failure(source: str, local: bool, family: str, e: BaseException) -> Ex
         return DownloadError(f"cannot load {family}Model from {source}: {type(e).__name__}: {first}")
     weights = f"{source}/{weights_file(source)}"
     if type(e).__name__ == "SafetensorError":
-        return CheckpointError(f"{weights}: not a readable safetensors file ({first}); expected the complete file "
-                               f"{family}Model.save_pretrained writes: it is truncated or damaged, download it again")
+        return CheckpointError(
+            f"{weights}: not a readable safetensors file ({first}); expected the complete file "
+            f"{family}Model.save_pretrained writes: it is truncated or damaged, download it again"
+        )
     if isinstance(e, pickle.UnpicklingError):
-        return CheckpointError(f"{weights}: refused: it holds pickled objects other than tensors, which could run code "
-                               f"when loaded (read with weights_only=True); expected a plain state dict, or "
-                               f"model.safetensors")
+        return CheckpointError(
+            f"{weights}: refused: it holds pickled objects other than tensors, which could run code "
+            f"when loaded (read with weights_only=True); expected a plain state dict, or "
+            f"model.safetensors"
+        )
     if isinstance(e, OSError) and "config" in first.lower():
         return CheckpointError(f"{source}/config.json: cannot be read as a {family} config ({first})")
     return CheckpointError(f"cannot load {family}Model from {source}: {type(e).__name__}: {first}")
 
 
-def load_pretrained(model_class: Any, transformers: Any, source: str, kw: Dict[str, Any], dtype: torch.dtype,
-                    family: str) -> Any:
+def load_pretrained(
+    model_class: Any, transformers: Any, source: str, kw: dict[str, Any], dtype: torch.dtype, family: str
+) -> Any:
     """``model_class.from_pretrained`` of a folder or repo id that refuses what would evaluate a broken model.
 
     transformers only logs missing, unexpected or mis-shaped weights (a ``config.json`` that does
@@ -84,9 +95,10 @@ def load_pretrained(model_class: Any, transformers: Any, source: str, kw: Dict[s
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # its load report would repeat, unasked, what the error below says
     try:
-        model, info = model_class.from_pretrained(source, **{dtype_kwarg(transformers): dtype}, output_loading_info=True,
-                                                  ignore_mismatched_sizes=True, **kw)
-    except Exception as e:  # noqa: BLE001 - transformers, safetensors and torch raise many types
+        model, info = model_class.from_pretrained(
+            source, **{dtype_kwarg(transformers): dtype}, output_loading_info=True, ignore_mismatched_sizes=True, **kw
+        )
+    except Exception as e:  # transformers, safetensors and torch raise many types
         raise _load_failure(source, local, family, e) from e
     finally:
         logging.set_verbosity(verbosity)
@@ -94,20 +106,32 @@ def load_pretrained(model_class: Any, transformers: Any, source: str, kw: Dict[s
     problems = []
     mismatched = sorted(info.get("mismatched_keys") or [], key=str)
     if mismatched:
-        shapes = [f"{k[0]} {list(k[1])} in the weights, {list(k[2])} by config.json" if isinstance(k, tuple) and len(k) == 3
-                  else str(k) for k in mismatched]
-        problems.append(f"{len(shapes)} weight(s) of other shapes than {source}/config.json describes: "
-                        + "; ".join(shapes[:_SHOW]) + (" ..." if len(shapes) > _SHOW else ""))
+        shapes = [
+            f"{k[0]} {list(k[1])} in the weights, {list(k[2])} by config.json"
+            if isinstance(k, tuple) and len(k) == 3
+            else str(k)
+            for k in mismatched
+        ]
+        problems.append(
+            f"{len(shapes)} weight(s) of other shapes than {source}/config.json describes: "
+            + "; ".join(shapes[:_SHOW])
+            + (" ..." if len(shapes) > _SHOW else "")
+        )
     for what in ("missing_keys", "unexpected_keys", "error_msgs"):
         found = sorted(str(k) for k in (info.get(what) or []))
         if found:
-            problems.append(f"{len(found)} {what.replace('_', ' ')}: {', '.join(found[:6])}" + (" ..." if len(found) > 6 else ""))
+            problems.append(
+                f"{len(found)} {what.replace('_', ' ')}: {', '.join(found[:6])}" + (" ..." if len(found) > 6 else "")
+            )
     if problems:
         raise CheckpointError(f"{weights} does not fit its config.json as a {family}Model: " + "; ".join(problems))
     bad = non_finite_weights(model)
     if bad:
-        raise CheckpointError(f"{weights}: {len(bad)} weight(s) hold NaN or infinite values: {', '.join(bad[:_SHOW])}"
-                              + (" ..." if len(bad) > _SHOW else "") + "; the file is damaged or from a diverged run")
+        raise CheckpointError(
+            f"{weights}: {len(bad)} weight(s) hold NaN or infinite values: {', '.join(bad[:_SHOW])}"
+            + (" ..." if len(bad) > _SHOW else "")
+            + "; the file is damaged or from a diverged run"
+        )
     return model
 
 

@@ -4,6 +4,7 @@
 mode: ``use`` (read and write), ``read-only`` (a pull request's job: hits are used, nothing is
 written), ``refresh`` (everything recomputed and overwritten) or ``off`` (nothing read or written).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,13 +35,16 @@ class Cache:
         return self.mode != "off"
 
     @classmethod
-    def at(cls, root: Union[str, Path], mode: str = "use", verify: bool = False, run: Optional[str] = None) -> "Cache":
+    def at(cls, root: str | Path, mode: str = "use", verify: bool = False, run: str | None = None) -> Cache:
         """The stores under ``root`` in ``mode``; ``verify`` re-reads every image instead of trusting identity records."""
         root = Path(root)
         features = FeatureStore(root, mode) if run is None else FeatureStore(root, mode, run)
         reads, writes = mode in ("use", "read-only"), mode in ("use", "refresh")
-        return cls(features, PixelStore(root, reads=reads, writes=writes),
-                   IdentityRecords(root, verify=verify or mode == "refresh", writes=writes))
+        return cls(
+            features,
+            PixelStore(root, reads=reads, writes=writes),
+            IdentityRecords(root, verify=verify or mode == "refresh", writes=writes),
+        )
 
 
 __all__ = ["MODES", "Cache", "FeatureStore", "IdentityRecords", "PixelStore", "Provenance"]

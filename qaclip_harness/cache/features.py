@@ -5,15 +5,16 @@ An entry is two files under ``<cache>/features/``: ``<key>.pt`` (the tensors, wr
 each written atomically, the record last, so a reader that finds a record finds whole data.
 Two workers that compute one entry write the same bytes; the second rename wins.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -36,12 +37,12 @@ class Provenance:
     """Where a result came from: ``computed`` here, or ``reused`` from the run and date that computed it."""
 
     status: str  # computed, reused
-    key: Optional[str] = None
-    run: Optional[str] = None
-    date: Optional[str] = None
+    key: str | None = None
+    run: str | None = None
+    date: str | None = None
     note: str = ""  # why the cache was not used or not written, when it was not
 
-    def as_dict(self) -> Dict[str, object]:
+    def as_dict(self) -> dict[str, object]:
         """The report's form."""
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
@@ -74,7 +75,7 @@ class FeatureStore:
         """Whether computed results are stored (not under --no-cache or on a read-only cache)."""
         return self.mode in ("use", "refresh")
 
-    def lookup(self, fields: Mapping[str, object]) -> Optional[tuple]:
+    def lookup(self, fields: Mapping[str, object]) -> tuple | None:
         """``(payload, Provenance)`` of the entry for ``fields``, or ``None`` (a miss, or reading is off)."""
         key = make_key(fields)
         if not self.reads:
@@ -95,7 +96,7 @@ class FeatureStore:
         touch(record)
         return payload, Provenance("reused", key, meta.get("run"), meta.get("date"))
 
-    def save(self, fields: Mapping[str, object], payload: Dict[str, object], what: str) -> Provenance:
+    def save(self, fields: Mapping[str, object], payload: dict[str, object], what: str) -> Provenance:
         """Store ``payload`` under the key of ``fields`` (when writing is on and there is room); its provenance."""
         key = make_key(fields)
         computed = Provenance("computed", key, self.run, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -109,8 +110,14 @@ class FeatureStore:
         if not make_room(self.root, len(data), f"{what} ({len(data):,} bytes)"):
             computed.note = "not stored: no room (see the warning)"
             return computed
-        record = {"key": key, "run": computed.run, "date": computed.date, "what": what, "bytes": len(data),
-                  "fields": dict(fields)}
+        record = {
+            "key": key,
+            "run": computed.run,
+            "date": computed.date,
+            "what": what,
+            "bytes": len(data),
+            "fields": dict(fields),
+        }
         try:
             atomic_write_bytes(self.folder / f"{key}.pt", data)
             atomic_write_json(self.folder / f"{key}.json", record, indent=1, default=str)

@@ -6,25 +6,29 @@ a signature of the files' paths, sizes, modification times and inodes (as a chec
 ``.sha256`` record is kept while its size and time are unchanged); ``--verify`` (QACLIP_VERIFY)
 ignores the records and reads everything.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 from qaclip_harness.files import OutputError, atomic_write_json
 
 
 def signature(kind: str, files: Sequence[Path]) -> str:
     """sha256 over ``kind`` and each file's resolved path, size, modification time and inode."""
-    h = hashlib.sha256(f"{kind}\n".encode("utf-8"))
+    h = hashlib.sha256(f"{kind}\n".encode())
     for f in files:
         st = os.stat(f)
-        h.update(f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode("utf-8", "surrogateescape"))
+        h.update(
+            f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode("utf-8", "surrogateescape")
+        )
     return h.hexdigest()
 
 
@@ -47,14 +51,22 @@ class IdentityRecords:
         digest = compute()
         if self.writes and signature(kind, files) == sig:  # files changed while read: nothing to record
             try:
-                atomic_write_json(record, {"signature": sig, "kind": kind, "images": digest, "files": len(files),
-                                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                atomic_write_json(
+                    record,
+                    {
+                        "signature": sig,
+                        "kind": kind,
+                        "images": digest,
+                        "files": len(files),
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    },
+                )
             except OutputError:
                 pass  # a full disk costs the next run one more read, nothing else
         return digest
 
     @staticmethod
-    def _read(record: Path, sig: str) -> Optional[str]:
+    def _read(record: Path, sig: str) -> str | None:
         try:
             doc = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError):

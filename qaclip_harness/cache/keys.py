@@ -3,14 +3,15 @@
 A key is the sha256 of a canonical JSON document of every field that can change the cached
 bytes; the document itself is kept beside the entry, so a miss can be explained field by field.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import json
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
 
 import qaclip_core
 import qaclip_harness
@@ -38,9 +39,9 @@ _SOURCE_SUFFIXES = (".py", ".json", ".yaml", ".txt")
 SCHEMA = 1  # bumped when the layout of an entry changes
 
 
-def source_files(parts: Iterable = FEATURE_PATH) -> Dict[str, Path]:
+def source_files(parts: Iterable = FEATURE_PATH) -> dict[str, Path]:
     """Every source file of ``parts`` ((package folder, relative path) pairs), by its path relative to the package."""
-    files: Dict[str, Path] = {}
+    files: dict[str, Path] = {}
     for base, rel in parts:
         target = (base / rel).resolve()
         found = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
@@ -55,12 +56,12 @@ def digest_files(files: Mapping[str, Path]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         data = files[name].read_bytes()
-        h.update(f"{name}\0{len(data)}\0".encode("utf-8"))
+        h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def feature_path_digest() -> str:
     """sha256 of the source of every module on the feature path (computed once per process)."""
     return digest_files(source_files())
@@ -76,14 +77,14 @@ def module_digest(*modules: object) -> str:
     return digest_files(files)
 
 
-def _version(dist: str) -> Optional[str]:
+def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def library_versions() -> Dict[str, Optional[str]]:
+def library_versions() -> dict[str, str | None]:
     """The versions of the libraries whose kernels and codecs produce features: torch, Pillow, ONNX Runtime and more."""
     return {name: _version(name) for name in ("torch", "torchvision", "Pillow", "numpy", "onnxruntime", "transformers")}
 
@@ -98,7 +99,7 @@ def device_kind(device: object) -> str:
     return dev.type
 
 
-def numeric_settings() -> Dict[str, object]:
+def numeric_settings() -> dict[str, object]:
     """TF32, cuDNN algorithm choice, determinism and threads: settings that change a feature's low bits."""
     from qaclip_harness.environment import numeric_settings as settings
 
@@ -107,5 +108,7 @@ def numeric_settings() -> Dict[str, object]:
 
 def make_key(fields: Mapping[str, object]) -> str:
     """The key of an entry: sha256 of the canonical JSON of ``fields``."""
-    text = json.dumps({"schema": SCHEMA, **fields}, sort_keys=True, ensure_ascii=True, default=str, separators=(",", ":"))
+    text = json.dumps(
+        {"schema": SCHEMA, **fields}, sort_keys=True, ensure_ascii=True, default=str, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode("ascii")).hexdigest()

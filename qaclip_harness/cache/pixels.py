@@ -12,6 +12,7 @@ built in a temporary folder beside it (its blocks allocated up front, so a full 
 once with ENOSPC instead of a SIGBUS in the middle of the mapping) and moved into place with
 one rename when every image was written; a second worker that built it too drops its copy.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,9 +21,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def keys_digest(keys: Sequence[object]) -> str:
 class PixelWriter:
     """An entry being built: fill :attr:`array` (every row), then :meth:`commit`; :meth:`abort` drops it."""
 
-    def __init__(self, final: Path, meta: Dict[str, object], shape: tuple):
+    def __init__(self, final: Path, meta: dict[str, object], shape: tuple):
         self.final = final
         self.meta = meta
         self.tmp = temp_path(final, folder=True)
@@ -60,7 +61,7 @@ class PixelWriter:
         self.array[index] = pixels
         self.written[index] = True
 
-    def commit(self) -> Optional[Path]:
+    def commit(self) -> Path | None:
         """Move the entry into place if every item was written; the entry's folder, or ``None``."""
         if not self.written.all():
             self.abort()
@@ -99,12 +100,19 @@ class PixelStore:
         return Path(self.root) / "pixels"
 
     @staticmethod
-    def fields(fingerprint: str, resolution: int, definition: Mapping[str, object], pillow: Optional[str]) -> Dict[str, object]:
+    def fields(
+        fingerprint: str, resolution: int, definition: Mapping[str, object], pillow: str | None
+    ) -> dict[str, object]:
         """What names an entry: the data, the resolution, how it was decoded and resized, and the Pillow that did it."""
-        return {"what": "pixels", "data": fingerprint, "resolution": int(resolution), "definition": dict(definition),
-                "pillow": pillow}
+        return {
+            "what": "pixels",
+            "data": fingerprint,
+            "resolution": int(resolution),
+            "definition": dict(definition),
+            "pillow": pillow,
+        }
 
-    def open(self, fields: Mapping[str, object], item_keys: Sequence[object]) -> Optional[np.ndarray]:
+    def open(self, fields: Mapping[str, object], item_keys: Sequence[object]) -> np.ndarray | None:
         """The entry's read-only ``N x R x R x 3`` array for these items, or ``None``."""
         if not self.reads:
             return None
@@ -121,13 +129,15 @@ class PixelStore:
             say(f"pixel cache {folder} cannot be read ({e}); decoding instead")
             return None
         if tuple(array.shape) != want or array.dtype != np.uint8 or meta.get("items") != keys_digest(item_keys):
-            say(f"pixel cache {folder} holds {tuple(array.shape)} {array.dtype} for other items than the "
-                f"{want[0]:,} of this dataset; decoding instead")
+            say(
+                f"pixel cache {folder} holds {tuple(array.shape)} {array.dtype} for other items than the "
+                f"{want[0]:,} of this dataset; decoding instead"
+            )
             return None
         touch(folder / "meta.json")
         return array
 
-    def writer(self, fields: Mapping[str, object], item_keys: Sequence[object], what: str) -> Optional[PixelWriter]:
+    def writer(self, fields: Mapping[str, object], item_keys: Sequence[object], what: str) -> PixelWriter | None:
         """A :class:`PixelWriter` for a new entry, or ``None`` (not writing, no room: one line says why)."""
         if not self.writes:
             return None
@@ -139,8 +149,13 @@ class PixelStore:
         if not make_room(Path(self.root), need, f"pixel cache of {what} ({gb(need)})"):
             return None
         key = make_key(fields)
-        meta = {"key": key, "fields": dict(fields), "items": keys_digest(item_keys), "shape": list(shape),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta = {
+            "key": key,
+            "fields": dict(fields),
+            "items": keys_digest(item_keys),
+            "shape": list(shape),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         try:
             return PixelWriter(self.folder / key, meta, shape)
         except OSError as e:

@@ -7,6 +7,7 @@ first, until the new one fits. An entry larger than the whole budget, or larger 
 space of the disk less a reserve, is not written: the run says so in one line and goes on
 computing as if there were no cache.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 BUDGET_ENV = "QACLIP_CACHE_BUDGET_GB"
 DEFAULT_BUDGET_GB = 64.0
@@ -55,8 +55,8 @@ class Entry:
     """One cache entry on disk: its record (whose time says when it was last used) and every file it holds."""
 
     record: Path
-    files: List[Path]
-    folder: Optional[Path] = None  # removed last (a pixel entry's folder)
+    files: list[Path]
+    folder: Path | None = None  # removed last (a pixel entry's folder)
 
     @property
     def size(self) -> int:
@@ -88,7 +88,7 @@ class Entry:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def entries(root: Path) -> List[Entry]:
+def entries(root: Path) -> list[Entry]:
     """The feature and pixel entries under the cache root ``root``."""
     found = []
     for record in sorted((root / "features").glob("*.json")):
@@ -106,7 +106,7 @@ def touch(record: Path) -> None:
         pass  # a read-only cache (a pull request's job) keeps its order
 
 
-def make_room(root: Path, need: int, what: str, budget: Optional[int] = None) -> bool:
+def make_room(root: Path, need: int, what: str, budget: int | None = None) -> bool:
     """Whether ``need`` more bytes may be written under ``root``: evicts by the rule above; says why not when not."""
     budget = budget_bytes() if budget is None else budget
     if need > budget:
@@ -131,7 +131,9 @@ def enough_space(folder: Path, need: int, what: str) -> bool:
     except OSError:
         return True  # cannot tell: the write itself reports a full disk
     if free - RESERVE_BYTES < need:
-        say(f"{what} not cached: it needs {gb(need)} and the disk of {folder} has {gb(free)} free "
-            f"(keeping {gb(RESERVE_BYTES)} for the rest of the run); computing without the cache")
+        say(
+            f"{what} not cached: it needs {gb(need)} and the disk of {folder} has {gb(free)} free "
+            f"(keeping {gb(RESERVE_BYTES)} for the rest of the run); computing without the cache"
+        )
         return False
     return True

@@ -4,6 +4,7 @@ Every option is checked when it is parsed (exit 2 with one line), and every outp
 any model is built, so a mistake never costs an evaluation. User errors (bad files, missing
 data) print one ``error:`` line and exit 2; anything else is a bug and shows its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
+from qaclip_core.errors import QAClipError
 from qaclip_harness import options
 from qaclip_harness.data.loader import resolve_workers
-from qaclip_core.errors import QAClipError
 
 
 def _checked(check: Callable, option: str, **kw) -> Callable[[str], object]:
@@ -42,8 +43,9 @@ def _workers(value: str) -> str:
 def _existing_file(value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{value!r}: " + ("is a folder, expected a checkpoint file" if path.is_dir()
-                                                           else "no such file"))
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: " + ("is a folder, expected a checkpoint file" if path.is_dir() else "no such file")
+        )
     return path
 
 
@@ -54,74 +56,163 @@ def _parser() -> argparse.ArgumentParser:
     who = ev.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="registry name (see `python -m qaclip_harness models`)")
     who.add_argument("--checkpoint", type=_existing_file, help="a local checkpoint file")
-    ev.add_argument("--arch", type=_checked(options.architecture, "--arch"),
-                    help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
-    ev.add_argument("--dataset", required=True, help="flickr30k-cn, muge, coco-cn, imagenet, an ELEVATER dataset (cifar-10, "
-                    "cifar100, dtd, eurosat, fer-2013, fgvc-aircraft, kitti-distance, mnist, patch-camelyon, voc-2007) "
-                    "or a fixture dataset")
-    ev.add_argument("--data-root", type=_checked(options.folder, "--data-root"), required=True,
-                    help="${DATAPATH} holding datasets/, or the datasets folder")
+    ev.add_argument(
+        "--arch",
+        type=_checked(options.architecture, "--arch"),
+        help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)",
+    )
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        help="flickr30k-cn, muge, coco-cn, imagenet, an ELEVATER dataset (cifar-10, "
+        "cifar100, dtd, eurosat, fer-2013, fgvc-aircraft, kitti-distance, mnist, patch-camelyon, voc-2007) "
+        "or a fixture dataset",
+    )
+    ev.add_argument(
+        "--data-root",
+        type=_checked(options.folder, "--data-root"),
+        required=True,
+        help="${DATAPATH} holding datasets/, or the datasets folder",
+    )
     ev.add_argument("--split", help="split to evaluate (default: the dataset's published split)")
-    ev.add_argument("--device", default="auto", type=_checked(options.device, "--device"), help="auto, cpu, cuda or cuda:N")
+    ev.add_argument(
+        "--device", default="auto", type=_checked(options.device, "--device"), help="auto, cpu, cuda or cuda:N"
+    )
     ev.add_argument("--precision", default="fp32", choices=list(options.PRECISIONS))
-    ev.add_argument("--batch-size", type=_checked(options.positive_int, "--batch-size"), default=64, help="images per batch")
-    ev.add_argument("--text-batch-size", type=_checked(options.positive_int, "--text-batch-size"), default=256,
-                    help="texts per batch")
-    ev.add_argument("--num-workers", type=_workers, default="auto", help="image-decoding threads (default auto: one per core, at most 8)")
-    ev.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"),
-                    help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
+    ev.add_argument(
+        "--batch-size", type=_checked(options.positive_int, "--batch-size"), default=64, help="images per batch"
+    )
+    ev.add_argument(
+        "--text-batch-size",
+        type=_checked(options.positive_int, "--text-batch-size"),
+        default=256,
+        help="texts per batch",
+    )
+    ev.add_argument(
+        "--num-workers",
+        type=_workers,
+        default="auto",
+        help="image-decoding threads (default auto: one per core, at most 8)",
+    )
+    ev.add_argument(
+        "--checkpoint-dir",
+        type=_checked(options.folder, "--checkpoint-dir"),
+        help="download folder for --model (default ~/.cache/qaclip/checkpoints)",
+    )
     ev.add_argument("--download", action="store_true", help="download the dataset when missing and downloadable")
-    ev.add_argument("--lock-file", type=_checked(options.output_file, "--lock-file"), help="checksum lock file: record the first verified download of each "
-                    "file, check later ones against it (also QACLIP_LOCK_FILE)")
-    ev.add_argument("--verify", action="store_true", help="hash cached files in full instead of trusting their .sha256 records")
+    ev.add_argument(
+        "--lock-file",
+        type=_checked(options.output_file, "--lock-file"),
+        help="checksum lock file: record the first verified download of each "
+        "file, check later ones against it (also QACLIP_LOCK_FILE)",
+    )
+    ev.add_argument(
+        "--verify", action="store_true", help="hash cached files in full instead of trusting their .sha256 records"
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--dump-predictions", type=_checked(options.folder, "--dump-predictions"), metavar="DIR",
-                    help="write predictions into DIR: retrieval in the reference's jsonl format, zero-shot as "
-                    "<dataset folder>.json in the ELEVATER submission format (ordered by index.json when present)")
+    ev.add_argument(
+        "--dump-predictions",
+        type=_checked(options.folder, "--dump-predictions"),
+        metavar="DIR",
+        help="write predictions into DIR: retrieval in the reference's jsonl format, zero-shot as "
+        "<dataset folder>.json in the ELEVATER submission format (ordered by index.json when present)",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--compile", action="store_true", help="run the vision tower through torch.compile")
-    ev.add_argument("--backend", default="pytorch", choices=["pytorch", "onnx"],
-                    help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)")
+    ev.add_argument(
+        "--backend",
+        default="pytorch",
+        choices=["pytorch", "onnx"],
+        help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)",
+    )
     sub.add_parser("models", help="list registry names")
-    cal = sub.add_parser("calibrate", help="measure how each case's metrics move with precision, TF32 and the reference")
-    cal.add_argument("--out", type=_checked(options.output_file, "--out"), required=True,
-                     help="calibration file to write (YAML)")
-    cal.add_argument("--allow-empty", action="store_true",
-                     help="write the calibration and exit 0 even when every selected case was skipped")
-    cal.add_argument("--expected-dir", type=_checked(options.folder, "--expected-dir", must_exist=True), default=Path("expected"),
-                     help="folder of expected YAML files (default ./expected)")
-    cal.add_argument("--case", action="append", default=[], metavar="SUBSTRING",
-                     help="only cases whose id contains this (repeatable; default: every case with weights and data)")
-    cal.add_argument("--data-root", type=_checked(options.folder, "--data-root"), default=None,
-                     help="${DATAPATH} (default ~/.cache/qaclip/data)")
-    cal.add_argument("--checkpoint-dir", type=_checked(options.folder, "--checkpoint-dir"), default=None,
-                     help="where checkpoints are found or downloaded (default ~/.cache/qaclip/checkpoints)")
+    cal = sub.add_parser(
+        "calibrate", help="measure how each case's metrics move with precision, TF32 and the reference"
+    )
+    cal.add_argument(
+        "--out", type=_checked(options.output_file, "--out"), required=True, help="calibration file to write (YAML)"
+    )
+    cal.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write the calibration and exit 0 even when every selected case was skipped",
+    )
+    cal.add_argument(
+        "--expected-dir",
+        type=_checked(options.folder, "--expected-dir", must_exist=True),
+        default=Path("expected"),
+        help="folder of expected YAML files (default ./expected)",
+    )
+    cal.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="SUBSTRING",
+        help="only cases whose id contains this (repeatable; default: every case with weights and data)",
+    )
+    cal.add_argument(
+        "--data-root",
+        type=_checked(options.folder, "--data-root"),
+        default=None,
+        help="${DATAPATH} (default ~/.cache/qaclip/data)",
+    )
+    cal.add_argument(
+        "--checkpoint-dir",
+        type=_checked(options.folder, "--checkpoint-dir"),
+        default=None,
+        help="where checkpoints are found or downloaded (default ~/.cache/qaclip/checkpoints)",
+    )
     cal.add_argument("--device", default="auto", type=_checked(options.device, "--device"))
-    cal.add_argument("--runs", default=",".join(("fp32", "fp32-tf32", "fp16", "bf16", "reference-fp32")),
-                     help="comma-separated runs (fp32, fp32-tf32, fp16, bf16, reference-fp32)")
+    cal.add_argument(
+        "--runs",
+        default=",".join(("fp32", "fp32-tf32", "fp16", "bf16", "reference-fp32")),
+        help="comma-separated runs (fp32, fp32-tf32, fp16, bf16, reference-fp32)",
+    )
     cal.add_argument("--batch-size", type=_checked(options.positive_int, "--batch-size"), default=64)
     cal.add_argument("--num-workers", type=_workers, default="auto")
     cmp = sub.add_parser("compare-reports", help="two report.json side by side: metric deltas and differing provenance")
     cmp.add_argument("a", type=Path, help="report.json (or its folder) of the first run")
     cmp.add_argument("b", type=Path, help="report.json (or its folder) of the second run")
     cmp.add_argument("--json", action="store_true", help="print the differences as one JSON object")
-    hist = sub.add_parser("history", help="every number over earlier runs: what moved since the run before, by how much "
-                          "of its tolerance; which queries changed rank")
-    hist.add_argument("runs", nargs="+", type=Path, metavar="DIR",
-                      help="run folders (report.json, pytest-benchmark *.json, predictions/<case>/) or folders of runs "
-                           "(qaclip keep-run); in this order, a folder's runs oldest first; the last run is the current one")
-    hist.add_argument("--html", type=Path, metavar="FILE",
-                      help="write the current run's report with the history of every number drawn (e.g. reports/report.html)")
-    hist.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table as Markdown (for a job summary)")
+    hist = sub.add_parser(
+        "history",
+        help="every number over earlier runs: what moved since the run before, by how much "
+        "of its tolerance; which queries changed rank",
+    )
+    hist.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run folders (report.json, pytest-benchmark *.json, predictions/<case>/) or folders of runs "
+        "(qaclip keep-run); in this order, a folder's runs oldest first; the last run is the current one",
+    )
+    hist.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write the current run's report with the history of every number drawn (e.g. reports/report.html)",
+    )
+    hist.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the table as Markdown (for a job summary)"
+    )
     hist.add_argument("--json", action="store_true", help="print every moved number as one JSON object")
-    hist.add_argument("--limit", type=_checked(options.positive_int, "--limit"), default=25,
-                      help="rows per section in the printed and Markdown tables (default 25)")
+    hist.add_argument(
+        "--limit",
+        type=_checked(options.positive_int, "--limit"),
+        default=25,
+        help="rows per section in the printed and Markdown tables (default 25)",
+    )
     keep = sub.add_parser("keep-run", help="copy a run folder into a history folder (whole or not at all)")
     keep.add_argument("run", type=Path, help="the run folder (the suite's --report folder)")
     keep.add_argument("store", type=Path, help="the history folder (created when missing)")
     keep.add_argument("--name", required=True, help="the run's name, e.g. the commit; the folder is <time>-<name>")
-    keep.add_argument("--keep-last", type=_checked(options.positive_int, "--keep-last"), default=None,
-                      help="then remove all but the newest N runs of the folder")
+    keep.add_argument(
+        "--keep-last",
+        type=_checked(options.positive_int, "--keep-last"),
+        default=None,
+        help="then remove all but the newest N runs of the folder",
+    )
     from qaclip_harness.cli.export_onnx import add_export_parser
 
     add_export_parser(sub)
@@ -150,18 +241,19 @@ def _check_before_work(args, card) -> None:
 
 
 def _encoder(args):
-    from qaclip_harness.backends import NativeEncoder, load_encoder
-    from qaclip_harness.fetch.weights import fetch_weights
     from qaclip_core.checkpoint import ArchitectureUnknownError, load_checkpoint
     from qaclip_core.pretrained import cache_root
     from qaclip_core.registry import get_card
+    from qaclip_harness.backends import NativeEncoder, load_encoder
+    from qaclip_harness.fetch.weights import fetch_weights
 
     backend = None if args.backend == "pytorch" else args.backend
     if args.model:
         card = get_card(args.model)
         path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
-        return load_encoder(card, path, device=args.device, precision=args.precision, compile=args.compile,
-                            backend_name=backend)
+        return load_encoder(
+            card, path, device=args.device, precision=args.precision, compile=args.compile, backend_name=backend
+        )
     if backend == "onnx":
         from qaclip_harness.backends.onnx import load_checkpoint_encoder
 
@@ -170,8 +262,10 @@ def _encoder(args):
         model = load_checkpoint(args.checkpoint, args.arch, device=_device(args.device), precision=args.precision)
     except ArchitectureUnknownError as e:
         looks = f" (it looks like {e.guess})" if e.guess else ""
-        raise UsageError(f"checkpoint {e.path}: cannot tell its architecture from the weights{looks}; "
-                         "give it with --arch VISION@TEXT, for example --arch ViT-B-16@RoBERTa-wwm-ext-base-chinese") from None
+        raise UsageError(
+            f"checkpoint {e.path}: cannot tell its architecture from the weights{looks}; "
+            "give it with --arch VISION@TEXT, for example --arch ViT-B-16@RoBERTa-wwm-ext-base-chinese"
+        ) from None
     return NativeEncoder(model, name=args.checkpoint.name, compile=args.compile)
 
 
@@ -195,17 +289,36 @@ def _eval(args, shard) -> tuple:
     data = resolve_dataset(card, args.data_root, download=args.download)  # fetched first: evaluation never downloads
     encoder = _encoder(args)
     out = evaluate_card(
-        encoder, data, batch_size=args.batch_size, text_batch_size=args.text_batch_size,
+        encoder,
+        data,
+        batch_size=args.batch_size,
+        text_batch_size=args.text_batch_size,
         num_workers=resolve_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
-        progress=not args.quiet and shard.is_main, split=args.split, shard=shard,
+        progress=not args.quiet and shard.is_main,
+        split=args.split,
+        shard=shard,
     )
     report = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
-    report.update({"dataset": card.name, "model": out.model, "split": args.split or card.split,
-                   "precision": args.precision, "device": str(encoder.device), "processes": shard.world})
+    report.update(
+        {
+            "dataset": card.name,
+            "model": out.model,
+            "split": args.split or card.split,
+            "precision": args.precision,
+            "device": str(encoder.device),
+            "processes": shard.world,
+        }
+    )
     prov = out.provenance
-    report.update({"data_fingerprint": prov.get("data_fingerprint"), "data_build": prov.get("build"),
-                   "split_check": prov.get("split_check"), "comparable": prov.get("comparable", True)})
+    report.update(
+        {
+            "data_fingerprint": prov.get("data_fingerprint"),
+            "data_build": prov.get("build"),
+            "split_check": prov.get("split_check"),
+            "comparable": prov.get("comparable", True),
+        }
+    )
     return report, out, card
 
 
@@ -231,32 +344,45 @@ def _print(report: dict, as_json: bool) -> None:
 
 
 def _calibrate(args) -> int:
-    from qaclip_harness.calibrate import RUNS, calibrate, select_cases, write_calibration
     from qaclip_core.checkpoint import resolve_device
-    from qaclip_harness.expected import load_expected
     from qaclip_core.pretrained import cache_root
+    from qaclip_harness.calibrate import RUNS, calibrate, select_cases, write_calibration
+    from qaclip_harness.expected import load_expected
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
-        print(f"error: --runs: unknown run(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}", file=sys.stderr)
+        print(
+            f"error: --runs: unknown run(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}", file=sys.stderr
+        )
         return 2
     try:
         cases = select_cases(load_expected(args.expected_dir), args.case)
-        doc = calibrate(cases, args.checkpoint_dir or cache_root() / "checkpoints", args.data_root or cache_root() / "data",
-                        device=str(resolve_device(args.device)), runs=runs, batch_size=args.batch_size,
-                        num_workers=resolve_workers(args.num_workers))
+        doc = calibrate(
+            cases,
+            args.checkpoint_dir or cache_root() / "checkpoints",
+            args.data_root or cache_root() / "data",
+            device=str(resolve_device(args.device)),
+            runs=runs,
+            batch_size=args.batch_size,
+            num_workers=resolve_workers(args.num_workers),
+        )
     except QAClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for case_id, res in doc["cases"].items():
-        print(f"{case_id}: largest |delta| from fp32: "
-              + ", ".join(f"{run} {d:.3f}" for run, d in res["largest_abs_delta"].items()))
+        print(
+            f"{case_id}: largest |delta| from fp32: "
+            + ", ".join(f"{run} {d:.3f}" for run, d in res["largest_abs_delta"].items())
+        )
     for case_id, why in doc["skipped"].items():
         print(f"{case_id}: not calibrated: {why}")
     if not doc["cases"] and not args.allow_empty:
-        print(f"error: all {len(doc['skipped'])} selected case(s) were skipped (weights or data missing, reasons above): "
-              f"nothing was calibrated and {args.out} was not written; --allow-empty writes it anyway", file=sys.stderr)
+        print(
+            f"error: all {len(doc['skipped'])} selected case(s) were skipped (weights or data missing, reasons above): "
+            f"nothing was calibrated and {args.out} was not written; --allow-empty writes it anyway",
+            file=sys.stderr,
+        )
         return 1
     try:
         path = write_calibration(doc, args.out)
@@ -267,7 +393,7 @@ def _calibrate(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (130 after Ctrl-C, with one line instead of a traceback)."""
     try:
         return _main(argv)
@@ -276,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
-def _main(argv: Optional[List[str]]) -> int:
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare-reports":
         from qaclip_harness.report.diff import compare, load_report, render
@@ -286,7 +412,9 @@ def _main(argv: Optional[List[str]]) -> int:
         except QAClipError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(json.dumps(diff, ensure_ascii=False, default=str) if args.json else render(diff, str(args.a), str(args.b)))
+        print(
+            json.dumps(diff, ensure_ascii=False, default=str) if args.json else render(diff, str(args.a), str(args.b))
+        )
         return 0
     if args.command == "calibrate":
         return _calibrate(args)
@@ -299,8 +427,13 @@ def _main(argv: Optional[List[str]]) -> int:
 
         print("\n".join(available_models()))
         # models evaluated through another backend (transformers formats): eval --model takes them too
-        print("\n".join(f"{c.name}  ({c.adapter}: {c.hub_repo})" for c in all_cards(include_test_only=False)
-                        if c.adapter != "native"))
+        print(
+            "\n".join(
+                f"{c.name}  ({c.adapter}: {c.hub_repo})"
+                for c in all_cards(include_test_only=False)
+                if c.adapter != "native"
+            )
+        )
         return 0
     if args.command == "export-onnx":
         from qaclip_harness.cli.export_onnx import run_export
@@ -329,8 +462,11 @@ def _main(argv: Optional[List[str]]) -> int:
         try:
             paths = _write_predictions(out, card, args)
         except (OSError, QAClipError) as e:
-            print(f"error: the metrics above were computed, but writing predictions to {args.dump_predictions} "
-                  f"failed: {e}", file=sys.stderr)
+            print(
+                f"error: the metrics above were computed, but writing predictions to {args.dump_predictions} "
+                f"failed: {e}",
+                file=sys.stderr,
+            )
             return 1
         if not args.json:
             for path in paths.values():

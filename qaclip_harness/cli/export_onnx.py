@@ -1,4 +1,5 @@
 """``python -m qaclip_harness export-onnx``: a registry model or a checkpoint file to an ONNX export folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,20 +8,30 @@ import sys
 from pathlib import Path
 
 
-def add_export_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``export-onnx`` subcommand to the CLI's subparsers."""
     from qaclip_harness.export.onnx import DEFAULT_OPSET, MIN_OPSET
 
-    ex = sub.add_parser("export-onnx", help="export a model to ONNX (image and text models, dynamic batch and sequence axes, manifest)")
+    ex = sub.add_parser(
+        "export-onnx", help="export a model to ONNX (image and text models, dynamic batch and sequence axes, manifest)"
+    )
     who = ex.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="registry name (see `python -m qaclip_harness models`)")
     who.add_argument("--checkpoint", type=Path, help="a local checkpoint file")
     ex.add_argument("--arch", help="VISION@TEXT for --checkpoint (inferred from the weights when omitted)")
-    ex.add_argument("--out", type=_output_folder, required=True,
-                    help="folder for image.onnx, text.onnx, their weights and manifest.json")
+    ex.add_argument(
+        "--out",
+        type=_output_folder,
+        required=True,
+        help="folder for image.onnx, text.onnx, their weights and manifest.json",
+    )
     ex.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset ({MIN_OPSET} or newer; default {DEFAULT_OPSET})")
-    ex.add_argument("--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)")
+    ex.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset ({MIN_OPSET} or newer; default {DEFAULT_OPSET})"
+    )
+    ex.add_argument(
+        "--checkpoint-dir", type=Path, help="download folder for --model (default ~/.cache/qaclip/checkpoints)"
+    )
     ex.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return ex
 
@@ -44,9 +55,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         if args.model:
-            from qaclip_harness.fetch.weights import fetch_weights
             from qaclip_core.pretrained import cache_root
             from qaclip_core.registry import get_card
+            from qaclip_harness.fetch.weights import fetch_weights
 
             card = get_card(args.model)
             if card.adapter != "native":
@@ -57,11 +68,24 @@ def run_export(args: argparse.Namespace) -> int:
                 path = packaged_checkpoint(card.name)
             else:
                 path = fetch_weights(card, download_root=args.checkpoint_dir or cache_root() / "checkpoints")
-            manifest = export_checkpoint(path, args.out, arch=card.arch, precision=args.precision, opset=args.opset,
-                                         name=card.name, verify=verify_export)
+            manifest = export_checkpoint(
+                path,
+                args.out,
+                arch=card.arch,
+                precision=args.precision,
+                opset=args.opset,
+                name=card.name,
+                verify=verify_export,
+            )
         else:
-            manifest = export_checkpoint(args.checkpoint, args.out, arch=args.arch, precision=args.precision,
-                                         opset=args.opset, verify=verify_export)
+            manifest = export_checkpoint(
+                args.checkpoint,
+                args.out,
+                arch=args.arch,
+                precision=args.precision,
+                opset=args.opset,
+                verify=verify_export,
+            )
     except (QAClipError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -69,11 +93,17 @@ def run_export(args: argparse.Namespace) -> int:
         print(json.dumps(manifest.to_dict(), ensure_ascii=False))
     else:
         v = manifest.verification
-        print(f"exported {manifest.model} ({manifest.arch}, {manifest.precision}, opset {manifest.opset}) to {args.out}")
+        print(
+            f"exported {manifest.model} ({manifest.arch}, {manifest.precision}, opset {manifest.opset}) to {args.out}"
+        )
         for tower, rec in manifest.towers.items():
-            print(f"  {rec['file']}: {rec['input']['name']} {rec['input']['shape']} {rec['input']['dtype']} -> "
-                  f"{rec['output']['name']} {rec['output']['shape']} {rec['output']['dtype']}")
+            print(
+                f"  {rec['file']}: {rec['input']['name']} {rec['input']['shape']} {rec['input']['dtype']} -> "
+                f"{rec['output']['name']} {rec['output']['shape']} {rec['output']['dtype']}"
+            )
         if v:
-            print(f"  checked with ONNX Runtime: max |d| of normalised features image {v['image_max_abs_diff']:.1e}, "
-                  f"text {v['text_max_abs_diff']:.1e}")
+            print(
+                f"  checked with ONNX Runtime: max |d| of normalised features image {v['image_max_abs_diff']:.1e}, "
+                f"text {v['text_max_abs_diff']:.1e}"
+            )
     return 0

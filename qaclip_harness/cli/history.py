@@ -1,4 +1,5 @@
 """``qaclip history DIR...`` and ``qaclip keep-run RUN STORE``: the history of every number, and keeping a run for it."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ def run_history(args) -> int:
         current = history.runs[-1]
         if args.html:
             # the current run's page; the run before is the throughput baseline
-            baseline = history.runs[-2].benchmarks[-1] if len(history.runs) > 1 and history.runs[-2].benchmarks else None
+            baseline = (
+                history.runs[-2].benchmarks[-1] if len(history.runs) > 1 and history.runs[-2].benchmarks else None
+            )
             path = write_html(current.path, current.benchmarks, baseline, history, target=args.html)
             print(f"written: {path}", file=sys.stderr)
         if args.markdown:

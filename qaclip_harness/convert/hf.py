@@ -10,6 +10,7 @@ transform as ``ChineseCLIPImageProcessor`` can: a squash resize to R x R, bicubi
 crop, the OpenAI-CLIP mean and std. ``ChineseCLIPModel`` has no ResNet tower, so RN50 models
 cannot be converted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -31,7 +33,7 @@ INSTALL_HINT = "pip install 'qaclip-core[chineseclip]'"
 
 # (pattern on a reference key, replacement); applied in order, the first match wins. Keys that
 # need a transpose or a split are handled by SPECIAL below.
-RENAMES: List[Tuple[str, str]] = [
+RENAMES: list[tuple[str, str]] = [
     (r"^bert\.", "text_model."),
     (r"^logit_scale$", "logit_scale"),
     (r"^visual\.class_embedding$", "vision_model.embeddings.class_embedding"),
@@ -39,7 +41,10 @@ RENAMES: List[Tuple[str, str]] = [
     (r"^visual\.positional_embedding$", "vision_model.embeddings.position_embedding.weight"),
     (r"^visual\.ln_pre\.", "vision_model.pre_layrnorm."),
     (r"^visual\.ln_post\.", "vision_model.post_layernorm."),
-    (r"^visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.", r"vision_model.encoder.layers.\1.self_attn.out_proj."),
+    (
+        r"^visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.",
+        r"vision_model.encoder.layers.\1.self_attn.out_proj.",
+    ),
     (r"^visual\.transformer\.resblocks\.(\d+)\.ln_1\.", r"vision_model.encoder.layers.\1.layer_norm1."),
     (r"^visual\.transformer\.resblocks\.(\d+)\.ln_2\.", r"vision_model.encoder.layers.\1.layer_norm2."),
     (r"^visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.", r"vision_model.encoder.layers.\1.mlp.fc1."),
@@ -48,27 +53,30 @@ RENAMES: List[Tuple[str, str]] = [
 _IN_PROJ = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
 
 
-def _transpose(name: str) -> Callable[[str, torch.Tensor], Dict[str, torch.Tensor]]:
+def _transpose(name: str) -> Callable[[str, torch.Tensor], dict[str, torch.Tensor]]:
     # the reference multiplies x @ P; nn.Linear computes x @ W.T, so W = P.T
     return lambda key, t: {name: t.t().contiguous()}
 
 
-def _split_in_proj(key: str, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+def _split_in_proj(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
     # nn.MultiheadAttention packs the query, key and value projections as rows [q; k; v]
     layer, kind = _IN_PROJ.match(key).groups()
     q, k, v = t.chunk(3, dim=0)
     prefix = f"vision_model.encoder.layers.{layer}.self_attn"
-    return {f"{prefix}.q_proj.{kind}": q.contiguous(), f"{prefix}.k_proj.{kind}": k.contiguous(),
-            f"{prefix}.v_proj.{kind}": v.contiguous()}
+    return {
+        f"{prefix}.q_proj.{kind}": q.contiguous(),
+        f"{prefix}.k_proj.{kind}": k.contiguous(),
+        f"{prefix}.v_proj.{kind}": v.contiguous(),
+    }
 
 
-SPECIAL: Dict[str, Callable[[str, torch.Tensor], Dict[str, torch.Tensor]]] = {
+SPECIAL: dict[str, Callable[[str, torch.Tensor], dict[str, torch.Tensor]]] = {
     "text_projection": _transpose("text_projection.weight"),
     "visual.proj": _transpose("visual_projection.weight"),
 }
 
 
-def _arch(arch: Union[str, ArchConfig]) -> ArchConfig:
+def _arch(arch: str | ArchConfig) -> ArchConfig:
     cfg = arch_config(arch) if isinstance(arch, str) else arch
     if cfg.vision.kind != "vit":
         raise CheckpointError(
@@ -78,7 +86,7 @@ def _arch(arch: Union[str, ArchConfig]) -> ArchConfig:
     return cfg
 
 
-def hf_config(arch: Union[str, ArchConfig]) -> dict:
+def hf_config(arch: str | ArchConfig) -> dict:
     """Keyword arguments of ``transformers.ChineseCLIPConfig`` for ``arch`` (a ViT architecture)."""
     cfg = _arch(arch)
     v, t = cfg.vision, cfg.text
@@ -110,11 +118,11 @@ def hf_config(arch: Union[str, ArchConfig]) -> dict:
     }
 
 
-def to_hf_state_dict(sd: Mapping[str, torch.Tensor], arch: Union[str, ArchConfig]) -> Dict[str, torch.Tensor]:
+def to_hf_state_dict(sd: Mapping[str, torch.Tensor], arch: str | ArchConfig) -> dict[str, torch.Tensor]:
     """The reference state dict ``sd`` (keys as :func:`qaclip_core.read_state_dict` returns them) in transformers' names."""
     cfg = _arch(arch)
     _check_fits(sd, cfg)
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for key, tensor in sd.items():
         if key in SPECIAL:
             out.update(SPECIAL[key](key, tensor))
@@ -152,25 +160,37 @@ def write_tokenizer_files(out_dir: PathLike, max_length: int) -> None:
 
     out_dir = Path(out_dir)
     shutil.copyfile(VOCAB_PATH, out_dir / "vocab.txt")
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
-              "strip_accents": None, "model_max_length": int(max_length)}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "tokenize_chinese_chars": True,
+        "strip_accents": None,
+        "model_max_length": int(max_length),
+    }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def image_processor(transformers: Any, resolution: int) -> Any:
     """``ChineseCLIPImageProcessor`` configured as close to the reference transform as it allows."""
     return transformers.ChineseCLIPImageProcessor(
-        do_resize=True, size={"height": resolution, "width": resolution}, resample=3,  # PIL bicubic
-        do_center_crop=False, crop_size={"height": resolution, "width": resolution},
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(MEAN), image_std=list(STD),
+        do_resize=True,
+        size={"height": resolution, "width": resolution},
+        resample=3,  # PIL bicubic
+        do_center_crop=False,
+        crop_size={"height": resolution, "width": resolution},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(MEAN),
+        image_std=list(STD),
         do_convert_rgb=True,
     )
 
 
 def write_hf_folder(
-    checkpoint: Union[PathLike, Mapping[str, torch.Tensor]],
+    checkpoint: PathLike | Mapping[str, torch.Tensor],
     out_dir: PathLike,
-    arch: Optional[str] = None,
+    arch: str | None = None,
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
 ) -> Path:
@@ -185,14 +205,20 @@ def write_hf_folder(
 
     transformers = _import_transformers()
     # a mapping may be the training code's dict or a bare state dict, with or without "module."
-    sd = normalise_state_dict(checkpoint, "state dict") if isinstance(checkpoint, Mapping) else read_state_dict(checkpoint)
+    sd = (
+        normalise_state_dict(checkpoint, "state dict")
+        if isinstance(checkpoint, Mapping)
+        else read_state_dict(checkpoint)
+    )
     source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
     arch = arch or infer_arch(sd)
     if arch is None or "(" in arch:
         raise CheckpointError(f"{source}: cannot tell its architecture; pass arch='VISION@TEXT'")
     cfg = _arch(arch)
-    hf_sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in to_hf_state_dict(sd, cfg).items()}
+    hf_sd = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in to_hf_state_dict(sd, cfg).items()
+    }
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     config = transformers.ChineseCLIPConfig(**hf_config(cfg))
@@ -213,7 +239,7 @@ def verify_folder(folder: PathLike) -> None:
     load_model(_import_transformers(), str(folder), {"local_files_only": True}, torch.float32)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command line: convert one checkpoint file into a folder."""
     from qaclip_core.checkpoint import DTYPES
 

@@ -1,10 +1,10 @@
 """Dataset cards (``datasets.yaml`` beside this module): where each evaluation set lives and how to get it."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
 
 import yaml
 
@@ -26,31 +26,32 @@ class DatasetCard:
     kind: str  # "retrieval" or "zeroshot"
     dirname: str
     split: str
-    hub: Optional[dict] = None
-    url: Optional[str] = None
-    labels: Optional[dict] = None
-    how_to_get: Optional[str] = None
-    generator: Optional[str] = None
-    split_size: Optional[dict] = None  # the published size of ``split``: images, texts or classes
-    builds: Optional[dict] = None  # name -> {archive, note, fingerprints}
+    hub: dict | None = None
+    url: str | None = None
+    labels: dict | None = None
+    how_to_get: str | None = None
+    generator: str | None = None
+    split_size: dict | None = None  # the published size of ``split``: images, texts or classes
+    builds: dict | None = None  # name -> {archive, note, fingerprints}
 
-    def build_of_archive(self, archive: str) -> Optional[str]:
+    def build_of_archive(self, archive: str) -> str | None:
         """The build unpacked from ``archive`` (``repo/filename``), if one is listed."""
         for name, build in (self.builds or {}).items():
             if build.get("archive") == archive:
                 return name
         return None
 
-    def build_of_fingerprint(self, fingerprint: str) -> Optional[str]:
+    def build_of_fingerprint(self, fingerprint: str) -> str | None:
         """The build whose data has ``fingerprint``, if one is listed."""
         for name, build in (self.builds or {}).items():
             if fingerprint in (build.get("fingerprints") or []):
                 return name
         return None
+
     # ELEVATER (qaclip_harness/data/elevater.py): the folder layout to check, and the combined report
     # table the dataset's column belongs to (the class count is in split_size)
-    layout: Optional[str] = None
-    report_table: Optional[str] = None
+    layout: str | None = None
+    report_table: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -58,12 +59,12 @@ class DatasetCard:
         return bool(self.hub)
 
 
-_CARDS: Dict[str, DatasetCard] = {}
+_CARDS: dict[str, DatasetCard] = {}
 _FIELDS = set(DatasetCard.__dataclass_fields__)
 ORIGIN_FILE = ".qaclip-origin.json"  # written into a folder unpacked by --download: which archive it came from
 
 
-def all_datasets() -> List[DatasetCard]:
+def all_datasets() -> list[DatasetCard]:
     """Every dataset card, in file order."""
     if not _CARDS:
         with open(CARDS_FILE, encoding="utf-8") as f:
@@ -75,7 +76,7 @@ def all_datasets() -> List[DatasetCard]:
     return list(_CARDS.values())
 
 
-def read_origin(folder: Path) -> Optional[dict]:
+def read_origin(folder: Path) -> dict | None:
     """The archive a dataset folder was unpacked from (``{"archive", "sha256"}``), if --download did it."""
     try:
         return json.loads((Path(folder) / ORIGIN_FILE).read_text(encoding="utf-8"))
@@ -83,7 +84,7 @@ def read_origin(folder: Path) -> Optional[dict]:
         return None
 
 
-def identify_build(card: DatasetCard, folder: Path, fingerprint: Optional[str]) -> Optional[str]:
+def identify_build(card: DatasetCard, folder: Path, fingerprint: str | None) -> str | None:
     """The named build of ``card`` this data is: by its fingerprint, else by the archive it came from.
 
     A fingerprint listed under another dataset's build is an error: the data is in the wrong place.
@@ -112,13 +113,13 @@ def get_dataset(name: str) -> DatasetCard:
     return cards[name]
 
 
-def datasets_dir(data_root: Union[str, Path]) -> Path:
+def datasets_dir(data_root: str | Path) -> Path:
     """``<root>/datasets`` if it exists (Chinese-CLIP's ${DATAPATH}), else ``<root>`` itself."""
     root = Path(data_root).expanduser()
     return root / "datasets" if (root / "datasets").is_dir() or not root.is_dir() else root
 
 
-def dataset_dir(card: DatasetCard, data_root: Union[str, Path]) -> Path:
+def dataset_dir(card: DatasetCard, data_root: str | Path) -> Path:
     """Folder of ``card`` under ``data_root``."""
     return datasets_dir(data_root) / card.dirname
 
@@ -147,7 +148,7 @@ def missing_parts(card: DatasetCard, folder: Path) -> list:
     return [p for p, ok in zip(parts, present) if not ok]
 
 
-def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
+def missing_reason(card: DatasetCard, data_root: str | Path) -> str:
     """One line: what is missing, where it was expected, how to get it."""
     folder = dataset_dir(card, data_root)
     how = "run with --download" if card.downloadable else (card.how_to_get or "see the README")
@@ -158,14 +159,17 @@ def missing_reason(card: DatasetCard, data_root: Union[str, Path]) -> str:
     missing = missing_parts(card, folder)
     return f"{card.display} in {folder} is incomplete: {' and '.join(missing)} missing; {how}"
 
+
 def nested_how_to_get(card: DatasetCard, datasets_folder: Path) -> str:
     """Where to get a nested dataset and where to put it, in one line."""
     hub = card.hub
     size = f" ({hub['size']})" if hub.get("size") else ""
     where = f"the Hugging Face dataset {hub['repo']}" + (f" or {card.url}" if card.url else "")
-    return (f"run with --download (fetches {hub['filename']}{size} once from {where} and unpacks only {hub['member']}), "
-            f"or unzip {hub['member']} from {hub['filename']} into {datasets_folder}/ so that "
-            f"{datasets_folder / card.dirname}/{card.split}/ and label_cn.txt exist")
+    return (
+        f"run with --download (fetches {hub['filename']}{size} once from {where} and unpacks only {hub['member']}), "
+        f"or unzip {hub['member']} from {hub['filename']} into {datasets_folder}/ so that "
+        f"{datasets_folder / card.dirname}/{card.split}/ and label_cn.txt exist"
+    )
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ class DatasetOnDisk:
 
     card: DatasetCard
     folder: Path  # <datasets>/<dirname>
-    labels: Optional[Path] = None  # the zero-shot label file
+    labels: Path | None = None  # the zero-shot label file
 
     @property
     def datasets_folder(self) -> Path:
@@ -182,7 +186,7 @@ class DatasetOnDisk:
         return self.folder.parent
 
 
-def locate(card: DatasetCard, data_root: Union[str, Path]) -> DatasetOnDisk:
+def locate(card: DatasetCard, data_root: str | Path) -> DatasetOnDisk:
     """``card``'s data under ``data_root`` as it is on disk; DatasetMissingError (with how to get it) when incomplete."""
     folder = dataset_dir(card, data_root)
     if not is_present(card, folder):

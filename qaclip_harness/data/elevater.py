@@ -12,25 +12,26 @@ Class ids are ``0`` to ``9`` when a dataset has at most 10 classes and zero-padd
 ``ImageFolder``, and with it the reference, numbers the classes) are the label order. A folder
 that breaks this would silently pair images with the wrong class names, so it is an error here.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Union
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from qaclip_harness.errors import DatasetError
 from qaclip_harness.data.imagenet import _checked_loader, class_samples
+from qaclip_harness.errors import DatasetError
 
 PathLike = Union[str, Path]
 INDEX_FILE = "index.json"
 
 
-def class_ids(n: int) -> List[str]:
+def class_ids(n: int) -> list[str]:
     """Folder names of ``n`` classes: ``0``..``9`` up to 10 classes, else zero-padded to (at least) 3 digits."""
     if n < 1:
         raise ValueError(f"need at least one class, got {n}")
@@ -38,7 +39,7 @@ def class_ids(n: int) -> List[str]:
     return [f"{i:0{width}d}" for i in range(n)]
 
 
-def _describe(ids: List[str]) -> str:
+def _describe(ids: list[str]) -> str:
     return f"{ids[0]} to {ids[-1]}" if len(ids) > 1 else ids[0]
 
 
@@ -50,7 +51,7 @@ def _has_image(folder: str) -> bool:
     return False
 
 
-def check_class_folders(folder: Path, num_labels: int, labels_path: PathLike) -> List[str]:
+def check_class_folders(folder: Path, num_labels: int, labels_path: PathLike) -> list[str]:
     """The class folders of ``folder``, which must be exactly the ids of ``num_labels`` classes, none empty."""
     try:
         found = sorted(e.name for e in os.scandir(folder) if e.is_dir())
@@ -60,20 +61,27 @@ def check_class_folders(folder: Path, num_labels: int, labels_path: PathLike) ->
     if len(found) != num_labels:
         raise DatasetError(
             f"{folder} has {len(found)} class folders but the label file {labels_path} names {num_labels} classes; "
-            f"expected the folders {_describe(want)}, one per line of the label file")
+            f"expected the folders {_describe(want)}, one per line of the label file"
+        )
     if found != want:
         unexpected = [n for n in found if n not in set(want)]
         missing = [n for n in want if n not in set(found)]
-        rule = "plain ids 0 to 9 (at most 10 classes)" if num_labels <= 10 else "ids zero-padded to 3 digits (more than 10 classes)"
+        rule = (
+            "plain ids 0 to 9 (at most 10 classes)"
+            if num_labels <= 10
+            else "ids zero-padded to 3 digits (more than 10 classes)"
+        )
         raise DatasetError(
             f"{folder}: class folders must be named {_describe(want)} ({rule}) for the {num_labels} classes of "
             f"{labels_path}; found unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}, "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     empty = [name for name in found if not _has_image(str(folder / name))]
     if empty:
         raise DatasetError(
             f"{folder / empty[0]}: class folder holds no image files (expected {', '.join(IMG_EXTENSIONS)})"
-            + (f"; also empty: {', '.join(empty[1:6])}" if len(empty) > 1 else ""))
+            + (f"; also empty: {', '.join(empty[1:6])}" if len(empty) > 1 else "")
+        )
     return found
 
 
@@ -89,18 +97,23 @@ class ElevaterFolder(ImageFolder):
         folder: PathLike,
         labels_path: PathLike,
         num_labels: int,
-        transform: Optional[Callable[[Any], Any]] = None,
-        published_classes: Optional[int] = None,
+        transform: Callable[[Any], Any] | None = None,
+        published_classes: int | None = None,
         display: str = "",
     ):
         folder = Path(folder)
         if not folder.is_dir():
-            raise DatasetError(f"{display or 'dataset'}: split folder {folder} not found (expected test/<class id>/ images)")
+            raise DatasetError(
+                f"{display or 'dataset'}: split folder {folder} not found (expected test/<class id>/ images)"
+            )
         check_class_folders(folder, num_labels, labels_path)
         if published_classes is not None and published_classes != num_labels:
             warnings.warn(
                 f"{display}: the label file {labels_path} names {num_labels} classes but the published numbers were "
-                f"measured on {published_classes}; results are not comparable with them", UserWarning, stacklevel=2)
+                f"measured on {published_classes}; results are not comparable with them",
+                UserWarning,
+                stacklevel=2,
+            )
         try:
             super().__init__(str(folder), transform=transform, loader=_checked_loader)
         except OSError as e:
@@ -110,7 +123,7 @@ class ElevaterFolder(ImageFolder):
     make_dataset = staticmethod(class_samples)  # directory links not followed, each file once
 
 
-def read_index(dataset_dir: PathLike, num_images: Optional[int] = None) -> Optional[List[int]]:
+def read_index(dataset_dir: PathLike, num_images: int | None = None) -> list[int] | None:
     """``index.json`` of a dataset (the sample order for the ELEVATER server), checked; ``None`` when absent.
 
     Without ``num_images`` only its form is checked (before an evaluation), with it the range too.
@@ -128,6 +141,7 @@ def read_index(dataset_dir: PathLike, num_images: Optional[int] = None) -> Optio
     if bad and num_images is None:
         raise DatasetError(f"{path}: sample number {bad[0]} is negative")
     if bad:
-        raise DatasetError(f"{path}: sample number {bad[0]} is outside 0 to {num_images - 1} "
-                           f"(the split has {num_images} images)")
+        raise DatasetError(
+            f"{path}: sample number {bad[0]} is outside 0 to {num_images - 1} (the split has {num_images} images)"
+        )
     return index

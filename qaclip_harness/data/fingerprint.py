@@ -10,11 +10,13 @@ same images under the same ids, the same captions and the same ground truth.
 - zero-shot: ``sha256("zeroshot/v1" | images | labels)``, images = every (relative path,
   sha256(bytes)) sorted by path, labels = the class names in order.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Union
 
 Key = Union[int, str]
 
@@ -24,7 +26,7 @@ def item_digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def images_digest(items: Iterable[Tuple[Key, Optional[bytes]]]) -> str:
+def images_digest(items: Iterable[tuple[Key, bytes | None]]) -> str:
     """Digest of (key, item digest) pairs, in key order; every item must have been read."""
     pairs = sorted(items, key=lambda kv: (isinstance(kv[0], str), kv[0]))
     missing = [k for k, d in pairs if d is None]
@@ -32,12 +34,12 @@ def images_digest(items: Iterable[Tuple[Key, Optional[bytes]]]) -> str:
         raise ValueError(f"{len(missing)} images were not read (e.g. {missing[:3]}); no fingerprint")
     h = hashlib.sha256()
     for key, digest in pairs:
-        h.update(f"{key}\0".encode("utf-8"))
+        h.update(f"{key}\0".encode())
         h.update(digest)
     return h.hexdigest()
 
 
-def texts_digest(records: Iterable[Tuple[int, str, Sequence[int]]]) -> str:
+def texts_digest(records: Iterable[tuple[int, str, Sequence[int]]]) -> str:
     """Digest of (text_id, text, image_ids) records, in text_id order."""
     h = hashlib.sha256()
     for text_id, text, image_ids in sorted(records, key=lambda r: r[0]):

@@ -1,4 +1,5 @@
 """ImageNet-1K zero-shot data: class folders (ELEVATER layout) and the Chinese label file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,22 +7,22 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader, has_file_allowed_extension
 
-from qaclip_harness.errors import DatasetError
 from qaclip_harness.data.fingerprint import item_digest
+from qaclip_harness.errors import DatasetError
 
 PathLike = Union[str, Path]
 # sha256 of the label_cn.txt that Chinese-CLIP publishes (and its reported numbers used)
 LABEL_CN_SHA256 = "f7b6f4bb0ddec755dbea41577c7c5155a4fa2852706f2263c0d3015dc67a8181"
 
 
-def read_labels(path: PathLike, expected_sha256: Optional[str] = LABEL_CN_SHA256, strict: bool = False) -> List[str]:
+def read_labels(path: PathLike, expected_sha256: str | None = LABEL_CN_SHA256, strict: bool = False) -> list[str]:
     """Class names, one per line, stripped (the reference's reading); checks the file's sha256."""
     path = Path(path)
     try:
@@ -60,8 +61,13 @@ def _checked_loader(path: str) -> Any:
         raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
 
 
-def class_samples(directory: str, class_to_idx: Dict[str, int], extensions: Optional[Tuple[str, ...]] = None,
-                  is_valid_file: Optional[Callable[[str], bool]] = None, allow_empty: bool = False) -> List[Tuple[str, int]]:
+def class_samples(
+    directory: str,
+    class_to_idx: dict[str, int],
+    extensions: tuple[str, ...] | None = None,
+    is_valid_file: Callable[[str], bool] | None = None,
+    allow_empty: bool = False,
+) -> list[tuple[str, int]]:
     """``(path, class index)`` of every image under the class folders, as ``ImageFolder`` lists them, but safe.
 
     torchvision's walk follows directory links: a link that points back up (``loop -> .``) makes a
@@ -69,11 +75,12 @@ def class_samples(directory: str, class_to_idx: Dict[str, int], extensions: Opti
     12). Here directory links are not followed and a file reached twice (a file link beside its
     target) is counted once; both are named in a warning. Order and class numbering are ImageFolder's.
     """
+
     def valid(path: str) -> bool:
         return is_valid_file(path) if is_valid_file is not None else has_file_allowed_extension(path, extensions)
 
-    samples: List[Tuple[str, int]] = []
-    seen: Dict[str, str] = {}
+    samples: list[tuple[str, int]] = []
+    seen: dict[str, str] = {}
     links, repeats, empty = [], [], []
     for name in sorted(class_to_idx):
         top = os.path.join(directory, name)
@@ -98,15 +105,21 @@ def class_samples(directory: str, class_to_idx: Dict[str, int], extensions: Opti
     if links or repeats:
         parts = []
         if links:
-            parts.append(f"{len(links)} directory link(s) not followed ({', '.join(sorted(links)[:3])}"
-                         f"{' ...' if len(links) > 3 else ''}): a link may lead back into the folder and count its images again")
+            parts.append(
+                f"{len(links)} directory link(s) not followed ({', '.join(sorted(links)[:3])}"
+                f"{' ...' if len(links) > 3 else ''}): a link may lead back into the folder and count its images again"
+            )
         if repeats:
-            parts.append(f"{len(repeats)} file(s) reached twice through links counted once ({', '.join(repeats[:3])}"
-                         f"{' ...' if len(repeats) > 3 else ''})")
+            parts.append(
+                f"{len(repeats)} file(s) reached twice through links counted once ({', '.join(repeats[:3])}"
+                f"{' ...' if len(repeats) > 3 else ''})"
+            )
         warnings.warn(f"{directory}: " + "; ".join(parts), UserWarning, stacklevel=3)
     if empty and not allow_empty:
-        raise DatasetError(f"{directory}: no image files in the class folder(s) {', '.join(empty[:5])}"
-                           f"{' ...' if len(empty) > 5 else ''} (links to folders are not followed)")
+        raise DatasetError(
+            f"{directory}: no image files in the class folder(s) {', '.join(empty[:5])}"
+            f"{' ...' if len(empty) > 5 else ''} (links to folders are not followed)"
+        )
     return samples
 
 
@@ -135,9 +148,9 @@ class ImageNetFolder(ImageFolder):
     def __init__(
         self,
         root: PathLike,
-        transform: Optional[Callable[[Image.Image], Any]] = None,
-        num_labels: Optional[int] = None,
-        labels_path: Optional[PathLike] = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+        num_labels: int | None = None,
+        labels_path: PathLike | None = None,
         split: str = "test",
     ):
         folder = resolve_imagenet_dir(root, split)
@@ -182,7 +195,7 @@ class IndexedImages(torch.utils.data.Dataset):
     def __init__(self, folder: ImageNetFolder):
         self.base = folder
         self.transform = folder.transform
-        self.digests: List[Optional[bytes]] = [None] * len(folder.samples)
+        self.digests: list[bytes | None] = [None] * len(folder.samples)
         self._keys = [os.path.relpath(p, folder.folder).replace(os.sep, "/") for p, _ in folder.samples]
 
     def item_id(self, i: int) -> int:
@@ -204,11 +217,11 @@ class IndexedImages(torch.utils.data.Dataset):
         """The RGB image of item ``i`` (its bytes hashed on the way)."""
         return _decode_rgb(self.read_bytes(i), self.base.samples[i][0])
 
-    def source_files(self) -> List[Path]:
+    def source_files(self) -> list[Path]:
         """The image files (their sizes and times identify the data between runs)."""
         return [Path(p) for p, _ in self.base.samples]
 
-    def item_digests(self) -> List[Tuple[str, Optional[bytes]]]:
+    def item_digests(self) -> list[tuple[str, bytes | None]]:
         """(relative path, sha256 of the file or None if not read yet) for every item."""
         return list(zip(self._keys, self.digests))
 

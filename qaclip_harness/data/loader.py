@@ -14,19 +14,21 @@ With a pixel cache (:mod:`qaclip_harness.cache.pixels`) batches are ``uint8`` ``
 instead, the transform's :meth:`pixels` of each image: copied from the cached array, or decoded
 and kept in the array being built. The encoder's batch turns them into floats (``from_pixels``).
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-Batch = Tuple[List[int], torch.Tensor]
+Batch = tuple[list[int], torch.Tensor]
 # Decode threads yield the CPU to the model's threads: a CPU model runs its layers on a team of
 # threads that waits for its slowest member, so a decode thread preempting one of them stalls
 # the whole team. With the fixture model on two cores this took LMDB-to-features from about
@@ -65,7 +67,9 @@ def resolve_workers(value: Any, processes: int = 1) -> int:
 def writes_into_slots(dataset: Any) -> bool:
     """Whether ``dataset`` can decode item ``i`` straight into a batch slot."""
     transform = getattr(dataset, "transform", None)
-    return all(hasattr(dataset, n) for n in ("load_image", "item_id")) and all(hasattr(transform, n) for n in ("into", "output_shape"))
+    return all(hasattr(dataset, n) for n in ("load_image", "item_id")) and all(
+        hasattr(transform, n) for n in ("into", "output_shape")
+    )
 
 
 def yields_pixels(dataset: Any) -> bool:
@@ -77,10 +81,10 @@ def yields_pixels(dataset: Any) -> bool:
 class _Pending:
     """One batch being decoded: its ids, its buffer (slot path) and one future per chunk of images."""
 
-    def __init__(self, ids: List[int], buffer: Optional[torch.Tensor], jobs: List[Callable[[], list]], submit: Callable):
+    def __init__(self, ids: list[int], buffer: torch.Tensor | None, jobs: list[Callable[[], list]], submit: Callable):
         self.ids = ids
         self.buffer = buffer
-        self.futures: List[Future] = [submit(job) for job in jobs]
+        self.futures: list[Future] = [submit(job) for job in jobs]
 
     def result(self, pin_memory: bool) -> Batch:
         items = [item for f in self.futures for item in f.result()]  # re-raises a worker's error, which names the item
@@ -122,14 +126,16 @@ class ImageBatchLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch: int = 2,
-        pixels: Optional[np.ndarray] = None,
+        pixels: np.ndarray | None = None,
         pixel_writer: Any = None,
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.batches = [list(b) for b in batches]
         if any(not b for b in self.batches):
-            raise ValueError(f"batch {next(k for k, b in enumerate(self.batches) if not b)} is empty; every batch needs an index")
+            raise ValueError(
+                f"batch {next(k for k, b in enumerate(self.batches) if not b)} is empty; every batch needs an index"
+            )
         self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -144,7 +150,7 @@ class ImageBatchLoader:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _start(self, indices: List[int], submit: Callable) -> _Pending:
+    def _start(self, indices: list[int], submit: Callable) -> _Pending:
         ds = self.dataset
         # one job per worker and batch: fewer hand-offs than one per image, and the batches
         # prefetched behind it keep every worker busy when one chunk is slower
@@ -155,23 +161,25 @@ class ImageBatchLoader:
             return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
         if self.pixels is not None or self.pixel_writer is not None:
             return _Pending([int(ds.item_id(i)) for i in indices], *self._pixel_jobs(indices, chunks), submit)
-        buffer = torch.empty((len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory)
+        buffer = torch.empty(
+            (len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory
+        )
 
-        def fill(chunk: List[Tuple[int, int]]) -> list:
+        def fill(chunk: list[tuple[int, int]]) -> list:
             for slot, i in chunk:
                 ds.transform.into(ds.load_image(i), buffer[slot])
             return []
 
         return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
 
-    def _pixel_jobs(self, indices: List[int], chunks: List[List[Tuple[int, int]]]) -> tuple:
+    def _pixel_jobs(self, indices: list[int], chunks: list[list[tuple[int, int]]]) -> tuple:
         """A uint8 batch buffer and the jobs that fill it: copies from the cached array, or decodes kept in the new one."""
         ds, cached, writer = self.dataset, self.pixels, self.pixel_writer
         _, height, width = ds.transform.output_shape
         buffer = torch.empty((len(indices), height, width, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
         out = buffer.numpy()
 
-        def fill(chunk: List[Tuple[int, int]]) -> list:
+        def fill(chunk: list[tuple[int, int]]) -> list:
             s0, i0 = chunk[0]
             if cached is not None and all(i - i0 == slot - s0 for slot, i in chunk):  # consecutive items: one copy
                 np.copyto(out[s0 : s0 + len(chunk)], cached[i0 : i0 + len(chunk)])
@@ -187,9 +195,12 @@ class ImageBatchLoader:
         return buffer, [lambda c=c: fill(c) for c in chunks]
 
     def __iter__(self) -> Iterator[Batch]:
-        pool = (ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode", initializer=_lower_priority)
-                if self.num_workers else _Inline())
-        pending: Deque[_Pending] = deque()
+        pool = (
+            ThreadPoolExecutor(self.num_workers, thread_name_prefix="qaclip-decode", initializer=_lower_priority)
+            if self.num_workers
+            else _Inline()
+        )
+        pending: deque[_Pending] = deque()
         upcoming = iter(self.batches)
         try:
             while True:

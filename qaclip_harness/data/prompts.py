@@ -11,13 +11,13 @@ Both are data beside this module, extracted from the cn_clip 1.6.0 wheel by
 they stay, since the reference averages over all 183), ``zeroshot_templates_cn.json`` the
 by-dataset lists and the rule.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 from qaclip_core.errors import QAClipError
 
@@ -32,7 +32,7 @@ DEFAULT_LIST = "openai_templates"
 
 
 @lru_cache(maxsize=1)
-def _imagenet() -> Tuple[str, ...]:
+def _imagenet() -> tuple[str, ...]:
     doc = json.loads(IMAGENET_TEMPLATES_FILE.read_text(encoding="utf-8"))
     templates = doc["templates"]
     digest = hashlib.sha256("\n".join(templates).encode("utf-8")).hexdigest()
@@ -44,12 +44,12 @@ def _imagenet() -> Tuple[str, ...]:
     return tuple(templates)
 
 
-def imagenet_templates() -> List[str]:
+def imagenet_templates() -> list[str]:
     """The 183 prompt format strings (``"{}的照片"`` ...), in the reference's order."""
     return list(_imagenet())
 
 
-def prompts(classname: str) -> List[str]:
+def prompts(classname: str) -> list[str]:
     """Every ImageNet template filled with ``classname`` (before text preprocessing)."""
     return [t.format(classname) for t in _imagenet()]
 
@@ -61,15 +61,19 @@ def content_sha256(doc: dict) -> str:
 
 
 @lru_cache(maxsize=1)
-def _load() -> Tuple[Dict[str, str], Dict[str, Tuple[str, ...]]]:
+def _load() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     try:
         doc = json.loads(TEMPLATES_FILE.read_text(encoding="utf-8"))
         digest = content_sha256(doc)
     except (OSError, ValueError, KeyError) as e:
-        raise QAClipError(f"{TEMPLATES_FILE}: cannot be read ({e}); regenerate it with tools/extract_templates.py") from None
+        raise QAClipError(
+            f"{TEMPLATES_FILE}: cannot be read ({e}); regenerate it with tools/extract_templates.py"
+        ) from None
     if digest != CONTENT_SHA256 or doc["default"] != DEFAULT_LIST:
-        raise QAClipError(f"{TEMPLATES_FILE}: content sha256 {digest}, expected {CONTENT_SHA256}; "
-                          "regenerate it with tools/extract_templates.py")
+        raise QAClipError(
+            f"{TEMPLATES_FILE}: content sha256 {digest}, expected {CONTENT_SHA256}; "
+            "regenerate it with tools/extract_templates.py"
+        )
     return dict(doc["by_dataset"]), {name: tuple(t) for name, t in doc["lists"].items()}
 
 
@@ -79,7 +83,7 @@ def template_set(folder_name: str) -> str:
     return rule.get(folder_name, DEFAULT_LIST)
 
 
-def templates_for(folder_name: str) -> List[str]:
+def templates_for(folder_name: str) -> list[str]:
     """The prompt format strings (``"{}的照片"`` ...) for a dataset folder, in the reference's order."""
     name = template_set(folder_name)
     if name == DEFAULT_LIST:
@@ -87,6 +91,6 @@ def templates_for(folder_name: str) -> List[str]:
     return list(_load()[1][name])
 
 
-def special_folders() -> Dict[str, str]:
+def special_folders() -> dict[str, str]:
     """Every folder name with a list of its own, and that list's name."""
     return dict(_load()[0])

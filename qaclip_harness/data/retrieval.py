@@ -7,6 +7,7 @@ Layout (as Chinese-CLIP documents it)::
 
 ``root`` may be ``${DATAPATH}`` (holding ``datasets/``) or ``${DATAPATH}/datasets`` itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,16 +16,17 @@ import io
 import json
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Union
 
 import lmdb
 import torch
 from PIL import Image
 
-from qaclip_harness.errors import DatasetError
 from qaclip_harness.data.fingerprint import item_digest
+from qaclip_harness.errors import DatasetError
 
 PathLike = Union[str, Path]
 NUM_IMAGES_KEY = b"num_images"
@@ -61,7 +63,9 @@ def texts_path(dataset_dir: PathLike, split: str) -> Path:
     return Path(dataset_dir) / f"{split}_texts.jsonl"
 
 
-LMDB_DAMAGED = "the file is damaged or was cut short (an interrupted copy or unzip?): extract or rebuild the dataset again"
+LMDB_DAMAGED = (
+    "the file is damaged or was cut short (an interrupted copy or unzip?): extract or rebuild the dataset again"
+)
 
 
 def _lmdb_error(path: Path, what: str, err: BaseException) -> DatasetError:
@@ -94,11 +98,15 @@ def _open_env(path: Path) -> lmdb.Environment:
     if data.is_file() and data.stat().st_size == 0:
         raise DatasetError(f"image LMDB {path}: data.mdb is empty (0 bytes); {LMDB_DAMAGED}")
     try:
-        env = lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False, meminit=False, max_readers=512)
+        env = lmdb.open(
+            str(path), readonly=True, create=False, lock=False, readahead=False, meminit=False, max_readers=512
+        )
     except lmdb.Error as e:
         if "already open" in str(e):
-            raise DatasetError(f"cannot open the image LMDB {path}: {e} (py-lmdb allows one open environment per "
-                               "file and process: close the other one first)") from e
+            raise DatasetError(
+                f"cannot open the image LMDB {path}: {e} (py-lmdb allows one open environment per "
+                "file and process: close the other one first)"
+            ) from e
         raise _lmdb_error(path, "opening", e) from e
     try:
         _check_size(env, path)
@@ -125,7 +133,7 @@ class _EnvHandle:
 # py-lmdb refuses to open an environment twice in a process, so datasets over one path share a
 # handle; and a forked child inherits the parent's open handles, which it must close (LMDB
 # forbids using them after fork) before it may open its own.
-_HANDLES: "weakref.WeakValueDictionary[str, _EnvHandle]" = weakref.WeakValueDictionary()
+_HANDLES: weakref.WeakValueDictionary[str, _EnvHandle] = weakref.WeakValueDictionary()
 _HANDLES_PID = os.getpid()
 
 
@@ -144,7 +152,7 @@ def _shared_handle(path: Path) -> _EnvHandle:
     return handle
 
 
-def _scan_keys(env: lmdb.Environment, path: Path) -> Tuple[List[int], List[bytes]]:
+def _scan_keys(env: lmdb.Environment, path: Path) -> tuple[list[int], list[bytes]]:
     """Image ids and raw keys in cursor order (byte-lexicographic), with the count checks."""
     try:
         with env.begin() as txn:
@@ -160,16 +168,20 @@ def _scan_keys(env: lmdb.Environment, path: Path) -> Tuple[List[int], List[bytes
             raise ValueError
         declared = int(count_text)
     except (UnicodeDecodeError, ValueError):
-        raise DatasetError(f"image LMDB {path}: 'num_images' is not a decimal count: {bytes(raw_count)[:40]!r}") from None
-    ids: List[int] = []
-    seen: Dict[int, bytes] = {}
+        raise DatasetError(
+            f"image LMDB {path}: 'num_images' is not a decimal count: {bytes(raw_count)[:40]!r}"
+        ) from None
+    ids: list[int] = []
+    seen: dict[int, bytes] = {}
     for key in keys:
         # ASCII digits only: the reference's int() would also take signs, spaces and underscores
         if not (key.isascii() and key.isdigit()):
             raise DatasetError(f"image LMDB {path}: key {key[:40]!r} is not a decimal image id")
         image_id = int(key)
         if image_id in seen:
-            raise DatasetError(f"image LMDB {path}: keys {seen[image_id]!r} and {key!r} are the same image id {image_id}")
+            raise DatasetError(
+                f"image LMDB {path}: keys {seen[image_id]!r} and {key!r} are the same image id {image_id}"
+            )
         seen[image_id] = key
         ids.append(image_id)
     if declared != len(ids):
@@ -188,15 +200,15 @@ class LmdbImages(torch.utils.data.Dataset):
     other code (such as cn_clip's ``EvalImgDataset``) cannot open the same LMDB.
     """
 
-    def __init__(self, path: PathLike, transform: Optional[Callable[[Image.Image], Any]] = None):
+    def __init__(self, path: PathLike, transform: Callable[[Image.Image], Any] | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DatasetError(f"image LMDB not found: expected a directory at {self.path}; {HOW_TO_GET}")
         self.transform = transform
-        self._handle: Optional[_EnvHandle] = _shared_handle(self.path)
+        self._handle: _EnvHandle | None = _shared_handle(self.path)
         self.ids, self._keys = _scan_keys(self._handle.env, self.path)
         # sha256 of each image's bytes, filled as items are read (by any thread): the data fingerprint
-        self.digests: List[Optional[bytes]] = [None] * len(self.ids)
+        self.digests: list[bytes | None] = [None] * len(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -226,7 +238,9 @@ class LmdbImages(torch.utils.data.Dataset):
         if value is None:
             raise DatasetError(f"image LMDB {self.path}: image id {image_id} disappeared (key {key!r})")
         if not value.isascii():
-            raise DatasetError(f"image LMDB {self.path}: image id {image_id} is not valid urlsafe base64 (it holds non-ASCII bytes)")
+            raise DatasetError(
+                f"image LMDB {self.path}: image id {image_id} is not valid urlsafe base64 (it holds non-ASCII bytes)"
+            )
         try:
             # non-validating, like the reference: characters outside the alphabet are skipped;
             # decoding the bytes directly saves two copies made with the GIL held
@@ -236,11 +250,11 @@ class LmdbImages(torch.utils.data.Dataset):
         self.digests[index] = item_digest(data)
         return data
 
-    def item_digests(self) -> List[Tuple[int, Optional[bytes]]]:
+    def item_digests(self) -> list[tuple[int, bytes | None]]:
         """(image id, sha256 of its bytes or None if not read yet) for every item."""
         return list(zip(self.ids, self.digests))
 
-    def source_files(self) -> List[Path]:
+    def source_files(self) -> list[Path]:
         """The files the images are read from (their sizes and times identify the data between runs)."""
         return [self.path / "data.mdb"] if self.path.is_dir() else [self.path]
 
@@ -256,7 +270,7 @@ class LmdbImages(torch.utils.data.Dataset):
             ) from e
         return image
 
-    def __getitem__(self, index: int) -> Tuple[int, Any]:
+    def __getitem__(self, index: int) -> tuple[int, Any]:
         image = self.load_image(index)
         return self.ids[index], (image if self.transform is None else self.transform(image))
 
@@ -267,21 +281,21 @@ class TextRecord:
 
     text_id: int
     text: str
-    image_ids: List[int]
-    line: Optional[int] = field(default=None, compare=False, repr=False)
+    image_ids: list[int]
+    line: int | None = field(default=None, compare=False, repr=False)
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def read_texts(path: PathLike) -> List[TextRecord]:
+def read_texts(path: PathLike) -> list[TextRecord]:
     """Parse a ``<split>_texts.jsonl`` file, checking every field."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"caption file not found: expected {path}; {HOW_TO_GET}")
-    records: List[TextRecord] = []
-    first_line: Dict[int, int] = {}
+    records: list[TextRecord] = []
+    first_line: dict[int, int] = {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -307,15 +321,19 @@ def read_texts(path: PathLike) -> List[TextRecord]:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as e:  # a \uD800 escape without its other half: valid JSON, but no text
-                raise DatasetError(f"{path}:{lineno}: text of text_id {text_id} holds a lone surrogate "
-                                   f"\\u{ord(text[e.start]):04x} at character {e.start + 1} (half of a \\uXXXX escape "
-                                   f"pair); expected text that UTF-8 can encode") from None
+                raise DatasetError(
+                    f"{path}:{lineno}: text of text_id {text_id} holds a lone surrogate "
+                    f"\\u{ord(text[e.start]):04x} at character {e.start + 1} (half of a \\uXXXX escape "
+                    f"pair); expected text that UTF-8 can encode"
+                ) from None
             if not isinstance(image_ids, list) or not image_ids or not all(_is_int(i) for i in image_ids):
                 raise DatasetError(
                     f"{path}:{lineno}: image_ids of text_id {text_id} must be a non-empty list of integers, got {image_ids!r}"
                 )
             if text_id in first_line:
-                raise DatasetError(f"{path}:{lineno}: duplicate text_id {text_id} (first on line {first_line[text_id]})")
+                raise DatasetError(
+                    f"{path}:{lineno}: duplicate text_id {text_id} (first on line {first_line[text_id]})"
+                )
             first_line[text_id] = lineno
             records.append(TextRecord(text_id, text, list(image_ids), line=lineno))
     if not records:
@@ -323,9 +341,9 @@ def read_texts(path: PathLike) -> List[TextRecord]:
     return records
 
 
-def image_to_texts(texts: Sequence[TextRecord]) -> Dict[int, List[int]]:
+def image_to_texts(texts: Sequence[TextRecord]) -> dict[int, list[int]]:
     """image_id -> text_ids, keyed in order of first appearance (as the reference's .tr.jsonl)."""
-    out: Dict[int, List[int]] = {}
+    out: dict[int, list[int]] = {}
     for rec in texts:
         for image_id in rec.image_ids:
             out.setdefault(image_id, []).append(rec.text_id)
@@ -337,14 +355,14 @@ class RetrievalSplit:
     """An image LMDB, its captions and both ground-truth maps."""
 
     images: LmdbImages
-    texts: List[TextRecord]
-    text_to_images: Dict[int, List[int]]
-    image_to_texts: Dict[int, List[int]]
-    texts_file: Optional[Path] = None
+    texts: list[TextRecord]
+    text_to_images: dict[int, list[int]]
+    image_to_texts: dict[int, list[int]]
+    texts_file: Path | None = None
 
 
 def load_retrieval_split(
-    root: PathLike, dirname: str, split: str, transform: Optional[Callable[[Image.Image], Any]] = None
+    root: PathLike, dirname: str, split: str, transform: Callable[[Image.Image], Any] | None = None
 ) -> RetrievalSplit:
     """Open ``<root>/<dirname>`` split ``split`` and check captions against the images."""
     folder = find_dataset_dir(root, dirname)
@@ -371,7 +389,7 @@ def load_retrieval_split(
 
 
 def write_retrieval_split(
-    root: PathLike, dirname: str, split: str, images: Dict[int, bytes], texts: Sequence[TextRecord]
+    root: PathLike, dirname: str, split: str, images: dict[int, bytes], texts: Sequence[TextRecord]
 ) -> Path:
     """Write ``images`` (id -> encoded bytes) and ``texts`` in the Chinese-CLIP layout; returns the dataset folder."""
     folder = _datasets_parent(root) / dirname
@@ -389,5 +407,10 @@ def write_retrieval_split(
         env.close()
     with open(texts_path(folder, split), "w", encoding="utf-8") as f:
         for rec in texts:
-            f.write(json.dumps({"text_id": rec.text_id, "text": rec.text, "image_ids": list(rec.image_ids)}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"text_id": rec.text_id, "text": rec.text, "image_ids": list(rec.image_ids)}, ensure_ascii=False
+                )
+                + "\n"
+            )
     return folder

@@ -8,21 +8,28 @@ the batch size, library versions, numeric settings, and the digest of the source
 on the feature path (:data:`qaclip_harness.cache.keys.FEATURE_PATH`): a change to any of them
 misses, a change to the metrics, a gate, a tolerance or the report hits.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from qaclip_harness.cache import Cache, Provenance
-from qaclip_harness.cache.keys import (device_kind, feature_path_digest, library_versions, make_key, module_digest,
-                                       numeric_settings)
+from qaclip_harness.cache.keys import (
+    device_kind,
+    feature_path_digest,
+    library_versions,
+    make_key,
+    module_digest,
+    numeric_settings,
+)
 from qaclip_harness.cache.pixels import PixelStore
 from qaclip_harness.data.fingerprint import images_digest
 from qaclip_harness.data.loader import yields_pixels
@@ -35,11 +42,17 @@ class CaseCache:
     """The cache as one model's evaluations use it: the stores and the fields that name the model."""
 
     cache: Cache
-    model: Dict[str, object]
+    model: dict[str, object]
 
 
-def model_fields(encoder, checkpoint_sha256: Optional[str], card: object = None, precision: str = "fp32",
-                 backend: str = "pytorch", compile: bool = False) -> Dict[str, object]:
+def model_fields(
+    encoder,
+    checkpoint_sha256: str | None,
+    card: object = None,
+    precision: str = "fp32",
+    backend: str = "pytorch",
+    compile: bool = False,
+) -> dict[str, object]:
     """The fields of a cache key that name the model and the machinery that runs it."""
     card_doc = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else (card or {})
     return {
@@ -67,7 +80,9 @@ def gathered_digests(dataset, shard: Shard) -> list:
     local = dataset.item_digests()
     if shard.world == 1:
         return local
-    merged = {k: d for part in gather_indexed(shard, [(shard.rank, dict(local))]) for k, d in part.items() if d is not None}
+    merged = {
+        k: d for part in gather_indexed(shard, [(shard.rank, dict(local))]) for k, d in part.items() if d is not None
+    }
     return [(k, merged.get(k)) for k, _ in local]
 
 
@@ -90,26 +105,42 @@ def identify_images(cc: CaseCache, dataset, kind: str, shard: Shard, batch_size:
     return cc.cache.identity.images_digest(f"{kind}:{type(dataset).__name__}", dataset.source_files(), compute)
 
 
-def pixel_definition(dataset) -> Dict[str, object]:
+def pixel_definition(dataset) -> dict[str, object]:
     """How a dataset's images become its pixels: the reader, the transform, and the source of both."""
     transform = dataset.transform
     reader, steps = sys.modules[type(dataset).__module__], sys.modules[type(transform).__module__]
-    return {"reader": f"{type(dataset).__module__}.{type(dataset).__qualname__}", "transform": repr(transform),
-            "source": module_digest(reader, steps), "torchvision": library_versions()["torchvision"]}
+    return {
+        "reader": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+        "transform": repr(transform),
+        "source": module_digest(reader, steps),
+        "torchvision": library_versions()["torchvision"],
+    }
 
 
-def image_features(cc: Optional[CaseCache], encoder, dataset, opts, desc: str,
-                   data: Optional[Dict[str, object]] = None) -> Tuple[List[int], torch.Tensor, Optional[Provenance]]:
+def image_features(
+    cc: CaseCache | None, encoder, dataset, opts, desc: str, data: dict[str, object] | None = None
+) -> tuple[list[int], torch.Tensor, Provenance | None]:
     """``encode_image_dataset`` through the feature cache and, for a known data build, the pixel cache.
 
     ``data``: ``{"images": content digest, "split": ..., "build": named build or None}``.
     """
-    run = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, progress=opts.progress, desc=desc, shard=opts.shard)
+    run = {
+        "batch_size": opts.batch_size,
+        "num_workers": opts.num_workers,
+        "progress": opts.progress,
+        "desc": desc,
+        "shard": opts.shard,
+    }
     if cc is None or data is None:
         ids, feats = encode_image_dataset(encoder, dataset, **run)
         return ids, feats, None
-    fields = {**cc.model, "what": "image features", "data": data["images"], "split": data["split"],
-              "batch_size": opts.batch_size}
+    fields = {
+        **cc.model,
+        "what": "image features",
+        "data": data["images"],
+        "split": data["split"],
+        "batch_size": opts.batch_size,
+    }
     hit = cc.cache.features.lookup(fields)
     if hit is not None:
         payload, prov = hit
@@ -120,8 +151,12 @@ def image_features(cc: Optional[CaseCache], encoder, dataset, opts, desc: str,
             pixel_note = "no pixel cache: the data build is unknown"
         else:
             item_keys = [k for k, _ in dataset.item_digests()]
-            pfields = PixelStore.fields(data["images"], dataset.transform.output_shape[-1], pixel_definition(dataset),
-                                        library_versions()["Pillow"])
+            pfields = PixelStore.fields(
+                data["images"],
+                dataset.transform.output_shape[-1],
+                pixel_definition(dataset),
+                library_versions()["Pillow"],
+            )
             pixels = cc.cache.pixels.open(pfields, item_keys)
             if pixels is not None:
                 pixel_note = "pixels read from the pixel cache"
@@ -143,13 +178,20 @@ def image_features(cc: Optional[CaseCache], encoder, dataset, opts, desc: str,
     return ids, feats, prov
 
 
-def text_features(cc: Optional[CaseCache], encoder, texts: Sequence[str], opts, desc: str) -> Tuple[torch.Tensor, Optional[Provenance]]:
+def text_features(
+    cc: CaseCache | None, encoder, texts: Sequence[str], opts, desc: str
+) -> tuple[torch.Tensor, Provenance | None]:
     """``encode_texts`` through the feature cache."""
-    run = dict(batch_size=opts.text_batch_size, progress=opts.progress, desc=desc, shard=opts.shard)
+    run = {"batch_size": opts.text_batch_size, "progress": opts.progress, "desc": desc, "shard": opts.shard}
     if cc is None:
         return encode_texts(encoder, texts, **run), None
-    fields = {**cc.model, "what": "text features", "texts": text_digest(texts), "count": len(texts),
-              "batch_size": opts.text_batch_size}
+    fields = {
+        **cc.model,
+        "what": "text features",
+        "texts": text_digest(texts),
+        "count": len(texts),
+        "batch_size": opts.text_batch_size,
+    }
     hit = cc.cache.features.lookup(fields)
     if hit is not None:
         return hit[0]["features"], hit[1]
@@ -157,17 +199,26 @@ def text_features(cc: Optional[CaseCache], encoder, texts: Sequence[str], opts, 
     return feats, _save(cc, fields, {"features": feats}, desc, opts.shard)
 
 
-def classifier(cc: Optional[CaseCache], encoder, classnames: Sequence[str], templates: Sequence[str], opts,
-               desc: str) -> Tuple[torch.Tensor, Optional[Provenance]]:
+def classifier(
+    cc: CaseCache | None, encoder, classnames: Sequence[str], templates: Sequence[str], opts, desc: str
+) -> tuple[torch.Tensor, Provenance | None]:
     """The zero-shot classifier (:func:`qaclip_harness.eval.zeroshot.cached_classifier`) through the feature cache."""
     from qaclip_harness.eval.zeroshot import cached_classifier
 
-    build = lambda: cached_classifier(encoder, classnames, templates, opts.text_batch_size, opts.progress, opts.shard,  # noqa: E731
-                                      desc=desc)
+    build = lambda: cached_classifier(
+        encoder,
+        classnames,
+        templates,
+        opts.text_batch_size,
+        opts.progress,
+        opts.shard,
+        desc=desc,
+    )
     if cc is None:
         return build(), None
-    prompts = hashlib.sha256(json.dumps([list(classnames), [str(t) for t in templates]], ensure_ascii=False)
-                             .encode("utf-8")).hexdigest()
+    prompts = hashlib.sha256(
+        json.dumps([list(classnames), [str(t) for t in templates]], ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
     fields = {**cc.model, "what": "zero-shot classifier", "prompts": prompts, "batch_size": opts.text_batch_size}
     hit = cc.cache.features.lookup(fields)
     if hit is not None:

@@ -4,11 +4,13 @@ Work is split by whole batches (batch ``i`` goes to rank ``i % world``), so ever
 encoded in exactly the batch a single process would use: features, and so metrics, are the same
 bit for bit in fp32.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,7 +29,7 @@ class Shard:
         """Rank 0 prints and writes."""
         return self.rank == 0
 
-    def mine(self, items: Sequence[Any]) -> List[Tuple[int, Any]]:
+    def mine(self, items: Sequence[Any]) -> list[tuple[int, Any]]:
         """(index, item) pairs of ``items`` this rank owns (round robin)."""
         return [(i, items[i]) for i in range(self.rank, len(items), self.world)]
 
@@ -42,7 +44,7 @@ def init_from_env(device: str = "auto") -> Shard:
         return SINGLE
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or str(device).startswith("cuda")
+    use_cuda = (torch.cuda.is_available() and device in ("auto", "cuda")) or str(device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
@@ -57,11 +59,11 @@ def shard_device(shard: Shard, device: str) -> str:
     return device
 
 
-def gather_indexed(shard: Shard, local: List[Tuple[int, Any]]) -> List[Any]:
+def gather_indexed(shard: Shard, local: list[tuple[int, Any]]) -> list[Any]:
     """Every rank's (index, payload) pairs, merged in index order (on every rank)."""
     if shard.world == 1:
         return [p for _, p in sorted(local, key=lambda x: x[0])]
-    parts: List[Optional[List[Tuple[int, Any]]]] = [None] * shard.world
+    parts: list[list[tuple[int, Any]] | None] = [None] * shard.world
     dist.all_gather_object(parts, local)
     merged = sorted((pair for part in parts for pair in part), key=lambda x: x[0])
     indices = [i for i, _ in merged]

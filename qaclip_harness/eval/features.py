@@ -1,9 +1,11 @@
 """Batched feature extraction with progress, memory-bounded batches and out-of-memory fallback."""
+
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,9 +23,11 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def _run_halving(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, state: dict, what: str) -> torch.Tensor:
+def _run_halving(
+    fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, state: dict, what: str
+) -> torch.Tensor:
     """Run ``fn`` on ``batch`` in chunks of ``state['size']``, halving the size on out-of-memory."""
-    outs: List[torch.Tensor] = []
+    outs: list[torch.Tensor] = []
     start = 0
     while start < len(batch):
         size = state["size"]
@@ -42,7 +46,6 @@ def _run_halving(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-
 def encode_image_dataset(
     encoder,
     dataset: Dataset,
@@ -51,9 +54,9 @@ def encode_image_dataset(
     progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
-    pixels: Optional[np.ndarray] = None,
+    pixels: np.ndarray | None = None,
     pixel_writer=None,
-) -> Tuple[List[int], torch.Tensor]:
+) -> tuple[list[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
 
     ``num_workers`` threads decode images (see :mod:`qaclip_harness.data.loader`). Under torchrun
@@ -62,16 +65,25 @@ def encode_image_dataset(
     travel as uint8 and become floats on the encoder's device (on the GPU where there is one).
     """
     cuda = encoder.device.type == "cuda"
-    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+    batches = [
+        list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)
+    ]
     mine = shard.mine(batches)
-    loader = ImageBatchLoader(dataset, [b for _, b in mine], num_workers=num_workers, pin_memory=cuda,
-                              pixels=pixels, pixel_writer=pixel_writer)
+    loader = ImageBatchLoader(
+        dataset,
+        [b for _, b in mine],
+        num_workers=num_workers,
+        pin_memory=cuda,
+        pixels=pixels,
+        pixel_writer=pixel_writer,
+    )
     encode = encoder.encode_image
     if pixels is not None or pixel_writer is not None:
         from_pixels, where = dataset.transform.from_pixels, encoder.device if cuda else torch.device("cpu")
 
         def encode(batch: torch.Tensor) -> torch.Tensor:
             return encoder.encode_image(from_pixels(batch.to(where, non_blocking=True)))
+
     state = {"size": batch_size}
     local = []
     total = sum(len(b) for _, b in mine)
@@ -108,7 +120,9 @@ def encode_texts(
     state = {"size": batch_size}
     local = []
     mine = shard.mine(chunks)
-    for index, idx in track(mine, progress, f"encode {desc}", sum(len(c) for _, c in mine), "texts", size=lambda c: len(c[1])):
+    for index, idx in track(
+        mine, progress, f"encode {desc}", sum(len(c) for _, c in mine), "texts", size=lambda c: len(c[1])
+    ):
         local.append((index, normalise(_run_halving(encoder.encode_text, tokens[idx], state, desc)).cpu()))
     feats = gather_indexed(shard, local)
     out = torch.empty(len(texts), feats[0].shape[1])

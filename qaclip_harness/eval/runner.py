@@ -3,6 +3,7 @@
 The data must already be resolved (:func:`qaclip_harness.fetch.datasets.resolve_dataset` fetches
 it, :func:`qaclip_harness.data.catalog.locate` finds it): evaluation reads folders and never downloads.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,16 +11,23 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 
+from qaclip_core.pretrained import sha256_file
 from qaclip_harness.data.catalog import DatasetCard, DatasetOnDisk, identify_build, read_origin
 from qaclip_harness.data.fingerprint import combine, images_digest, labels_digest, texts_digest
 from qaclip_harness.data.splits import SplitMismatchError, check_split
-from qaclip_harness.eval.cached import CaseCache, can_identify, classifier, gathered_digests, identify_images, image_features, text_features
+from qaclip_harness.eval.cached import (
+    CaseCache,
+    can_identify,
+    classifier,
+    gathered_digests,
+    identify_images,
+    image_features,
+    text_features,
+)
 from qaclip_harness.eval.distributed import SINGLE, Shard
-from qaclip_core.pretrained import sha256_file
 from qaclip_harness.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -31,11 +39,11 @@ class EvalOutput:
 
     dataset: str
     model: str
-    metrics: Dict[str, float]
-    counts: Dict[str, int]
-    seconds: Dict[str, float] = field(default_factory=dict)
-    diagnostics: Dict[str, object] = field(default_factory=dict)
-    provenance: Dict[str, object] = field(default_factory=dict)  # data fingerprint, split check, build...
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, object] = field(default_factory=dict)
+    provenance: dict[str, object] = field(default_factory=dict)  # data fingerprint, split check, build...
     raw: object = None
 
 
@@ -47,16 +55,16 @@ class EvalOptions:
     text_batch_size: int = 256
     num_workers: int = 0
     progress: Progress = True  # True: tqdm bars; a factory (qaclip_harness.progress); False: none
-    split: Optional[str] = None
+    split: str | None = None
     shard: Shard = SINGLE
     # data whose size is not the published split's: "strict" stops before encoding, "warn" warns
     # and marks the result not comparable
     split_policy: str = "warn"
     # the feature and pixel caches with the fields naming the model (qaclip_harness.eval.cached); None: no cache
-    cache: Optional[CaseCache] = None
+    cache: CaseCache | None = None
 
 
-def _split_check(card: DatasetCard, split: str, found: Dict[str, int], opts: EvalOptions) -> Optional[dict]:
+def _split_check(card: DatasetCard, split: str, found: dict[str, int], opts: EvalOptions) -> dict | None:
     """Compare the counts with the published split before any encoding; strict raises, warn warns."""
     if split != card.split:
         return None  # another split was asked for: nothing is published for it
@@ -65,23 +73,41 @@ def _split_check(card: DatasetCard, split: str, found: Dict[str, int], opts: Eva
         return None
     if not check.ok:
         if opts.split_policy == "strict":
-            raise SplitMismatchError(check.describe() + "; to evaluate it anyway (the result is then marked not comparable), "
-                                     "pass --evaluate-any-split", check)
+            raise SplitMismatchError(
+                check.describe() + "; to evaluate it anyway (the result is then marked not comparable), "
+                "pass --evaluate-any-split",
+                check,
+            )
         msg = check.describe() + ": the numbers are not comparable with the published ones"
         warnings.warn(msg, UserWarning, stacklevel=3)
         log.warning(msg)
     return check.as_dict()
 
 
-def _data_provenance(card: DatasetCard, folder: Path, split: str, kind: str, parts: Dict[str, str],
-                     counts: Dict[str, int], check: Optional[dict], **extra) -> Dict[str, object]:
+def _data_provenance(
+    card: DatasetCard,
+    folder: Path,
+    split: str,
+    kind: str,
+    parts: dict[str, str],
+    counts: dict[str, int],
+    check: dict | None,
+    **extra,
+) -> dict[str, object]:
     """What identifies the data behind a number: fingerprint, counts, split check, named build."""
     fingerprint = combine(kind, parts)
     return {
-        "dataset": card.name, "split": split, "folder": str(folder), "data_fingerprint": fingerprint,
-        "fingerprint_parts": parts, "counts": counts, "split_check": check,
+        "dataset": card.name,
+        "split": split,
+        "folder": str(folder),
+        "data_fingerprint": fingerprint,
+        "fingerprint_parts": parts,
+        "counts": counts,
+        "split_check": check,
         "comparable": check is None or bool(check["ok"]),
-        "build": identify_build(card, folder, fingerprint), "origin": read_origin(folder), **extra,
+        "build": identify_build(card, folder, fingerprint),
+        "origin": read_origin(folder),
+        **extra,
     }
 
 
@@ -90,7 +116,9 @@ def _gathered_digests(dataset, shard: Shard) -> list:
     return gathered_digests(dataset, shard)
 
 
-def _identify(card: DatasetCard, folder: Path, kind: str, images, parts: Dict[str, str], opts: EvalOptions) -> Optional[dict]:
+def _identify(
+    card: DatasetCard, folder: Path, kind: str, images, parts: dict[str, str], opts: EvalOptions
+) -> dict | None:
     """With a cache: the images' digest, the fingerprint and the build, known before any decoding (what the keys need)."""
     if opts.cache is None or not opts.cache.cache.enabled or not can_identify(images):
         return None
@@ -99,7 +127,7 @@ def _identify(card: DatasetCard, folder: Path, kind: str, images, parts: Dict[st
     return {"images": digest, "build": build}
 
 
-def _features_provenance(**steps) -> Dict[str, object]:
+def _features_provenance(**steps) -> dict[str, object]:
     """Per step (images, texts, classifier): computed here or reused from which run, date and key."""
     return {name: prov.as_dict() for name, prov in steps.items() if prov is not None}
 
@@ -117,16 +145,21 @@ def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> 
     parts = {"texts": texts_digest((t.text_id, t.text, t.image_ids) for t in split_data.texts)}
     known = _identify(card, data.folder, "retrieval", split_data.images, parts, opts)
     t0 = time.perf_counter()
-    image_ids, image_feats, image_prov = image_features(opts.cache, encoder, split_data.images, opts, f"{card.name} images",
-                                                        known and {**known, "split": split})
+    image_ids, image_feats, image_prov = image_features(
+        opts.cache, encoder, split_data.images, opts, f"{card.name} images", known and {**known, "split": split}
+    )
     t1 = time.perf_counter()
     text_ids = [t.text_id for t in split_data.texts]
-    text_feats, text_prov = text_features(opts.cache, encoder, [t.text for t in split_data.texts], opts, f"{card.name} texts")
+    text_feats, text_prov = text_features(
+        opts.cache, encoder, [t.text for t in split_data.texts], opts, f"{card.name} texts"
+    )
     t2 = time.perf_counter()
     result = evaluate_retrieval(image_ids, image_feats, text_ids, text_feats, split_data.text_to_images, k=10)
     t3 = time.perf_counter()
-    parts = {"images": known["images"] if known else images_digest(_gathered_digests(split_data.images, opts.shard)),
-             "texts": parts["texts"]}  # in the report's order
+    parts = {
+        "images": known["images"] if known else images_digest(_gathered_digests(split_data.images, opts.shard)),
+        "texts": parts["texts"],
+    }  # in the report's order
     reuse = _features_provenance(images=image_prov, texts=text_prov)
     return EvalOutput(
         dataset=card.name,
@@ -135,9 +168,18 @@ def evaluate_retrieval_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> 
         counts=counts,
         seconds={"images": t1 - t0, "texts": t2 - t1, "ranking": t3 - t2},
         diagnostics={"near_ties": result.near_ties},
-        provenance=_data_provenance(card, folder, split, "retrieval", parts, counts, check,
-                                    batch_size=opts.batch_size, i2t_queries=result.counts.get("num_i2t_queries"),
-                                    **({"features": reuse} if reuse else {})),
+        provenance=_data_provenance(
+            card,
+            folder,
+            split,
+            "retrieval",
+            parts,
+            counts,
+            check,
+            batch_size=opts.batch_size,
+            i2t_queries=result.counts.get("num_i2t_queries"),
+            **({"features": reuse} if reuse else {}),
+        ),
         raw=result,
     )
 
@@ -162,8 +204,8 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     """
     from qaclip_harness.data.imagenet import IndexedImages, read_labels
     from qaclip_harness.data.prompts import template_set, templates_for
-    from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
     from qaclip_harness.eval.zeroshot import param_counts
+    from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
 
     card, labels_path = data.card, data.labels
     classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
@@ -178,14 +220,17 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     t0 = time.perf_counter()
     weights, classifier_prov = classifier(opts.cache, encoder, classnames, templates, opts, f"{card.name} prompts")
     t1 = time.perf_counter()
-    _, image_feats, image_prov = image_features(opts.cache, encoder, images, opts, f"{card.name} images",
-                                                known and {**known, "split": split})
+    _, image_feats, image_prov = image_features(
+        opts.cache, encoder, images, opts, f"{card.name} images", known and {**known, "split": split}
+    )
     t2 = time.perf_counter()
     targets = torch.tensor(folder.targets)
     logits = 100.0 * image_feats @ weights
     metrics = {**accuracy(logits, targets, topk=(1, 5)), "true_prob": true_class_probability(logits, targets)}
-    parts = {"images": known["images"] if known else images_digest(_gathered_digests(images, opts.shard)),
-             "labels": parts["labels"]}  # in the report's order
+    parts = {
+        "images": known["images"] if known else images_digest(_gathered_digests(images, opts.shard)),
+        "labels": parts["labels"],
+    }  # in the report's order
     reuse = _features_provenance(classifier=classifier_prov, images=image_prov)
     return EvalOutput(
         dataset=card.name,
@@ -194,11 +239,26 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
         counts={**counts, "templates": len(templates)},
         seconds={"classifier": t1 - t0, "images": t2 - t1},
         diagnostics={"templates": template_set(card.dirname)},
-        provenance=_data_provenance(card, data.folder, split, "zeroshot", parts, counts, check,
-                                    batch_size=opts.batch_size, label_file=str(labels_path),
-                                    label_file_sha256=sha256_file(labels_path), **({"features": reuse} if reuse else {})),
-        raw={"logits": logits, "targets": targets, "dataset_dir": data.folder, "folder": card.dirname,
-             "params": param_counts(encoder)},
+        provenance=_data_provenance(
+            card,
+            data.folder,
+            split,
+            "zeroshot",
+            parts,
+            counts,
+            check,
+            batch_size=opts.batch_size,
+            label_file=str(labels_path),
+            label_file_sha256=sha256_file(labels_path),
+            **({"features": reuse} if reuse else {}),
+        ),
+        raw={
+            "logits": logits,
+            "targets": targets,
+            "dataset_dir": data.folder,
+            "folder": card.dirname,
+            "params": param_counts(encoder),
+        },
     )
 
 

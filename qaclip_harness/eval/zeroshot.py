@@ -1,17 +1,19 @@
 """Zero-shot classification: the prompt-ensemble classifier (built, cached) and the predictions dump."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Union
 
 import torch
 
 from qaclip_harness.eval.distributed import SINGLE, Shard
-from qaclip_harness.progress import Progress
 from qaclip_harness.eval.features import encode_texts
+from qaclip_harness.progress import Progress
 
 Template = Union[str, Callable[[str], str]]
 
@@ -45,7 +47,7 @@ def build_classifier(
 
 
 # encoder -> {digest of (class names, prompts): classifier}; entries go with their encoder
-_CLASSIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CLASSIFIERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cached_classifier(
@@ -63,7 +65,9 @@ def cached_classifier(
     evaluation of the same model on the same dataset (another split, the CLI's prediction dump,
     a re-run in a notebook) reuses the result.
     """
-    key = hashlib.sha256(json.dumps([list(classnames), [str(t) for t in templates]], ensure_ascii=False).encode("utf-8")).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([list(classnames), [str(t) for t in templates]], ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
     try:
         table = _CLASSIFIERS.setdefault(encoder, {})
     except TypeError:  # an encoder that cannot be weakly referenced: no cache
@@ -73,7 +77,7 @@ def cached_classifier(
     return table[key]
 
 
-def param_counts(encoder) -> Dict[str, int]:
+def param_counts(encoder) -> dict[str, int]:
     """Parameter counts of the encoder's model, as the ELEVATER submission format lists them (empty if unknown)."""
     model = getattr(encoder, "model", None)
     if not isinstance(model, torch.nn.Module):
@@ -86,8 +90,9 @@ def param_counts(encoder) -> Dict[str, int]:
     return counts
 
 
-def write_zeroshot_predictions(raw: dict, directory: Union[str, Path], model_name: str,
-                               index: Optional[Sequence[int]] = None) -> Path:
+def write_zeroshot_predictions(
+    raw: dict, directory: str | Path, model_name: str, index: Sequence[int] | None = None
+) -> Path:
     """``<directory>/<dataset folder>.json`` in the ELEVATER submission format the reference writes.
 
     Per image the softmax over classes of ``100 * cosine``, rounded to 6 decimals, in folder

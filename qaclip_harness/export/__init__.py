@@ -5,6 +5,7 @@ folder holds; ``cache``: exports keyed by checkpoint, opset, precision and packa
 ``runtime``: ONNX Runtime sessions and providers; ``parity``: ORT against PyTorch. The
 packages (onnx, onnxruntime, onnxscript) are the ``onnx`` extra, imported only when used.
 """
+
 from qaclip_harness.export.deps import INSTALL_HINT, available, require
 from qaclip_harness.export.manifest import MANIFEST_NAME, Manifest, read_manifest
 

@@ -5,6 +5,7 @@ and every file it lists is there with its size and sha256; anything else (an int
 export, a truncated file, a manifest from another checkpoint or version) is removed and the
 export made again, never used. A file lock serialises exporters of one key (xdist workers).
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,11 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Union
 
 from qaclip_harness.errors import ExportError
-from qaclip_harness.files import OutputError
 from qaclip_harness.export.manifest import Verifier, read_manifest
+from qaclip_harness.files import OutputError
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -29,15 +30,14 @@ def export_cache_root() -> Path:
     return cache_root() / "onnx"
 
 
-
-def cache_key(checkpoint_sha256: str, opset: int, precision: str, version: Optional[str] = None) -> str:
+def cache_key(checkpoint_sha256: str, opset: int, precision: str, version: str | None = None) -> str:
     """The folder name of one export in the cache."""
     import qaclip_core
 
     return f"{checkpoint_sha256[:24]}-opset{opset}-{precision}-qaclip{version or qaclip_core.__version__}"
 
 
-def stale_reason(directory: Path, checkpoint_sha256: str, opset: int, precision: str) -> Optional[str]:
+def stale_reason(directory: Path, checkpoint_sha256: str, opset: int, precision: str) -> str | None:
     """Why the cached export in ``directory`` cannot be used for this key, or None when it can."""
     import qaclip_core
 
@@ -46,8 +46,12 @@ def stale_reason(directory: Path, checkpoint_sha256: str, opset: int, precision:
         manifest.verify_files(directory)
     except ExportError as e:
         return str(e)
-    wanted = {"checkpoint_sha256": checkpoint_sha256, "opset": opset, "precision": precision,
-              "qaclip_version": qaclip_core.__version__}
+    wanted = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "opset": opset,
+        "precision": precision,
+        "qaclip_version": qaclip_core.__version__,
+    }
     for key, value in wanted.items():
         if getattr(manifest, key) != value:
             return f"{directory}: manifest has {key} {getattr(manifest, key)!r}, {value!r} wanted"
@@ -57,13 +61,13 @@ def stale_reason(directory: Path, checkpoint_sha256: str, opset: int, precision:
 def cached_export(
     checkpoint: PathLike,
     *,
-    arch: Optional[str] = None,
+    arch: str | None = None,
     precision: str = "fp32",
-    opset: Optional[int] = None,
-    name: Optional[str] = None,
-    root: Optional[PathLike] = None,
-    verify: Optional[Verifier] = None,
-) -> Tuple[Path, str]:
+    opset: int | None = None,
+    name: str | None = None,
+    root: PathLike | None = None,
+    verify: Verifier | None = None,
+) -> tuple[Path, str]:
     """(export folder, checkpoint sha256) for ``checkpoint``: a valid cached export, or a fresh one made under a lock."""
     from filelock import FileLock
 
@@ -76,8 +80,10 @@ def cached_export(
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # QACLIP_CACHE read-only, or a file: one line naming the folder
-        raise OutputError(f"cannot create the ONNX export cache {base} (set by QACLIP_CACHE, default ~/.cache/qaclip): "
-                          f"{e.strerror or e}") from None
+        raise OutputError(
+            f"cannot create the ONNX export cache {base} (set by QACLIP_CACHE, default ~/.cache/qaclip): "
+            f"{e.strerror or e}"
+        ) from None
     directory = base / cache_key(sha, opset, precision)
     with FileLock(str(directory) + ".lock"):
         reason = stale_reason(directory, sha, opset, precision) if directory.exists() else "absent"
@@ -88,8 +94,16 @@ def cached_export(
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             log.warning(msg)
             shutil.rmtree(directory)
-        export_checkpoint(checkpoint, directory, arch=arch, precision=precision, opset=opset, name=name,
-                          checkpoint_sha256=sha, verify=verify)
+        export_checkpoint(
+            checkpoint,
+            directory,
+            arch=arch,
+            precision=precision,
+            opset=opset,
+            name=name,
+            checkpoint_sha256=sha,
+            verify=verify,
+        )
         reason = stale_reason(directory, sha, opset, precision)
         if reason is not None:  # cannot happen unless the disk changed under us; never hand it out
             raise ExportError(f"the fresh export in {directory} does not check out: {reason}")

@@ -1,9 +1,9 @@
 """The optional packages of the ONNX backend, imported only when used."""
+
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Dict, Tuple
 
 from qaclip_harness.errors import MissingDependencyError
 
@@ -13,10 +13,10 @@ INSTALL_HINT = "pip install 'qaclip-core[onnx]'"
 PACKAGES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"}
 
 
-def require(*names: str) -> Tuple[ModuleType, ...]:
+def require(*names: str) -> tuple[ModuleType, ...]:
     """The modules ``names`` (default: all of the extra), or one MissingDependencyError (an ImportError) naming them and the extra."""
     names = names or tuple(PACKAGES)
-    found: Dict[str, ModuleType] = {}
+    found: dict[str, ModuleType] = {}
     missing = []
     for name in names:
         try:
@@ -26,7 +26,8 @@ def require(*names: str) -> Tuple[ModuleType, ...]:
     if missing:
         raise MissingDependencyError(
             f"the ONNX backend needs {', '.join(missing)} (not installed); install the '{EXTRA}' extra: {INSTALL_HINT}",
-            package=", ".join(missing), extra=EXTRA,
+            package=", ".join(missing),
+            extra=EXTRA,
         )
     return tuple(found[n] for n in names)
 

@@ -5,13 +5,15 @@ length, normalisation constants, logit scale); the ONNX backend reads it to refu
 that is damaged (file sizes and sha256), from another checkpoint (its sha256), or made for
 another precision, opset or package version.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Union
 
 from qaclip_harness.errors import ExportError
 
@@ -20,7 +22,7 @@ FORMAT = "qaclip-onnx/1"
 TOWERS = ("image", "text")
 PathLike = Union[str, "os.PathLike[str]"]
 # checks a fresh export folder against the eager model it came from; returns the manifest's "verification" record
-Verifier = Callable[[Path, Any], Dict[str, Any]]
+Verifier = Callable[[Path, Any], dict[str, Any]]
 
 
 @dataclass
@@ -31,18 +33,18 @@ class Manifest:
     arch: str
     precision: str
     opset: int
-    checkpoint_sha256: Optional[str]
-    checkpoint_file: Optional[str]
+    checkpoint_sha256: str | None
+    checkpoint_file: str | None
     resolution: int
     context_length: int
     embed_dim: int
-    normalisation: Dict[str, Any]
+    normalisation: dict[str, Any]
     logit_scale: float
-    towers: Dict[str, Dict[str, Any]]  # tower -> {file, input {name, shape, dtype}, output {...}}
-    files: Dict[str, Dict[str, Any]]  # file name -> {bytes, sha256}
-    versions: Dict[str, str]  # qaclip_core, torch, onnx, onnxscript, onnxruntime
+    towers: dict[str, dict[str, Any]]  # tower -> {file, input {name, shape, dtype}, output {...}}
+    files: dict[str, dict[str, Any]]  # file name -> {bytes, sha256}
+    versions: dict[str, str]  # qaclip_core, torch, onnx, onnxscript, onnxruntime
     exporter: str
-    verification: Dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     @property
@@ -50,7 +52,7 @@ class Manifest:
         """The qaclip_core version that wrote the export."""
         return self.versions.get("qaclip_core", "")
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, ``format`` first."""
         d = asdict(self)
         return {"format": d.pop("format"), **d}
@@ -69,7 +71,9 @@ class Manifest:
         for tower in TOWERS:
             listed = self.towers[tower]["file"]
             if listed not in self.files:
-                raise ExportError(f"{directory / MANIFEST_NAME}: the {tower} model {listed!r} is not listed under 'files'")
+                raise ExportError(
+                    f"{directory / MANIFEST_NAME}: the {tower} model {listed!r} is not listed under 'files'"
+                )
         for name, rec in self.files.items():
             path = directory / name
             if not path.is_file():
@@ -77,18 +81,28 @@ class Manifest:
             size = path.stat().st_size
             if size != rec["bytes"]:
                 what = "truncated" if size < rec["bytes"] else "longer than exported"
-                raise ExportError(
-                    f"{path}: {size:,} bytes, the manifest lists {rec['bytes']:,} ({what}); export again"
-                )
+                raise ExportError(f"{path}: {size:,} bytes, the manifest lists {rec['bytes']:,} ({what}); export again")
             digest = cached_sha256(path)
             if digest != rec["sha256"]:
-                raise ExportError(f"{path}: sha256 {digest}, the manifest lists {rec['sha256']} (corrupt); export again")
+                raise ExportError(
+                    f"{path}: sha256 {digest}, the manifest lists {rec['sha256']} (corrupt); export again"
+                )
 
 
 _REQUIRED = {
-    "model": str, "arch": str, "precision": str, "opset": int, "resolution": int, "context_length": int,
-    "embed_dim": int, "normalisation": dict, "logit_scale": (int, float), "towers": dict, "files": dict,
-    "versions": dict, "exporter": str,
+    "model": str,
+    "arch": str,
+    "precision": str,
+    "opset": int,
+    "resolution": int,
+    "context_length": int,
+    "embed_dim": int,
+    "normalisation": dict,
+    "logit_scale": (int, float),
+    "towers": dict,
+    "files": dict,
+    "versions": dict,
+    "exporter": str,
 }
 
 
@@ -131,7 +145,11 @@ def read_manifest(directory: PathLike) -> Manifest:
             raise ExportError(f"{path}: towers lacks {tower!r}")
         _tower_ok(path, tower, doc["towers"][tower])
     for name, rec in doc["files"].items():
-        if not isinstance(rec, Mapping) or not isinstance(rec.get("bytes"), int) or not isinstance(rec.get("sha256"), str):
+        if (
+            not isinstance(rec, Mapping)
+            or not isinstance(rec.get("bytes"), int)
+            or not isinstance(rec.get("sha256"), str)
+        ):
             raise ExportError(f"{path}: files.{name} must hold 'bytes' (int) and 'sha256' (hex)")
         if Path(name).name != name:
             raise ExportError(f"{path}: files.{name}: file names must not contain folders")

@@ -25,6 +25,7 @@ have static shapes and are exported as they are. Every export is checked before 
 out: ONNX Runtime (CPU) runs both models on inputs of another batch size and sequence length
 than the export's examples, against the eager model, within the gates of ``parity.yaml``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,19 +34,20 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
 
-from qaclip_harness.errors import ExportError
-from qaclip_harness.files import OutputError, remove_stale_temporaries, temp_path
 from qaclip_core.model.clip import CLIP, PAD_ID
 from qaclip_core.tokenizer import CONTEXT_LENGTH
 from qaclip_core.transforms import MEAN, STD
+from qaclip_harness.errors import ExportError
 from qaclip_harness.export.deps import require
 from qaclip_harness.export.manifest import MANIFEST_NAME, Manifest, Verifier
+from qaclip_harness.files import OutputError, remove_stale_temporaries, temp_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_OPSET = 20  # torch 2.14's default for the dynamo exporter
@@ -120,8 +122,15 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _export_tower(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
-                  dynamic: Dict[int, object], opset: int) -> None:
+def _export_tower(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_name: str,
+    dynamic: dict[int, object],
+    opset: int,
+) -> None:
     """Export one tower with ``torch.onnx.export(dynamo=True)`` and save it with its weights beside it."""
     out = io.StringIO()
     quiet = logging.getLogger("onnxscript")  # its optimiser logs skipped foldings as warnings
@@ -132,8 +141,14 @@ def _export_tower(module: nn.Module, example: torch.Tensor, path: Path, input_na
             warnings.simplefilter("ignore")
             quiet.setLevel(logging.ERROR)
             program = torch.onnx.export(
-                module.eval(), (example,), input_names=[input_name], output_names=[output_name],
-                dynamic_shapes={input_name: dynamic}, opset_version=opset, dynamo=True, verbose=False,
+                module.eval(),
+                (example,),
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes={input_name: dynamic},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
             )
             program.save(os.fspath(path), external_data=True)
     except OSError as e:  # a full disk or a size limit while the model and its weights are written
@@ -148,7 +163,7 @@ def _export_tower(module: nn.Module, example: torch.Tensor, path: Path, input_na
         quiet.setLevel(level)
 
 
-def _os_error(e: BaseException) -> Optional[OSError]:
+def _os_error(e: BaseException) -> OSError | None:
     """The OSError at the root of an exporter's exception, if any (it wraps what the file system said)."""
     seen = 0
     while e is not None and seen < 10:
@@ -158,11 +173,14 @@ def _os_error(e: BaseException) -> Optional[OSError]:
     return None
 
 
-def _file_records(directory: Path) -> Dict[str, Dict[str, object]]:
+def _file_records(directory: Path) -> dict[str, dict[str, object]]:
     from qaclip_core.pretrained import sha256_file
 
-    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+    return {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
 
 
 def export_model(
@@ -171,9 +189,9 @@ def export_model(
     *,
     name: str = "model",
     opset: int = DEFAULT_OPSET,
-    checkpoint_sha256: Optional[str] = None,
-    checkpoint_file: Optional[str] = None,
-    verify: Optional[Verifier] = None,
+    checkpoint_sha256: str | None = None,
+    checkpoint_file: str | None = None,
+    verify: Verifier | None = None,
 ) -> Manifest:
     """Export ``model`` (fp32 or fp16, any device) into ``out_dir``: ``image.onnx``, ``text.onnx``, their weights and ``manifest.json``.
 
@@ -211,36 +229,69 @@ def export_model(
         ids = tokenize(["一只猫", "桌子上放着一碗热气腾腾的牛肉面"], context_length=length)
         _export_tower(ImageTower(cpu_model), images, tmp / IMAGE_FILE, "image", "image_features", {0: batch}, opset)
         with padded_text_path(cpu_model):
-            _export_tower(TextTower(cpu_model), ids, tmp / TEXT_FILE, "input_ids", "text_features",
-                          {0: batch, 1: Dim("sequence", min=1, max=max_positions)}, opset)
+            _export_tower(
+                TextTower(cpu_model),
+                ids,
+                tmp / TEXT_FILE,
+                "input_ids",
+                "text_features",
+                {0: batch, 1: Dim("sequence", min=1, max=max_positions)},
+                opset,
+            )
         from qaclip_harness.export.runtime import model_opset
 
         for file in (IMAGE_FILE, TEXT_FILE):
             got = model_opset(tmp / file)
             if got != opset:
-                raise ExportError(f"the exporter wrote {file} at opset {got}, not the {opset} asked for "
-                                  f"(it could not convert the graph); use opset {got} or another one")
+                raise ExportError(
+                    f"the exporter wrote {file} at opset {got}, not the {opset} asked for "
+                    f"(it could not convert the graph); use opset {got} or another one"
+                )
         dtype = str(precision_of(cpu_model)).replace("fp", "float")
         dim = cpu_model.embed_dim
         manifest = Manifest(
-            model=name, arch=cpu_model.arch.name, precision=precision, opset=opset,
-            checkpoint_sha256=checkpoint_sha256.lower() if checkpoint_sha256 else None, checkpoint_file=checkpoint_file,
-            resolution=res, context_length=length, embed_dim=dim,
-            normalisation={"mean": list(MEAN), "std": list(STD), "resize": f"bicubic squash to {res}x{res}, then RGB",
-                           "scale": "pixel / 255, then (x - mean) / std per channel"},
+            model=name,
+            arch=cpu_model.arch.name,
+            precision=precision,
+            opset=opset,
+            checkpoint_sha256=checkpoint_sha256.lower() if checkpoint_sha256 else None,
+            checkpoint_file=checkpoint_file,
+            resolution=res,
+            context_length=length,
+            embed_dim=dim,
+            normalisation={
+                "mean": list(MEAN),
+                "std": list(STD),
+                "resize": f"bicubic squash to {res}x{res}, then RGB",
+                "scale": "pixel / 255, then (x - mean) / std per channel",
+            },
             logit_scale=float(cpu_model.logit_scale.detach().float().exp()),
             towers={
-                "image": {"file": IMAGE_FILE,
-                          "input": {"name": "image", "shape": ["batch", 3, res, res], "dtype": "float32"},
-                          "output": {"name": "image_features", "shape": ["batch", dim], "dtype": dtype}},
-                "text": {"file": TEXT_FILE,
-                         "input": {"name": "input_ids", "shape": ["batch", "sequence"], "dtype": "int64", "pad_id": PAD_ID,
-                                   "max_sequence": max_positions},
-                         "output": {"name": "text_features", "shape": ["batch", dim], "dtype": dtype}},
+                "image": {
+                    "file": IMAGE_FILE,
+                    "input": {"name": "image", "shape": ["batch", 3, res, res], "dtype": "float32"},
+                    "output": {"name": "image_features", "shape": ["batch", dim], "dtype": dtype},
+                },
+                "text": {
+                    "file": TEXT_FILE,
+                    "input": {
+                        "name": "input_ids",
+                        "shape": ["batch", "sequence"],
+                        "dtype": "int64",
+                        "pad_id": PAD_ID,
+                        "max_sequence": max_positions,
+                    },
+                    "output": {"name": "text_features", "shape": ["batch", dim], "dtype": dtype},
+                },
             },
             files=_file_records(tmp),
-            versions={"qaclip_core": qaclip_core.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                      "onnxscript": onnxscript.__version__, "onnxruntime": ort.__version__},
+            versions={
+                "qaclip_core": qaclip_core.__version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxscript": onnxscript.__version__,
+                "onnxruntime": ort.__version__,
+            },
             exporter=EXPORTER,
         )
         manifest.write(tmp)
@@ -276,12 +327,12 @@ def export_checkpoint(
     checkpoint: PathLike,
     out_dir: PathLike,
     *,
-    arch: Optional[str] = None,
+    arch: str | None = None,
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
-    name: Optional[str] = None,
-    checkpoint_sha256: Optional[str] = None,
-    verify: Optional[Verifier] = None,
+    name: str | None = None,
+    checkpoint_sha256: str | None = None,
+    verify: Verifier | None = None,
 ) -> Manifest:
     """Load ``checkpoint`` (strictly, as ``arch`` or the architecture its shapes say) in ``precision`` and export it."""
     from qaclip_core.checkpoint import load_checkpoint
@@ -294,5 +345,12 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     model = load_checkpoint(checkpoint, arch, device="cpu", precision=precision)
     sha = checkpoint_sha256 or checkpoint_digest(checkpoint)
-    return export_model(model, out_dir, name=name or checkpoint.stem, opset=opset, checkpoint_sha256=sha,
-                        checkpoint_file=checkpoint.name, verify=verify)
+    return export_model(
+        model,
+        out_dir,
+        name=name or checkpoint.stem,
+        opset=opset,
+        checkpoint_sha256=sha,
+        checkpoint_file=checkpoint.name,
+        verify=verify,
+    )

@@ -2,13 +2,15 @@
 
 The gates and where their numbers come from are in ``parity.yaml`` beside this module.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import torch
 import yaml
@@ -22,8 +24,8 @@ BATCHES = (1, 7, 64)
 TOP_K = 5
 
 
-@lru_cache(maxsize=None)
-def gates(precision: str) -> Dict[str, Any]:
+@cache
+def gates(precision: str) -> dict[str, Any]:
     """The parity gates of ``precision`` (``fp32``: max_abs_diff; ``fp16``: min_cosine; both: tie)."""
     doc = yaml.safe_load(GATES_FILE.read_text(encoding="utf-8"))
     if precision not in doc:
@@ -48,18 +50,28 @@ def _drawn(i: int) -> Image.Image:
         colour = tuple(rng.randint(0, 255) for _ in range(3))
         (d.ellipse if rng.random() < 0.5 else d.rectangle)(xy, fill=colour)
     for x in range(0, size[0], rng.randint(5, 40)):
-        d.line([(x, 0), (size[0] - x, size[1])], fill=tuple(rng.randint(0, 255) for _ in range(3)), width=rng.randint(1, 4))
+        d.line(
+            [(x, 0), (size[0] - x, size[1])], fill=tuple(rng.randint(0, 255) for _ in range(3)), width=rng.randint(1, 4)
+        )
     return img
 
 
-def _spread(captions: Sequence[str]) -> List[str]:
+def _spread(captions: Sequence[str]) -> list[str]:
     """The shortest and the longest first, so that batches of 1 and 7 already span the lengths."""
     by_len = sorted(captions, key=len)
-    head = [by_len[0], by_len[-1], by_len[len(by_len) // 2], by_len[1], by_len[-2], by_len[len(by_len) // 4], by_len[-3]]
+    head = [
+        by_len[0],
+        by_len[-1],
+        by_len[len(by_len) // 2],
+        by_len[1],
+        by_len[-2],
+        by_len[len(by_len) // 4],
+        by_len[-3],
+    ]
     return head + [c for c in captions if c not in head]
 
 
-def probe_inputs(count: int = max(BATCHES)) -> Tuple[List[Image.Image], List[str]]:
+def probe_inputs(count: int = max(BATCHES)) -> tuple[list[Image.Image], list[str]]:
     """``count`` images and captions: the pinned probe set (qaclip_core/probe), then generated images past its size."""
     from qaclip_harness.probe import load_probe_set
 
@@ -107,20 +119,26 @@ class ParityReport:
 
     model: str
     precision: str
-    towers: List[TowerCheck] = field(default_factory=list)
-    ranks: List[RankCheck] = field(default_factory=list)
+    towers: list[TowerCheck] = field(default_factory=list)
+    ranks: list[RankCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """All tower and ranking checks passed."""
         return all(t.ok for t in self.towers) and all(r.ok for r in self.ranks)
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready record, gates included."""
-        return {"model": self.model, "precision": self.precision, "ok": self.ok, "gate": dict(gates(self.precision)),
-                "towers": [asdict(t) for t in self.towers], "ranks": [asdict(r) for r in self.ranks]}
+        return {
+            "model": self.model,
+            "precision": self.precision,
+            "ok": self.ok,
+            "gate": dict(gates(self.precision)),
+            "towers": [asdict(t) for t in self.towers],
+            "ranks": [asdict(r) for r in self.ranks],
+        }
 
-    def metric_rows(self) -> List[Dict[str, Any]]:
+    def metric_rows(self) -> list[dict[str, Any]]:
         """The checks as report rows (metric, measured, expected, tolerance, delta, ok, format), worst batch per tower."""
         g = gates(self.precision)
         rows = []
@@ -130,10 +148,14 @@ class ParityReport:
                 continue
             if "max_abs_diff" in g:
                 worst = max(t.max_abs_diff for t in mine)
-                rows.append(_row(f"{tower}_max_abs_diff", worst, 0.0, g["max_abs_diff"], all(t.ok for t in mine), ".1e"))
+                rows.append(
+                    _row(f"{tower}_max_abs_diff", worst, 0.0, g["max_abs_diff"], all(t.ok for t in mine), ".1e")
+                )
             else:
                 worst = min(t.min_cosine for t in mine)
-                rows.append(_row(f"{tower}_min_cosine", worst, 1.0, 1.0 - g["min_cosine"], all(t.ok for t in mine), ".4f"))
+                rows.append(
+                    _row(f"{tower}_min_cosine", worst, 1.0, 1.0 - g["min_cosine"], all(t.ok for t in mine), ".4f")
+                )
         for r in self.ranks:
             short = "t2i" if r.direction.startswith("text") else "i2t"
             rows.append(_row(f"{short}_top{TOP_K}_violations", r.violations, 0, 0, r.ok, ".0f"))
@@ -143,20 +165,32 @@ class ParityReport:
         """Plain-text table of every check."""
         g = gates(self.precision)
         gate = f"max |d| <= {g['max_abs_diff']:g}" if "max_abs_diff" in g else f"min cos >= {g['min_cosine']}"
-        lines = [f"{self.model} ({self.precision}): ONNX Runtime against PyTorch, normalised features; gate {gate}",
-                 f"{'tower':<6}{'batch':>6}{'max |d|':>12}{'min cos':>12}"]
+        lines = [
+            f"{self.model} ({self.precision}): ONNX Runtime against PyTorch, normalised features; gate {gate}",
+            f"{'tower':<6}{'batch':>6}{'max |d|':>12}{'min cos':>12}",
+        ]
         for t in self.towers:
-            lines.append(f"{t.tower:<6}{t.batch:>6}{t.max_abs_diff:>12.3e}{t.min_cosine:>12.7f}  {'ok' if t.ok else 'FAIL'}")
+            lines.append(
+                f"{t.tower:<6}{t.batch:>6}{t.max_abs_diff:>12.3e}{t.min_cosine:>12.7f}  {'ok' if t.ok else 'FAIL'}"
+            )
         for r in self.ranks:
-            lines.append(f"top-{TOP_K} {r.direction}: {r.queries} queries, {r.differing} positions differ: {r.near_ties} hold an "
-                         f"item within {g['tie']:g} of PyTorch's (a near-tie or better), {r.violations} not  {'ok' if r.ok else 'FAIL'}")
+            lines.append(
+                f"top-{TOP_K} {r.direction}: {r.queries} queries, {r.differing} positions differ: {r.near_ties} hold an "
+                f"item within {g['tie']:g} of PyTorch's (a near-tie or better), {r.violations} not  {'ok' if r.ok else 'FAIL'}"
+            )
         return "\n".join(lines)
 
 
-def _row(metric: str, measured: float, expected: float, tolerance: float, ok: bool, fmt: str) -> Dict[str, Any]:
-    return {"metric": metric, "measured": float(measured), "expected": float(expected), "tolerance": float(tolerance),
-            "delta": float(measured) - float(expected), "ok": bool(ok), "format": fmt}
-
+def _row(metric: str, measured: float, expected: float, tolerance: float, ok: bool, fmt: str) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "measured": float(measured),
+        "expected": float(expected),
+        "tolerance": float(tolerance),
+        "delta": float(measured) - float(expected),
+        "ok": bool(ok),
+        "format": fmt,
+    }
 
 
 def tower_check(tower: str, ours: torch.Tensor, ref: torch.Tensor, precision: str) -> TowerCheck:
@@ -183,19 +217,22 @@ def rank_check(direction: str, ours: torch.Tensor, ref: torch.Tensor, tie: float
     near = differ & (gap <= tie)
     bad = differ & (gap > tie)
     worst = float(gap[differ].max()) if bool(differ.any()) else 0.0
-    return RankCheck(direction, int(ref.shape[0]), int(differ.sum()), int(near.sum()), int(bad.sum()), worst, not bool(bad.any()))
+    return RankCheck(
+        direction, int(ref.shape[0]), int(differ.sum()), int(near.sum()), int(bad.sum()), worst, not bool(bad.any())
+    )
 
 
 @torch.inference_mode()
-def compare(onnx_encoder: Any, torch_encoder: Any, precision: str, batches: Sequence[int] = BATCHES,
-            model: str = "model") -> ParityReport:
+def compare(
+    onnx_encoder: Any, torch_encoder: Any, precision: str, batches: Sequence[int] = BATCHES, model: str = "model"
+) -> ParityReport:
     """ONNX Runtime against PyTorch on the same preprocessed images and token ids, per tower and batch size,
     and top-k rankings both ways on the largest batch."""
     images, captions = probe_inputs(max(batches))
     pixels = torch.stack([torch_encoder.preprocess(im) for im in images])
     tokens = torch_encoder.tokenize(captions)
     report = ParityReport(model, precision)
-    feats: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+    feats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for batch in batches:
         for tower, inputs, ours_fn, ref_fn in (
             ("image", pixels, onnx_encoder.encode_image, torch_encoder.encode_image),

@@ -1,10 +1,11 @@
 """ONNX Runtime: the execution provider for a device, the opsets it runs, sessions with clear errors."""
+
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Union
 
 import torch
 
@@ -22,7 +23,8 @@ def runtime_max_opset() -> int:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
@@ -35,10 +37,12 @@ def runtime_max_opset() -> int:
         except Exception:  # onnxruntime raises its own Fail/InvalidGraph types for an opset it does not know
             continue
         return opset
-    raise ExportError(f"onnxruntime {ort.__version__} accepted no ai.onnx opset between 7 and {onnx.defs.onnx_opset_version()}")
+    raise ExportError(
+        f"onnxruntime {ort.__version__} accepted no ai.onnx opset between 7 and {onnx.defs.onnx_opset_version()}"
+    )
 
 
-def resolve_providers(device: Union[str, torch.device, None] = "auto") -> Tuple[torch.device, List[Any]]:
+def resolve_providers(device: str | torch.device | None = "auto") -> tuple[torch.device, list[Any]]:
     """(device, execution providers) for ``device``: CPU EP for ``cpu``, CUDA EP (with its device id) for ``cuda[:N]``.
 
     ``auto`` picks CUDA when both torch and onnxruntime see it, else the CPU.
@@ -87,7 +91,7 @@ def check_runtime_opset(path: PathLike) -> int:
     return opset
 
 
-def session(path: PathLike, providers: List[Any], threads: Optional[int] = None) -> Any:
+def session(path: PathLike, providers: list[Any], threads: int | None = None) -> Any:
     """An InferenceSession on ``path``; ExportError naming the file when onnxruntime refuses it."""
     (ort,) = require("onnxruntime")
     check_runtime_opset(path)

@@ -11,6 +11,7 @@ there. Either way the inner zip's members are checked to stay inside the target,
 a staging folder beside the target and moved into place with one rename, under a per-dataset
 file lock, with a ``.qaclip-origin.json`` saying where the data came from.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import IO, List, Optional, Union
+from typing import IO, Union
 
 from filelock import FileLock
 
@@ -35,16 +36,18 @@ RANGE_BLOCK = 8 << 20  # bytes per range request: few requests for a large membe
 DOWNLOADS = ".downloads"
 
 
-def member_name(card) -> Optional[str]:
+def member_name(card) -> str | None:
     """The inner archive of ``card`` inside its hub file, or ``None`` when the hub file is the dataset itself."""
     hub = getattr(card, "hub", None) or {}
     return hub.get("member")
 
 
-
-def _inner_members(names: List[str], wanted: str) -> List[str]:
-    return [n for n in names if posixpath.basename(n.rstrip("/")) == wanted and not n.endswith("/")
-            and not n.startswith("__MACOSX/")]
+def _inner_members(names: list[str], wanted: str) -> list[str]:
+    return [
+        n
+        for n in names
+        if posixpath.basename(n.rstrip("/")) == wanted and not n.endswith("/") and not n.startswith("__MACOSX/")
+    ]
 
 
 def _copy_member(outer: Outer, wanted: str, dest: Path, label: str = "") -> dict:
@@ -56,15 +59,20 @@ def _copy_member(outer: Outer, wanted: str, dest: Path, label: str = "") -> dict
             if len(found) != 1:
                 zips = sorted(posixpath.basename(n) for n in zf.namelist() if n.endswith(".zip"))
                 what = "no member" if not found else f"{len(found)} members ({', '.join(found[:4])})"
-                raise DatasetError(f"{label}: {what} named {wanted}; it holds {len(zips)} zip files"
-                                   + (f": {', '.join(zips[:12])}{' ...' if len(zips) > 12 else ''}" if zips else ""))
+                raise DatasetError(
+                    f"{label}: {what} named {wanted}; it holds {len(zips)} zip files"
+                    + (f": {', '.join(zips[:12])}{' ...' if len(zips) > 12 else ''}" if zips else "")
+                )
             info = zf.getinfo(found[0])
             with zf.open(info) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
             return {"member": info.filename, "member_crc32": f"{info.CRC:08x}", "member_bytes": info.file_size}
     except (zipfile.BadZipFile, EOFError) as e:
-        advice = ("delete the archive and download again" if isinstance(outer, Path) else
-                  "the server sent other bytes than the archive holds: run again, or download it whole")
+        advice = (
+            "delete the archive and download again"
+            if isinstance(outer, Path)
+            else "the server sent other bytes than the archive holds: run again, or download it whole"
+        )
         raise DatasetError(f"{label} is not a valid zip archive or {wanted} in it is damaged ({e}); {advice}") from e
 
 
@@ -75,27 +83,41 @@ def _unpack_checked(archive: Path, target: Path, label: str) -> None:
             check_members(zf, target, label)
             zf.extractall(target)
     except zipfile.BadZipFile as e:
-        raise DatasetError(f"{label} is not a valid zip archive or is damaged ({e}); delete the outer archive and "
-                           "download again") from e
+        raise DatasetError(
+            f"{label} is not a valid zip archive or is damaged ({e}); delete the outer archive and download again"
+        ) from e
 
 
 def _dataset_root(content: Path, split: str, label: str) -> Path:
     """The shallowest folder of the unpacked content that holds ``<split>/`` (the dataset folder)."""
     if (content / split).is_dir():
         return content
-    hits = sorted((p.parent for p in content.rglob(split) if p.is_dir() and "__MACOSX" not in p.parts),
-                  key=lambda p: (len(p.relative_to(content).parts), str(p)))
+    hits = sorted(
+        (p.parent for p in content.rglob(split) if p.is_dir() and "__MACOSX" not in p.parts),
+        key=lambda p: (len(p.relative_to(content).parts), str(p)),
+    )
     if not hits:
-        raise DatasetError(f"{label}: no {split}/ folder inside; expected <dataset>/{split}/<class id>/ and label_cn.txt")
+        raise DatasetError(
+            f"{label}: no {split}/ folder inside; expected <dataset>/{split}/<class id>/ and label_cn.txt"
+        )
     depth = len(hits[0].relative_to(content).parts)
     top = [h for h in hits if len(h.relative_to(content).parts) == depth]
     if len(top) > 1:
-        raise DatasetError(f"{label}: several folders hold {split}/ ({', '.join(str(t.relative_to(content)) for t in top[:4])})")
+        raise DatasetError(
+            f"{label}: several folders hold {split}/ ({', '.join(str(t.relative_to(content)) for t in top[:4])})"
+        )
     return top[0]
 
 
-def extract_member(outer: Outer, wanted: str, parent: Path, dirname: str, split: str = "test",
-                   label: str = "", origin: Optional[dict] = None) -> Path:
+def extract_member(
+    outer: Outer,
+    wanted: str,
+    parent: Path,
+    dirname: str,
+    split: str = "test",
+    label: str = "",
+    origin: dict | None = None,
+) -> Path:
     """Unpack the inner zip ``wanted`` of ``outer`` (a path or a seekable file) as ``parent/dirname`` (atomically).
 
     ``origin`` (where ``outer`` came from) is written, with the member's name, CRC-32 and size,
@@ -121,7 +143,7 @@ def extract_member(outer: Outer, wanted: str, parent: Path, dirname: str, split:
     return final
 
 
-def open_by_ranges(hub: dict, endpoint: Optional[str] = None):
+def open_by_ranges(hub: dict, endpoint: str | None = None):
     """The hub file of ``hub`` (repo, filename, repo_type, revision) opened for random access by HTTP range requests."""
     from huggingface_hub import HfFileSystem
 
@@ -129,33 +151,40 @@ def open_by_ranges(hub: dict, endpoint: Optional[str] = None):
 
     where = f"{hub['repo']}/{hub['filename']}"
     if is_offline():
-        raise DownloadError(f"{where}: offline (HF_HUB_OFFLINE is set), so the inner zip cannot be read from the Hub; "
-                            f"place the dataset's folder yourself or download {hub['filename']} whole into .downloads/")
+        raise DownloadError(
+            f"{where}: offline (HF_HUB_OFFLINE is set), so the inner zip cannot be read from the Hub; "
+            f"place the dataset's folder yourself or download {hub['filename']} whole into .downloads/"
+        )
     prefix = {"dataset": "datasets/", "model": "", "space": "spaces/"}[hub.get("repo_type", "model")]
     revision = f"@{hub['revision']}" if hub.get("revision") else ""
     fs = HfFileSystem(endpoint=endpoint or hub_endpoint(), skip_instance_cache=True)
     try:
-        return fs.open(f"{prefix}{hub['repo']}{revision}/{hub['filename']}", "rb", block_size=RANGE_BLOCK,
-                       cache_type="readahead")
+        return fs.open(
+            f"{prefix}{hub['repo']}{revision}/{hub['filename']}", "rb", block_size=RANGE_BLOCK, cache_type="readahead"
+        )
     except Exception as e:  # huggingface_hub's and the transport's errors: the file could not be reached
         raise DownloadError(f"{where}: cannot open it on the Hub for range requests ({type(e).__name__}: {e})") from e
 
 
-def fetch_member_by_ranges(card, datasets_folder: Path, endpoint: Optional[str] = None) -> Path:
+def fetch_member_by_ranges(card, datasets_folder: Path, endpoint: str | None = None) -> Path:
     """Read only ``card``'s inner zip out of its hub archive with range requests, verify it, unpack it."""
     hub = card.hub
     where = f"{hub['repo']}/{hub['filename']}"
     label = f"{where} (read by byte ranges)"
-    origin = {"archive": where, "fetched": "byte ranges of the hub file; inner CRC-32s checked, the outer sha256 "
-                                          "not (it needs the whole file)"}
+    origin = {
+        "archive": where,
+        "fetched": "byte ranges of the hub file; inner CRC-32s checked, the outer sha256 not (it needs the whole file)",
+    }
     with open_by_ranges(hub, endpoint) as remote:
         try:
             return extract_member(remote, hub["member"], datasets_folder, card.dirname, card.split, label, origin)
         except (DatasetError, DownloadError):
             raise
         except Exception as e:  # a cut connection, a server that lies about the size or the bytes: nothing is kept
-            raise DownloadError(f"{label}: reading {hub['member']} failed ({type(e).__name__}: {e}); run again to retry, "
-                                f"or download {hub['filename']} whole") from e
+            raise DownloadError(
+                f"{label}: reading {hub['member']} failed ({type(e).__name__}: {e}); run again to retry, "
+                f"or download {hub['filename']} whole"
+            ) from e
 
 
 def fetch_nested(card, datasets_folder: Path, present) -> Path:
@@ -171,8 +200,14 @@ def fetch_nested(card, datasets_folder: Path, present) -> Path:
     whole = (datasets_folder / DOWNLOADS / hub["filename"]).is_file()
     outer = None
     if whole:  # downloaded whole before: checked against its sha256 (its record), then read locally
-        outer = fetch_hub_file(hub["repo"], hub["filename"], repo_type=hub.get("repo_type", "model"),
-                               local_dir=datasets_folder / DOWNLOADS, sha256=hub.get("sha256"), manual_url=card.url)
+        outer = fetch_hub_file(
+            hub["repo"],
+            hub["filename"],
+            repo_type=hub.get("repo_type", "model"),
+            local_dir=datasets_folder / DOWNLOADS,
+            sha256=hub.get("sha256"),
+            manual_url=card.url,
+        )
     with FileLock(str(datasets_folder / f".{card.dirname}.lock")):
         if not present(folder):
             if folder.exists():
@@ -182,7 +217,10 @@ def fetch_nested(card, datasets_folder: Path, present) -> Path:
             else:
                 from qaclip_harness.fetch.digests import sha256_of
 
-                origin = {"archive": f"{hub['repo']}/{hub['filename']}", "sha256": sha256_of(Path(outer)),
-                          "fetched": "the whole hub file, verified against its sha256"}
+                origin = {
+                    "archive": f"{hub['repo']}/{hub['filename']}",
+                    "sha256": sha256_of(Path(outer)),
+                    "fetched": "the whole hub file, verified against its sha256",
+                }
                 extract_member(Path(outer), hub["member"], datasets_folder, card.dirname, card.split, origin=origin)
     return folder

@@ -3,6 +3,7 @@
 Fetching happens before evaluation: the suite and the CLI call :func:`ensure_dataset` and
 :func:`ensure_labels`, then hand the resolved folders to the evaluation, which never downloads.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
 
 from filelock import FileLock
 
@@ -32,7 +32,8 @@ from qaclip_harness.fetch.digests import sha256_of
 from qaclip_harness.fetch.urls import fetch_url
 from qaclip_harness.fetch.zip_safety import check_members
 
-def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: Optional[dict] = None) -> None:
+
+def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: dict | None = None) -> None:
     """Unpack ``archive`` so that ``target_parent/<dirname>`` appears atomically."""
     staging = target_parent / f".{card.dirname}.extract-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -42,7 +43,9 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: 
             check_members(zf, staging, str(archive))
             bad = zf.testzip()
             if bad:
-                raise DatasetError(f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and download again")
+                raise DatasetError(
+                    f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and download again"
+                )
             zf.extractall(staging)
         entries = [p for p in staging.iterdir() if not p.name.startswith("__MACOSX")]
         inner = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
@@ -58,7 +61,7 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_labels(card: DatasetCard, data_root: Union[str, Path], download: bool = False) -> Path:
+def ensure_labels(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """Path of the zero-shot label file, fetched (checksummed) with ``download`` when absent."""
     path = dataset_dir(card, data_root) / card.labels["filename"]
     if path.is_file() or not download or not card.labels.get("url"):
@@ -70,7 +73,7 @@ def ensure_labels(card: DatasetCard, data_root: Union[str, Path], download: bool
     return fetch_url(card.labels["url"], path, sha256=card.labels.get("sha256"))
 
 
-def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: bool = False) -> Path:
+def ensure_dataset(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """The dataset's folder, downloading and unpacking it first when allowed and possible."""
     folder = dataset_dir(card, data_root)
     if is_present(card, folder):
@@ -84,11 +87,17 @@ def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: boo
         parent = datasets_dir(data_root)
         parent.mkdir(parents=True, exist_ok=True)
         archive = fetch_hub_file(
-            card.hub["repo"], card.hub["filename"], repo_type=card.hub.get("repo_type", "model"),
-            local_dir=parent / ".downloads", sha256=card.hub.get("sha256"),
+            card.hub["repo"],
+            card.hub["filename"],
+            repo_type=card.hub.get("repo_type", "model"),
+            local_dir=parent / ".downloads",
+            sha256=card.hub.get("sha256"),
         )
-        origin = {"archive": f"{card.hub['repo']}/{card.hub['filename']}", "sha256": sha256_of(Path(archive)),
-                  "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        origin = {
+            "archive": f"{card.hub['repo']}/{card.hub['filename']}",
+            "sha256": sha256_of(Path(archive)),
+            "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         with FileLock(str(parent / f".{card.dirname}.lock")):
             if not is_present(card, folder):
                 _extract_zip(Path(archive), card, parent, origin)
@@ -98,7 +107,7 @@ def ensure_dataset(card: DatasetCard, data_root: Union[str, Path], download: boo
     raise DatasetMissingError(missing_reason(card, data_root))
 
 
-def resolve_dataset(card: DatasetCard, data_root: Union[str, Path], download: bool = False) -> DatasetOnDisk:
+def resolve_dataset(card: DatasetCard, data_root: str | Path, download: bool = False) -> DatasetOnDisk:
     """``card``'s folder (and label file), fetched first with ``download``: what the evaluation is then given."""
     folder = ensure_dataset(card, data_root, download=download)
     labels = ensure_labels(card, data_root, download=download) if card.kind == "zeroshot" else None

@@ -1,4 +1,5 @@
 """Digests that name what was evaluated: a file's sha256 (reusing its ``.sha256`` record), a folder's, a checkpoint's."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,12 @@ def sha256_of(path: PathLike) -> str:
     if not path.is_dir():
         return cached_sha256(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.relative_to(path).parts
-                    and not p.name.endswith((".sha256", ".lock"))):
-        h.update(f"{f.relative_to(path).as_posix()}\0{cached_sha256(f)}\n".encode("utf-8"))
+    for f in sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and ".cache" not in p.relative_to(path).parts and not p.name.endswith((".sha256", ".lock"))
+    ):
+        h.update(f"{f.relative_to(path).as_posix()}\0{cached_sha256(f)}\n".encode())
     return h.hexdigest()
 
 

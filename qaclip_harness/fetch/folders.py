@@ -8,13 +8,15 @@ Downloaded LFS files are checked against the sha256 the Hub lists, under a file 
 complete folder is final (no request per load, offline runs work). Offline mode and an
 unreachable host fail at once with instructions to install the folder by hand.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 from qaclip_core.errors import ChecksumError, DownloadError
 from qaclip_core.registry import ModelCard
@@ -37,8 +39,8 @@ class FolderLayout:
     """The files a transformers-format folder of one model family needs."""
 
     family: str  # for messages: "AltCLIP", "ChineseCLIP"
-    config_files: Tuple[str, ...]  # fetched when the repo lists them (weights are chosen separately)
-    tokenizer_files: Tuple[str, ...]  # at least one must be present
+    config_files: tuple[str, ...]  # fetched when the repo lists them (weights are chosen separately)
+    tokenizer_files: tuple[str, ...]  # at least one must be present
     manual_files: str  # how the manual instructions name the non-weight files
 
     def complete(self, folder: PathLike) -> bool:
@@ -51,7 +53,7 @@ class FolderLayout:
             and weights_present(folder)
         )
 
-    def manual_instructions(self, repo: str, revision: Optional[str], local_dir: Path) -> str:
+    def manual_instructions(self, repo: str, revision: str | None, local_dir: Path) -> str:
         """How to put the folder in place by hand."""
         rev = revision or "main"
         return (
@@ -64,8 +66,10 @@ class FolderLayout:
 def weights_present(folder: PathLike) -> bool:
     """Whether ``folder`` holds a single weights file, or an index whose every shard is present."""
     folder = Path(folder)
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (folder / single).is_file():
             return True
         if (folder / index).is_file():
@@ -78,7 +82,7 @@ def weights_present(folder: PathLike) -> bool:
     return False
 
 
-def choose_weights(names: Sequence[str]) -> List[str]:
+def choose_weights(names: Sequence[str]) -> list[str]:
     """Patterns of the one set of weights to fetch from a repo listing ``names`` (empty: none)."""
     present = set(names)
     for marker, patterns in WEIGHT_PATTERNS:
@@ -109,7 +113,7 @@ def verify_lfs(local_dir: Path, siblings: Sequence[Any], names: Sequence[str]) -
             )
 
 
-def folder_for(card: ModelCard, download_root: Optional[PathLike] = None) -> Path:
+def folder_for(card: ModelCard, download_root: PathLike | None = None) -> Path:
     """Where the card's folder lives: ``<download_root or cache>/<repo name>``."""
     from qaclip_core.pretrained import cache_root
 
@@ -119,8 +123,9 @@ def folder_for(card: ModelCard, download_root: Optional[PathLike] = None) -> Pat
     return root / card.hub_repo.split("/")[-1]
 
 
-def fetch_folder(card: ModelCard, layout: FolderLayout, download_root: Optional[PathLike] = None,
-                 endpoint: Optional[str] = None) -> Path:
+def fetch_folder(
+    card: ModelCard, layout: FolderLayout, download_root: PathLike | None = None, endpoint: str | None = None
+) -> Path:
     """Folder of the card's transformers-format model, downloading what is missing.
 
     ``endpoint`` overrides the Hub address for this call (a local hub); otherwise
@@ -157,14 +162,16 @@ def fetch_folder(card: ModelCard, layout: FolderLayout, download_root: Optional[
         if layout.complete(local_dir):
             return local_dir
         try:
-            info = huggingface_hub.HfApi(endpoint=ep).model_info(card.hub_repo, revision=card.hub_revision,
-                                                                 files_metadata=True)
+            info = huggingface_hub.HfApi(endpoint=ep).model_info(
+                card.hub_repo, revision=card.hub_revision, files_metadata=True
+            )
             siblings = list(info.siblings or [])
             names = [s.rfilename for s in siblings]
             weights = choose_weights(names)
             if not weights:
                 raise DownloadError(
-                    f"the Hugging Face repo {card.hub_repo!r} lists no model.safetensors or pytorch_model.bin; " + manual
+                    f"the Hugging Face repo {card.hub_repo!r} lists no model.safetensors or pytorch_model.bin; "
+                    + manual
                 )
             huggingface_hub.snapshot_download(
                 repo_id=card.hub_repo,

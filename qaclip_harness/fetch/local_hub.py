@@ -28,6 +28,7 @@ offset of the file: a subtle lie), ``claim_size`` (state another size in the lis
 size headers and Content-Range: a server lying about the size), ``ignore_range`` (answer Range
 requests with the whole file, 200) and ``chunk_delay``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,15 +40,31 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 _RESOLVE = re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<repo>.+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
-_API = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
-                  r"(?:/revision/(?P<rev>[^/]+)|/tree/(?P<tree_rev>[^/]+)(?:/(?P<path>.*))?)?$")
+_API = re.compile(
+    r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
+    r"(?:/revision/(?P<rev>[^/]+)|/tree/(?P<tree_rev>[^/]+)(?:/(?P<path>.*))?)?$"
+)
 # suffixes of the Hub's default .gitattributes that a model or dataset repo keeps in LFS
-_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".model", ".zip",
-                 ".tar", ".gz", ".npy", ".npz", ".pkl")
+_LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".msgpack",
+    ".h5",
+    ".onnx",
+    ".model",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".npy",
+    ".npz",
+    ".pkl",
+)
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 64 * 1024
 
@@ -56,12 +73,12 @@ _CHUNK = 64 * 1024
 class Faults:
     """Misbehaviour to inject into GET responses (HEAD always answers truthfully)."""
 
-    truncate_after: Optional[int] = None  # body bytes sent before the connection is cut
-    truncate_times: Optional[int] = None  # how many GETs to cut; None: every one
+    truncate_after: int | None = None  # body bytes sent before the connection is cut
+    truncate_times: int | None = None  # how many GETs to cut; None: every one
     corrupt: bool = False  # flip bytes but keep the true ETag/length, as a bad mirror would
     ignore_range: bool = False  # answer Range with 200 and the whole file
-    corrupt_at: Optional[int] = None  # flip the byte at this offset of the file (the ETag stays the true one)
-    claim_size: Optional[int] = None  # the size stated in listings and headers, whatever the file's
+    corrupt_at: int | None = None  # flip the byte at this offset of the file (the ETag stays the true one)
+    claim_size: int | None = None  # the size stated in listings and headers, whatever the file's
     chunk_delay: float = 0.0  # seconds between body chunks, to make downloads overlap
     chunk_size: int = _CHUNK
 
@@ -72,7 +89,7 @@ class Request:
 
     method: str
     path: str
-    range: Optional[str]
+    range: str | None
     status: int = 0
 
 
@@ -80,9 +97,9 @@ class Request:
 class _State:
     root: Path
     faults: Faults = field(default_factory=Faults)
-    requests: List[Request] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    digests: Dict[Tuple[str, int, int], str] = field(default_factory=dict)
+    digests: dict[tuple[str, int, int], str] = field(default_factory=dict)
 
 
 def _commit_for(repo: str, revision: str) -> str:
@@ -99,13 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     state: _State  # set on the per-server subclass
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args) -> None:  # the base class names it `format`
         pass
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server naming
+    def do_HEAD(self) -> None:  # http.server's naming
         self._serve(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve(head=False)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -116,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
                 Request(self.command, urlsplit(self.path).path, self.headers.get("Range"), status)
             )
 
-    def _locate(self) -> Tuple[Optional[Path], Dict[str, str]]:
+    def _locate(self) -> tuple[Path | None, dict[str, str]]:
         """File for the request path (None if absent) and the Hub headers that go with it."""
         path = unquote(urlsplit(self.path).path)
         root = self.state.root
@@ -139,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         return None, headers
 
     @staticmethod
-    def _inside(base: Path, rel: str, want_dir: bool = False) -> Optional[Path]:
+    def _inside(base: Path, rel: str, want_dir: bool = False) -> Path | None:
         p = (base / rel).resolve()
         if p != base.resolve() and base.resolve() not in p.parents:
             return None  # path traversal
@@ -160,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.digests[key] = h.hexdigest()
         return h.hexdigest()
 
-    def _error(self, status: int, headers: Dict[str, str], head: bool) -> None:
+    def _error(self, status: int, headers: dict[str, str], head: bool) -> None:
         body = b"" if head else f"{status} {headers.get('X-Error-Message', 'error')}\n".encode()
         self.send_response(status)
         for k, v in headers.items():
@@ -172,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self._record(status)
 
-    def _repo_files(self, repo_dir: Path) -> List[dict]:
+    def _repo_files(self, repo_dir: Path) -> list[dict]:
         """One entry per file of a repo folder (hidden folders such as .cache left out), as the Hub's API lists them."""
         out = []
         for file in sorted(p for p in repo_dir.rglob("*") if p.is_file()):
@@ -191,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
             out.append(entry)
         return out
 
-    def _api(self, m: "re.Match[str]", head: bool) -> None:
+    def _api(self, m: re.Match[str], head: bool) -> None:
         """Repo info or tree listing of a repo folder, as JSON."""
         kind, repo = m.group("kind"), m.group("repo")
         root = self.state.root
@@ -206,9 +223,19 @@ class _Handler(BaseHTTPRequestHandler):
             prefix = (m.group("path") or "").strip("/")
             doc = [dict(e, type="file") for e in files if not prefix or e["path"].startswith(prefix + "/")]
         else:
-            sibs = [{"rfilename": e["path"], "size": e["size"], "blobId": e["oid"],
-                     **({"lfs": {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": 134}} if "lfs" in e else {})}
-                    for e in files]
+            sibs = [
+                {
+                    "rfilename": e["path"],
+                    "size": e["size"],
+                    "blobId": e["oid"],
+                    **(
+                        {"lfs": {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": 134}}
+                        if "lfs" in e
+                        else {}
+                    ),
+                }
+                for e in files
+            ]
             doc = {"id": repo, "modelId": repo, "sha": _commit_for(repo, rev), "private": False, "siblings": sibs}
         body = json.dumps(doc).encode()
         self.send_response(200)
@@ -313,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
 class LocalHub:
     """A running local hub server; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, root: Union[str, Path], host: str = "127.0.0.1", port: int = 0, faults: Optional[Faults] = None):
+    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None):
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError(f"local hub binds only to the loopback interface, not {host!r}")
         self.root = Path(root).resolve()
@@ -344,12 +371,12 @@ class LocalHub:
             self._state.faults = Faults(**kwargs)
 
     @property
-    def requests(self) -> List[Request]:
+    def requests(self) -> list[Request]:
         """A copy of the requests received so far."""
         with self._state.lock:
             return list(self._state.requests)
 
-    def count(self, method: Optional[str] = None) -> int:
+    def count(self, method: str | None = None) -> int:
         """Number of requests received (of one method if given)."""
         return sum(1 for r in self.requests if method is None or r.method == method)
 
@@ -372,14 +399,14 @@ class LocalHub:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "LocalHub":
+    def __enter__(self) -> LocalHub:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def serve_directory(root: Union[str, Path], host: str = "127.0.0.1", port: int = 0, **faults) -> LocalHub:
+def serve_directory(root: str | Path, host: str = "127.0.0.1", port: int = 0, **faults) -> LocalHub:
     """Serve ``root/<repo_id>/<filename>`` as a Hugging Face Hub on loopback; ``port=0`` picks a free port."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"local hub root {root} is not a directory")

@@ -4,6 +4,7 @@ Hand-written on urllib: huggingface_hub's http_get is internal API bound to the 
 (Hub headers, its offline switch) and writes to an open file object, so it cannot resume from a
 ``.incomplete`` left by an earlier process; ``requests`` is not a dependency of this project.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from filelock import FileLock
 
@@ -37,7 +38,7 @@ _URL_ATTEMPTS = 5
 _RETRY_WAIT = 0.5  # seconds, times the number of attempts in a row that brought no data
 
 
-def fetch_url(url: str, dest: PathLike, *, sha256: Optional[str] = None, progress: bool = True) -> Path:
+def fetch_url(url: str, dest: PathLike, *, sha256: str | None = None, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` atomically and resumably, under a file lock, and verify it."""
     dest = Path(dest).expanduser()
     expected = normalize_sha256(sha256)
@@ -119,11 +120,20 @@ def _download_resumable(url: str, part: Path, dest: Path, progress: bool) -> Non
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length is not None and length.isdigit() else None
             got = offset
-            error: Optional[BaseException] = None
-            with open(part, mode) as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not progress, leave=False,
-            ) as bar:
+            error: BaseException | None = None
+            with (
+                open(part, mode) as f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
                 try:
                     for chunk in iter(lambda: resp.read(CHUNK), b""):
                         f.write(chunk)

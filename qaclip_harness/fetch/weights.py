@@ -4,10 +4,11 @@ Each card names its backend in ``adapter``; the weights it needs are fetched her
 model is loaded, so that loading and evaluation only ever see local paths. Transformers-format
 folders need ``transformers`` to be loaded at all, so its absence is reported before any download.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Union
 
 from qaclip_core.errors import DownloadError
 from qaclip_core.pretrained import cache_root, fetch_checkpoint
@@ -20,27 +21,49 @@ PathLike = Union[str, Path]
 
 # Files of a transformers repo that loading needs (the weights are chosen by fetch.folders; the
 # OFA-Sys repos also hold the original .pt, which is not fetched for these cards).
-LAYOUTS: Dict[str, FolderLayout] = {
+LAYOUTS: dict[str, FolderLayout] = {
     "chineseclip": FolderLayout(
         family="ChineseCLIP",
-        config_files=("config.json", "preprocessor_config.json", "processor_config.json", "vocab.txt",
-                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"),
+        config_files=(
+            "config.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "vocab.txt",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+        ),
         tokenizer_files=("vocab.txt", "tokenizer.json"),
-        manual_files=("config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
-                      "special_tokens_map.json)"),
+        manual_files=(
+            "config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
+            "special_tokens_map.json)"
+        ),
     ),
     "altclip": FolderLayout(
         family="AltCLIP",
-        config_files=("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
-                      "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model"),
+        config_files=(
+            "config.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "sentencepiece.bpe.model",
+        ),
         tokenizer_files=("tokenizer.json", "sentencepiece.bpe.model"),
-        manual_files=("config.json, preprocessor_config.json, the tokenizer files (tokenizer.json, tokenizer_config.json, "
-                      "special_tokens_map.json, sentencepiece.bpe.model)"),
+        manual_files=(
+            "config.json, preprocessor_config.json, the tokenizer files (tokenizer.json, tokenizer_config.json, "
+            "special_tokens_map.json, sentencepiece.bpe.model)"
+        ),
     ),
 }
 # the extra that installs transformers for each folder family, and the version it needs
-_TRANSFORMERS = {"chineseclip": ("ChineseCLIP", "chineseclip", optional.MIN_TRANSFORMERS),
-                 "altclip": ("AltCLIP", "altclip", optional.MIN_TRANSFORMERS)}
+_TRANSFORMERS = {
+    "chineseclip": ("ChineseCLIP", "chineseclip", optional.MIN_TRANSFORMERS),
+    "altclip": ("AltCLIP", "altclip", optional.MIN_TRANSFORMERS),
+}
 
 
 def folder_complete(card_adapter: str, folder: PathLike) -> bool:
@@ -48,7 +71,7 @@ def folder_complete(card_adapter: str, folder: PathLike) -> bool:
     return LAYOUTS[card_adapter].complete(folder)
 
 
-def fetch_weights(card: ModelCard, download_root: Optional[PathLike] = None, endpoint: Optional[str] = None) -> Path:
+def fetch_weights(card: ModelCard, download_root: PathLike | None = None, endpoint: str | None = None) -> Path:
     """Local path of ``card``'s weights (a file, or a folder for transformers-format models), fetched when absent.
 
     ``endpoint`` overrides the Hub address for this call (the fixture's local hub).

@@ -1,4 +1,5 @@
 """Zip members checked before extraction: none may land outside the target folder (zip-slip)."""
+
 from __future__ import annotations
 
 import zipfile

@@ -1,8 +1,9 @@
 """Comparing two sets of probe features: drift per tower, ranking agreement, and their tables."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
 
 import torch
 
@@ -51,13 +52,20 @@ class RankMismatch:
 
     direction: str  # t2i: a caption ranks the images; i2t: an image ranks the captions
     query: str
-    expected: List[str]
-    got: List[str]
+    expected: list[str]
+    got: list[str]
     gap: float  # the largest expected-score difference among the swapped keys
 
 
-def ranking_mismatches(expected_scores: torch.Tensor, got_scores: torch.Tensor, k: int, tie_gap: float,
-                       queries: Sequence[str], keys: Sequence[str], direction: str) -> List[RankMismatch]:
+def ranking_mismatches(
+    expected_scores: torch.Tensor,
+    got_scores: torch.Tensor,
+    k: int,
+    tie_gap: float,
+    queries: Sequence[str],
+    keys: Sequence[str],
+    direction: str,
+) -> list[RankMismatch]:
     """Queries whose top ``k`` keys differ, excusing swaps of keys whose expected scores differ by less than ``tie_gap``.
 
     Rows are queries, columns keys. At every rank where the two top-k lists hold different
@@ -73,8 +81,15 @@ def ranking_mismatches(expected_scores: torch.Tensor, got_scores: torch.Tensor, 
         e, g = exp_top[row], got_top[row]
         gaps = [(exp[row, e[r]] - exp[row, g[r]]).abs().item() for r in range(k) if e[r] != g[r]]
         if max(gaps) >= tie_gap:
-            out.append(RankMismatch(direction, str(queries[row]), [str(keys[i]) for i in e.tolist()],
-                                    [str(keys[i]) for i in g.tolist()], max(gaps)))
+            out.append(
+                RankMismatch(
+                    direction,
+                    str(queries[row]),
+                    [str(keys[i]) for i in e.tolist()],
+                    [str(keys[i]) for i in g.tolist()],
+                    max(gaps),
+                )
+            )
     return out
 
 
@@ -91,7 +106,7 @@ def top1_agreement(reference: torch.Tensor, current: torch.Tensor) -> int:
     return int((reference.argmax(dim=1) == current.argmax(dim=1)).sum())
 
 
-def drift_table(drifts: Dict[str, TowerDrift], limits: Dict[str, str], extra: Dict[str, Sequence[str]] = None) -> str:
+def drift_table(drifts: dict[str, TowerDrift], limits: dict[str, str], extra: dict[str, Sequence[str]] = None) -> str:
     """Plain-text table: one row per tower with max |delta|, min cosine, worst item and the limits."""
     extra = extra or {}
     head = f"{'tower':<6}{'max |Δ|':>12}{'min cosine':>14}  worst item"
@@ -102,7 +117,7 @@ def drift_table(drifts: Dict[str, TowerDrift], limits: Dict[str, str], extra: Di
     return "\n".join(lines)
 
 
-def mismatch_lines(mismatches: Sequence[RankMismatch], limit: int = 6) -> List[str]:
+def mismatch_lines(mismatches: Sequence[RankMismatch], limit: int = 6) -> list[str]:
     """Human-readable lines for the first ``limit`` ranking mismatches."""
     lines = []
     for m in mismatches[:limit]:

@@ -1,9 +1,10 @@
 """``example-<model>``: the READMEs' inference example through the public API, against published probabilities."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import yaml
@@ -19,16 +20,16 @@ class ExampleSpec:
 
     model: str
     image: str  # a probe-set image name
-    labels: List[str]
+    labels: list[str]
     source: str = ""  # citation of the numbers
-    probabilities: Optional[List[float]] = None  # published, in label order
-    argmax: Optional[int] = None  # the label that must win
-    tolerance: Optional[float] = None
+    probabilities: list[float] | None = None  # published, in label order
+    argmax: int | None = None  # the label that must win
+    tolerance: float | None = None
     precisions: Sequence[str] = ()  # where ``tolerance`` applies
     why: str = ""
 
     @property
-    def expected_argmax(self) -> Optional[int]:
+    def expected_argmax(self) -> int | None:
         """The winning label: given, or that of the published probabilities."""
         if self.argmax is not None:
             return self.argmax
@@ -37,7 +38,7 @@ class ExampleSpec:
         return None
 
 
-def load_example_specs(path: Union[str, Path]) -> Dict[str, ExampleSpec]:
+def load_example_specs(path: str | Path) -> dict[str, ExampleSpec]:
     """Per model the example's inputs and expectations from ``expected/example/api-example.yaml``; key ``""`` is the default."""
     path = Path(path)
     try:
@@ -61,15 +62,20 @@ def load_example_specs(path: Union[str, Path]) -> Dict[str, ExampleSpec]:
         if argmax is not None and not 0 <= int(argmax) < len(labels):
             raise QAClipError(f"{path}: model {model!r} argmax {argmax} is not a label index (0..{len(labels) - 1})")
         specs[model] = ExampleSpec(
-            model, str(entry.get("image", doc["image"])), labels, str(doc["sources"][source]).strip(),
+            model,
+            str(entry.get("image", doc["image"])),
+            labels,
+            str(doc["sources"][source]).strip(),
             [float(p) for p in probs] if probs is not None else None,
             int(argmax) if argmax is not None else None,
-            float(tol["abs"]), tuple(tol.get("precisions") or ()), str(tol.get("why", "")).strip(),
+            float(tol["abs"]),
+            tuple(tol.get("precisions") or ()),
+            str(tol.get("why", "")).strip(),
         )
     return specs
 
 
-def load_example_folder(folder: Union[str, Path], default: str = "api-example.yaml") -> Dict[str, ExampleSpec]:
+def load_example_folder(folder: str | Path, default: str = "api-example.yaml") -> dict[str, ExampleSpec]:
     """Every model's example spec from the YAML files of ``folder`` (each file's own image, labels and tolerance).
 
     ``default`` supplies the inputs of models listed nowhere; a model listed in two files is an error.
@@ -90,7 +96,7 @@ def load_example_folder(folder: Union[str, Path], default: str = "api-example.ya
     return specs
 
 
-def spec_for(specs: Dict[str, ExampleSpec], model: str) -> ExampleSpec:
+def spec_for(specs: dict[str, ExampleSpec], model: str) -> ExampleSpec:
     """The spec of ``model``, or the default inputs with nothing to gate on."""
     if model in specs:
         return specs[model]
@@ -98,13 +104,20 @@ def spec_for(specs: Dict[str, ExampleSpec], model: str) -> ExampleSpec:
     return ExampleSpec(model, default.image, default.labels)
 
 
-def run_native_example(checkpoint: Union[str, Path], card: ModelCard, image: Image.Image, labels: Sequence[str],
-                       device: Union[str, torch.device], precision: str) -> List[float]:
+def run_native_example(
+    checkpoint: str | Path,
+    card: ModelCard,
+    image: Image.Image,
+    labels: Sequence[str],
+    device: str | torch.device,
+    precision: str,
+) -> list[float]:
     """The README example, statement for statement, through ``load_from_name``, ``preprocess``, ``tokenize``, ``get_similarity``."""
     import qaclip_core as clip
 
-    model, preprocess = clip.load_from_name(str(checkpoint), device=device, vision_model_name=card.vision,
-                                            text_model_name=card.text, precision=precision)
+    model, preprocess = clip.load_from_name(
+        str(checkpoint), device=device, vision_model_name=card.vision, text_model_name=card.text, precision=precision
+    )
     model.eval()
     dev = next(model.parameters()).device
     pixels = preprocess(image).unsqueeze(0).to(dev)
@@ -115,7 +128,7 @@ def run_native_example(checkpoint: Union[str, Path], card: ModelCard, image: Ima
     return [float(p) for p in probs[0]]
 
 
-def run_encoder_example(encoder, image: Image.Image, labels: Sequence[str]) -> List[float]:
+def run_encoder_example(encoder, image: Image.Image, labels: Sequence[str]) -> list[float]:
     """The same computation for any :class:`Encoder` (its preprocessing, tokenizer and logit scale)."""
     from qaclip_harness.tensors import normalise
 
@@ -134,8 +147,8 @@ class ExampleReport:
 
     spec: ExampleSpec
     precision: str
-    probabilities: List[float]
-    rows: List[dict] = field(default_factory=list)  # one per label: measured, published, delta, tolerance, ok
+    probabilities: list[float]
+    rows: list[dict] = field(default_factory=list)  # one per label: measured, published, delta, tolerance, ok
 
     @property
     def argmax(self) -> int:
@@ -143,7 +156,7 @@ class ExampleReport:
         return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
 
     @property
-    def argmax_ok(self) -> Optional[bool]:
+    def argmax_ok(self) -> bool | None:
         """Whether the winning label is the expected one (None when nothing is expected)."""
         want = self.spec.expected_argmax
         return None if want is None else self.argmax == want
@@ -187,7 +200,15 @@ def check_example(spec: ExampleSpec, probabilities: Sequence[float], precision: 
         exp = spec.probabilities[i] if spec.probabilities is not None else None
         delta = report.probabilities[i] - exp if exp is not None else None
         gated = report.gated
-        report.rows.append({"label": label, "measured": report.probabilities[i], "expected": exp, "delta": delta,
-                            "tolerance": spec.tolerance if gated else None, "gated": gated,
-                            "ok": (not gated) or abs(delta) <= spec.tolerance})
+        report.rows.append(
+            {
+                "label": label,
+                "measured": report.probabilities[i],
+                "expected": exp,
+                "delta": delta,
+                "tolerance": spec.tolerance if gated else None,
+                "gated": gated,
+                "ok": (not gated) or abs(delta) <= spec.tolerance,
+            }
+        )
     return report

@@ -1,16 +1,18 @@
 """Probe-set features of any model: our encoders through the :class:`Encoder` interface, references through their own code."""
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, List, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
 from qaclip_harness.eval.features import encode_texts
-from qaclip_harness.tensors import normalise
 from qaclip_harness.probe import ProbeSet
+from qaclip_harness.tensors import normalise
 
 
 @runtime_checkable
@@ -38,8 +40,10 @@ class EncoderSource:
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess each image, encode in batches, normalise."""
         pixels = torch.stack([self.encoder.preprocess(im) for im in images])
-        outs = [normalise(self.encoder.encode_image(pixels[i : i + self.batch_size])).cpu()
-                for i in range(0, len(pixels), self.batch_size)]
+        outs = [
+            normalise(self.encoder.encode_image(pixels[i : i + self.batch_size])).cpu()
+            for i in range(0, len(pixels), self.batch_size)
+        ]
         return torch.cat(outs)
 
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
@@ -51,12 +55,12 @@ class EncoderSource:
 class ProbeFeatures:
     """Normalised fp32 features of every probe image and caption, with their names."""
 
-    image_names: List[str]
-    captions: List[str]
+    image_names: list[str]
+    captions: list[str]
     image: torch.Tensor
     text: torch.Tensor
 
-    def tower(self, name: str) -> Tuple[torch.Tensor, List[str]]:
+    def tower(self, name: str) -> tuple[torch.Tensor, list[str]]:
         """Features and item names of tower ``image`` or ``text``."""
         if name == "image":
             return self.image, self.image_names

@@ -6,6 +6,7 @@ how each was recorded: checkpoint sha256, qaclip_core version and git commit, to
 versions, device name, date and the probe set's digest. Writers lock the manifest, so
 pytest-xdist workers may record at once.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,16 +19,16 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Union
 
 import torch
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.files import OutputError, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
-from qaclip_harness.probe import ProbeSet
 from qaclip_harness.gates.drift import TOWERS, TowerDrift, drift_table, top1_agreement, tower_drift
 from qaclip_harness.gates.features import ProbeFeatures
 from qaclip_harness.gates.tolerances import GoldenTolerance
+from qaclip_harness.probe import ProbeSet
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -42,12 +43,12 @@ class GoldenMissing(GoldenError):
     """No golden features for this model, precision and device kind (record them with --golden-save)."""
 
 
-def device_kind(device: Union[str, torch.device]) -> str:
+def device_kind(device: str | torch.device) -> str:
     """``cpu``, ``cuda``, ``mps``...: what decides which kernels run."""
     return torch.device(device).type
 
 
-def golden_name(model: str, precision: str, device: Union[str, torch.device]) -> str:
+def golden_name(model: str, precision: str, device: str | torch.device) -> str:
     """File name of the golden features of ``model`` at ``precision`` on ``device``'s kind."""
     return f"{model}-{precision}-{device_kind(device)}.pt"
 
@@ -72,14 +73,18 @@ def checkpoint_digest(path: PathLike) -> str:
     return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime)
 
 
-def _git_commit() -> Optional[str]:
+def _git_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
@@ -95,7 +100,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: Union[str, torch.device]) -> dict:
+def environment(device: str | torch.device) -> dict:
     """What produced a set of features: versions, commit, device, date."""
     from qaclip_core import __version__
 
@@ -130,13 +135,22 @@ def read_manifest(directory: PathLike) -> dict:
         raise GoldenError(f"{path}: expected an object with a 'goldens' mapping (file name -> how it was recorded)")
     for name, entry in doc["goldens"].items():
         if not isinstance(entry, dict):
-            raise GoldenError(f"{path}: goldens.{name}: expected an object saying how the file was recorded "
-                              f"(checkpoint_sha256, file_sha256, probe_digest, ...), got a {type(entry).__name__}")
+            raise GoldenError(
+                f"{path}: goldens.{name}: expected an object saying how the file was recorded "
+                f"(checkpoint_sha256, file_sha256, probe_digest, ...), got a {type(entry).__name__}"
+            )
     return doc
 
 
-def save_golden(directory: PathLike, model: str, precision: str, device: Union[str, torch.device],
-                features: ProbeFeatures, checkpoint: PathLike, probe: ProbeSet) -> Path:
+def save_golden(
+    directory: PathLike,
+    model: str,
+    precision: str,
+    device: str | torch.device,
+    features: ProbeFeatures,
+    checkpoint: PathLike,
+    probe: ProbeSet,
+) -> Path:
     """Write ``features`` as the golden of (model, precision, device kind) and record it in the manifest."""
     from filelock import FileLock
 
@@ -147,16 +161,26 @@ def save_golden(directory: PathLike, model: str, precision: str, device: Union[s
         raise OutputError(f"cannot create the golden folder {directory}: {e.strerror or e}") from None
     remove_stale_temporaries(directory)  # what a killed or failed earlier save left behind
     name = golden_name(model, precision, device)
-    payload = {"format": FORMAT, "image": features.image.float().cpu().contiguous(),
-               "text": features.text.float().cpu().contiguous(),
-               "image_names": list(features.image_names), "captions": list(features.captions)}
+    payload = {
+        "format": FORMAT,
+        "image": features.image.float().cpu().contiguous(),
+        "text": features.text.float().cpu().contiguous(),
+        "image_names": list(features.image_names),
+        "captions": list(features.captions),
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
     atomic_write_bytes(directory / name, data)
-    entry = {"model": model, "precision": precision, "device_kind": device_kind(device),
-             "checkpoint_sha256": checkpoint_digest(checkpoint), "probe_digest": probe.digest,
-             "file_sha256": hashlib.sha256(data).hexdigest(), **environment(device)}
+    entry = {
+        "model": model,
+        "precision": precision,
+        "device_kind": device_kind(device),
+        "checkpoint_sha256": checkpoint_digest(checkpoint),
+        "probe_digest": probe.digest,
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        **environment(device),
+    }
     with FileLock(str(directory / f".{MANIFEST}.lock")):
         doc = read_manifest(directory)
         doc["goldens"][name] = entry
@@ -164,35 +188,49 @@ def save_golden(directory: PathLike, model: str, precision: str, device: Union[s
     return directory / name
 
 
-def load_golden(directory: PathLike, model: str, precision: str, device: Union[str, torch.device],
-                probe: ProbeSet) -> Tuple[ProbeFeatures, dict]:
+def load_golden(
+    directory: PathLike, model: str, precision: str, device: str | torch.device, probe: ProbeSet
+) -> tuple[ProbeFeatures, dict]:
     """The golden features of (model, precision, device kind) and their manifest entry."""
     directory = Path(directory)
     name = golden_name(model, precision, device)
     path = directory / name
     if path.is_file() and not _manifest_path(directory).is_file():
-        raise GoldenError(f"{path} is there but {_manifest_path(directory)} is missing: without it the file cannot be "
-                          f"checked (its sha256, checkpoint and probe set); restore the manifest or record the goldens "
-                          f"again with --golden-save")
+        raise GoldenError(
+            f"{path} is there but {_manifest_path(directory)} is missing: without it the file cannot be "
+            f"checked (its sha256, checkpoint and probe set); restore the manifest or record the goldens "
+            f"again with --golden-save"
+        )
     entry = read_manifest(directory)["goldens"].get(name)
     if path.is_file() and entry is None:
-        raise GoldenError(f"{path} is there but {_manifest_path(directory)} has no entry goldens.{name}: the file cannot "
-                          f"be checked; record the goldens again with --golden-save")
+        raise GoldenError(
+            f"{path} is there but {_manifest_path(directory)} has no entry goldens.{name}: the file cannot "
+            f"be checked; record the goldens again with --golden-save"
+        )
     if not path.is_file():
         raise GoldenMissing(f"no golden features {name} in {directory} (record them with --golden-save)")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != entry.get("file_sha256"):
-        raise GoldenError(f"{path}: its sha256 differs from the one {MANIFEST} recorded: the file was changed or damaged")
+        raise GoldenError(
+            f"{path}: its sha256 differs from the one {MANIFEST} recorded: the file was changed or damaged"
+        )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        feats = ProbeFeatures(list(raw["image_names"]), list(raw["captions"]), raw["image"].float(), raw["text"].float())
+        feats = ProbeFeatures(
+            list(raw["image_names"]), list(raw["captions"]), raw["image"].float(), raw["text"].float()
+        )
     except Exception as e:  # a damaged or foreign file: say which
         raise GoldenError(f"{path}: not a golden features file ({type(e).__name__}: {e})") from e
     _check_features(path, feats)
-    if entry.get("probe_digest") != probe.digest or feats.image_names != list(probe.image_names) \
-            or feats.captions != list(probe.captions):
-        raise GoldenError(f"{path} was recorded on another probe set (digest {str(entry.get('probe_digest'))[:12]}, "
-                          f"this one {probe.digest[:12]}): record the goldens again with --golden-save")
+    if (
+        entry.get("probe_digest") != probe.digest
+        or feats.image_names != list(probe.image_names)
+        or feats.captions != list(probe.captions)
+    ):
+        raise GoldenError(
+            f"{path} was recorded on another probe set (digest {str(entry.get('probe_digest'))[:12]}, "
+            f"this one {probe.digest[:12]}): record the goldens again with --golden-save"
+        )
     return feats, entry
 
 
@@ -202,26 +240,32 @@ def _check_features(path: Path, feats: ProbeFeatures) -> None:
     for tower in TOWERS:
         x, names = feats.tower(tower)
         if x.dim() != 2 or x.shape[0] != len(names):
-            raise GoldenError(f"{path}: the {tower} features have shape {list(x.shape)}, expected [{len(names)}, D] "
-                              f"(one row per probe {tower})")
+            raise GoldenError(
+                f"{path}: the {tower} features have shape {list(x.shape)}, expected [{len(names)}, D] "
+                f"(one row per probe {tower})"
+            )
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
         if len(bad):
-            raise GoldenError(f"{path}: the {tower} features hold NaN or inf ({len(bad)} rows, first {names[int(bad[0])]!r}): "
-                              f"the file is damaged; record the goldens again with --golden-save")
+            raise GoldenError(
+                f"{path}: the {tower} features hold NaN or inf ({len(bad)} rows, first {names[int(bad[0])]!r}): "
+                f"the file is damaged; record the goldens again with --golden-save"
+            )
         dims[tower] = x.shape[1]
     if dims["image"] != dims["text"]:
-        raise GoldenError(f"{path}: the text features are {dims['text']} wide, the image features {dims['image']}; "
-                          f"expected one width for both")
+        raise GoldenError(
+            f"{path}: the text features are {dims['text']} wide, the image features {dims['image']}; "
+            f"expected one width for both"
+        )
 
 
 @dataclass
 class GoldenReport:
     """Current probe features against the golden ones."""
 
-    drifts: Dict[str, TowerDrift]
-    top1: Dict[str, Tuple[int, int]]  # tower -> (items whose best match is unchanged, items)
+    drifts: dict[str, TowerDrift]
+    top1: dict[str, tuple[int, int]]  # tower -> (items whose best match is unchanged, items)
     tolerance: GoldenTolerance
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def tower_ok(self, tower: str) -> bool:
         """Whether ``tower`` is within both limits."""
@@ -236,14 +280,17 @@ class GoldenReport:
     def table(self) -> str:
         """The drift table: max |delta|, min cosine, top-1 agreement and worst item per tower."""
         t = self.tolerance
-        limits = {tower: f"{t.precision}: max |Δ| <= {t.max_abs:.0e}, min cos >= {t.min_cos}"
-                  + ("" if self.tower_ok(tower) else " FAIL") for tower in self.drifts}
+        limits = {
+            tower: f"{t.precision}: max |Δ| <= {t.max_abs:.0e}, min cos >= {t.min_cos}"
+            + ("" if self.tower_ok(tower) else " FAIL")
+            for tower in self.drifts
+        }
         extra = {tower: (f"top-1 {a}/{n}",) for tower, (a, n) in self.top1.items()}
         return "\n".join([drift_table(self.drifts, limits, extra), *self.notes])
 
-    def measured(self) -> Dict[str, float]:
+    def measured(self) -> dict[str, float]:
         """Flat numbers for the report."""
-        out: Dict[str, float] = {}
+        out: dict[str, float] = {}
         for tower, d in self.drifts.items():
             out[f"{tower}_max_abs"] = d.max_abs
             out[f"{tower}_min_cos"] = d.min_cos
@@ -251,8 +298,9 @@ class GoldenReport:
         return out
 
 
-def compare_golden(current: ProbeFeatures, golden: ProbeFeatures, tolerance: GoldenTolerance,
-                   golden_file: Optional[PathLike] = None) -> GoldenReport:
+def compare_golden(
+    current: ProbeFeatures, golden: ProbeFeatures, tolerance: GoldenTolerance, golden_file: PathLike | None = None
+) -> GoldenReport:
     """Drift per tower, and per tower the share of items whose best match moved.
 
     Top-1 agreement isolates each tower: an image's best caption is computed with its current
@@ -262,8 +310,10 @@ def compare_golden(current: ProbeFeatures, golden: ProbeFeatures, tolerance: Gol
     try:
         drifts = {t: tower_drift(t, current.tower(t)[0], golden.tower(t)[0], golden.tower(t)[1]) for t in TOWERS}
     except ValueError as e:
-        raise GoldenError(f"{golden_file or 'the golden features'}: cannot compare the current features (first run) "
-                          f"with these golden ones (second run): {e}") from None
+        raise GoldenError(
+            f"{golden_file or 'the golden features'}: cannot compare the current features (first run) "
+            f"with these golden ones (second run): {e}"
+        ) from None
     g_img, g_txt = golden.image.double(), golden.text.double()
     top1 = {
         "image": (top1_agreement(g_img @ g_txt.t(), current.image.double() @ g_txt.t()), len(g_img)),

@@ -9,13 +9,14 @@ ranking check), the images both through ``preprocess`` and through the batch loa
 path that dataset evaluation uses; in bf16 and fp16 (on the CPU) within the measured noise of
 ``tolerances.yaml`` ``reference_precision``.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,26 +43,36 @@ def read_manifest(folder: Path) -> dict:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise StoredFeaturesError(f"{path}: cannot read the stored reference features' manifest ({type(e).__name__}: {e}); "
-                                  "python tools/fixture_expected.py writes it") from None
+        raise StoredFeaturesError(
+            f"{path}: cannot read the stored reference features' manifest ({type(e).__name__}: {e}); "
+            "python tools/fixture_expected.py writes it"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
-        raise StoredFeaturesError(f"{path}: expected a mapping with 'files' (name -> model, precision, tower, shape, sha256)")
+        raise StoredFeaturesError(
+            f"{path}: expected a mapping with 'files' (name -> model, precision, tower, shape, sha256)"
+        )
     return doc
 
 
-def load_stored(folder: Path, model: str, precision: str, probe: ProbeSet, checkpoint_sha256: Optional[str]) -> ProbeFeatures:
+def load_stored(
+    folder: Path, model: str, precision: str, probe: ProbeSet, checkpoint_sha256: str | None
+) -> ProbeFeatures:
     """The reference's features of ``model`` at ``precision``, each file checked against its pinned sha256, the probe set and the checkpoint."""
     folder = Path(folder)
     doc = read_manifest(folder)
     where = folder / "MANIFEST.yaml"
     if doc.get("probe_digest") != probe.digest:
-        raise StoredFeaturesError(f"{where}: computed on probe set {str(doc.get('probe_digest'))[:12]}..., this one is "
-                                  f"{probe.digest[:12]}...: rerun tools/fixture_expected.py")
+        raise StoredFeaturesError(
+            f"{where}: computed on probe set {str(doc.get('probe_digest'))[:12]}..., this one is "
+            f"{probe.digest[:12]}...: rerun tools/fixture_expected.py"
+        )
     stored_sha = (doc.get("checkpoints") or {}).get(model)
     if checkpoint_sha256 is not None and stored_sha != checkpoint_sha256:
-        raise StoredFeaturesError(f"{where}: {model}'s features come from checkpoint {str(stored_sha)[:12]}..., "
-                                  f"the card pins {checkpoint_sha256[:12]}...: rerun tools/fixture_expected.py")
-    towers: Dict[str, torch.Tensor] = {}
+        raise StoredFeaturesError(
+            f"{where}: {model}'s features come from checkpoint {str(stored_sha)[:12]}..., "
+            f"the card pins {checkpoint_sha256[:12]}...: rerun tools/fixture_expected.py"
+        )
+    towers: dict[str, torch.Tensor] = {}
     for name, entry in doc["files"].items():
         if entry.get("model") != model or entry.get("precision") != precision:
             continue
@@ -71,9 +82,11 @@ def load_stored(folder: Path, model: str, precision: str, probe: ProbeSet, check
         except OSError as e:
             raise StoredFeaturesError(f"{path}: cannot be read ({e}); {where} lists it") from None
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-            raise StoredFeaturesError(f"{path}: sha256 differs from the one {where} pins: the file was changed or damaged")
+            raise StoredFeaturesError(
+                f"{path}: sha256 differs from the one {where} pins: the file was changed or damaged"
+            )
         array = np.load(io.BytesIO(data), allow_pickle=False)
-        want = (len(probe.images) if entry["tower"] == "image" else len(probe.captions))
+        want = len(probe.images) if entry["tower"] == "image" else len(probe.captions)
         if array.ndim != 2 or array.shape[0] != want:
             raise StoredFeaturesError(f"{path}: shape {array.shape}, expected {want} rows (one per probe item)")
         towers[entry["tower"]] = torch.from_numpy(array.astype(np.float32))
@@ -115,10 +128,10 @@ def loader_image_features(encoder, images: Sequence[Image.Image], batch_size: in
 class StoredReport:
     """Our features against the stored reference's: drift per tower (and the loader path), within max_abs."""
 
-    drifts: Dict[str, TowerDrift]
+    drifts: dict[str, TowerDrift]
     max_abs: float
     what: str
-    notes: List[str]
+    notes: list[str]
 
     @property
     def ok(self) -> bool:
@@ -127,20 +140,24 @@ class StoredReport:
 
     def table(self) -> str:
         """The drift table with its limit."""
-        limits = {t: f"max |Δ| <= {self.max_abs:.0e}" + (" FAIL" if d.max_abs > self.max_abs else "") for t, d in self.drifts.items()}
+        limits = {
+            t: f"max |Δ| <= {self.max_abs:.0e}" + (" FAIL" if d.max_abs > self.max_abs else "")
+            for t, d in self.drifts.items()
+        }
         return "\n".join([f"{self.what}:", drift_table(self.drifts, limits), *self.notes])
 
-    def measured(self) -> Dict[str, float]:
+    def measured(self) -> dict[str, float]:
         """Flat numbers for the report."""
-        out: Dict[str, float] = {}
+        out: dict[str, float] = {}
         for t, d in self.drifts.items():
             out[f"{t}_max_abs"] = d.max_abs
             out[f"{t}_min_cos"] = d.min_cos
         return out
 
 
-def compare_stored(ours: ProbeFeatures, reference: ProbeFeatures, max_abs: float, what: str,
-                   loader_images: Optional[torch.Tensor] = None) -> StoredReport:
+def compare_stored(
+    ours: ProbeFeatures, reference: ProbeFeatures, max_abs: float, what: str, loader_images: torch.Tensor | None = None
+) -> StoredReport:
     """Drift of ``ours`` (and of the loader-path image features) from the stored reference features."""
     drifts = {t: tower_drift(t, ours.tower(t)[0], reference.tower(t)[0], reference.tower(t)[1]) for t in TOWERS}
     if loader_images is not None:
@@ -149,7 +166,7 @@ def compare_stored(ours: ProbeFeatures, reference: ProbeFeatures, max_abs: float
     return StoredReport(drifts, max_abs, what, [])
 
 
-def cpu_supports(dtype: torch.dtype) -> Optional[str]:
+def cpu_supports(dtype: torch.dtype) -> str | None:
     """None when this torch build runs the fixture's layers in ``dtype`` on the CPU; else why not."""
     try:
         x = torch.randn(2, 3, 8, 8).to(dtype)

@@ -1,8 +1,9 @@
 """The gates' tolerances, read from ``tolerances.yaml`` (numbers with the evidence behind them)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,7 @@ class PrecisionTolerance:
     why: str = ""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _doc() -> dict:
     with open(TOLERANCES, encoding="utf-8") as f:
         return yaml.safe_load(f)
@@ -69,8 +70,10 @@ def precision_tolerance(precision: str, model: str) -> PrecisionTolerance:
         raise QAClipError(f"{TOLERANCES}: no reference_precision tolerance for {precision!r} (have {', '.join(table)})")
     raw = table[precision]
     if model not in raw["max_abs"]:
-        raise QAClipError(f"{TOLERANCES}: reference_precision.{precision}.max_abs has no entry for {model!r} "
-                          f"(have {', '.join(raw['max_abs'])}): measure it as its why says")
+        raise QAClipError(
+            f"{TOLERANCES}: reference_precision.{precision}.max_abs has no entry for {model!r} "
+            f"(have {', '.join(raw['max_abs'])}): measure it as its why says"
+        )
     return PrecisionTolerance(precision, float(raw["max_abs"][model]), str(raw["why"]).strip())
 
 

@@ -1,11 +1,13 @@
 """Zero-shot top-k accuracy, as Chinese-CLIP's zero-shot script scores it (ties made deterministic)."""
+
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import torch
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> Dict[str, float]:
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy in percent, keyed ``top1``, ``top5``...
 
     Classes are ranked by logit with ties going to the lower class index (a stable sort), so
@@ -35,5 +37,7 @@ def true_class_probability(logits: torch.Tensor, targets: torch.Tensor) -> float
     logits = torch.as_tensor(logits).double()
     targets = torch.as_tensor(targets).long().to(logits.device)
     if logits.dim() != 2 or targets.shape != (logits.shape[0],) or logits.shape[0] == 0:
-        raise ValueError(f"logits must be [N, C] with N > 0 and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"logits must be [N, C] with N > 0 and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     return float(logits.softmax(dim=1).gather(1, targets[:, None]).mean()) * 100

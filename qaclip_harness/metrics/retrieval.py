@@ -5,12 +5,13 @@ stable ``sorted(..., reverse=True)``: among equal scores the key stored first wi
 ranking is a chunked matrix product plus ``torch.topk``, and rows where a tie could reorder
 the top k are re-ranked with a stable sort, so the result is the same on exact ties.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ NEAR_TIE_EPS = 1e-6
 _CHUNK_ELEMENTS = 1 << 25  # scores held at once (128 MiB of fp32)
 
 
-def _as_features(x: Union[torch.Tensor, np.ndarray], what: str) -> torch.Tensor:
+def _as_features(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
     t = torch.as_tensor(x).float()
     if t.dim() != 2:
         raise ValueError(f"{what} must be a [N, D] matrix, got shape {tuple(t.shape)}")
@@ -31,7 +32,9 @@ def _as_features(x: Union[torch.Tensor, np.ndarray], what: str) -> torch.Tensor:
     return t
 
 
-def _rank_chunk(scores: torch.Tensor, k: int, boundaries: Sequence[int], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _rank_chunk(
+    scores: torch.Tensor, k: int, boundaries: Sequence[int], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k indices of each row (ties: lower index first) and a near-tie flag per row."""
     n_keys = scores.shape[1]
     kk = min(k + 1, n_keys)  # one extra to see the gap after rank k
@@ -39,7 +42,11 @@ def _rank_chunk(scores: torch.Tensor, k: int, boundaries: Sequence[int], eps: fl
     # a row is ambiguous when equal scores sit next to each other inside the top k, or when the
     # k-th score also occurs outside the top k (topk may have picked the wrong one of them); the
     # values topk returns are exact, so the latter is the case iff the (k+1)-th value equals the k-th
-    ties = (vals[:, 1:] == vals[:, :-1]).any(dim=1) if kk > 1 else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    ties = (
+        (vals[:, 1:] == vals[:, :-1]).any(dim=1)
+        if kk > 1
+        else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    )
     idx = idx[:, :k].clone()
     if ties.any():
         rows = ties.nonzero().squeeze(1)
@@ -56,7 +63,7 @@ def _near(vals: torch.Tensor, kk: int, boundaries: Sequence[int], eps: float) ->
     return near
 
 
-def _column_candidates(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _column_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[m, C] values and row indices of each column's first m = min(k + 1, rows) scores.
 
     The first min(k, m) rows are exactly the column's top k under (score descending, lower row
@@ -76,7 +83,7 @@ def _column_candidates(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torc
     return vals, idx
 
 
-def _merge_candidates(vals: torch.Tensor, idx: torch.Tensor, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _merge_candidates(vals: torch.Tensor, idx: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Order each column's candidates by (score descending, lower index first); keep the first ``keep``."""
     order = torch.argsort(idx, dim=0)  # indices are distinct within a column
     vals, idx = vals.gather(0, order), idx.gather(0, order)
@@ -89,10 +96,10 @@ def _rank_both(
     keys: torch.Tensor,
     key_queries: Sequence[int],
     k: int,
-    chunk_size: Optional[int],
+    chunk_size: int | None,
     boundaries: Sequence[int],
     eps: float,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank keys for every query, and queries for the keys ``key_queries``, from one pass of products.
 
     Each chunk of scores is ranked along its rows (the top k keys of each query), and its top
@@ -117,7 +124,9 @@ def _rank_both(
         out_near.append(near.cpu())
         if len(cols):
             cvals, cidx = _column_candidates(scores if every_col else scores[:, cols], k_cols)
-            run_vals, run_idx = _merge_candidates(torch.cat([run_vals, cvals]), torch.cat([run_idx, cidx + start]), keep)
+            run_vals, run_idx = _merge_candidates(
+                torch.cat([run_vals, cvals]), torch.cat([run_idx, cidx + start]), keep
+            )
     if not out_idx:
         rows_idx, rows_near = torch.empty(0, k_rows, dtype=torch.long), torch.empty(0, dtype=torch.bool)
     else:
@@ -127,7 +136,7 @@ def _rank_both(
 
 
 def topk_desc(
-    queries: Union[torch.Tensor, np.ndarray], keys: Union[torch.Tensor, np.ndarray], k: int, chunk_size: Optional[int] = None
+    queries: torch.Tensor | np.ndarray, keys: torch.Tensor | np.ndarray, k: int, chunk_size: int | None = None
 ) -> torch.LongTensor:
     """[Q, min(k, K)] indices of each query's highest dot products; equal scores rank the lower key index first."""
     if k < 1:
@@ -139,10 +148,10 @@ def topk_desc(
 
 
 def recall_at_k(
-    predictions: Union[torch.Tensor, np.ndarray, Sequence[Sequence[int]]],
-    ground_truth: Sequence[Set[int]],
+    predictions: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+    ground_truth: Sequence[set[int]],
     ks: Sequence[int] = RANKS,
-) -> Dict[int, float]:
+) -> dict[int, float]:
     """Percent of queries with at least one ground-truth id among their first K predictions."""
     pred = np.asarray(predictions.cpu() if isinstance(predictions, torch.Tensor) else predictions, dtype=np.int64)
     n = len(ground_truth)
@@ -154,12 +163,12 @@ def recall_at_k(
     return {k: c * 1.0 / n * 100 for k, c in _recall_counts(pred, ground_truth, ks).items()}
 
 
-def _recall_counts(pred: np.ndarray, ground_truth: Sequence[Set[int]], ks: Sequence[int]) -> Dict[int, int]:
+def _recall_counts(pred: np.ndarray, ground_truth: Sequence[set[int]], ks: Sequence[int]) -> dict[int, int]:
     hits = _hits(pred, ground_truth)
     return {k: int(hits[:, :k].any(axis=1).sum()) for k in ks}
 
 
-def _hits(pred: np.ndarray, ground_truth: Sequence[Set[int]]) -> np.ndarray:
+def _hits(pred: np.ndarray, ground_truth: Sequence[set[int]]) -> np.ndarray:
     """[Q, k] bool: whether each prediction is one of its query's ground-truth ids."""
     gt_q = np.repeat(np.arange(len(ground_truth), dtype=np.int64), [len(g) for g in ground_truth])
     gt_ids = np.fromiter((i for g in ground_truth for i in g), dtype=np.int64, count=len(gt_q))
@@ -175,25 +184,25 @@ def _hits(pred: np.ndarray, ground_truth: Sequence[Set[int]]) -> np.ndarray:
 class RetrievalResult:
     """Recall metrics (percent), counts, top-k predictions and ground truth of one split."""
 
-    metrics: Dict[str, float]
-    counts: Dict[str, int]
-    t2i: Dict[int, List[int]]
-    i2t: Dict[int, List[int]]
-    text_to_images: Dict[int, List[int]]
-    image_to_texts: Dict[int, List[int]]
-    near_ties: Dict[str, object] = field(default_factory=dict)
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    t2i: dict[int, list[int]]
+    i2t: dict[int, list[int]]
+    text_to_images: dict[int, list[int]]
+    image_to_texts: dict[int, list[int]]
+    near_ties: dict[str, object] = field(default_factory=dict)
     k: int = 10
 
 
-def _inverse(text_to_images: Mapping[int, Sequence[int]]) -> Dict[int, List[int]]:
-    out: Dict[int, List[int]] = {}
+def _inverse(text_to_images: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
     for text_id, image_ids in text_to_images.items():
         for image_id in image_ids:
             out.setdefault(image_id, []).append(text_id)
     return out
 
 
-def _ids(ids: Sequence[int], what: str) -> List[int]:
+def _ids(ids: Sequence[int], what: str) -> list[int]:
     out = [int(i) for i in ids]
     if len(set(out)) != len(out):
         raise DatasetError(f"duplicate {what} ids")
@@ -202,12 +211,12 @@ def _ids(ids: Sequence[int], what: str) -> List[int]:
 
 def evaluate_retrieval(
     image_ids: Sequence[int],
-    image_feats: Union[torch.Tensor, np.ndarray],
+    image_feats: torch.Tensor | np.ndarray,
     text_ids: Sequence[int],
-    text_feats: Union[torch.Tensor, np.ndarray],
+    text_feats: torch.Tensor | np.ndarray,
     text_to_images: Mapping[int, Sequence[int]],
     k: int = 10,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     ks: Sequence[int] = RANKS,
     near_tie_eps: float = NEAR_TIE_EPS,
 ) -> RetrievalResult:
@@ -252,7 +261,7 @@ def evaluate_retrieval(
     # fractions first, then percent; means of fractions, as evaluation.py computes its mean recall
     t2i_frac = [t2i_counts[r] * 1.0 / len(text_ids) for r in ks]
     i2t_frac = [i2t_counts[r] * 1.0 / len(query_ids) for r in ks]
-    metrics: Dict[str, float] = {}
+    metrics: dict[str, float] = {}
     for name, fracs in (("t2i", t2i_frac), ("i2t", i2t_frac)):
         for r, frac in zip(ks, fracs):
             metrics[f"{name}_r{r}"] = frac * 100
@@ -271,7 +280,7 @@ def evaluate_retrieval(
     )
 
 
-def write_predictions(result: RetrievalResult, out_dir: Union[str, Path], split: str = "test") -> Dict[str, Path]:
+def write_predictions(result: RetrievalResult, out_dir: str | Path, split: str = "test") -> dict[str, Path]:
     """Write the reference's prediction and ``.tr.jsonl`` files so its evaluation scripts can score them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 :func:`load_probe_set` reads every file the manifest lists, in its order, and checks each
 against its sha256 first: a changed or missing file is a :class:`ProbeDataError` naming it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,6 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Tuple
 
 import yaml
 from PIL import Image
@@ -33,9 +33,9 @@ class ProbeDataError(QAClipError):
 class ProbeSet:
     """The probe images (decoded, in their file's own PIL mode) and captions, in manifest order."""
 
-    image_names: Tuple[str, ...]
-    images: Tuple[Image.Image, ...]
-    captions: Tuple[str, ...]
+    image_names: tuple[str, ...]
+    images: tuple[Image.Image, ...]
+    captions: tuple[str, ...]
     digest: str  # sha256 over the manifest's names and digests: the identity of this probe set
 
     def image(self, name: str) -> Image.Image:
@@ -45,7 +45,7 @@ class ProbeSet:
         return self.images[self.image_names.index(name)]
 
 
-def read_manifest(path: Path = MANIFEST) -> Dict[str, Dict[str, dict]]:
+def read_manifest(path: Path = MANIFEST) -> dict[str, dict[str, dict]]:
     """The manifest's ``images`` and ``files`` sections (name -> sha256, source, licence)."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -66,11 +66,15 @@ def read_pinned(path: Path, sha256: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ProbeDataError(f"probe file {path} cannot be read ({type(e).__name__}: {e}); MANIFEST.yaml lists it") from e
+        raise ProbeDataError(
+            f"probe file {path} cannot be read ({type(e).__name__}: {e}); MANIFEST.yaml lists it"
+        ) from e
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256.lower():
-        raise ProbeDataError(f"probe file {path} has sha256 {actual}, but MANIFEST.yaml pins {sha256}: "
-                             "the file was changed or damaged (restore it, or regenerate and re-pin it)")
+        raise ProbeDataError(
+            f"probe file {path} has sha256 {actual}, but MANIFEST.yaml pins {sha256}: "
+            "the file was changed or damaged (restore it, or regenerate and re-pin it)"
+        )
     return data
 
 
@@ -83,7 +87,7 @@ def _decode(name: str, data: bytes) -> Image.Image:
         raise ProbeDataError(f"probe image {IMAGES_DIR / name} cannot be decoded: {e}") from e
 
 
-def _captions(data: bytes, path: Path) -> Tuple[str, ...]:
+def _captions(data: bytes, path: Path) -> tuple[str, ...]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -94,12 +98,12 @@ def _captions(data: bytes, path: Path) -> Tuple[str, ...]:
     return tuple(caps)
 
 
-def set_digest(sections: Dict[str, Dict[str, dict]]) -> str:
+def set_digest(sections: dict[str, dict[str, dict]]) -> str:
     """sha256 over every (section, name, sha256) of the manifest, in order."""
     h = hashlib.sha256()
     for section, entries in sections.items():
         for name, entry in entries.items():
-            h.update(f"{section}/{name}={entry['sha256']}\n".encode("utf-8"))
+            h.update(f"{section}/{name}={entry['sha256']}\n".encode())
     return h.hexdigest()
 
 
@@ -119,5 +123,16 @@ def load_probe_set(directory: Path = PROBE_DIR) -> ProbeSet:
     return ProbeSet(tuple(names), tuple(images), captions, set_digest(sections))
 
 
-__all__ = ["CAPTIONS", "EXAMPLE_IMAGE", "IMAGES_DIR", "MANIFEST", "PROBE_DIR", "ProbeDataError", "ProbeSet",
-           "load_probe_set", "read_manifest", "read_pinned", "set_digest"]
+__all__ = [
+    "CAPTIONS",
+    "EXAMPLE_IMAGE",
+    "IMAGES_DIR",
+    "MANIFEST",
+    "PROBE_DIR",
+    "ProbeDataError",
+    "ProbeSet",
+    "load_probe_set",
+    "read_manifest",
+    "read_pinned",
+    "set_digest",
+]

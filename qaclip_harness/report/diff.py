@@ -4,11 +4,11 @@
 disagree?" at a glance: a different data build, torch version, TF32 setting, precision or
 checkpoint shows up as a differing field beside the metric deltas.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
 
 from qaclip_core.errors import QAClipError
 
@@ -31,18 +31,20 @@ def _where(path_parts) -> str:
     return out or "the top level"
 
 
-def validate_report(doc: object, path: Union[str, Path]) -> None:
+def validate_report(doc: object, path: str | Path) -> None:
     """Check ``doc`` against the report's JSON Schema (``report.schema.json``); ReportError naming file and key."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
-        raise ReportError(f"{path} is not a qaclip report.json: {_where(error.absolute_path)}: {error.message} "
-                          f"(the schema is {SCHEMA.name})")
+        raise ReportError(
+            f"{path} is not a qaclip report.json: {_where(error.absolute_path)}: {error.message} "
+            f"(the schema is {SCHEMA.name})"
+        )
 
 
-def load_report(path: Union[str, Path]) -> dict:
+def load_report(path: str | Path) -> dict:
     """A report.json (or the folder holding one), validated against its schema."""
     path = Path(path)
     if path.is_dir():
@@ -55,35 +57,42 @@ def load_report(path: Union[str, Path]) -> dict:
     return doc
 
 
-def flatten(value: object, prefix: str = "") -> Dict[str, object]:
+def flatten(value: object, prefix: str = "") -> dict[str, object]:
     """Nested mappings as one mapping of dotted keys (``a.b.c``) to their leaf values."""
     if isinstance(value, dict):
-        out: Dict[str, object] = {}
+        out: dict[str, object] = {}
         for k, v in value.items():
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
 
-def _cases(doc: dict) -> Dict[Tuple[str, str], dict]:
+def _cases(doc: dict) -> dict[tuple[str, str], dict]:
     return {(r["dataset"], r["model"]): r for r in doc["results"]}
 
 
-def _case_fields(r: dict) -> Dict[str, object]:
+def _case_fields(r: dict) -> dict[str, object]:
     fields = {k: r.get(k) for k in CASE_FIELDS}
     prov = flatten(r.get("provenance") or {}, "provenance")
-    fields.update({k: v for k, v in prov.items() if not any(k.endswith(s) for s in SKIP_PROVENANCE)
-                   and "fingerprint_parts" not in k})
+    fields.update(
+        {
+            k: v
+            for k, v in prov.items()
+            if not any(k.endswith(s) for s in SKIP_PROVENANCE) and "fingerprint_parts" not in k
+        }
+    )
     return fields
 
 
 def compare(a: dict, b: dict) -> dict:
     """The differences between reports ``a`` and ``b`` as data (what :func:`render` prints)."""
-    env = {k: (v, flatten(b.get("environment") or {}).get(k))
-           for k, v in flatten(a.get("environment") or {}).items()}
+    env = {k: (v, flatten(b.get("environment") or {}).get(k)) for k, v in flatten(a.get("environment") or {}).items()}
     env.update({k: (None, v) for k, v in flatten(b.get("environment") or {}).items() if k not in env})
-    meta = {k: (a.get("meta", {}).get(k), b.get("meta", {}).get(k))
-            for k in set(a.get("meta") or {}) | set(b.get("meta") or {}) if k != "time"}
+    meta = {
+        k: (a.get("meta", {}).get(k), b.get("meta", {}).get(k))
+        for k in set(a.get("meta") or {}) | set(b.get("meta") or {})
+        if k != "time"
+    }
     ca, cb = _cases(a), _cases(b)
     cases = []
     for key in sorted(set(ca) | set(cb)):
@@ -96,13 +105,16 @@ def compare(a: dict, b: dict) -> dict:
         fa, fb = _case_fields(ra), _case_fields(rb)
         fields = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
         cases.append({"case": key, "metrics": metrics, "fields": fields})
-    return {"environment": {k: v for k, v in env.items() if v[0] != v[1]},
-            "meta": {k: v for k, v in meta.items() if v[0] != v[1]}, "cases": cases}
+    return {
+        "environment": {k: v for k, v in env.items() if v[0] != v[1]},
+        "meta": {k: v for k, v in meta.items() if v[0] != v[1]},
+        "cases": cases,
+    }
 
 
 def render(diff: dict, a_name: str = "A", b_name: str = "B") -> str:
     """Plain-text comparison: run-level differences, then per case the metric table and differing fields."""
-    lines: List[str] = [f"A = {a_name}", f"B = {b_name}", ""]
+    lines: list[str] = [f"A = {a_name}", f"B = {b_name}", ""]
     run = {**diff["meta"], **diff["environment"]}
     lines.append("run settings that differ:" if run else "run settings: identical")
     lines.extend(f"  {k}: {va!r} -> {vb!r}" for k, (va, vb) in sorted(run.items()))

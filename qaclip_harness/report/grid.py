@@ -5,10 +5,10 @@ instead of a table each. A cell is the measured top-1 with its delta from the pu
 ``!`` when outside tolerance, ``*`` when the case is report-only (never gated; the reason is
 listed under the grid); a measured-only row (no published value) shows the measured value alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
@@ -20,11 +20,11 @@ class Grid:
 
     name: str
     title: str
-    columns: List[Tuple[str, str]]
+    columns: list[tuple[str, str]]
     results: list = field(default_factory=list)
 
 
-def _cards() -> Dict[str, object]:
+def _cards() -> dict[str, object]:
     try:
         from qaclip_harness.data.catalog import all_datasets
 
@@ -33,10 +33,10 @@ def _cards() -> Dict[str, object]:
         return {}
 
 
-def split_grids(results: list) -> Tuple[List[Grid], list]:
+def split_grids(results: list) -> tuple[list[Grid], list]:
     """(grids, the other results): results of datasets with a ``report_table`` go into that table's grid."""
     cards = _cards()
-    grids: Dict[str, Grid] = {}
+    grids: dict[str, Grid] = {}
     rest = []
     for r in results:
         card = cards.get(r.dataset)
@@ -51,7 +51,7 @@ def split_grids(results: list) -> Tuple[List[Grid], list]:
     return list(grids.values()), rest
 
 
-def _model_order(models: List[str]) -> List[str]:
+def _model_order(models: list[str]) -> list[str]:
     try:
         from qaclip_core.registry import all_cards
 
@@ -74,20 +74,22 @@ def cell(r) -> str:
     return {"skipped": "skipped", "error": "error"}.get(r.status, r.status)
 
 
-def _rows(grid: Grid) -> Tuple[List[str], List[List[str]]]:
+def _rows(grid: Grid) -> tuple[list[str], list[list[str]]]:
     by_key = {(r.model, r.dataset): r for r in grid.results}
     present = {r.dataset for r in grid.results}
     columns = [(name, display) for name, display in grid.columns if name in present]
     header = ["model", *(display for _, display in columns)]
-    rows = [[m, *(cell(by_key.get((m, name))) for name, _ in columns)]
-            for m in _model_order([r.model for r in grid.results])]
+    rows = [
+        [m, *(cell(by_key.get((m, name))) for name, _ in columns)]
+        for m in _model_order([r.model for r in grid.results])
+    ]
     return header, rows
 
 
-def notes(grid: Grid) -> List[str]:
+def notes(grid: Grid) -> list[str]:
     """Lines under a grid: why report-only columns are not gated, errors, and why cells were skipped."""
     display = dict(grid.columns)
-    out: List[str] = []
+    out: list[str] = []
     seen = set()
     for r in grid.results:
         if r.status == "reported" and r.checks and r.dataset not in seen:
@@ -98,7 +100,7 @@ def notes(grid: Grid) -> List[str]:
     if measured:
         out.append(f"no published value (measured only): {', '.join(measured)}")
     out.extend(f"error: {r.dataset}-{r.model}: {r.reason}" for r in grid.results if r.status == "error")
-    skipped: Dict[str, int] = {}
+    skipped: dict[str, int] = {}
     for r in grid.results:
         if r.status == "skipped":
             first = r.reason.split("; ")[0]
@@ -107,8 +109,10 @@ def notes(grid: Grid) -> List[str]:
     return out
 
 
-LEGEND = ("cells: measured (measured - published); ! outside tolerance; * report-only (not gated); "
-          "a value alone: measured, no published value")
+LEGEND = (
+    "cells: measured (measured - published); ! outside tolerance; * report-only (not gated); "
+    "a value alone: measured, no published value"
+)
 
 
 def render_grid_text(grid: Grid) -> str:
@@ -136,6 +140,6 @@ def render_grid_markdown(grid: Grid) -> str:
     return "\n".join(out)
 
 
-def grid_of(results: list, name: str) -> Optional[Grid]:
+def grid_of(results: list, name: str) -> Grid | None:
     """The grid ``name`` of ``results``, if any of them belong to it."""
     return next((g for g in split_grids(results)[0] if g.name == name), None)

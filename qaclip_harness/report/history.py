@@ -7,13 +7,14 @@ order given, a store's runs oldest first (by the time the suite recorded, then b
 run is the current one and the run before it is the one it is compared with (on a runner, the
 last run kept on main).
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.files import remove_stale_temporaries, temp_path
@@ -32,9 +33,9 @@ class Run:
 
     name: str
     path: Path
-    report: Optional[dict]
-    benchmarks: List[dict]
-    predictions: Dict[str, Path] = field(default_factory=dict)
+    report: dict | None
+    benchmarks: list[dict]
+    predictions: dict[str, Path] = field(default_factory=dict)
 
     @property
     def time(self) -> str:
@@ -52,7 +53,7 @@ class Run:
         return next((str((b.get("commit_info") or {}).get("id", ""))[:12] for b in self.benchmarks), "")
 
 
-def _json(path: Path) -> Optional[dict]:
+def _json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -66,12 +67,17 @@ def is_run(folder: Path) -> bool:
     return any(is_benchmark_json(_json(p)) for p in folder.glob("*.json") if p.is_file())
 
 
-def load_run(folder: Union[str, Path]) -> Run:
+def load_run(folder: str | Path) -> Run:
     """One run folder (a bad report.json is an error naming it; other JSON files that are not benchmarks are ignored)."""
     folder = Path(folder)
     report = load_report(folder / "report.json") if (folder / "report.json").is_file() else None
-    benches = [doc for p in sorted(folder.glob("*.json")) if p.name != "report.json"
-               for doc in [_json(p)] if is_benchmark_json(doc)]
+    benches = [
+        doc
+        for p in sorted(folder.glob("*.json"))
+        if p.name != "report.json"
+        for doc in [_json(p)]
+        if is_benchmark_json(doc)
+    ]
     if report is None and not benches:
         raise QAClipError(f"{folder}: not a run (no report.json and no pytest-benchmark JSON file)")
     preds = folder / "predictions"
@@ -79,9 +85,9 @@ def load_run(folder: Union[str, Path]) -> Run:
     return Run(folder.name, folder, report, benches, predictions)
 
 
-def load_runs(paths: Sequence[Union[str, Path]]) -> List[Run]:
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     """The runs of ``paths`` in order: a run folder itself, or a store's runs oldest first."""
-    runs: List[Run] = []
+    runs: list[Run] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise QAClipError(f"{p}: no such folder (expected a run folder or a folder of runs)")
@@ -109,8 +115,8 @@ class Point:
     """One number of one run, with what it is held against."""
 
     value: float
-    tolerance: Optional[float] = None
-    expected: Optional[float] = None
+    tolerance: float | None = None
+    expected: float | None = None
     status: str = ""
 
 
@@ -119,15 +125,16 @@ def _case_name(r: dict) -> str:
     return f"{table} / {r['model']}"
 
 
-def points(run: Run) -> Dict[Key, Point]:
+def points(run: Run) -> dict[Key, Point]:
     """Every number of one run: measured metrics, gate drifts and throughput."""
-    out: Dict[Key, Point] = {}
+    out: dict[Key, Point] = {}
     for r in (run.report or {}).get("results", []):
         section = "accuracy" if r.get("kind") in ACCURACY_KINDS else "gate"
         for c in r.get("checks") or []:
             if isinstance(c.get("measured"), (int, float)) and not isinstance(c.get("measured"), bool):
-                out[Key(section, _case_name(r), c["metric"])] = Point(float(c["measured"]), c.get("tolerance"),
-                                                                      c.get("expected"), r.get("status", ""))
+                out[Key(section, _case_name(r), c["metric"])] = Point(
+                    float(c["measured"]), c.get("tolerance"), c.get("expected"), r.get("status", "")
+                )
         if not r.get("checks"):
             for m, v in (r.get("measured") or {}).items():
                 if isinstance(v, (int, float)):
@@ -138,7 +145,7 @@ def points(run: Run) -> Dict[Key, Point]:
     return out
 
 
-def statuses(run: Run) -> Dict[str, str]:
+def statuses(run: Run) -> dict[str, str]:
     """case -> status of one run's report."""
     return {_case_name(r): r.get("status", "") for r in (run.report or {}).get("results", [])}
 
@@ -148,17 +155,17 @@ class Move:
     """A number that differs between the previous and the current run."""
 
     key: Key
-    before: Optional[float]
-    after: Optional[float]
-    tolerance: Optional[float]
+    before: float | None
+    after: float | None
+    tolerance: float | None
 
     @property
-    def change(self) -> Optional[float]:
+    def change(self) -> float | None:
         """after - before (None when either is missing)."""
         return None if self.before is None or self.after is None else self.after - self.before
 
     @property
-    def share(self) -> Optional[float]:
+    def share(self) -> float | None:
         """|change| as a share of the tolerance (accuracy and gates) or as a share of before (throughput)."""
         if self.change is None:
             return None
@@ -169,36 +176,42 @@ class Move:
     @property
     def alert(self) -> bool:
         """Throughput that fell by more than the alert threshold."""
-        return (self.key.section == "throughput" and self.change is not None and self.before
-                and -self.change / self.before * 100 > THROUGHPUT_ALERT)
+        return (
+            self.key.section == "throughput"
+            and self.change is not None
+            and self.before
+            and -self.change / self.before * 100 > THROUGHPUT_ALERT
+        )
 
 
 @dataclass
 class History:
     """Runs in order, every number's series, and what moved between the last two runs."""
 
-    runs: List[Run]
-    series: Dict[Key, List[Optional[Point]]]
-    moves: List[Move]
-    status_changes: List[Tuple[str, str, str]]  # case, before, after
-    ranks: List[RankDiff]
+    runs: list[Run]
+    series: dict[Key, list[Point | None]]
+    moves: list[Move]
+    status_changes: list[tuple[str, str, str]]  # case, before, after
+    ranks: list[RankDiff]
 
     @property
-    def labels(self) -> List[str]:
+    def labels(self) -> list[str]:
         """A short label per run: its folder name and commit."""
-        return [f"{r.name}" + (f" ({r.commit[:7]})" if r.commit and r.commit[:7] not in r.name else "") for r in self.runs]
+        return [
+            f"{r.name}" + (f" ({r.commit[:7]})" if r.commit and r.commit[:7] not in r.name else "") for r in self.runs
+        ]
 
 
-def build(runs: List[Run]) -> History:
+def build(runs: list[Run]) -> History:
     """The history of ``runs`` (at least one; the last is the current run)."""
     if not runs:
         raise QAClipError("no runs to draw a history of")
     per_run = [points(r) for r in runs]
     keys = list(dict.fromkeys(k for pts in per_run for k in pts))
     series = {k: [pts.get(k) for pts in per_run] for k in keys}
-    moves: List[Move] = []
-    changes: List[Tuple[str, str, str]] = []
-    ranks: List[RankDiff] = []
+    moves: list[Move] = []
+    changes: list[tuple[str, str, str]] = []
+    ranks: list[RankDiff] = []
     if len(runs) >= 2:
         prev, cur = per_run[-2], per_run[-1]
         for k in keys:
@@ -208,15 +221,19 @@ def build(runs: List[Run]) -> History:
             if a is None or b is None or a.value != b.value:
                 tol = (b or a).tolerance
                 moves.append(Move(k, a.value if a else None, b.value if b else None, tol))
-        moves.sort(key=lambda m: (SECTIONS.index(m.key.section), m.share is None, -(m.share or 0.0), m.key.case, m.key.metric))
+        moves.sort(
+            key=lambda m: (SECTIONS.index(m.key.section), m.share is None, -(m.share or 0.0), m.key.case, m.key.metric)
+        )
         sa, sb = statuses(runs[-2]), statuses(runs[-1])
-        changes = [(c, sa.get(c, "absent"), sb.get(c, "absent")) for c in dict.fromkeys([*sa, *sb]) if sa.get(c) != sb.get(c)]
+        changes = [
+            (c, sa.get(c, "absent"), sb.get(c, "absent")) for c in dict.fromkeys([*sa, *sb]) if sa.get(c) != sb.get(c)
+        ]
         for case in sorted(set(runs[-2].predictions) & set(runs[-1].predictions)):
             ranks.append(rank_changes(case, runs[-2].predictions[case], runs[-1].predictions[case]))
     return History(runs, series, moves, changes, ranks)
 
 
-def _fmt(v: Optional[float]) -> str:
+def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v:.3g}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5) else f"{v:.2f}"
@@ -230,14 +247,24 @@ def _share(m: Move) -> str:
     return f"{amount} {unit}" + (" !" if m.alert or (m.key.section != "throughput" and m.share > 1) else "")
 
 
-def summary_rows(history: History, limit: int = 25) -> Tuple[List[List[str]], int]:
+def summary_rows(history: History, limit: int = 25) -> tuple[list[list[str]], int]:
     """The rows of the moved-numbers table (per section, largest share first, at most ``limit`` a section) and how
     many were left out."""
     rows, left = [], 0
     for section in SECTIONS:
         mine = [m for m in history.moves if m.key.section == section]
-        rows += [[m.key.section, m.key.case, m.key.metric, _fmt(m.before), _fmt(m.after),
-                  "" if m.change is None else f"{m.change:+.3g}", _share(m)] for m in mine[:limit]]
+        rows += [
+            [
+                m.key.section,
+                m.key.case,
+                m.key.metric,
+                _fmt(m.before),
+                _fmt(m.after),
+                "" if m.change is None else f"{m.change:+.3g}",
+                _share(m),
+            ]
+            for m in mine[:limit]
+        ]
         left += max(0, len(mine) - limit)
     return rows, left
 
@@ -248,15 +275,19 @@ HEADER = ["section", "case / group", "number", "before", "now", "change", "share
 def _intro(history: History) -> str:
     if len(history.runs) < 2:
         return f"one run ({history.labels[0]}): nothing to compare with yet"
-    return (f"{len(history.runs)} runs; now = {history.labels[-1]}, before = {history.labels[-2]}: "
-            f"{len(history.moves)} numbers moved, {len(history.status_changes)} cases changed status")
+    return (
+        f"{len(history.runs)} runs; now = {history.labels[-1]}, before = {history.labels[-2]}: "
+        f"{len(history.moves)} numbers moved, {len(history.status_changes)} cases changed status"
+    )
 
 
-def _rank_lines(history: History, limit: int) -> List[str]:
+def _rank_lines(history: History, limit: int) -> list[str]:
     out = []
     for d in history.ranks:
-        out.append(f"{d.case}: {len(d.changes)} of {d.compared} queries changed rank or first answer "
-                   f"({d.better} better, {d.worse} worse)")
+        out.append(
+            f"{d.case}: {len(d.changes)} of {d.compared} queries changed rank or first answer "
+            f"({d.better} better, {d.worse} worse)"
+        )
         out.extend(f"  {c.text()}" for c in d.changes[:limit])
         if len(d.changes) > limit:
             out.append(f"  ... and {len(d.changes) - limit} more")
@@ -271,8 +302,10 @@ def render_text(history: History, limit: int = 25) -> str:
     if rows:
         table = [HEADER, *rows]
         widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
-        lines.extend("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-                     for r in table)
+        lines.extend(
+            "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in table
+        )
         if more:
             lines.append(f"... and {more} more (qaclip history --json lists every one)")
     lines.extend(_rank_lines(history, 10))
@@ -293,8 +326,10 @@ def render_markdown(history: History, limit: int = 25) -> str:
     if ranks:
         out += ["", "```", *ranks, "```"]
     out.append("")
-    out.append("share: the change as a share of the number's tolerance (accuracy, gates) or of its value before "
-               f"(throughput); ! marks more than the tolerance, or throughput more than {THROUGHPUT_ALERT:.0f}% slower.")
+    out.append(
+        "share: the change as a share of the number's tolerance (accuracy, gates) or of its value before "
+        f"(throughput); ! marks more than the tolerance, or throughput more than {THROUGHPUT_ALERT:.0f}% slower."
+    )
     return "\n".join(out) + "\n"
 
 
@@ -302,16 +337,35 @@ def to_json(history: History) -> dict:
     """Everything :func:`render_text` says, as data."""
     return {
         "runs": [{"name": r.name, "path": str(r.path), "time": r.time, "commit": r.commit} for r in history.runs],
-        "moved": [{"section": m.key.section, "case": m.key.case, "number": m.key.metric, "before": m.before,
-                   "after": m.after, "change": m.change, "tolerance": m.tolerance, "share": m.share,
-                   "alert": bool(m.alert)} for m in history.moves],
+        "moved": [
+            {
+                "section": m.key.section,
+                "case": m.key.case,
+                "number": m.key.metric,
+                "before": m.before,
+                "after": m.after,
+                "change": m.change,
+                "tolerance": m.tolerance,
+                "share": m.share,
+                "alert": bool(m.alert),
+            }
+            for m in history.moves
+        ],
         "status_changes": [{"case": c, "before": a, "after": b} for c, a, b in history.status_changes],
-        "rank_changes": [{"case": d.case, "compared": d.compared, "better": d.better, "worse": d.worse,
-                          "changes": [vars(c) for c in d.changes]} for d in history.ranks],
+        "rank_changes": [
+            {
+                "case": d.case,
+                "compared": d.compared,
+                "better": d.better,
+                "worse": d.worse,
+                "changes": [vars(c) for c in d.changes],
+            }
+            for d in history.ranks
+        ],
     }
 
 
-def keep_run(run: Union[str, Path], store: Union[str, Path], name: str, keep_last: Optional[int] = None) -> Path:
+def keep_run(run: str | Path, store: str | Path, name: str, keep_last: int | None = None) -> Path:
     """Copy the run folder ``run`` into ``store`` as ``<time>-<name>`` (whole or not at all); keep the newest ``keep_last``."""
     src = load_run(run)  # checks it is a run before anything is written
     store = Path(store)
@@ -330,8 +384,10 @@ def keep_run(run: Union[str, Path], store: Union[str, Path], name: str, keep_las
         shutil.rmtree(tmp, ignore_errors=True)
         raise QAClipError(f"cannot keep {src.path} in {store}: {e.strerror or e}") from None
     if keep_last:
-        kept = sorted((load_run(p) for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run(p)),
-                      key=lambda r: (r.time, r.name))
+        kept = sorted(
+            (load_run(p) for p in store.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run(p)),
+            key=lambda r: (r.time, r.name),
+        )
         for old in kept[:-keep_last]:
             shutil.rmtree(old.path, ignore_errors=True)
     return target

@@ -3,22 +3,31 @@
 Every function takes plain numbers and returns one ``<svg>`` element whose ids are unique to it,
 so several can sit in one HTML page. Text is drawn as paths: the page needs no font.
 """
+
 from __future__ import annotations
 
 import io
 import itertools
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 INSTALL_HINT = "pip install 'qaclip-core[report]'"
-COLOURS = {"ok": "#2a7d2a", "near": "#d18a00", "fail": "#c62828", "band": "#dfe9df", "ours": "#1f5fa8",
-           "reference": "#8c8c8c", "peer": "#d18a00", "baseline": "#000000"}
+COLOURS = {
+    "ok": "#2a7d2a",
+    "near": "#d18a00",
+    "fail": "#c62828",
+    "band": "#dfe9df",
+    "ours": "#1f5fa8",
+    "reference": "#8c8c8c",
+    "peer": "#d18a00",
+    "baseline": "#000000",
+}
 NEAR = 0.8  # a value beyond this share of its tolerance is drawn as near the edge
 _counter = itertools.count()
 
 
-def missing() -> Optional[str]:
+def missing() -> str | None:
     """None when matplotlib can be imported, else one line saying how to get the plots."""
     try:
         import matplotlib  # noqa: F401
@@ -40,11 +49,13 @@ def _svg(fig) -> str:
     with matplotlib.rc_context({"svg.fonttype": "path"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    text = text[text.index("<svg"):]  # no XML declaration or DOCTYPE inside HTML
+    text = text[text.index("<svg") :]  # no XML declaration or DOCTYPE inside HTML
     prefix = f"f{next(_counter)}-"
     ids = set(re.findall(r'\bid="([^"]+)"', text))
     if ids:  # scope every id (glyphs, clip paths) to this figure: the page holds several
-        pattern = re.compile(r'(\bid="|#)(' + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)) + r')(?=[")])')
+        pattern = re.compile(
+            r'(\bid="|#)(' + "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)) + r')(?=[")])'
+        )
         text = pattern.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", text)
     return text
 
@@ -55,7 +66,7 @@ def _state(ratio: float, ok: bool) -> str:
     return "near" if abs(ratio) >= NEAR else "ok"
 
 
-def tolerance_plot(title: str, points: Sequence[Tuple[str, str, float, bool]]) -> str:
+def tolerance_plot(title: str, points: Sequence[tuple[str, str, float, bool]]) -> str:
     """(model, metric, delta / tolerance, ok) per point: each model a row, the +-1 tolerance band shaded."""
     models = list(dict.fromkeys(p[0] for p in points))
     metrics = list(dict.fromkeys(p[1] for p in points))
@@ -80,11 +91,12 @@ def tolerance_plot(title: str, points: Sequence[Tuple[str, str, float, bool]]) -
     ax.set_title(title, loc="left", fontsize=10)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], linestyle="", marker=markers[j % len(markers)], color="#444444", label=m)
-               for j, m in enumerate(metrics)]
+    handles = [
+        Line2D([], [], linestyle="", marker=markers[j % len(markers)], color="#444444", label=m)
+        for j, m in enumerate(metrics)
+    ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _svg(fig)
-
 
 
 def _log_bars(fig, ax, labels: Sequence[str], xlabel: str, title: str) -> str:
@@ -96,7 +108,8 @@ def _log_bars(fig, ax, labels: Sequence[str], xlabel: str, title: str) -> str:
     ax.set_title(title, loc="left", fontsize=10)
     return _svg(fig)
 
-def drift_plot(title: str, rows: Sequence[Tuple[str, float, float, bool]]) -> str:
+
+def drift_plot(title: str, rows: Sequence[tuple[str, float, float, bool]]) -> str:
     """(label, measured drift, tolerance, ok) per row on a log scale: a bar to the drift, a mark at the tolerance."""
     positive = [v for r in rows for v in r[1:3] if v and v > 0]
     floor = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-12
@@ -112,7 +125,7 @@ def drift_plot(title: str, rows: Sequence[Tuple[str, float, float, bool]]) -> st
     return _log_bars(fig, ax, [r[0] for r in rows], "drift (log scale); black mark: tolerance", title)
 
 
-def throughput_plot(title: str, rows: Sequence[Tuple[str, str, float, Optional[float]]]) -> str:
+def throughput_plot(title: str, rows: Sequence[tuple[str, str, float, float | None]]) -> str:
     """(label, role, per second, baseline per second or None) per row, log scale; the baseline as a black mark."""
     fig = _figure(8.0, 1.1 + 0.28 * len(rows))
     ax = fig.add_subplot()
@@ -120,12 +133,23 @@ def throughput_plot(title: str, rows: Sequence[Tuple[str, str, float, Optional[f
         ax.barh(i, speed, height=0.6, color=COLOURS.get(role, COLOURS["peer"]), zorder=2)
         if base:
             ax.plot([base, base], [i - 0.4, i + 0.4], color=COLOURS["baseline"], linewidth=2, zorder=3)
-    return _log_bars(fig, ax, [r[0] for r in rows],
-                     "per second (log scale); blue: qaclip_core, grey: cn_clip, orange: peers; black mark: baseline", title)
+    return _log_bars(
+        fig,
+        ax,
+        [r[0] for r in rows],
+        "per second (log scale); blue: qaclip_core, grey: cn_clip, orange: peers; black mark: baseline",
+        title,
+    )
 
 
-def history_plot(title: str, runs: Sequence[str], lines: Dict[str, List[Optional[float]]], ylabel: str,
-                 band: Optional[Tuple[float, float]] = None, log: bool = False) -> str:
+def history_plot(
+    title: str,
+    runs: Sequence[str],
+    lines: dict[str, list[float | None]],
+    ylabel: str,
+    band: tuple[float, float] | None = None,
+    log: bool = False,
+) -> str:
     """One line per number over ``runs`` (None where a run lacks it); ``band`` shades the allowed range."""
     fig = _figure(8.0, 2.6)
     ax = fig.add_subplot()

@@ -7,12 +7,12 @@ its first correct item in the ranked list, or None when none is in it. Zero-shot
 ``<dataset folder>.json`` in the ELEVATER format (per image the class probabilities): a changed
 query is an image whose most probable class changed.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from qaclip_core.errors import QAClipError
 
@@ -23,22 +23,25 @@ class Change:
 
     direction: str  # t2i, i2t or zero-shot
     query: int
-    before_rank: Optional[int]
-    after_rank: Optional[int]
-    before_top: Optional[int]
-    after_top: Optional[int]
+    before_rank: int | None
+    after_rank: int | None
+    before_top: int | None
+    after_top: int | None
 
     def text(self) -> str:
         """One line: the query, its rank before and after, its first answer before and after."""
-        def rank(r: Optional[int]) -> str:
+
+        def rank(r: int | None) -> str:
             return "-" if r is None else str(r)
 
         what = {"t2i": "text", "i2t": "image", "zero-shot": "image"}[self.direction]
         top = {"t2i": "image", "i2t": "text", "zero-shot": "class"}[self.direction]
         if self.direction == "zero-shot":
             return f"{what} {self.query}: predicted {top} {self.before_top} -> {self.after_top}"
-        return (f"{self.direction} {what} {self.query}: rank of the first correct {top} {rank(self.before_rank)} -> "
-                f"{rank(self.after_rank)} (first {top} {self.before_top} -> {self.after_top})")
+        return (
+            f"{self.direction} {what} {self.query}: rank of the first correct {top} {rank(self.before_rank)} -> "
+            f"{rank(self.after_rank)} (first {top} {self.before_top} -> {self.after_top})"
+        )
 
 
 @dataclass
@@ -47,7 +50,7 @@ class RankDiff:
 
     case: str
     compared: int = 0
-    changes: List[Change] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
     @property
     def better(self) -> int:
@@ -60,11 +63,11 @@ class RankDiff:
         return sum(1 for c in self.changes if _key(c.after_rank) > _key(c.before_rank))
 
 
-def _key(rank: Optional[int]) -> float:
+def _key(rank: int | None) -> float:
     return float("inf") if rank is None else rank
 
 
-def _jsonl(path: Path) -> List[dict]:
+def _jsonl(path: Path) -> list[dict]:
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -85,20 +88,23 @@ def _field(row: dict, key: str, path: Path) -> object:
     return row[key]
 
 
-def _retrieval(folder: Path) -> Dict[str, Dict[int, Tuple[Optional[int], Optional[int]]]]:
+def _retrieval(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None]]]:
     """direction -> query -> (rank of the first correct item, first item)."""
     (gt_path,) = sorted(folder.glob("*_texts.tr.jsonl"))[:1] or [None]
     if gt_path is None:
         raise QAClipError(f"{folder}: no <split>_texts.tr.jsonl beside the predictions (the correct answers)")
     image_texts = {int(_field(r, "image_id", gt_path)): set(_field(r, "text_ids", gt_path)) for r in _jsonl(gt_path)}
-    text_images: Dict[int, set] = {}
+    text_images: dict[int, set] = {}
     for image, texts in image_texts.items():
         for t in texts:
             text_images.setdefault(int(t), set()).add(image)
-    out: Dict[str, Dict[int, Tuple[Optional[int], Optional[int]]]] = {"t2i": {}, "i2t": {}}
+    out: dict[str, dict[int, tuple[int | None, int | None]]] = {"t2i": {}, "i2t": {}}
     for path in sorted(folder.glob("*_predictions.jsonl")):
-        direction, qkey, lkey, truth = (("i2t", "image_id", "text_ids", image_texts) if path.name.endswith("_tr_predictions.jsonl")
-                                        else ("t2i", "text_id", "image_ids", text_images))
+        direction, qkey, lkey, truth = (
+            ("i2t", "image_id", "text_ids", image_texts)
+            if path.name.endswith("_tr_predictions.jsonl")
+            else ("t2i", "text_id", "image_ids", text_images)
+        )
         for row in _jsonl(path):
             query, ranked = int(_field(row, qkey, path)), list(_field(row, lkey, path))
             correct = truth.get(query, set())
@@ -107,7 +113,7 @@ def _retrieval(folder: Path) -> Dict[str, Dict[int, Tuple[Optional[int], Optiona
     return out
 
 
-def _zeroshot(path: Path) -> Dict[int, Tuple[Optional[int], Optional[int]]]:
+def _zeroshot(path: Path) -> dict[int, tuple[int | None, int | None]]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         probs = doc["predictions"][0]
@@ -116,7 +122,7 @@ def _zeroshot(path: Path) -> Dict[int, Tuple[Optional[int], Optional[int]]]:
     return {i: (None, max(range(len(row)), key=row.__getitem__) if row else None) for i, row in enumerate(probs)}
 
 
-def read_predictions(folder: Path) -> Dict[str, Dict[int, Tuple[Optional[int], Optional[int]]]]:
+def read_predictions(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None]]]:
     """direction -> query -> (rank, first item) of one dumped predictions folder."""
     folder = Path(folder)
     if any(folder.glob("*_predictions.jsonl")):
@@ -124,8 +130,10 @@ def read_predictions(folder: Path) -> Dict[str, Dict[int, Tuple[Optional[int], O
     files = sorted(folder.glob("*.json"))
     if len(files) == 1:
         return {"zero-shot": _zeroshot(files[0])}
-    raise QAClipError(f"{folder}: expected retrieval predictions (*_predictions.jsonl) or one zero-shot <dataset>.json, "
-                      f"found {len(files)} .json files")
+    raise QAClipError(
+        f"{folder}: expected retrieval predictions (*_predictions.jsonl) or one zero-shot <dataset>.json, "
+        f"found {len(files)} .json files"
+    )
 
 
 def rank_changes(case: str, before: Path, after: Path) -> RankDiff:
@@ -138,5 +146,7 @@ def rank_changes(case: str, before: Path, after: Path) -> RankDiff:
             (ra, ta), (rb, tb) = a[direction][query], b[direction][query]
             if ra != rb or ta != tb:
                 diff.changes.append(Change(direction, query, ra, rb, ta, tb))
-    diff.changes.sort(key=lambda c: (-abs(min(_key(c.after_rank), 99) - min(_key(c.before_rank), 99)), c.direction, c.query))
+    diff.changes.sort(
+        key=lambda c: (-abs(min(_key(c.after_rank), 99) - min(_key(c.before_rank), 99)), c.direction, c.query)
+    )
     return diff

@@ -1,22 +1,33 @@
 """Result tables: one per dataset, rows = models, columns = metrics, cells = measured and delta."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
 from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
 
 SHORT = {
-    "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5", "t2i_r10": "T2I R@10",
-    "i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10",
-    "t2i_mean_recall": "T2I MR", "i2t_mean_recall": "I2T MR", "mean_recall": "MR",
-    "top1": "Top-1", "top5": "Top-5",
-    "image_max_abs_diff": "img max|d|", "text_max_abs_diff": "txt max|d|",
-    "image_min_cosine": "img min cos", "text_min_cosine": "txt min cos",
-    "t2i_top5_violations": "T2I top-5 off", "i2t_top5_violations": "I2T top-5 off",
+    "t2i_r1": "T2I R@1",
+    "t2i_r5": "T2I R@5",
+    "t2i_r10": "T2I R@10",
+    "i2t_r1": "I2T R@1",
+    "i2t_r5": "I2T R@5",
+    "i2t_r10": "I2T R@10",
+    "t2i_mean_recall": "T2I MR",
+    "i2t_mean_recall": "I2T MR",
+    "mean_recall": "MR",
+    "top1": "Top-1",
+    "top5": "Top-5",
+    "image_max_abs_diff": "img max|d|",
+    "text_max_abs_diff": "txt max|d|",
+    "image_min_cosine": "img min cos",
+    "text_min_cosine": "txt min cos",
+    "t2i_top5_violations": "T2I top-5 off",
+    "i2t_top5_violations": "I2T top-5 off",
 }
 
 
@@ -31,28 +42,31 @@ class CaseResult:
     precision: str = "fp32"
     device: str = ""
     reason: str = ""
-    checks: List[dict] = field(default_factory=list)  # MetricCheck as dicts, with delta/ok
-    measured: Dict[str, float] = field(default_factory=dict)
-    counts: Dict[str, int] = field(default_factory=dict)
-    seconds: Optional[float] = None
-    gate: Optional[str] = None  # the source the checks compare with
+    checks: list[dict] = field(default_factory=list)  # MetricCheck as dicts, with delta/ok
+    measured: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float | None = None
+    gate: str | None = None  # the source the checks compare with
     gate_reason: str = ""  # why that source (the data's build)
-    sources: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
-    checkpoint_sha256: Optional[str] = None
-    data_fingerprint: Optional[str] = None
-    provenance: Dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
+    sources: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
+    checkpoint_sha256: str | None = None
+    data_fingerprint: str | None = None
+    provenance: dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
     backend: str = "pytorch"
     variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
     # computed here or reused from a cache: {"status", "cache": mode, "steps": {images|texts|classifier: {status, key, run, date}}}
-    features: Dict[str, object] = field(default_factory=dict)
+    features: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def from_checks(cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck],
-                    report_only: Optional[str] = None, **kw) -> "CaseResult":
+    def from_checks(
+        cls, dataset: str, model: str, kind: str, checks: Iterable[MetricCheck], report_only: str | None = None, **kw
+    ) -> CaseResult:
         """A passed/failed result from metric checks; ``reported`` (never failed) for a report-only case."""
         rows = [dict(asdict(c), delta=c.delta, ok=c.ok) for c in checks]
         if report_only is not None:
-            return cls(dataset=dataset, model=model, kind=kind, status="reported", checks=rows, reason=report_only, **kw)
+            return cls(
+                dataset=dataset, model=model, kind=kind, status="reported", checks=rows, reason=report_only, **kw
+            )
         provenance = kw.get("provenance") or {}
         if provenance.get("comparable") is False:
             check = provenance.get("split_check") or {}
@@ -71,10 +85,13 @@ def failure_table(checks: Iterable[MetricCheck]) -> str:
     return "\n".join(lines)
 
 
-def _columns(results: List[CaseResult]) -> List[str]:
+def _columns(results: list[CaseResult]) -> list[str]:
     kind = results[0].kind
-    seen = list(dict.fromkeys([r["metric"] for res in results for r in res.checks]
-                              or [m for res in results for m in res.measured]))  # first-seen order
+    seen = list(
+        dict.fromkeys(
+            [r["metric"] for res in results for r in res.checks] or [m for res in results for m in res.measured]
+        )
+    )  # first-seen order
     order = METRIC_ORDER.get(kind, [])
     return [m for m in order if m in seen] + [m for m in seen if m not in order]
 
@@ -95,8 +112,8 @@ def _cell(res: CaseResult, metric: str) -> str:
     return ""
 
 
-def _tables(results: List[CaseResult]) -> Dict[str, List[CaseResult]]:
-    by_ds: Dict[str, List[CaseResult]] = {}
+def _tables(results: list[CaseResult]) -> dict[str, list[CaseResult]]:
+    by_ds: dict[str, list[CaseResult]] = {}
     for r in results:
         by_ds.setdefault(f"{r.dataset} [{r.variant}]" if r.variant else r.dataset, []).append(r)
     return by_ds
@@ -119,7 +136,7 @@ def _short(metric: str) -> str:
     return SHORT.get(metric, metric)
 
 
-def _other_sources(rows: List[CaseResult]) -> List[tuple]:
+def _other_sources(rows: list[CaseResult]) -> list[tuple]:
     """(model, text): the delta against every source other than the gate, and why the gate is the gate."""
     out = []
     for r in rows:
@@ -133,11 +150,11 @@ def _other_sources(rows: List[CaseResult]) -> List[tuple]:
     return out
 
 
-def _fmt_counts(counts: Dict[str, int]) -> str:
+def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v:,} {k}" for k, v in counts.items() if isinstance(v, int))
 
 
-def _provenance_rows(rows: List[CaseResult]) -> List[List[str]]:
+def _provenance_rows(rows: list[CaseResult]) -> list[list[str]]:
     out = []
     for r in rows:
         p = r.provenance or {}
@@ -146,13 +163,23 @@ def _provenance_rows(rows: List[CaseResult]) -> List[List[str]]:
         check = p.get("split_check") or {}
         split = "" if not check else ("published size" if check.get("ok") else "NOT the published size")
         label = p.get("label_file_sha256")
-        out.append([r.model, (r.checkpoint_sha256 or "")[:12], (r.data_fingerprint or "")[:12], str(p.get("build") or "unknown"),
-                    _fmt_counts(p.get("counts") or r.counts), split, str(p.get("batch_size", "")), r.precision,
-                    (label or "")[:12]])
+        out.append(
+            [
+                r.model,
+                (r.checkpoint_sha256 or "")[:12],
+                (r.data_fingerprint or "")[:12],
+                str(p.get("build") or "unknown"),
+                _fmt_counts(p.get("counts") or r.counts),
+                split,
+                str(p.get("batch_size", "")),
+                r.precision,
+                (label or "")[:12],
+            ]
+        )
     return out
 
 
-def describe_features(features: Dict[str, object]) -> str:
+def describe_features(features: dict[str, object]) -> str:
     """One line: the case's features computed in this run, or reused from which run, date and key (per step)."""
     steps = features.get("steps") or {}
     if not steps:
@@ -165,21 +192,23 @@ def describe_features(features: Dict[str, object]) -> str:
     elif statuses == {"reused"} and len(runs) == 1:  # one run computed them all, seconds apart: its first date
         head = f"features reused from {next(iter(runs))}, {min(str(s.get('date')) for s in steps.values())}"
     else:
-        head = "features: " + "; ".join(f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused"
-                                        else f"{name} computed" for name, s in steps.items())
+        head = "features: " + "; ".join(
+            f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused" else f"{name} computed"
+            for name, s in steps.items()
+        )
     return f"{head} (cache {features.get('cache')}; keys {keys})"
 
 
-def _features_lines(rows: List[CaseResult]) -> List[tuple]:
+def _features_lines(rows: list[CaseResult]) -> list[tuple]:
     return [(r.model, describe_features(r.features)) for r in rows if r.features and describe_features(r.features)]
 
 
-def _details(rows: List[CaseResult]) -> List[tuple]:
+def _details(rows: list[CaseResult]) -> list[tuple]:
     """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
     return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
 
 
-def render_text(results: List[CaseResult]) -> str:
+def render_text(results: list[CaseResult]) -> str:
     """Terminal tables, one per dataset, like the seed README's result tables (and the combined grids)."""
     from qaclip_harness.report.grid import render_grid_text, split_grids
 
@@ -198,15 +227,17 @@ def render_text(results: List[CaseResult]) -> str:
             out.append(f"{r.model:<{width}}{cells}  {_note(r)}")
         out.extend(f"  {model}: {text}" for model, text in _details(rows))
         out.extend(f"  {model}: {text}" for model, text in _other_sources(rows))
-        out.extend(f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
-                   for row in _provenance_rows(rows))
+        out.extend(
+            f"  {row[0]}: data {row[2]}... (build {row[3]}; {row[4]}; {row[5]}), checkpoint {row[1]}..."
+            for row in _provenance_rows(rows)
+        )
         out.extend(f"  {model}: {text}" for model, text in _features_lines(rows))
         out.append("")
     out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
 
 
-def render_markdown(results: List[CaseResult]) -> str:
+def render_markdown(results: list[CaseResult]) -> str:
     """The same tables in Markdown."""
     from qaclip_harness.report.grid import render_grid_markdown, split_grids
 
@@ -230,8 +261,17 @@ def render_markdown(results: List[CaseResult]) -> str:
             out.append("")
         prov = _provenance_rows(rows)
         if prov:
-            header = ["model", "checkpoint sha256", "data fingerprint", "data build", "counts", "split", "batch",
-                      "precision", "label file sha256"]
+            header = [
+                "model",
+                "checkpoint sha256",
+                "data fingerprint",
+                "data build",
+                "counts",
+                "split",
+                "batch",
+                "precision",
+                "label file sha256",
+            ]
             out.append("Provenance (first 12 hex digits; full values in report.json):")
             out.append("")
             out.append("| " + " | ".join(header) + " |")
@@ -247,11 +287,16 @@ def render_markdown(results: List[CaseResult]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _environment_lines(env: dict) -> List[str]:
+def _environment_lines(env: dict) -> list[str]:
     git = env.get("git") or {}
     num = env.get("numerics") or {}
     return [
-        f"- qaclip_core {env.get('qaclip_core')}" + (f", commit {git.get('commit', '')[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}" if git else ""),
+        f"- qaclip_core {env.get('qaclip_core')}"
+        + (
+            f", commit {git.get('commit', '')[:12]}{' (uncommitted changes)' if git.get('dirty') else ''}"
+            if git
+            else ""
+        ),
         f"- torch {env.get('torch')}, torchvision {env.get('torchvision')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}",
         f"- device {env.get('device')} ({env.get('device_name')})",
         f"- TF32 matmul {num.get('tf32_matmul')}, TF32 cuDNN {num.get('tf32_cudnn')}, deterministic {num.get('deterministic_algorithms')}",
@@ -259,8 +304,9 @@ def _environment_lines(env: dict) -> List[str]:
     ]
 
 
-def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: Optional[dict] = None,
-                  environment: Optional[dict] = None) -> List[Path]:
+def write_reports(
+    results: list[CaseResult], directory: str | Path, meta: dict | None = None, environment: dict | None = None
+) -> list[Path]:
     """Write ``report.json`` and ``report.md`` to ``directory``, each atomically (OutputError naming the file when one cannot be).
 
     Temporaries left there by a writer that died (a kill, a full disk) are removed first. report.html: :mod:`.html`.
@@ -273,8 +319,12 @@ def write_reports(results: List[CaseResult], directory: Union[str, Path], meta: 
     text = render_markdown(results)
     if meta.get("interrupted"):
         ran = sum(r.status not in ("skipped", "interrupted") for r in results)
-        text = text.replace("# Reproduction report\n", "# Reproduction report\n\n**The run was interrupted** (Ctrl-C): "
-                            f"this partial report holds the {ran} case(s) that ran and the one that was interrupted.\n", 1)
+        text = text.replace(
+            "# Reproduction report\n",
+            "# Reproduction report\n\n**The run was interrupted** (Ctrl-C): "
+            f"this partial report holds the {ran} case(s) that ran and the one that was interrupted.\n",
+            1,
+        )
     if environment:
         text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
     md = atomic_write_text(directory / "report.md", text)

@@ -5,12 +5,12 @@ A record's speed is its ``extra_info["items_per_s"]`` where the case counts item
 photos), else calls per second (``1 / stats.mean``). Records are matched with a baseline by
 ``fullname``, as ``pytest --benchmark-compare`` matches them.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
 
 from qaclip_core.errors import QAClipError
 
@@ -41,7 +41,7 @@ def is_benchmark_json(doc: object) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list) and "machine_info" in doc
 
 
-def load_benchmark_json(path: Union[str, Path]) -> dict:
+def load_benchmark_json(path: str | Path) -> dict:
     """A pytest-benchmark JSON file, checked for its shape (one clear error naming the file otherwise)."""
     path = Path(path)
     try:
@@ -53,7 +53,7 @@ def load_benchmark_json(path: Union[str, Path]) -> dict:
     return doc
 
 
-def records(doc: dict) -> List[Record]:
+def records(doc: dict) -> list[Record]:
     """Every record of a pytest-benchmark document; a reference timed on a sample and scaled is its own record."""
     out = []
     for bench in doc.get("benchmarks") or []:
@@ -69,8 +69,15 @@ def records(doc: dict) -> List[Record]:
         elif stats.get("mean"):
             out.append(Record(group, fullname, impl, 1.0 / float(stats["mean"]), "calls/s"))
         if info.get("reference_seconds_scaled"):
-            out.append(Record(group, f"{fullname} [reference, scaled]", f"{REFERENCE} (sampled, scaled)",
-                              1.0 / float(info["reference_seconds_scaled"]), "calls/s"))
+            out.append(
+                Record(
+                    group,
+                    f"{fullname} [reference, scaled]",
+                    f"{REFERENCE} (sampled, scaled)",
+                    1.0 / float(info["reference_seconds_scaled"]),
+                    "calls/s",
+                )
+            )
     return out
 
 
@@ -79,24 +86,29 @@ class Group:
     """The records of one benchmark group, with the baseline's speed of each where one was compared."""
 
     name: str
-    records: List[Record]
-    baseline: Dict[str, float]  # fullname -> per_s in the baseline run
+    records: list[Record]
+    baseline: dict[str, float]  # fullname -> per_s in the baseline run
 
-    def ratios(self) -> List[tuple]:
+    def ratios(self) -> list[tuple]:
         """(label, ratio): each of ours over every reference and peer, and each record over its baseline."""
         ours = [r for r in self.records if r.role == "ours"]
         others = [r for r in self.records if r.role != "ours"]
         out = [(f"{a.impl} / {b.impl}", a.per_s / b.per_s) for a in ours for b in others if b.per_s]
-        out += [(f"{r.impl} / baseline", r.per_s / self.baseline[r.fullname]) for r in self.records
-                if self.baseline.get(r.fullname)]
+        out += [
+            (f"{r.impl} / baseline", r.per_s / self.baseline[r.fullname])
+            for r in self.records
+            if self.baseline.get(r.fullname)
+        ]
         return out
 
 
-def groups(doc: dict, baseline: Optional[dict] = None) -> List[Group]:
+def groups(doc: dict, baseline: dict | None = None) -> list[Group]:
     """The document's records by group (in first-seen order), each with its baseline speeds."""
     base = {r.fullname: r.per_s for r in records(baseline)} if baseline else {}
-    by: Dict[str, List[Record]] = {}
+    by: dict[str, list[Record]] = {}
     for r in records(doc):
         by.setdefault(r.group, []).append(r)
-    return [Group(name, recs, {r.fullname: base[r.fullname] for r in recs if r.fullname in base})
-            for name, recs in by.items()]
+    return [
+        Group(name, recs, {r.fullname: base[r.fullname] for r in recs if r.fullname in base})
+        for name, recs in by.items()
+    ]

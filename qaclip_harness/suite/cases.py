@@ -1,9 +1,9 @@
 """The suite's cases: expected/ read into pytest parameters, and the identity each case has in the report."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 
@@ -18,10 +18,10 @@ def expected_dir() -> Path:
     return Path(os.environ.get("QACLIP_EXPECTED_DIR") or REPO / "expected").expanduser()
 
 
-_EXPECTED: Dict[str, List[ExpectedCase]] = {}
+_EXPECTED: dict[str, list[ExpectedCase]] = {}
 
 
-def all_expected() -> List[ExpectedCase]:
+def all_expected() -> list[ExpectedCase]:
     """Every expected case, parsed and validated once per process (a QAClipError names file and key)."""
     key = str(expected_dir())
     if key not in _EXPECTED:
@@ -29,7 +29,7 @@ def all_expected() -> List[ExpectedCase]:
     return _EXPECTED[key]
 
 
-def expected_cases(kind: str) -> List[ExpectedCase]:
+def expected_cases(kind: str) -> list[ExpectedCase]:
     """Cases of ``kind`` from expected/, grouped by model so that each model loads once."""
     return sorted((c for c in all_expected() if c.kind == kind), key=lambda c: c.model)
 
@@ -37,8 +37,10 @@ def expected_cases(kind: str) -> List[ExpectedCase]:
 def case_params(kind: str) -> list:
     """pytest params with ids ``<dataset>-<model>``."""
     # xdist_group keeps a model's cases on one worker under `-n N` (the plugin sets --dist loadgroup)
-    return [pytest.param(c, id=c.id, marks=[pytest.mark.reproduction, pytest.mark.xdist_group(c.model)])
-            for c in expected_cases(kind)]
+    return [
+        pytest.param(c, id=c.id, marks=[pytest.mark.reproduction, pytest.mark.xdist_group(c.model)])
+        for c in expected_cases(kind)
+    ]
 
 
 def suite_case(dataset: str, model: str, kind: str) -> pytest.MarkDecorator:
@@ -46,17 +48,17 @@ def suite_case(dataset: str, model: str, kind: str) -> pytest.MarkDecorator:
     return pytest.mark.suite_case(dataset=dataset, model=model, kind=kind)
 
 
-def case_of(item: pytest.Item) -> Optional[ExpectedCase]:
+def case_of(item: pytest.Item) -> ExpectedCase | None:
     """The expected/ case a test item runs, if it is a reproduction case."""
     spec = getattr(item, "callspec", None)
     case = spec.params.get("case") if spec else None
     return case if isinstance(case, ExpectedCase) else None
 
 
-def report_identity(item: pytest.Item) -> Optional[dict]:
+def report_identity(item: pytest.Item) -> dict | None:
     """(dataset, model, kind) under which ``item`` appears in the report, or None for other tests."""
     case = case_of(item)
     if case is not None:
-        return dict(dataset=case.dataset, model=case.model, kind=case.kind, variant=case.variant)
+        return {"dataset": case.dataset, "model": case.model, "kind": case.kind, "variant": case.variant}
     mark = item.get_closest_marker("suite_case")
     return dict(mark.kwargs) if mark is not None else None

@@ -6,6 +6,7 @@ it is kept under ``<cache>/fixture-data/<key>`` keyed by exactly those. What is 
 still identified by content on every run: the data fingerprint in the report names the build
 (``generated-seed-0``), or says it is unknown.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def fixture_data(mode: str, root: Path, scratch: Path) -> Path:
 
     if mode == "off":
         return _generate(scratch / "fixture-data")
-    key = make_key({"what": "fixture data", "generator": module_digest(shapes, retrieval),
-                    "versions": {k: library_versions()[k] for k in ("Pillow", "numpy")}, "lmdb": _lmdb_version()})
+    key = make_key(
+        {
+            "what": "fixture data",
+            "generator": module_digest(shapes, retrieval),
+            "versions": {k: library_versions()[k] for k in ("Pillow", "numpy")},
+            "lmdb": _lmdb_version(),
+        }
+    )
     final = Path(root) / "fixture-data" / key[:32]
     if final.is_dir() and mode != "refresh":
         return final

@@ -1,11 +1,12 @@
 """The suite's options: each flag with its environment-variable twin, validated once at configure time."""
+
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable
 
 from qaclip_core.pretrained import cache_root
 from qaclip_harness import options as opts
@@ -13,48 +14,104 @@ from qaclip_harness.data.loader import resolve_workers
 
 OPTIONS = [
     # (flag, env var, default, help)
-    ("--data-root", "QACLIP_DATA_ROOT", None, "Chinese-CLIP ${DATAPATH} (holding datasets/) or the datasets folder itself"),
-    ("--checkpoint-dir", "QACLIP_CHECKPOINT_DIR", None, "where checkpoints are looked for and downloaded (default: ~/.cache/qaclip)"),
+    (
+        "--data-root",
+        "QACLIP_DATA_ROOT",
+        None,
+        "Chinese-CLIP ${DATAPATH} (holding datasets/) or the datasets folder itself",
+    ),
+    (
+        "--checkpoint-dir",
+        "QACLIP_CHECKPOINT_DIR",
+        None,
+        "where checkpoints are looked for and downloaded (default: ~/.cache/qaclip)",
+    ),
     ("--device", "QACLIP_DEVICE", "auto", "cpu, cuda, cuda:N or auto (CUDA when available)"),
     ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
     ("--report", "QACLIP_REPORT", None, "folder for report.json, report.md and report.html"),
-    ("--history", "QACLIP_HISTORY", None,
-     "folder of earlier runs (qaclip keep-run): report.html draws every number over them, and what moved since the "
-     "last one goes to the job summary and history.md (needs --report)"),
-    ("--lock-file", "QACLIP_LOCK_FILE", None,
-     "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it"),
-    ("--backend", "QACLIP_BACKEND", "pytorch", "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)"),
+    (
+        "--history",
+        "QACLIP_HISTORY",
+        None,
+        "folder of earlier runs (qaclip keep-run): report.html draws every number over them, and what moved since the "
+        "last one goes to the job summary and history.md (needs --report)",
+    ),
+    (
+        "--lock-file",
+        "QACLIP_LOCK_FILE",
+        None,
+        "checksum lock file: the first verified download of each file is recorded there, later ones are checked against it",
+    ),
+    (
+        "--backend",
+        "QACLIP_BACKEND",
+        "pytorch",
+        "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)",
+    ),
     ("--golden-dir", "QACLIP_GOLDEN_DIR", None, "folder of golden probe features for the golden-<model> cases"),
 ]
 
 FLAGS = [
     # (flag, env var, help): off unless given or the variable is set to something other than 0/false/no
-    ("--download", "QACLIP_DOWNLOAD", "also download MUGE, Flickr30K-CN, label_cn.txt and ELEVATER_all.zip (the ELEVATER datasets) when missing"),
+    (
+        "--download",
+        "QACLIP_DOWNLOAD",
+        "also download MUGE, Flickr30K-CN, label_cn.txt and ELEVATER_all.zip (the ELEVATER datasets) when missing",
+    ),
     ("--compile", "QACLIP_COMPILE", "run the vision tower through torch.compile"),
-    ("--require-data", "QACLIP_REQUIRE_DATA",
-     "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)"),
-    ("--evaluate-any-split", "QACLIP_EVALUATE_ANY_SPLIT",
-     "evaluate data whose size is not the published split's anyway; the result is marked not comparable"),
+    (
+        "--require-data",
+        "QACLIP_REQUIRE_DATA",
+        "a reproduction case whose weights or data are missing fails instead of skipping (for runners that have them)",
+    ),
+    (
+        "--evaluate-any-split",
+        "QACLIP_EVALUATE_ANY_SPLIT",
+        "evaluate data whose size is not the published split's anyway; the result is marked not comparable",
+    ),
     ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
-    ("--cpu-peer-throughput", "QACLIP_CPU_PEER_THROUGHPUT",
-     "also run the CPU throughput twins of the real architectures from other backends (transformers, ONNX Runtime)"),
-    ("--cpu-large-throughput", "QACLIP_CPU_LARGE_THROUGHPUT",
-     "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)"),
+    (
+        "--cpu-peer-throughput",
+        "QACLIP_CPU_PEER_THROUGHPUT",
+        "also run the CPU throughput twins of the real architectures from other backends (transformers, ONNX Runtime)",
+    ),
+    (
+        "--cpu-large-throughput",
+        "QACLIP_CPU_LARGE_THROUGHPUT",
+        "also run the CPU throughput cases of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP: minutes each)",
+    ),
     ("--golden-save", "QACLIP_GOLDEN_SAVE", "golden-<model> cases record their probe features into --golden-dir"),
-    ("--no-cache", "QACLIP_NO_CACHE", "recompute every feature and decode every image; read and write no cache (docs/caching.md)"),
-    ("--refresh-cache", "QACLIP_REFRESH_CACHE", "recompute every feature and decoded image and overwrite what the cache holds"),
-    ("--cache-read-only", "QACLIP_CACHE_READ_ONLY",
-     "reuse cached features and pixels but write none (a pull request's job on a runner whose cache main fills)"),
+    (
+        "--no-cache",
+        "QACLIP_NO_CACHE",
+        "recompute every feature and decode every image; read and write no cache (docs/caching.md)",
+    ),
+    (
+        "--refresh-cache",
+        "QACLIP_REFRESH_CACHE",
+        "recompute every feature and decoded image and overwrite what the cache holds",
+    ),
+    (
+        "--cache-read-only",
+        "QACLIP_CACHE_READ_ONLY",
+        "reuse cached features and pixels but write none (a pull request's job on a runner whose cache main fills)",
+    ),
 ]
 
 # (marker, option, what): CPU throughput groups that run only when asked for (always on CUDA)
 CPU_OPT_IN = [
-    ("large_model", "--cpu-large-throughput",
-     "of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP; minutes each on a CPU)"),
-    ("peer_backend", "--cpu-peer-throughput",
-     "of the transformers and ONNX Runtime twins of the real architectures (conversion or export first)"),
+    (
+        "large_model",
+        "--cpu-large-throughput",
+        "of the large towers (ViT-L/14, ViT-L/14@336, ViT-H/14, AltCLIP; minutes each on a CPU)",
+    ),
+    (
+        "peer_backend",
+        "--cpu-peer-throughput",
+        "of the transformers and ONNX Runtime twins of the real architectures (conversion or export first)",
+    ),
 ]
 BACKEND_CHOICES = ("pytorch", "onnx")
 
@@ -65,7 +122,7 @@ def env_flag(name: str) -> bool:
 
 
 GIVEN = "qaclip_given"  # the namespace attribute listing the flags given on the command line
-ENV_OF: Dict[str, str] = {flag: env for flag, env, *_ in OPTIONS + FLAGS}
+ENV_OF: dict[str, str] = {flag: env for flag, env, *_ in OPTIONS + FLAGS}
 REPORT_FILES = ("report.json", "report.md")
 
 
@@ -131,27 +188,39 @@ class SuiteOptions:
     download: bool
     compile: bool
     require_data: bool
-    report: Optional[Path]
-    lock_file: Optional[Path]
+    report: Path | None
+    lock_file: Path | None
     verify: bool
     evaluate_any_split: bool
     backend: str = "pytorch"
-    history: Optional[Path] = None
+    history: Path | None = None
     cache_mode: str = "use"  # use, read-only, refresh, off (qaclip_harness.cache)
-    golden_dir: Optional[Path] = None
+    golden_dir: Path | None = None
     golden_save: bool = False
 
 
 def cache_mode(no_cache: bool, refresh: bool, read_only: bool, source: Callable[[str], str] = lambda flag: flag) -> str:
     """The cache mode of the three cache flags; two that contradict each other are an OptionError."""
-    given = [flag for flag, on in (("--no-cache", no_cache), ("--refresh-cache", refresh), ("--cache-read-only", read_only)) if on]
+    given = [
+        flag
+        for flag, on in (("--no-cache", no_cache), ("--refresh-cache", refresh), ("--cache-read-only", read_only))
+        if on
+    ]
     if len(given) > 1:
-        raise opts.OptionError(source(given[1]), "set", f"cannot be combined with {source(given[0])}: choose one cache mode")
-    return {"--no-cache": "off", "--refresh-cache": "refresh", "--cache-read-only": "read-only"}.get(given[0] if given else "", "use")
+        raise opts.OptionError(
+            source(given[1]), "set", f"cannot be combined with {source(given[0])}: choose one cache mode"
+        )
+    return {"--no-cache": "off", "--refresh-cache": "refresh", "--cache-read-only": "read-only"}.get(
+        given[0] if given else "", "use"
+    )
 
 
-def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worker: bool = False,
-                      source: Callable[[str], str] = lambda flag: flag) -> SuiteOptions:
+def validated_options(
+    get: Callable[[str], Any],
+    worker_count: int = 1,
+    is_worker: bool = False,
+    source: Callable[[str], str] = lambda flag: flag,
+) -> SuiteOptions:
     """Every suite option checked (``OptionError`` with the option and value), before any case runs.
 
     ``get`` reads one option by its flag (pytest's ``config.getoption``); ``source`` names where the
@@ -181,17 +250,21 @@ def validated_options(get: Callable[[str], Any], worker_count: int = 1, is_worke
         download=bool(get("--download")),
         compile=bool(get("--compile")),
         require_data=bool(get("--require-data")),
-        report=opts.new_output_folder(get("--report"), source("--report"), will_write=REPORT_FILES) if not is_worker else None,
+        report=opts.new_output_folder(get("--report"), source("--report"), will_write=REPORT_FILES)
+        if not is_worker
+        else None,
         lock_file=_resolved(opts.output_file(get("--lock-file"), source("--lock-file"))),
         verify=bool(get("--verify")),
         evaluate_any_split=bool(get("--evaluate-any-split")),
         backend=backend,
         history=opts.folder(get("--history"), source("--history")),
-        cache_mode=cache_mode(bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only")), source),
+        cache_mode=cache_mode(
+            bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only")), source
+        ),
         golden_dir=golden_check(get("--golden-dir"), source("--golden-dir")),
         golden_save=golden_save,
     )
 
 
-def _resolved(path: Optional[Path]) -> Optional[Path]:
+def _resolved(path: Path | None) -> Path | None:
     return path.resolve() if path is not None else None

@@ -1,8 +1,9 @@
 """The files a suite run writes at its end besides report.json and report.md: report.html and, with --history, history.md."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.files import atomic_write_text
@@ -10,8 +11,13 @@ from qaclip_harness.report.history import build, load_run, load_runs, render_mar
 from qaclip_harness.report.html import write_html
 
 
-def write_html_and_history(report: Path, run_benchmark: Optional[dict], baseline: Optional[dict],
-                           history_dir: Optional[Path], warn: Callable[[str], None]) -> List[Path]:
+def write_html_and_history(
+    report: Path,
+    run_benchmark: dict | None,
+    baseline: dict | None,
+    history_dir: Path | None,
+    warn: Callable[[str], None],
+) -> list[Path]:
     """report.html (with this run's pytest-benchmark JSON and the compared baseline), and history.md with --history.
 
     A damaged history folder costs the history section (``warn`` says why), never the report.

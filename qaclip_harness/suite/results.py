@@ -1,7 +1,6 @@
 """What a finished case leaves behind: its failure message, its JUnit properties, its report fields."""
-from __future__ import annotations
 
-from typing import List, Optional
+from __future__ import annotations
 
 from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.report.tables import CaseResult, failure_table
@@ -12,7 +11,7 @@ def case_provenance(data: dict) -> dict:
     return {k: v for k, v in data.items() if k not in ("data_fingerprint", "features")}
 
 
-def features_summary(steps: Optional[dict], mode: str) -> dict:
+def features_summary(steps: dict | None, mode: str) -> dict:
     """What the report says of a case's features: per step computed or reused (run, date, key), and the cache mode."""
     steps = dict(steps or {})
     statuses = {s.get("status") for s in steps.values()}
@@ -22,11 +21,15 @@ def features_summary(steps: Optional[dict], mode: str) -> dict:
 
 def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: str) -> str:
     """Why a case failed: the table against the gate, the data it ran on, and the sources it does match."""
-    lines = [f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
-             failure_table(checks)]
+    lines = [
+        f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
+        failure_table(checks),
+    ]
     prov = result.provenance or {}
-    lines.append(f"data: {prov.get('folder')} (fingerprint {str(result.data_fingerprint)[:16]}..., build "
-                 f"{prov.get('build') or 'unknown'}, {', '.join(f'{v:,} {k}' for k, v in (prov.get('counts') or {}).items())})")
+    lines.append(
+        f"data: {prov.get('folder')} (fingerprint {str(result.data_fingerprint)[:16]}..., build "
+        f"{prov.get('build') or 'unknown'}, {', '.join(f'{v:,} {k}' for k, v in (prov.get('counts') or {}).items())})"
+    )
     matching = []
     for src, deltas in result.sources.items():
         if src == result.gate or not deltas:
@@ -37,12 +40,15 @@ def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: s
             build = case.sources[src].build
             matching.append(f"{src} (measured on build {build or 'unstated'}; largest |delta| {worst:.2f})")
     if matching:
-        lines.append("within tolerance of another source: " + "; ".join(matching)
-                     + ": the data may be that source's build, or the model matches that measurement")
+        lines.append(
+            "within tolerance of another source: "
+            + "; ".join(matching)
+            + ": the data may be that source's build, or the model matches that measurement"
+        )
     return "\n".join(lines)
 
 
-def junit_properties(result: CaseResult) -> List[tuple]:
+def junit_properties(result: CaseResult) -> list[tuple]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
     props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
     if result.reason:
@@ -58,7 +64,7 @@ def junit_properties(result: CaseResult) -> List[tuple]:
     return props
 
 
-def report_reason(reason: Optional[str], encoder) -> Optional[str]:
+def report_reason(reason: str | None, encoder) -> str | None:
     """A report-only case's reason, with the preprocessing steps its encoder does differently (if it lists them)."""
     differences = getattr(encoder, "differences", None)
     if reason is None or not differences:

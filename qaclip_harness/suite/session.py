@@ -1,11 +1,11 @@
 """One pytest run's shared state: resolved options, data and checkpoints, the loaded model, the results."""
+
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 import pytest
 
@@ -18,7 +18,13 @@ from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.fetch.datasets import resolve_dataset
 from qaclip_harness.report.tables import CaseResult
 from qaclip_harness.suite.options import SuiteOptions
-from qaclip_harness.suite.results import case_provenance, failure_message, features_summary, junit_properties, report_reason
+from qaclip_harness.suite.results import (
+    case_provenance,
+    failure_message,
+    features_summary,
+    junit_properties,
+    report_reason,
+)
 from qaclip_harness.suite.terminal import terminal_progress
 
 # Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
@@ -29,7 +35,7 @@ SKIPPABLE = (DatasetMissingError, DownloadError, MissingDependencyError, Unsuppo
 class Suite:
     """Everything one pytest run shares between reproduction cases."""
 
-    def __init__(self, config: pytest.Config, options: SuiteOptions, results: Dict[str, CaseResult]):
+    def __init__(self, config: pytest.Config, options: SuiteOptions, results: dict[str, CaseResult]):
         o = options
         self.options = o
         self.data_root = o.data_root
@@ -43,13 +49,13 @@ class Suite:
         self.backend = o.backend
         self.results = results
         self.progress = terminal_progress(config)
-        self._encoder_key: Optional[tuple] = None
+        self._encoder_key: tuple | None = None
         self._encoder = None
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
-        self._fixture_root: Optional[Path] = None
+        self._fixture_root: Path | None = None
         self._local_hub = None
         self._hf_served = False
-        self._digests: Dict[str, str] = {}
+        self._digests: dict[str, str] = {}
         from qaclip_harness.cache import Cache
 
         # features, decoded pixels and data identities of earlier runs (docs/caching.md)
@@ -76,9 +82,9 @@ class Suite:
         return fetch_weights(card, download_root=self.checkpoint_dir)
 
     def _fixture_checkpoint(self, card: ModelCard) -> Path:
+        from qaclip_core.pretrained import is_offline, verify_file
         from qaclip_harness.fetch.weights import fetch_weights
         from qaclip_harness.fixture import packaged_checkpoint
-        from qaclip_core.pretrained import is_offline, verify_file
 
         if is_offline():
             # Offline (an air-gapped runner): the fixture ships inside the package, so it is read
@@ -108,8 +114,8 @@ class Suite:
 
     def _fixture_hub(self):
         if self._local_hub is None:
-            from qaclip_harness.fixture import MODELS
             from qaclip_harness.fetch.local_hub import serve_directory
+            from qaclip_harness.fixture import MODELS
 
             served = self._tmp / "hub"
             for name, (_, checkpoint) in MODELS.items():  # every packaged fixture checkpoint, in its card's repo
@@ -129,7 +135,7 @@ class Suite:
             self._hf_served = True
         return hub
 
-    def encoder_for(self, card: ModelCard, backend: Optional[str] = None):
+    def encoder_for(self, card: ModelCard, backend: str | None = None):
         """The encoder of ``card`` on ``backend`` (default: --backend); the previous one is released so only one model is in memory."""
         from qaclip_harness.backends import load_encoder
 
@@ -139,8 +145,14 @@ class Suite:
             self._encoder = None
             self._encoder_key = None
             path = self.checkpoint_for(card)
-            self._encoder = load_encoder(card, path, device=self.device, precision=self.precision, compile=self.compile,
-                                         backend_name=None if backend == "pytorch" else backend)
+            self._encoder = load_encoder(
+                card,
+                path,
+                device=self.device,
+                precision=self.precision,
+                compile=self.compile,
+                backend_name=None if backend == "pytorch" else backend,
+            )
             self._encoder_key = key
         return self._encoder
 
@@ -162,8 +174,14 @@ class Suite:
         pytest.skip(reason)
 
     def _base(self, case: ExpectedCase) -> dict:
-        return dict(dataset=case.dataset, model=case.model, kind=case.kind, precision=self.precision,
-                    backend=self.backend, variant=case.variant)
+        return {
+            "dataset": case.dataset,
+            "model": case.model,
+            "kind": case.kind,
+            "precision": self.precision,
+            "backend": self.backend,
+            "variant": case.variant,
+        }
 
     def record(self, item: pytest.Item, result: CaseResult) -> CaseResult:
         """Keep ``result`` for the report and, for JUnit XML, as properties of ``item``."""
@@ -171,7 +189,7 @@ class Suite:
         item.user_properties.extend(junit_properties(result))
         return result
 
-    def checkpoint_digest(self, card: ModelCard) -> Optional[str]:
+    def checkpoint_digest(self, card: ModelCard) -> str | None:
         """sha256 of the card's weights (a pinned card's own value: its file was verified against it)."""
         from qaclip_harness.fetch.digests import sha256_of
 
@@ -183,8 +201,14 @@ class Suite:
         """The cache as ``card``'s evaluations use it (the fields naming the model, this run's settings)."""
         from qaclip_harness.eval.cached import CaseCache, model_fields
 
-        fields = model_fields(encoder, self.checkpoint_digest(card), card, precision=self.precision,
-                              backend=self.backend, compile=self.compile)
+        fields = model_fields(
+            encoder,
+            self.checkpoint_digest(card),
+            card,
+            precision=self.precision,
+            backend=self.backend,
+            compile=self.compile,
+        )
         return CaseCache(self.cache, fields)
 
     def run_case(self, case: ExpectedCase, item: pytest.Item) -> CaseResult:
@@ -203,30 +227,61 @@ class Suite:
             self.skip_or_fail(item, case, str(e).splitlines()[0])
         start = time.perf_counter()
         try:
-            out = evaluate_card(encoder, data, batch_size=self.batch_size, num_workers=self.num_workers,
-                                progress=self.progress,
-                                split_policy="warn" if self.options.evaluate_any_split else "strict",
-                                cache=self.case_cache(model_card, encoder))
+            out = evaluate_card(
+                encoder,
+                data,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                progress=self.progress,
+                split_policy="warn" if self.options.evaluate_any_split else "strict",
+                cache=self.case_cache(model_card, encoder),
+            )
         except SplitMismatchError as e:  # wrong data: stopped before any encoding, nothing to compare
-            self.record(item, CaseResult(status="error", reason=str(e), counts=e.check.found, **self._base(case),
-                                         provenance={"split_check": e.check.as_dict()}))
+            self.record(
+                item,
+                CaseResult(
+                    status="error",
+                    reason=str(e),
+                    counts=e.check.found,
+                    **self._base(case),
+                    provenance={"split_check": e.check.as_dict()},
+                ),
+            )
             pytest.fail(f"{case.id}: {e}", pytrace=False)
         decision = case.gate_for(out.provenance.get("build"))
         # the qaclip_core model run eagerly on the CPU: the run whose feature drift reference-<model> bounds by the CPU noise
-        on_cpu = (encoder.device.type == "cpu" and self.backend == "pytorch" and model_card.adapter == "native"
-                  and not self.compile)
+        on_cpu = (
+            encoder.device.type == "cpu"
+            and self.backend == "pytorch"
+            and model_card.adapter == "native"
+            and not self.compile
+        )
         checks = case.check(out.metrics, self.precision, decision, on_cpu)
-        result = self.record(item, CaseResult.from_checks(
-            device=str(encoder.device), measured=out.metrics, counts=out.counts,
-            seconds=round(time.perf_counter() - start, 2), checks=checks,
-            report_only=report_reason(case.report_only, encoder), gate=decision.source,
-            gate_reason=decision.reason + (f"; near-ties (each metric's tolerance says which it excuses on this device): "
-                                           f"{case.near_tie_note()}" if case.near_ties else ""),
-            sources=case.source_deltas(out.metrics), checkpoint_sha256=self.checkpoint_digest(model_card),
-            data_fingerprint=out.provenance.get("data_fingerprint"), provenance=case_provenance(out.provenance),
-            features=features_summary(out.provenance.get("features"), self.cache.mode),
-            **self._base(case),
-        ))
+        result = self.record(
+            item,
+            CaseResult.from_checks(
+                device=str(encoder.device),
+                measured=out.metrics,
+                counts=out.counts,
+                seconds=round(time.perf_counter() - start, 2),
+                checks=checks,
+                report_only=report_reason(case.report_only, encoder),
+                gate=decision.source,
+                gate_reason=decision.reason
+                + (
+                    f"; near-ties (each metric's tolerance says which it excuses on this device): "
+                    f"{case.near_tie_note()}"
+                    if case.near_ties
+                    else ""
+                ),
+                sources=case.source_deltas(out.metrics),
+                checkpoint_sha256=self.checkpoint_digest(model_card),
+                data_fingerprint=out.provenance.get("data_fingerprint"),
+                provenance=case_provenance(out.provenance),
+                features=features_summary(out.provenance.get("features"), self.cache.mode),
+                **self._base(case),
+            ),
+        )
         if result.status == "failed":
             pytest.fail(failure_message(case, result, checks, self.precision), pytrace=False)
         return result

@@ -6,17 +6,17 @@ for the write, as pytest's own live logging does: on a terminal one line is redr
 (items done, rate, ETA); in a log (CI) one line is written when each stage ends, and every five
 minutes while a long stage runs.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 
 import pytest
 
 from qaclip_harness.progress import ProgressFactory, line_progress
 
 
-def terminal_progress(config: pytest.Config) -> Optional[ProgressFactory]:
+def terminal_progress(config: pytest.Config) -> ProgressFactory | None:
     """A progress factory that writes to this session's terminal, or None (xdist workers, -q -q...)."""
     if hasattr(config, "workerinput"):
         return None  # workers have no terminal; the controller prints their results
@@ -42,4 +42,3 @@ def terminal_progress(config: pytest.Config) -> Optional[ProgressFactory]:
                 reporter.write_line("  " + text)
 
     return line_progress(write, live)
-

@@ -1,4 +1,5 @@
 """Calls of the public API with values that cannot work: one clear error each, not one from deep inside."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,12 +10,15 @@ from qaclip_core.checkpoint import resolve_device
 from qaclip_core.errors import DeviceError, QAClipError
 
 
-@pytest.mark.parametrize("texts, needle", [
-    (None, r"tokenize: expected a string or a list of strings, got NoneType None"),
-    (5, r"got int 5"),
-    (["猫", None], r"tokenize: texts\[1\] is NoneType None, expected a string"),
-    (("猫", 3.5), r"texts\[1\] is float 3.5"),
-])
+@pytest.mark.parametrize(
+    "texts, needle",
+    [
+        (None, r"tokenize: expected a string or a list of strings, got NoneType None"),
+        (5, r"got int 5"),
+        (["猫", None], r"tokenize: texts\[1\] is NoneType None, expected a string"),
+        (("猫", 3.5), r"texts\[1\] is float 3.5"),
+    ],
+)
 def test_tokenize_names_what_it_expected(texts, needle):
     with pytest.raises(TypeError, match=needle):
         tokenize(texts)

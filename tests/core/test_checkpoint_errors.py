@@ -1,4 +1,5 @@
 """Bad checkpoints and names fail with messages that name the culprit; good variants load."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,7 +10,6 @@ import torch
 
 import qaclip_core
 from qaclip_core import CheckpointError, UnknownModelError
-
 from tests.reference_models import reference_model
 
 ARCH = "RN50@RBT3-chinese"
@@ -23,7 +23,9 @@ def ref_state():
 @pytest.fixture(scope="module")
 def good_ckpt(tmp_path_factory, ref_state):
     path = tmp_path_factory.mktemp("ckpt") / "good.pt"
-    torch.save({"epoch": 1, "step": 2, "name": "x", "state_dict": {"module." + k: v for k, v in ref_state.items()}}, path)
+    torch.save(
+        {"epoch": 1, "step": 2, "name": "x", "state_dict": {"module." + k: v for k, v in ref_state.items()}}, path
+    )
     return path
 
 

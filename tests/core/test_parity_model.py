@@ -1,15 +1,15 @@
 """Link 1 of the correctness chain: same state-dict layout and same features as cn_clip."""
+
 from __future__ import annotations
 
 import gc
 
 import pytest
 import torch
-
-import qaclip_core
 from cn_clip.clip import image_transform as ref_transform
 from cn_clip.clip import tokenize as ref_tokenize
 
+import qaclip_core
 from tests.conftest import CAPTIONS, real_images
 from tests.reference_models import reference_with_checkpoint
 

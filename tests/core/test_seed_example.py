@@ -1,4 +1,5 @@
 """The QA-CLIP README's inference example runs verbatim with ``import qaclip_core as clip``."""
+
 from __future__ import annotations
 
 import shutil

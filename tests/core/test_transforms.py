@@ -1,4 +1,5 @@
 """Link 3: preprocessed tensors equal to the reference transform's, bit for bit."""
+
 from __future__ import annotations
 
 import io
@@ -6,11 +7,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from cn_clip.clip import image_transform as ref_transform
 from PIL import Image
 
-from cn_clip.clip import image_transform as ref_transform
 from qaclip_core import image_transform
-
 from tests.conftest import _draw, real_images
 
 

@@ -1,4 +1,5 @@
 """Test data carried in the repository (see MANIFEST.yaml for sources, licences and digests)."""
+
 from pathlib import Path
 
 from qaclip_harness.probe import EXAMPLE_IMAGE  # the README example's image ships with the package (probe set)

@@ -1,9 +1,10 @@
 """Reading report.html back: a small element tree from the standard library's HTML parser, for the report's tests."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Dict, Iterator, List, Optional
 
 VOID = {"meta", "link", "br", "hr", "img", "input", "source", "area", "base", "col", "embed", "wbr"}
 
@@ -13,10 +14,10 @@ class Element:
     """One element: tag, attributes, its own text and its children."""
 
     tag: str
-    attrs: Dict[str, str]
-    parent: Optional["Element"] = None
-    children: List["Element"] = field(default_factory=list)
-    own_text: List[str] = field(default_factory=list)
+    attrs: dict[str, str]
+    parent: Element | None = None
+    children: list[Element] = field(default_factory=list)
+    own_text: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -24,23 +25,28 @@ class Element:
         return "".join(self.own_text) + "".join(c.text for c in self.children)
 
     @property
-    def classes(self) -> List[str]:
+    def classes(self) -> list[str]:
         """The class attribute's words."""
         return self.attrs.get("class", "").split()
 
-    def iter(self) -> Iterator["Element"]:
+    def iter(self) -> Iterator[Element]:
         """This element and every descendant, in document order."""
         yield self
         for c in self.children:
             yield from c.iter()
 
-    def find_all(self, tag: Optional[str] = None, cls: Optional[str] = None, **data: str) -> List["Element"]:
+    def find_all(self, tag: str | None = None, cls: str | None = None, **data: str) -> list[Element]:
         """Descendants by tag, class and ``data-*`` attributes (``data_model="x"`` matches ``data-model="x"``)."""
         want = {k.replace("_", "-"): v for k, v in data.items()}
-        return [e for e in self.iter() if (tag is None or e.tag == tag) and (cls is None or cls in e.classes)
-                and all(e.attrs.get(k) == v for k, v in want.items())]
+        return [
+            e
+            for e in self.iter()
+            if (tag is None or e.tag == tag)
+            and (cls is None or cls in e.classes)
+            and all(e.attrs.get(k) == v for k, v in want.items())
+        ]
 
-    def by_id(self, ident: str) -> "Element":
+    def by_id(self, ident: str) -> Element:
         """The one descendant with this id."""
         (found,) = [e for e in self.iter() if e.attrs.get("id") == ident]
         return found

@@ -4,6 +4,7 @@ Nothing is downloaded: the tokenizer is a small XLM-R-style Unigram model built 
 processor a CLIPImageProcessor at 32 px, and the weights random. Tests that need transformers
 skip without it (it is the optional ``altclip`` extra); the ImportError test runs either way.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -52,8 +53,14 @@ def _tokenizer(tf):
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
     return tf.XLMRobertaTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
     )
 
 
@@ -63,15 +70,27 @@ def tiny_dir(tf, tmp_path_factory) -> Path:
     tokenizer = _tokenizer(tf)
     assert tokenizer.pad_token_id == 1 and tokenizer.bos_token_id == 0
     config = tf.AltCLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=96, project_dim=32,
-            pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=RES, patch_size=8, projection_dim=16,
-        ),
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 96,
+            "project_dim": 32,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": RES,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -81,7 +100,9 @@ def tiny_dir(tf, tmp_path_factory) -> Path:
             if p.dim() > 1:
                 p.normal_(0.0, 0.2)
     image_processor = tf.CLIPImageProcessor(
-        size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES}, resample=3,
+        size={"shortest_edge": RES},
+        crop_size={"height": RES, "width": RES},
+        resample=3,
     )
     out = tmp_path_factory.mktemp("tiny-altclip")
     # saved piece by piece, as BAAI/AltCLIP is laid out: preprocessor_config.json, tokenizer files
@@ -153,8 +174,9 @@ def test_card_and_dispatch(tiny_dir, offline):
 def test_features_match_transformers(tf, tiny_dir, encoder):
     model, processor = _reference(tf, tiny_dir)
     images = _images()
-    inputs = processor(text=CAPTIONS, images=images, padding="max_length", truncation=True, max_length=77,
-                       return_tensors="pt")
+    inputs = processor(
+        text=CAPTIONS, images=images, padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model(**inputs)
 
@@ -253,13 +275,15 @@ def test_eval_pipeline(encoder):
 @pytest.mark.slow
 def test_runner_on_fixture_data(encoder, tmp_path):
     """The suite's runner end to end (LMDB images through encoder.preprocess, both dataset kinds)."""
-    from qaclip_harness.data.catalog import get_dataset
-    from qaclip_harness.data.catalog import locate
+    from qaclip_harness.data.catalog import get_dataset, locate
     from qaclip_harness.eval.runner import evaluate_card
     from qaclip_harness.fixture.shapes import write_shapes_dataset
 
     write_shapes_dataset(tmp_path)
-    for name, keys in (("fixture-shapes", ("t2i_r1", "i2t_r10", "mean_recall")), ("fixture-shapes-cls", ("top1", "top5"))):
+    for name, keys in (
+        ("fixture-shapes", ("t2i_r1", "i2t_r10", "mean_recall")),
+        ("fixture-shapes-cls", ("top1", "top5")),
+    ):
         out = evaluate_card(encoder, locate(get_dataset(name), tmp_path), batch_size=16, progress=False)
         assert out.model == "tiny-altclip" and out.counts["images"] > 0
         for key in keys:
@@ -279,8 +303,8 @@ def test_half_precision_runs(tiny_dir, encoder, offline):
 
 
 def test_missing_folder_is_a_checkpoint_error(tf, tmp_path, offline):
-    from qaclip_harness.backends.altclip import AltCLIPEncoder
     from qaclip_core.errors import CheckpointError
+    from qaclip_harness.backends.altclip import AltCLIPEncoder
 
     with pytest.raises(CheckpointError, match="does not exist"):
         AltCLIPEncoder.from_pretrained(tmp_path / "nowhere")
@@ -304,9 +328,11 @@ def test_import_does_not_need_transformers():
     """The adapter modules import without transformers (it is imported when a model is loaded)."""
     import subprocess
 
-    code = ("import sys; sys.modules['transformers'] = None; "
-            "import qaclip_harness.backends, qaclip_harness.backends.altclip; "
-            "qaclip_harness.backends.backend('altclip')")
+    code = (
+        "import sys; sys.modules['transformers'] = None; "
+        "import qaclip_harness.backends, qaclip_harness.backends.altclip; "
+        "qaclip_harness.backends.backend('altclip')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -350,20 +376,29 @@ class _FakeHub:
         import hashlib
 
         self.files = {
-            "config.json": b"{}", "preprocessor_config.json": b"{}", "tokenizer.json": b"{}",
-            "tokenizer_config.json": b"{}", "sentencepiece.bpe.model": b"spm", "README.md": b"# AltCLIP",
-            "model.safetensors": b"weights-st", "pytorch_model.bin": b"weights-bin",
+            "config.json": b"{}",
+            "preprocessor_config.json": b"{}",
+            "tokenizer.json": b"{}",
+            "tokenizer_config.json": b"{}",
+            "sentencepiece.bpe.model": b"spm",
+            "README.md": b"# AltCLIP",
+            "model.safetensors": b"weights-st",
+            "pytorch_model.bin": b"weights-bin",
         }
-        self.lfs = {"model.safetensors": lfs_sha or hashlib.sha256(b"weights-st").hexdigest(),
-                    "pytorch_model.bin": hashlib.sha256(b"weights-bin").hexdigest()}
+        self.lfs = {
+            "model.safetensors": lfs_sha or hashlib.sha256(b"weights-st").hexdigest(),
+            "pytorch_model.bin": hashlib.sha256(b"weights-bin").hexdigest(),
+        }
         self.patterns = None
 
     def model_info(self, repo_id, revision=None, files_metadata=False, **kw):
         from types import SimpleNamespace
 
         assert repo_id == "BAAI/AltCLIP" and files_metadata
-        sibs = [SimpleNamespace(rfilename=n, lfs=SimpleNamespace(sha256=self.lfs[n]) if n in self.lfs else None)
-                for n in self.files]
+        sibs = [
+            SimpleNamespace(rfilename=n, lfs=SimpleNamespace(sha256=self.lfs[n]) if n in self.lfs else None)
+            for n in self.files
+        ]
         return SimpleNamespace(siblings=sibs)
 
     def snapshot_download(self, repo_id, revision=None, local_dir=None, allow_patterns=None, **kw):
@@ -380,11 +415,13 @@ class _FakeHub:
 def test_fetch_downloads_safetensors_only_and_verifies(tmp_path, monkeypatch, good):
     import huggingface_hub
 
-    from qaclip_harness.fetch.weights import fetch_weights
     from qaclip_core.errors import ChecksumError
+    from qaclip_harness.fetch.weights import fetch_weights
 
     monkeypatch.setattr("qaclip_core.pretrained.is_offline", lambda: False)  # even where the runner sets HF_HUB_OFFLINE
-    monkeypatch.setattr("qaclip_core.pretrained.unreachable", lambda endpoint: None)  # the fake hub stands in for the network
+    monkeypatch.setattr(
+        "qaclip_core.pretrained.unreachable", lambda endpoint: None
+    )  # the fake hub stands in for the network
     hub = _FakeHub(lfs_sha=None if good else "0" * 64)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", hub.model_info)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)

@@ -7,6 +7,7 @@ the cache a run of the unmutated tree filled, once with an empty cache. Minutes 
 suite runs), so ``tox -e large``; ``tests/harness/test_feature_cache.py`` checks cheaply, in the
 default tests, that editing these files moves the key.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,17 @@ TREE = ("qaclip_core", "qaclip_harness", "benchmarks", "expected", "pyproject.to
 SELECTION = "fixture-shapes and not hf"  # the native fixture model's retrieval and zero-shot cases
 MUTATIONS = {
     # the channels' means in BGR order, as a port from an OpenCV pipeline would have them
-    "preprocessing": ("qaclip_core/transforms.py", "MEAN = (0.48145466, 0.4578275, 0.40821073)",
-                      "MEAN = (0.40821073, 0.4578275, 0.48145466)"),
+    "preprocessing": (
+        "qaclip_core/transforms.py",
+        "MEAN = (0.48145466, 0.4578275, 0.40821073)",
+        "MEAN = (0.40821073, 0.4578275, 0.48145466)",
+    ),
     # every caption loses its last character before tokenising
-    "tokenizer": ("qaclip_core/tokenizer.py", 'return text.lower().replace("\\u201c", \'"\')',
-                  'return text.lower()[:-1].replace("\\u201c", \'"\')'),
+    "tokenizer": (
+        "qaclip_core/tokenizer.py",
+        'return text.lower().replace("\\u201c", \'"\')',
+        'return text.lower()[:-1].replace("\\u201c", \'"\')',
+    ),
     # the ViT blocks' feed-forward without its pre-norm (ln_2 forgotten)
     "model layer": ("qaclip_core/model/vision.py", "return x + self.mlp(self.ln_2(x))", "return x + self.mlp(x)"),
 }
@@ -37,9 +44,28 @@ MUTATIONS = {
 def _suite(tree: Path, cache: Path, report: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     env["QACLIP_CACHE"] = str(cache)
-    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-k", SELECTION, "-m", "not throughput", "-q",
-                          "-p", "no:cacheprovider", "--report", str(report)], cwd=tree, env=env, capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-k",
+            SELECTION,
+            "-m",
+            "not throughput",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--report",
+            str(report),
+        ],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-2000:]
     results = json.loads((report / "report.json").read_text(encoding="utf-8"))["results"]
     return {f"{r['dataset']}-{r['model']}": (r["status"], r["features"].get("status")) for r in results}

@@ -1,4 +1,5 @@
 """Dataset cards and --download: fetch, check and unpack the Chinese-CLIP eval archives atomically."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,20 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from qaclip_harness.data.catalog import DatasetMissingError, get_dataset
-from qaclip_harness.fetch.datasets import ensure_dataset, ensure_labels
-from qaclip_harness.data.retrieval import TextRecord, load_retrieval_split, write_retrieval_split
 from qaclip_core.errors import ChecksumError
+from qaclip_harness.data.catalog import DatasetMissingError, get_dataset
+from qaclip_harness.data.retrieval import TextRecord, load_retrieval_split, write_retrieval_split
 from qaclip_harness.errors import DatasetError
+from qaclip_harness.fetch.datasets import ensure_dataset, ensure_labels
 from qaclip_harness.fetch.local_hub import serve_directory
-
 from tests.datasets_util import sample_images
 
 
 def _zip_dataset(tmp: Path, dirname: str) -> Path:
     staging = tmp / "staging"
     images = sample_images([1, 2, 3])
-    write_retrieval_split(staging, dirname, "test", images, [TextRecord(10, "一只猫", [1]), TextRecord(11, "两只狗", [2, 3])])
+    write_retrieval_split(
+        staging, dirname, "test", images, [TextRecord(10, "一只猫", [1]), TextRecord(11, "两只狗", [2, 3])]
+    )
     archive = tmp / "hub" / "datasets" / "OFA-Sys" / "chinese-clip-eval" / f"{dirname}.zip"
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w") as zf:
@@ -104,7 +106,9 @@ def test_label_file_download_is_checksummed(tmp_path):
     good = hashlib.sha256(labels.read_bytes()).hexdigest()
     card = get_dataset("imagenet")
     with serve_directory(tmp_path / "served") as hub:
-        ok = dataclasses.replace(card, labels={"filename": "label_cn.txt", "url": f"{hub.endpoint}/label_cn.txt", "sha256": good})
+        ok = dataclasses.replace(
+            card, labels={"filename": "label_cn.txt", "url": f"{hub.endpoint}/label_cn.txt", "sha256": good}
+        )
         path = ensure_labels(ok, tmp_path / "a", download=True)
         assert path.read_text(encoding="utf-8").splitlines() == ["丁鲷", "金鱼"]
         bad = dataclasses.replace(ok, labels=dict(ok.labels, sha256="0" * 64))

@@ -4,6 +4,7 @@ Every checkpoint here is random in every float tensor (tests/reference_models.py
 the way its reference saves it, under the registry's published file name in a temporary
 ``--checkpoint-dir``; nothing is downloaded (HF_HUB_OFFLINE=1).
 """
+
 from __future__ import annotations
 
 import gc
@@ -17,10 +18,9 @@ import pytest
 import torch
 
 from qaclip_core import infer_arch, read_state_dict
+from qaclip_core.registry import all_cards, get_card
 from qaclip_harness.gates.example import check_example, load_example_specs
 from qaclip_harness.probe import load_probe_set
-from qaclip_core.registry import all_cards, get_card
-
 from tests.conftest import REPO
 from tests.reference_models import reference_model, save_reference_checkpoint, write_tiny_altclip
 
@@ -45,8 +45,14 @@ def _suite(*args: str, timeout: int = 1500, pythonpath: str = "", offline: bool 
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
-    return subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q", "-rs", "-p", "no:cacheprovider", *args],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-q", "-rs", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _random_checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
@@ -68,8 +74,14 @@ def test_parity_case_passes_on_a_random_checkpoint(name, tmp_path):
     ckpt = _random_checkpoint(name, tmp_path)
     assert infer_arch(read_state_dict(ckpt)) == get_card(name).arch  # the shapes say which architecture it is
     # "and not <name>-": cn-clip-vit-l-14 must not also select cn-clip-vit-l-14-336, whose checkpoint is not there
-    out = _suite("-k", f"parity-{name} and not onnx and not {name}-", "--checkpoint-dir", str(tmp_path),
-                 "--report", str(tmp_path / "report"))
+    out = _suite(
+        "-k",
+        f"parity-{name} and not onnx and not {name}-",
+        "--checkpoint-dir",
+        str(tmp_path),
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert out.returncode == 0 and "1 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-3000:]
     (result,) = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))["results"]
     assert result["status"] == "passed" and result["measured"]["image_max_abs"] <= 1e-5

@@ -11,6 +11,7 @@ Nothing is downloaded. Two kinds of folders:
 
 Tests that need transformers skip with one line without it (the optional ``chineseclip`` extra).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,6 @@ from PIL import Image
 
 from qaclip_core.errors import CheckpointError
 from qaclip_core.registry import get_card
-
 from tests.conftest import CAPTIONS, real_images
 from tests.random_weights import randomise_
 
@@ -73,20 +73,37 @@ def tiny_dir(tf, tmp_path_factory) -> Path:
 
     vocab_dir = tmp_path_factory.mktemp("vocab")
     shutil.copyfile(VOCAB_PATH, vocab_dir / "vocab.txt")
-    (vocab_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    (vocab_dir / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
     tokenizer = tf.AutoTokenizer.from_pretrained(str(vocab_dir))
     config = tf.ChineseCLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=RES, patch_size=8, projection_dim=16),
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": RES,
+            "patch_size": 8,
+            "projection_dim": 16,
+        },
         projection_dim=16,
     )
     model = randomise_(tf.ChineseCLIPModel(config).eval(), seed=1)
     out = tmp_path_factory.mktemp("tiny-chineseclip")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    tf.ChineseCLIPImageProcessor(size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES}).save_pretrained(out)
+    tf.ChineseCLIPImageProcessor(size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES}).save_pretrained(
+        out
+    )
     return out
 
 
@@ -156,6 +173,7 @@ def test_the_processor_really_differs_and_says_how(tf, tiny_dir, offline):
 def test_differences_read_from_the_configuration(tf):
     from qaclip_harness.backends.chineseclip import processor_differences
     from qaclip_harness.convert.hf import image_processor
+
     squash = image_processor(tf, 224)
     pil = getattr(tf, "ChineseCLIPImageProcessorPil", None)
     lowercase = _bert_tokenizer(tf, do_lower_case=True)
@@ -165,11 +183,23 @@ def test_differences_read_from_the_configuration(tf):
     if pil is not None:  # the PIL backend resamples as the reference does
         pil_squash = pil(size={"height": 224, "width": 224}, resample=3, do_center_crop=False)
         assert not any("torchvision" in d for d in processor_differences(pil_squash, lowercase, 224, 52, 52))
-    other = tf.ChineseCLIPImageProcessor(size={"height": 256, "width": 256}, resample=2, do_center_crop=True,
-                                         crop_size={"height": 224, "width": 224}, image_mean=[0.5, 0.5, 0.5])
+    other = tf.ChineseCLIPImageProcessor(
+        size={"height": 256, "width": 256},
+        resample=2,
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.5, 0.5, 0.5],
+    )
     diffs = processor_differences(other, _bert_tokenizer(tf, do_lower_case=False), 224, 52, 512)
-    for expected in ("resize to 256x256", "bilinear resampling", "centre crop to 224x224", "mean [0.5, 0.5, 0.5]",
-                     "no lower-casing", "accents kept", "truncation at 512 tokens"):
+    for expected in (
+        "resize to 256x256",
+        "bilinear resampling",
+        "centre crop to 224x224",
+        "mean [0.5, 0.5, 0.5]",
+        "no lower-casing",
+        "accents kept",
+        "truncation at 512 tokens",
+    ):
         assert any(expected in d for d in diffs), (expected, diffs)
 
 
@@ -254,8 +284,10 @@ def _reference_checkpoint(arch: str, path: Path, seed: int = 0):
     return model, path
 
 
-@pytest.mark.parametrize("arch", [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese",
-                                                                marks=[pytest.mark.slow, pytest.mark.large])])
+@pytest.mark.parametrize(
+    "arch",
+    [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese", marks=[pytest.mark.slow, pytest.mark.large])],
+)
 def test_conversion_gives_the_same_features_through_both_backends(tf, arch, tmp_path, offline):
     """A real-size architecture too (about a minute here: most of it drawing, saving and converting 188M weights)."""
     import qaclip_core
@@ -285,10 +317,10 @@ def test_conversion_gives_the_same_features_through_both_backends(tf, arch, tmp_
 
 def test_conversion_layout_matches_transformers_for_every_vit_architecture(tf):
     """Every key and shape, for every ViT architecture of the registry (on the meta device: shapes only)."""
-    from qaclip_harness.convert.hf import hf_config, to_hf_state_dict
     from qaclip_core.model.clip import CLIP
     from qaclip_core.model.config import arch_config
     from qaclip_core.registry import all_cards
+    from qaclip_harness.convert.hf import hf_config, to_hf_state_dict
 
     archs = sorted({c.arch for c in all_cards() if c.adapter != "altclip" and arch_config(c.arch).vision.kind == "vit"})
     assert "ViT-H-14@RoBERTa-wwm-ext-large-chinese" in archs  # head width 80, not 64
@@ -304,8 +336,8 @@ def test_conversion_layout_matches_transformers_for_every_vit_architecture(tf):
 
 
 def test_conversion_refuses_what_it_cannot_convert(tmp_path):
-    from qaclip_harness.convert.hf import to_hf_state_dict
     from qaclip_core.model.clip import create_model
+    from qaclip_harness.convert.hf import to_hf_state_dict
 
     rn50 = "RN50@RBT3-chinese"
     with pytest.raises(CheckpointError, match="only a ViT vision tower"):
@@ -321,8 +353,12 @@ def test_conversion_command_line(tf, tmp_path, offline):
     from qaclip_harness.fetch.weights import folder_complete
     from qaclip_harness.fixture import CHECKPOINT
 
-    out = subprocess.run([sys.executable, "-m", "qaclip_harness.convert.hf", str(CHECKPOINT), str(tmp_path / "hf"),
-                          "--dtype", "fp16"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "qaclip_harness.convert.hf", str(CHECKPOINT), str(tmp_path / "hf"), "--dtype", "fp16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert folder_complete("chineseclip", tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -331,8 +367,10 @@ def test_conversion_command_line(tf, tmp_path, offline):
 
 def test_transformers_conversion_script_as_oracle(tf, tmp_path):
     """Where transformers ships its Chinese-CLIP conversion script (4.x), both conversions give the same tensors."""
-    oracle = pytest.importorskip("transformers.models.chinese_clip.convert_chinese_clip_original_pytorch_to_hf",
-                                 reason="this transformers version ships no Chinese-CLIP conversion script")
+    oracle = pytest.importorskip(
+        "transformers.models.chinese_clip.convert_chinese_clip_original_pytorch_to_hf",
+        reason="this transformers version ships no Chinese-CLIP conversion script",
+    )
     from safetensors.torch import load_file
 
     from qaclip_harness.convert.hf import write_hf_folder
@@ -388,24 +426,29 @@ def test_qa_clip_vit_l_14_336_and_the_second_source():
     assert cases["imagenet-qa-clip-vit-l-14-336"].gate_values == {"top1": 58.1}
     assert cases["coco-cn-cn-clip-vit-l-14-336"].values["qa-clip-readme-latest"]["i2t_r1"] == 63.6
     card = get_card("qa-clip-vit-l-14-336")
-    assert (card.arch, card.resolution, card.filename) == ("ViT-L-14-336@RoBERTa-wwm-ext-base-chinese", 336,
-                                                            "QA-CLIP-large-336.pt")
+    assert (card.arch, card.resolution, card.filename) == (
+        "ViT-L-14-336@RoBERTa-wwm-ext-base-chinese",
+        336,
+        "QA-CLIP-large-336.pt",
+    )
 
 
 def test_bad_preprocessing_value_names_the_file(tmp_path):
     from qaclip_core.registry import register_cards
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models:\n  - {name: x, family: f, display: X, vision: ViT-B-16, text: RBT3-chinese, "
-                   "resolution: 224, adapter: chineseclip, preprocessing: users}\n")
+    bad.write_text(
+        "models:\n  - {name: x, family: f, display: X, vision: ViT-B-16, text: RBT3-chinese, "
+        "resolution: 224, adapter: chineseclip, preprocessing: users}\n"
+    )
     with pytest.raises(ValueError, match=r"bad.yaml: card 'x' has preprocessing 'users'"):
         register_cards(bad)
 
 
 def test_without_transformers_import_error(monkeypatch, tmp_path):
     """Loading or fetching without transformers names the extra to install."""
-    from qaclip_harness.fetch.weights import fetch_weights
     from qaclip_harness.backends import load_encoder
+    from qaclip_harness.fetch.weights import fetch_weights
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     card = get_card("hf-qa-clip-vit-b-16")
@@ -416,15 +459,19 @@ def test_without_transformers_import_error(monkeypatch, tmp_path):
 
 
 def test_import_does_not_need_transformers():
-    code = ("import sys; sys.modules['transformers'] = None; "
-            "import qaclip_harness.backends, qaclip_harness.backends.chineseclip, qaclip_harness.convert.hf, "
-            "qaclip_harness.gates.format_parity; qaclip_harness.backends.backend('chineseclip')")
+    code = (
+        "import sys; sys.modules['transformers'] = None; "
+        "import qaclip_harness.backends, qaclip_harness.backends.chineseclip, qaclip_harness.convert.hf, "
+        "qaclip_harness.gates.format_parity; qaclip_harness.backends.backend('chineseclip')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_models_command_lists_the_new_cards():
-    out = subprocess.run([sys.executable, "-m", "qaclip_harness", "models"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "qaclip_harness", "models"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names[:3] == ["ViT-B-16", "ViT-L-14", "RN50"]
@@ -455,9 +502,25 @@ def test_fixture_run_reports_both_protocols_side_by_side(tf, tmp_path):
     under ChineseCLIPProcessor with its differences, beside the .pt; and its parity case."""
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-k", "fixture-shapes-cls or parity-hf-fixture",
-         "-q", "-p", "no:cacheprovider", "--report", str(tmp_path / "report")],
-        cwd=repo, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-m",
+            "not throughput",
+            "-k",
+            "fixture-shapes-cls or parity-hf-fixture",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:]
     results = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))["results"]

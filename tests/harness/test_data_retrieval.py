@@ -1,4 +1,5 @@
 """Retrieval data: LMDBs built by cn_clip's own builder read back as cn_clip reads them; bad data fails clearly."""
+
 from __future__ import annotations
 
 import base64
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qaclip_core.transforms import image_transform
 from qaclip_harness.data.retrieval import (
     LmdbImages,
     TextRecord,
@@ -21,8 +23,6 @@ from qaclip_harness.data.retrieval import (
     write_retrieval_split,
 )
 from qaclip_harness.errors import DatasetError
-from qaclip_core.transforms import image_transform
-
 from tests.datasets_util import (
     IMAGE_IDS,
     build_with_reference,
@@ -114,6 +114,7 @@ def test_write_split_matches_reference_builder(ref_dataset, tmp_path):
 
 # --- malformed data -------------------------------------------------------------------------
 
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data)
 
@@ -179,7 +180,7 @@ GOOD = json.dumps({"text_id": 1, "text": "猫", "image_ids": [5]}, ensure_ascii=
     "bad, pattern",
     [
         ('{"text_id": 2, "text": "x", "image_ids": [5]', r":2: invalid JSON"),
-        ('[1, 2]', r":2: expected a JSON object"),
+        ("[1, 2]", r":2: expected a JSON object"),
         ('{"text_id": 2, "image_ids": [5]}', r":2: missing field 'text'"),
         ('{"text": "x", "image_ids": [5]}', r":2: missing field 'text_id'"),
         ('{"text_id": "2", "text": "x", "image_ids": [5]}', r":2: text_id must be an integer, got '2'"),
@@ -190,8 +191,14 @@ GOOD = json.dumps({"text_id": 1, "text": "猫", "image_ids": [5]}, ensure_ascii=
         ('{"text_id": 2, "text": "x", "image_ids": [5, "6"]}', r":2: image_ids of text_id 2 must be"),
         ('{"text_id": 1, "text": "x", "image_ids": [5]}', r":2: duplicate text_id 1 \(first on line 1\)"),
         # valid JSON, but no UTF-8 can hold a lone surrogate: it used to crash later, in the data fingerprint
-        ('{"text_id": 2, "text": "a\\ud800b", "image_ids": [5]}', r":2: text of text_id 2 holds a lone surrogate \\ud800"),
-        ('{"text_id": 2, "text": "\\udfff", "image_ids": [5]}', r":2: text of text_id 2 holds a lone surrogate \\udfff"),
+        (
+            '{"text_id": 2, "text": "a\\ud800b", "image_ids": [5]}',
+            r":2: text of text_id 2 holds a lone surrogate \\ud800",
+        ),
+        (
+            '{"text_id": 2, "text": "\\udfff", "image_ids": [5]}',
+            r":2: text of text_id 2 holds a lone surrogate \\udfff",
+        ),
     ],
 )
 def test_bad_texts(tmp_path, bad, pattern):
@@ -217,7 +224,9 @@ def test_texts_empty_missing_and_blank_lines(tmp_path):
 def test_ground_truth_image_missing_from_lmdb(tmp_path):
     texts = [TextRecord(1, "猫", [5]), TextRecord(2, "狗", [5, 77])]
     write_retrieval_split(tmp_path, "T", "test", {5: make_image(5)}, texts)
-    with pytest.raises(DatasetError, match=r"test_texts.jsonl:2: text_id 2 refers to image id 77, which is not in the image LMDB"):
+    with pytest.raises(
+        DatasetError, match=r"test_texts.jsonl:2: text_id 2 refers to image id 77, which is not in the image LMDB"
+    ):
         load_retrieval_split(tmp_path, "T", "test")
 
 

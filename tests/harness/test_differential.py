@@ -6,6 +6,7 @@ code writes one, and the reference side runs its own model, dataset classes, top
 less collinear than RN50's (DESIGN.md section 4); any prediction that differs must sit on a
 score near-tie, otherwise the test fails.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader
 
 import qaclip_core
-
 from tests.datasets_util import (
     build_with_reference,
     make_imagenet,
@@ -58,8 +58,12 @@ def _reference_model(ckpt: Path):
 
 
 def _cli(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "qaclip_harness", "eval", *args, "--device", "cpu", "--json", "--quiet"],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "qaclip_harness", "eval", *args, "--device", "cpu", "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout.strip().splitlines()[-1]), _stderr=out.stderr)
 
@@ -93,7 +97,7 @@ def _reference_retrieval(root: Path, ckpt: Path, work: Path):
     reference_tr_annotation(ds / "test_texts.jsonl")
     _, r1, r5, r10 = compute_score(str(ds / "test_texts.jsonl"), str(work / "t2i.jsonl"))
     _, q1, q5, q10 = compute_score_tr(str(ds / "test_texts.tr.jsonl"), str(work / "i2t.jsonl"))
-    metrics = dict(t2i_r1=r1, t2i_r5=r5, t2i_r10=r10, i2t_r1=q1, i2t_r5=q5, i2t_r10=q10)
+    metrics = {"t2i_r1": r1, "t2i_r5": r5, "t2i_r10": r10, "i2t_r1": q1, "i2t_r5": q5, "i2t_r10": q10}
     scores = txt_feats @ img_feats.t()
     return metrics, t2i, i2t, scores, img_ids, txt_ids
 
@@ -109,7 +113,9 @@ def _diverges_only_at_near_ties(ref_rows, our_rows, key, ranked_key, scores, que
         at = next(i for i, (a, b) in enumerate(zip(mine, row[ranked_key])) if a != b)
         s = scores[qpos[row[key]]]
         gap = abs(float(s[cpos[mine[at]]] - s[cpos[row[ranked_key][at]]]))
-        assert gap < NEAR_TIE, f"{key} {row[key]}: rank {at + 1} differs ({mine} vs {row[ranked_key]}), score gap {gap:.2e}"
+        assert gap < NEAR_TIE, (
+            f"{key} {row[key]}: rank {at + 1} differs ({mine} vs {row[ranked_key]}), score gap {gap:.2e}"
+        )
         return False
     return True
 
@@ -119,15 +125,33 @@ def test_retrieval_cli_equals_reference_pipeline(world, tmp_path):
     root, ckpt = world
     ref_metrics, t2i, i2t, scores, img_ids, txt_ids = _reference_retrieval(root, ckpt, tmp_path)
     dump = tmp_path / "ours"
-    ours = _cli("--checkpoint", str(ckpt), "--arch", ARCH, "--dataset", "flickr30k-cn", "--data-root", str(root),
-                "--batch-size", "5", "--dump-predictions", str(dump))
+    ours = _cli(
+        "--checkpoint",
+        str(ckpt),
+        "--arch",
+        ARCH,
+        "--dataset",
+        "flickr30k-cn",
+        "--data-root",
+        str(root),
+        "--batch-size",
+        "5",
+        "--dump-predictions",
+        str(dump),
+    )
     assert ours["num_images"] == len(img_ids) and ours["num_texts"] == len(txt_ids)
     our_t2i = [json.loads(x) for x in (dump / "test_predictions.jsonl").read_text().splitlines()]
     our_i2t = [json.loads(x) for x in (dump / "test_tr_predictions.jsonl").read_text().splitlines()]
     same_t2i = _diverges_only_at_near_ties(t2i, our_t2i, "text_id", "image_ids", scores, txt_ids, img_ids)
     same_i2t = _diverges_only_at_near_ties(
-        [r for r in i2t if any(r["image_id"] == x["image_id"] for x in our_i2t)], our_i2t,
-        "image_id", "text_ids", scores.t(), img_ids, txt_ids)
+        [r for r in i2t if any(r["image_id"] == x["image_id"] for x in our_i2t)],
+        our_i2t,
+        "image_id",
+        "text_ids",
+        scores.t(),
+        img_ids,
+        txt_ids,
+    )
     if same_t2i and same_i2t:
         for k, v in ref_metrics.items():
             assert ours[k] == pytest.approx(v, abs=1e-9), k
@@ -142,8 +166,13 @@ def test_zeroshot_cli_equals_reference_pipeline(world):
     from torchvision.datasets import ImageFolder
 
     root, ckpt = world
-    ns = {"torch": torch, "tqdm": lambda x: x, "_preprocess_text": _preprocess_text, "tokenize": tokenize,
-          "float": lambda x: float(np.asarray(x).reshape(()))}
+    ns = {
+        "torch": torch,
+        "tqdm": lambda x: x,
+        "_preprocess_text": _preprocess_text,
+        "tokenize": tokenize,
+        "float": lambda x: float(np.asarray(x).reshape(())),
+    }
     ref = reference_functions("cn_clip.eval.zeroshot_evaluation", ["zero_shot_classifier", "accuracy", "run"], ns)
     args = Namespace(context_length=52, gpu="cpu", index="")
     model = _reference_model(ckpt)
@@ -156,8 +185,7 @@ def test_zeroshot_cli_equals_reference_pipeline(world):
 
     # per image: our prediction (same runner as the CLI) against the reference's
     from qaclip_harness.backends import NativeEncoder
-    from qaclip_harness.data.catalog import get_dataset
-    from qaclip_harness.data.catalog import locate
+    from qaclip_harness.data.catalog import get_dataset, locate
     from qaclip_harness.eval.runner import evaluate_card
 
     encoder = NativeEncoder(qaclip_core.load_checkpoint(ckpt, ARCH), name="x")
@@ -168,6 +196,8 @@ def test_zeroshot_cli_equals_reference_pipeline(world):
     top2 = torch.log(probs).topk(2, dim=1).values  # log-softmax: 100 x cosine, up to a constant
     for i in (ref_pred != our_pred).nonzero().flatten().tolist():
         gap = float(top2[i, 0] - top2[i, 1]) / 100
-        assert gap < NEAR_TIE, f"image {i}: class {int(our_pred[i])} vs reference {int(ref_pred[i])}, cosine gap {gap:.2e}"
+        assert gap < NEAR_TIE, (
+            f"image {i}: class {int(our_pred[i])} vs reference {int(ref_pred[i])}, cosine gap {gap:.2e}"
+        )
     mismatches = int((ref_pred != our_pred).sum())
     assert abs(ours["top1"] - top1 * 100) <= 100 * mismatches / len(folder) + 1e-9

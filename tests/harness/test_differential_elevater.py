@@ -9,6 +9,7 @@ both write the ELEVATER predictions file, compared row by row. Random weights, e
 tensor drawn: ViT-B/32 with the 3-layer RBT3 text tower, the smallest architecture the script
 accepts, so the reference's 666 prompts take seconds rather than minutes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,7 +51,9 @@ def _write_dataset(datasets: Path, folder: str, names, per_class: int, with_inde
         d.mkdir(parents=True)
         for j in range(per_class):
             fmt, mode = [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "P"), ("JPEG", "L")][(c + j) % 4]
-            (d / f"{j:02d}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(make_image(50 * c + j, (40 + 7 * j, 36), fmt, mode))
+            (d / f"{j:02d}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(
+                make_image(50 * c + j, (40 + 7 * j, 36), fmt, mode)
+            )
     (root / "label_cn.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
     (root / "label.txt").write_text("".join(f"class {i}\n" for i in range(len(names))), encoding="utf-8")
     n = len(names) * per_class
@@ -62,9 +65,30 @@ def _write_dataset(datasets: Path, folder: str, names, per_class: int, with_inde
 def _reference_args(root: Path, ckpt: Path, folder: str, out: Path) -> list:
     vision, text = ARCH.split("@")
     data = root / "datasets" / folder
-    args = ["--datapath", str(data / "test"), "--label-file", str(data / "label_cn.txt"), "--dataset", folder,
-            "--save-dir", str(out), "--img-batch-size", "4", "--num-workers", "0", "--precision", "fp32",
-            "--context-length", "52", "--resume", str(ckpt), "--vision-model", vision, "--text-model", text]
+    args = [
+        "--datapath",
+        str(data / "test"),
+        "--label-file",
+        str(data / "label_cn.txt"),
+        "--dataset",
+        folder,
+        "--save-dir",
+        str(out),
+        "--img-batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--precision",
+        "fp32",
+        "--context-length",
+        "52",
+        "--resume",
+        str(ckpt),
+        "--vision-model",
+        vision,
+        "--text-model",
+        text,
+    ]
     if (data / "index.json").is_file():
         args += ["--index", str(data / "index.json")]
     return args
@@ -81,8 +105,13 @@ def world(tmp_path_factory):
     runs = [_reference_args(root, ckpt, folder, root / "ref") for folder, *_ in DATASETS.values()]
     (root / "ref").mkdir()
     (root / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "tests.reference_zeroshot", "--runs", str(root / "runs.json")], cwd=REPO,
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.reference_zeroshot", "--runs", str(root / "runs.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     top1 = [float(x) for x in re.findall(r"zeroshot-top1: ([0-9.eE+-]+)", run.stdout)]
     assert len(top1) == len(DATASETS), run.stdout[-2000:]
@@ -94,8 +123,27 @@ def _ours(root: Path, ckpt: Path, dataset: str, out: Path, capsys) -> dict:
     from qaclip_harness.cli import main
 
     capsys.readouterr()
-    code = main(["eval", "--checkpoint", str(ckpt), "--arch", ARCH, "--dataset", dataset, "--data-root", str(root),
-                 "--device", "cpu", "--batch-size", "3", "--dump-predictions", str(out), "--json", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--arch",
+            ARCH,
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(root),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "--dump-predictions",
+            str(out),
+            "--json",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     return json.loads(captured.out.strip().splitlines()[-1])

@@ -5,6 +5,7 @@ Commands are read from fenced ``bash`` blocks and from inline code that starts w
 program. Placeholders (``$DATAPATH``, ``<dir>``, ``my.pt``) are left alone: only the words that
 name something of this project are checked.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -12,9 +13,9 @@ import re
 import shlex
 import subprocess
 import sys
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -25,7 +26,7 @@ PROGRAMS = ("pytest", "python", "python3", "tox", "qaclip", "torchrun", "pip")
 TRACKED_ROOTS = ("qaclip_core/", "qaclip_harness/", "benchmarks/", "tests/", "tools/", "expected/", "docs/", ".github/")
 
 
-def _commands() -> Iterator[Tuple[str, str]]:
+def _commands() -> Iterator[tuple[str, str]]:
     """(file:line, command) for every command line of the docs."""
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
@@ -43,27 +44,27 @@ def _commands() -> Iterator[Tuple[str, str]]:
                     yield f"{doc.name}:{text[: m.start()].count(chr(10)) + 1}", part
 
 
-def _words(command: str) -> List[str]:
+def _words(command: str) -> list[str]:
     try:
         return shlex.split(command)
     except ValueError:
         return command.split()
 
 
-def _strip_env(words: List[str]) -> List[str]:
+def _strip_env(words: list[str]) -> list[str]:
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         words = words[1:]
     return words
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tox_envs() -> frozenset:
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(REPO / "tox.ini")
     return frozenset(s.split(":", 1)[1] for s in cfg.sections() if s.startswith("testenv:"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _help(*args: str) -> str:
     out = subprocess.run([sys.executable, *args, "--help"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, f"{' '.join(args)} --help failed: {out.stderr[-2000:]}"
@@ -78,11 +79,11 @@ def _knows(help_text: str, option: str) -> bool:
     return re.search(rf"(^|[\s,\[]){re.escape(option)}([\s=,\]]|$)", help_text, flags=re.M) is not None
 
 
-def _options(words: List[str]) -> List[str]:
+def _options(words: list[str]) -> list[str]:
     return [w.split("=")[0] for w in words if w.startswith("--") and len(w) > 2]
 
 
-def _check(where: str, command: str) -> List[str]:
+def _check(where: str, command: str) -> list[str]:
     """What is wrong with one command (empty when it names only real things)."""
     words = _strip_env(_words(command))
     if not words:
@@ -96,16 +97,21 @@ def _check(where: str, command: str) -> List[str]:
     if prog in ("python", "python3") and rest[:2] == ["-m", "qaclip_harness"]:
         prog, rest = "qaclip", rest[2:]
     if prog == "torchrun":
-        rest = rest[rest.index("-m") + 1:] if "-m" in rest else []
+        rest = rest[rest.index("-m") + 1 :] if "-m" in rest else []
         if rest[:1] == ["qaclip_harness"]:
             prog, rest = "qaclip", rest[1:]
     if prog == "tox":
         envs = [rest[i + 1] for i, w in enumerate(rest[:-1]) if w == "-e"]
-        problems += [f"{where}: tox env {e!r} is not in tox.ini" for e in envs for e in e.split(",") if e not in _tox_envs()]
+        problems += [
+            f"{where}: tox env {e!r} is not in tox.ini" for e in envs for e in e.split(",") if e not in _tox_envs()
+        ]
     elif prog == "pytest":
         problems += [f"{where}: pytest knows no option {o}" for o in _options(rest) if not _knows(_pytest_help(), o)]
-        problems += [f"{where}: {p} does not exist" for p in rest if p.startswith(("benchmarks", "tests")) and
-                     not (REPO / p.split("::")[0]).exists()]
+        problems += [
+            f"{where}: {p} does not exist"
+            for p in rest
+            if p.startswith(("benchmarks", "tests")) and not (REPO / p.split("::")[0]).exists()
+        ]
     elif prog == "qaclip":
         sub = rest[0] if rest and not rest[0].startswith("-") else None
         if sub is not None:
@@ -114,14 +120,18 @@ def _check(where: str, command: str) -> List[str]:
                 problems.append(f"{where}: qaclip has no subcommand {sub!r}")
             else:
                 text = _help("-m", "qaclip_harness", sub)
-                problems += [f"{where}: qaclip {sub} knows no option {o}" for o in _options(rest[1:]) if not _knows(text, o)]
+                problems += [
+                    f"{where}: qaclip {sub} knows no option {o}" for o in _options(rest[1:]) if not _knows(text, o)
+                ]
     elif prog in ("python", "python3") and rest and rest[0].startswith("tools/"):
         tool = REPO / rest[0]
         if not tool.is_file():
             problems.append(f"{where}: {rest[0]} does not exist")
         else:
             source = tool.read_text(encoding="utf-8")
-            problems += [f"{where}: {rest[0]} takes no option {o}" for o in _options(rest[1:]) if f'"{o}"' not in source]
+            problems += [
+                f"{where}: {rest[0]} takes no option {o}" for o in _options(rest[1:]) if f'"{o}"' not in source
+            ]
     elif prog in ("python", "python3") and rest[:1] == ["-m"] and len(rest) > 1:
         module = rest[1]
         if module.startswith(("qaclip_core", "qaclip_harness")):
@@ -157,12 +167,15 @@ def test_every_repository_path_the_docs_name_exists():
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.parametrize("command,problem", [
-    ("tox -e nonsuch", "tox env"),
-    ("pytest benchmarks --no-such-option", "pytest knows no option"),
-    ("qaclip eval --no-such-flag", "knows no option"),
-    ("qaclip frobnicate", "no subcommand"),
-    ("python tools/nonsuch.py", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "command,problem",
+    [
+        ("tox -e nonsuch", "tox env"),
+        ("pytest benchmarks --no-such-option", "pytest knows no option"),
+        ("qaclip eval --no-such-flag", "knows no option"),
+        ("qaclip frobnicate", "no subcommand"),
+        ("python tools/nonsuch.py", "does not exist"),
+    ],
+)
 def test_the_check_catches_what_does_not_exist(command, problem):
     assert any(problem in p for p in _check("x.md:1", command))

@@ -1,4 +1,5 @@
 """The ELEVATER cases: the published table in expected/, tolerances from the test-set sizes, ids that -k selects cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,18 @@ PUBLISHED = {
     "cn-clip-vit-l-14-336": [94.1, 73.5, 43.8, 50.7, 55.1, 17.1, 49.8, 65.0, 62.9, 84.9],
     "cn-clip-vit-h-14": [96.0, 79.7, 51.2, 52.0, 49.2, 26.2, 39.1, 79.4, 52.4, 84.9],
 }
-COLUMNS = ["cifar-10", "cifar100", "dtd", "eurosat", "fer-2013", "fgvc-aircraft", "kitti-distance", "mnist",
-           "patch-camelyon", "voc-2007"]
+COLUMNS = [
+    "cifar-10",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "fer-2013",
+    "fgvc-aircraft",
+    "kitti-distance",
+    "mnist",
+    "patch-camelyon",
+    "voc-2007",
+]
 NOT_GATED = {"kitti-distance": "#77", "patch-camelyon": "#77", "voc-2007": "#104"}
 
 
@@ -95,7 +106,10 @@ def test_measured_only_schema(tmp_path):
     (case,) = _load(tmp_path, "qa-clip-rn50:\n  measured_only: nobody published it\n")
     assert case.measured_only and case.report_only == "measured only: nobody published it"
     for body, needle in [
-        ("qa-clip-rn50:\n  measured_only: x\n  gate: a\n  a: {top1: 1}\n", "models.qa-clip-rn50 is measured_only, so it takes no gate"),
+        (
+            "qa-clip-rn50:\n  measured_only: x\n  gate: a\n  a: {top1: 1}\n",
+            "models.qa-clip-rn50 is measured_only, so it takes no gate",
+        ),
         ("qa-clip-rn50:\n  measured_only: ''\n", "models.qa-clip-rn50.measured_only must say why"),
         ("qa-clip-rn50:\n  measured_only: [a]\n", "models.qa-clip-rn50.measured_only must say why"),
         ("qa-clip-rn50:\n  a: {top1: 1}\n", "models.qa-clip-rn50.gate None is not one of its sources"),
@@ -132,18 +146,21 @@ ACCEPTED = {("fixture-shapes", "fixture-shapes-cls")}
 def test_k_selects_exactly_one_datasets_cases():
     """`pytest benchmarks -k <dataset id>` selects that dataset's cases and no other dataset's, for every id."""
     datasets = [c.name for c in all_datasets()]
-    run = subprocess.run([sys.executable, "-c", COLLECT, json.dumps(datasets)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", COLLECT, json.dumps(datasets)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     line = next((x for x in run.stdout.splitlines() if x.startswith("PROBE ")), None)
     assert line, run.stdout[-3000:] + run.stderr[-3000:]
-    selected = json.loads(line[len("PROBE "):])
+    selected = json.loads(line[len("PROBE ") :])
     cases = {c.id: c.dataset for c in load_expected(REPO / "expected")}
     seen = set()
     for ds, nodeids in selected.items():
         own = [n for n in nodeids if cases.get(n.split("[", 1)[-1].rstrip("]")) == ds]
         others = sorted({cases.get(n.split("[", 1)[-1].rstrip("]"), "?") for n in nodeids} - {ds})
         for other in others:
-            assert (ds, other) in ACCEPTED, f"-k {ds} also selects cases of {other}: {[n for n in nodeids if n not in own][:3]}"
+            assert (ds, other) in ACCEPTED, (
+                f"-k {ds} also selects cases of {other}: {[n for n in nodeids if n not in own][:3]}"
+            )
             seen.add((ds, other))
         assert len(own) == sum(1 for d in cases.values() if d == ds), ds
     assert seen == ACCEPTED  # an accepted overlap that went away is taken off the list

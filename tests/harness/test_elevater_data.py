@@ -1,4 +1,5 @@
 """ELEVATER data: templates by folder name, the class-folder layout and its errors, index.json, the classifier."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder
 
+from qaclip_core.errors import QAClipError
 from qaclip_harness.data import prompts as zt
 from qaclip_harness.data.catalog import all_datasets, get_dataset
 from qaclip_harness.data.elevater import ElevaterFolder, class_ids, read_index
 from qaclip_harness.errors import DatasetError
-from qaclip_core.errors import QAClipError
-
 from tests.datasets_util import make_elevater
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,7 @@ ELEVATER = [c for c in all_datasets() if c.layout == "elevater"]
 
 
 # --- templates --------------------------------------------------------------------------------
+
 
 def _reference_rule() -> dict:
     import sys
@@ -42,7 +43,9 @@ def test_every_folder_takes_the_reference_list():
     import cn_clip.eval.cvinw_zeroshot_templates as mod
 
     rule = _reference_rule()
-    folders = [f for f in rule if f != "openai"] + [c.dirname for c in ELEVATER] + ["imagenet", "EuroSAT_clip", "eurosat"]
+    folders = (
+        [f for f in rule if f != "openai"] + [c.dirname for c in ELEVATER] + ["imagenet", "EuroSAT_clip", "eurosat"]
+    )
     for folder in folders:
         lambdas = getattr(mod, rule.get(folder, rule["openai"]))
         for name in ["飞机", "“空客”A320", "Boeing 737-800"]:
@@ -76,6 +79,7 @@ def test_templates_asset_is_pinned_and_attributed(tmp_path, monkeypatch):
 
 
 # --- layout -----------------------------------------------------------------------------------
+
 
 def test_class_ids_follow_the_documented_rule():
     assert class_ids(1) == ["0"] and class_ids(10) == [str(i) for i in range(10)]
@@ -142,8 +146,13 @@ def test_index_json(tmp_path):
     root = make_elevater(tmp_path, "voc-2007-classification", ["a", "b"], index=[3, 2, 1, 0])
     assert read_index(root, 4) == [3, 2, 1, 0]
     assert read_index(tmp_path) is None
-    for bad, needle in [("[0, 4]", "sample number 4 is outside 0 to 3"), ('{"a": 1}', "JSON list"),
-                        ("[true, 0]", "JSON list"), ("[0, ", "cannot be read as JSON"), ("[-1]", "sample number -1")]:
+    for bad, needle in [
+        ("[0, 4]", "sample number 4 is outside 0 to 3"),
+        ('{"a": 1}', "JSON list"),
+        ("[true, 0]", "JSON list"),
+        ("[0, ", "cannot be read as JSON"),
+        ("[-1]", "sample number -1"),
+    ]:
         (root / "index.json").write_text(bad)
         with pytest.raises(DatasetError, match="index.json") as e:
             read_index(root, 4)
@@ -151,6 +160,7 @@ def test_index_json(tmp_path):
 
 
 # --- evaluation: one classifier per model and dataset, through the packed text path -------------
+
 
 class _Counting:
     """An encoder wrapper that counts text batches and prompts."""
@@ -176,7 +186,9 @@ def test_classifier_is_computed_once_per_model_and_dataset(tmp_path):
     from qaclip_harness.eval.runner import evaluate_card
     from qaclip_harness.fixture import ARCH, CHECKPOINT
 
-    make_elevater(tmp_path / "datasets", "kitti-distance", ["近处的车", "中等距离的车", "远处的车", "没有车"], per_class=2)
+    make_elevater(
+        tmp_path / "datasets", "kitti-distance", ["近处的车", "中等距离的车", "远处的车", "没有车"], per_class=2
+    )
     encoder = _Counting(NativeEncoder(qaclip_core.load_checkpoint(CHECKPOINT, ARCH), name="fixture"))
     card = get_dataset("kitti-distance")
     first = evaluate_card(encoder, locate(card, tmp_path), progress=False, text_batch_size=256)
@@ -196,8 +208,19 @@ def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsy
 
     names = ["圆形", "十字形", "菱形"]
     make_elevater(tmp_path / "datasets", "kitti-distance", names, per_class=2, index=[5, 0, 4, 1, 3, 2])
-    base = ["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "kitti-distance", "--data-root", str(tmp_path),
-            "--device", "cpu", "--json", "--quiet"]
+    base = [
+        "eval",
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--dataset",
+        "kitti-distance",
+        "--data-root",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--json",
+        "--quiet",
+    ]
     with pytest.warns(UserWarning, match=r"classes: expected 4, found 3"):
         assert main(base + ["--dump-predictions", str(tmp_path / "out")]) == 0
     with_dump = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -215,6 +238,7 @@ def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsy
 
 # --- links in class folders -------------------------------------------------------------------
 
+
 def test_a_directory_link_loop_is_not_followed_and_each_file_counts_once(tmp_path):
     """``loop -> .`` beside the images made torchvision count every image again at each level (132 for 12)."""
     from qaclip_harness.data.imagenet import ImageNetFolder
@@ -222,7 +246,9 @@ def test_a_directory_link_loop_is_not_followed_and_each_file_counts_once(tmp_pat
     root = make_elevater(tmp_path, "kitti", ["近", "中", "远"], per_class=4)
     (root / "test" / "1" / "loop").symlink_to(".", target_is_directory=True)
     (root / "test" / "2" / "again.png").symlink_to(root / "test" / "2" / "2_1.png")  # the same file twice
-    with pytest.warns(UserWarning, match=r"1 directory link\(s\) not followed .*test/1/loop.*; 1 file\(s\) reached twice"):
+    with pytest.warns(
+        UserWarning, match=r"1 directory link\(s\) not followed .*test/1/loop.*; 1 file\(s\) reached twice"
+    ):
         data = ElevaterFolder(root / "test", root / "label_cn.txt", 3)
     assert len(data.samples) == 12 and [t for _, t in data.samples] == [0] * 4 + [1] * 4 + [2] * 4
     with pytest.warns(UserWarning, match="not followed"):

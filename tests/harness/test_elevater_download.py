@@ -1,4 +1,5 @@
 """--download for ELEVATER: ELEVATER_all.zip fetched once through the hub code, only the needed inner zips unpacked."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from qaclip_harness.data.catalog import DatasetMissingError, get_dataset
-from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.errors import DatasetError
+from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.fetch.local_hub import serve_directory
-
 from tests.datasets_util import elevater_all_zip, make_elevater, zip_folder
 
 HUB_PATH = Path("datasets") / "OFA-Sys" / "chinese-clip-eval" / "ELEVATER_all.zip"
@@ -42,8 +42,16 @@ def test_without_download_the_skip_says_where_to_get_it_and_where_to_put_it(tmp_
     with pytest.raises(DatasetMissingError) as e:
         ensure_dataset(get_dataset("cifar100"), tmp_path)
     msg = str(e.value)
-    for needle in ("CIFAR-100 not found", str(tmp_path / "cifar-100"), "--download", "ELEVATER_all.zip",
-                   "37 GB", "OFA-Sys/chinese-clip-eval", "cifar-100.zip", "label_cn.txt"):
+    for needle in (
+        "CIFAR-100 not found",
+        str(tmp_path / "cifar-100"),
+        "--download",
+        "ELEVATER_all.zip",
+        "37 GB",
+        "OFA-Sys/chinese-clip-eval",
+        "cifar-100.zip",
+        "label_cn.txt",
+    ):
         assert needle in msg, msg
     (tmp_path / "cifar-100" / "test").mkdir(parents=True)  # a root without datasets/ is the datasets folder
     with pytest.raises(DatasetMissingError, match=r"incomplete: label_cn\.txt missing"):
@@ -103,9 +111,15 @@ def test_an_archive_downloaded_whole_is_verified_and_read_locally(hub_root, tmp_
     with serve_directory(hub_root) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
         hub.set_faults(truncate_after=700, truncate_times=1)  # the first transfer is cut: resumed, then verified
-        fetch_hub_file("OFA-Sys/chinese-clip-eval", "ELEVATER_all.zip", repo_type="dataset",
-                       local_dir=root / "datasets" / ".downloads")
-        recorded = json.loads(lock.read_text())["files"]["hf://datasets/OFA-Sys/chinese-clip-eval@main/ELEVATER_all.zip"]
+        fetch_hub_file(
+            "OFA-Sys/chinese-clip-eval",
+            "ELEVATER_all.zip",
+            repo_type="dataset",
+            local_dir=root / "datasets" / ".downloads",
+        )
+        recorded = json.loads(lock.read_text())["files"][
+            "hf://datasets/OFA-Sys/chinese-clip-eval@main/ELEVATER_all.zip"
+        ]
         assert recorded["sha256"] == hashlib.sha256((hub_root / HUB_PATH).read_bytes()).hexdigest()
         hub.reset_requests()
         hub.set_faults()
@@ -130,9 +144,11 @@ def test_a_truncated_or_lying_server_leaves_nothing_behind(hub_root, tmp_path, m
     archive = hub_root / HUB_PATH
     with zipfile.ZipFile(archive) as zf:
         cifar = next(i for i in zf.infolist() if i.filename.endswith("cifar-10.zip"))
-    faults = {"truncated": dict(truncate_after=300),  # every transfer cut after 300 bytes
-              "lying size": dict(claim_size=archive.stat().st_size - 1000),  # the directory is not where it says
-              "lying bytes": dict(corrupt_at=cifar.header_offset + 200)}[fault]  # one bit inside cifar-10.zip
+    faults = {
+        "truncated": {"truncate_after": 300},  # every transfer cut after 300 bytes
+        "lying size": {"claim_size": archive.stat().st_size - 1000},  # the directory is not where it says
+        "lying bytes": {"corrupt_at": cifar.header_offset + 200},
+    }[fault]  # one bit inside cifar-10.zip
     root = tmp_path / "data"
     with serve_directory(hub_root, **faults) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
@@ -148,7 +164,10 @@ def test_archive_without_the_dataset_names_what_it_holds(hub_root, tmp_path, mon
     root = tmp_path / "data"
     with serve_directory(hub_root) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
-        with pytest.raises(DatasetError, match=r"ELEVATER_all\.zip \(read by byte ranges\): no member named dtd\.zip; it holds 2 zip files: cifar-10\.zip, mnist\.zip"):
+        with pytest.raises(
+            DatasetError,
+            match=r"ELEVATER_all\.zip \(read by byte ranges\): no member named dtd\.zip; it holds 2 zip files: cifar-10\.zip, mnist\.zip",
+        ):
             ensure_dataset(get_dataset("dtd"), root, download=True)
     assert not (root / "datasets" / "dtd").exists() and not _leftovers(root)
 
@@ -167,8 +186,9 @@ def _serve_inner(tmp_path: Path, name: str, members: dict) -> Path:
 
 
 def test_inner_member_escaping_the_target_is_refused(tmp_path, monkeypatch):
-    hub_dir = _serve_inner(tmp_path, "dtd.zip", {"dtd/label_cn.txt": b"a\n", "dtd/test/0/x.png": b"x",
-                                                   "../../evil.txt": b"owned"})
+    hub_dir = _serve_inner(
+        tmp_path, "dtd.zip", {"dtd/label_cn.txt": b"a\n", "dtd/test/0/x.png": b"x", "../../evil.txt": b"owned"}
+    )
     root = tmp_path / "data"
     with serve_directory(hub_dir) as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)

@@ -1,4 +1,5 @@
 """The ELEVATER report: one grid laid out like Results.md, and the suite end to end (download, evaluate, report)."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qaclip_harness.report.tables import CaseResult, render_markdown, render_text
 from qaclip_harness.report.grid import grid_of
-
+from qaclip_harness.report.tables import CaseResult, render_markdown, render_text
 from tests.datasets_util import elevater_all_zip, make_elevater
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,15 +19,38 @@ def _res(dataset, model, status, measured=None, expected=None, tol=0.1, reason="
     checks = []
     if expected is not None:
         delta = measured - expected
-        checks = [dict(metric="top1", measured=measured, expected=expected, tolerance=tol, delta=delta, ok=abs(delta) <= tol)]
-    return CaseResult(dataset=dataset, model=model, status=status, kind="zeroshot", reason=reason, checks=checks,
-                      measured={"top1": measured, "top5": 99.0} if measured is not None else {})
+        checks = [
+            {
+                "metric": "top1",
+                "measured": measured,
+                "expected": expected,
+                "tolerance": tol,
+                "delta": delta,
+                "ok": abs(delta) <= tol,
+            }
+        ]
+    return CaseResult(
+        dataset=dataset,
+        model=model,
+        status=status,
+        kind="zeroshot",
+        reason=reason,
+        checks=checks,
+        measured={"top1": measured, "top5": 99.0} if measured is not None else {},
+    )
 
 
 RESULTS = [
     _res("mnist", "cn-clip-vit-b-16", "passed", 67.62, 67.6),
     _res("cifar-10", "cn-clip-vit-b-16", "failed", 90.0, 92.0),
-    _res("kitti-distance", "cn-clip-vit-b-16", "reported", 16.5, 33.5, reason="KITTI-distance does not reproduce (#77); x"),
+    _res(
+        "kitti-distance",
+        "cn-clip-vit-b-16",
+        "reported",
+        16.5,
+        33.5,
+        reason="KITTI-distance does not reproduce (#77); x",
+    ),
     _res("cifar-10", "qa-clip-vit-b-16", "reported", 93.04, reason="measured only: no published value"),
     _res("mnist", "cn-clip-rn50", "skipped", reason="MNIST not found: no folder /d/mnist; run with --download"),
     _res("imagenet", "cn-clip-vit-b-16", "passed", 48.31, 48.3),
@@ -42,12 +65,12 @@ def test_grid_rows_models_columns_datasets_cells_top1_with_delta():
     start = next(i for i, line in enumerate(lines) if line.startswith("Zero-shot classification, ELEVATER"))
     header = lines[start + 1].split()
     assert header == ["model", "CIFAR-10", "KITTI-distance", "MNIST"]  # the datasets present, in Results.md order
-    rows = {line.split()[0]: line for line in lines[start + 2:start + 5]}
+    rows = {line.split()[0]: line for line in lines[start + 2 : start + 5]}
     assert list(rows) == ["qa-clip-vit-b-16", "cn-clip-rn50", "cn-clip-vit-b-16"]  # registry order
     assert "90.0 (-2.0)!" in rows["cn-clip-vit-b-16"] and "16.5 (-17.0)*" in rows["cn-clip-vit-b-16"]
     assert "67.6 (+0.0)" in rows["cn-clip-vit-b-16"] and "93.0" in rows["qa-clip-vit-b-16"]
     assert "skipped" in rows["cn-clip-rn50"]
-    notes = "\n".join(lines[start + 5:])
+    notes = "\n".join(lines[start + 5 :])
     assert "* KITTI-distance does not reproduce (#77) (not gated)" in notes
     assert "no published value (measured only): qa-clip-vit-b-16" in notes
     assert "skipped (1): MNIST not found: no folder /d/mnist" in notes
@@ -66,8 +89,10 @@ def test_grid_in_markdown():
 
 def test_measured_only_rows_in_a_per_dataset_table():
     """Outside a grid, a measured-only row shows its value without a delta."""
-    rows = [_res("imagenet", "qa-clip-rn50", "reported", 35.51, reason="measured only: none"),
-            _res("imagenet", "cn-clip-rn50", "passed", 33.52, 33.5)]
+    rows = [
+        _res("imagenet", "qa-clip-rn50", "reported", 35.51, reason="measured only: none"),
+        _res("imagenet", "cn-clip-rn50", "passed", 33.52, 33.5),
+    ]
     line = next(x for x in render_text(rows).splitlines() if x.startswith("qa-clip-rn50"))
     assert line.split()[1] == "35.5" and line.endswith("reported, not gated: measured only: none")
     # alone in its table, its measured metrics make the columns
@@ -80,24 +105,52 @@ def test_suite_downloads_evaluates_and_reports_the_grid(tmp_path):
     kitti = make_elevater(src, "kitti-distance", ["圆形", "十字形", "菱形", "正方形"], per_class=2)
     mnist = make_elevater(src, "mnist", [str(i) for i in range(10)], per_class=1)
     dtd = make_elevater(src, "dtd", ["a", "b"], per_class=1)
-    elevater_all_zip({"kitti-distance": kitti, "mnist": mnist, "dtd": dtd},
-                     tmp_path / "hub" / "datasets" / "OFA-Sys" / "chinese-clip-eval" / "ELEVATER_all.zip")
+    elevater_all_zip(
+        {"kitti-distance": kitti, "mnist": mnist, "dtd": dtd},
+        tmp_path / "hub" / "datasets" / "OFA-Sys" / "chinese-clip-eval" / "ELEVATER_all.zip",
+    )
     expected = tmp_path / "expected"
     expected.mkdir()
     tol = "tolerance: {fp32: {top1: {abs: 100, why: 'plumbing only: any value passes'}}}\n"
     (expected / "mnist.yaml").write_text(
-        "dataset: mnist\nkind: zeroshot\nsplit: test\nsources: {made-up: for this test}\n" + tol +
-        "models: {fixture-tiny: {gate: made-up, made-up: {top1: 50.0}}}\n", encoding="utf-8")
+        "dataset: mnist\nkind: zeroshot\nsplit: test\nsources: {made-up: for this test}\n"
+        + tol
+        + "models: {fixture-tiny: {gate: made-up, made-up: {top1: 50.0}}}\n",
+        encoding="utf-8",
+    )
     (expected / "kitti-distance.yaml").write_text(
-        "dataset: kitti-distance\nkind: zeroshot\nsplit: test\nsources: {made-up: for this test}\n" + tol +
-        "models: {fixture-tiny: {measured_only: nothing published for the fixture}}\n", encoding="utf-8")
+        "dataset: kitti-distance\nkind: zeroshot\nsplit: test\nsources: {made-up: for this test}\n"
+        + tol
+        + "models: {fixture-tiny: {measured_only: nothing published for the fixture}}\n",
+        encoding="utf-8",
+    )
     from qaclip_harness.fetch.local_hub import serve_directory
 
     with serve_directory(tmp_path / "hub") as hub:
         env = dict(os.environ, QACLIP_EXPECTED_DIR=str(expected), QACLIP_HF_ENDPOINT=hub.endpoint)
-        run = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_zeroshot.py", "-q", "-p", "no:cacheprovider",
-                              "--data-root", str(tmp_path / "data"), "--download", "--report", str(tmp_path / "report"),
-                              "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "benchmarks/test_zeroshot.py",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--download",
+                "--report",
+                str(tmp_path / "report"),
+                "--device",
+                "cpu",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     datasets = tmp_path / "data" / "datasets"
     assert (datasets / "mnist" / "test").is_dir() and (datasets / "kitti-distance" / "test").is_dir()

@@ -1,4 +1,5 @@
 """The fixture's gates are exact: tolerance 1e-6 (the rounding of the written values), plus one query per near-tie item named in the expected file."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,11 @@ import pytest
 import yaml
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness.expected import load_expected
 from qaclip_core.model.config import arch_config
+from qaclip_harness.expected import load_expected
 from qaclip_harness.fixture import MODELS
-from qaclip_harness.gates.tolerances import reference_cpu_tolerance
 from qaclip_harness.gates.example import load_example_folder
+from qaclip_harness.gates.tolerances import reference_cpu_tolerance
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "expected"
@@ -23,30 +24,38 @@ def _margin(item: str) -> float:
     return float(re.search(r"margin ([0-9.e+-]+)\)", item).group(1))
 
 
-@pytest.mark.parametrize("name, groups", [("fixture-shapes.yaml", ("t2i", "i2t", "mean")),
-                                          ("fixture-shapes-cls.yaml", ("top1", "top5"))])
+@pytest.mark.parametrize(
+    "name, groups", [("fixture-shapes.yaml", ("t2i", "i2t", "mean")), ("fixture-shapes-cls.yaml", ("top1", "top5"))]
+)
 def test_fp32_tolerance_is_the_rounding_and_near_ties_earn_one_query_each(name, groups):
     doc = yaml.safe_load((EXPECTED / name).read_text(encoding="utf-8"))
     for group in groups:
         assert doc["tolerance"]["fp32"][group]["abs"] == 1e-6, (name, group)
     n = doc["data"]["texts"] if "texts" in doc["data"] else doc["data"]["images"]
-    one = {"t2i": 100 / n, "i2t": 100 / doc["data"]["images"], "top1": 100 / doc["data"]["images"],
-           "top5": 100 / doc["data"]["images"]}
+    one = {
+        "t2i": 100 / n,
+        "i2t": 100 / doc["data"]["images"],
+        "top1": 100 / doc["data"]["images"],
+        "top5": 100 / doc["data"]["images"],
+    }
     means = {"t2i_mean_recall", "i2t_mean_recall", "mean_recall"}
     for model, (arch, _) in MODELS.items():
         # on the CPU a near-tie is a margin below 2 sqrt(D) x the measured CPU noise; elsewhere below 2 sqrt(D) x parity
         cpu_bound = 2 * math.sqrt(arch_config(arch).vision.embed_dim) * reference_cpu_tolerance().max_abs
         entry = doc["models"][model]
         near = entry.get("near_ties") or {}
-        for key, kept in (("tolerance", lambda items: [i for i in items if _margin(i) < cpu_bound]),
-                          ("tolerance_off_cpu", lambda items: items)):
+        for key, kept in (
+            ("tolerance", lambda items: [i for i in items if _margin(i) < cpu_bound]),
+            ("tolerance_off_cpu", lambda items: items),
+        ):
             own = (entry.get(key) or {}).get("fp32") or {}
             for metric, items in near.items():
                 assert items and all("margin" in i for i in items)
                 excused = kept(items)
                 if excused:
-                    assert math.isclose(own[metric]["abs"], len(excused) * one[metric.split("_")[0]] + 1e-6,
-                                        abs_tol=1e-3 * len(excused)), (model, key, metric)
+                    assert math.isclose(
+                        own[metric]["abs"], len(excused) * one[metric.split("_")[0]] + 1e-6, abs_tol=1e-3 * len(excused)
+                    ), (model, key, metric)
                     assert all(i in own[metric]["why"].replace("\n", " ") for i in excused), (model, key, metric)
                 else:
                     assert metric not in own, (model, key, metric)  # exact: the file's 1e-6
@@ -82,7 +91,9 @@ def test_example_specs_come_from_every_file_of_the_folder(tmp_path):
     assert specs["cn-clip-vit-b-16"].probabilities is not None
     for model in MODELS:
         spec = specs[model]
-        assert spec.labels[:4] == ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"] and any(ch.isupper() for ch in "".join(spec.labels))
+        assert spec.labels[:4] == ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"] and any(
+            ch.isupper() for ch in "".join(spec.labels)
+        )
         assert spec.probabilities is not None and spec.tolerance <= 1e-4 and spec.precisions == ("fp32",)
     for path in (EXPECTED / "example").glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")

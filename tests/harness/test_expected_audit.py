@@ -1,4 +1,5 @@
 """Every real dataset's expected file says what its tolerance still catches and what published evidence it allows for (issue 21)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,8 @@ def test_tolerance_audit_is_written(path):
     assert isinstance(audit, dict), f"{path}: no tolerance_audit (what the gate catches, what evidence it allows for)"
     assert audit.get("catches") and all(isinstance(c, str) and c.strip() for c in audit["catches"]), path
     for key in ("allows_for", "reconcile"):
-        assert isinstance(audit.get(key), str) and len(audit[key].split()) >= 8, f"{path}: tolerance_audit.{key} is missing or empty"
+        assert isinstance(audit.get(key), str) and len(audit[key].split()) >= 8, (
+            f"{path}: tolerance_audit.{key} is missing or empty"
+        )
     # every catch line names how many queries the tolerance lets through, not only points
     assert all(any(ch.isdigit() for ch in c) for c in audit["catches"])

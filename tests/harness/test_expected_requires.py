@@ -1,4 +1,5 @@
 """Expected entries published for particular run settings (ONNX fp16): parsed, named apart, and run only there."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,12 +19,19 @@ def test_onnx_entries_have_their_own_ids_and_settings():
     ids = Counter(c.id for c in cases)
     assert all(n == 1 for n in ids.values()), [i for i, n in ids.items() if n > 1]
     onnx = {c.id: c for c in cases if c.requires}
-    assert set(onnx) == {"muge-cn-clip-vit-b-16-onnx-fp16", "muge-cn-clip-vit-h-14-onnx-fp16",
-                         "readme-example-cn-clip-vit-b-16-onnx-fp16"}
+    assert set(onnx) == {
+        "muge-cn-clip-vit-b-16-onnx-fp16",
+        "muge-cn-clip-vit-h-14-onnx-fp16",
+        "readme-example-cn-clip-vit-b-16-onnx-fp16",
+    }
     b16 = onnx["muge-cn-clip-vit-b-16-onnx-fp16"]
     assert b16.gate_values == {"t2i_r1": 52.0, "t2i_r5": 76.8, "t2i_r10": 84.3, "t2i_mean_recall": 71.1}
     assert onnx["muge-cn-clip-vit-h-14-onnx-fp16"].gate_values == {
-        "t2i_r1": 63.1, "t2i_r5": 84.1, "t2i_r10": 89.0, "t2i_mean_recall": 78.8}
+        "t2i_r1": 63.1,
+        "t2i_r5": 84.1,
+        "t2i_r10": 89.0,
+        "t2i_mean_recall": 78.8,
+    }
     assert b16.variant == "onnx fp16" and b16.tolerance("t2i_mean_recall", "fp16").abs == 0.2
     probs = onnx["readme-example-cn-clip-vit-b-16-onnx-fp16"].gate_values
     assert list(probs.values()) == [0.12252, 5.2874, 0.067116, 94.523]

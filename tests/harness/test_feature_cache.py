@@ -1,5 +1,6 @@
 """The feature cache: a second evaluation reuses every feature with the same result, the modes do what they say,
 the key moves with everything on the feature path and with nothing off it, and the report says what was reused."""
+
 from __future__ import annotations
 
 import re
@@ -65,7 +66,9 @@ def test_a_second_evaluation_reuses_every_feature_with_the_same_numbers(shapes, 
     if dataset == "fixture-shapes":
         assert second.diagnostics == first.diagnostics == plain.diagnostics  # near ties: the same scores
     else:
-        assert torch.equal(second.raw["logits"], first.raw["logits"]) and torch.equal(plain.raw["logits"], first.raw["logits"])
+        assert torch.equal(second.raw["logits"], first.raw["logits"]) and torch.equal(
+            plain.raw["logits"], first.raw["logits"]
+        )
 
 
 def test_refresh_recomputes_and_overwrites_off_touches_nothing_read_only_writes_nothing(shapes, encoder, tmp_path):
@@ -134,18 +137,37 @@ def test_identity_records_spare_the_second_read_until_a_file_changes(shapes, enc
     again = _evaluate(encoder, data, tmp_path)
     assert len(reads) == 120 and again.provenance["data_fingerprint"] == first.provenance["data_fingerprint"]
     reads.clear()
-    cc = CaseCache(Cache.at(tmp_path, verify=True), model_fields(encoder, get_card("fixture-tiny").sha256, get_card("fixture-tiny")))
+    cc = CaseCache(
+        Cache.at(tmp_path, verify=True),
+        model_fields(encoder, get_card("fixture-tiny").sha256, get_card("fixture-tiny")),
+    )
     evaluate_card(encoder, data, progress=False, batch_size=32, cache=cc)
     assert len(reads) == 120  # --verify trusts no record
 
 
 # the deliberate mutations of tests/harness/test_cache_mutations.py: each file must be on the feature path
-ON_PATH = ["qaclip_core/transforms.py", "qaclip_core/tokenizer.py", "qaclip_core/model/vision.py",
-           "qaclip_core/model/text.py", "qaclip_harness/data/loader.py", "qaclip_harness/data/retrieval.py",
-           "qaclip_harness/data/imagenet.py", "qaclip_harness/eval/features.py", "qaclip_harness/eval/zeroshot.py",
-           "qaclip_harness/backends/native.py", "qaclip_harness/data/prompts.py", "qaclip_core/assets/vocab.txt"]
-OFF_PATH = ["qaclip_harness/report/tables.py", "qaclip_harness/gates/parity.py", "qaclip_harness/metrics/retrieval.py",
-            "qaclip_harness/expected.py", "qaclip_harness/suite/session.py", "expected/fixture-shapes.yaml"]
+ON_PATH = [
+    "qaclip_core/transforms.py",
+    "qaclip_core/tokenizer.py",
+    "qaclip_core/model/vision.py",
+    "qaclip_core/model/text.py",
+    "qaclip_harness/data/loader.py",
+    "qaclip_harness/data/retrieval.py",
+    "qaclip_harness/data/imagenet.py",
+    "qaclip_harness/eval/features.py",
+    "qaclip_harness/eval/zeroshot.py",
+    "qaclip_harness/backends/native.py",
+    "qaclip_harness/data/prompts.py",
+    "qaclip_core/assets/vocab.txt",
+]
+OFF_PATH = [
+    "qaclip_harness/report/tables.py",
+    "qaclip_harness/gates/parity.py",
+    "qaclip_harness/metrics/retrieval.py",
+    "qaclip_harness/expected.py",
+    "qaclip_harness/suite/session.py",
+    "expected/fixture-shapes.yaml",
+]
 
 
 def _tree_digest(root: Path) -> str:
@@ -170,18 +192,30 @@ def test_editing_a_file_moves_the_key_only_on_the_feature_path(tmp_path, path, o
 
 
 def test_the_report_says_computed_or_reused_and_is_otherwise_the_same():
-    common = dict(dataset="fixture-shapes", model="fixture-tiny", status="passed", measured={"t2i_r1": 95.1})
-    computed = {"status": "computed", "cache": "use", "steps": {
-        "images": {"status": "computed", "key": "a" * 64, "run": "host pid 1", "date": "2025-01-02T03:04:05Z"},
-        "texts": {"status": "computed", "key": "b" * 64, "run": "host pid 1", "date": "2025-01-02T03:04:05Z"}}}
-    reused = {"status": "reused", "cache": "use", "steps": {
-        name: dict(step, status="reused") for name, step in computed["steps"].items()}}
+    common = {"dataset": "fixture-shapes", "model": "fixture-tiny", "status": "passed", "measured": {"t2i_r1": 95.1}}
+    computed = {
+        "status": "computed",
+        "cache": "use",
+        "steps": {
+            "images": {"status": "computed", "key": "a" * 64, "run": "host pid 1", "date": "2025-01-02T03:04:05Z"},
+            "texts": {"status": "computed", "key": "b" * 64, "run": "host pid 1", "date": "2025-01-02T03:04:05Z"},
+        },
+    }
+    reused = {
+        "status": "reused",
+        "cache": "use",
+        "steps": {name: dict(step, status="reused") for name, step in computed["steps"].items()},
+    }
     assert describe_features(computed) == "features computed (cache use; keys images aaaaaaaaaaaa, texts bbbbbbbbbbbb)"
-    assert describe_features(reused) == ("features reused from host pid 1, 2025-01-02T03:04:05Z "
-                                         "(cache use; keys images aaaaaaaaaaaa, texts bbbbbbbbbbbb)")
+    assert describe_features(reused) == (
+        "features reused from host pid 1, 2025-01-02T03:04:05Z "
+        "(cache use; keys images aaaaaaaaaaaa, texts bbbbbbbbbbbb)"
+    )
     mixed = {"cache": "read-only", "steps": {"images": reused["steps"]["images"], "texts": computed["steps"]["texts"]}}
-    assert describe_features(mixed) == ("features: images reused from host pid 1, 2025-01-02T03:04:05Z; texts computed "
-                                        "(cache read-only; keys images aaaaaaaaaaaa, texts bbbbbbbbbbbb)")
+    assert describe_features(mixed) == (
+        "features: images reused from host pid 1, 2025-01-02T03:04:05Z; texts computed "
+        "(cache read-only; keys images aaaaaaaaaaaa, texts bbbbbbbbbbbb)"
+    )
     first = render_text([CaseResult(**common, features=computed)])
     second = render_text([CaseResult(**common, features=reused)])
     assert "fixture-tiny: features computed" in first and "fixture-tiny: features reused from host pid 1" in second

@@ -1,4 +1,5 @@
 """Atomic writes and the cleaning of dead processes' temporaries (qaclip_harness.files)."""
+
 from __future__ import annotations
 
 import errno
@@ -37,11 +38,13 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
 
 def test_a_file_size_limit_is_named(tmp_path):
     # ulimit -f in a child: the write dies half way, the target is untouched, the message says why
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
-            "from qaclip_harness.files import atomic_write_bytes, OutputError\n"
-            "try:\n    atomic_write_bytes(sys.argv[1], b'x' * 100000)\n"
-            "except OutputError as e:\n    print(e)\n")
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+        "from qaclip_harness.files import atomic_write_bytes, OutputError\n"
+        "try:\n    atomic_write_bytes(sys.argv[1], b'x' * 100000)\n"
+        "except OutputError as e:\n    print(e)\n"
+    )
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
     out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)

@@ -4,6 +4,7 @@ The fixture lets the suite run its real path (fetch, check, load, evaluate, comp
 real checkpoints or datasets; these tests show that it is deterministic, in the real formats,
 and meaningful (a model that works, and that breaks visibly when inputs are fed wrongly).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,12 +21,11 @@ import yaml
 from PIL import Image
 
 from qaclip_core import get_card, infer_arch, load_checkpoint, read_state_dict, tokenize
-from qaclip_harness.fixture import ARCH, CHECKPOINT, MODELS
-from qaclip_harness.fixture import shapes
-from qaclip_harness.fixture.train import storage_dtype
 from qaclip_core.registry import available_models
 from qaclip_core.tokenizer import preprocess_text
 from qaclip_core.transforms import MEAN, STD, image_transform
+from qaclip_harness.fixture import ARCH, CHECKPOINT, MODELS, shapes
+from qaclip_harness.fixture.train import storage_dtype
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "expected"
@@ -133,7 +133,9 @@ def test_images_come_in_every_mode_size_and_format(test_split):
     assert {"RGB", "RGBA", "P", "CMYK", "L", "LA", "1", "I;16"} <= modes
     assert formats == {"PNG", "JPEG"}
     assert {(320, 80), (80, 320), (384, 96), (96, 384), (48, 48)} <= sizes
-    cls = [Image.open(io.BytesIO(d)) for files in shapes.generate_classification(per_class=20).values() for _, d in files]
+    cls = [
+        Image.open(io.BytesIO(d)) for files in shapes.generate_classification(per_class=20).values() for _, d in files
+    ]
     assert len({im.mode for im in cls}) >= 6 and {im.format for im in cls} == {"PNG", "JPEG"}
 
 
@@ -142,7 +144,9 @@ def test_a_scene_survives_squashing_but_not_a_centre_crop():
     import random
 
     combo = shapes.Combo(0, 0, 1, 0, 1)  # a small red circle in the top-left corner
-    square = np.asarray(Image.open(io.BytesIO(shapes.render(combo, random.Random(3), (96, 96)))).convert("RGB"), dtype=float)
+    square = np.asarray(
+        Image.open(io.BytesIO(shapes.render(combo, random.Random(3), (96, 96)))).convert("RGB"), dtype=float
+    )
     wide = Image.open(io.BytesIO(shapes.render(combo, random.Random(3), (384, 96))))
     squashed = np.asarray(wide.resize((96, 96), Image.BICUBIC).convert("RGB"), dtype=float)
     assert np.abs(squashed - square).mean() < 4
@@ -194,7 +198,7 @@ def test_checkpoint_has_the_reference_format(name):
     sd = ckpt["state_dict"]
     assert all(k.startswith("module.") for k in sd)
     for key, value in sd.items():
-        assert value.dtype == storage_dtype(key[len("module."):], value.dtype), key
+        assert value.dtype == storage_dtype(key[len("module.") :], value.dtype), key
     floats = [v for v in sd.values() if v.is_floating_point()]
     assert sum(v.numel() for v in floats if v.dtype == torch.float16) > 0.95 * sum(v.numel() for v in floats)
 
@@ -228,7 +232,9 @@ def test_expected_numbers_name_these_checkpoints():
     for doc_name in ("fixture-shapes.yaml", "fixture-shapes-cls.yaml"):
         doc = yaml.safe_load((EXPECTED / doc_name).read_text(encoding="utf-8"))
         for name, (_, checkpoint) in MODELS.items():
-            assert doc["checkpoints"][name]["sha256"] == _sha256(checkpoint), f"{doc_name} was computed from another {name}"
+            assert doc["checkpoints"][name]["sha256"] == _sha256(checkpoint), (
+                f"{doc_name} was computed from another {name}"
+            )
             assert name in doc["models"]
 
 

@@ -1,4 +1,5 @@
 """The fixture's expected numbers are re-derived from the reference pipeline, so a hand edit cannot pass CI."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """The gates' comparison: per-tower drift, and top-k swaps that are failures unless the scores nearly tie."""
+
 from __future__ import annotations
 
 import torch

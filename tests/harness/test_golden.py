@@ -1,4 +1,5 @@
 """The golden store and comparison on synthetic features: round trip, drift, and the errors that name the file."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,12 @@ def _features(seed: int = 0) -> ProbeFeatures:
     probe = load_probe_set()
     g = torch.Generator().manual_seed(seed)
     norm = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-    return ProbeFeatures(list(probe.image_names), list(probe.captions),
-                         norm(torch.randn(len(probe.images), 16, generator=g)),
-                         norm(torch.randn(len(probe.captions), 16, generator=g)))
+    return ProbeFeatures(
+        list(probe.image_names),
+        list(probe.captions),
+        norm(torch.randn(len(probe.images), 16, generator=g)),
+        norm(torch.randn(len(probe.captions), 16, generator=g)),
+    )
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ by how much of its tolerance, draws every number over the runs, and lists the qu
 The runs here are written by the report writer itself (report.json) and from a real pytest-benchmark file
 (benchmarks/results); tests/harness/test_history_runs.py (large) does the same over three real fixture runs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,17 +28,35 @@ SLOWED = "encode_image ViT-fixture@BERT-fixture fp32 b16 cpu"  # the group run 3
 
 def _check(metric: str, measured: float, expected: float, tolerance: float) -> dict:
     delta = measured - expected
-    return dict(metric=metric, measured=measured, expected=expected, tolerance=tolerance, delta=delta, ok=abs(delta) <= tolerance)
+    return {
+        "metric": metric,
+        "measured": measured,
+        "expected": expected,
+        "tolerance": tolerance,
+        "delta": delta,
+        "ok": abs(delta) <= tolerance,
+    }
 
 
 def _results(t2i_r1: float, drift: float) -> list:
     retrieval = [_check("t2i_r1", t2i_r1, 95.0, 0.5), _check("i2t_r1", 96.0, 96.0, 0.5)]
     gate = [_check("image_max_abs_diff", drift, 0.0, 1e-5)]
     return [
-        CaseResult(dataset="fixture-shapes", model="fixture-tiny", kind="retrieval", checks=retrieval,
-                   status="passed" if all(c["ok"] for c in retrieval) else "failed", checkpoint_sha256="ab" * 32),
-        CaseResult(dataset="onnx-parity", model="fixture-tiny", kind="parity", checks=gate,
-                   status="passed" if gate[0]["ok"] else "failed"),
+        CaseResult(
+            dataset="fixture-shapes",
+            model="fixture-tiny",
+            kind="retrieval",
+            checks=retrieval,
+            status="passed" if all(c["ok"] for c in retrieval) else "failed",
+            checkpoint_sha256="ab" * 32,
+        ),
+        CaseResult(
+            dataset="onnx-parity",
+            model="fixture-tiny",
+            kind="parity",
+            checks=gate,
+            status="passed" if gate[0]["ok"] else "failed",
+        ),
     ]
 
 
@@ -53,17 +72,24 @@ def _bench(slower: float = 1.0) -> dict:
 def _predictions(folder: Path, t2i: dict) -> Path:
     """A retrieval dump as qaclip eval writes it: text 1 -> image 10, text 2 -> image 20, text 3 -> image 30."""
     folder.mkdir(parents=True)
-    (folder / "test_texts.tr.jsonl").write_text("".join(json.dumps({"image_id": i, "text_ids": [i // 10]}) + "\n"
-                                                        for i in (10, 20, 30)), encoding="utf-8")
-    (folder / "test_predictions.jsonl").write_text("".join(json.dumps({"text_id": t, "image_ids": ids}) + "\n"
-                                                           for t, ids in t2i.items()), encoding="utf-8")
-    (folder / "test_tr_predictions.jsonl").write_text("".join(json.dumps({"image_id": i, "text_ids": [i // 10, 9]}) + "\n"
-                                                              for i in (10, 20, 30)), encoding="utf-8")
+    (folder / "test_texts.tr.jsonl").write_text(
+        "".join(json.dumps({"image_id": i, "text_ids": [i // 10]}) + "\n" for i in (10, 20, 30)), encoding="utf-8"
+    )
+    (folder / "test_predictions.jsonl").write_text(
+        "".join(json.dumps({"text_id": t, "image_ids": ids}) + "\n" for t, ids in t2i.items()), encoding="utf-8"
+    )
+    (folder / "test_tr_predictions.jsonl").write_text(
+        "".join(json.dumps({"image_id": i, "text_ids": [i // 10, 9]}) + "\n" for i in (10, 20, 30)), encoding="utf-8"
+    )
     return folder
 
 
-def _run(path: Path, time: str, t2i_r1: float = 95.1, drift: float = 1e-7, slower: float = 1.0, t2i: dict = None) -> Path:
-    write_reports(_results(t2i_r1, drift), path, meta={"time": time}, environment={"git": {"commit": "c0ffee" + time[-2:] * 17}})
+def _run(
+    path: Path, time: str, t2i_r1: float = 95.1, drift: float = 1e-7, slower: float = 1.0, t2i: dict = None
+) -> Path:
+    write_reports(
+        _results(t2i_r1, drift), path, meta={"time": time}, environment={"git": {"commit": "c0ffee" + time[-2:] * 17}}
+    )
     (path / "benchmark.json").write_text(json.dumps(_bench(slower)), encoding="utf-8")
     if t2i is not None:
         _predictions(path / "predictions" / "fixture-shapes-fixture-tiny", t2i)
@@ -90,7 +116,9 @@ def test_history_names_what_moved_since_the_last_run_by_share_of_tolerance(store
     out = capsys.readouterr().out
     assert out.startswith("3 runs; now = current (c0ffee0), before = 20260102T000002-bbb (c0ffee0)")
     lines = out.splitlines()
-    assert [line for line in lines if line.startswith("status: ")] == ["status: onnx-parity / fixture-tiny: passed -> failed"]
+    assert [line for line in lines if line.startswith("status: ")] == [
+        "status: onnx-parity / fixture-tiny: passed -> failed"
+    ]
     t2i = next(line for line in lines if " t2i_r1 " in line).split()
     assert t2i[:2] == ["accuracy", "fixture-shapes"] and t2i[-6:] == ["95.10", "94.80", "-0.3", "60%", "of", "tol"]
     gate = next(line for line in lines if "image_max_abs_diff" in line)
@@ -108,9 +136,11 @@ def test_history_names_what_moved_since_the_last_run_by_share_of_tolerance(store
 def test_runs_with_the_same_numbers_move_nothing(store, capsys):
     assert main(["history", str(store)]) == 0
     out = capsys.readouterr().out
-    assert out == ("2 runs; now = 20260102T000002-bbb (c0ffee0), before = 20260101T000001-aaa (c0ffee0): 0 numbers moved, "
-                   "0 cases changed status\nfixture-shapes-fixture-tiny: 0 of 6 queries changed rank or first answer "
-                   "(0 better, 0 worse)\n")
+    assert out == (
+        "2 runs; now = 20260102T000002-bbb (c0ffee0), before = 20260101T000001-aaa (c0ffee0): 0 numbers moved, "
+        "0 cases changed status\nfixture-shapes-fixture-tiny: 0 of 6 queries changed rank or first answer "
+        "(0 better, 0 worse)\n"
+    )
 
 
 def test_json_lists_every_moved_number(store, capsys):
@@ -121,8 +151,9 @@ def test_json_lists_every_moved_number(store, capsys):
     assert moved["accuracy", "t2i_r1"]["share"] == pytest.approx(0.6)
     assert moved["throughput", "qaclip_core"]["alert"] is True
     assert [r["name"] for r in doc["runs"]] == ["20260101T000001-aaa", "20260102T000002-bbb", "current"]
-    assert doc["rank_changes"][0]["changes"] == [dict(direction="t2i", query=2, before_rank=1, after_rank=3,
-                                                      before_top=20, after_top=10)]
+    assert doc["rank_changes"][0]["changes"] == [
+        {"direction": "t2i", "query": 2, "before_rank": 1, "after_rank": 3, "before_top": 20, "after_top": 10}
+    ]
 
 
 def test_the_page_draws_every_number_over_the_runs(store, tmp_path):
@@ -157,7 +188,9 @@ def test_a_suite_run_with_history_writes_its_page_and_history_md(store):
 
 def test_keep_run_keeps_a_whole_run_once_and_prunes_the_oldest(tmp_path):
     hist = tmp_path / "history"
-    kept = [keep_run(_run(tmp_path / f"r{n}", f"2026-02-0{n}T10:00:00"), hist, f"sha{n}", keep_last=2) for n in (1, 2, 3)]
+    kept = [
+        keep_run(_run(tmp_path / f"r{n}", f"2026-02-0{n}T10:00:00"), hist, f"sha{n}", keep_last=2) for n in (1, 2, 3)
+    ]
     assert [p.name for p in kept] == ["20260201T100000-sha1", "20260202T100000-sha2", "20260203T100000-sha3"]
     assert sorted(p.name for p in hist.iterdir()) == ["20260202T100000-sha2", "20260203T100000-sha3"]  # no temporaries
     assert sorted(p.name for p in kept[2].iterdir()) == ["benchmark.json", "report.json", "report.md"]
@@ -167,13 +200,28 @@ def test_keep_run_keeps_a_whole_run_once_and_prunes_the_oldest(tmp_path):
     assert main(["keep-run", str(tmp_path / "empty"), str(hist), "--name", "x"]) == 2
 
 
-@pytest.mark.parametrize("damage,needle", [
-    (lambda run: (run / "report.json").write_text('{"results": 3}', encoding="utf-8"), "report.json is not a qaclip report.json"),
-    (lambda run: (run / "predictions" / "fixture-shapes-fixture-tiny" / "test_predictions.jsonl").write_text(
-        '{"text_id": 1, "image_ids": [10]}\n{oops\n', encoding="utf-8"), "test_predictions.jsonl, line 2: not JSON"),
-    (lambda run: (run / "predictions" / "fixture-shapes-fixture-tiny" / "test_predictions.jsonl").write_text(
-        '{"text": 1}\n', encoding="utf-8"), "a row has no 'text_id'"),
-], ids=["report-shape", "predictions-line", "predictions-field"])
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (
+            lambda run: (run / "report.json").write_text('{"results": 3}', encoding="utf-8"),
+            "report.json is not a qaclip report.json",
+        ),
+        (
+            lambda run: (run / "predictions" / "fixture-shapes-fixture-tiny" / "test_predictions.jsonl").write_text(
+                '{"text_id": 1, "image_ids": [10]}\n{oops\n', encoding="utf-8"
+            ),
+            "test_predictions.jsonl, line 2: not JSON",
+        ),
+        (
+            lambda run: (run / "predictions" / "fixture-shapes-fixture-tiny" / "test_predictions.jsonl").write_text(
+                '{"text": 1}\n', encoding="utf-8"
+            ),
+            "a row has no 'text_id'",
+        ),
+    ],
+    ids=["report-shape", "predictions-line", "predictions-field"],
+)
 def test_bad_input_is_one_error_naming_the_file(store, capsys, damage, needle):
     current = store.parent / "current"
     damage(current)
@@ -194,7 +242,9 @@ def test_a_folder_that_is_neither_a_run_nor_holds_runs(tmp_path, capsys):
 def test_zero_shot_predictions_name_the_images_whose_class_changed(tmp_path):
     def dump(folder: Path, rows: list) -> Path:
         folder.mkdir()
-        (folder / "shapes-cls.json").write_text(json.dumps({"model_name": "m", "predictions": [rows]}), encoding="utf-8")
+        (folder / "shapes-cls.json").write_text(
+            json.dumps({"model_name": "m", "predictions": [rows]}), encoding="utf-8"
+        )
         return folder
 
     before = dump(tmp_path / "a", [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])

@@ -2,6 +2,7 @@
 image feature of the native encoder, as a broken kernel would): the moved numbers, the cases that changed status and
 the queries that changed rank are named; the two unchanged runs move nothing. About a minute and a half on 2 cores
 (three suite runs, three evaluations with --dump-predictions): tox -e large."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ from qaclip_harness.fixture.shapes import write_shapes_dataset
 from .report_page import parse
 
 REPO = Path(__file__).resolve().parents[2]
-SELECTION = "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny or (test_checkpoint_gate and parity-fixture-tiny)"
+SELECTION = (
+    "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny or (test_checkpoint_gate and parity-fixture-tiny)"
+)
 PERTURB = '''"""The deliberate change: seeded noise of 30% of each image feature's norm."""
 import torch
 
@@ -50,22 +53,65 @@ def _env(tmp: Path, changed: bool) -> dict:
 def _fixture_run(tmp: Path, run: Path, data: Path, changed: bool) -> None:
     env = _env(tmp, changed)
     extra = ["-p", "perturb"] if changed else []
-    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "-m", "not throughput",
-                          "-k", SELECTION, *extra, "--report", str(run)], cwd=REPO, capture_output=True, text=True, env=env,
-                         timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-m",
+            "not throughput",
+            "-k",
+            SELECTION,
+            *extra,
+            "--report",
+            str(run),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == (1 if changed else 0), out.stdout[-3000:]
     # the per-item predictions of one case, kept with the run (qaclip eval --dump-predictions)
     head = "import perturb; " if changed else ""
     code = f"{head}import sys; from qaclip_harness.cli.commands import main; sys.exit(main(sys.argv[1:]))"
-    out = subprocess.run([sys.executable, "-c", code, "eval", "--checkpoint", str(CHECKPOINT), "--dataset", "fixture-shapes",
-                          "--data-root", str(data), "--device", "cpu", "--quiet", "--json",
-                          "--dump-predictions", str(run / "predictions" / "fixture-shapes-fixture-tiny")],
-                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "eval",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--dataset",
+            "fixture-shapes",
+            "--data-root",
+            str(data),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--json",
+            "--dump-predictions",
+            str(run / "predictions" / "fixture-shapes-fixture-tiny"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _qaclip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qaclip_harness", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "qaclip_harness", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.large
@@ -94,8 +140,10 @@ def test_history_over_three_fixture_runs_names_the_deliberate_change(tmp_path):
     doc = json.loads(out.stdout)
     assert [r["name"][-5:] for r in doc["runs"]] == ["main1", "main2", "rrent"]
     assert {(c["case"], c["after"]) for c in doc["status_changes"]} == {
-        ("fixture-shapes / fixture-tiny", "failed"), ("fixture-shapes-cls / fixture-tiny", "failed"),
-        ("parity / fixture-tiny", "failed")}
+        ("fixture-shapes / fixture-tiny", "failed"),
+        ("fixture-shapes-cls / fixture-tiny", "failed"),
+        ("parity / fixture-tiny", "failed"),
+    }
     moved = {(m["case"], m["number"]): m for m in doc["moved"]}
     assert moved["fixture-shapes-cls / fixture-tiny", "top1"]["share"] > 1  # beyond a whole tolerance
     assert moved["parity / fixture-tiny", "image max|Δ|"]["share"] > 100

@@ -1,4 +1,5 @@
 """Downloads through huggingface_hub and plain URLs, against qaclip_harness.fetch.local_hub (no network)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from qaclip_core import pretrained as hub
-from qaclip_harness.fetch import urls
 from qaclip_core.errors import ChecksumError, DownloadError
-from qaclip_harness.fetch.local_hub import LocalHub, serve_directory
 from qaclip_core.registry import ModelCard
+from qaclip_harness.fetch import urls
+from qaclip_harness.fetch.local_hub import LocalHub, serve_directory
 
 SIZE = 200_000
 REPO, FILE = "org/repo", "m.pt"
@@ -32,8 +33,19 @@ def _sha(data: bytes) -> str:
 
 
 def _card(sha256=None, url=None, size=None) -> ModelCard:
-    return ModelCard(name="t", family="t", display="t", vision="RN50", text="RBT3-chinese", resolution=224,
-                     hub_repo=REPO, hub_filename=FILE, sha256=sha256, url=url, size=size)
+    return ModelCard(
+        name="t",
+        family="t",
+        display="t",
+        vision="RN50",
+        text="RBT3-chinese",
+        resolution=224,
+        hub_repo=REPO,
+        hub_filename=FILE,
+        sha256=sha256,
+        url=url,
+        size=size,
+    )
 
 
 @dataclass
@@ -47,8 +59,7 @@ class Env:
     label: bytes
 
     def resolve_requests(self, method=None):
-        return [r for r in self.server.requests
-                if "/resolve/" in r.path and (method is None or r.method == method)]
+        return [r for r in self.server.requests if "/resolve/" in r.path and (method is None or r.method == method)]
 
     def file_requests(self, name, method="GET"):
         return [r for r in self.server.requests if r.path.endswith(name) and r.method == method]
@@ -97,8 +108,10 @@ def _leftovers(root: Path):
     if not root.exists():
         return []
     return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*")
-        if (p.is_file() or p.is_symlink()) and not p.name.endswith((".lock", ".gitignore", "CACHEDIR.TAG"))
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and not p.name.endswith((".lock", ".gitignore", "CACHEDIR.TAG"))
         and ".locks" not in p.parts
     )
 
@@ -249,8 +262,9 @@ def test_missing_file_and_dataset_repo(env):
 
     (env.srv / "OFA-Sys" / "chinese-clip-eval").mkdir(parents=True)
     (env.srv / "OFA-Sys" / "chinese-clip-eval" / "MUGE.zip").write_bytes(b"PK-zip")
-    path = hub.fetch_hub_file("OFA-Sys/chinese-clip-eval", "MUGE.zip", repo_type="dataset",
-                              local_dir=env.root, sha256=_sha(b"PK-zip"))
+    path = hub.fetch_hub_file(
+        "OFA-Sys/chinese-clip-eval", "MUGE.zip", repo_type="dataset", local_dir=env.root, sha256=_sha(b"PK-zip")
+    )
     assert path.read_bytes() == b"PK-zip"
     assert env.resolve_requests("GET")[-1].path == "/datasets/OFA-Sys/chinese-clip-eval/resolve/main/MUGE.zip"
 
@@ -363,10 +377,15 @@ def test_two_processes_fetch_the_same_files(env):
     # the second process waited for the first and found the finished files
     assert len(env.file_requests("label_cn.txt")) == 1
     assert len(env.resolve_requests("GET")) == 1
-    assert _leftovers(env.root) == sorted([
-        "label_cn.txt", "label_cn.txt.sha256", FILE, FILE + ".sha256",
-        os.path.join(".cache", "huggingface", "download", FILE + ".metadata"),
-    ])
+    assert _leftovers(env.root) == sorted(
+        [
+            "label_cn.txt",
+            "label_cn.txt.sha256",
+            FILE,
+            FILE + ".sha256",
+            os.path.join(".cache", "huggingface", "download", FILE + ".metadata"),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,7 +498,9 @@ def test_a_cached_file_of_another_size_is_refused_before_hashing(env, monkeypatc
     env.root.mkdir(parents=True)
     (env.root / FILE).write_bytes(env.data[:1000])  # an unfinished copy placed by hand
     _no_hashing(monkeypatch)
-    with pytest.raises(ChecksumError, match=rf"{FILE}: 1,000 bytes, but model {REPO}/{FILE} is {SIZE:,} bytes \(its pinned size\)"):
+    with pytest.raises(
+        ChecksumError, match=rf"{FILE}: 1,000 bytes, but model {REPO}/{FILE} is {SIZE:,} bytes \(its pinned size\)"
+    ):
         hub.fetch_hub_file(REPO, FILE, local_dir=env.root, sha256=env.sha, size=SIZE, endpoint=env.server.endpoint)
     assert (env.root / FILE).exists()  # found on disk: reported, not deleted
 
@@ -499,8 +520,12 @@ def test_the_right_size_and_digest_pass(env):
 def test_the_qa_clip_cards_carry_their_published_pins():
     from qaclip_core.registry import all_cards, get_card
 
-    for name, size in [("qa-clip-rn50", 617_738_279), ("qa-clip-vit-b-16", 1_569_891_012),
-                       ("qa-clip-vit-l-14", 2_443_404_116), ("qa-clip-vit-l-14-336", 2_444_715_284)]:
+    for name, size in [
+        ("qa-clip-rn50", 617_738_279),
+        ("qa-clip-vit-b-16", 1_569_891_012),
+        ("qa-clip-vit-l-14", 2_443_404_116),
+        ("qa-clip-vit-l-14-336", 2_444_715_284),
+    ]:
         card = get_card(name)
         assert card.size == size and len(card.sha256) == 64 and "TencentARC/QA-CLIP" in card.checksum_source
     assert all(c.size is None or c.sha256 for c in all_cards())  # a size is never pinned without its digest
@@ -510,9 +535,14 @@ def test_a_malformed_pin_is_named(tmp_path):
     from qaclip_core.registry import register_cards
 
     bad = tmp_path / "cards.yaml"
-    bad.write_text("models:\n  - {name: x-pin, family: x, display: x, vision: RN50, text: RBT3-chinese, resolution: 224,\n"
-                   "     sha256: abc, size: 10}\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"cards\.yaml: card 'x-pin': sha256 must be 64 lower-case hex digits, got 'abc'"):
+    bad.write_text(
+        "models:\n  - {name: x-pin, family: x, display: x, vision: RN50, text: RBT3-chinese, resolution: 224,\n"
+        "     sha256: abc, size: 10}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        ValueError, match=r"cards\.yaml: card 'x-pin': sha256 must be 64 lower-case hex digits, got 'abc'"
+    ):
         register_cards(bad)
     bad.write_text(bad.read_text().replace("sha256: abc", "sha256: " + "a" * 64).replace("size: 10", "size: -3"))
     with pytest.raises(ValueError, match=r"size must be a positive number of bytes, got -3"):

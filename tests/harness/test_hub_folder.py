@@ -3,6 +3,7 @@
 ``qaclip_harness.fetch.local_hub`` answers the two API calls a folder fetch makes (repo info with the
 files' LFS sha256, and the tree listing) besides the file downloads, so nothing is mocked here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,14 +12,17 @@ import json
 import pytest
 
 from qaclip_core.errors import ChecksumError, DownloadError
+from qaclip_core.registry import ModelCard
 from qaclip_harness.fetch.folders import FolderLayout, fetch_folder
 from qaclip_harness.fetch.local_hub import serve_directory
-from qaclip_core.registry import ModelCard
 
 REPO = "org/tiny-chineseclip"
-LAYOUT = FolderLayout(family="Test", config_files=("config.json", "preprocessor_config.json", "vocab.txt",
-                                                   "tokenizer_config.json"),
-                      tokenizer_files=("vocab.txt",), manual_files="config.json, preprocessor_config.json, vocab.txt")
+LAYOUT = FolderLayout(
+    family="Test",
+    config_files=("config.json", "preprocessor_config.json", "vocab.txt", "tokenizer_config.json"),
+    tokenizer_files=("vocab.txt",),
+    manual_files="config.json, preprocessor_config.json, vocab.txt",
+)
 FILES = {
     "config.json": b'{"model_type": "chinese_clip"}',
     "preprocessor_config.json": b"{}",
@@ -32,8 +36,16 @@ FILES = {
 
 
 def _card() -> ModelCard:
-    return ModelCard(name="tiny", family="test", display="Tiny", vision="ViT-fixture", text="BERT-fixture",
-                     resolution=64, hub_repo=REPO, adapter="chineseclip")
+    return ModelCard(
+        name="tiny",
+        family="test",
+        display="Tiny",
+        vision="ViT-fixture",
+        text="BERT-fixture",
+        resolution=64,
+        hub_repo=REPO,
+        adapter="chineseclip",
+    )
 
 
 @pytest.fixture
@@ -67,7 +79,13 @@ def test_fetch_takes_the_layout_and_one_set_of_weights(served, tmp_path):
         folder = fetch_folder(_card(), LAYOUT, download_root=tmp_path / "ckpt", endpoint=hub.endpoint)
         assert folder == tmp_path / "ckpt" / "tiny-chineseclip"
         got = {p.name for p in folder.iterdir() if p.is_file()}
-        assert got == {"config.json", "preprocessor_config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors"}
+        assert got == {
+            "config.json",
+            "preprocessor_config.json",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "model.safetensors",
+        }
         assert (folder / "model.safetensors").read_bytes() == FILES["model.safetensors"]
         hub.reset_requests()
         # once complete, the folder is final: no request at all

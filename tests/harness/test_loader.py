@@ -1,4 +1,5 @@
 """The threaded batch loader: the same ids and bit-equal tensors as a plain DataLoader, in any worker count."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from qaclip_core.transforms import image_transform
 from qaclip_harness.data.imagenet import ImageNetFolder, IndexedImages
 from qaclip_harness.data.loader import DECODE_NICENESS, ImageBatchLoader, resolve_workers, writes_into_slots
 from qaclip_harness.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
 from qaclip_harness.errors import DatasetError
-from qaclip_core.transforms import image_transform
-
 from tests.datasets_util import IMAGE_IDS, make_imagenet, sample_images
 
 RES = 40
@@ -104,7 +104,9 @@ def test_a_bad_image_names_its_id_and_stops_cleanly(tmp_path, workers):
     assert threading.active_count() == before  # no decode thread is left behind
 
 
-@pytest.mark.skipif(not hasattr(threading, "get_native_id") or not hasattr(os, "getpriority"), reason="POSIX thread priorities")
+@pytest.mark.skipif(
+    not hasattr(threading, "get_native_id") or not hasattr(os, "getpriority"), reason="POSIX thread priorities"
+)
 def test_decode_threads_yield_to_the_model(lmdb_images):
     """Decode threads run at a lower priority than the thread that consumes the batches."""
     seen = set()

@@ -1,4 +1,5 @@
 """Ranking, recall and zero-shot accuracy equal Chinese-CLIP's scripts on the same features (ties included)."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qaclip_harness.data.prompts import imagenet_templates
-from qaclip_harness.metrics.retrieval import evaluate_retrieval, recall_at_k, topk_desc, write_predictions
-from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
-from qaclip_harness.eval.zeroshot import build_classifier
 from qaclip_core.tokenizer import preprocess_text, tokenize
-
+from qaclip_harness.data.prompts import imagenet_templates
+from qaclip_harness.eval.zeroshot import build_classifier
+from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
+from qaclip_harness.metrics.retrieval import evaluate_retrieval, recall_at_k, topk_desc, write_predictions
 from tests.datasets_util import reference_functions, reference_tr_annotation, run_reference_topk, write_features
 
 
@@ -168,8 +168,11 @@ def test_retrieval_equals_reference(tmp_path, kind):
         from cn_clip import eval as ref_eval
 
         score = tmp_path / f"{prefix}_score.json"
-        subprocess.run([sys.executable, str(Path(ref_eval.__file__).parent / script), str(gt), str(pred), str(score)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(Path(ref_eval.__file__).parent / script), str(gt), str(pred), str(score)],
+            check=True,
+            capture_output=True,
+        )
         res = json.loads(score.read_text())
         assert res["success"], res
         sj = res["scoreJson"]
@@ -228,8 +231,9 @@ def test_evaluate_retrieval_ties_equal_full_sort(n_img, n_txt, d, k, chunk, seed
     # random ground truth: some images uncaptioned, some texts with several images
     t2i = {t: sorted({int(i) for i in rng.choice(image_ids, 1 + int(rng.integers(0, 3)))}) for t in text_ids}
     ks = (1, 5, 10)
-    got = evaluate_retrieval(image_ids, torch.from_numpy(img), text_ids, torch.from_numpy(txt), t2i, k=k,
-                             chunk_size=chunk, ks=ks)
+    got = evaluate_retrieval(
+        image_ids, torch.from_numpy(img), text_ids, torch.from_numpy(txt), t2i, k=k, chunk_size=chunk, ks=ks
+    )
     t2i_pred, i2t_pred, metrics, near = _oracle_retrieval(image_ids, img, text_ids, txt, t2i, k, ks, 1e-6)
     assert got.t2i == t2i_pred
     assert got.i2t == i2t_pred and list(got.i2t) == list(i2t_pred)
@@ -246,8 +250,10 @@ def test_evaluate_retrieval_chunking_same_result():
     img[9] = img[2]  # duplicate image and text: exact ties in both directions
     txt[20] = txt[4]
     t2i = {t: [t % 40, (3 * t) % 40] for t in range(33)}
-    runs = [evaluate_retrieval(list(range(40)), img, list(range(33)), txt, t2i, k=10, chunk_size=c)
-            for c in (None, 1, 4, 7, 32, 33, 34)]
+    runs = [
+        evaluate_retrieval(list(range(40)), img, list(range(33)), txt, t2i, k=10, chunk_size=c)
+        for c in (None, 1, 4, 7, 32, 33, 34)
+    ]
     for r in runs[1:]:
         assert (r.t2i, r.i2t, r.metrics, r.near_ties) == (runs[0].t2i, runs[0].i2t, runs[0].metrics, runs[0].near_ties)
 
@@ -277,6 +283,7 @@ def test_evaluate_retrieval_checks():
 
 # --- zero-shot ---------------------------------------------------------------------------------
 
+
 def _np2_float(x) -> float:
     # the reference calls float() on a 1-element 1-D array, which NumPy 2 refuses
     return float(np.asarray(x).reshape(()))
@@ -286,8 +293,13 @@ def _reference_zeroshot():
     from cn_clip.clip import tokenize as ref_tokenize
     from cn_clip.eval.data import _preprocess_text
 
-    ns = {"torch": torch, "tqdm": lambda x: x, "_preprocess_text": _preprocess_text, "tokenize": ref_tokenize,
-          "float": _np2_float}
+    ns = {
+        "torch": torch,
+        "tqdm": lambda x: x,
+        "_preprocess_text": _preprocess_text,
+        "tokenize": ref_tokenize,
+        "float": _np2_float,
+    }
     return reference_functions("cn_clip.eval.zeroshot_evaluation", ["zero_shot_classifier", "accuracy"], ns)
 
 
@@ -343,7 +355,11 @@ def test_accuracy_equals_reference():
 def test_accuracy_ties_go_to_lower_class():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 1.0, 1.0]])
     assert accuracy(logits, torch.tensor([1, 0, 1]), topk=(1, 2)) == {"top1": 100.0, "top2": 100.0}
-    assert accuracy(logits, torch.tensor([2, 3, 3]), topk=(1, 2, 3)) == {"top1": 0.0, "top2": 1 / 3 * 100, "top3": 2 / 3 * 100}
+    assert accuracy(logits, torch.tensor([2, 3, 3]), topk=(1, 2, 3)) == {
+        "top1": 0.0,
+        "top2": 1 / 3 * 100,
+        "top3": 2 / 3 * 100,
+    }
 
 
 def test_true_class_probability_is_the_references_softmax_output_and_moves_with_the_scale():

@@ -1,4 +1,5 @@
 """tools/mutation_check.py stays applicable: every mutant's text occurs exactly once in the tree, and it covers every area."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,8 +29,15 @@ def test_the_set_covers_every_area_with_at_least_25_mutants():
     tool = _tool()
     names = [m.name for m in tool.MUTANTS]
     assert len(names) == len(set(names)) >= 25
-    assert {m.area for m in tool.MUTANTS} == {"preprocessing", "tokenizer", "text tower", "ViT", "ResNet", "evaluation",
-                                              "precision"}
+    assert {m.area for m in tool.MUTANTS} == {
+        "preprocessing",
+        "tokenizer",
+        "text tower",
+        "ViT",
+        "ResNet",
+        "evaluation",
+        "precision",
+    }
 
 
 def test_a_mutant_is_applied_to_a_copy_never_to_the_tree(tmp_path):

@@ -1,4 +1,5 @@
 """ONNX export of the fixture: the export-onnx command, the manifest, dynamic axes, ORT parity, bad input and the cache."""
+
 from __future__ import annotations
 
 import json
@@ -13,22 +14,22 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'qaclip-core[onnx]'")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'qaclip-core[onnx]'")
 
-import onnx  # noqa: E402
+import onnx
 
-from qaclip_harness.cli import commands as cli  # noqa: E402
-from qaclip_harness.backends.native import NativeEncoder  # noqa: E402
-from qaclip_harness.backends.onnx import OnnxEncoder, verify_export  # noqa: E402
-from qaclip_core.checkpoint import load_checkpoint  # noqa: E402
-from qaclip_harness.errors import ExportError, UnsupportedError  # noqa: E402
-from qaclip_harness.export import cache as export_cache  # noqa: E402
-from qaclip_harness.export.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
-from qaclip_harness.export.onnx import DEFAULT_OPSET, MIN_OPSET, export_model  # noqa: E402
-from qaclip_harness.export.parity import compare, rank_check  # noqa: E402
-from qaclip_harness.export.runtime import runtime_max_opset  # noqa: E402
-from qaclip_harness.fixture import CHECKPOINT  # noqa: E402
-from qaclip_core.registry import get_card  # noqa: E402
-from qaclip_core.tokenizer import tokenize  # noqa: E402
-from qaclip_core.transforms import MEAN, STD  # noqa: E402
+from qaclip_core.checkpoint import load_checkpoint
+from qaclip_core.registry import get_card
+from qaclip_core.tokenizer import tokenize
+from qaclip_core.transforms import MEAN, STD
+from qaclip_harness.backends.native import NativeEncoder
+from qaclip_harness.backends.onnx import OnnxEncoder, verify_export
+from qaclip_harness.cli import commands as cli
+from qaclip_harness.errors import ExportError, UnsupportedError
+from qaclip_harness.export import cache as export_cache
+from qaclip_harness.export.manifest import MANIFEST_NAME, read_manifest
+from qaclip_harness.export.onnx import DEFAULT_OPSET, MIN_OPSET, export_model
+from qaclip_harness.export.parity import compare, rank_check
+from qaclip_harness.export.runtime import runtime_max_opset
+from qaclip_harness.fixture import CHECKPOINT
 
 ARCH = "ViT-fixture@BERT-fixture"
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +59,9 @@ def test_manifest_records_what_a_deployer_needs(exported):
     assert m.checkpoint_sha256 == get_card("fixture-tiny").sha256 and m.checkpoint_file == CHECKPOINT.name
     assert (m.opset, m.precision, m.arch, m.resolution, m.context_length) == (DEFAULT_OPSET, "fp32", ARCH, 64, 52)
     assert m.normalisation["mean"] == list(MEAN) and m.normalisation["std"] == list(STD)
-    assert m.versions["qaclip_core"] and m.versions["torch"] == torch.__version__ and m.exporter.startswith("torch.onnx")
+    assert (
+        m.versions["qaclip_core"] and m.versions["torch"] == torch.__version__ and m.exporter.startswith("torch.onnx")
+    )
     assert m.towers["image"]["input"] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert m.towers["text"]["input"]["shape"] == ["batch", "sequence"] and m.towers["text"]["input"]["dtype"] == "int64"
     assert m.logit_scale == pytest.approx(float(load_checkpoint(CHECKPOINT, ARCH).logit_scale.detach().exp()))
@@ -82,7 +85,9 @@ def test_onnx_parity_batches_1_7_64(exported, eager):
 def test_padded_export_equals_packed_eager_path_at_every_length(exported, eager):
     """The exported text model (plain padded path) against the eager packed fast path, sequence lengths 2 to 52."""
     ours = OnnxEncoder(exported, device="cpu")
-    full = tokenize(["一群人在公园里打太极拳，背景是高楼大厦，天空中飘着几朵白云，远处还有一座古老的宝塔和一条蜿蜒的小河" * 2])[0]
+    full = tokenize(
+        ["一群人在公园里打太极拳，背景是高楼大厦，天空中飘着几朵白云，远处还有一座古老的宝塔和一条蜿蜒的小河" * 2]
+    )[0]
     assert int((full != 0).sum()) == 52
     rows = torch.zeros(51, 52, dtype=torch.long)
     for i, length in enumerate(range(2, 53)):  # [CLS] + length - 2 tokens + [SEP]
@@ -100,7 +105,9 @@ def test_padded_export_equals_packed_eager_path_at_every_length(exported, eager)
 
 def test_export_of_a_model_in_fp16_is_close(tmp_path, eager):
     model = load_checkpoint(CHECKPOINT, ARCH, precision="fp16")
-    manifest = export_model(model, tmp_path / "fp16", name="fixture-fp16", checkpoint_sha256="0" * 64, verify=verify_export)
+    manifest = export_model(
+        model, tmp_path / "fp16", name="fixture-fp16", checkpoint_sha256="0" * 64, verify=verify_export
+    )
     assert manifest.precision == "fp16" and manifest.towers["image"]["output"]["dtype"] == "float16"
     ours = OnnxEncoder(tmp_path / "fp16", device="cpu")
     assert ours.dtype == torch.float16
@@ -168,7 +175,9 @@ def test_manifest_missing_or_malformed(copy):
 
 def test_manifest_of_another_checkpoint_is_refused(exported):
     other = "ab" * 32
-    with pytest.raises(ExportError, match=f"exported from the checkpoint with sha256 {get_card('fixture-tiny').sha256}.*{other}"):
+    with pytest.raises(
+        ExportError, match=f"exported from the checkpoint with sha256 {get_card('fixture-tiny').sha256}.*{other}"
+    ):
         OnnxEncoder(exported, device="cpu", checkpoint_sha256=other)
 
 
@@ -308,8 +317,23 @@ def test_cli_eval_on_the_onnx_backend_reuses_the_cached_export(tmp_path, monkeyp
     shutil.copytree(exported, export_cache.export_cache_root() / export_cache.cache_key(sha, DEFAULT_OPSET, "fp32"))
     monkeypatch.setattr("qaclip_harness.export.onnx.export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
     write_shapes_dataset(tmp_path / "data")
-    code = cli.main(["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "fixture-shapes", "--data-root",
-                     str(tmp_path / "data"), "--backend", "onnx", "--device", "cpu", "--json", "--quiet"])
+    code = cli.main(
+        [
+            "eval",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--dataset",
+            "fixture-shapes",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--backend",
+            "onnx",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     expected = yaml.safe_load((REPO / "expected" / "fixture-shapes.yaml").read_text(encoding="utf-8"))

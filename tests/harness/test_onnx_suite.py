@@ -1,4 +1,5 @@
 """The suite end to end on the ONNX backend: the fixture exported, run by ONNX Runtime, held to its expected numbers."""
+
 from __future__ import annotations
 
 import json
@@ -19,20 +20,47 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "-m", "not throughput", "-k", "(fixture-shapes and not hf) or onnx-parity-fixture or readme-example", "-q", "-rs",
-         "-p", "no:cacheprovider", "--backend", "onnx", "--device", "cpu", "--report", str(tmp_path / "report")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-m",
+            "not throughput",
+            "-k",
+            "(fixture-shapes and not hf) or onnx-parity-fixture or readme-example",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "--backend",
+            "onnx",
+            "--device",
+            "cpu",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=dict(os.environ, QACLIP_CACHE=str(tmp_path / "cache")),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "6 passed, 1 skipped" in out.stdout, out.stdout[-3000:]  # shapes, shapes-cls and onnx-parity of both fixtures
+    assert "6 passed, 1 skipped" in out.stdout, out.stdout[
+        -3000:
+    ]  # shapes, shapes-cls and onnx-parity of both fixtures
     # published for ONNX fp16: skipped in fp32 with one line saying how to run it
     assert "published for onnx fp16; run with --precision fp16" in out.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert report["meta"]["backend"] == "onnx"
     results = {r["dataset"]: r for r in report["results"] if r["model"] in ("fixture-tiny", "cn-clip-vit-b-16")}
     assert {k: r["status"] for k, r in results.items()} == {
-        "fixture-shapes": "passed", "fixture-shapes-cls": "passed", "onnx-parity": "passed", "readme-example": "skipped"}
+        "fixture-shapes": "passed",
+        "fixture-shapes-cls": "passed",
+        "onnx-parity": "passed",
+        "readme-example": "skipped",
+    }
     assert results["fixture-shapes"]["backend"] == "onnx" and results["fixture-shapes-cls"]["backend"] == "onnx"
     # within the fixture's off-CPU near-tie allowance (ONNX Runtime is another implementation), for both models
     for r in report["results"]:

@@ -1,4 +1,5 @@
 """Option and expected-file validation: each bad value is one message naming the option (or file and key)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,11 +19,14 @@ def test_positive_int_accepts():
     assert options.positive_int(" 64 ", "--batch-size") == 64
 
 
-@pytest.mark.parametrize("value,needle", [
-    ("tpu", "expected auto, cpu, cuda or cuda:N"),
-    ("cuda:x", "cuda:N with N a GPU index"),
-    ("cuda:99", "cuda:99"),
-])
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("tpu", "expected auto, cpu, cuda or cuda:N"),
+        ("cuda:x", "cuda:N with N a GPU index"),
+        ("cuda:99", "cuda:99"),
+    ],
+)
 def test_device_rejects(value, needle):
     with pytest.raises(options.OptionError, match=needle):
         options.device(value)
@@ -72,22 +76,42 @@ models: {m: {gate: a, a: {t2i_r1: 50.0}}}
 """
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("", "is empty"),
-    ("dataset: [unclosed", "is not valid YAML at line 1"),
-    ("- a list", "expected a mapping"),
-    (GOOD.replace("abs: 0.2", "abs: lots"), "tolerance.fp32.t2i.abs must be a number, got 'lots'"),
-    (GOOD.replace("abs: 0.2", "abs: -1"), "tolerance.fp32.t2i.abs must not be negative"),
-    (GOOD.replace(", why: rounding", ""), "tolerance.fp32.t2i needs 'abs'"),
-    (GOOD.replace("t2i_r1: 50.0", "t2i_r1: high"), "models.m.a.t2i_r1 must be a number"),
-    (GOOD.replace("gate: a", "gate: b"), "models.m.gate 'b' is not one of its sources"),
-    (GOOD.replace("t2i_r1", "i2t_r1"), "no tolerance.fp32 entry for metric 'i2t_r1'"),
-    (GOOD.replace("kind: retrieval", "kind: ranking"), "kind must be one of"),
-    (GOOD.replace("split: test\n", ""), "missing top-level key(s) 'split'"),
-    (GOOD.replace("models: {m: {gate: a, a: {t2i_r1: 50.0}}}", "models: {m: {gate: a, a: {t2i_r1: 50.0}, c: {t2i_r1: 1}}}"),
-     "cites undeclared sources ['c']"),
-], ids=["empty", "malformed", "list", "abs-text", "abs-negative", "no-why", "value-text", "gate", "no-tolerance",
-        "kind", "no-split", "undeclared-source"])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("", "is empty"),
+        ("dataset: [unclosed", "is not valid YAML at line 1"),
+        ("- a list", "expected a mapping"),
+        (GOOD.replace("abs: 0.2", "abs: lots"), "tolerance.fp32.t2i.abs must be a number, got 'lots'"),
+        (GOOD.replace("abs: 0.2", "abs: -1"), "tolerance.fp32.t2i.abs must not be negative"),
+        (GOOD.replace(", why: rounding", ""), "tolerance.fp32.t2i needs 'abs'"),
+        (GOOD.replace("t2i_r1: 50.0", "t2i_r1: high"), "models.m.a.t2i_r1 must be a number"),
+        (GOOD.replace("gate: a", "gate: b"), "models.m.gate 'b' is not one of its sources"),
+        (GOOD.replace("t2i_r1", "i2t_r1"), "no tolerance.fp32 entry for metric 'i2t_r1'"),
+        (GOOD.replace("kind: retrieval", "kind: ranking"), "kind must be one of"),
+        (GOOD.replace("split: test\n", ""), "missing top-level key(s) 'split'"),
+        (
+            GOOD.replace(
+                "models: {m: {gate: a, a: {t2i_r1: 50.0}}}", "models: {m: {gate: a, a: {t2i_r1: 50.0}, c: {t2i_r1: 1}}}"
+            ),
+            "cites undeclared sources ['c']",
+        ),
+    ],
+    ids=[
+        "empty",
+        "malformed",
+        "list",
+        "abs-text",
+        "abs-negative",
+        "no-why",
+        "value-text",
+        "gate",
+        "no-tolerance",
+        "kind",
+        "no-split",
+        "undeclared-source",
+    ],
+)
 def test_expected_file_errors_name_file_and_key(tmp_path, text, needle):
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ExpectedFileError) as e:

@@ -5,6 +5,7 @@ first drops the capabilities that let root write anywhere (CAP_DAC_OVERRIDE and 
 its bounding set, so the exec'd interpreter never has them): a folder of mode 0o555 is then
 read-only for it as for any user.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _dead_pid() -> int:
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    return int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    )
 
 
 def _read_only(tmp_path: Path) -> Path:
@@ -48,8 +51,15 @@ def _without_root_overrides() -> None:
 def _as_user(code: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a child that, even as root, cannot write where the mode bits say no."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env,
-                          preexec_fn=_without_root_overrides if os.geteuid() == 0 else None, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        preexec_fn=_without_root_overrides if os.geteuid() == 0 else None,
+        cwd=REPO,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,8 +67,13 @@ def _as_user(code: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _get(values: dict):
-    defaults = {"--num-workers": "0", "--backend": "pytorch", "--device": "cpu", "--precision": "fp32",
-                "--batch-size": "8"}
+    defaults = {
+        "--num-workers": "0",
+        "--backend": "pytorch",
+        "--device": "cpu",
+        "--precision": "fp32",
+        "--batch-size": "8",
+    }
     return lambda flag: values.get(flag, defaults.get(flag))
 
 
@@ -74,7 +89,9 @@ def test_golden_dir_that_is_a_file_is_refused_and_named_by_its_variable(tmp_path
     with pytest.raises(options.OptionError, match=r"--golden-dir .*expected a folder"):
         suite_options.validated_options(_get({"--golden-dir": str(f), "--golden-save": True}))
     monkeypatch.setenv("QACLIP_GOLDEN_DIR", str(f))
-    source = suite_options.option_source(SimpleNamespace())  # nothing given on the command line: the value is the variable's
+    source = suite_options.option_source(
+        SimpleNamespace()
+    )  # nothing given on the command line: the value is the variable's
     with pytest.raises(options.OptionError, match=r"^QACLIP_GOLDEN_DIR .*expected a folder"):
         suite_options.validated_options(_get({"--golden-dir": str(f)}), source=source)
 
@@ -82,7 +99,9 @@ def test_golden_dir_that_is_a_file_is_refused_and_named_by_its_variable(tmp_path
 def test_device_error_names_the_variable_that_set_it(monkeypatch):
     monkeypatch.setenv("QACLIP_DEVICE", "cuda:7")
     with pytest.raises(options.OptionError, match=r"^QACLIP_DEVICE 'cuda:7'"):
-        suite_options.validated_options(_get({"--device": "cuda:7"}), source=suite_options.option_source(SimpleNamespace()))
+        suite_options.validated_options(
+            _get({"--device": "cuda:7"}), source=suite_options.option_source(SimpleNamespace())
+        )
     given = suite_options.option_source(SimpleNamespace(qaclip_given={"--device"}))  # given on the command line as well
     with pytest.raises(options.OptionError, match=r"^--device 'cuda:7'"):
         suite_options.validated_options(_get({"--device": "cuda:7"}), source=given)
@@ -91,8 +110,14 @@ def test_device_error_names_the_variable_that_set_it(monkeypatch):
 def test_suite_names_the_variable_end_to_end(tmp_path):
     # pytest takes the default from QACLIP_DEVICE; the usage error must say so
     env = {**os.environ, "QACLIP_DEVICE": "cuda:7"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 4 and "QACLIP_DEVICE 'cuda:7'" in out.stderr, out.stderr[-2000:]
     assert "--device 'cuda:7'" not in out.stderr
 
@@ -118,17 +143,19 @@ def test_lock_file_under_a_file_is_refused(tmp_path):
 def test_a_read_only_folder_is_refused_before_any_work(tmp_path, check):
     folder = _read_only(tmp_path)
     target = folder if check == "new_output_folder" else folder / "out.yaml"
-    code = ("import sys; from qaclip_harness import options\n"
-            f"try:\n    options.{check}(sys.argv[1], '--out')\nexcept options.OptionError as e:\n    print(e)\n")
+    code = (
+        "import sys; from qaclip_harness import options\n"
+        f"try:\n    options.{check}(sys.argv[1], '--out')\nexcept options.OptionError as e:\n    print(e)\n"
+    )
     out = _as_user(code, str(target))
     assert "--out" in out.stdout and "is not writable" in out.stdout, out.stdout + out.stderr
     assert sorted(folder.iterdir()) == []
 
 
 def test_cli_outputs_fail_at_parse_time(tmp_path, capsys, monkeypatch):
+    import qaclip_harness.export.onnx as onnx_export
     from qaclip_harness.cli import commands as cli
     from qaclip_harness.fixture import CHECKPOINT
-    import qaclip_harness.export.onnx as onnx_export
 
     monkeypatch.setattr(onnx_export, "export_checkpoint", lambda *a, **k: pytest.fail("the export started"))
     existing = tmp_path / "existing.file"
@@ -174,8 +201,10 @@ def test_report_is_written_atomically_and_stale_temporaries_go(tmp_path, monkeyp
 def test_interrupted_report_says_so(tmp_path):
     from qaclip_harness.report.tables import CaseResult, write_reports
 
-    results = [CaseResult(dataset="d", model="a", status="passed"),
-               CaseResult(dataset="d", model="b", status="interrupted", reason="the run was interrupted")]
+    results = [
+        CaseResult(dataset="d", model="a", status="passed"),
+        CaseResult(dataset="d", model="b", status="interrupted", reason="the run was interrupted"),
+    ]
     write_reports(results, tmp_path, {"interrupted": True})
     md = (tmp_path / "report.md").read_text()
     assert "The run was interrupted" in md and "interrupted (Ctrl-C) while running" in md
@@ -183,14 +212,19 @@ def test_interrupted_report_says_so(tmp_path):
 
 
 def test_golden_save_is_atomic_and_cleans_up(tmp_path, monkeypatch):
+    import torch
+
     from qaclip_harness.gates.features import ProbeFeatures
     from qaclip_harness.gates.golden import save_golden
     from qaclip_harness.probe import load_probe_set
-    import torch
 
     probe = load_probe_set()
-    feats = ProbeFeatures(list(probe.image_names), list(probe.captions), torch.zeros(len(probe.images), 4),
-                          torch.zeros(len(probe.captions), 4))
+    feats = ProbeFeatures(
+        list(probe.image_names),
+        list(probe.captions),
+        torch.zeros(len(probe.images), 4),
+        torch.zeros(len(probe.captions), 4),
+    )
     ckpt = tmp_path / "m.pt"
     ckpt.write_bytes(b"w")
     store = tmp_path / "goldens"
@@ -269,13 +303,31 @@ def test_calibration_and_predictions_are_written_atomically(tmp_path, monkeypatc
 
 
 def test_calibrate_with_every_case_skipped_fails_unless_asked(tmp_path, capsys, monkeypatch):
-    from qaclip_harness.cli import commands as cli
     import qaclip_harness.calibrate as calibrate
+    from qaclip_harness.cli import commands as cli
 
-    monkeypatch.setattr(calibrate, "calibrate", lambda cases, *a, **k: {
-        "environment": {}, "runs": ["fp32"], "cases": {}, "skipped": {c.id: "no weights" for c in cases}})
+    monkeypatch.setattr(
+        calibrate,
+        "calibrate",
+        lambda cases, *a, **k: {
+            "environment": {},
+            "runs": ["fp32"],
+            "cases": {},
+            "skipped": {c.id: "no weights" for c in cases},
+        },
+    )
     out = tmp_path / "cal.yaml"
-    argv = ["calibrate", "--out", str(out), "--expected-dir", str(REPO / "expected"), "--case", "muge", "--device", "cpu"]
+    argv = [
+        "calibrate",
+        "--out",
+        str(out),
+        "--expected-dir",
+        str(REPO / "expected"),
+        "--case",
+        "muge",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "were skipped" in err and "nothing was calibrated" in err and not out.exists()
@@ -284,30 +336,37 @@ def test_calibrate_with_every_case_skipped_fails_unless_asked(tmp_path, capsys, 
 
 def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(tmp_path):
     # a real SIGINT, delivered while the command works
-    code = ("import os, signal, time, sys\n"
-            # a child started from a background job inherits SIGINT ignored; a terminal's Ctrl-C is not
-            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            "import qaclip_harness.cli.commands as cli\n"
-            "def work(args):\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
-            "cli._calibrate = work\n"
-            "sys.exit(cli.main(['calibrate', '--out', sys.argv[1]]))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.yaml")], capture_output=True, text=True,
-                         timeout=300, cwd=REPO)
+    code = (
+        "import os, signal, time, sys\n"
+        # a child started from a background job inherits SIGINT ignored; a terminal's Ctrl-C is not
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "import qaclip_harness.cli.commands as cli\n"
+        "def work(args):\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
+        "cli._calibrate = work\n"
+        "sys.exit(cli.main(['calibrate', '--out', sys.argv[1]]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert out.returncode == 130, out.stderr
     assert out.stderr.strip() == "qaclip: interrupted (Ctrl-C)"
 
 
 def test_a_report_cut_by_a_file_size_limit_leaves_the_old_one_whole(tmp_path):
     # ulimit -f in a child while the report is written: the old report.json stays valid, no temporary stays
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "from qaclip_harness.report.tables import CaseResult, write_reports\n"
-            "from qaclip_harness.files import OutputError\n"
-            "rows = [CaseResult(dataset='d', model=f'm{i}', status='passed', reason='x' * 200) for i in range(50)]\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
-            "try:\n    write_reports(rows, sys.argv[1], {'precision': 'fp32'})\n"
-            "except OutputError as e:\n    print(e)\n")
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from qaclip_harness.report.tables import CaseResult, write_reports\n"
+        "from qaclip_harness.files import OutputError\n"
+        "rows = [CaseResult(dataset='d', model=f'm{i}', status='passed', reason='x' * 200) for i in range(50)]\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+        "try:\n    write_reports(rows, sys.argv[1], {'precision': 'fp32'})\n"
+        "except OutputError as e:\n    print(e)\n"
+    )
     (tmp_path / "report.json").write_text('{"meta": {}, "environment": {}, "results": []}')
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert "report.json: file too large" in out.stdout, out.stdout + out.stderr
     assert json.loads((tmp_path / "report.json").read_text()) == {"meta": {}, "environment": {}, "results": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

@@ -6,6 +6,7 @@ and LayerNorms at 1/0, so against a reference initialised that way each of these
 randomises every float tensor, and then each fault moves features far beyond the parity
 tolerance. The comparison is the parity gate's own (``qaclip_harness.gates``), on the probe set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,14 +17,13 @@ import torch
 from torch import nn
 
 import qaclip_core
+from qaclip_core.model.vision import Bottleneck
 from qaclip_harness.backends import NativeEncoder
+from qaclip_harness.backends.reference import CnClipReference
 from qaclip_harness.gates.drift import tower_drift
 from qaclip_harness.gates.features import EncoderSource
 from qaclip_harness.gates.parity import default_tolerance
-from qaclip_harness.backends.reference import CnClipReference
-from qaclip_core.model.vision import Bottleneck
 from qaclip_harness.probe import load_probe_set
-
 from tests.reference_models import reference_model, save_reference_checkpoint
 
 ARCH = "RN50@RBT3-chinese"

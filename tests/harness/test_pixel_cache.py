@@ -1,5 +1,6 @@
 """The pixel cache: bit-equal to decoding (probe photos, every PIL mode, 224 and 336 px), atomic, two-writer safe,
 refused on a full disk, within its budget, and never used for data of an unknown build."""
+
 from __future__ import annotations
 
 import errno
@@ -11,8 +12,7 @@ import pytest
 import torch
 
 from qaclip_core.transforms import image_transform
-from qaclip_harness.cache import Cache
-from qaclip_harness.cache import space
+from qaclip_harness.cache import Cache, space
 from qaclip_harness.cache.pixels import PixelStore
 from qaclip_harness.cache.space import CacheWarning
 from qaclip_harness.data.imagenet import ImageNetFolder, IndexedImages
@@ -20,7 +20,6 @@ from qaclip_harness.data.loader import ImageBatchLoader
 from qaclip_harness.data.retrieval import LmdbImages, TextRecord, write_retrieval_split
 from qaclip_harness.files import temp_path
 from qaclip_harness.probe.probe_set import IMAGES_DIR, load_probe_set, read_manifest
-
 from tests.datasets_util import make_imagenet
 
 PROBE = load_probe_set()
@@ -40,7 +39,9 @@ def test_from_pixels_is_bit_equal_to_the_transform_on_every_probe_image(resoluti
         pixels = transform.pixels(image)
         assert pixels.dtype == np.uint8 and pixels.shape == (resolution, resolution, 3), name
         got = transform.from_pixels(torch.from_numpy(pixels.copy())[None])[0]
-        assert got.dtype == torch.float32 and torch.equal(got, want), f"{name} ({image.mode}) differs at {resolution} px"
+        assert got.dtype == torch.float32 and torch.equal(got, want), (
+            f"{name} ({image.mode}) differs at {resolution} px"
+        )
 
 
 def test_from_pixels_is_bit_equal_for_every_value_of_every_channel():
@@ -151,7 +152,9 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path):
 
     store = PixelStore(tmp_path)
     fields, keys, first = _entry(store, "b")  # this worker has decoded everything, not yet renamed
-    other = subprocess.run([sys.executable, "-c", _OTHER_WORKER, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    other = subprocess.run(
+        [sys.executable, "-c", _OTHER_WORKER, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert other.returncode == 0, other.stderr
     assert other.stdout.strip() == str(first.final)  # the other worker's entry is in place
     with warnings.catch_warnings():
@@ -166,7 +169,10 @@ def test_a_full_disk_is_refused_with_one_line(tmp_path, monkeypatch):
     store = PixelStore(tmp_path)
     fields = PixelStore.fields("c" * 64, 224, {}, "test")
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: type("U", (), {"free": 2 << 30})())
-    with pytest.warns(CacheWarning, match=r"pixel cache of MUGE \(4\.60 GB\) not cached: it needs 4\.60 GB and the disk .* has 2\.15 GB free"):
+    with pytest.warns(
+        CacheWarning,
+        match=r"pixel cache of MUGE \(4\.60 GB\) not cached: it needs 4\.60 GB and the disk .* has 2\.15 GB free",
+    ):
         assert store.writer(fields, list(range(30588)), "MUGE") is None
     assert not list((tmp_path / "pixels").iterdir())
 
@@ -221,9 +227,13 @@ def test_data_of_an_unknown_build_is_not_pixel_cached(tmp_path):
     opts = EvalOptions(progress=False, batch_size=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
-        _, unknown, prov = image_features(cc, Tiny(), images, opts, "probe", {"images": "x" * 64, "split": "test", "build": None})
+        _, unknown, prov = image_features(
+            cc, Tiny(), images, opts, "probe", {"images": "x" * 64, "split": "test", "build": None}
+        )
     assert prov.note == "no pixel cache: the data build is unknown"
     assert not (tmp_path / "cache" / "pixels").exists()
-    _, known, prov = image_features(cc, Tiny(), images, opts, "probe", {"images": "y" * 64, "split": "test", "build": "b"})
+    _, known, prov = image_features(
+        cc, Tiny(), images, opts, "probe", {"images": "y" * 64, "split": "test", "build": "b"}
+    )
     assert prov.note == "pixels decoded and stored in the pixel cache" and torch.equal(known, unknown)
     assert len(list((tmp_path / "cache" / "pixels").iterdir())) == 1

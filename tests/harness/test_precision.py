@@ -1,4 +1,5 @@
 """Fast paths keep the numbers: half precisions stay close to fp32, fallbacks are exact."""
+
 from __future__ import annotations
 
 import warnings
@@ -8,7 +9,6 @@ import torch
 
 import qaclip_core
 from qaclip_harness.eval.features import encode_image_dataset, encode_texts
-
 from tests.conftest import CAPTIONS, real_images
 from tests.reference_models import reference_model
 

@@ -1,4 +1,5 @@
 """The probe set: what it covers, and that a changed or missing file is named, not silently used."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,9 +8,8 @@ import sys
 import pytest
 
 from qaclip_core import tokenize
-from qaclip_harness.probe import PROBE_DIR, ProbeDataError, load_probe_set
 from qaclip_core.tokenizer import preprocess_text
-
+from qaclip_harness.probe import PROBE_DIR, ProbeDataError, load_probe_set
 from tests.conftest import REPO
 
 
@@ -58,8 +58,10 @@ def test_missing_image_is_named(copy):
 
 def test_manifest_without_digest_is_named(copy):
     manifest = copy / "MANIFEST.yaml"
-    manifest.write_text(manifest.read_text(encoding="utf-8").replace(
-        "  captions.json:\n    sha256:", "  captions.json:\n    sha:"), encoding="utf-8")
+    manifest.write_text(
+        manifest.read_text(encoding="utf-8").replace("  captions.json:\n    sha256:", "  captions.json:\n    sha:"),
+        encoding="utf-8",
+    )
     with pytest.raises(ProbeDataError, match=r"files/captions.json has no sha256"):
         load_probe_set(copy)
 

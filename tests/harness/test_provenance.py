@@ -1,4 +1,5 @@
 """Provenance: split sizes, data fingerprints and builds, gating by build, the report's provenance, comparing runs."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,14 @@ import pytest
 import yaml
 
 from qaclip_core.registry import get_card
-
 from qaclip_harness.cli import commands as cli
 from qaclip_harness.data.catalog import ORIGIN_FILE, get_dataset, identify_build
-from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.data.splits import check_split, likely_cause
 from qaclip_harness.errors import DatasetError
 from qaclip_harness.expected import ExpectedFileError, check_against_catalog, load_expected
-from qaclip_harness.fixture.shapes import write_shapes_dataset
+from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.fetch.local_hub import serve_directory
+from qaclip_harness.fixture.shapes import write_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,14 @@ REPO = Path(__file__).resolve().parents[2]
 def _suite(*args: str, env: dict = None) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     full.update({"HF_HUB_OFFLINE": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-m", "not throughput", *args],
-                          cwd=REPO, capture_output=True, text=True, env=full, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-m", "not throughput", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +64,14 @@ def _flickr_from_shapes(shapes_root: Path, target: Path) -> Path:
 def _expected_fixture_on_flickr(tmp_path: Path) -> Path:
     folder = tmp_path / "expected"
     folder.mkdir()
-    doc = {"dataset": "flickr30k-cn", "kind": "retrieval", "split": "test",
-           "sources": {"made-up": "a number for the fixture model on Flickr30K-CN"},
-           "tolerance": {"fp32": {"t2i": {"abs": 0.5, "why": "test"}, "i2t": {"abs": 0.5, "why": "test"}}},
-           "models": {"fixture-tiny": {"gate": "made-up", "made-up": {"t2i_r1": 90.0}}}}
+    doc = {
+        "dataset": "flickr30k-cn",
+        "kind": "retrieval",
+        "split": "test",
+        "sources": {"made-up": "a number for the fixture model on Flickr30K-CN"},
+        "tolerance": {"fp32": {"t2i": {"abs": 0.5, "why": "test"}, "i2t": {"abs": 0.5, "why": "test"}}},
+        "models": {"fixture-tiny": {"gate": "made-up", "made-up": {"t2i_r1": 90.0}}},
+    }
     (folder / "flickr30k-cn.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
     return folder
 
@@ -78,8 +88,16 @@ def test_wrong_split_size_fails_before_encoding_and_can_be_evaluated_anyway(tmp_
     (res,) = json.loads((tmp_path / "r1" / "report.json").read_text(encoding="utf-8"))["results"]
     assert res["status"] == "error" and res["provenance"]["split_check"]["found"] == {"images": 120, "texts": texts}
 
-    out = _suite("-k", "flickr30k-cn-fixture-tiny", "--data-root", str(data), "--report", str(tmp_path / "r2"),
-                 "--evaluate-any-split", env=env)
+    out = _suite(
+        "-k",
+        "flickr30k-cn-fixture-tiny",
+        "--data-root",
+        str(data),
+        "--report",
+        str(tmp_path / "r2"),
+        "--evaluate-any-split",
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     (res,) = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))["results"]
     assert res["status"] == "not comparable" and res["provenance"]["comparable"] is False
@@ -91,8 +109,23 @@ def test_cli_warns_about_the_split_and_says_so_in_its_json(tmp_path, shapes_root
 
     data = _flickr_from_shapes(shapes_root, tmp_path / "data")
     with pytest.warns(UserWarning, match="does not have its published size"):
-        code = cli.main(["eval", "--checkpoint", str(CHECKPOINT), "--dataset", "flickr30k-cn", "--data-root", str(data),
-                         "--json", "--quiet", "--device", "cpu", "--num-workers", "0"])
+        code = cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(CHECKPOINT),
+                "--dataset",
+                "flickr30k-cn",
+                "--data-root",
+                str(data),
+                "--json",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+            ]
+        )
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["split_check"]["ok"] is False and report["comparable"] is False
@@ -118,9 +151,21 @@ def test_fixture_report_holds_provenance_and_compare_reports_names_the_differenc
     assert res["checkpoint_sha256"] == get_card("fixture-tiny").sha256  # the file the card pins
     assert len(res["data_fingerprint"]) == 64 and res["provenance"]["build"] == "generated-seed-0"
     assert res["provenance"]["counts"] == {"images": 120, "texts": 386} and res["provenance"]["batch_size"] == 64
-    assert res["gate"] == "cn-clip-reference" and res["sources"]["cn-clip-reference"]["t2i_r1"]["delta"] == pytest.approx(0, abs=0.3)
+    assert res["gate"] == "cn-clip-reference" and res["sources"]["cn-clip-reference"]["t2i_r1"][
+        "delta"
+    ] == pytest.approx(0, abs=0.3)
     env = doc["environment"]
-    for key in ("qaclip_core", "torch", "torchvision", "cuda", "cudnn", "device_name", "numerics", "cn_clip", "transformers"):
+    for key in (
+        "qaclip_core",
+        "torch",
+        "torchvision",
+        "cuda",
+        "cudnn",
+        "device_name",
+        "numerics",
+        "cn_clip",
+        "transformers",
+    ):
         assert key in env
     assert {"tf32_matmul", "tf32_cudnn", "deterministic_algorithms"} <= set(env["numerics"])
     assert env["git"] is None or len(env["git"]["commit"]) == 40
@@ -206,8 +251,8 @@ def test_expected_split_must_be_the_published_one(tmp_path):
 
 
 def test_empty_split_folder_is_named(tmp_path, shapes_root):
-    from qaclip_harness.backends import NativeEncoder
     from qaclip_core.checkpoint import load_checkpoint
+    from qaclip_harness.backends import NativeEncoder
     from qaclip_harness.data.catalog import locate
     from qaclip_harness.eval.runner import evaluate_card
     from qaclip_harness.fixture import ARCH, CHECKPOINT
@@ -224,9 +269,23 @@ def test_empty_split_folder_is_named(tmp_path, shapes_root):
 
 def test_calibration_on_the_fixture(tmp_path, capsys):
     out = tmp_path / "calibration.yaml"
-    code = cli.main(["calibrate", "--out", str(out), "--case", "fixture-shapes-cls-fixture-tiny", "--device", "cpu",
-                     "--runs", "fp32,fp32-tf32,bf16,reference-fp32", "--expected-dir", str(REPO / "expected"),
-                     "--num-workers", "0"])
+    code = cli.main(
+        [
+            "calibrate",
+            "--out",
+            str(out),
+            "--case",
+            "fixture-shapes-cls-fixture-tiny",
+            "--device",
+            "cpu",
+            "--runs",
+            "fp32,fp32-tf32,bf16,reference-fp32",
+            "--expected-dir",
+            str(REPO / "expected"),
+            "--num-workers",
+            "0",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     doc = yaml.safe_load(out.read_text(encoding="utf-8"))
     case = doc["cases"]["fixture-shapes-cls-fixture-tiny"]

@@ -1,17 +1,37 @@
 """The report's extra lines for report-only rows (the steps a protocol does differently) and parity rows."""
+
 from __future__ import annotations
 
 from qaclip_harness.report.tables import CaseResult, render_markdown, render_text
 
 
 def _rows():
-    check = dict(metric="top1", measured=49.1, expected=49.7, tolerance=0.1, delta=-0.6, ok=False)
-    reported = CaseResult(dataset="imagenet", model="hf-qa-clip-vit-b-16-processor", kind="zeroshot", status="reported",
-                          checks=[check], reason="ChineseCLIPProcessor as users call it; differs from the reference "
-                                                 "protocol in: centre crop to 224x224; no folding of curly quotes")
-    parity = CaseResult(dataset="parity-hf", model="qa-clip-vit-b-16", kind="parity", status="passed",
-                        checks=[dict(metric="image_max_abs_diff", measured=1.9e-7, expected=0.0, tolerance=1e-5,
-                                     delta=1.9e-7, ok=True)])
+    check = {"metric": "top1", "measured": 49.1, "expected": 49.7, "tolerance": 0.1, "delta": -0.6, "ok": False}
+    reported = CaseResult(
+        dataset="imagenet",
+        model="hf-qa-clip-vit-b-16-processor",
+        kind="zeroshot",
+        status="reported",
+        checks=[check],
+        reason="ChineseCLIPProcessor as users call it; differs from the reference "
+        "protocol in: centre crop to 224x224; no folding of curly quotes",
+    )
+    parity = CaseResult(
+        dataset="parity-hf",
+        model="qa-clip-vit-b-16",
+        kind="parity",
+        status="passed",
+        checks=[
+            {
+                "metric": "image_max_abs_diff",
+                "measured": 1.9e-7,
+                "expected": 0.0,
+                "tolerance": 1e-5,
+                "delta": 1.9e-7,
+                "ok": True,
+            }
+        ],
+    )
     return [reported, parity]
 
 
@@ -19,7 +39,10 @@ def test_report_only_rows_carry_their_differences():
     text, md = render_text(_rows()), render_markdown(_rows())
     for out in (text, md):
         assert "reported, not gated: ChineseCLIPProcessor as users call it" in out
-        assert "hf-qa-clip-vit-b-16-processor: differs from the reference protocol in: centre crop to 224x224; no folding" in out
+        assert (
+            "hf-qa-clip-vit-b-16-processor: differs from the reference protocol in: centre crop to 224x224; no folding"
+            in out
+        )
         assert "49.1 (-0.6)!" in out
 
 
@@ -34,6 +57,9 @@ def test_plugin_adds_the_encoder_differences_to_a_report_only_reason():
     from qaclip_harness.suite.results import report_reason as _report_reason
 
     enc = SimpleNamespace(differences=["centre crop to 224x224", "no lower-casing"])
-    assert _report_reason("why", enc) == "why; differs from the reference protocol in: centre crop to 224x224; no lower-casing"
+    assert (
+        _report_reason("why", enc)
+        == "why; differs from the reference protocol in: centre crop to 224x224; no lower-casing"
+    )
     assert _report_reason(None, enc) is None  # a gated case stays gated
     assert _report_reason("why", SimpleNamespace()) == "why"

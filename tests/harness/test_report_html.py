@@ -1,6 +1,7 @@
 """report.html as a user meets it: written by a fixture run beside report.md, its numbers read back equal to
 report.json, every case present, self-contained, plots (or a line saying how to get them), and rendered by a
 real headless Chromium without errors and without a network request."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 ACCURACY = ("retrieval", "zeroshot")
 # the fixture's two datasets, the parity gate (against cn_clip), the golden gate (skips: no --golden-dir) and two
 # throughput records of one group (ours and the reference), timed briefly
-SELECTION = ("fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny or (test_checkpoint_gate and parity-fixture-tiny) "
-             "or golden-fixture-tiny or (test_encode_text and fixture-fp32-b1- and (qaclip_core or cn_clip) and not compile)")
+SELECTION = (
+    "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny or (test_checkpoint_gate and parity-fixture-tiny) "
+    "or golden-fixture-tiny or (test_encode_text and fixture-fp32-b1- and (qaclip_core or cn_clip) and not compile)"
+)
 RED = "#c62828"
 BASELINE = REPO / "benchmarks" / "results" / "cpu-2core-fp32.json"  # holds the same fixture records: the compared run
 
@@ -39,13 +42,38 @@ def run(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("run") / "report"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     # a first run on a fresh runner: the history folder does not exist yet; the job summary is a file
-    env.update(HF_HUB_OFFLINE="1", QACLIP_CACHE=str(out_dir.parent / "cache"), QACLIP_HISTORY=str(out_dir.parent / "history"),
-               GITHUB_STEP_SUMMARY=str(out_dir.parent / "summary.md"))
-    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "-k", SELECTION,
-                          "--report", str(out_dir), "--benchmark-json", str(out_dir / "benchmark.json"),
-                          f"--benchmark-compare={BASELINE}",
-                          "--benchmark-max-time=0.05", "--benchmark-min-rounds=3", "--benchmark-warmup=off"],
-                         cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        QACLIP_CACHE=str(out_dir.parent / "cache"),
+        QACLIP_HISTORY=str(out_dir.parent / "history"),
+        GITHUB_STEP_SUMMARY=str(out_dir.parent / "summary.md"),
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-k",
+            SELECTION,
+            "--report",
+            str(out_dir),
+            "--benchmark-json",
+            str(out_dir / "benchmark.json"),
+            f"--benchmark-compare={BASELINE}",
+            "--benchmark-max-time=0.05",
+            "--benchmark-min-rounds=3",
+            "--benchmark-warmup=off",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert f"report written to {out_dir / 'report.html'}" in out.stdout
     return out_dir
@@ -56,8 +84,11 @@ def _doc(run: Path) -> dict:
 
 
 def _row(page: Element, r: dict) -> Element:
-    found = [e for e in page.find_all("tr", cls="case", data_dataset=r["dataset"], data_model=r["model"])
-             if e.attrs.get("data-variant", "") == (r.get("variant") or "")]
+    found = [
+        e
+        for e in page.find_all("tr", cls="case", data_dataset=r["dataset"], data_model=r["model"])
+        if e.attrs.get("data-variant", "") == (r.get("variant") or "")
+    ]
     assert len(found) == 1, f"{r['dataset']}-{r['model']}: {len(found)} table rows"
     return found[0]
 
@@ -116,8 +147,10 @@ def test_every_case_is_present_once_with_its_provenance_and_skip_reason(run):
     for r in doc["results"]:
         if r["checkpoint_sha256"]:
             (prov,) = page.find_all("tr", cls="provenance", data_dataset=r["dataset"], data_model=r["model"])
-            assert [td.attrs["data-full"] for td in prov.find_all("td") if "data-full" in td.attrs] == \
-                [r["checkpoint_sha256"], r["data_fingerprint"]]
+            assert [td.attrs["data-full"] for td in prov.find_all("td") if "data-full" in td.attrs] == [
+                r["checkpoint_sha256"],
+                r["data_fingerprint"],
+            ]
             assert r["provenance"]["build"] in prov.text and "published size" in prov.text
     skipped = [r for r in doc["results"] if r["status"] == "skipped"]
     assert skipped, "the selection holds a case that skips (golden without --golden-dir)"
@@ -194,7 +227,13 @@ def test_without_matplotlib_the_page_keeps_its_tables_and_says_how_to_get_plots(
 
 
 def _browser() -> str:
-    for name in (os.environ.get("QACLIP_BROWSER"), "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+    for name in (
+        os.environ.get("QACLIP_BROWSER"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ):
         if name and shutil.which(name):
             return shutil.which(name)
     return ""
@@ -205,24 +244,44 @@ def _page_requests(netlog: Path) -> list:
     text = netlog.read_text(encoding="utf-8").rstrip().rstrip(",")
     doc = json.loads(text if text.endswith("}") else text + "]}")  # a log cut short at exit lacks its tail
     start = doc["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [e["params"]["url"] for e in doc["events"] if e["type"] == start
-            and "file://" in str(e["params"].get("network_isolation_key", "")) and not e["params"]["url"].startswith("file:")]
+    return [
+        e["params"]["url"]
+        for e in doc["events"]
+        if e["type"] == start
+        and "file://" in str(e["params"].get("network_isolation_key", ""))
+        and not e["params"]["url"].startswith("file:")
+    ]
 
 
 def test_renders_in_headless_chromium_without_errors_or_network(run, tmp_path):
     """Needs Chromium (Debian/Ubuntu: apt-get install chromium; .ci/run installs it; QACLIP_BROWSER names another)."""
     exe = _browser()
     if not exe:
-        why = ("needs a headless Chromium and found none (install it: apt-get install -y chromium, or set QACLIP_BROWSER "
-               "to a Chromium or Chrome binary)")
+        why = (
+            "needs a headless Chromium and found none (install it: apt-get install -y chromium, or set QACLIP_BROWSER "
+            "to a Chromium or Chrome binary)"
+        )
         if env_flag("QACLIP_REQUIRE_BROWSER"):  # CI installs it: there its absence is a failure, not a skip
             pytest.fail(why)
         pytest.skip(why)
     html = run / "report.html"
     netlog = tmp_path / "netlog.json"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-           f"--log-net-log={netlog}", "--dump-dom", html.as_uri()]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--log-net-log={netlog}",
+        "--dump-dom",
+        html.as_uri(),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
@@ -241,7 +300,9 @@ def test_the_job_summary_gets_the_report_and_what_moved(run):
     summary = (run.parent / "summary.md").read_text(encoding="utf-8")
     assert summary.startswith("# Reproduction report") and "## What moved since the last run" in summary
     assert "one run (report" in (run / "history.md").read_text(encoding="utf-8")
-    assert "nothing to compare with yet" in parse((run / "report.html").read_text(encoding="utf-8")).by_id("history").text
+    assert (
+        "nothing to compare with yet" in parse((run / "report.html").read_text(encoding="utf-8")).by_id("history").text
+    )
 
 
 def test_elevater_datasets_share_one_grid_with_their_numbers():
@@ -254,10 +315,26 @@ def test_elevater_datasets_share_one_grid_with_their_numbers():
     results = []
     for dataset, delta in (("cifar-10", 0.3), ("cifar100", -0.9), ("dtd", 0.1)):
         for model in ("cn-clip-rn50", "qa-clip-rn50"):
-            check = dict(metric="top1", measured=70.0 + delta, expected=70.0, tolerance=0.5, delta=delta, ok=abs(delta) <= 0.5)
-            results.append(CaseResult(dataset=dataset, model=model, kind="zeroshot", checks=[check],
-                                      status="passed" if check["ok"] else "failed"))
-    results.append(CaseResult(dataset="mnist", model="qa-clip-rn50", kind="zeroshot", status="skipped", reason="MNIST not found"))
+            check = {
+                "metric": "top1",
+                "measured": 70.0 + delta,
+                "expected": 70.0,
+                "tolerance": 0.5,
+                "delta": delta,
+                "ok": abs(delta) <= 0.5,
+            }
+            results.append(
+                CaseResult(
+                    dataset=dataset,
+                    model=model,
+                    kind="zeroshot",
+                    checks=[check],
+                    status="passed" if check["ok"] else "failed",
+                )
+            )
+    results.append(
+        CaseResult(dataset="mnist", model="qa-clip-rn50", kind="zeroshot", status="skipped", reason="MNIST not found")
+    )
     doc = {"results": [asdict(r) for r in results]}
     page = parse(render_html(doc))
     (grid,) = page.find_all("section", cls="grid")

@@ -1,4 +1,5 @@
 """Scale-out: torchrun sharding gives single-process numbers bit for bit; xdist merges one report."""
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,42 @@ def _run(cmd, **env):
 def test_torchrun_gloo_equals_single_process(shapes_root, tmp_path, dataset):
     # 120 images in batches of 7 (17 full batches and one of 1) and 386 texts in batches of
     # 100: neither is a multiple of 2 x batch size, so the last shard is uneven
-    args = ["eval", "--checkpoint", str(CHECKPOINT), "--dataset", dataset, "--data-root", str(shapes_root),
-            "--device", "cpu", "--batch-size", "7", "--text-batch-size", "100", "--json", "--quiet"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(shapes_root),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "7",
+        "--text-batch-size",
+        "100",
+        "--json",
+        "--quiet",
+    ]
     dump = dataset == "fixture-shapes"
-    single = _run([sys.executable, "-m", "qaclip_harness", *args]
-                  + (["--dump-predictions", str(tmp_path / "single")] if dump else []))
-    multi = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                  "-m", "qaclip_harness", *args] + (["--dump-predictions", str(tmp_path / "multi")] if dump else []))
+    single = _run(
+        [sys.executable, "-m", "qaclip_harness", *args]
+        + (["--dump-predictions", str(tmp_path / "single")] if dump else [])
+    )
+    multi = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "qaclip_harness",
+            *args,
+        ]
+        + (["--dump-predictions", str(tmp_path / "multi")] if dump else [])
+    )
     one = json.loads(single.strip().splitlines()[-1])
     two = json.loads([line for line in multi.strip().splitlines() if line.startswith("{")][-1])
     assert two.pop("processes") == 2 and one.pop("processes") == 1
@@ -52,8 +82,25 @@ def test_torchrun_gloo_equals_single_process(shapes_root, tmp_path, dataset):
 def test_xdist_two_workers_merge_one_report(tmp_path):
     pytest.importorskip("xdist")
     report = tmp_path / "report"
-    out = _run([sys.executable, "-m", "pytest", "benchmarks", "-n", "2", "-m", "not throughput", "-q",
-                "-p", "no:cacheprovider", "--report", str(report), "-k", "(fixture-shapes and not hf) or flickr"])
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "-n",
+            "2",
+            "-m",
+            "not throughput",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--report",
+            str(report),
+            "-k",
+            "(fixture-shapes and not hf) or flickr",
+        ]
+    )
     assert "QA-CLIP reproduction report" in out
     results = json.loads((report / "report.json").read_text(encoding="utf-8"))["results"]
     ids = [f"{r['dataset']}-{r['model']}" for r in results]
@@ -68,5 +115,7 @@ def test_xdist_two_workers_merge_one_report(tmp_path):
     md = (report / "report.md").read_text(encoding="utf-8")
     # one fixture-tiny row per fixture dataset (the parity-hf table names the .pt it compares with, too)
     fixture_tables = [t for t in md.split("\n## ") if t.startswith("fixture-shapes")]
-    results_part = [t.split("Provenance (")[0] for t in fixture_tables]  # the provenance table names each model once more
+    results_part = [
+        t.split("Provenance (")[0] for t in fixture_tables
+    ]  # the provenance table names each model once more
     assert len(fixture_tables) == 2 and all(t.count("| fixture-tiny |") == 1 for t in results_part)

@@ -1,4 +1,5 @@
 """The reference's stored probe features (expected/reference-features/): read only when intact, compared as parity compares."""
+
 from __future__ import annotations
 
 import shutil
@@ -51,7 +52,11 @@ def _copy(tmp_path: Path) -> Path:
 
 def test_a_changed_file_is_refused_naming_it(tmp_path, probe):
     folder = _copy(tmp_path)
-    victim = next(n for n, e in read_manifest(folder)["files"].items() if e["model"] == "fixture-tiny" and e["precision"] == "fp32")
+    victim = next(
+        n
+        for n, e in read_manifest(folder)["files"].items()
+        if e["model"] == "fixture-tiny" and e["precision"] == "fp32"
+    )
     data = bytearray((folder / victim).read_bytes())
     data[-1] ^= 1
     (folder / victim).write_bytes(bytes(data))

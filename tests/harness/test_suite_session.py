@@ -1,4 +1,5 @@
 """The suite's session as a user meets it: offline runs, progress, JUnit properties, reports, option checks."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,28 @@ def _suite(*args: str, env: dict = None, timeout: int = 600) -> subprocess.Compl
 def test_offline_fixture_run_with_progress_junit_properties_and_report(tmp_path):
     """HF_HUB_OFFLINE=1 (an air-gapped runner): the embedded fixture still evaluates, from the package."""
     report = tmp_path / "report"
-    out = _suite("-m", "not throughput", "-k", "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny", "--report", str(report), "--junitxml", str(tmp_path / "junit.xml"),
-                 env={"HF_HUB_OFFLINE": "1", "QACLIP_CACHE": str(tmp_path / "cache")})
+    out = _suite(
+        "-m",
+        "not throughput",
+        "-k",
+        "fixture-shapes-fixture-tiny or fixture-shapes-cls-fixture-tiny",
+        "--report",
+        str(report),
+        "--junitxml",
+        str(tmp_path / "junit.xml"),
+        env={"HF_HUB_OFFLINE": "1", "QACLIP_CACHE": str(tmp_path / "cache")},
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     assert "4 passed" in out.stdout  # the ViT and the ResNet fixture, two cases each
     # progress outside a terminal: one line per stage, with count, time and rate
     assert "encode fixture-shapes images: 120 images in" in out.stdout
     assert "encode fixture-shapes-cls prompts: 1,098 texts in" in out.stdout
     # JUnit: per metric, measured, expected, delta and tolerance
-    case = next(tc for tc in ET.parse(tmp_path / "junit.xml").iter("testcase") if "fixture-shapes-fixture-tiny" in tc.get("name"))
+    case = next(
+        tc
+        for tc in ET.parse(tmp_path / "junit.xml").iter("testcase")
+        if "fixture-shapes-fixture-tiny" in tc.get("name")
+    )
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["qaclip.status"] == "passed"
     for metric in ("t2i_r1", "i2t_r10", "mean_recall"):
@@ -54,8 +68,18 @@ def _markdown_tables_are_well_formed(markdown: str) -> None:
 def test_all_skipped_run_says_so_last_and_require_data_fails(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    sel = ["-m", "not throughput", "-k", "flickr30k-cn-qa-clip-rn50 or muge-qa-clip-rn50", "--data-root", str(empty),
-           "--checkpoint-dir", str(empty), "--report", str(tmp_path / "r")]
+    sel = [
+        "-m",
+        "not throughput",
+        "-k",
+        "flickr30k-cn-qa-clip-rn50 or muge-qa-clip-rn50",
+        "--data-root",
+        str(empty),
+        "--checkpoint-dir",
+        str(empty),
+        "--report",
+        str(tmp_path / "r"),
+    ]
     out = _suite(*sel, env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stdout[-3000:]
     last = out.stdout.strip().splitlines()[-1]
@@ -84,9 +108,19 @@ def test_a_case_that_crashes_is_in_the_report(tmp_path):
     _tiny_flickr(data)
     ckpts.mkdir()
     (ckpts / "QA-CLIP-RN50.pt").write_bytes(b"PK\x03\x04 not really a checkpoint" * 10)
-    out = _suite("-m", "not throughput", "-k", "flickr30k-cn-qa-clip-rn50", "--data-root", str(data),
-                 "--checkpoint-dir", str(ckpts), "--report", str(tmp_path / "r"),
-                 env={"HF_HUB_OFFLINE": "1"})
+    out = _suite(
+        "-m",
+        "not throughput",
+        "-k",
+        "flickr30k-cn-qa-clip-rn50",
+        "--data-root",
+        str(data),
+        "--checkpoint-dir",
+        str(ckpts),
+        "--report",
+        str(tmp_path / "r"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 1, out.stdout[-3000:]
     (res,) = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["results"]
     assert res["status"] == "error" and "QA-CLIP-RN50.pt" in res["reason"], res
@@ -98,9 +132,18 @@ def test_a_broken_import_inside_the_package_is_an_error_not_a_skip(tmp_path):
         "import qaclip_harness.backends.native as native\n"
         "def _broken(*a, **k):\n"
         "    raise ImportError(\"cannot import name 'gone' from 'qaclip_core.model'\")\n"
-        "native.load = _broken\n", encoding="utf-8")
-    out = _suite("-m", "not throughput", "-k", "fixture-shapes-cls-fixture-tiny and not rn", "-p", "break_import",
-                 env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "HF_HUB_OFFLINE": "1"})
+        "native.load = _broken\n",
+        encoding="utf-8",
+    )
+    out = _suite(
+        "-m",
+        "not throughput",
+        "-k",
+        "fixture-shapes-cls-fixture-tiny and not rn",
+        "-p",
+        "break_import",
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 1, out.stdout[-3000:]
     assert "1 failed" in out.stdout and "skipped" not in out.stdout.splitlines()[-1]
 
@@ -115,8 +158,9 @@ def test_large_cpu_throughput_cases_are_opt_in():
     # the other backends' twins: only the fixture's by default (their code paths still run)
     assert "fixture-fp32-b1-onnxruntime" in listed and "vit-b-16-fp32-b1-onnxruntime" not in listed
     assert "vit-b-16-fp32-b1-transformers" not in listed and "vit-b-16-fp32-b1-qaclip_core" in listed
-    everything = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu", "--cpu-large-throughput",
-                        "--cpu-peer-throughput")
+    everything = _suite(
+        "--collect-only", "-q", "-m", "throughput", "--device", "cpu", "--cpu-large-throughput", "--cpu-peer-throughput"
+    )
     assert "vit-b-16-fp32-b16-transformers" in everything.stdout and "qaclip: left out" not in everything.stdout
     # reproduction cases are all collected either way
     repro = _suite("--collect-only", "-q", "-m", "reproduction", "--device", "cpu")
@@ -124,14 +168,18 @@ def test_large_cpu_throughput_cases_are_opt_in():
     assert f"{n} selected" in repro.stdout or f"{n}/" in repro.stdout, repro.stdout[-500:]
 
 
-@pytest.mark.parametrize("args,env,needle", [
-    (["--batch-size", "0"], {}, "--batch-size '0': expected a positive integer"),
-    (["--device", "cuda:7"], {}, "--device 'cuda:7'"),
-    (["--checkpoint-dir", "{file}"], {}, "--checkpoint-dir"),
-    ([], {"QACLIP_EXPECTED_DIR": "{missing}"}, "QACLIP_EXPECTED_DIR"),
-    ([], {"QACLIP_EXPECTED_DIR": "{broken}"}, "broken.yaml: is not valid YAML at line 1"),
-    ([], {"QACLIP_HISTORY": "{file}"}, "QACLIP_HISTORY '"),  # the variable the user set, not the flag
-], ids=["batch-0", "cuda-7", "checkpoint-dir-file", "expected-dir-missing", "expected-malformed", "history-file"])
+@pytest.mark.parametrize(
+    "args,env,needle",
+    [
+        (["--batch-size", "0"], {}, "--batch-size '0': expected a positive integer"),
+        (["--device", "cuda:7"], {}, "--device 'cuda:7'"),
+        (["--checkpoint-dir", "{file}"], {}, "--checkpoint-dir"),
+        ([], {"QACLIP_EXPECTED_DIR": "{missing}"}, "QACLIP_EXPECTED_DIR"),
+        ([], {"QACLIP_EXPECTED_DIR": "{broken}"}, "broken.yaml: is not valid YAML at line 1"),
+        ([], {"QACLIP_HISTORY": "{file}"}, "QACLIP_HISTORY '"),  # the variable the user set, not the flag
+    ],
+    ids=["batch-0", "cuda-7", "checkpoint-dir-file", "expected-dir-missing", "expected-malformed", "history-file"],
+)
 def test_bad_options_stop_at_start_with_one_line(tmp_path, args, env, needle):
     """Checked at configure time: exit 4 (usage error), one ERROR line naming option and value, no traceback."""
     file = tmp_path / "a-file"
@@ -155,9 +203,20 @@ def test_a_check_case_that_crashes_is_in_the_report_too(tmp_path):
         "import qaclip_harness.export.parity as parity\n"
         "def _broken(*a, **k):\n"
         "    raise RuntimeError('comparison exploded')\n"
-        "parity.compare = _broken\n", encoding="utf-8")
-    out = _suite("-m", "not throughput", "-k", "onnx-parity-fixture-tiny and not rn", "-p", "break_compare", "--report", str(tmp_path / "r"),
-                 env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "HF_HUB_OFFLINE": "1"})
+        "parity.compare = _broken\n",
+        encoding="utf-8",
+    )
+    out = _suite(
+        "-m",
+        "not throughput",
+        "-k",
+        "onnx-parity-fixture-tiny and not rn",
+        "-p",
+        "break_compare",
+        "--report",
+        str(tmp_path / "r"),
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 1, out.stdout[-3000:]
     (res,) = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["results"]
     assert (res["dataset"], res["model"], res["status"]) == ("onnx-parity", "fixture-tiny", "error")

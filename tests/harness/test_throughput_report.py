@@ -1,4 +1,5 @@
 """tools/throughput_report.py: speed-ups and FLOP-bound shares computed from a saved run."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,15 +31,18 @@ def _run(tmp_path, records):
 
 
 def test_speedups_pair_ours_with_the_reference(report, tmp_path):
-    path = _run(tmp_path, [
-        _record("a", "encode_text X fp32 b64 cpu", 1.0, impl="qaclip_core", items_per_s=300.0),
-        _record("b", "encode_text X fp32 b64 cpu", 3.0, impl="cn_clip", items_per_s=100.0),
-        _record("c", "loader", 1.0, impl="qaclip_core", workers=2, items_per_s=900.0),
-        _record("d", "loader", 1.0, impl="cn_clip", workers=0, items_per_s=450.0),
-        _record("e", "scoring", 2.0, impl="qaclip_core", reference_seconds_scaled=100.0),
-        _record("f", "encode_text X fp32 b64 cpu", 1.5, impl="onnxruntime", items_per_s=450.0),
-        _record("g", "encode_text X fp32 b64 cpu", 0.5, impl="qaclip_core+compile", items_per_s=600.0),
-    ])
+    path = _run(
+        tmp_path,
+        [
+            _record("a", "encode_text X fp32 b64 cpu", 1.0, impl="qaclip_core", items_per_s=300.0),
+            _record("b", "encode_text X fp32 b64 cpu", 3.0, impl="cn_clip", items_per_s=100.0),
+            _record("c", "loader", 1.0, impl="qaclip_core", workers=2, items_per_s=900.0),
+            _record("d", "loader", 1.0, impl="cn_clip", workers=0, items_per_s=450.0),
+            _record("e", "scoring", 2.0, impl="qaclip_core", reference_seconds_scaled=100.0),
+            _record("f", "encode_text X fp32 b64 cpu", 1.5, impl="onnxruntime", items_per_s=450.0),
+            _record("g", "encode_text X fp32 b64 cpu", 0.5, impl="qaclip_core+compile", items_per_s=600.0),
+        ],
+    )
     rows = {(g, o): r for g, o, _, _, r in report.ratios(path)}
     # ONNX Runtime against our eager PyTorch model, never as a reference ours is divided by
     assert rows[("encode_text X fp32 b64 cpu", "onnxruntime / qaclip_core")] == pytest.approx(1.5)
@@ -51,17 +55,64 @@ def test_speedups_pair_ours_with_the_reference(report, tmp_path):
 def test_flop_shares_against_bound_and_measured_matmul(report, tmp_path):
     bounds = yaml.safe_load((ROOT / "benchmarks" / "flop_bounds.yaml").read_text(encoding="utf-8"))
     h100 = "NVIDIA H100 80GB HBM3"
-    path = _run(tmp_path, [
-        _record("vitb", "g1", 1.0, impl="qaclip_core", arch="ViT-B-16@RoBERTa-wwm-ext-base-chinese", batch=256,
-                precision="bf16", device="cuda", device_name=h100, items_per_s=10000.0, nominal_gflops_per_item=35.0),
-        _record("vitl", "g2", 1.0, impl="qaclip_core", arch="ViT-L-14@RoBERTa-wwm-ext-large-chinese", batch=256,
-                precision="fp16", device="cuda", device_name=h100, items_per_s=1000.0, nominal_gflops_per_item=162.0),
-        _record("small", "g3", 1.0, impl="qaclip_core", arch="ViT-B-16@RoBERTa-wwm-ext-base-chinese", batch=64,
-                precision="bf16", device="cuda", device_name=h100, items_per_s=10000.0, nominal_gflops_per_item=35.0),
-        _record("cpu", "g4", 1.0, impl="qaclip_core", arch="RN50@RBT3-chinese", batch=16,
-                precision="fp32", device="cpu", device_name="x86_64", items_per_s=10.0, nominal_gflops_per_item=12.0),
-        _record("mm", "g5", 1.0, impl="torch matmul", precision="bf16", device="cuda", achieved_tflops=700.0),
-    ])
+    path = _run(
+        tmp_path,
+        [
+            _record(
+                "vitb",
+                "g1",
+                1.0,
+                impl="qaclip_core",
+                arch="ViT-B-16@RoBERTa-wwm-ext-base-chinese",
+                batch=256,
+                precision="bf16",
+                device="cuda",
+                device_name=h100,
+                items_per_s=10000.0,
+                nominal_gflops_per_item=35.0,
+            ),
+            _record(
+                "vitl",
+                "g2",
+                1.0,
+                impl="qaclip_core",
+                arch="ViT-L-14@RoBERTa-wwm-ext-large-chinese",
+                batch=256,
+                precision="fp16",
+                device="cuda",
+                device_name=h100,
+                items_per_s=1000.0,
+                nominal_gflops_per_item=162.0,
+            ),
+            _record(
+                "small",
+                "g3",
+                1.0,
+                impl="qaclip_core",
+                arch="ViT-B-16@RoBERTa-wwm-ext-base-chinese",
+                batch=64,
+                precision="bf16",
+                device="cuda",
+                device_name=h100,
+                items_per_s=10000.0,
+                nominal_gflops_per_item=35.0,
+            ),
+            _record(
+                "cpu",
+                "g4",
+                1.0,
+                impl="qaclip_core",
+                arch="RN50@RBT3-chinese",
+                batch=16,
+                precision="fp32",
+                device="cpu",
+                device_name="x86_64",
+                items_per_s=10.0,
+                nominal_gflops_per_item=12.0,
+            ),
+            _record("mm", "g5", 1.0, impl="torch matmul", precision="bf16", device="cuda", achieved_tflops=700.0),
+        ],
+    )
     rows = {r[0]: r for r in report.flop_shares(path, bounds)}
     assert rows["vitb"][2] == pytest.approx(350.0)  # TFLOP/s
     assert rows["vitb"][3] == pytest.approx(0.5)  # of the measured matmul rate

@@ -1,4 +1,5 @@
 """A damaged transformers-format folder is one CheckpointError naming the folder, the file and what was expected."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,11 @@ def test_a_config_that_does_not_fit_its_weights(folder):
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["text_config"]["hidden_size"] *= 2
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    with pytest.raises(CheckpointError, match=r"hf-fixture/model\.safetensors does not fit its config\.json.*"
-                                              r"other shapes than .*hf-fixture/config\.json describes"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"hf-fixture/model\.safetensors does not fit its config\.json.*"
+        r"other shapes than .*hf-fixture/config\.json describes",
+    ):
         _load(folder)
 
 
