@@ -37,7 +37,7 @@ def _impls(tower: str, device: str, arch_id: str) -> list:
     # torch.compile of the vision tower: timed on GPUs; on a CPU only for the fixture, since
     # compiling a real tower there takes minutes and gains little (ViT-B/16: about 5%)
     compiled = tower == "image" and (device == "cuda" or arch_id == "fixture")
-    return (IMPLS + [COMPILED] if compiled else IMPLS) + [ONNX]
+    return ([*IMPLS, COMPILED] if compiled else IMPLS) + [ONNX]
 
 
 def _params(tower: str) -> list:

@@ -64,7 +64,7 @@ def _char_tokenizer(tf):
 
     chars = sorted(set("".join(realistic_captions(2000))) - {" "})
     vocab = [(s, 0.0) for s in ("<s>", "<pad>", "</s>", "<unk>")] + [("▁", -2.0)] + [(c, -5.0) for c in chars]
-    tok = Tokenizer(Unigram(vocab + [("<mask>", 0.0)], unk_id=3, byte_fallback=False))
+    tok = Tokenizer(Unigram([*vocab, ("<mask>", 0.0)], unk_id=3, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]

@@ -106,11 +106,10 @@ def normalise_state_dict(obj: object, source: str = "checkpoint") -> dict[str, t
     if not isinstance(sd, Mapping) or not sd:
         raise CheckpointError(f"{source}: 'state_dict' is empty or not a dict ({type(sd).__name__})")
     out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
+    for stored, value in sd.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        if key.startswith("module."):
-            key = key[len("module.") :]
+            raise CheckpointError(f"{source}: entry {stored!r} is a {type(value).__name__}, not a tensor")
+        key = stored[len("module.") :] if stored.startswith("module.") else stored
         if key.startswith("bert.pooler."):
             continue
         out[key] = value
@@ -146,7 +145,7 @@ def _infer_vision(sd: Mapping[str, torch.Tensor]) -> str | None:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         layers = _count(sd, r"visual\.transformer\.resblocks\.(\d+)\.")
         tokens = sd["visual.positional_embedding"].shape[0]
-        res = int(round((tokens - 1) ** 0.5)) * patch
+        res = round((tokens - 1) ** 0.5) * patch
         embed = sd["visual.proj"].shape[1] if "visual.proj" in sd else None
         for name in vision_names():
             cfg = vision_config(name)

@@ -17,7 +17,7 @@ from .transforms import image_transform
 
 def load_from_name(
     name: str,
-    device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
+    device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",  # noqa: B008 -- the seed's signature
     download_root: str | Path | None = None,
     vision_model_name: str | None = None,
     text_model_name: str | None = None,

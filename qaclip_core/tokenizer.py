@@ -102,8 +102,7 @@ def basic_tokenize(text: str) -> list[str]:
     words: list[str] = []
     # str.split() (not split(" ")): BERT splits on every Unicode whitespace here, \u2028 included.
     for word in "".join(spaced).split():
-        word = _strip_accents(word.lower())
-        words.extend(_split_punct(word))
+        words.extend(_split_punct(_strip_accents(word.lower())))
     return " ".join(words).split()
 
 

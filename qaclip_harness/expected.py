@@ -268,11 +268,11 @@ REQUIREMENTS = ("backend", "precision")  # run settings an expected file may req
 def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
     """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
     out: dict[str, Source] = {}
-    for name, value in _mapping(raw, "sources", path).items():
-        if isinstance(value, str):
-            out[str(name)] = Source(value)
+    for name, raw_value in _mapping(raw, "sources", path).items():
+        if isinstance(raw_value, str):
+            out[str(name)] = Source(raw_value)
             continue
-        value = _mapping(value, f"sources.{name}", path)
+        value = _mapping(raw_value, f"sources.{name}", path)
         unknown = set(value) - {"cite", "build"}
         if unknown or not isinstance(value.get("cite"), str):
             raise ExpectedFileError(
@@ -287,9 +287,9 @@ def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict
     out: dict[str, dict[str, Tolerance]] = {}
     for prec, table in _mapping(raw, where, path).items():
         out[str(prec)] = {}
-        for name, tol in _mapping(table, f"{where}.{prec}", path).items():
+        for name, raw_tol in _mapping(table, f"{where}.{prec}", path).items():
             where_tol = f"{where}.{prec}.{name}"
-            tol = _mapping(tol, where_tol, path)
+            tol = _mapping(raw_tol, where_tol, path)
             if "abs" not in tol or "why" not in tol:
                 raise ExpectedFileError(
                     f"{path}: {where_tol} needs 'abs' (points) and 'why' (where the number comes from)"
@@ -319,8 +319,8 @@ def _parse(path: Path) -> list[ExpectedCase]:
             f"(e.g. backend: onnx), got {requires!r}"
         )
     cases = []
-    for model, entry in _mapping(doc["models"], "models", path).items():
-        entry = _mapping(entry, f"models.{model}", path)
+    for model, raw_entry in _mapping(doc["models"], "models", path).items():
+        entry = _mapping(raw_entry, f"models.{model}", path)
         if "measured_only" in entry:
             cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
             continue

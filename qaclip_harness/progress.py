@@ -84,7 +84,7 @@ def format_eta(done: int, total: int, elapsed: float) -> str:
     """Remaining time as ``m:ss`` (``h:mm:ss`` past an hour), or ``?`` before the first item."""
     if done <= 0 or elapsed <= 0:
         return "?"
-    remaining = int(round((total - done) * elapsed / done))
+    remaining = round((total - done) * elapsed / done)
     h, rest = divmod(remaining, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

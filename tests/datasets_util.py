@@ -94,7 +94,7 @@ def sample_texts(ids: Sequence[int] = IMAGE_IDS, n_texts: int = 30, seed: int = 
 
 def _quiet_run_module(module: str, argv: list[str]) -> None:
     old = sys.argv
-    sys.argv = [module] + argv
+    sys.argv = [module, *argv]
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             runpy.run_module(module, run_name="__main__", alter_sys=False)
@@ -144,7 +144,7 @@ def lmdb_items(path: Path) -> dict[bytes, bytes]:
 
 def write_features(path: Path, key: str, ids: Sequence[int], feats: np.ndarray) -> Path:
     """Features in the reference's jsonl format (``{"image_id"|"text_id": id, "feature": [...]}``)."""
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for i, row in zip(ids, np.asarray(feats, dtype=np.float32)):
             f.write(json.dumps({key: int(i), "feature": row.tolist()}) + "\n")
     return path
@@ -172,7 +172,7 @@ def run_reference_topk(script: str, image_feats: Path, text_feats: Path, out: Pa
         )
     finally:
         torch.Tensor.cuda = cuda  # type: ignore[assignment]
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
 def reference_functions(module: str, names: Sequence[str], namespace: dict | None = None) -> dict:

@@ -199,7 +199,7 @@ def _rewrite_first_text(data: Path, edit: Callable[[dict], object]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _expected_for(d: Path, dataset: str, kind: str, split: str, values: dict, body: str = None) -> Path:
+def _expected_for(d: Path, dataset: str, kind: str, split: str, values: dict, body: str | None = None) -> Path:
     folder = d / "expected"
     folder.mkdir()
     if body is None:
@@ -415,7 +415,7 @@ def faults(base: Base) -> list[Fault]:
     cli("LMDB garbage page", damage_lmdb("garbage"), needles=("lmdb/test/imgs",))
     cli("LMDB folder missing", damage_lmdb("remove"), needles=("lmdb/test/imgs missing",))
 
-    def lmdb_value(value: bytes, key: bytes = None):
+    def lmdb_value(value: bytes, key: bytes | None = None):
         def fn(d, data):
             path = _lmdb(data)
             k = key or _first_key(path)
@@ -545,7 +545,7 @@ def faults(base: Base) -> list[Fault]:
     )
     cli(
         "ELEVATER dataset missing, no --download",
-        el(lambda root: shutil.rmtree(root)),
+        el(shutil.rmtree),
         needles=("KITTI-distance not found", "ELEVATER_all.zip", "--download", "kitti-distance.zip"),
     )
     cli(
@@ -1009,7 +1009,7 @@ def _forked_child(argv: list[str], cwd: Path, env: dict[str, str], out: Path) ->
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # what the interpreter would print for an uncaught exception
+        except BaseException:  # noqa: BLE001 -- what the interpreter would print for an uncaught exception
             traceback.print_exc()
             code = 1
         sys.stdout.flush()
@@ -1098,7 +1098,8 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], out: Path, isolation
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
-            preexec_fn=_without_root_overrides if drop else None,
+            # run_all starts children from its one thread (see its docstring), so no lock is held at the fork
+            preexec_fn=_without_root_overrides if drop else None,  # noqa: PLW1509
         )
     _CHILDREN.append(child)
     return child.pid
@@ -1152,7 +1153,7 @@ def run_all(
     return [outcomes[i] for i in range(len(selected))]
 
 
-def main(argv: Sequence[str] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the campaign and print the table; exit 0 only if every fault was handled cleanly."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=int, default=2, help="faults run at once (default 2)")

@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPO))
 
 from qaclip_core.model.config import arch_config, reference_kwargs  # noqa: E402
 from qaclip_harness.fixture import MODELS  # noqa: E402
-from qaclip_harness.fixture.shapes import (
+from qaclip_harness.fixture.shapes import (  # noqa: E402
     RETRIEVAL_DIRNAME,
     ZEROSHOT_DIRNAME,
     classification_digest,
@@ -189,7 +189,7 @@ def cpu_only():
 def run_script(module: str, argv: list[str]) -> None:
     """Run a cn_clip script module as ``python -m module argv...`` (quietly)."""
     saved = sys.argv
-    sys.argv = [module] + argv
+    sys.argv = [module, *argv]
     try:
         with cpu_only(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             runpy.run_module(module, run_name="__main__", alter_sys=False)
@@ -209,7 +209,7 @@ def extract_features(model, lmdb_imgs: Path, texts_jsonl: Path, resolution: int,
     txt_out, img_out = work / "test_texts.txt_feat.jsonl", work / "test_imgs.img_feat.jsonl"
     for ds, out, kind in ((txt_ds, txt_out, "text"), (img_ds, img_out, "image")):
         loader = DataLoader(ds, batch_size=BATCH, num_workers=0, sampler=SequentialSampler(ds), drop_last=False)
-        with open(out, "w") as fout:
+        with open(out, "w", encoding="utf-8") as fout:
             for ids, inputs in loader:
                 feats = model(None, inputs) if kind == "text" else model(inputs, None)
                 feats /= feats.norm(dim=-1, keepdim=True)
@@ -221,7 +221,7 @@ def extract_features(model, lmdb_imgs: Path, texts_jsonl: Path, resolution: int,
 def read_features(path: Path, key: str) -> tuple[list[int], torch.Tensor]:
     """Ids and features [N, D] (float64) from an extract_features.py JSON-lines file."""
     ids, feats = [], []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             o = json.loads(line)
             ids.append(o[key])
@@ -307,8 +307,8 @@ def retrieval_metrics(model, root: Path, resolution: int, work: Path, bound: flo
         "--eval-batch-size",
         "32768",
     ]
-    run_script("cn_clip.eval.make_topk_predictions", common + ["--output", str(t2i_pred)])
-    run_script("cn_clip.eval.make_topk_predictions_tr", common + ["--output", str(i2t_pred)])
+    run_script("cn_clip.eval.make_topk_predictions", [*common, "--output", str(t2i_pred)])
+    run_script("cn_clip.eval.make_topk_predictions_tr", [*common, "--output", str(i2t_pred)])
     run_script("cn_clip.eval.transform_ir_annotation_to_tr", ["--input", str(texts_jsonl)])
     tr_truth = work / "test_texts.tr.jsonl"
     t2i_mean, t2i_r1, t2i_r5, t2i_r10 = evaluation.compute_score(str(texts_jsonl), str(t2i_pred))

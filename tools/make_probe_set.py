@@ -171,7 +171,7 @@ def strokes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Sky, sun, a skyline with lit windows and a street: a layout like an outdoor photo."""
-    y, x = _grid(h, w)
+    y, _x = _grid(h, w)
     sky = np.stack([0.35 + 0.4 * y, 0.55 + 0.3 * y, 0.95 - 0.2 * y], -1)
     img = Image.fromarray(_u8(sky))
     draw = ImageDraw.Draw(img)
@@ -372,8 +372,8 @@ def _fixture_example() -> bytes:
     """A Shapes-CN rendering (one large red circle in the middle) for the fixture's example case."""
     from qaclip_harness.fixture.shapes import COLOURS, SHAPES, Combo, render
 
-    shape = [s for s, (folder, _) in enumerate(SHAPES) if folder == "circle"][0]
-    colour = [c for c, (name, *_rest) in enumerate(COLOURS) if name == "红色"][0]
+    shape = next(s for s, (folder, _) in enumerate(SHAPES) if folder == "circle")
+    colour = next(c for c, (name, *_rest) in enumerate(COLOURS) if name == "红色")
     return render(Combo(shape, colour, 1, position=4, size=0), random.Random("qaclip-probe/fixture-example"))
 
 

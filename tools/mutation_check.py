@@ -410,7 +410,7 @@ def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, ca
     ] + (["-x"] if stop_first else [])
     start = time.perf_counter()
     try:
-        out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         rc, text = out.returncode, out.stdout + out.stderr
     except subprocess.TimeoutExpired as e:
         rc, text = -1, f"timed out after {timeout}s\n{e.stdout or ''}"

@@ -17,7 +17,7 @@ from torch import nn
 STD = 0.02
 INITIAL_TEMPERATURE = 0.07
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm)
-_OWN_INIT = (nn.Conv2d, nn.Linear, nn.Embedding) + _NORMS
+_OWN_INIT = (nn.Conv2d, nn.Linear, nn.Embedding, *_NORMS)
 
 
 @torch.no_grad()

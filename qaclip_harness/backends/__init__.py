@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Union
 
 import torch
 

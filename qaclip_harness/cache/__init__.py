@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 from qaclip_harness.cache.features import MODES, FeatureStore, Provenance
 from qaclip_harness.cache.identity import IdentityRecords

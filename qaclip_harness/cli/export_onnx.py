@@ -96,7 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(
             f"exported {manifest.model} ({manifest.arch}, {manifest.precision}, opset {manifest.opset}) to {args.out}"
         )
-        for tower, rec in manifest.towers.items():
+        for _tower, rec in manifest.towers.items():
             print(
                 f"  {rec['file']}: {rec['input']['name']} {rec['input']['shape']} {rec['input']['dtype']} -> "
                 f"{rec['output']['name']} {rec['output']['shape']} {rec['output']['dtype']}"

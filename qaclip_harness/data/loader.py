@@ -102,7 +102,7 @@ class _Inline:
         future: Future = Future()
         try:
             future.set_result(job())
-        except BaseException as e:  # delivered by result(), as a thread pool would
+        except BaseException as e:  # noqa: BLE001 -- delivered by result(), as a thread pool would
             future.set_exception(e)
         return future
 

@@ -126,7 +126,7 @@ class _EnvHandle:
     def __del__(self) -> None:
         try:
             self.env.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a finaliser must not raise (it may run at interpreter exit)
             pass
 
 

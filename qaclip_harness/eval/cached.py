@@ -205,15 +205,17 @@ def classifier(
     """The zero-shot classifier (:func:`qaclip_harness.eval.zeroshot.cached_classifier`) through the feature cache."""
     from qaclip_harness.eval.zeroshot import cached_classifier
 
-    build = lambda: cached_classifier(
-        encoder,
-        classnames,
-        templates,
-        opts.text_batch_size,
-        opts.progress,
-        opts.shard,
-        desc=desc,
-    )
+    def build():
+        return cached_classifier(
+            encoder,
+            classnames,
+            templates,
+            opts.text_batch_size,
+            opts.progress,
+            opts.shard,
+            desc=desc,
+        )
+
     if cc is None:
         return build(), None
     prompts = hashlib.sha256(

@@ -34,7 +34,7 @@ def runtime_max_opset() -> int:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
         try:
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception:  # onnxruntime raises its own Fail/InvalidGraph types for an opset it does not know
+        except Exception:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidGraph types for an opset it does not know
             continue
         return opset
     raise ExportError(

@@ -135,7 +135,7 @@ def _download_resumable(url: str, part: Path, dest: Path, progress: bool) -> Non
                 ) as bar,
             ):
                 try:
-                    for chunk in iter(lambda: resp.read(CHUNK), b""):
+                    while chunk := resp.read(CHUNK):
                         f.write(chunk)
                         got += len(chunk)
                         bar.update(len(chunk))

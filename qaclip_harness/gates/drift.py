@@ -106,7 +106,9 @@ def top1_agreement(reference: torch.Tensor, current: torch.Tensor) -> int:
     return int((reference.argmax(dim=1) == current.argmax(dim=1)).sum())
 
 
-def drift_table(drifts: dict[str, TowerDrift], limits: dict[str, str], extra: dict[str, Sequence[str]] = None) -> str:
+def drift_table(
+    drifts: dict[str, TowerDrift], limits: dict[str, str], extra: dict[str, Sequence[str]] | None = None
+) -> str:
     """Plain-text table: one row per tower with max |delta|, min cosine, worst item and the limits."""
     extra = extra or {}
     head = f"{'tower':<6}{'max |Δ|':>12}{'min cosine':>14}  worst item"

@@ -283,8 +283,10 @@ def _drift_rows(rows: Iterable[CaseResult]) -> tuple[list[tuple[str, float, floa
 def _gates_section(gates: dict[str, list[CaseResult]], missing: str | None) -> str:
     out = [
         '<section id="gates"><h2>Checkpoint gates</h2>',
-        '<p class="note">Parity with the reference, golden features, ONNX and transformers-format parity, the README '
-        "example: each drift (|measured - expected|) against its tolerance.</p>",
+        (
+            '<p class="note">Parity with the reference, golden features, ONNX and transformers-format parity, the README '
+            "example: each drift (|measured - expected|) against its tolerance.</p>"
+        ),
     ]
     for name, rows in gates.items():
         out.append(
@@ -386,8 +388,10 @@ def _case_details(r: CaseResult) -> str:
     )
     ident = f"{r.dataset}{f' [{r.variant}]' if r.variant else ''}-{r.model}"
     out = [
-        f'<details class="case-details"{_case_attrs(r)}><summary>{escape(ident)}: '
-        f'<span class="{_status_class(r.status)}">{escape(r.status)}</span></summary>',
+        (
+            f'<details class="case-details"{_case_attrs(r)}><summary>{escape(ident)}: '
+            f'<span class="{_status_class(r.status)}">{escape(r.status)}</span></summary>'
+        ),
         f"<table>{info}</table>",
     ]
     if checks:

@@ -115,7 +115,7 @@ def drift_plot(title: str, rows: Sequence[tuple[str, float, float, bool]]) -> st
     floor = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-12
     fig = _figure(8.0, 1.1 + 0.3 * len(rows))
     ax = fig.add_subplot()
-    for i, (label, measured, tolerance, ok) in enumerate(rows):
+    for i, (_label, measured, tolerance, ok) in enumerate(rows):
         value = max(abs(measured), floor)
         ratio = abs(measured) / tolerance if tolerance else 0.0
         ax.barh(i, value - floor, left=floor, height=0.6, color=COLOURS[_state(ratio, ok)], zorder=2)

@@ -35,8 +35,10 @@ OPTIONS = [
         "--history",
         "QACLIP_HISTORY",
         None,
-        "folder of earlier runs (qaclip keep-run): report.html draws every number over them, and what moved since the "
-        "last one goes to the job summary and history.md (needs --report)",
+        (
+            "folder of earlier runs (qaclip keep-run): report.html draws every number over them, and what moved since the "
+            "last one goes to the job summary and history.md (needs --report)"
+        ),
     ),
     (
         "--lock-file",

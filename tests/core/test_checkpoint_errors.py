@@ -92,23 +92,23 @@ def test_truncated_checkpoint(tmp_path, good_ckpt):
     data = good_ckpt.read_bytes()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"cut.pt.*truncated or corrupt"):
         qaclip_core.load_checkpoint(cut, ARCH)
 
 
 def test_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_text("<html>404 not found</html>")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk.pt"):
         qaclip_core.load_checkpoint(junk, ARCH)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="empty.pt.*empty"):
+    with pytest.raises(CheckpointError, match=r"empty.pt.*empty"):
         qaclip_core.load_checkpoint(empty, ARCH)
     with pytest.raises(CheckpointError, match="does not exist"):
         qaclip_core.load_checkpoint(tmp_path / "absent.pt", ARCH)
     notsd = _save(tmp_path / "list.pt", [1, 2, 3])
-    with pytest.raises(CheckpointError, match="list.pt.*expected a dict"):
+    with pytest.raises(CheckpointError, match=r"list.pt.*expected a dict"):
         qaclip_core.load_checkpoint(notsd, ARCH)
 
 
@@ -121,13 +121,13 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
-    with pytest.raises(CheckpointError, match="evil.pt.*weights-only"):
+    with pytest.raises(CheckpointError, match=r"evil.pt.*weights-only"):
         qaclip_core.load_checkpoint(path, ARCH)
     # the same inside torch's zip container
     zpath = tmp_path / "evil_zip.pt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "x": Evil()}, zpath)
     assert zipfile.is_zipfile(zpath)
-    with pytest.raises(CheckpointError, match="evil_zip.pt"):
+    with pytest.raises(CheckpointError, match=r"evil_zip.pt"):
         qaclip_core.load_checkpoint(zpath, ARCH)
 
 

@@ -66,7 +66,7 @@ def test_features_match_reference(arch, n_images, n_captions, tmp_path):
 
 @pytest.mark.parity
 def test_untrimmed_text_path_matches_trimmed(tmp_path):
-    ref, ckpt = reference_with_checkpoint("RN50@RBT3-chinese", tmp_path / "ref.pt")
+    _ref, ckpt = reference_with_checkpoint("RN50@RBT3-chinese", tmp_path / "ref.pt")
     model = qaclip_core.load_checkpoint(ckpt, "RN50@RBT3-chinese")
     ids = qaclip_core.tokenize(CAPTIONS)
     with torch.no_grad():

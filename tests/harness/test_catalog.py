@@ -73,7 +73,7 @@ def test_corrupt_and_hostile_archives_are_refused(tmp_path, monkeypatch):
     archive.write_bytes(b"PK\x03\x04 not really a zip")
     with serve_directory(tmp_path / "hub") as hub:
         monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
-        with pytest.raises(DatasetError, match="MUGE.zip.*not a valid zip"):
+        with pytest.raises(DatasetError, match=r"MUGE.zip.*not a valid zip"):
             ensure_dataset(get_dataset("muge"), tmp_path / "data", download=True)
     assert not (tmp_path / "data" / "MUGE").exists()
 
@@ -112,8 +112,8 @@ def test_label_file_download_is_checksummed(tmp_path):
         path = ensure_labels(ok, tmp_path / "a", download=True)
         assert path.read_text(encoding="utf-8").splitlines() == ["丁鲷", "金鱼"]
         bad = dataclasses.replace(ok, labels=dict(ok.labels, sha256="0" * 64))
-        with pytest.raises(ChecksumError, match="label_cn.txt"):
+        with pytest.raises(ChecksumError, match=r"label_cn.txt"):
             ensure_labels(bad, tmp_path / "b", download=True)
     assert not (tmp_path / "b" / "imagenet" / "label_cn.txt").exists()
-    with pytest.raises(DatasetMissingError, match="label_cn.txt"):
+    with pytest.raises(DatasetMissingError, match=r"label_cn.txt"):
         ensure_labels(card, tmp_path / "c", download=False)

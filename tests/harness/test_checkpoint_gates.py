@@ -52,6 +52,7 @@ def _suite(*args: str, timeout: int = 1500, pythonpath: str = "", offline: bool 
         text=True,
         env=env,
         timeout=timeout,
+        check=False,
     )
 
 
@@ -151,7 +152,7 @@ def test_example_gate_holds_the_published_probabilities():
     assert check_example(spec, published, "fp32").ok
     onnx = [1.2252e-03, 5.2874e-02, 6.7116e-04, 9.4523e-01]  # the same model exported to ONNX (deployment.md)
     assert check_example(spec, onnx, "fp16").ok
-    off = published[:2] + [published[2] + 2e-3] + [published[3] - 2e-3]
+    off = [*published[:2], published[2] + 0.002, published[3] - 0.002]
     report = check_example(spec, off, "fp32")
     assert not report.ok and "FAIL" in report.table()
     assert check_example(spec, off, "bf16").ok  # bf16: reported, only the argmax is gated

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PROGRAMS = ("pytest", "python", "python3", "tox", "qaclip", "torchrun", "pip")
 # top-level folders whose paths the docs may name
 TRACKED_ROOTS = ("qaclip_core/", "qaclip_harness/", "benchmarks/", "tests/", "tools/", "expected/", "docs/", ".github/")
@@ -32,8 +32,8 @@ def _commands() -> Iterator[tuple[str, str]]:
         text = doc.read_text(encoding="utf-8")
         for block in re.finditer(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
             start = text[: block.start()].count("\n") + 2
-            for i, line in enumerate(block.group(1).splitlines()):
-                line = line.split(" #", 1)[0].strip()
+            for i, raw in enumerate(block.group(1).splitlines()):
+                line = raw.split(" #", 1)[0].strip()
                 if line and not line.startswith("#"):
                     for part in re.split(r"\s*(?:&&|\|\|?|;)\s*", line):
                         yield f"{doc.name}:{start + i}", part
@@ -66,7 +66,9 @@ def _tox_envs() -> frozenset:
 
 @cache
 def _help(*args: str) -> str:
-    out = subprocess.run([sys.executable, *args, "--help"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, *args, "--help"], capture_output=True, text=True, timeout=600, cwd=REPO, check=False
+    )
     assert out.returncode == 0, f"{' '.join(args)} --help failed: {out.stderr[-2000:]}"
     return out.stdout
 

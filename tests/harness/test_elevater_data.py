@@ -154,7 +154,7 @@ def test_index_json(tmp_path):
         ("[-1]", "sample number -1"),
     ]:
         (root / "index.json").write_text(bad)
-        with pytest.raises(DatasetError, match="index.json") as e:
+        with pytest.raises(DatasetError, match=r"index.json") as e:
             read_index(root, 4)
         assert needle in str(e.value)
 
@@ -222,11 +222,11 @@ def test_cli_writes_zero_shot_predictions_in_the_elevater_format(tmp_path, capsy
         "--quiet",
     ]
     with pytest.warns(UserWarning, match=r"classes: expected 4, found 3"):
-        assert main(base + ["--dump-predictions", str(tmp_path / "out")]) == 0
+        assert main([*base, "--dump-predictions", str(tmp_path / "out")]) == 0
     with_dump = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     (tmp_path / "datasets" / "kitti-distance" / "index.json").unlink()
-    with pytest.warns(UserWarning):
-        assert main(base + ["--dump-predictions", str(tmp_path / "plain")]) == 0
+    with pytest.warns(UserWarning, match=r"classes: expected 4, found 3"):
+        assert main([*base, "--dump-predictions", str(tmp_path / "plain")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] == with_dump["top1"]
     doc = json.loads((tmp_path / "out" / "kitti-distance.json").read_text(encoding="utf-8"))
     plain = json.loads((tmp_path / "plain" / "kitti-distance.json").read_text(encoding="utf-8"))["predictions"][0]

@@ -131,7 +131,7 @@ def test_an_archive_downloaded_whole_is_verified_and_read_locally(hub_root, tmp_
         assert origin["sha256"] == recorded["sha256"] and origin["fetched"].startswith("the whole hub file")
         (root / "datasets" / ".downloads" / "ELEVATER_all.zip").write_bytes(b"PK damaged")  # a local copy gone bad
         shutil.rmtree(folder)
-        with pytest.raises(Exception, match="sha256|checksum|ELEVATER_all.zip"):
+        with pytest.raises(Exception, match=r"sha256|checksum|ELEVATER_all.zip"):
             ensure_dataset(get_dataset("cifar-10"), root, download=True)
         assert not folder.exists()
     assert not _leftovers(root)

@@ -47,13 +47,17 @@ def test_a_file_size_limit_is_named(tmp_path):
     )
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
-    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert "file too large" in out.stdout, out.stdout + out.stderr
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
 
 
 def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     (tmp_path / f".export.{dead_pid}.tmpdir").mkdir()
     (tmp_path / f".golden.pt.{dead_pid}.tmp").write_bytes(b"partial")

@@ -190,7 +190,7 @@ FIXTURES = sorted(MODELS)
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_checkpoint_has_the_reference_format(name):
-    arch, checkpoint = MODELS[name]
+    _arch, checkpoint = MODELS[name]
     assert checkpoint.stat().st_size <= MAX_BYTES
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"epoch", "step", "name", "state_dict"}

@@ -85,7 +85,7 @@ def _predictions(folder: Path, t2i: dict) -> Path:
 
 
 def _run(
-    path: Path, time: str, t2i_r1: float = 95.1, drift: float = 1e-7, slower: float = 1.0, t2i: dict = None
+    path: Path, time: str, t2i_r1: float = 95.1, drift: float = 1e-7, slower: float = 1.0, t2i: dict | None = None
 ) -> Path:
     write_reports(
         _results(t2i_r1, drift), path, meta={"time": time}, environment={"git": {"commit": "c0ffee" + time[-2:] * 17}}

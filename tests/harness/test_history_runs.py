@@ -75,6 +75,7 @@ def _fixture_run(tmp: Path, run: Path, data: Path, changed: bool) -> None:
         text=True,
         env=env,
         timeout=900,
+        check=False,
     )
     assert out.returncode == (1 if changed else 0), out.stdout[-3000:]
     # the per-item predictions of one case, kept with the run (qaclip eval --dump-predictions)
@@ -104,13 +105,19 @@ def _fixture_run(tmp: Path, run: Path, data: Path, changed: bool) -> None:
         text=True,
         env=env,
         timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _qaclip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "qaclip_harness", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "qaclip_harness", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 

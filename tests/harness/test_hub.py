@@ -228,7 +228,7 @@ def test_offline_mode_says_where_to_put_the_file(env, monkeypatch):
     assert env.server.count() == 0
 
     card = _card(env.sha, url="https://example.org/ckpt/m.pt")
-    with pytest.raises(DownloadError, match="https://example.org/ckpt/m.pt"):
+    with pytest.raises(DownloadError, match=r"https://example.org/ckpt/m.pt"):
         hub.fetch_checkpoint(card, download_root=env.root)
 
 
@@ -248,7 +248,7 @@ def test_a_host_that_cannot_be_reached_fails_at_once(env, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     env.server.close()
     start = time.monotonic()
-    with pytest.raises(DownloadError, match="cannot connect to 127.0.0.1") as info:
+    with pytest.raises(DownloadError, match=r"cannot connect to 127.0.0.1") as info:
         hub.fetch_checkpoint(_card(env.sha), download_root=env.root)
     assert time.monotonic() - start < 5 and str(env.root / FILE) in str(info.value)
     assert hub.unreachable("https://qaclip-test.invalid") is not None  # unknown name
@@ -257,7 +257,7 @@ def test_a_host_that_cannot_be_reached_fails_at_once(env, monkeypatch):
 
 
 def test_missing_file_and_dataset_repo(env):
-    with pytest.raises(DownloadError, match="nope.pt"):
+    with pytest.raises(DownloadError, match=r"nope.pt"):
         hub.fetch_hub_file(REPO, "nope.pt", local_dir=env.root)
 
     (env.srv / "OFA-Sys" / "chinese-clip-eval").mkdir(parents=True)
@@ -322,7 +322,7 @@ def test_fetch_url_cut_connection(env):
     # no progress at all: give up, keep nothing at dest, and resume later
     dest2 = env.root / "again.txt"
     env.server.set_faults(truncate_after=0)
-    with pytest.raises(DownloadError, match="again.txt"):
+    with pytest.raises(DownloadError, match=r"again.txt"):
         urls.fetch_url(_label_url(env), dest2, progress=False)
     assert not dest2.exists()
 
@@ -355,7 +355,7 @@ def _fetch_both(barrier, url, label_dest, label_sha, root, ckpt_sha, queue):
         p1 = urls.fetch_url(url, Path(label_dest), sha256=label_sha, progress=False)
         p2 = hub.fetch_checkpoint(_card(ckpt_sha), download_root=root)
         queue.put((str(p1), hub.sha256_file(p1), str(p2), hub.sha256_file(p2)))
-    except BaseException as exc:  # report to the parent rather than dying silently
+    except BaseException as exc:  # noqa: BLE001 -- report to the parent rather than dying silently
         queue.put(repr(exc))
 
 
@@ -478,7 +478,7 @@ def test_malformed_lock_file_is_named(env, monkeypatch, tmp_path):
     lock = tmp_path / "bad.lock.json"
     lock.write_text("{not json")
     monkeypatch.setenv("QACLIP_LOCK_FILE", str(lock))
-    with pytest.raises(LockFileError, match="bad.lock.json"):
+    with pytest.raises(LockFileError, match=r"bad.lock.json"):
         hub.fetch_checkpoint(_card(), download_root=env.root)
 
 

@@ -70,7 +70,7 @@ def test_local_hub_answers_repo_info_and_tree(served):
         assert sibs["config.json"].lfs is None  # text files are plain git blobs
         tree = {f.path: f for f in api.list_repo_tree(REPO, recursive=True)}
         assert set(tree) == set(FILES) and tree["vocab.txt"].size == len(FILES["vocab.txt"])
-        with pytest.raises(Exception, match="404|not found|Repository"):
+        with pytest.raises(Exception, match=r"404|not found|Repository"):
             api.model_info("org/absent")
 
 
@@ -95,7 +95,7 @@ def test_fetch_takes_the_layout_and_one_set_of_weights(served, tmp_path):
 
 def test_fetch_verifies_the_weights_against_the_hub_sha256(served, tmp_path):
     with serve_directory(served, corrupt=True) as hub:  # right ETag and size, wrong bytes
-        with pytest.raises(ChecksumError, match="model.safetensors.*sha256 mismatch.*removed"):
+        with pytest.raises(ChecksumError, match=r"model.safetensors.*sha256 mismatch.*removed"):
             fetch_folder(_card(), LAYOUT, download_root=tmp_path, endpoint=hub.endpoint)
     assert not (tmp_path / "tiny-chineseclip" / "model.safetensors").exists()
 
@@ -104,7 +104,7 @@ def test_repo_without_weights(served, tmp_path):
     for name in ("model.safetensors", "pytorch_model.bin"):
         (served / REPO / name).unlink()
     with serve_directory(served) as hub:
-        with pytest.raises(DownloadError, match="lists no model.safetensors or pytorch_model.bin.*hf download"):
+        with pytest.raises(DownloadError, match=r"lists no model.safetensors or pytorch_model.bin.*hf download"):
             fetch_folder(_card(), LAYOUT, download_root=tmp_path, endpoint=hub.endpoint)
 
 
@@ -115,7 +115,7 @@ def test_offline_and_unreachable_name_the_folder(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "HF_HUB_OFFLINE" in msg and str(tmp_path / "tiny-chineseclip") in msg and f"hf download {REPO}" in msg
     monkeypatch.setattr("qaclip_core.pretrained.is_offline", lambda: False)
-    with pytest.raises(DownloadError, match="127.0.0.1:9.*To install it by hand"):
+    with pytest.raises(DownloadError, match=r"127.0.0.1:9.*To install it by hand"):
         fetch_folder(_card(), LAYOUT, download_root=tmp_path, endpoint="http://127.0.0.1:9")  # discard port: refused
 
 

@@ -97,9 +97,13 @@ def test_a_bad_image_names_its_id_and_stops_cleanly(tmp_path, workers):
     batches = [list(range(i, min(i + 4, len(data)))) for i in range(0, len(data), 4)]
     before = threading.active_count()
     seen = []
-    with pytest.raises(DatasetError, match=f"image id {IMAGE_IDS[5]} cannot be decoded as an image"):
+
+    def read_all() -> None:
         for ids, _ in ImageBatchLoader(data, batches, num_workers=workers):
             seen.extend(ids)
+
+    with pytest.raises(DatasetError, match=f"image id {IMAGE_IDS[5]} cannot be decoded as an image"):
+        read_all()
     assert seen == data.ids[: bad_index // 4 * 4]  # every batch before the bad one arrived
     assert threading.active_count() == before  # no decode thread is left behind
 

@@ -72,7 +72,7 @@ def test_recall_counts_any_ground_truth():
     gt = [{6}, {3, 1}, {4, 100}, {100}]
     assert recall_at_k(pred, gt, ks=(1, 2, 3)) == {1: 25.0, 2: 50.0, 3: 75.0}
     assert recall_at_k(torch.tensor(pred), gt, ks=(1,)) == {1: 1 * 1.0 / 4 * 100}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="predictions must be"):
         recall_at_k(pred, gt[:3])
 
 
@@ -373,5 +373,5 @@ def test_true_class_probability_is_the_references_softmax_output_and_moves_with_
     assert abs(true_class_probability(100.0 * cos, targets) - expected) < 1e-4
     assert abs(true_class_probability(50.0 * cos, targets) - expected) > 1.0  # a scale change cannot hide
     assert accuracy(50.0 * cos, targets) == accuracy(100.0 * cos, targets)  # where top-k cannot see it
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="N > 0"):
         true_class_probability(cos[:0], targets[:0])

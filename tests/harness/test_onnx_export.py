@@ -169,7 +169,7 @@ def test_manifest_missing_or_malformed(copy):
     with pytest.raises(ExportError, match="not readable JSON"):
         read_manifest(copy)
     (copy / MANIFEST_NAME).unlink()
-    with pytest.raises(ExportError, match="manifest.json: missing"):
+    with pytest.raises(ExportError, match=r"manifest.json: missing"):
         OnnxEncoder(copy, device="cpu")
 
 
@@ -299,7 +299,9 @@ def test_missing_extra_is_one_line_naming_it():
         "except ImportError as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == [
         "the ONNX backend needs onnxruntime (not installed); install the 'onnx' extra: pip install 'qaclip-core[onnx]'"
@@ -352,7 +354,7 @@ def test_execution_provider_follows_the_device():
         dev, providers = resolve_providers("cuda:0")
         assert dev == torch.device("cuda", 0) and providers[0] == ("CUDAExecutionProvider", {"device_id": 0})
     else:
-        with pytest.raises(ExportError, match="has no CUDAExecutionProvider.*onnxruntime-gpu"):
+        with pytest.raises(ExportError, match=r"has no CUDAExecutionProvider.*onnxruntime-gpu"):
             resolve_providers("cuda:0")
     with pytest.raises(ExportError, match="runs on cpu or cuda"):
         resolve_providers("mps")

@@ -45,6 +45,7 @@ def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
         text=True,
         timeout=600,
         env=dict(os.environ, QACLIP_CACHE=str(tmp_path / "cache")),
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "6 passed, 1 skipped" in out.stdout, out.stdout[

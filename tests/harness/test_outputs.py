@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _dead_pid() -> int:
     return int(
-        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
+        ).stdout
     )
 
 
@@ -59,6 +61,7 @@ def _as_user(code: str, *args: str) -> subprocess.CompletedProcess:
         env=env,
         preexec_fn=_without_root_overrides if os.geteuid() == 0 else None,
         cwd=REPO,
+        check=False,
     )
 
 
@@ -117,6 +120,7 @@ def test_suite_names_the_variable_end_to_end(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert out.returncode == 4 and "QACLIP_DEVICE 'cuda:7'" in out.stderr, out.stderr[-2000:]
     assert "--device 'cuda:7'" not in out.stderr
@@ -346,7 +350,12 @@ def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(tmp_path):
         "sys.exit(cli.main(['calibrate', '--out', sys.argv[1]]))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-c", code, str(tmp_path / "c.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
     )
     assert out.returncode == 130, out.stderr
     assert out.stderr.strip() == "qaclip: interrupted (Ctrl-C)"
@@ -365,7 +374,7 @@ def test_a_report_cut_by_a_file_size_limit_leaves_the_old_one_whole(tmp_path):
     )
     (tmp_path / "report.json").write_text('{"meta": {}, "environment": {}, "results": []}')
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO, check=False
     )
     assert "report.json: file too large" in out.stdout, out.stdout + out.stderr
     assert json.loads((tmp_path / "report.json").read_text()) == {"meta": {}, "environment": {}, "results": []}

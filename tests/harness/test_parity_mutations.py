@@ -37,7 +37,7 @@ def _no_relu_after_bn2(model):
 
 
 def _bert_layernorm_without_bias(model):
-    for name, module in model.bert.named_modules():
+    for _name, module in model.bert.named_modules():
         if isinstance(module, nn.LayerNorm):
             module.bias = None  # F.layer_norm without a bias, as code that forgot it would compute
 

@@ -40,7 +40,7 @@ def test_half_precision_features_close_to_fp32(fp32_model, dtype):
 
 
 def test_fast_text_path_equals_plain_path(fp32_model):
-    tokens = qaclip_core.tokenize(CAPTIONS + ["短", "一个非常非常长的句子" * 8])
+    tokens = qaclip_core.tokenize([*CAPTIONS, "短", "一个非常非常长的句子" * 8])
     with torch.no_grad():
         fast = fp32_model.encode_text(tokens)
         fp32_model.text_fast_path = False

@@ -74,7 +74,7 @@ def test_another_checkpoint_or_probe_set_is_refused(tmp_path, probe):
     with pytest.raises(StoredFeaturesError, match="computed on probe set"):
         load_stored(folder, "fixture-tiny", "fp32", probe, None)
     (folder / "MANIFEST.yaml").unlink()
-    with pytest.raises(StoredFeaturesError, match="MANIFEST.yaml: cannot read"):
+    with pytest.raises(StoredFeaturesError, match=r"MANIFEST.yaml: cannot read"):
         load_stored(folder, "fixture-tiny", "fp32", probe, None)
 
 

@@ -44,6 +44,7 @@ def test_case_outside_tolerance_fails_with_table(tmp_path):
         text=True,
         env=dict(os.environ, QACLIP_EXPECTED_DIR=str(expected)),
         timeout=300,
+        check=False,
     )
     assert out.returncode == 1, out.stdout[-2000:]
     assert "fixture-shapes-fixture-tiny (fp32) is outside tolerance" in out.stdout
@@ -87,6 +88,7 @@ def test_report_only_case_is_measured_and_shown_but_never_fails(tmp_path):
         text=True,
         env=dict(os.environ, QACLIP_EXPECTED_DIR=str(expected)),
         timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-2000:]
     assert "reported, not gated: the published number came from another protocol" in out.stdout

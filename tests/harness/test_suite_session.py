@@ -17,12 +17,12 @@ from qaclip_harness.data.retrieval import TextRecord, write_retrieval_split
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _suite(*args: str, env: dict = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _suite(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``pytest benchmarks`` with ``args`` in a subprocess, output not a terminal (as in CI)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
 
 
 def test_offline_fixture_run_with_progress_junit_properties_and_report(tmp_path):
@@ -151,7 +151,7 @@ def test_a_broken_import_inside_the_package_is_an_error_not_a_skip(tmp_path):
 def test_large_cpu_throughput_cases_are_opt_in():
     out = _suite("--collect-only", "-q", "-m", "throughput", "--device", "cpu")
     assert out.returncode == 0, out.stdout[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("qaclip: left out"))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("qaclip: left out"))
     assert "--cpu-large-throughput" in line and "--cpu-peer-throughput" in line
     listed = out.stdout.split("qaclip: left out")[0]
     assert "vit-l-14" not in listed and "altclip" not in listed
