@@ -32,12 +32,13 @@ class ModelCard:
     hub_filename: str | None = None
     hub_revision: str | None = None
     url: str | None = None
+    checkpoint: str | None = None  # a local file or folder (absolute), instead of hub or url
     sha256: str | None = None
     size: int | None = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
     checksum_source: str | None = None  # where sha256 and size were published
     params_m: float | None = None
     aliases: tuple = ()
-    adapter: str = "native"
+    adapter: str = "native"  # the backend: a name of the entry-point group qaclip.backends, or module:attribute
     protocol: str | None = None
     test_only: bool = False
     preprocessing: str | None = None  # transformers-format models: "reference" or "processor"
@@ -57,63 +58,101 @@ class ModelCard:
 
 _CARDS: dict[str, ModelCard] = {}
 _ALIASES: dict[str, str] = {}
+_SOURCES: dict[str, Path] = {}  # card or alias -> the file that registered it
+_FILES: dict[Path, list[ModelCard]] = {}  # every card file registered, once
 _KNOWN_KEYS = {
     "name",
     "family",
     "display",
     "vision",
     "text",
+    "arch",
     "resolution",
     "hub",
     "url",
+    "checkpoint",
     "sha256",
     "size",
     "checksum_source",
     "params_m",
     "aliases",
     "adapter",
+    "backend",
     "protocol",
     "test_only",
     "preprocessing",
     "original",
 }
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: models: each card must be a mapping of keys, got {type(raw).__name__} {raw!r:.60}")
+    where = f"{source}: card {raw.get('name')!r}"
     unknown = set(raw) - _KNOWN_KEYS
     if unknown:
-        raise ValueError(f"{source}: card {raw.get('name')!r} has unknown keys {sorted(unknown)}")
-    missing = {"name", "family", "display", "vision", "text", "resolution"} - set(raw)
-    if missing:
-        raise ValueError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
+        raise ValueError(f"{where} has unknown keys {sorted(unknown)} (known: {', '.join(sorted(_KNOWN_KEYS))})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{where}: name must be letters, digits and . _ + - (it becomes a test id), got {name!r}")
+    if "adapter" in raw and "backend" in raw:
+        raise ValueError(f"{where}: give backend or its older spelling adapter, not both")
+    backend = raw.get("backend", raw.get("adapter", "native"))
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"{where}: backend must be a backend name or module:attribute, got {backend!r}")
+    raw = dict(raw)
+    if "arch" in raw:
+        arch = raw.pop("arch")
+        if "vision" in raw or "text" in raw or not isinstance(arch, str) or arch.count("@") != 1:
+            raise ValueError(f"{where}: arch must be VISION@TEXT (and replaces vision and text), got {arch!r}")
+        raw["vision"], raw["text"] = arch.split("@")
+    if backend == "native":  # the core builds the model: its towers must exist, and fix the resolution
+        from .model.config import arch_config
+
+        if "vision" not in raw or "text" not in raw:
+            raise ValueError(f"{where} needs arch: VISION@TEXT (or vision and text), or a backend that builds it")
+        try:
+            config = arch_config(f"{raw.get('vision')}@{raw.get('text')}")
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{where}: arch (or vision and text): {e.args[0] if e.args else e}") from None
+        raw.setdefault("resolution", config.vision.image_size)
     if raw.get("preprocessing") not in (None, "reference", "processor"):
-        raise ValueError(
-            f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
-            f"expected 'reference' or 'processor'"
-        )
+        raise ValueError(f"{where} has preprocessing {raw['preprocessing']!r}; expected 'reference' or 'processor'")
     sha256, size = raw.get("sha256"), raw.get("size")
     if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
-        raise ValueError(f"{source}: card {raw.get('name')!r}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
+        raise ValueError(f"{where}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"{source}: card {raw.get('name')!r}: size must be a positive number of bytes, got {size!r}")
+        raise ValueError(f"{where}: size must be a positive number of bytes, got {size!r}")
     hub = raw.get("hub") or {}
+    if not isinstance(hub, dict) or set(hub) - {"repo", "filename", "revision"}:
+        raise ValueError(f"{where}: hub must be {{repo, filename, revision}}, got {hub!r:.80}")
+    checkpoint = raw.get("checkpoint")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str) or not checkpoint.strip() or hub or raw.get("url"):
+            raise ValueError(f"{where}: checkpoint must be one local path (instead of hub or url), got {checkpoint!r}")
+        checkpoint = str((source.parent / Path(checkpoint).expanduser()).resolve())  # relative to the card file
+    resolution = raw.get("resolution", 0)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
+        raise ValueError(f"{where}: resolution must be a number of pixels, got {resolution!r}")
     return ModelCard(
-        name=raw["name"],
-        family=raw["family"],
-        display=raw["display"],
-        vision=raw["vision"],
-        text=raw["text"],
-        resolution=int(raw["resolution"]),
+        name=name,
+        family=str(raw.get("family", "custom")),
+        display=str(raw.get("display", name)),
+        vision=str(raw.get("vision", "")),
+        text=str(raw.get("text", "")),
+        resolution=resolution,
         hub_repo=hub.get("repo"),
         hub_filename=hub.get("filename"),
         hub_revision=hub.get("revision"),
         url=raw.get("url"),
+        checkpoint=checkpoint,
         sha256=sha256,
         size=size,
         checksum_source=raw.get("checksum_source"),
         params_m=raw.get("params_m"),
         aliases=tuple(raw.get("aliases") or ()),
-        adapter=raw.get("adapter", "native"),
+        adapter=backend,
         protocol=raw.get("protocol"),
         test_only=bool(raw.get("test_only", False)),
         preprocessing=raw.get("preprocessing"),
@@ -122,7 +161,7 @@ def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
 
 
 def register_cards(path: str | Path) -> list[ModelCard]:
-    """Add the cards of a YAML file (``models: [...]``) to the registry."""
+    """Add the cards of a YAML file (``models: [...]``) to the registry (a file registered before is not read again)."""
     _ensure_loaded()
     return _register_file(Path(path))
 
@@ -138,18 +177,34 @@ def register_card_dir(path: str | Path) -> None:
             _register_file(file)
 
 
+def card_source(name: str) -> Path | None:
+    """The card file that registered ``name`` (a card name or alias)."""
+    return _SOURCES.get(name)
+
+
 def _register_file(path: Path) -> list[ModelCard]:
+    path = path.resolve()
+    if path in _FILES:
+        return _FILES[path]
     with open(path, encoding="utf-8") as f:
         doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("models", []), list):
+        raise ValueError(f"{path}: expected a mapping with models: [<card>, ...]")
     cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
+    taken: dict[str, Path] = {}
     for card in cards:
-        if card.name in _CARDS or card.name in _ALIASES:
-            raise ValueError(f"{path}: model name {card.name!r} is registered twice")
+        for label in (card.name, *card.aliases):
+            if label in _SOURCES or label in taken:
+                other = _SOURCES.get(label) or taken[label]
+                raise ValueError(f"{path}: card {card.name!r}: name {label!r} is already taken by {other}")
+            taken[label] = path
+    for card in cards:
         _CARDS[card.name] = card
+        _SOURCES[card.name] = path
         for alias in card.aliases:
-            if alias in _CARDS or alias in _ALIASES:
-                raise ValueError(f"{path}: alias {alias!r} of {card.name!r} is already taken")
             _ALIASES[alias] = card.name
+            _SOURCES[alias] = path
+    _FILES[path] = cards
     return cards
 
 
