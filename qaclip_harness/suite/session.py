@@ -104,7 +104,7 @@ class Suite:
         """The transformers-format copy of the fixture, converted into this run's folder (offline runs)."""
         from qaclip_harness.backends import backend
 
-        backend(card.adapter).import_transformers()  # a missing transformers skips, naming the extra
+        backend(card.adapter).module.import_transformers()  # a missing transformers skips, naming the extra
         folder = self._tmp / "fixture-converted" / card.hub_repo
         if not folder.is_dir():
             from qaclip_harness.fixture.hf import write_converted
