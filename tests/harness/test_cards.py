@@ -4,6 +4,7 @@ sha256 and size), names that clash, and the local checkpoint checked against its
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_card_with_a_backend_reference_needs_no_architecture(tmp_path):
 )
 def test_a_bad_card_is_one_line_naming_the_file_and_key(tmp_path, body, needle):
     path = _cards(tmp_path, body)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=re.escape(needle)) as info:
         register_cards(path)
     msg = str(info.value)
     assert needle in msg and str(path.resolve()) in msg and "\n" not in msg, msg
