@@ -281,3 +281,39 @@ def test_the_encoder_sees_any_image_mode(encoder):
     for mode in ("L", "RGBA", "P", "CMYK"):
         px = encoder.preprocess(Image.new(mode, (45, 30)))
         assert px.shape == (3, 32, 32)
+
+
+def test_its_published_numbers_are_expected_files_that_say_what_is_unknown():
+    """Every published ZH-CLIP number is a case of the card; every tolerance cites the protocol evidence."""
+    from qaclip_harness.expected import check_against_cards, check_against_catalog, load_expected_paths
+
+    files = sorted((Path(__file__).resolve().parents[2] / "expected").glob("zh-clip-*.yaml"))
+    cases = load_expected_paths(files)
+    check_against_catalog(cases)
+    check_against_cards(cases)
+    assert {c.model for c in cases} == {CARD}
+    assert {c.dataset for c in cases} == {
+        "coco-cn",
+        "flickr30k-cn",
+        "muge",
+        "imagenet",
+        "cifar-10",
+        "cifar100",
+        "dtd",
+        "eurosat",
+        "fer-2013",
+        "fgvc-aircraft",
+        "kitti-distance",
+        "mnist",
+        "patch-camelyon",
+        "voc-2007",
+    }
+    by = {c.dataset: c for c in cases}
+    assert by["flickr30k-cn"].gate_values["t2i_r1"] == 69.64 and by["coco-cn"].gate_values["i2t_mean_recall"] == 85.03
+    assert set(by["muge"].gate_values) == {"t2i_r1", "t2i_r5", "t2i_r10", "t2i_mean_recall"}  # t2i only is published
+    assert by["imagenet"].gate_values == {"top1": 56.87}
+    assert {d for d, c in by.items() if not c.gated} == {"kitti-distance", "patch-camelyon", "voc-2007"}
+    for case in cases:
+        for metric in case.gate_values:
+            why = case.tolerance(metric).why
+            assert "the protocol is not known" in why and "CN-CLIP ViT-L/14" in why, (case.id, metric)
