@@ -106,6 +106,8 @@ class ExpectedCase:
     # near-ties of the measured CPU noise for the qaclip_core model run eagerly on the CPU (which reference-<model>
     # holds to that noise), and those of the wider parity bound for any other run (a GPU, ONNX, transformers, compile)
     off_cpu: dict[str, dict[str, Tolerance]] = field(default_factory=dict, repr=False)
+    # the provenance block of numbers written by `qaclip record` (checkpoint sha256, data fingerprint, ...)
+    recorded: dict = field(default_factory=dict, repr=False)
 
     def gate_for(self, build: str | None) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -369,6 +371,7 @@ def _parse(path: Path) -> list[ExpectedCase]:
             requires=dict(requires),
             near_ties={str(k): [str(i) for i in v] for k, v in near.items()},
             off_cpu=off_cpu,
+            recorded=doc["recorded"] if isinstance(doc.get("recorded"), dict) else {},
         )
         for prec in case_tolerances:
             for metric in case.gate_values:

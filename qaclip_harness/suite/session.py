@@ -23,6 +23,7 @@ from qaclip_harness.suite.results import (
     failure_message,
     features_summary,
     junit_properties,
+    recorded_notes,
     report_reason,
 )
 from qaclip_harness.suite.terminal import terminal_progress
@@ -257,6 +258,7 @@ class Suite:
             and not self.compile
         )
         checks = case.check(out.metrics, self.precision, decision, on_cpu)
+        recorded = recorded_notes(case, self.checkpoint_digest(model_card), out.provenance.get("data_fingerprint"))
         result = self.record(
             item,
             CaseResult.from_checks(
@@ -273,7 +275,8 @@ class Suite:
                     f"{case.near_tie_note()}"
                     if case.near_ties
                     else ""
-                ),
+                )
+                + "".join(f"; {note}" for note in recorded),
                 sources=case.source_deltas(out.metrics),
                 checkpoint_sha256=self.checkpoint_digest(model_card),
                 data_fingerprint=out.provenance.get("data_fingerprint"),
