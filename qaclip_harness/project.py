@@ -117,11 +117,13 @@ def load_project(
     start: str | Path,
     overrides: Mapping[str, tuple[str, str]] | None = None,
     pyproject: Path | None = None,
+    relative_to: str | Path | None = None,
 ) -> Project:
     """The project whose pyproject.toml is ``pyproject`` (or the nearest at or above ``start``), with ``overrides``.
 
     ``overrides`` maps a key to ``(value, name)``: an option or variable's value (paths joined by
-    ``os.pathsep``, relative to ``start``) and its name for messages; it replaces the table's key.
+    ``os.pathsep``, relative to ``relative_to``, default ``start``) and its name for messages; it
+    replaces the table's key.
     """
     pyproject = pyproject if pyproject is not None else find_pyproject(start)
     table = read_table(pyproject) if pyproject is not None else None
@@ -131,9 +133,8 @@ def load_project(
         given = (overrides or {}).get(key)
         if given is not None and given[0].strip():
             value, name = given
-            values[key] = _paths(
-                [v for v in value.split(os.pathsep) if v.strip()], Path(start).resolve(), f"{name} {value!r}", key
-            )
+            base = Path(relative_to if relative_to is not None else start).resolve()
+            values[key] = _paths([v for v in value.split(os.pathsep) if v.strip()], base, f"{name} {value!r}", key)
             origin[key] = name
         elif table is not None and key in table:
             assert pyproject is not None
@@ -162,6 +163,10 @@ def register(project: Project) -> None:
     from qaclip_harness.data.catalog import register_datasets
 
     named = f" (named by {project.origin['cards']})" if "cards" in project.origin else ""
+    if project.pyproject is not None and project.cards and str(project.pyproject.parent) not in sys.path:
+        # a card's backend module:attribute may name the project's own code: importable from its folder (after
+        # anything installed), whether the run is `pytest`, `python -m pytest` or the qaclip command
+        sys.path.append(str(project.pyproject.parent))
     for path in project.cards:
         try:
             register_cards(path)

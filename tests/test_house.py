@@ -36,7 +36,7 @@ LAYERS: list[list[str]] = [
     ["qaclip_harness.convert", "qaclip_harness.eval", "qaclip_harness.fixture"],
     ["qaclip_harness.gates", "qaclip_harness.expected"],
     ["qaclip_harness.report", "qaclip_harness.calibrate", "qaclip_harness.record"],
-    ["qaclip_harness.suite", "qaclip_harness.cli", "qaclip_harness.__main__"],
+    ["qaclip_harness.suite", "qaclip_harness.cli", "qaclip_harness.__main__", "qaclip_harness.pytest_plugin"],
     ["benchmarks"],
 ]
 CORE_LINES_MAX = 2500

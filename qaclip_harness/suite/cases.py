@@ -9,13 +9,14 @@ import pytest
 
 from qaclip_harness.expected import ExpectedCase, load_expected_paths
 
-# The suite runs from a checkout (benchmarks/ is not installed): expected/ sits beside the package.
-REPO = Path(__file__).resolve().parents[2]
+# The built-in expected numbers ship inside the package: qaclip_harness/expected_numbers is the repository's
+# expected/ folder (a link in a checkout, its files in a wheel).
+BUILT_IN = Path(__file__).resolve().parents[1] / "expected_numbers"
 
 
 def expected_dir() -> Path:
-    """``$QACLIP_EXPECTED_DIR`` or the repository's ``expected/`` (read when called)."""
-    return Path(os.environ.get("QACLIP_EXPECTED_DIR") or REPO / "expected").expanduser()
+    """``$QACLIP_EXPECTED_DIR`` or the package's built-in expected numbers (read when called)."""
+    return Path(os.environ.get("QACLIP_EXPECTED_DIR") or BUILT_IN).expanduser()
 
 
 _EXPECTED: dict[tuple[str, ...], list[ExpectedCase]] = {}

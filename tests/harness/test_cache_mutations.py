@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.large
 REPO = Path(__file__).resolve().parents[2]
-TREE = ("qaclip_core", "qaclip_harness", "benchmarks", "expected", "pyproject.toml", "conftest.py")
+TREE = ("qaclip_core", "qaclip_harness", "benchmarks", "expected", "pyproject.toml")
 SELECTION = "fixture-shapes and not hf"  # the native fixture model's retrieval and zero-shot cases
 MUTATIONS = {
     # the channels' means in BGR order, as a port from an OpenCV pipeline would have them
