@@ -67,6 +67,31 @@ def feature_path_digest() -> str:
     return digest_files(source_files())
 
 
+def foreign_source_digest(obj: object) -> str | None:
+    """sha256 of the source of the package ``obj``'s class comes from, when that is not this project's (else None).
+
+    A project's own encoder (a backend registered by another package, or named by ``module:attribute``)
+    is on the feature path too: an edit of its package must recompute features, as an edit of ours does.
+    """
+    import sys
+
+    module = sys.modules.get(type(obj).__module__)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return None
+    path = path.resolve()
+    if _CORE in path.parents or _HARNESS in path.parents:
+        return None
+    top = sys.modules.get(type(obj).__module__.split(".")[0])
+    top_file = Path(getattr(top, "__file__", "") or "")
+    if top_file.name == "__init__.py" and top_file.is_file():  # a package: all of it
+        root = top_file.resolve().parent
+        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts}
+    else:
+        files = {path.name: path}
+    return digest_files(files)
+
+
 def module_digest(*modules: object) -> str:
     """sha256 of the source files of the given modules (a reader's decoding is part of a pixel key)."""
     files = {}

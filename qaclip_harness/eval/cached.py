@@ -25,6 +25,7 @@ from qaclip_harness.cache import Cache, Provenance
 from qaclip_harness.cache.keys import (
     device_kind,
     feature_path_digest,
+    foreign_source_digest,
     library_versions,
     make_key,
     module_digest,
@@ -55,7 +56,7 @@ def model_fields(
 ) -> dict[str, object]:
     """The fields of a cache key that name the model and the machinery that runs it."""
     card_doc = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else (card or {})
-    return {
+    fields = {
         "checkpoint": checkpoint_sha256,
         "model": getattr(encoder, "name", None),
         "card": hashlib.sha256(json.dumps(card_doc, sort_keys=True, default=str).encode("utf-8")).hexdigest(),
@@ -68,6 +69,10 @@ def model_fields(
         "numerics": numeric_settings(),
         "source": feature_path_digest(),
     }
+    foreign = foreign_source_digest(encoder)  # a project's own encoder: its package's source, as ours is above
+    if foreign is not None:
+        fields["backend_source"] = foreign
+    return fields
 
 
 def text_digest(texts: Sequence[str]) -> str:
