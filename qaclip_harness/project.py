@@ -118,18 +118,20 @@ def load_project(
     overrides: Mapping[str, tuple[str, str]] | None = None,
     pyproject: Path | None = None,
     relative_to: str | Path | None = None,
+    keys: Sequence[str] = KEYS,
 ) -> Project:
     """The project whose pyproject.toml is ``pyproject`` (or the nearest at or above ``start``), with ``overrides``.
 
     ``overrides`` maps a key to ``(value, name)``: an option or variable's value (paths joined by
     ``os.pathsep``, relative to ``relative_to``, default ``start``) and its name for messages; it
-    replaces the table's key.
+    replaces the table's key. Only ``keys`` are read (``qaclip eval`` and ``record`` need no expected numbers,
+    and ``record`` creates their folder).
     """
     pyproject = pyproject if pyproject is not None else find_pyproject(start)
     table = read_table(pyproject) if pyproject is not None else None
     values: dict[str, tuple[Path, ...]] = {}
     origin: dict[str, str] = {}
-    for key in KEYS:
+    for key in keys:
         given = (overrides or {}).get(key)
         if given is not None and given[0].strip():
             value, name = given

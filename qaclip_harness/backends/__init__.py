@@ -79,17 +79,18 @@ def refresh() -> None:
     _resolved.cache_clear()
 
 
-def _import_reference(ref: str, origin: str) -> Any:
+def _import_reference(name: str, ref: str, origin: str) -> Any:
+    """The object ``ref`` (``module`` or ``module:attribute``) names; a BackendError names the backend ``name``."""
     module_name, _, attribute = ref.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise BackendError(f"backend {ref!r} ({origin}): no module named {e.name!r}") from None
+            raise BackendError(f"backend {name!r} ({origin}): no module named {e.name!r}") from None
         raise
     for part in filter(None, attribute.split(".")):
         if not hasattr(obj, part):
-            raise BackendError(f"backend {ref!r} ({origin}): {module_name} has no attribute {attribute!r}")
+            raise BackendError(f"backend {name!r} ({origin}): {module_name} has no attribute {attribute!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -105,7 +106,7 @@ def _resolved(name: str) -> Backend:
         ):
             raise BackendError(f"backend {name!r}: a reference must read module:attribute (e.g. mypkg.encoders:load)")
         origin = "module:attribute reference"
-        obj = _import_reference(name, origin)
+        obj = _import_reference(name, name, origin)
     else:
         ep = _entry_points().get(name)
         if ep is None:
@@ -118,7 +119,7 @@ def _resolved(name: str) -> Backend:
         origin = f"entry point {GROUP}:{name} = {ep.value}" + (
             f" of {dist.metadata['Name']} {dist.version}" if dist is not None else ""
         )
-        obj = _import_reference(ep.value, origin)
+        obj = _import_reference(name, ep.value, origin)
     module = obj if isinstance(obj, ModuleType) else importlib.import_module(getattr(obj, "__module__", "builtins"))
     loader = getattr(obj, "load", None) if isinstance(obj, ModuleType) else obj
     if not callable(loader):

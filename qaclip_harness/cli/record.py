@@ -38,9 +38,8 @@ def load_project(args: argparse.Namespace, expected: bool = False) -> Any:
         value = getattr(args, key, None)
         if value:
             overrides[key] = (value, flag)
-    if not expected:
-        overrides.pop("expected", None)
-    found = proj.load_project(Path.cwd(), overrides)
+    keys = proj.KEYS if expected else ("cards", "datasets")
+    found = proj.load_project(Path.cwd(), overrides, keys=keys)
     proj.register(found)
     return found
 
