@@ -947,8 +947,10 @@ def faults(base: Base) -> list[Fault]:
             edit(store)
             return (
                 _suite(
+                    "--select-models",
+                    "fixture-tiny",
                     "-k",
-                    "golden-fixture-tiny and not hf and not fixture-tiny-rn",
+                    "golden-",
                     "--golden-dir",
                     str(store),
                     "--device",

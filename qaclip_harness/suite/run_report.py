@@ -29,8 +29,13 @@ def interrupted_result(item: pytest.Item, options: SuiteOptions) -> CaseResult |
     )
 
 
-def write_run_report(results: list[CaseResult], options: SuiteOptions, interrupted: bool = False) -> list[Path]:
-    """Write report.json and report.md into ``options.report`` (atomically; OutputError when that fails)."""
+def write_run_report(
+    results: list[CaseResult], options: SuiteOptions, interrupted: bool = False, shard: dict | None = None
+) -> list[Path]:
+    """Write report.json and report.md into ``options.report`` (atomically; OutputError when that fails).
+
+    ``shard``: the ``--shard`` record (K/N, the whole selection's case names), kept as ``meta.shard``.
+    """
     from qaclip_harness.environment import environment
 
     meta = {
@@ -43,4 +48,6 @@ def write_run_report(results: list[CaseResult], options: SuiteOptions, interrupt
     }
     if interrupted:
         meta["interrupted"] = True
+    if shard is not None:
+        meta["shard"] = shard
     return write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))
