@@ -112,7 +112,7 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.OK  # a shard the split left empty did its part: nothing
     options = config.stash.get(_OPTIONS_KEY, None)
     shard = plan.record if plan is not None else None
-    if options is None or options.report is None or not (results or shard):
+    if options is None or options.report is None or not (results or (shard and not config.option.collectonly)):
         return
     ordered = sorted(results.values(), key=lambda r: (r.dataset, r.model))
     try:

@@ -214,6 +214,9 @@ class ShardPlan:
         models = ", ".join(g.removeprefix("model ") for g in r.get("groups", []) if g.startswith("model ")) or "none"
         head = f"qaclip: shard {r.get('index')}/{r.get('count')}: {len(r.get('cases', []))} of the selection's "
         head += f"{len(r.get('selection', []))} cases ({r.get('tests', 0)} tests), models: {models}"
+        cost = r.get("estimated_cost") or [0.0]
+        head += f"; estimated cost {cost[int(r.get('index', 1)) - 1]:,.0f} of {sum(cost):,.0f} nominal seconds"
+        head += f" (the largest shard {max(cost):,.0f})"
         if not r.get("tests"):
             head += "; the split left this shard nothing to run (more shards than models)"
         return head
