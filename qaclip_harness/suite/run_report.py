@@ -46,8 +46,8 @@ def write_run_report(
         "batch_size": options.batch_size,
         "evaluate_any_split": options.evaluate_any_split,
     }
-    if interrupted:
-        meta["interrupted"] = True
     if shard is not None:
         meta["shard"] = shard
+    if interrupted:
+        meta["interrupted"] = True
     return write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))
