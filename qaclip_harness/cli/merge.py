@@ -29,7 +29,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
     try:
         out = options.new_output_folder(args.out, "--out", will_write=("report.json", "report.md"))
-        results, paths = merge(args.shards, out)
+        results, paths = merge(args.shards, out or args.out)
     except MergeError as e:
         for line in e.lines:
             print(f"error: {line}", file=sys.stderr)

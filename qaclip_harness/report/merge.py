@@ -16,7 +16,7 @@ import copy
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +69,10 @@ class ShardRun:
         return f"{git.get('commit') or 'unknown'}{'+dirty' if git.get('dirty') else ''}"
 
 
-def _listed(names: Sequence[str]) -> str:
-    names = sorted(names)
-    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    return ", ".join(names[:SHOWN]) + more
+def _listed(names: Collection[str]) -> str:
+    ordered = sorted(names)
+    more = f" and {len(ordered) - SHOWN} more" if len(ordered) > SHOWN else ""
+    return ", ".join(ordered[:SHOWN]) + more
 
 
 def _is_junit(path: Path) -> bool:
@@ -134,9 +134,9 @@ def problems(runs: Sequence[ShardRun]) -> list[str]:
     seen: dict[int, list[ShardRun]] = {}
     for r in runs:
         seen.setdefault(int(r.shard["index"]), []).append(r)
-    for index, twice in sorted(seen.items()):
-        if len(twice) > 1:
-            out.append(f"shard {index}/{first.shard['count']} given twice: {', '.join(str(r.folder) for r in twice)}")
+    for index, given in sorted(seen.items()):
+        if len(given) > 1:
+            out.append(f"shard {index}/{first.shard['count']} given twice: {', '.join(str(r.folder) for r in given)}")
     where: dict[str, list[str]] = {}
     for r in runs:
         for res in r.doc["results"]:
