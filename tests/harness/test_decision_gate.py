@@ -280,6 +280,10 @@ def test_suite_goes_red_naming_a_planted_lost_and_gained_hit(tmp_path):
     assert f"fixture-shapes-{RN} (fp32): every total is within tolerance, but decisions differ" in text
     assert f"t2i R@1 {lost}: reference hit, ours miss" in text and f"t2i R@1 {gained}: reference miss, ours hit" in text
     assert "1 failed" in text
+    # docs/offline-gate.md shows this very output
+    doc = (REPO / "docs" / "offline-gate.md").read_text(encoding="utf-8")
+    sample = doc.split("<!-- planted-swap -->\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(sample) == 4 and all(line in text.splitlines() for line in sample), sample
     (res,) = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))["results"]
     assert res["status"] == "failed" and all(c["ok"] for c in res["checks"])  # red on the items, not on a total
     assert {(f["item"], f["reference"], f["ours"]) for f in res["decisions"]["flipped"]} == {
