@@ -53,8 +53,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qaclip_core.errors import QAClipError
+
+if TYPE_CHECKING:
+    from qaclip_harness.eval.runner import EvalOutput
+    from qaclip_harness.expected import ExpectedCase
+    from qaclip_harness.metrics.retrieval import RetrievalResult
 
 FOLDER = "reference-decisions"
 UNIT_ROUNDOFF = 2.0**-24  # fp32
@@ -181,12 +187,12 @@ def dumps_decisions(header: Mapping[str, object], items: Mapping[str, Mapping[st
 # ---------------------------------------------------------------- our decisions
 
 
-def retrieval_decisions(result: object, ks: Sequence[int] = RANKS) -> dict[str, dict[str, str]]:
+def retrieval_decisions(result: RetrievalResult, ks: Sequence[int] = RANKS) -> dict[str, dict[str, str]]:
     """Hit or miss of every query at every k, from a :class:`~qaclip_harness.metrics.retrieval.RetrievalResult`."""
     out: dict[str, dict[str, str]] = {}
     for direction, preds, truth, noun in (
-        ("t2i", result.t2i, result.text_to_images, "text"),  # type: ignore[attr-defined]
-        ("i2t", result.i2t, result.image_to_texts, "image"),  # type: ignore[attr-defined]
+        ("t2i", result.t2i, result.text_to_images, "text"),
+        ("i2t", result.i2t, result.image_to_texts, "image"),
     ):
         for k in ks:
             out[f"{direction}_r{k}"] = {
@@ -316,7 +322,7 @@ def compare_decisions(
 TOTALS_ONLY = "no per-item reference decisions exist for this dataset (its published numbers are totals)"
 
 
-def case_verdict(case: object, out: object, precision: str, on_cpu: bool) -> DecisionVerdict:
+def case_verdict(case: ExpectedCase, out: EvalOutput, precision: str, on_cpu: bool) -> DecisionVerdict:
     """The per-item verdict of an evaluated case (``out``: its EvalOutput), or why it is gated on totals.
 
     ``on_cpu``: the qaclip_core model ran eagerly on the CPU, where ``reference-<model>`` holds its
@@ -325,7 +331,7 @@ def case_verdict(case: object, out: object, precision: str, on_cpu: bool) -> Dec
     """
     from qaclip_harness.gates.tolerances import parity_tolerance, reference_cpu_tolerance
 
-    ref = getattr(case, "decisions", None)
+    ref = case.decisions
     if ref is None:
         return on_totals(TOTALS_ONLY)
     if precision != "fp32":
@@ -333,8 +339,8 @@ def case_verdict(case: object, out: object, precision: str, on_cpu: bool) -> Dec
             f"the reference's per-item decisions are fp32 ones, and a {precision} run's features drift from them far "
             f"beyond the fp32 bound; a {precision} run is held to its totals within the drift measured for {precision}"
         )
-    reference = read_decisions(ref.path, ref.sha256, f"{getattr(case, 'path', None)}: {ref.key}")
-    build = out.provenance.get("build")  # type: ignore[attr-defined]
+    reference = read_decisions(ref.path, ref.sha256, f"{case.path}: {ref.key}")
+    build = out.provenance.get("build")
     if build != reference.build:
         return on_totals(
             f"this data is {f'build {build}' if build else 'of an unknown build'}, not {reference.build}, the build "
@@ -344,10 +350,11 @@ def case_verdict(case: object, out: object, precision: str, on_cpu: bool) -> Dec
         drift, where = reference_cpu_tolerance().max_abs, "the measured CPU noise: the qaclip_core model on the CPU"
     else:
         drift, where = parity_tolerance().max_abs, "the parity tolerance: a run off the CPU"
-    raw = out.raw  # type: ignore[attr-defined]
+    raw = out.raw
     if reference.kind == "retrieval":
-        ours = retrieval_decisions(raw)
+        ours = retrieval_decisions(raw)  # type: ignore[arg-type]  # a RetrievalResult for a retrieval case
     else:
+        assert isinstance(raw, dict)
         ours = zeroshot_decisions(raw["logits"], raw["targets"].tolist(), raw["names"], raw["classnames"])
     against = f"the reference's, build {reference.build}; features within {drift:g}, {where}"
     return compare_decisions(reference, ours, reference.bound(drift), against)
