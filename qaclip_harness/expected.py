@@ -71,6 +71,15 @@ class Source:
     build: str | None = None
 
 
+@dataclass(frozen=True)
+class DecisionsRef:
+    """The reference's per-item decisions of a case (``decisions: {file, sha256}``, the file relative to the YAML)."""
+
+    path: Path
+    sha256: str
+    key: str  # where the expected file names it (models.<model>.decisions)
+
+
 CROSS_BUILD = "cross_build"  # tolerance group used when the data is not the gate source's build
 
 
@@ -106,6 +115,8 @@ class ExpectedCase:
     # near-ties of the measured CPU noise for the qaclip_core model run eagerly on the CPU (which reference-<model>
     # holds to that noise), and those of the wider parity bound for any other run (a GPU, ONNX, transformers, compile)
     off_cpu: dict[str, dict[str, Tolerance]] = field(default_factory=dict, repr=False)
+    # the reference's decision for every item (qaclip_harness.gates.decisions); None: only totals exist
+    decisions: DecisionsRef | None = None
 
     def gate_for(self, build: str | None) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -261,7 +272,7 @@ def _read_yaml(path: Path) -> dict:
     return doc
 
 
-_ENTRY_KEYS = ("gate", "report_only", "tolerance", "tolerance_off_cpu", "near_ties")
+_ENTRY_KEYS = ("gate", "report_only", "tolerance", "tolerance_off_cpu", "near_ties", "decisions")
 REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
 
 
@@ -355,6 +366,7 @@ def _parse(path: Path) -> list[ExpectedCase]:
             raise ExpectedFileError(
                 f"{path}: models.{model}.near_ties must map metrics to lists of items, got {near!r:.60}"
             )
+        decisions = _parse_decisions(entry.get("decisions"), f"models.{model}.decisions", path)
         case = ExpectedCase(
             str(doc["dataset"]),
             str(model),
@@ -369,6 +381,7 @@ def _parse(path: Path) -> list[ExpectedCase]:
             requires=dict(requires),
             near_ties={str(k): [str(i) for i in v] for k, v in near.items()},
             off_cpu=off_cpu,
+            decisions=decisions,
         )
         for prec in case_tolerances:
             for metric in case.gate_values:
@@ -381,6 +394,20 @@ def _parse(path: Path) -> list[ExpectedCase]:
                     ) from None
         cases.append(case)
     return cases
+
+
+def _parse_decisions(raw: object, where: str, path: Path) -> DecisionsRef | None:
+    """``decisions: {file: <path relative to the expected file>, sha256: <64 hex digits>}``, or absent."""
+    if raw is None:
+        return None
+    ok = isinstance(raw, dict) and set(raw) == {"file", "sha256"} and isinstance(raw.get("file"), str)
+    digest = str(raw.get("sha256", "")) if isinstance(raw, dict) else ""
+    if not ok or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ExpectedFileError(
+            f"{path}: {where} must be {{file: <reference-decisions file, relative to this file>, sha256: <64 hex "
+            f"digits>}}, got {raw!r:.80}"
+        )
+    return DecisionsRef(path.parent / raw["file"], digest, where)
 
 
 def check_against_catalog(cases: list[ExpectedCase]) -> None:

@@ -255,6 +255,8 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
         raw={
             "logits": logits,
             "targets": targets,
+            "names": [key for key, _ in images.item_digests()],  # each image's path under the split folder
+            "classnames": classnames,
             "dataset_dir": data.folder,
             "folder": card.dirname,
             "params": param_counts(encoder),

@@ -27,7 +27,17 @@ from qaclip_harness.report.grid import notes as grid_notes
 from qaclip_harness.report.history import HEADER as HISTORY_HEADER
 from qaclip_harness.report.history import History, summary_rows
 from qaclip_harness.report.history import render_text as history_text
-from qaclip_harness.report.tables import SHORT, CaseResult, _cell, _columns, _details, _note, _other_sources, _tables
+from qaclip_harness.report.tables import (
+    SHORT,
+    CaseResult,
+    _cell,
+    _columns,
+    _decision_lines,
+    _details,
+    _note,
+    _other_sources,
+    _tables,
+)
 from qaclip_harness.report.throughput import Group
 from qaclip_harness.report.throughput import groups as benchmark_groups
 
@@ -193,7 +203,7 @@ def _provenance_table(rows: list[CaseResult]) -> str:
 
 def _dataset_section(name: str, rows: list[CaseResult], missing: str | None) -> str:
     out = [f'<section class="dataset" id="ds-{escape(name)}"><h3>{escape(name)}</h3>', _seed_table(rows)]
-    notes = _details(rows) + _other_sources(rows)
+    notes = _details(rows) + _other_sources(rows) + _decision_lines(rows)
     out += [f'<p class="note">{escape(m)}: {escape(t)}</p>' for m, t in notes]
     pts = _tolerance_points(rows)
     if pts:

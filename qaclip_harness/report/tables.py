@@ -56,6 +56,8 @@ class CaseResult:
     variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
     # computed here or reused from a cache: {"status", "cache": mode, "steps": {images|texts|classifier: {status, key, run, date}}}
     features: dict[str, object] = field(default_factory=dict)
+    # per item against the reference's decisions, or on totals, and why (qaclip_harness.gates.decisions)
+    decisions: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_checks(
@@ -203,6 +205,14 @@ def _features_lines(rows: list[CaseResult]) -> list[tuple]:
     return [(r.model, describe_features(r.features)) for r in rows if r.features and describe_features(r.features)]
 
 
+def _decision_lines(rows: list[CaseResult]) -> list[tuple]:
+    """(model, text): each row's decision gate, per item or on totals (one line when every row says the same)."""
+    lines = [(r.model, str(r.decisions.get("summary"))) for r in rows if r.decisions.get("summary")]
+    if len(lines) > 1 and len({text for _, text in lines}) == 1:
+        return [("every model", lines[0][1])]
+    return lines
+
+
 def _details(rows: list[CaseResult]) -> list[tuple]:
     """(model, text) for report-only rows whose reason goes beyond its first clause (the table shows that one)."""
     return [(r.model, r.reason.split("; ", 1)[1]) for r in rows if r.status == "reported" and "; " in r.reason]
@@ -232,6 +242,7 @@ def render_text(results: list[CaseResult]) -> str:
             for row in _provenance_rows(rows)
         )
         out.extend(f"  {model}: {text}" for model, text in _features_lines(rows))
+        out.extend(f"  {model}: {text}" for model, text in _decision_lines(rows))
         out.append("")
     out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
@@ -278,7 +289,7 @@ def render_markdown(results: list[CaseResult]) -> str:
             out.append("|" + "---|" * len(header))
             out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
             out.append("")
-        reuse = _features_lines(rows)
+        reuse = _features_lines(rows) + _decision_lines(rows)
         if reuse:
             out.extend(f"- {model}: {text}" for model, text in reuse)
             out.append("")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ from qaclip_harness.data.catalog import DatasetCard, DatasetMissingError, get_da
 from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.fetch.datasets import resolve_dataset
+from qaclip_harness.gates.decisions import case_verdict
 from qaclip_harness.report.tables import CaseResult
 from qaclip_harness.suite.options import SuiteOptions
 from qaclip_harness.suite.results import (
@@ -257,31 +259,32 @@ class Suite:
             and not self.compile
         )
         checks = case.check(out.metrics, self.precision, decision, on_cpu)
-        result = self.record(
-            item,
-            CaseResult.from_checks(
-                device=str(encoder.device),
-                measured=out.metrics,
-                counts=out.counts,
-                seconds=round(time.perf_counter() - start, 2),
-                checks=checks,
-                report_only=report_reason(case.report_only, encoder),
-                gate=decision.source,
-                gate_reason=decision.reason
-                + (
-                    f"; near-ties (each metric's tolerance says which it excuses on this device): "
-                    f"{case.near_tie_note()}"
-                    if case.near_ties
-                    else ""
-                ),
-                sources=case.source_deltas(out.metrics),
-                checkpoint_sha256=self.checkpoint_digest(model_card),
-                data_fingerprint=out.provenance.get("data_fingerprint"),
-                provenance=case_provenance(out.provenance),
-                features=features_summary(out.provenance.get("features"), self.cache.mode),
-                **self._base(case),
+        verdict = case_verdict(case, out, self.precision, on_cpu)  # every decision, where the reference's exist
+        result = CaseResult.from_checks(
+            device=str(encoder.device),
+            measured=out.metrics,
+            counts=out.counts,
+            seconds=round(time.perf_counter() - start, 2),
+            checks=checks,
+            report_only=report_reason(case.report_only, encoder),
+            gate=decision.source,
+            gate_reason=decision.reason
+            + (
+                f"; near-ties (each metric's tolerance says which it excuses on this device): {case.near_tie_note()}"
+                if case.near_ties
+                else ""
             ),
+            sources=case.source_deltas(out.metrics),
+            checkpoint_sha256=self.checkpoint_digest(model_card),
+            data_fingerprint=out.provenance.get("data_fingerprint"),
+            provenance=case_provenance(out.provenance),
+            features=features_summary(out.provenance.get("features"), self.cache.mode),
+            decisions=verdict.as_dict(),
+            **self._base(case),
         )
+        if verdict.failed and result.status == "passed":  # totals within tolerance, but items flipped
+            result = dataclasses.replace(result, status="failed")
+        self.record(item, result)
         if result.status == "failed":
             pytest.fail(failure_message(case, result, checks, self.precision), pytrace=False)
         return result

