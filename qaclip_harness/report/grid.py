@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qaclip_harness.report.escape import markdown_cell, markdown_inline
+
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
 
@@ -128,13 +130,18 @@ def render_grid_text(grid: Grid) -> str:
 def render_grid_markdown(grid: Grid) -> str:
     """The grid as a Markdown section."""
     header, rows = _rows(grid)
-    out = [f"## {grid.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+    out = [
+        f"## {markdown_inline(grid.title)}",
+        "",
+        "| " + " | ".join(markdown_inline(c) for c in header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    out.extend("| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows)
     out.append("")
-    out.append(LEGEND[0].upper() + LEGEND[1:] + ".")
+    out.append(markdown_inline(LEGEND[0].upper() + LEGEND[1:] + "."))
     out.append("")
     found = notes(grid)
-    out.extend(f"- {n.lstrip('* ')}" if n.startswith("* ") else f"- {n}" for n in found)
+    out.extend(f"- {markdown_inline(n[2:] if n.startswith('* ') else n)}" for n in found)
     if found:
         out.append("")
     return "\n".join(out)
