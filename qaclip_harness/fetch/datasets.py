@@ -27,7 +27,7 @@ from qaclip_harness.data.catalog import (
     missing_reason,
 )
 from qaclip_harness.errors import DatasetError
-from qaclip_harness.fetch.archives import fetch_nested
+from qaclip_harness.fetch.archives import fetch_nested, remove_stale_staging, staging_folder
 from qaclip_harness.fetch.digests import sha256_of
 from qaclip_harness.fetch.urls import fetch_url
 from qaclip_harness.fetch.zip_safety import check_members
@@ -35,7 +35,8 @@ from qaclip_harness.fetch.zip_safety import check_members
 
 def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: dict | None = None) -> None:
     """Unpack ``archive`` so that ``target_parent/<dirname>`` appears atomically."""
-    staging = target_parent / f".{card.dirname}.extract-{os.getpid()}"
+    remove_stale_staging(target_parent)
+    staging = staging_folder(target_parent, card.dirname)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -76,6 +77,7 @@ def ensure_labels(card: DatasetCard, data_root: str | Path, download: bool = Fal
 def ensure_dataset(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """The dataset's folder, downloading and unpacking it first when allowed and possible."""
     folder = dataset_dir(card, data_root)
+    remove_stale_staging(folder.parent)  # what a fetch killed while unpacking left (its process is gone)
     if is_present(card, folder):
         return folder
     if download and card.downloadable and card.hub.get("member"):
