@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_yaml
 
 METRIC_ORDER = {
     "retrieval": [
@@ -235,23 +235,19 @@ def _mapping(value: object, where: str, path: Path) -> dict:
 
 
 def _number(value: object, where: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ExpectedFileError(f"{path}: {where} must be a number, got {value!r:.60}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ExpectedFileError(f"{path}: {where} must be a finite number, got {value!r:.60}")
     return float(value)
 
 
+def _text(value: object, where: str, path: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ExpectedFileError(f"{path}: {where} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExpectedFileError(f"{path}: cannot be read ({e})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ExpectedFileError(f"{path}: is not valid YAML{where}: {problem}") from None
+    doc = read_yaml(path, ExpectedFileError)  # strict: a key given twice, deep nesting, expanding aliases refused
     if doc is None:
         raise ExpectedFileError(f"{path}: is empty; expected the keys {', '.join(_TOP_KEYS)}")
     if not isinstance(doc, dict):
@@ -274,7 +270,7 @@ def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
             continue
         value = _mapping(raw_value, f"sources.{name}", path)
         unknown = set(value) - {"cite", "build"}
-        if unknown or not isinstance(value.get("cite"), str):
+        if unknown or not isinstance(value.get("cite"), str) or not isinstance(value.get("build") or "", str):
             raise ExpectedFileError(
                 f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
@@ -297,8 +293,8 @@ def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict
             value = _number(tol["abs"], f"{where_tol}.abs", path)
             if value < 0:
                 raise ExpectedFileError(f"{path}: {where_tol}.abs must not be negative, got {value}")
-            if not str(tol["why"]).strip():
-                raise ExpectedFileError(f"{path}: {where_tol}.why is empty: a tolerance needs its reason")
+            if not isinstance(tol["why"], str) or not tol["why"].strip():
+                raise ExpectedFileError(f"{path}: {where_tol}.why must say where the number comes from (a string)")
             out[str(prec)][str(name)] = Tolerance(value, str(tol["why"]))
     return out
 
@@ -309,7 +305,9 @@ def _parse(path: Path) -> list[ExpectedCase]:
     if missing:
         raise ExpectedFileError(f"{path}: missing top-level key(s) {', '.join(repr(k) for k in missing)}")
     if doc["kind"] not in _KINDS:
-        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
+        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r:.60}")
+    for key in ("dataset", "split"):
+        _text(doc[key], key, path)
     sources = _parse_sources(doc["sources"], path)
     tolerances = _parse_tolerances(doc["tolerance"], path)
     requires = doc.get("requires") or {}
@@ -324,8 +322,12 @@ def _parse(path: Path) -> list[ExpectedCase]:
         if "measured_only" in entry:
             cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
             continue
-        gate = entry.get("gate")
+        gate = _text(entry.get("gate"), f"models.{model}.gate", path)
         report_only = entry.get("report_only")
+        if report_only is not None and not isinstance(report_only, str):
+            raise ExpectedFileError(
+                f"{path}: models.{model}.report_only must say why (a string), got {report_only!r:.60}"
+            )
         case_tolerances = tolerances
         if "tolerance" in entry:  # a model's own tolerances (its protocol is less certain), over the file's
             own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")

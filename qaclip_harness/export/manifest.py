@@ -8,13 +8,13 @@ another precision, opset or package version.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from qaclip_harness.documents import read_json
 from qaclip_harness.errors import ExportError
 
 MANIFEST_NAME = "manifest.json"
@@ -125,10 +125,7 @@ def read_manifest(directory: PathLike) -> Manifest:
         raise ExportError(f"{directory}: no such export folder")
     if not path.is_file():
         raise ExportError(f"{path}: missing; {directory} is not a complete qaclip_core ONNX export")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ExportError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from e
+    doc = read_json(path, ExportError)  # strict: a duplicate key, deep nesting, a bad byte named with the place
     if not isinstance(doc, dict):
         raise ExportError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:

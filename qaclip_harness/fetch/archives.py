@@ -29,7 +29,7 @@ from filelock import FileLock
 from qaclip_core.errors import DownloadError, QAClipError
 from qaclip_harness.data.catalog import ORIGIN_FILE
 from qaclip_harness.errors import DatasetError
-from qaclip_harness.fetch.zip_safety import check_members
+from qaclip_harness.fetch.zip_safety import DAMAGED, extract_all
 from qaclip_harness.files import remove_stale_temporaries
 
 Outer = Union[Path, IO[bytes]]
@@ -81,7 +81,7 @@ def _copy_member(outer: Outer, wanted: str, dest: Path, label: str = "") -> dict
             with zf.open(info) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
             return {"member": info.filename, "member_crc32": f"{info.CRC:08x}", "member_bytes": info.file_size}
-    except (zipfile.BadZipFile, EOFError) as e:
+    except DAMAGED as e:
         advice = (
             "delete the archive and download again"
             if isinstance(outer, Path)
@@ -94,12 +94,11 @@ def _unpack_checked(archive: Path, target: Path, label: str) -> None:
     """Extract ``archive`` into ``target``, refusing members that would land outside it."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            check_members(zf, target, label)
-            zf.extractall(target)
-    except zipfile.BadZipFile as e:
+            extract_all(zf, target, label)
+    except DAMAGED as e:
         raise DatasetError(
             f"{label} is not a valid zip archive or is damaged ({e}); delete the outer archive and download again"
-        ) from e
+        ) from None
 
 
 def _dataset_root(content: Path, split: str, label: str) -> Path:

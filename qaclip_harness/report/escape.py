@@ -24,6 +24,17 @@ _CLASS = re.compile(r"[^A-Za-z0-9_-]+")
 _TERMINAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and line feed: \r rewrites a line
 
 
+def number_text(value: object, spec: str) -> str:
+    """``value`` formatted by ``spec`` when it is a number (a report read back may hold null where one was), else
+    as text ('-' for null): formatting a value read from a file never fails."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format(value, spec)
+        except ValueError:  # a spec that does not fit the value (an integer with 'e' is fine, '%' on...)
+            return repr(value)
+    return "-" if value is None else str(value)
+
+
 def scrub(text: object) -> str:
     """``str(text)`` with lone surrogates replaced by U+FFFD (the only characters UTF-8 cannot encode)."""
     return _SURROGATE.sub("\ufffd", str(text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qaclip_harness.report.escape import markdown_cell, markdown_inline
+from qaclip_harness.report.escape import markdown_cell, markdown_inline, number_text
 
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
@@ -69,10 +69,10 @@ def cell(r) -> str:
         return ""
     check = next((c for c in r.checks if c["metric"] == GRID_METRIC), None)
     if check is not None:
-        flag = "*" if r.status == "reported" else ("" if check["ok"] else "!")
-        return f"{check['measured']:.1f} ({check['delta']:+.1f}){flag}"
+        flag = "*" if r.status == "reported" else ("" if check.get("ok") else "!")
+        return f"{number_text(check.get('measured'), '.1f')} ({number_text(check.get('delta'), '+.1f')}){flag}"
     if r.status == "reported" and GRID_METRIC in r.measured:
-        return f"{r.measured[GRID_METRIC]:.1f}"
+        return number_text(r.measured[GRID_METRIC], ".1f")
     return {"skipped": "skipped", "error": "error"}.get(r.status, r.status)
 
 

@@ -10,18 +10,18 @@ last run kept on main).
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_json
 from qaclip_harness.files import remove_stale_temporaries, temp_path
 from qaclip_harness.report.diff import load_report
 from qaclip_harness.report.escape import markdown_cell, markdown_fence, markdown_inline
 from qaclip_harness.report.ranks import RankDiff, rank_changes
-from qaclip_harness.report.throughput import is_benchmark_json, records
+from qaclip_harness.report.throughput import check_benchmark_json, is_benchmark_json, records
 
 ACCURACY_KINDS = ("retrieval", "zeroshot")
 SECTIONS = ("accuracy", "gate", "throughput")
@@ -54,10 +54,11 @@ class Run:
         return next((str((b.get("commit_info") or {}).get("id", ""))[:12] for b in self.benchmarks), "")
 
 
-def _json(path: Path) -> dict | None:
+def _json(path: Path) -> object:
+    """A JSON file's document, or None when it cannot be read as JSON (then it is not a run's file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json(path)
+    except QAClipError:
         return None
 
 
@@ -72,10 +73,10 @@ def load_run(folder: str | Path) -> Run:
     """One run folder (a bad report.json is an error naming it; other JSON files that are not benchmarks are ignored)."""
     folder = Path(folder)
     report = load_report(folder / "report.json") if (folder / "report.json").is_file() else None
-    benches = [
-        doc
+    benches = [  # a file that looks like pytest-benchmark's is checked as one (an error names it and the key)
+        check_benchmark_json(doc, p)
         for p in sorted(folder.glob("*.json"))
-        if p.name != "report.json"
+        if p.name != "report.json" and p.is_file()
         for doc in [_json(p)]
         if is_benchmark_json(doc)
     ]

@@ -19,7 +19,7 @@ from pathlib import Path
 from qaclip_harness.files import atomic_write_text
 from qaclip_harness.report import plots
 from qaclip_harness.report.diff import flatten, load_report
-from qaclip_harness.report.escape import css_class, scrub
+from qaclip_harness.report.escape import css_class, number_text, scrub
 from qaclip_harness.report.escape import html_text as escape
 from qaclip_harness.report.grid import LEGEND as GRID_LEGEND
 from qaclip_harness.report.grid import _model_order, split_grids
@@ -28,7 +28,16 @@ from qaclip_harness.report.grid import notes as grid_notes
 from qaclip_harness.report.history import HEADER as HISTORY_HEADER
 from qaclip_harness.report.history import History, summary_rows
 from qaclip_harness.report.history import render_text as history_text
-from qaclip_harness.report.tables import SHORT, CaseResult, _cell, _columns, _details, _note, _other_sources, _tables
+from qaclip_harness.report.tables import (
+    SHORT,
+    CaseResult,
+    _cell,
+    _columns,
+    _details,
+    _note,
+    _other_sources,
+    _tables,
+)
 from qaclip_harness.report.throughput import Group
 from qaclip_harness.report.throughput import groups as benchmark_groups
 
@@ -495,7 +504,7 @@ def _history_section(history: History, missing: str | None) -> str:
 
 def _why_failed(r: CaseResult) -> str:
     outside = [
-        f"{SHORT.get(c['metric'], c['metric'])} {c['delta']:+.3g} (tolerance {c['tolerance']:.3g})"
+        f"{SHORT.get(c['metric'], c['metric'])} {number_text(c['delta'], '+.3g')} (tolerance {number_text(c['tolerance'], '.3g')})"
         for c in r.checks
         if not c.get("ok") and c.get("delta") is not None and c.get("tolerance") is not None
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
 from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
-from qaclip_harness.report.escape import json_text, markdown_cell, markdown_inline
+from qaclip_harness.report.escape import json_text, markdown_cell, markdown_inline, number_text
 
 SHORT = {
     "t2i_r1": "T2I R@1",
@@ -99,16 +99,16 @@ def _columns(results: list[CaseResult]) -> list[str]:
 def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
-            flag = "" if r["ok"] else "!"
+            flag = "" if r.get("ok") else "!"
             if "cell" in r:  # a check that formats its own value (checkpoint gates)
                 return f"{r['cell']}{flag}"
             spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
             if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
-                return f"{r['measured']:{spec or '.1e'}}{flag}"
+                return f"{number_text(r.get('measured'), spec or '.1e')}{flag}"
             spec = spec or ".1f"
-            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
+            return f"{number_text(r.get('measured'), spec)} ({number_text(r.get('delta'), '+' + spec)}){flag}"
     if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
-        return f"{res.measured[metric]:.1f}"
+        return number_text(res.measured[metric], ".1f")
     return ""
 
 
@@ -145,7 +145,9 @@ def _other_sources(rows: list[CaseResult]) -> list[tuple]:
             continue  # one source, measured on this very data: nothing to explain
         parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
         for src, deltas in sorted(others.items()):
-            parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))
+            parts.append(
+                f"{src}: " + ", ".join(f"{_short(m)} {number_text(v['delta'], '+.1f')}" for m, v in deltas.items())
+            )
         out.append((r.model, "; ".join(parts)))
     return out
 
