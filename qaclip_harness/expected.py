@@ -235,7 +235,9 @@ def _mapping(value: object, where: str, path: Path) -> dict:
 
 
 def _number(value: object, where: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpectedFileError(f"{path}: {where} must be a number, got {value!r:.60}")
+    if not math.isfinite(value):
         raise ExpectedFileError(f"{path}: {where} must be a finite number, got {value!r:.60}")
     return float(value)
 

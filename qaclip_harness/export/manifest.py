@@ -112,7 +112,11 @@ def _tower_ok(path: Path, tower: str, rec: Any) -> None:
     for key in ("file", "input", "output"):
         if key not in rec:
             raise ExportError(f"{path}: towers.{tower} lacks {key!r}")
+    if not isinstance(rec["file"], str):
+        raise ExportError(f"{path}: towers.{tower}.file must be a file name, got {rec['file']!r:.60}")
     for side in ("input", "output"):
+        if not isinstance(rec[side], Mapping):
+            raise ExportError(f"{path}: towers.{tower}.{side} must be a mapping, got {type(rec[side]).__name__}")
         for key in ("name", "shape", "dtype"):
             if key not in rec[side]:
                 raise ExportError(f"{path}: towers.{tower}.{side} lacks {key!r}")
@@ -148,8 +152,10 @@ def read_manifest(directory: PathLike) -> Manifest:
             or not isinstance(rec.get("sha256"), str)
         ):
             raise ExportError(f"{path}: files.{name} must hold 'bytes' (int) and 'sha256' (hex)")
-        if Path(name).name != name:
+        if Path(name).name != name or name in ("", ".", ".."):
             raise ExportError(f"{path}: files.{name}: file names must not contain folders")
+        if rec["bytes"] < 0 or isinstance(rec["bytes"], bool):
+            raise ExportError(f"{path}: files.{name}.bytes must be a size in bytes, got {rec['bytes']!r}")
     known = set(Manifest.__dataclass_fields__)
     unknown = set(doc) - known
     if unknown:
