@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (default 1)")
     p.add_argument("--only", default="", help="run the fuzz tests whose name contains this (pytest -k)")
     p.add_argument("--hang-seconds", type=float, default=60.0, help="one example longer than this is a hang")
+    p.add_argument("--log", type=Path, help="write pytest's whole output here (every failure in full)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qaclip-fuzz-stats-") as stats:
         env = {
@@ -60,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         c = totals[fmt]
         print(f"{fmt:<{width}}{c['examples']:>9}{c['accepted']:>10}{c['refused']:>9}")
     failed = re.findall(r"^FAILED (\S+)", out.stdout, flags=re.M)
+    if args.log:
+        args.log.write_text(out.stdout + out.stderr, encoding="utf-8")
     if failed or out.returncode not in (0,):
-        print(out.stdout[-20000:])
+        for name in failed:  # each failure's section: its shrunk example and the exception
+            test = name.split("::")[-1]
+            m = re.search(
+                rf"^_+ {re.escape(test)} _+$(.*?)(?=^_{{5,}} \w|^=+ short test summary)", out.stdout, re.M | re.S
+            )
+            print(f"--- {name}\n{(m.group(1) if m else '')[-6000:].strip()}\n")
         print(out.stderr[-3000:], file=sys.stderr)
     print(
         f"{len(totals)} formats, {sum(c['examples'] for c in totals.values())} examples, {len(failed)} failing properties"

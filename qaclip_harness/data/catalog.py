@@ -70,8 +70,15 @@ _LABELS = {"filename", "url", "sha256"}
 
 
 def _one_name(value: object) -> bool:
-    """A single folder or file name: never a path that could lead out of the data root."""
-    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+    """A single folder or file name (of at most 255 bytes): never a path that could lead out of the data root."""
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and "\x00" not in value
+        and len(value.encode("utf-8", "surrogatepass")) <= 255
+    )
 
 
 def _check_card(raw: object, where: str, path: Path) -> DatasetCard:

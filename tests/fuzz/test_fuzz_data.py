@@ -135,6 +135,13 @@ LMDB_KEYS = st.one_of(
 
 @st.composite
 def lmdb_records(draw):
+    if draw(st.booleans()):  # a valid LMDB, perhaps with one record damaged
+        images = {
+            str(i).encode(): base64.urlsafe_b64encode(_png()) for i in draw(st.lists(IDS, max_size=4, unique=True))
+        }
+        if images and draw(st.booleans()):
+            images[draw(st.sampled_from(sorted(images)))] = draw(lmdb_values())
+        return {**images, b"num_images": str(len(images)).encode()}
     records = {k: draw(lmdb_values()) for k in draw(st.lists(LMDB_KEYS, min_size=0, max_size=5, unique=True))}
     count = draw(st.one_of(st.just(None), st.sampled_from([b"auto", b"0", b"-1", b"1e3", b"\xff", b"", b" 2 "])))
     if count == b"auto":

@@ -10,6 +10,7 @@ three places and perhaps damaged as bytes; whatever a reader accepts is then use
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tempfile
 import warnings
@@ -510,11 +511,16 @@ def test_elevater_index_json(example, num_images):
             holds("ELEVATER index.json", lambda n=n: read_index(d, n), QAClipError, [str(d / INDEX_FILE)], d)
 
 
+ONNX_FILES = {"image.onnx": b"an image model", "text.onnx": b"a text model"}
+
+
 @st.composite
 def export_manifests(draw):
     from qaclip_harness.export.manifest import FORMAT
 
-    files = {name: {"bytes": draw(st.integers(0, 10**9)), "sha256": draw(HEX)} for name in ("image.onnx", "text.onnx")}
+    files = {  # the models the test writes beside it, so that an intact manifest verifies
+        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in ONNX_FILES.items()
+    }
     tower = lambda name, shape: {  # noqa: E731
         "file": f"{name}.onnx",
         "input": {"name": "x", "shape": shape, "dtype": "float32"},
@@ -549,9 +555,22 @@ def test_onnx_export_manifest(example):
     data, _ = example
     with folder() as d:
         (d / MANIFEST_NAME).write_bytes(data)
-        (d / "image.onnx").write_bytes(b"not a model")  # present but of another size and digest: refused by name
+        for name, content in ONNX_FILES.items():
+            (d / name).write_bytes(content)
         names = [str(d)]
-        holds("ONNX export manifest", lambda: read_manifest(d), QAClipError, names, d, lambda m: m.verify_files(d))
+        holds(
+            "ONNX export manifest",
+            lambda: read_manifest(d),
+            QAClipError,
+            names,
+            d,
+            lambda m: m.verify_files(d),
+            # verifying records each file's digest beside it (<file>.sha256), as every checked file does
+            changes=lambda before, after: (
+                all(after.get(k) == v for k, v in before.items())
+                and all(k.endswith(".sha256") for k in set(after) - set(before))
+            ),
+        )
 
 
 @st.composite

@@ -78,13 +78,15 @@ CASE = {"dataset": "muge", "model": "m", "status": "failed", "kind": "retrieval"
         ([{"metric": ["t2i_r1"], "ok": False}], "results[0].checks[0].metric"),
         ([{"metric": "t2i_r1", "measured": 1.0, "delta": 1.0, "format": ["x"]}], "results[0].checks[0].format"),
         ([{"metric": "t2i_r1", "measured": 1.0, "delta": 1.0, "format": "{x}"}], "results[0].checks[0].format"),
+        ({"steps": {"images": {"status": ["reused"]}}}, "results[0].features.steps.images.status"),
     ],
-    ids=["no-metric", "measured-list", "metric-list", "format-list", "format-braces"],
+    ids=["no-metric", "measured-list", "metric-list", "format-list", "format-braces", "step-status-list"],
 )
 def test_report_json_checks_the_renderers_need(tmp_path, checks, needle):
     from qaclip_harness.report.diff import load_report
 
-    path = _report(tmp_path, [{**CASE, "checks": checks}])
+    case = {**CASE, "checks": checks} if isinstance(checks, list) else {**CASE, "features": checks}
+    path = _report(tmp_path, [case])
     with pytest.raises(QAClipError, match=re_escape(needle)) as e:
         load_report(path)
     assert str(path) in str(e.value)
@@ -190,6 +192,10 @@ def test_export_manifest_tower_sides_must_be_mappings(tmp_path):
     }
     (tmp_path / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(QAClipError, match=r"towers\.image\.input must be a mapping"):
+        read_manifest(tmp_path)
+    tower.update(input=tower["output"], file=["image.onnx"])  # the long run's find: unhashable in verify_files
+    (tmp_path / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(QAClipError, match=r"towers\.image\.file must be a file name"):
         read_manifest(tmp_path)
 
 
@@ -341,8 +347,9 @@ def test_model_card_files(tmp_path, text, needle):
         (lambda card: card.pop("labels"), r"a zero-shot dataset needs labels"),
         (lambda card: card.update(split_size={"classes": "4"}), r"split_size\.classes must be a positive integer"),
         (lambda card: card["hub"].update(member="a/../x.zip"), r"hub\.member must be one file name"),
+        (lambda card: card.update(dirname="x" * 300), r"dirname must be one folder name"),  # ENAMETOOLONG once
     ],
-    ids=["dirname-path", "hub-list", "no-labels", "size-text", "member-path"],
+    ids=["dirname-path", "hub-list", "no-labels", "size-text", "member-path", "dirname-long"],
 )
 def test_dataset_card_files(tmp_path, edit, needle):
     import yaml
