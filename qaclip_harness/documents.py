@@ -123,6 +123,13 @@ def read_yaml(path: str | Path, error: Error = DocumentError) -> Any:
     return parse_yaml(_text(_read(path, error), path, error), path, error)
 
 
+def key_text(key: object) -> str:
+    """A key for a message: as it is when it is a plain one-line name, else its repr (one line, controls escaped)."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key:
+        return key
+    return repr(key)[:80]
+
+
 def check_bounds(doc: Any, source: object, error: Error = DocumentError) -> None:
     """Refuse nesting deeper than MAX_DEPTH and more than MAX_NODES values (a shared value counted each time)."""
     stack, count = [(doc, 1)], 0

@@ -242,6 +242,14 @@ def _number(value: object, where: str, path: Path) -> float:
     return float(value)
 
 
+def _name(key: object, where: str, path: Path) -> str:
+    """A key that names something (a model, source, precision, metric): one printable line, as a string."""
+    text = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else ""
+    if not text or not text.isprintable() or text.strip() != text:
+        raise ExpectedFileError(f"{path}: {where} holds the key {key!r:.60}, which is not a name (one printable line)")
+    return text
+
+
 def _text(value: object, where: str, path: Path) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ExpectedFileError(f"{path}: {where} must be a non-empty string, got {value!r:.60}")
@@ -266,7 +274,8 @@ REQUIREMENTS = ("backend", "precision")  # run settings an expected file may req
 def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
     """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
     out: dict[str, Source] = {}
-    for name, raw_value in _mapping(raw, "sources", path).items():
+    for key, raw_value in _mapping(raw, "sources", path).items():
+        name = _name(key, "sources", path)
         if isinstance(raw_value, str):
             out[str(name)] = Source(raw_value)
             continue
@@ -283,9 +292,11 @@ def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
 
 def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict[str, dict[str, Tolerance]]:
     out: dict[str, dict[str, Tolerance]] = {}
-    for prec, table in _mapping(raw, where, path).items():
+    for prec_key, table in _mapping(raw, where, path).items():
+        prec = _name(prec_key, where, path)
         out[str(prec)] = {}
-        for name, raw_tol in _mapping(table, f"{where}.{prec}", path).items():
+        for key, raw_tol in _mapping(table, f"{where}.{prec}", path).items():
+            name = _name(key, f"{where}.{prec}", path)
             where_tol = f"{where}.{prec}.{name}"
             tol = _mapping(raw_tol, where_tol, path)
             if "abs" not in tol or "why" not in tol:
@@ -319,7 +330,8 @@ def _parse(path: Path) -> list[ExpectedCase]:
             f"(e.g. backend: onnx), got {requires!r}"
         )
     cases = []
-    for model, raw_entry in _mapping(doc["models"], "models", path).items():
+    for model_key, raw_entry in _mapping(doc["models"], "models", path).items():
+        model = _name(model_key, "models", path)
         entry = _mapping(raw_entry, f"models.{model}", path)
         if "measured_only" in entry:
             cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
@@ -335,11 +347,12 @@ def _parse(path: Path) -> list[ExpectedCase]:
             own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")
             case_tolerances = {p: {**tolerances.get(p, {}), **own.get(p, {})} for p in set(tolerances) | set(own)}
         values: dict[str, dict[str, float]] = {}
-        for source, vals in entry.items():
-            if source in _ENTRY_KEYS:
+        for source_key, vals in entry.items():
+            if source_key in _ENTRY_KEYS:
                 continue
+            source = _name(source_key, f"models.{model}", path)
             values[source] = {
-                str(m): _number(v, f"models.{model}.{source}.{m}", path)
+                _name(m, f"models.{model}.{source}", path): _number(v, f"models.{model}.{source}.{m}", path)
                 for m, v in _mapping(vals, f"models.{model}.{source}", path).items()
             }
         if gate not in values:
@@ -371,7 +384,12 @@ def _parse(path: Path) -> list[ExpectedCase]:
             path,
             report_only=str(report_only).strip() if report_only else None,
             requires=dict(requires),
-            near_ties={str(k): [str(i) for i in v] for k, v in near.items()},
+            near_ties={
+                _name(k, f"models.{model}.near_ties", path): [
+                    _name(i, f"models.{model}.near_ties.{k}", path) for i in v
+                ]
+                for k, v in near.items()
+            },
             off_cpu=off_cpu,
         )
         for prec in case_tolerances:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qaclip_harness.documents import read_yaml
+from qaclip_harness.documents import key_text, read_yaml
 from qaclip_harness.errors import DatasetError
 
 CARDS_FILE = Path(__file__).resolve().parent / "datasets.yaml"
@@ -91,7 +91,7 @@ def _check_card(raw: object, where: str, path: Path) -> DatasetCard:
     for key, value in raw.items():
         kind = dict if key in _MAPPINGS else str
         if (value is not None or key in _REQUIRED) and not isinstance(value, kind):
-            raise DatasetError(f"{path}: {where}.{key} must be a {kind.__name__}, got {value!r:.60}")
+            raise DatasetError(f"{path}: {where}.{key_text(key)} must be a {kind.__name__}, got {value!r:.60}")
     if raw["kind"] not in ("retrieval", "zeroshot"):
         raise DatasetError(f"{path}: {where}.kind must be retrieval or zeroshot, got {raw['kind']!r:.60}")
     for key in ("dirname", "split"):
@@ -116,7 +116,9 @@ def _check_card(raw: object, where: str, path: Path) -> DatasetCard:
         raise DatasetError(f"{path}: {where}.labels needs filename (one file name) and takes only {sorted(_LABELS)}")
     for key, value in (raw.get("split_size") or {}).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DatasetError(f"{path}: {where}.split_size.{key} must be a positive integer, got {value!r:.60}")
+            raise DatasetError(
+                f"{path}: {where}.split_size.{key_text(key)} must be a positive integer, got {value!r:.60}"
+            )
     for name, build in (raw.get("builds") or {}).items():
         fingerprints = build.get("fingerprints") if isinstance(build, dict) else None
         if (
@@ -127,7 +129,8 @@ def _check_card(raw: object, where: str, path: Path) -> DatasetCard:
             or not isinstance(build.get("archive", ""), str)
         ):
             raise DatasetError(
-                f"{path}: {where}.builds.{name} must be {{archive: <repo/file>, note: ..., fingerprints: [<sha256>...]}}"
+                f"{path}: {where}.builds.{key_text(name)} must be {{archive: <repo/file>, note: ..., fingerprints: "
+                "[<sha256>...]}"
             )
     return DatasetCard(**raw)
 

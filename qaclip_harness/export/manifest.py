@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from qaclip_harness.documents import read_json
+from qaclip_harness.documents import key_text, read_json
 from qaclip_harness.errors import ExportError
 
 MANIFEST_NAME = "manifest.json"
@@ -151,11 +151,11 @@ def read_manifest(directory: PathLike) -> Manifest:
             or not isinstance(rec.get("bytes"), int)
             or not isinstance(rec.get("sha256"), str)
         ):
-            raise ExportError(f"{path}: files.{name} must hold 'bytes' (int) and 'sha256' (hex)")
+            raise ExportError(f"{path}: files.{key_text(name)} must hold 'bytes' (int) and 'sha256' (hex)")
         if Path(name).name != name or name in ("", ".", ".."):
-            raise ExportError(f"{path}: files.{name}: file names must not contain folders")
+            raise ExportError(f"{path}: files.{key_text(name)}: file names must not contain folders")
         if rec["bytes"] < 0 or isinstance(rec["bytes"], bool):
-            raise ExportError(f"{path}: files.{name}.bytes must be a size in bytes, got {rec['bytes']!r}")
+            raise ExportError(f"{path}: files.{key_text(name)}.bytes must be a size in bytes, got {rec['bytes']!r}")
     known = set(Manifest.__dataclass_fields__)
     unknown = set(doc) - known
     if unknown:

@@ -23,7 +23,7 @@ from typing import Union
 import torch
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness.documents import read_json
+from qaclip_harness.documents import key_text, read_json
 from qaclip_harness.files import OutputError, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from qaclip_harness.gates.drift import TOWERS, TowerDrift, drift_table, top1_agreement, tower_drift
 from qaclip_harness.gates.features import ProbeFeatures
@@ -135,7 +135,7 @@ def read_manifest(directory: PathLike) -> dict:
     for name, entry in doc["goldens"].items():
         if not isinstance(entry, dict):
             raise GoldenError(
-                f"{path}: goldens.{name}: expected an object saying how the file was recorded "
+                f"{path}: goldens.{key_text(name)}: expected an object saying how the file was recorded "
                 f"(checkpoint_sha256, file_sha256, probe_digest, ...), got a {type(entry).__name__}"
             )
     return doc

@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness.documents import read_yaml
+from qaclip_harness.documents import key_text, read_yaml
 
 TOLERANCES = Path(__file__).with_name("tolerances.yaml")
 
@@ -49,14 +49,18 @@ class ToleranceFileError(QAClipError, ValueError):
 def _number(table: dict, key: str, where: str, path: Path, minimum: float = 0.0) -> float:
     value = table.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ToleranceFileError(f"{path}: {where}.{key} must be a finite number >= {minimum:g}, got {value!r:.60}")
+        raise ToleranceFileError(
+            f"{path}: {where}.{key_text(key)} must be a finite number >= {minimum:g}, got {value!r:.60}"
+        )
     return float(value)
 
 
 def _table(doc: dict, key: str, where: str, path: Path) -> dict:
     value = doc.get(key)
     if not isinstance(value, dict) or not value:
-        raise ToleranceFileError(f"{path}: {where}{key} must be a non-empty mapping, got {type(value).__name__}")
+        raise ToleranceFileError(
+            f"{path}: {where}{key_text(key)} must be a non-empty mapping, got {type(value).__name__}"
+        )
     return value
 
 
@@ -81,7 +85,7 @@ def load_tolerances(path: str | Path) -> dict:
         raise ToleranceFileError(f"{path}: parity.top_k must be a positive integer, got {top_k!r:.60}")
     _why(parity, "parity", path)
     for precision, raw in _table(doc, "golden", "", path).items():
-        where = f"golden.{precision}"
+        where = f"golden.{key_text(precision)}"
         table = _table({precision: raw}, precision, "golden.", path)
         _number(table, "max_abs", where, path)
         _number(table, "min_cos", where, path, minimum=-1.0)
@@ -91,7 +95,7 @@ def load_tolerances(path: str | Path) -> dict:
     _why(cpu, "reference_cpu", path)
     if "reference_precision" in doc:  # optional: the reference-<model> gates in bf16 and fp16
         for precision, raw in _table(doc, "reference_precision", "", path).items():
-            where = f"reference_precision.{precision}"
+            where = f"reference_precision.{key_text(precision)}"
             table = _table({precision: raw}, precision, "reference_precision.", path)
             for model in _table(table, "max_abs", f"{where}.", path):
                 _number(table["max_abs"], model, f"{where}.max_abs", path)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness.documents import read_json
+from qaclip_harness.documents import key_text, read_json
 
 # per-case fields compared besides the metrics (provenance keys are flattened with dots)
 CASE_FIELDS = ("status", "precision", "device", "checkpoint_sha256", "data_fingerprint", "gate")
@@ -28,7 +28,7 @@ class ReportError(QAClipError, ValueError):
 def _where(path_parts) -> str:
     out = ""
     for part in path_parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{key_text(part)}" if out else key_text(part))
     return out or "the top level"
 
 

@@ -47,10 +47,11 @@ def _expected(tmp_path: Path, text: str):
         ("[" * 400 + "]" * 400, "nests deeper than 100 levels"),
         ("x: " + HUGE_INT, "more digits than Python converts"),
         ("\x00dataset: muge", "is not valid YAML"),
+        (EXPECTED.replace("{paper: a paper}", '{paper: a paper, "\\nx": b}'), "sources holds the key '\\nx'"),
     ],
     ids=[
         *("duplicate-key", "gate-list", "nan-tolerance", "inf-value", "why-list", "dataset-list", "build-list"),
-        *("alias-bomb", "deep", "huge-int", "nul"),
+        *("alias-bomb", "deep", "huge-int", "nul", "newline-key"),
     ],
 )
 def test_expected_files(tmp_path, text, needle):
