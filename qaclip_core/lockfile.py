@@ -52,7 +52,7 @@ class ChecksumLock:
             return {}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
             raise LockFileError(
                 f"lock file {self.path} cannot be read as JSON ({e}); fix it or delete it to record anew"
             ) from None

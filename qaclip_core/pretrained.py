@@ -49,8 +49,8 @@ PUBLIC_HUB = "https://huggingface.co"
 
 
 def cache_root() -> Path:
-    """The package's cache folder: ``$QACLIP_CACHE`` or ``~/.cache/qaclip`` (read at call time)."""
-    return Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip")).expanduser()
+    """The package's cache folder: ``$QACLIP_CACHE`` or ``~/.cache/qaclip`` (read at call time; empty is unset)."""
+    return Path(os.environ.get("QACLIP_CACHE", "").strip() or Path.home() / ".cache" / "qaclip").expanduser()
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UnknownModelError
+from .errors import CardError, UnknownModelError
 
 CARDS_DIR = Path(__file__).parent / "cards"
 _CARD_DIRS: list[Path] = [CARDS_DIR]
@@ -79,24 +79,40 @@ _KNOWN_KEYS = {
 }
 
 
-def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
+_REQUIRED = {"name", "family", "display", "vision", "text", "resolution"}
+_TYPES = {"resolution": int, "size": int, "hub": dict, "params_m": (int, float), "aliases": list, "test_only": bool}
+
+
+def _card_from_yaml(raw: object, source: Path, index: int = 0) -> ModelCard:
+    if not isinstance(raw, dict):
+        raise CardError(f"{source}: models[{index}] must be a mapping (a card), got {type(raw).__name__}")
     unknown = set(raw) - _KNOWN_KEYS
     if unknown:
-        raise ValueError(f"{source}: card {raw.get('name')!r} has unknown keys {sorted(unknown)}")
-    missing = {"name", "family", "display", "vision", "text", "resolution"} - set(raw)
+        raise CardError(f"{source}: card {raw.get('name')!r} has unknown keys {sorted(map(str, unknown))}")
+    missing = _REQUIRED - set(raw)
     if missing:
-        raise ValueError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
+        raise CardError(f"{source}: card {raw.get('name')!r} lacks keys {sorted(missing)}")
+    for key, value in raw.items():  # strings unless _TYPES says otherwise; an optional key may be null
+        kind = _TYPES.get(key, str)
+        if (value is None and key in _REQUIRED) or (
+            value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool))
+        ):
+            raise CardError(
+                f"{source}: models[{index}].{key} must be {getattr(kind, '__name__', 'a number')}, got {value!r:.60}"
+            )
+    hub = raw.get("hub") or {}
+    if raw["resolution"] < 1 or not all(isinstance(v, str) for v in [*hub.values(), *(raw.get("aliases") or [])]):
+        raise CardError(f"{source}: models[{index}]: resolution must be positive, hub values and aliases strings")
     if raw.get("preprocessing") not in (None, "reference", "processor"):
-        raise ValueError(
+        raise CardError(
             f"{source}: card {raw.get('name')!r} has preprocessing {raw['preprocessing']!r}; "
             f"expected 'reference' or 'processor'"
         )
     sha256, size = raw.get("sha256"), raw.get("size")
     if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
-        raise ValueError(f"{source}: card {raw.get('name')!r}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
+        raise CardError(f"{source}: card {raw.get('name')!r}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"{source}: card {raw.get('name')!r}: size must be a positive number of bytes, got {size!r}")
-    hub = raw.get("hub") or {}
+        raise CardError(f"{source}: card {raw.get('name')!r}: size must be a positive number of bytes, got {size!r}")
     return ModelCard(
         name=raw["name"],
         family=raw["family"],
@@ -138,17 +154,29 @@ def register_card_dir(path: str | Path) -> None:
             _register_file(file)
 
 
+def load_card_file(path: str | Path) -> list[ModelCard]:
+    """The cards of a YAML file (``models: [...]``), checked; CardError naming the file and the card otherwise."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as e:
+        raise CardError(
+            f"{path}: cannot be read as YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models", []), list):
+        raise CardError(f"{path}: expected a mapping with a list under 'models'")
+    return [_card_from_yaml(raw, path, i) for i, raw in enumerate(doc.get("models") or [])]
+
+
 def _register_file(path: Path) -> list[ModelCard]:
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
-    cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
+    cards = load_card_file(path)
     for card in cards:
         if card.name in _CARDS or card.name in _ALIASES:
-            raise ValueError(f"{path}: model name {card.name!r} is registered twice")
+            raise CardError(f"{path}: model name {card.name!r} is registered twice")
         _CARDS[card.name] = card
         for alias in card.aliases:
             if alias in _CARDS or alias in _ALIASES:
-                raise ValueError(f"{path}: alias {alias!r} of {card.name!r} is already taken")
+                raise CardError(f"{path}: alias {alias!r} of {card.name!r} is already taken")
             _ALIASES[alias] = card.name
     return cards
 

@@ -88,13 +88,18 @@ class FeatureStore:
         try:
             meta = json.loads(record.read_text(encoding="utf-8"))
             payload = torch.load(io.BytesIO(data.read_bytes()), map_location="cpu", weights_only=True)
+            if not isinstance(meta, dict) or not isinstance(payload, dict):
+                raise ValueError("the record or the data is not a mapping")
             if meta.get("key") != key or payload.get("key") != key:
                 raise ValueError("the entry holds another key")
-        except (OSError, ValueError, RuntimeError, EOFError) as e:
+        except (OSError, ValueError, RuntimeError, EOFError, RecursionError) as e:
             say(f"feature cache entry {data} cannot be read ({type(e).__name__}: {e}); recomputing it")
             return None
         touch(record)
-        return payload, Provenance("reused", key, meta.get("run"), meta.get("date"))
+        run, date = meta.get("run"), meta.get("date")  # shown in the report: text, whatever the record holds
+        return payload, Provenance(
+            "reused", key, None if run is None else str(run), None if date is None else str(date)
+        )
 
     def save(self, fields: Mapping[str, object], payload: dict[str, object], what: str) -> Provenance:
         """Store ``payload`` under the key of ``fields`` (when writing is on and there is room); its provenance."""

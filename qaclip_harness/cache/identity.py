@@ -69,7 +69,7 @@ class IdentityRecords:
     def _read(record: Path, sig: str) -> str | None:
         try:
             doc = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # a damaged record is no record
             return None
         if not isinstance(doc, dict) or doc.get("signature") != sig or not isinstance(doc.get("images"), str):
             return None

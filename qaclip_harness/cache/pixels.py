@@ -119,7 +119,9 @@ class PixelStore:
         folder = self.folder / make_key(fields)
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(meta, dict):  # a damaged record: a miss
             return None
         r = int(fields["resolution"])
         want = (len(item_keys), r, r, 3)

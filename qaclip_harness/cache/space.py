@@ -33,16 +33,10 @@ def say(message: str) -> None:
 
 def budget_bytes() -> int:
     """The budget of the feature and pixel caches, from ``QACLIP_CACHE_BUDGET_GB`` (read at call time)."""
-    raw = os.environ.get(BUDGET_ENV, "").strip()
-    if not raw:
-        return int(DEFAULT_BUDGET_GB * 1e9)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a number of gigabytes >= 0")
-    return int(value * 1e9)
+    from qaclip_harness.options import cache_budget_gb
+
+    value = cache_budget_gb()  # checked at configure time; an OptionError (a ValueError) naming the variable
+    return int((DEFAULT_BUDGET_GB if value is None else value) * 1e9)
 
 
 def gb(n: int) -> str:

@@ -308,6 +308,9 @@ def read_texts(path: PathLike) -> list[TextRecord]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{lineno}: invalid JSON ({e})") from e
+            except (ValueError, RecursionError) as e:  # more digits than Python converts, or nesting too deep
+                detail = "nesting too deep" if isinstance(e, RecursionError) else "a number with too many digits"
+                raise DatasetError(f"{path}:{lineno}: invalid JSON ({detail})") from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             for name in ("text_id", "text", "image_ids"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qaclip_harness.report.escape import markdown_cell, markdown_inline, number_text
+
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
 
@@ -67,10 +69,10 @@ def cell(r) -> str:
         return ""
     check = next((c for c in r.checks if c["metric"] == GRID_METRIC), None)
     if check is not None:
-        flag = "*" if r.status == "reported" else ("" if check["ok"] else "!")
-        return f"{check['measured']:.1f} ({check['delta']:+.1f}){flag}"
+        flag = "*" if r.status == "reported" else ("" if check.get("ok") else "!")
+        return f"{number_text(check.get('measured'), '.1f')} ({number_text(check.get('delta'), '+.1f')}){flag}"
     if r.status == "reported" and GRID_METRIC in r.measured:
-        return f"{r.measured[GRID_METRIC]:.1f}"
+        return number_text(r.measured[GRID_METRIC], ".1f")
     return {"skipped": "skipped", "error": "error"}.get(r.status, r.status)
 
 
@@ -128,13 +130,18 @@ def render_grid_text(grid: Grid) -> str:
 def render_grid_markdown(grid: Grid) -> str:
     """The grid as a Markdown section."""
     header, rows = _rows(grid)
-    out = [f"## {grid.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+    out = [
+        f"## {markdown_inline(grid.title)}",
+        "",
+        "| " + " | ".join(markdown_inline(c) for c in header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    out.extend("| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows)
     out.append("")
-    out.append(LEGEND[0].upper() + LEGEND[1:] + ".")
+    out.append(markdown_inline(LEGEND[0].upper() + LEGEND[1:] + "."))
     out.append("")
     found = notes(grid)
-    out.extend(f"- {n.lstrip('* ')}" if n.startswith("* ") else f"- {n}" for n in found)
+    out.extend(f"- {markdown_inline(n[2:] if n.startswith('* ') else n)}" for n in found)
     if found:
         out.append("")
     return "\n".join(out)

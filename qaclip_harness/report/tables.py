@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
 from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
+from qaclip_harness.report.escape import json_text, markdown_cell, markdown_inline, number_text
 
 SHORT = {
     "t2i_r1": "T2I R@1",
@@ -101,16 +101,16 @@ def _columns(results: list[CaseResult]) -> list[str]:
 def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
-            flag = "" if r["ok"] else "!"
+            flag = "" if r.get("ok") else "!"
             if "cell" in r:  # a check that formats its own value (checkpoint gates)
                 return f"{r['cell']}{flag}"
             spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
             if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
-                return f"{r['measured']:{spec or '.1e'}}{flag}"
+                return f"{number_text(r.get('measured'), spec or '.1e')}{flag}"
             spec = spec or ".1f"
-            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
+            return f"{number_text(r.get('measured'), spec)} ({number_text(r.get('delta'), '+' + spec)}){flag}"
     if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
-        return f"{res.measured[metric]:.1f}"
+        return number_text(res.measured[metric], ".1f")
     return ""
 
 
@@ -147,7 +147,9 @@ def _other_sources(rows: list[CaseResult]) -> list[tuple]:
             continue  # one source, measured on this very data: nothing to explain
         parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
         for src, deltas in sorted(others.items()):
-            parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))
+            parts.append(
+                f"{src}: " + ", ".join(f"{_short(m)} {number_text(v['delta'], '+.1f')}" for m, v in deltas.items())
+            )
         out.append((r.model, "; ".join(parts)))
     return out
 
@@ -248,8 +250,12 @@ def render_text(results: list[CaseResult]) -> str:
     return "\n".join(out)
 
 
+def _md_row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
+
+
 def render_markdown(results: list[CaseResult]) -> str:
-    """The same tables in Markdown."""
+    """The same tables in Markdown (every string from a result escaped for the cell, item or heading it lands in)."""
     from qaclip_harness.report.grid import render_grid_markdown, split_grids
 
     grids, results = split_grids(results)
@@ -257,17 +263,16 @@ def render_markdown(results: list[CaseResult]) -> str:
     for ds, rows in _tables(results).items():
         measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
-        out.append(f"## {ds}")
+        out.append(f"## {markdown_inline(ds)}")
         out.append("")
         header = ["model", *(SHORT.get(c, c) for c in cols), "status"]
-        out.append("| " + " | ".join(header) + " |")
+        out.append(_md_row(header))
         out.append("|" + "---|" * len(header))
         for r in rows:
-            cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
-            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+            out.append(_md_row([r.model, *(_cell(r, c) for c in cols), _note(r)]))
         out.append("")
         notes = _details(rows) + _other_sources(rows)
-        out.extend(f"- {model}: {text}" for model, text in notes)
+        out.extend(f"- {markdown_inline(model)}: {markdown_inline(text)}" for model, text in notes)
         if notes:
             out.append("")
         prov = _provenance_rows(rows)
@@ -285,13 +290,13 @@ def render_markdown(results: list[CaseResult]) -> str:
             ]
             out.append("Provenance (first 12 hex digits; full values in report.json):")
             out.append("")
-            out.append("| " + " | ".join(header) + " |")
+            out.append(_md_row(header))
             out.append("|" + "---|" * len(header))
-            out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
+            out.extend(_md_row(row) for row in prov)
             out.append("")
         reuse = _features_lines(rows) + _decision_lines(rows)
         if reuse:
-            out.extend(f"- {model}: {text}" for model, text in reuse)
+            out.extend(f"- {markdown_inline(model)}: {markdown_inline(text)}" for model, text in reuse)
             out.append("")
     out.extend(render_grid_markdown(g) for g in grids)
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
@@ -326,7 +331,8 @@ def write_reports(
     remove_stale_temporaries(directory)
     meta = meta or {}
     doc = {"meta": meta, "environment": environment or {}, "results": [asdict(r) for r in results]}
-    js = atomic_write_text(directory / "report.json", json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    # json_text: a lone surrogate (a name read from a file) is written as its \uXXXX escape, the same JSON value
+    js = atomic_write_text(directory / "report.json", json_text(doc, indent=2, default=str))
     text = render_markdown(results)
     if meta.get("interrupted"):
         ran = sum(r.status not in ("skipped", "interrupted") for r in results)
@@ -337,6 +343,7 @@ def write_reports(
             1,
         )
     if environment:
-        text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
+        lines = (f"- {markdown_inline(line[2:])}" for line in _environment_lines(environment))
+        text += "\n## Environment\n\n" + "\n".join(lines) + "\n"
     md = atomic_write_text(directory / "report.md", text)
     return [js, md]

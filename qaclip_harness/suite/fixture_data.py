@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from qaclip_harness.cache.keys import library_versions, make_key, module_digest
-from qaclip_harness.files import temp_path
+from qaclip_harness.files import OutputError, remove_stale_temporaries, temp_path, why_not_written
 
 
 def fixture_data(mode: str, root: Path, scratch: Path) -> Path:
@@ -41,10 +41,10 @@ def fixture_data(mode: str, root: Path, scratch: Path) -> Path:
         return final
     if mode == "read-only":
         return _generate(scratch / "fixture-data")
+    remove_stale_temporaries(final.parent)  # what a killed run left
     tmp = temp_path(final, folder=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    _generate(tmp)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _generate(tmp, final)
     if final.is_dir():  # refresh: the old copy goes aside first (a reader holding it keeps its files)
         old = temp_path(final.with_name(final.name + "-old"), folder=True)
         os.replace(final, old)
@@ -56,10 +56,24 @@ def fixture_data(mode: str, root: Path, scratch: Path) -> Path:
     return final
 
 
-def _generate(root: Path) -> Path:
+def _generate(root: Path, target: Path | None = None) -> Path:
+    """Write the fixture datasets into ``root``; on any failure nothing of it is left, and a full disk (or a file
+    size limit) is an OutputError naming the folder (``target``: the cache entry ``root`` is built for)."""
+    import lmdb
+
     from qaclip_harness.fixture.shapes import write_shapes_dataset
 
-    write_shapes_dataset(root)
+    try:
+        write_shapes_dataset(root)
+    except BaseException as e:
+        shutil.rmtree(root, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write the fixture data into {target or root}: {why_not_written(e)}") from None
+        if isinstance(e, lmdb.Error):  # py-lmdb's errors carry LMDB's message, not an errno (EFBIG arrives as EIO)
+            raise OutputError(
+                f"cannot write the fixture data into {target or root}: {e} (is the disk full, or a file size limit set?)"
+            ) from None
+        raise
     return root
 
 

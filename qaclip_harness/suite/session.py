@@ -17,6 +17,7 @@ from qaclip_harness.data.catalog import DatasetCard, DatasetMissingError, get_da
 from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.fetch.datasets import resolve_dataset
+from qaclip_harness.files import OutputError
 from qaclip_harness.gates.decisions import case_verdict
 from qaclip_harness.report.tables import CaseResult
 from qaclip_harness.suite.options import SuiteOptions
@@ -220,8 +221,12 @@ class Suite:
 
         ds = get_dataset(case.dataset)
         model_card = get_card(case.model)
-        root = self.data_root_for(ds)
         self.skip_unless_met(item, case)
+        try:
+            root = self.data_root_for(ds)
+        except OutputError as e:  # the fixture data could not be written (a full disk): one line naming the folder
+            self.record(item, CaseResult(status="error", reason=str(e), **self._base(case)))
+            pytest.fail(f"{case.id}: {e}", pytrace=False)
         try:
             data = resolve_dataset(ds, root, download=self.download)  # fetched first: evaluation never downloads
             encoder = self.encoder_for(model_card)

@@ -150,7 +150,7 @@ def test_index_json(tmp_path):
         ("[0, 4]", "sample number 4 is outside 0 to 3"),
         ('{"a": 1}', "JSON list"),
         ("[true, 0]", "JSON list"),
-        ("[0, ", "cannot be read as JSON"),
+        ("[0, ", "is not valid JSON at line 1"),
         ("[-1]", "sample number -1"),
     ]:
         (root / "index.json").write_text(bad)

@@ -205,7 +205,7 @@ def test_budget_evicts_the_least_recently_used_first(tmp_path, monkeypatch):
 
 def test_a_bad_budget_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(space.BUDGET_ENV, "lots")
-    with pytest.raises(ValueError, match="QACLIP_CACHE_BUDGET_GB='lots': expected a number of gigabytes"):
+    with pytest.raises(ValueError, match="QACLIP_CACHE_BUDGET_GB 'lots': expected a number of gigabytes"):
         space.budget_bytes()
 
 
