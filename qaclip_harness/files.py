@@ -79,7 +79,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     """Remove the temporaries in ``folder`` whose writing process no longer exists; returns what was removed."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:

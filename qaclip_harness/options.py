@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from qaclip_core.errors import QAClipError
 
@@ -152,7 +153,7 @@ def cache_folder(sub: str) -> Path:
     name = "QACLIP_CACHE" if root else "the package cache (QACLIP_CACHE unset, default ~/.cache/qaclip)"
     if root and Path(root).expanduser().is_file():
         raise OptionError(name, root, f"expected a folder, but {Path(root).expanduser()} is a file")
-    return new_output_folder(cache_root() / sub, name)
+    return cast(Path, new_output_folder(cache_root() / sub, name))  # a value gives a folder, never None
 
 
 def architecture(value: str, option: str = "--arch") -> str:

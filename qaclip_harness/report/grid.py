@@ -9,6 +9,7 @@ listed under the grid); a measured-only row (no published value) shows the measu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
@@ -24,7 +25,7 @@ class Grid:
     results: list = field(default_factory=list)
 
 
-def _cards() -> dict[str, object]:
+def _cards() -> dict[str, Any]:
     try:
         from qaclip_harness.data.catalog import all_datasets
 

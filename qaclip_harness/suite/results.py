@@ -48,9 +48,9 @@ def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: s
     return "\n".join(lines)
 
 
-def junit_properties(result: CaseResult) -> list[tuple]:
+def junit_properties(result: CaseResult) -> list[tuple[str, object]]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
-    props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
+    props: list[tuple[str, object]] = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
     if result.reason:
         props.append(("qaclip.reason", result.reason))
     for name in ("gate", "checkpoint_sha256", "data_fingerprint"):
