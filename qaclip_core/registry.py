@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,13 +37,13 @@ class ModelCard:
     size: int | None = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
     checksum_source: str | None = None  # where sha256 and size were published
     params_m: float | None = None
-    aliases: tuple = ()
+    aliases: tuple[str, ...] = ()
     adapter: str = "native"
     protocol: str | None = None
     test_only: bool = False
     preprocessing: str | None = None  # transformers-format models: "reference" or "processor"
     original: str | None = None  # the native card of the same weights (a transformers-format copy's .pt)
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def arch(self) -> str:
@@ -80,7 +81,14 @@ _KNOWN_KEYS = {
 
 
 _REQUIRED = {"name", "family", "display", "vision", "text", "resolution"}
-_TYPES = {"resolution": int, "size": int, "hub": dict, "params_m": (int, float), "aliases": list, "test_only": bool}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "resolution": int,
+    "size": int,
+    "hub": dict,
+    "params_m": (int, float),
+    "aliases": list,
+    "test_only": bool,
+}
 
 
 def _card_from_yaml(raw: object, source: Path, index: int = 0) -> ModelCard:

@@ -424,7 +424,7 @@ def _parse_decisions(raw: object, where: str, path: Path) -> DecisionsRef | None
         return None
     ok = isinstance(raw, dict) and set(raw) == {"file", "sha256"} and isinstance(raw.get("file"), str)
     digest = str(raw.get("sha256", "")) if isinstance(raw, dict) else ""
-    if not ok or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    if not ok or not isinstance(raw, dict) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ExpectedFileError(
             f"{path}: {where} must be {{file: <reference-decisions file, relative to this file>, sha256: <64 hex "
             f"digits>}}, got {raw!r:.80}"

@@ -84,7 +84,7 @@ def remove_stale_temporaries(folder: PathLike, pattern: re.Pattern[str] = _TEMP)
     this module's ``.<name>.<pid>.tmp`` and ``.tmpdir``).
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:

@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from qaclip_core.errors import QAClipError
 
@@ -189,7 +190,8 @@ def cache_budget_gb() -> float | None:
 
 def cache_folder(sub: str) -> Path:
     """``<package cache>/<sub>`` (``$QACLIP_CACHE`` or ``~/.cache/qaclip``), created and probed; errors name ``QACLIP_CACHE``."""
-    return new_output_folder(package_cache(write=False) / sub, _cache_name())
+    folder = new_output_folder(package_cache(write=False) / sub, _cache_name())
+    return cast(Path, folder)  # a value gives a folder, never None
 
 
 RUN_NAME_MAX = 200  # bytes: with the time stamp before it, within a file system's 255 per folder name

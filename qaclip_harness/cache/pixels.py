@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class PixelStore:
     @staticmethod
     def fields(
         fingerprint: str, resolution: int, definition: Mapping[str, object], pillow: str | None
-    ) -> dict[str, object]:
+    ) -> dict[str, Any]:
         """What names an entry: the data, the resolution, how it was decoded and resized, and the Pillow that did it."""
         return {
             "what": "pixels",
@@ -112,7 +113,7 @@ class PixelStore:
             "pillow": pillow,
         }
 
-    def open(self, fields: Mapping[str, object], item_keys: Sequence[object]) -> np.ndarray | None:
+    def open(self, fields: Mapping[str, Any], item_keys: Sequence[object]) -> np.ndarray | None:
         """The entry's read-only ``N x R x R x 3`` array for these items, or ``None``."""
         if not self.reads:
             return None
@@ -139,7 +140,7 @@ class PixelStore:
         touch(folder / "meta.json")
         return array
 
-    def writer(self, fields: Mapping[str, object], item_keys: Sequence[object], what: str) -> PixelWriter | None:
+    def writer(self, fields: Mapping[str, Any], item_keys: Sequence[object], what: str) -> PixelWriter | None:
         """A :class:`PixelWriter` for a new entry, or ``None`` (not writing, no room: one line says why)."""
         if not self.writes:
             return None
@@ -151,7 +152,7 @@ class PixelStore:
         if not make_room(Path(self.root), need, f"pixel cache of {what} ({gb(need)})"):
             return None
         key = make_key(fields)
-        meta = {
+        meta: dict[str, object] = {
             "key": key,
             "fields": dict(fields),
             "items": keys_digest(item_keys),

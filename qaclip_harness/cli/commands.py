@@ -313,7 +313,7 @@ def _eval(args, shard) -> tuple:
         split=args.split,
         shard=shard,
     )
-    report = {k: float(v) for k, v in out.metrics.items()}
+    report: dict[str, object] = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update(
         {

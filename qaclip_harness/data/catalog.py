@@ -208,7 +208,9 @@ def dataset_dir(card: DatasetCard, data_root: str | Path) -> Path:
 def is_present(card: DatasetCard, folder: Path) -> bool:
     if card.kind == "retrieval":
         return (folder / "lmdb" / card.split / "imgs").is_dir() and (folder / f"{card.split}_texts.jsonl").is_file()
-    return (folder / card.split).is_dir() and (not _labels_inside(card) or (folder / card.labels["filename"]).is_file())
+    return (folder / card.split).is_dir() and (
+        not _labels_inside(card) or (folder / (card.labels or {})["filename"]).is_file()
+    )
 
 
 def _labels_inside(card: DatasetCard) -> bool:
@@ -224,8 +226,8 @@ def missing_parts(card: DatasetCard, folder: Path) -> list:
     else:
         parts, present = [f"{card.split}/<class folders>"], [(folder / card.split).is_dir()]
         if _labels_inside(card):
-            parts.append(card.labels["filename"])
-            present.append((folder / card.labels["filename"]).is_file())
+            parts.append((card.labels or {})["filename"])
+            present.append((folder / (card.labels or {})["filename"]).is_file())
     return [p for p, ok in zip(parts, present) if not ok]
 
 
@@ -243,7 +245,7 @@ def missing_reason(card: DatasetCard, data_root: str | Path) -> str:
 
 def nested_how_to_get(card: DatasetCard, datasets_folder: Path) -> str:
     """Where to get a nested dataset and where to put it, in one line."""
-    hub = card.hub
+    hub = card.hub or {}
     size = f" ({hub['size']})" if hub.get("size") else ""
     where = f"the Hugging Face dataset {hub['repo']}" + (f" or {card.url}" if card.url else "")
     return (
@@ -274,8 +276,8 @@ def locate(card: DatasetCard, data_root: str | Path) -> DatasetOnDisk:
         raise DatasetMissingError(missing_reason(card, data_root))
     labels = None
     if card.kind == "zeroshot":
-        labels = folder / card.labels["filename"]
+        labels = folder / (card.labels or {})["filename"]
         if not labels.is_file():
-            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            how = "run with --download" if (card.labels or {}).get("url") else "generate or place it there"
             raise DatasetMissingError(f"{card.display} label file {labels} not found; {how}")
     return DatasetOnDisk(card, folder, labels)

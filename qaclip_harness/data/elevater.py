@@ -137,7 +137,7 @@ def read_index(dataset_dir: PathLike, num_images: int | None = None) -> list[int
     bad = [i for i in index if i < 0 or (num_images is not None and i >= num_images)]
     if bad and num_images is None:
         raise DatasetError(f"{path}: sample number {bad[0]} is negative")
-    if bad:
+    if bad and num_images is not None:
         raise DatasetError(
             f"{path}: sample number {bad[0]} is outside 0 to {num_images - 1} (the split has {num_images} images)"
         )

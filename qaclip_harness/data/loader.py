@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -158,9 +159,14 @@ class ImageBatchLoader:
         slots = list(enumerate(indices))
         chunks = [slots[start : start + size] for start in range(0, len(slots), size)]
         if not self.into_slots:
-            return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
+
+            def items(chunk: list[tuple[int, int]]) -> list:
+                return [ds[i] for _, i in chunk]
+
+            return _Pending([], None, [partial(items, c) for c in chunks], submit)
         if self.pixels is not None or self.pixel_writer is not None:
-            return _Pending([int(ds.item_id(i)) for i in indices], *self._pixel_jobs(indices, chunks), submit)
+            buffer, jobs = self._pixel_jobs(indices, chunks)
+            return _Pending([int(ds.item_id(i)) for i in indices], buffer, jobs, submit)
         buffer = torch.empty(
             (len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory
         )
@@ -170,9 +176,11 @@ class ImageBatchLoader:
                 ds.transform.into(ds.load_image(i), buffer[slot])
             return []
 
-        return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
+        return _Pending([int(ds.item_id(i)) for i in indices], buffer, [partial(fill, c) for c in chunks], submit)
 
-    def _pixel_jobs(self, indices: list[int], chunks: list[list[tuple[int, int]]]) -> tuple:
+    def _pixel_jobs(
+        self, indices: list[int], chunks: list[list[tuple[int, int]]]
+    ) -> tuple[torch.Tensor, list[Callable[[], list]]]:
         """A uint8 batch buffer and the jobs that fill it: copies from the cached array, or decodes kept in the new one."""
         ds, cached, writer = self.dataset, self.pixels, self.pixel_writer
         _, height, width = ds.transform.output_shape
@@ -192,7 +200,7 @@ class ImageBatchLoader:
                     writer.put(i, out[slot])
             return []
 
-        return buffer, [lambda c=c: fill(c) for c in chunks]
+        return buffer, [partial(fill, c) for c in chunks]
 
     def __iter__(self) -> Iterator[Batch]:
         pool = (

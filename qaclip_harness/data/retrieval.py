@@ -140,8 +140,8 @@ _HANDLES_PID = os.getpid()
 def _shared_handle(path: Path) -> _EnvHandle:
     global _HANDLES_PID
     if os.getpid() != _HANDLES_PID:
-        for handle in list(_HANDLES.values()):
-            handle.env.close()
+        for stale in list(_HANDLES.values()):
+            stale.env.close()
         _HANDLES.clear()
         _HANDLES_PID = os.getpid()
     key = str(path.resolve())

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,7 +55,9 @@ def model_fields(
     compile: bool = False,
 ) -> dict[str, object]:
     """The fields of a cache key that name the model and the machinery that runs it."""
-    card_doc = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else (card or {})
+    card_doc = (
+        dataclasses.asdict(card) if dataclasses.is_dataclass(card) and not isinstance(card, type) else (card or {})
+    )
     return {
         "checkpoint": checkpoint_sha256,
         "model": getattr(encoder, "name", None),
@@ -118,7 +121,7 @@ def pixel_definition(dataset) -> dict[str, object]:
 
 
 def image_features(
-    cc: CaseCache | None, encoder, dataset, opts, desc: str, data: dict[str, object] | None = None
+    cc: CaseCache | None, encoder, dataset, opts, desc: str, data: dict[str, Any] | None = None
 ) -> tuple[list[int], torch.Tensor, Provenance | None]:
     """``encode_image_dataset`` through the feature cache and, for a known data build, the pixel cache.
 

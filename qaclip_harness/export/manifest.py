@@ -89,7 +89,7 @@ class Manifest:
                 )
 
 
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
     "arch": str,
     "precision": str,

@@ -194,7 +194,7 @@ def _refuse_ignored_ranges(remote, where: str, filename: str) -> None:
     """
     cache = getattr(remote, "cache", None)  # fsspec's block cache reads through its fetcher(start, end)
     fetch = getattr(cache, "fetcher", None)
-    if fetch is None:
+    if cache is None or fetch is None:
         return
 
     def checked(start: int, end: int) -> bytes:

@@ -69,14 +69,15 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: 
 
 def ensure_labels(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """Path of the zero-shot label file, fetched (checksummed) with ``download`` when absent."""
-    path = dataset_dir(card, data_root) / card.labels["filename"]
-    if path.is_file() or not download or not card.labels.get("url"):
+    labels = card.labels or {}
+    path = dataset_dir(card, data_root) / labels["filename"]
+    if path.is_file() or not download or not labels.get("url"):
         if not path.is_file():
-            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            how = "run with --download" if labels.get("url") else "generate or place it there"
             raise DatasetMissingError(f"{card.display} label file {path} not found; {how}")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return fetch_url(card.labels["url"], path, sha256=card.labels.get("sha256"))
+    return fetch_url(labels["url"], path, sha256=labels.get("sha256"))
 
 
 def ensure_dataset(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
@@ -85,23 +86,24 @@ def ensure_dataset(card: DatasetCard, data_root: str | Path, download: bool = Fa
     remove_stale_staging(folder.parent)  # what a fetch killed while unpacking left (its process is gone)
     if is_present(card, folder):
         return folder
-    if download and card.downloadable and card.hub.get("member"):
+    hub = card.hub or {}
+    if download and card.downloadable and hub.get("member"):
         fetch_nested(card, datasets_dir(data_root), lambda f: is_present(card, f))
         if is_present(card, folder):
             return folder
-        raise DatasetError(f"{card.hub['member']} was unpacked but {missing_reason(card, data_root)}")
+        raise DatasetError(f"{hub['member']} was unpacked but {missing_reason(card, data_root)}")
     if download and card.downloadable:
         parent = datasets_dir(data_root)
         parent.mkdir(parents=True, exist_ok=True)
         archive = fetch_hub_file(
-            card.hub["repo"],
-            card.hub["filename"],
-            repo_type=card.hub.get("repo_type", "model"),
+            hub["repo"],
+            hub["filename"],
+            repo_type=hub.get("repo_type", "model"),
             local_dir=parent / ".downloads",
-            sha256=card.hub.get("sha256"),
+            sha256=hub.get("sha256"),
         )
         origin = {
-            "archive": f"{card.hub['repo']}/{card.hub['filename']}",
+            "archive": f"{hub['repo']}/{hub['filename']}",
             "sha256": sha256_of(Path(archive)),
             "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -15,6 +15,7 @@ import io
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -284,7 +285,7 @@ class GoldenReport:
             + ("" if self.tower_ok(tower) else " FAIL")
             for tower in self.drifts
         }
-        extra = {tower: (f"top-1 {a}/{n}",) for tower, (a, n) in self.top1.items()}
+        extra: dict[str, Sequence[str]] = {tower: (f"top-1 {a}/{n}",) for tower, (a, n) in self.top1.items()}
         return "\n".join([drift_table(self.drifts, limits, extra), *self.notes])
 
     def measured(self) -> dict[str, float]:

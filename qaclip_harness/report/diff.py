@@ -92,7 +92,7 @@ def compare(a: dict, b: dict) -> dict:
         if k != "time"
     }
     ca, cb = _cases(a), _cases(b)
-    cases = []
+    cases: list[dict[str, object]] = []
     for key in sorted(set(ca) | set(cb)):
         ra, rb = ca.get(key), cb.get(key)
         if ra is None or rb is None:

@@ -9,6 +9,7 @@ listed under the grid); a measured-only row (no published value) shows the measu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from qaclip_harness.report.escape import markdown_cell, markdown_inline, number_text
 
@@ -26,7 +27,7 @@ class Grid:
     results: list = field(default_factory=list)
 
 
-def _cards() -> dict[str, object]:
+def _cards() -> dict[str, Any]:
     try:
         from qaclip_harness.data.catalog import all_datasets
 

@@ -78,7 +78,7 @@ def load_run(folder: str | Path) -> Run:
         for p in sorted(folder.glob("*.json"))
         if p.name != "report.json" and p.is_file()
         for doc in [_json(p)]
-        if is_benchmark_json(doc)
+        if doc is not None and is_benchmark_json(doc)
     ]
     if report is None and not benches:
         raise QAClipError(f"{folder}: not a run (no report.json and no pytest-benchmark JSON file)")
@@ -178,7 +178,7 @@ class Move:
     @property
     def alert(self) -> bool:
         """Throughput that fell by more than the alert threshold."""
-        return (
+        return bool(
             self.key.section == "throughput"
             and self.change is not None
             and self.before
@@ -221,7 +221,7 @@ def build(runs: list[Run]) -> History:
             if a is None and b is None:
                 continue
             if a is None or b is None or a.value != b.value:
-                tol = (b or a).tolerance
+                tol = b.tolerance if b is not None else a.tolerance if a is not None else None
                 moves.append(Move(k, a.value if a else None, b.value if b else None, tol))
         moves.sort(
             key=lambda m: (SECTIONS.index(m.key.section), m.share is None, -(m.share or 0.0), m.key.case, m.key.metric)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.documents import read_json
@@ -110,7 +111,7 @@ def _ids(row: dict, key: str, path: Path) -> list[int]:
     return value
 
 
-def _field(row: dict, key: str, path: Path) -> object:
+def _field(row: dict, key: str, path: Path) -> Any:
     if key not in row:
         raise QAClipError(f"{path}: a row has no {key!r} (expected the format qaclip eval --dump-predictions writes)")
     return row[key]
@@ -118,7 +119,7 @@ def _field(row: dict, key: str, path: Path) -> object:
 
 def _retrieval(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None]]]:
     """direction -> query -> (rank of the first correct item, first item)."""
-    (gt_path,) = sorted(folder.glob("*_texts.tr.jsonl"))[:1] or [None]
+    gt_path = next(iter(sorted(folder.glob("*_texts.tr.jsonl"))), None)
     if gt_path is None:
         raise QAClipError(f"{folder}: no <split>_texts.tr.jsonl beside the predictions (the correct answers)")
     image_texts = {_id(r, "image_id", gt_path): set(_ids(r, "text_ids", gt_path)) for r in _jsonl(gt_path)}

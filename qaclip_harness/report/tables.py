@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
 from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
@@ -51,13 +52,13 @@ class CaseResult:
     sources: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
     checkpoint_sha256: str | None = None
     data_fingerprint: str | None = None
-    provenance: dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
+    provenance: dict[str, Any] = field(default_factory=dict)  # data build, split check, batch size, label file...
     backend: str = "pytorch"
     variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
     # computed here or reused from a cache: {"status", "cache": mode, "steps": {images|texts|classifier: {status, key, run, date}}}
-    features: dict[str, object] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
     # per item against the reference's decisions, or on totals, and why (qaclip_harness.gates.decisions)
-    decisions: dict[str, object] = field(default_factory=dict)
+    decisions: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_checks(
@@ -183,7 +184,7 @@ def _provenance_rows(rows: list[CaseResult]) -> list[list[str]]:
     return out
 
 
-def describe_features(features: dict[str, object]) -> str:
+def describe_features(features: dict[str, Any]) -> str:
     """One line: the case's features computed in this run, or reused from which run, date and key (per step)."""
     steps = features.get("steps") or {}
     if not steps:

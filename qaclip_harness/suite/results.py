@@ -65,9 +65,9 @@ def describe_flip(row: dict) -> str:
     return Flip(row["metric"], row["item"], row["reference"], row["ours"], row.get("margin"), False).describe()
 
 
-def junit_properties(result: CaseResult) -> list[tuple]:
+def junit_properties(result: CaseResult) -> list[tuple[str, object]]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
-    props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
+    props: list[tuple[str, object]] = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
     if result.reason:
         props.append(("qaclip.reason", result.reason))
     for name in ("gate", "checkpoint_sha256", "data_fingerprint"):

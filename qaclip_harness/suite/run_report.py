@@ -43,4 +43,5 @@ def write_run_report(results: list[CaseResult], options: SuiteOptions, interrupt
     }
     if interrupted:
         meta["interrupted"] = True
+    assert options.report is not None  # called only with --report
     return write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,6 +30,9 @@ from qaclip_harness.suite.results import (
     report_reason,
 )
 from qaclip_harness.suite.terminal import terminal_progress
+
+if TYPE_CHECKING:
+    from qaclip_harness.backends.base import Encoder
 
 # Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
 # (a bug, a corrupt file, a broken import inside the package) is an error.
@@ -53,7 +57,7 @@ class Suite:
         self.results = results
         self.progress = terminal_progress(config)
         self._encoder_key: tuple | None = None
-        self._encoder = None
+        self._encoder: Encoder | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
         self._fixture_root: Path | None = None
         self._local_hub = None
@@ -108,7 +112,7 @@ class Suite:
         from qaclip_harness.backends import backend
 
         backend(card.adapter).import_transformers()  # a missing transformers skips, naming the extra
-        folder = self._tmp / "fixture-converted" / card.hub_repo
+        folder = self._tmp / "fixture-converted" / str(card.hub_repo)  # the copy's card names its repo
         if not folder.is_dir():
             from qaclip_harness.fixture.hf import write_converted
 

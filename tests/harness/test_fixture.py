@@ -26,6 +26,7 @@ from qaclip_core.tokenizer import preprocess_text
 from qaclip_core.transforms import MEAN, STD, image_transform
 from qaclip_harness.fixture import ARCH, CHECKPOINT, MODELS, shapes
 from qaclip_harness.fixture.train import storage_dtype
+from tests.conftest import require_reference
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "expected"
@@ -239,7 +240,7 @@ def test_checkpoint_has_the_reference_format(name):
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_checkpoint_dtype_layout_is_the_reference_fp16_layout(name):
-    pytest.importorskip("cn_clip")
+    require_reference()
     from cn_clip.clip.model import CLIP, convert_weights
 
     from qaclip_core.model.config import reference_kwargs

@@ -22,6 +22,7 @@ from qaclip_harness.expected import ExpectedFileError, check_against_catalog, lo
 from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.fetch.local_hub import serve_directory
 from qaclip_harness.fixture.shapes import write_shapes_dataset
+from tests.conftest import require_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -269,6 +270,7 @@ def test_empty_split_folder_is_named(tmp_path, shapes_root):
 
 
 def test_calibration_on_the_fixture(tmp_path, capsys):
+    require_reference()  # its reference-fp32 run is cn_clip's
     out = tmp_path / "calibration.yaml"
     code = cli.main(
         [
