@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -54,7 +53,7 @@ def encode_image_dataset(
     progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
-    pixels: np.ndarray | None = None,
+    pixels: Any = None,
     pixel_writer=None,
 ) -> tuple[list[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
