@@ -24,7 +24,7 @@ from qaclip_core.model.clip import CLIP
 from qaclip_core.registry import ModelCard
 from qaclip_core.tokenizer import preprocess_text, tokenize
 from qaclip_core.transforms import MEAN, STD, image_transform
-from qaclip_harness.errors import ExportError, UnsupportedError
+from qaclip_harness.errors import ExportError, ExportParityError, UnsupportedError
 
 PathLike = Union[str, "os.PathLike[str]"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -260,7 +260,7 @@ def verify_export(directory: Path, model: CLIP) -> dict[str, Any]:
         ) from e
     towers = list(report.towers)
     if not all(t.ok for t in towers):
-        raise ExportError(
+        raise ExportParityError(
             f"the export of {manifest.model} at opset {manifest.opset} disagrees with PyTorch:\n{report.table()}"
         )
     return {

@@ -57,10 +57,26 @@ class Provenance:
     run: str | None = None
     date: str | None = None
     note: str = ""  # why the cache was not used or not written, when it was not
+    sha256: str | None = None  # of the result's arrays: a warm and a cold run can be compared bit for bit
+
+    def of(self, arrays: Mapping[str, np.ndarray]) -> Provenance:
+        """This provenance with the digest of ``arrays`` (the result it describes)."""
+        self.sha256 = arrays_digest(arrays)
+        return self
 
     def as_dict(self) -> dict[str, object]:
         """The report's form."""
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over each array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype}\0{list(a.shape)}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 class EntryError(ValueError):

@@ -172,7 +172,7 @@ def image_features(
     check = _features_check(len(dataset), lambda: canary()["images"].shape[1], _item_ids(dataset))
     arrays, why = cc.cache.features.lookup(fields, check, canary)
     if arrays is not None:
-        return [int(i) for i in arrays["ids"].tolist()], torch.from_numpy(arrays["features"]), why
+        return [int(i) for i in arrays["ids"].tolist()], torch.from_numpy(arrays["features"]), why.of(arrays)
     pixels, writer = None, None
     if pfields is not None:
         item_keys = [k for k, _ in dataset.item_digests()]
@@ -205,7 +205,7 @@ def image_features(
             cc.cache.pixels.remove(pixels.folder)
         pixel_note = f"pixels read from the pixel cache, {len(pixels.damaged)} damaged ones decoded"
     arrays = {"ids": np.asarray(ids, dtype=np.int64), "features": feats.numpy()}
-    prov = _save(cc, fields, arrays, desc, opts.shard, canary, why)
+    prov = _save(cc, fields, arrays, desc, opts.shard, canary, why).of(arrays)
     prov.note = "; ".join(p for p in (pixel_note, prov.note) if p)
     return ids, feats, prov
 
@@ -229,9 +229,10 @@ def text_features(
         fields, _features_check(len(texts), lambda: canary()["texts"].shape[1]), canary
     )
     if arrays is not None:
-        return torch.from_numpy(arrays["features"]), why
+        return torch.from_numpy(arrays["features"]), why.of(arrays)
     feats = encode_texts(encoder, texts, **run)
-    return feats, _save(cc, fields, {"features": feats.numpy()}, desc, opts.shard, canary, why)
+    computed = {"features": feats.numpy()}
+    return feats, _save(cc, fields, computed, desc, opts.shard, canary, why).of(computed)
 
 
 def classifier(
@@ -261,9 +262,10 @@ def classifier(
     check = _classifier_check(len(classnames), lambda: canary()["classifier"].shape[0])
     arrays, why = cc.cache.features.lookup(fields, check, canary)
     if arrays is not None:
-        return torch.from_numpy(arrays["features"]), why
+        return torch.from_numpy(arrays["features"]), why.of(arrays)
     weights = build()
-    return weights, _save(cc, fields, {"features": weights.numpy()}, desc, opts.shard, canary, why)
+    computed = {"features": weights.numpy()}
+    return weights, _save(cc, fields, computed, desc, opts.shard, canary, why).of(computed)
 
 
 def _classifier_check(classes: int, dim: Callable[[], int]) -> Callable[[Arrays], str | None]:
