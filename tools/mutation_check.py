@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -472,6 +473,7 @@ class Run:
     cases: dict[str, dict]  # case id -> {status, measured, data, features}
     seconds: float
     tail: str
+    cpu: float = 0.0  # CPU seconds (user + system) of the run: on a shared machine, steadier than its wall time
 
     @property
     def red(self) -> list[str]:
@@ -539,13 +541,15 @@ def run_suite(
         "--report",
         str(report),
     ]
-    start = time.perf_counter()
+    start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         rc, text = out.returncode, out.stdout + out.stderr
     except subprocess.TimeoutExpired as e:
         rc, text = -1, f"timed out after {timeout}s\n{e.stdout or ''}"
-    return Run(rc, verdicts(report), time.perf_counter() - start, "\n".join(text.splitlines()[-15:]))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
+    return Run(rc, verdicts(report), time.perf_counter() - start, "\n".join(text.splitlines()[-15:]), cpu)
 
 
 def differences(cold: Run, warm: Run) -> list[str]:
@@ -618,7 +622,7 @@ def selected(only: str, ci: bool) -> list[Mutant]:
 def table(rows: list[Row]) -> str:
     """The Markdown table of the outcomes."""
     lines = [
-        "| mutant | area | regression | cold | red case(s) | warm = cold | seconds (cold, warm) |",
+        "| mutant | area | regression | cold | red case(s) | warm = cold | seconds cold, warm (CPU seconds) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -627,7 +631,7 @@ def table(rows: list[Row]) -> str:
         verdict = r.verdict if r.verdict in ("killed", "matched") else f"**{r.verdict}**"
         lines.append(
             f"| {r.mutant.name} | {r.mutant.area} | {r.mutant.what} | {verdict} | {red} | {same} | "
-            f"{r.cold.seconds:.0f}, {r.warm.seconds:.0f} |"
+            f"{r.cold.seconds:.0f}, {r.warm.seconds:.0f} ({r.cold.cpu:.0f}, {r.warm.cpu:.0f}) |"
         )
     return "\n".join(lines)
 
@@ -668,8 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm = run_suite(tree, warm_cache, work / "reports" / "unmutated-warm", args.with_cn_clip, args.timeout, {})
         diff = differences(cold, warm)
         print(
-            f"unmutated: cold {'green' if cold.rc == 0 else 'RED'} in {cold.seconds:.0f}s, warm "
-            f"{'green' if warm.rc == 0 else 'RED'} in {warm.seconds:.0f}s, {len(cold.cases)} cases, "
+            f"unmutated: cold {'green' if cold.rc == 0 else 'RED'} in {cold.seconds:.0f}s ({cold.cpu:.0f} CPU s), warm "
+            f"{'green' if warm.rc == 0 else 'RED'} in {warm.seconds:.0f}s ({warm.cpu:.0f} CPU s), {len(cold.cases)} cases, "
             f"warm {'=' if not diff else '!='} cold",
             flush=True,
         )
@@ -734,6 +738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "broken": r.cold.broken,
                         "differences": r.diff,
                         "seconds": [round(r.cold.seconds, 1), round(r.warm.seconds, 1)],
+                        "cpu_seconds": [round(r.cold.cpu, 1), round(r.warm.cpu, 1)],
                     }
                     for r in rows
                 ],
