@@ -47,6 +47,13 @@ def _scratch(kind: str) -> Path:
         return _SCRATCH[kind]
 
 
+def probe_reader(transform: Any) -> Any:
+    """The probe images as an LMDB dataset (the retrieval reader) with ``transform``."""
+    from qaclip_harness.data.retrieval import LmdbImages, lmdb_path
+
+    return LmdbImages(lmdb_path(_scratch("lmdb") / "probe", "test"), transform)
+
+
 def probe_twin(dataset: Any) -> Any | None:
     """A dataset of ``dataset``'s reader class and transform holding the probe images; None for an unknown reader."""
     from qaclip_harness.data.imagenet import ImageNetFolder, IndexedImages
