@@ -4,7 +4,8 @@ The source digest in every cache key leaves out the files ``keys.yaml`` lists as
 the proof that it may: every step whose output a cache keeps (fixture data generated, a model
 loaded or exported, data identified, pixels decoded, features and classifiers computed with their
 canaries, cached entries checked and read) runs here under a profiler, on both fixture models,
-the native and the ONNX backends, cold and warm, and no code of an inert file may run in them.
+the native, transformers (both preprocessing paths) and ONNX backends, cold and warm, and no code
+of an inert file may run in them.
 What an inert file does elsewhere in a run (between those steps) reaches the features only
 through state, which the canary recomputed on every reuse would show.
 """
@@ -97,12 +98,20 @@ def test_no_inert_file_runs_while_cached_results_are_made(tmp_path, monkeypatch)
     for name in ("identify_images", "image_features", "text_features", "classifier"):
         _wrap(monkeypatch, seen, runner, name)
     _wrap(monkeypatch, seen, backends, "load_encoder")
-    runs = [(model, backend) for model in MODELS for backend in ("pytorch",)] + [("fixture-tiny", "onnx")]
+    from qaclip_harness.fixture.hf import write_converted
+
+    checkpoints = {name: path for name, (_, path) in MODELS.items()}
+    for folder in write_converted(tmp_path / "hf"):  # the transformers backend, on both preprocessing paths
+        for name in ("hf-fixture-tiny", "hf-fixture-tiny-processor"):
+            if get_card(name).hub_repo == f"{folder.parent.name}/{folder.name}":
+                checkpoints[name] = folder
+    runs = [(model, "pytorch") for model in checkpoints] + [("fixture-tiny", "onnx")]
+    assert len(runs) == 5, runs  # both native models, both transformers cards, the ONNX export
     for model, backend in runs:
         card = get_card(model)
         for _ in range(2):  # cold (the export made, pixels decoded and stored), then warm (everything read back)
             encoder = backends.load_encoder(
-                card, MODELS[model][1], device="cpu", backend_name=None if backend == "pytorch" else backend
+                card, checkpoints[model], device="cpu", backend_name=None if backend == "pytorch" else backend
             )
             for ds in data.values():
                 cc = CaseCache(Cache.at(tmp_path / "cache"), model_fields(encoder, card.sha256, card, backend=backend))
