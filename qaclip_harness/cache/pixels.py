@@ -328,6 +328,8 @@ class PixelStore:
         if not make_room(Path(self.root), need, f"pixel cache of {what} ({gb(need)})"):
             return None
         key = make_key(fields)
+        if not self.reads and (self.folder / key).exists():  # --refresh-cache: the new entry replaces the old
+            self.remove(self.folder / key)
         meta = {
             "key": key,
             "fields": json.loads(json.dumps(dict(fields), default=str)),

@@ -388,3 +388,16 @@ def test_a_second_process_reuses_the_pixel_cache_and_adds_no_entry(tmp_path):
     second = run()
     assert second[:2] == ["computed", "pixels read from the pixel cache"] and second[2] == first[2]
     assert sorted(p.name for p in (cache / "pixels").iterdir()) == entries
+
+
+def test_refresh_rebuilds_the_pixel_entry(tmp_path):
+    from qaclip_harness.cache.pixels import probe_pixels
+
+    images, store, keys, fields, _ = _built(tmp_path)
+    folder = next(store.folder.iterdir())
+    (folder / "left by the first build").touch()
+    refresh = PixelStore(tmp_path / "cache", reads=False, writes=True)  # --refresh-cache
+    writer = refresh.writer(fields, keys, "probe", probe_pixels(images))
+    _floats(images, 2, pixel_writer=writer)
+    assert writer.commit() == folder and not (folder / "left by the first build").exists()
+    assert store.open(fields, keys, lambda: probe_pixels(images)) is not None
