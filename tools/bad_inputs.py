@@ -62,6 +62,10 @@ class Fault:
     forbidden: tuple[str, ...] = ()  # text the output must not hold (a message blaming the wrong thing)
     verify: Callable[[Path], list[str]] | None = None  # problems in what the run wrote into the fault's folder
     file_size_limit: int | None = None  # RLIMIT_FSIZE of the child (bytes): a disk that fills up
+    # a fresh interpreter even under --isolation fork: a forked child holds this tool's modules, which the
+    # feature cache's key counts (every loaded module from outside a distribution), so it would miss what a
+    # fresh run stored
+    fresh: bool = False
 
 
 @dataclass
@@ -1022,6 +1026,7 @@ def round_four(base: Base, cli: Callable, suite: Callable, a_file: Callable, rea
         selection = ["-k", "test_retrieval and fixture-shapes-fixture-tiny and not rn"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
         env.update(HF_HUB_OFFLINE="1", QACLIP_CACHE=str(d / "qaclip-cache"), OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # as the fault's run
         first = subprocess.run(
             [sys.executable, *_suite(*selection)], cwd=REPO, env=env, capture_output=True, text=True, check=False
         )
@@ -1044,6 +1049,7 @@ def round_four(base: Base, cli: Callable, suite: Callable, a_file: Callable, rea
         (0,),
         ("1 passed",),
         verify=report_md_problems,
+        fresh=True,
     )
 
     # ---- keep-run: --name is one folder name, STORE a folder --------------------------------------
@@ -1328,7 +1334,11 @@ def run_all(
             index, fault = pending.pop(0)
             d, argv, cwd, env = _prepare(fault, workdir)
             out = workdir / f"{d.name}.out"
-            running[_start(argv, cwd, env, out, isolation, fault.read_only, fault.file_size_limit)] = (
+            running[
+                _start(
+                    argv, cwd, env, out, "exec" if fault.fresh else isolation, fault.read_only, fault.file_size_limit
+                )
+            ] = (
                 index,
                 fault,
                 d,

@@ -44,14 +44,17 @@ def load_encoder(
     precision: str = "fp32",
     compile: bool = False,
     backend_name: str | None = None,
+    cache_mode: str | None = None,
 ) -> Encoder:
     """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface.
 
     ``compile`` runs the vision tower through ``torch.compile`` (native models only).
     ``backend_name`` runs it on another backend than the card's own (``onnx``: exported, run by ONNX Runtime).
+    ``cache_mode`` is the export cache's mode for the onnx backend (default: from the QACLIP_* cache variables).
     """
-    module = backend(backend_name or card.adapter)
-    return module.load(card, checkpoint, device=device, precision=precision, compile=compile)
+    name = backend_name or card.adapter
+    extra = {"cache_mode": cache_mode} if name == "onnx" else {}
+    return backend(name).load(card, checkpoint, device=device, precision=precision, compile=compile, **extra)
 
 
 __all__ = ["BACKENDS", "Encoder", "NativeEncoder", "backend", "load_encoder"]

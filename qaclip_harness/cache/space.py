@@ -86,9 +86,10 @@ def entries(root: Path) -> list[Entry]:
     """The feature and pixel entries under the cache root ``root``."""
     found = []
     for record in sorted((root / "features").glob("*.json")):
-        found.append(Entry(record, [record.with_suffix(".pt")]))
+        # .pt: the payload of entries written before schema 2 (never read now; evicted like any other)
+        found.append(Entry(record, [record.with_suffix(".npz"), record.with_suffix(".pt")]))
     for record in sorted((root / "pixels").glob("*/meta.json")):
-        found.append(Entry(record, [record.parent / "pixels.npy"], record.parent))
+        found.append(Entry(record, [record.parent / "pixels.npy", record.parent / "rows.npy"], record.parent))
     return found
 
 

@@ -127,7 +127,7 @@ class ImageBatchLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch: int = 2,
-        pixels: np.ndarray | None = None,
+        pixels: Any = None,
         pixel_writer: Any = None,
     ):
         if num_workers < 0:
@@ -142,7 +142,8 @@ class ImageBatchLoader:
         self.pin_memory = pin_memory
         self.prefetch = max(1, prefetch) if num_workers else 0
         self.into_slots = writes_into_slots(dataset)
-        # a complete cached array to copy from, or a writer (``put(i, pixels)``) of one being built
+        # a complete cached array to copy from (an array, or a checked entry whose damaged rows are
+        # decoded instead), or a writer (``put(i, pixels)``) of one being built
         self.pixels = pixels
         self.pixel_writer = pixel_writer
         if (pixels is not None or pixel_writer is not None) and not yields_pixels(dataset):
@@ -188,16 +189,22 @@ class ImageBatchLoader:
         out = buffer.numpy()
 
         def fill(chunk: list[tuple[int, int]]) -> list:
-            s0, i0 = chunk[0]
-            if cached is not None and all(i - i0 == slot - s0 for slot, i in chunk):  # consecutive items: one copy
-                np.copyto(out[s0 : s0 + len(chunk)], cached[i0 : i0 + len(chunk)])
-                return []
-            for slot, i in chunk:
-                if cached is not None:
-                    out[slot] = cached[i]
-                else:
+            if cached is None:
+                for slot, i in chunk:
                     out[slot] = ds.transform.pixels(ds.load_image(i))
                     writer.put(i, out[slot])
+                return []
+            s0, i0 = chunk[0]
+            # consecutive items: one copy; a checked entry (cache.pixels.CachedPixels) names the rows
+            # whose digest is wrong, and those are decoded instead
+            runs = [chunk] if all(i - i0 == slot - s0 for slot, i in chunk) else [[c] for c in chunk]
+            for run in runs:
+                (first_slot, first), n = run[0], len(run)
+                if hasattr(cached, "copy_into"):
+                    for i in cached.copy_into(out[first_slot : first_slot + n], first):
+                        out[first_slot + i - first] = ds.transform.pixels(ds.load_image(i))
+                else:
+                    np.copyto(out[first_slot : first_slot + n], cached[first : first + n])
             return []
 
         return buffer, [partial(fill, c) for c in chunks]

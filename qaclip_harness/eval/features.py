@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from qaclip_harness.data.loader import ImageBatchLoader
@@ -53,7 +52,7 @@ def encode_image_dataset(
     progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
-    pixels: np.ndarray | None = None,
+    pixels: Any = None,
     pixel_writer=None,
 ) -> tuple[list[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.

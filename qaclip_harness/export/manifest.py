@@ -64,8 +64,12 @@ class Manifest:
         return atomic_write_json(Path(directory) / MANIFEST_NAME, self.to_dict(), indent=2, ensure_ascii=False)
 
     def verify_files(self, directory: PathLike) -> None:
-        """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256."""
-        from qaclip_core.pretrained import cached_sha256
+        """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256.
+
+        Every file is hashed in full (no ``.sha256`` record is trusted): a file rewritten with its
+        size and modification time kept is caught.
+        """
+        from qaclip_core.pretrained import sha256_file
 
         directory = Path(directory)
         for tower in TOWERS:
@@ -82,7 +86,7 @@ class Manifest:
             if size != rec["bytes"]:
                 what = "truncated" if size < rec["bytes"] else "longer than exported"
                 raise ExportError(f"{path}: {size:,} bytes, the manifest lists {rec['bytes']:,} ({what}); export again")
-            digest = cached_sha256(path)
+            digest = sha256_file(path)
             if digest != rec["sha256"]:
                 raise ExportError(
                     f"{path}: sha256 {digest}, the manifest lists {rec['sha256']} (corrupt); export again"

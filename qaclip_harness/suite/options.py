@@ -73,7 +73,11 @@ FLAGS = [
         "QACLIP_EVALUATE_ANY_SPLIT",
         "evaluate data whose size is not the published split's anyway; the result is marked not comparable",
     ),
-    ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
+    (
+        "--verify",
+        "QACLIP_VERIFY",
+        "hash every cached checkpoint, archive and dataset in full (ignore the .sha256 and data identity records)",
+    ),
     (
         "--cpu-peer-throughput",
         "QACLIP_CPU_PEER_THROUGHPUT",

@@ -159,6 +159,7 @@ class Suite:
                 precision=self.precision,
                 compile=self.compile,
                 backend_name=None if backend == "pytorch" else backend,
+                cache_mode=self.cache.mode,
             )
             self._encoder_key = key
         return self._encoder

@@ -17,7 +17,7 @@ from cn_clip.clip import tokenize as ref_tokenize  # noqa: E402 -- after require
 
 # (architecture, images, captions): the large architectures on a few inputs here (building the
 # two models is most of their cost); on the whole probe set, through the suite, they are
-# tests/harness/test_checkpoint_gates.py's `large` cases (tox -e large).
+# tests/harness/test_checkpoint_gates.py's slow cases.
 ARCHS = [
     ("RN50@RBT3-chinese", None, None),
     ("ViT-B-16@RoBERTa-wwm-ext-base-chinese", None, None),

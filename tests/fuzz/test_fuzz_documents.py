@@ -641,7 +641,7 @@ def feature_records(draw):
 @fuzz(60)
 @given(json_bytes(feature_records()))
 def test_feature_cache_record(example):
-    import torch
+    import numpy as np
 
     from qaclip_harness.cache.features import FeatureStore
     from qaclip_harness.cache.keys import make_key
@@ -650,13 +650,13 @@ def test_feature_cache_record(example):
     fields = {"what": "fuzz", "n": 1}
     key = make_key(fields)
     with folder() as d:
+        FeatureStore(d, "use", run="fuzz").save(fields, {"features": np.zeros((2, 3), np.float32)}, "fuzz")
         store = FeatureStore(d, "read-only", run="fuzz")
-        store.folder.mkdir(parents=True)
-        torch.save({"key": key, "features": torch.zeros(2, 3)}, store.folder / f"{key}.pt")
         (store.folder / f"{key}.json").write_bytes(data.replace(b"KEY", key.encode()))
 
         def use(found):
-            assert found is None or (found[0]["key"] == key and found[1].status == "reused")
+            arrays, why = found  # a fuzzed record lacks the payload's digest: never a hit
+            assert arrays is None and isinstance(why, str)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

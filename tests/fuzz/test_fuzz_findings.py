@@ -275,7 +275,6 @@ def test_zip_member_of_a_version_zipfile_cannot_read(tmp_path):
 @pytest.mark.parametrize("record", ["[1, 2]", DEEP_JSON, '"text"'])
 def test_cache_records_that_are_not_records_are_misses(tmp_path, record):
     import numpy as np
-    import torch
 
     from qaclip_harness.cache.features import FeatureStore
     from qaclip_harness.cache.identity import IdentityRecords, signature
@@ -284,13 +283,14 @@ def test_cache_records_that_are_not_records_are_misses(tmp_path, record):
 
     fields = {"what": "x"}
     key = make_key(fields)
+    FeatureStore(tmp_path, "use", run="r").save(fields, {"features": np.zeros((2, 3), np.float32)}, "x")
     store = FeatureStore(tmp_path, "read-only", run="r")
-    store.folder.mkdir(parents=True)
-    torch.save({"key": key}, store.folder / f"{key}.pt")
+    assert store.lookup(fields)[0] is not None  # the intact entry is a hit
     (store.folder / f"{key}.json").write_text(record, encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert store.lookup(fields) is None
+        arrays, why = store.lookup(fields)
+    assert arrays is None and "unusable" in why
     pixel_fields = PixelStore.fields("f", 2, {}, None)
     entry = tmp_path / "pixels" / make_key(pixel_fields)
     entry.mkdir(parents=True)
