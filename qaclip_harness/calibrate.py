@@ -170,7 +170,7 @@ def _calibrate_each(
                 from qaclip_harness.backends import backend
                 from qaclip_harness.fixture.hf import write_converted
 
-                backend(card.adapter).import_transformers()
+                backend(card.adapter).module.import_transformers()
                 if not (scratch / "converted" / str(card.hub_repo)).is_dir():
                     write_converted(scratch / "converted")
                 path = scratch / "converted" / str(card.hub_repo)

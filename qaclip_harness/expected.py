@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qaclip_core.errors import QAClipError
 from qaclip_harness.documents import read_yaml
@@ -117,6 +118,8 @@ class ExpectedCase:
     off_cpu: dict[str, dict[str, Tolerance]] = field(default_factory=dict, repr=False)
     # the reference's decision for every item (qaclip_harness.gates.decisions); None: only totals exist
     decisions: DecisionsRef | None = None
+    # the provenance block of numbers written by `qaclip record` (checkpoint sha256, data fingerprint, ...)
+    recorded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gate_for(self, build: str | None) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -404,6 +407,7 @@ def _parse(path: Path) -> list[ExpectedCase]:
             },
             off_cpu=off_cpu,
             decisions=decisions,
+            recorded=doc["recorded"] if isinstance(doc.get("recorded"), dict) else {},
         )
         for prec in case_tolerances:
             for metric in case.gate_values:
@@ -500,12 +504,36 @@ def load_expected(directory: str | Path) -> list[ExpectedCase]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ExpectedFileError(f"expected-numbers folder {directory} does not exist")
+    return load_expected_paths([directory])
+
+
+def load_expected_paths(paths: Sequence[str | Path]) -> list[ExpectedCase]:
+    """Every case of ``paths`` (files, or folders whose ``*.yaml`` are read), in order, validated; a case id is defined once."""
     cases: list[ExpectedCase] = []
     seen: dict[str, Path] = {}
-    for path in sorted(directory.glob("*.yaml")):
-        for case in _parse(path):
-            if case.id in seen:
-                raise ExpectedFileError(f"{path}: case {case.id} is also defined in {seen[case.id]}")
-            seen[case.id] = path
-            cases.append(case)
+    for name in paths:
+        given = Path(name)
+        if not given.exists():
+            raise ExpectedFileError(f"expected numbers {given} do not exist")
+        for path in sorted(given.glob("*.yaml")) if given.is_dir() else [given]:
+            for case in _parse(path):
+                if case.id in seen:
+                    raise ExpectedFileError(f"{path}: case {case.id} is also defined in {seen[case.id]}")
+                seen[case.id] = path
+                cases.append(case)
     return cases
+
+
+def check_against_cards(cases: list[ExpectedCase]) -> None:
+    """Each case's model has a card (a model named in an expected file but registered nowhere is a typo)."""
+    from qaclip_core.errors import UnknownModelError
+    from qaclip_core.registry import get_card
+
+    for case in cases:
+        try:
+            get_card(case.model)
+        except UnknownModelError:
+            raise ExpectedFileError(
+                f"{case.path}: models.{case.model}: no model card of that name (a built-in card, or one of the "
+                "project's cards: [tool.qaclip] cards)"
+            ) from None

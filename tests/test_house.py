@@ -29,13 +29,14 @@ LAYERS: list[list[str]] = [
         "qaclip_harness.tensors",
     ],
     ["qaclip_harness.probe", "qaclip_harness.data", "qaclip_harness.metrics", "qaclip_harness.cache"],
+    ["qaclip_harness.project"],
     ["qaclip_harness.fetch"],
     ["qaclip_harness.export"],
     ["qaclip_harness.backends"],
     ["qaclip_harness.convert", "qaclip_harness.eval", "qaclip_harness.fixture"],
     ["qaclip_harness.gates", "qaclip_harness.expected"],
-    ["qaclip_harness.report", "qaclip_harness.calibrate"],
-    ["qaclip_harness.suite", "qaclip_harness.cli", "qaclip_harness.__main__"],
+    ["qaclip_harness.report", "qaclip_harness.calibrate", "qaclip_harness.record"],
+    ["qaclip_harness.suite", "qaclip_harness.cli", "qaclip_harness.__main__", "qaclip_harness.pytest_plugin"],
     ["benchmarks"],
 ]
 CORE_LINES_MAX = 2500

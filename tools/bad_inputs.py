@@ -53,7 +53,7 @@ class Fault:
     """One bad input: how to build it, how to run it, what a clean handling looks like."""
 
     name: str
-    surface: str  # "cli" or "suite"
+    surface: str  # "cli" (qaclip, run in the fault's folder), "suite" (pytest benchmarks) or "project" (pytest --qaclip there)
     build: Callable[[Path], tuple[list[str], dict[str, str]]]  # -> (argv after python, extra env)
     codes: tuple[int, ...]
     needles: tuple[str, ...] = ()
@@ -992,6 +992,343 @@ def faults(base: Base) -> list[Fault]:
         ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"),
     )
     round_four(base, cli, suite, a_file, read_only_dir)
+    return out + project_faults(base)
+
+
+# ------------------------------------------------------------------------------------------------
+# a project's own cards, dataset cards, [tool.qaclip] table and backends (issue 31)
+
+ENCODERS = '''
+import torch
+import qaclip_core
+from qaclip_harness.backends.native import load as native_load
+
+class Wrong:
+    """A backend whose encoder breaks one promise of the interface."""
+
+    def __init__(self, inner, fault):
+        self.inner, self.fault = inner, fault
+        self.name, self.device, self.dtype = inner.name, inner.device, inner.dtype
+        self.preprocess, self.tokenize = inner.preprocess, inner.tokenize
+        if fault != "no_encode_text":
+            self.encode_text = inner.encode_text
+
+    def encode_image(self, images):
+        out = self.inner.encode_image(images)
+        if self.fault == "shape":
+            return out[:, None, :]
+        if self.fault == "nan":
+            return out * float("nan")
+        if self.fault == "int":
+            return out.long()
+        return out
+
+def _make(fault):
+    def load(card, checkpoint, device="cpu", precision="fp32", compile=False):
+        return Wrong(native_load(card, checkpoint, device=device, precision=precision), fault)
+    return load
+
+shape, nan, as_int, no_encode_text = _make("shape"), _make("nan"), _make("int"), _make("no_encode_text")
+not_callable = 42
+'''
+
+
+def _project(d: Path, table: str | None = None, cards: str | None = None, datasets: str | None = None) -> None:
+    """A project in the fault's folder: pyproject.toml with [tool.qaclip], card files, the fixture's weights as its own."""
+    data = d / "data"
+    if not data.exists():
+        data.mkdir()
+    shutil.copyfile(CHECKPOINT, d / "mine.pt")
+    (d / "badenc.py").write_text(ENCODERS, encoding="utf-8")
+    if table is None:
+        table = '[tool.qaclip]\ncards = "cards.yaml"\ndatasets = "datasets.yaml"\n'
+    (d / "pyproject.toml").write_text(f"[project]\nname = 'bad'\nversion = '0'\n\n{table}", encoding="utf-8")
+    if cards is None:
+        cards = "models:\n  - {name: mine, arch: ViT-fixture@BERT-fixture, checkpoint: mine.pt}\n"
+    (d / "cards.yaml").write_text(cards, encoding="utf-8")
+    if datasets is None:
+        datasets = "datasets:\n  - {name: mine-valid, kind: retrieval, path: data/datasets/Shapes-CN, split: test}\n"
+    (d / "datasets.yaml").write_text(datasets, encoding="utf-8")
+
+
+def _eval_mine(*args: str, model: str = "mine", dataset: str = "mine-valid") -> list[str]:
+    return ["-m", "qaclip_harness", "eval", "--model", model, "--dataset", dataset, "--device", "cpu", "--quiet", *args]
+
+
+def _card(**keys: str) -> str:
+    body = ", ".join(f"{k}: {v}" for k, v in {"name": "mine", "checkpoint": "mine.pt", **keys}.items())
+    return f"models:\n  - {{{body}}}\n"
+
+
+def project_faults(base: Base) -> list[Fault]:
+    """A project's [tool.qaclip] table, model cards, dataset cards and backends, through qaclip eval and pytest --qaclip."""
+    out: list[Fault] = []
+
+    def project(name, codes, needles, surface="cli", argv=None, env=None, **files):
+        def build(d: Path):
+            base.data_copy(d)
+            _project(d, **files)
+            return (argv or _eval_mine()), dict(env or {})
+
+        out.append(Fault(name, surface, build, codes, needles))
+
+    # the table
+    project(
+        "project: [tool.qaclip] unknown key",
+        (2,),
+        ("pyproject.toml", "[tool.qaclip] has unknown key(s) 'card'"),
+        table='[tool.qaclip]\ncard = "cards.yaml"\n',
+    )
+    project(
+        "project: [tool.qaclip] cards file missing",
+        (2,),
+        ("pyproject.toml", "[tool.qaclip] cards: 'nope.yaml' does not exist"),
+        table='[tool.qaclip]\ncards = "nope.yaml"\n',
+    )
+    project(
+        "project: [tool.qaclip] cards a number",
+        (2,),
+        ("pyproject.toml", "[tool.qaclip] cards: expected a path or a list of paths"),
+        table="[tool.qaclip]\ncards = 3\n",
+    )
+    project("project: pyproject.toml not TOML", (2,), ("pyproject.toml", "is not valid TOML"), table="[tool.qaclip\n")
+    project(
+        "project: QACLIP_CARDS names a missing file",
+        (2,),
+        ("QACLIP_CARDS", "'gone.yaml' does not exist"),
+        env={"QACLIP_CARDS": "gone.yaml"},
+    )
+    # model cards
+    project(
+        "project: card name of a built-in",
+        (2,),
+        ("cards.yaml", "'qa-clip-rn50' is already taken by", "[tool.qaclip] cards"),
+        cards=_card(name="qa-clip-rn50", arch="RN50@RBT3-chinese"),
+    )
+    project(
+        "project: card unknown key",
+        (2,),
+        ("cards.yaml", "unknown keys ['chekpoint']"),
+        cards=_card(arch="ViT-fixture@BERT-fixture", chekpoint="x.pt"),
+    )
+    project("project: card unknown tower", (2,), ("cards.yaml", "ViT-Q-9"), cards=_card(arch="ViT-Q-9@BERT-fixture"))
+    project(
+        "project: card not YAML",
+        (2,),
+        ("cards.yaml", "is not valid YAML at line"),
+        cards="models: [ {name: mine,\n",
+    )
+    project(
+        "project: card checkpoint missing",
+        (2,),
+        ("model 'mine'", "absent.pt not found"),
+        cards=_card(arch="ViT-fixture@BERT-fixture", checkpoint="absent.pt"),
+    )
+    project(
+        "project: card sha256 of another file",
+        (2,),
+        ("mine.pt", "not the checkpoint the card describes"),
+        cards=_card(arch="ViT-fixture@BERT-fixture", sha256="a" * 64),
+    )
+    # dataset cards
+    project(
+        "project: dataset name of a built-in",
+        (2,),
+        ("datasets.yaml", "dataset 'muge': the name is already taken"),
+        datasets="datasets:\n  - {name: muge, kind: retrieval, path: data}\n",
+    )
+    project(
+        "project: dataset unknown key",
+        (2,),
+        ("datasets.yaml", "unknown keys ['splt']"),
+        datasets="datasets:\n  - {name: mine-valid, kind: retrieval, path: data, splt: test}\n",
+    )
+    project(
+        "project: zeroshot dataset without labels",
+        (2,),
+        ("datasets.yaml", "labels must name the label file"),
+        datasets="datasets:\n  - {name: mine-valid, kind: zeroshot, path: data/datasets/shapes-cls}\n",
+    )
+    project(
+        "project: dataset folder missing",
+        (2,),
+        ("the dataset card", "datasets.yaml", "names this folder"),
+        datasets="datasets:\n  - {name: mine-valid, kind: retrieval, path: nowhere, split: test}\n",
+    )
+
+    def bad_templates(d: Path):
+        base.data_copy(d)
+        cls = "data/datasets/shapes-cls"
+        _project(
+            d,
+            datasets=f"datasets:\n  - {{name: mine-cls, kind: zeroshot, path: {cls}, labels: {cls}/label_cn.txt, "
+            "templates: prompts.yaml}\n",
+        )
+        (d / "prompts.yaml").write_text("- '一张照片'\n", encoding="utf-8")
+        return _eval_mine(dataset="mine-cls"), {}
+
+    out.append(
+        Fault(
+            "project: templates without a placeholder",
+            "cli",
+            bad_templates,
+            (2,),
+            ("prompts.yaml", "exactly one {} for the class name"),
+        )
+    )
+    # backends: module:attribute references, the interface, entry points
+    for fault, needle in (
+        ("shape", "encode_image returned shape [2, 1, 64] for 2 inputs, expected [2, D]"),
+        ("nan", "encode_image returned NaN or infinite values"),
+        ("as_int", "encode_image returned dtype torch.int64"),
+        ("no_encode_text", "has no encode_text"),
+    ):
+        project(
+            f"project: backend {fault}",
+            (2,),
+            (f"backend 'badenc:{fault}'", "for model 'mine' does not satisfy the Encoder interface", needle),
+            cards=_card(backend=f"'badenc:{fault}'", arch="ViT-fixture@BERT-fixture"),
+        )
+    project(
+        "project: backend module missing",
+        (2,),
+        ("backend 'acme_missing:load'", "no module named 'acme_missing'"),
+        cards=_card(backend="'acme_missing:load'"),
+    )
+    project(
+        "project: backend not callable",
+        (2,),
+        ("backend 'badenc:not_callable'", "is a int; expected a callable"),
+        cards=_card(backend="'badenc:not_callable'"),
+    )
+    project(
+        "project: backend name not registered",
+        (2,),
+        ("unknown backend 'acme'", "qaclip.backends"),
+        cards=_card(backend="acme"),
+    )
+
+    def entry_point(value: str):
+        def build(d: Path):
+            base.data_copy(d)
+            _project(d, cards=_card(backend="broken-ep", arch="ViT-fixture@BERT-fixture"))
+            info = d / "acme_broken-1.0.dist-info"  # an installed package whose entry point is wrong
+            info.mkdir()
+            (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n", encoding="utf-8")
+            (info / "entry_points.txt").write_text(f"[qaclip.backends]\nbroken-ep = {value}\n", encoding="utf-8")
+            return _eval_mine(), {}
+
+        return build
+
+    out.append(
+        Fault(
+            "project: entry point names a missing module",
+            "cli",
+            entry_point("acme_gone.encoder:load"),
+            (2,),
+            ("backend 'broken-ep'", "entry point qaclip.backends:broken-ep", "of acme-broken 1.0", "acme_gone"),
+        )
+    )
+    out.append(
+        Fault(
+            "project: entry point's encoder has NaN",
+            "cli",
+            entry_point("badenc:nan"),
+            (2,),
+            ("backend 'broken-ep'", "does not satisfy the Encoder interface", "NaN"),
+        )
+    )
+    # pytest --qaclip in the project: configure-time errors (exit 4) naming the file and key
+    pytest_argv = ["-m", "pytest", "--qaclip", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    project(
+        "project: pytest --qaclip, [tool.qaclip] unknown key",
+        (4,),
+        ("pyproject.toml", "[tool.qaclip] has unknown key(s) 'expect'"),
+        surface="project",
+        argv=pytest_argv,
+        table='[tool.qaclip]\nexpect = "x"\n',
+    )
+    project(
+        "project: pytest --qaclip, card clash",
+        (4,),
+        ("cards.yaml", "'fixture-tiny' is already taken by"),
+        surface="project",
+        argv=pytest_argv,
+        cards=_card(name="fixture-tiny", arch="ViT-fixture@BERT-fixture"),
+    )
+    project(
+        "project: pytest --qaclip-datasets missing",
+        (4,),
+        ("--qaclip-datasets", "'nope.yaml' does not exist"),
+        surface="project",
+        argv=[*pytest_argv, "--qaclip-datasets", "nope.yaml"],
+    )
+
+    def expected(body: str):
+        def build(d: Path):
+            base.data_copy(d)
+            _project(d, table='[tool.qaclip]\ncards = "cards.yaml"\ndatasets = "datasets.yaml"\nexpected = "exp"\n')
+            (d / "exp").mkdir()
+            (d / "exp" / "mine.yaml").write_text(body, encoding="utf-8")
+            return pytest_argv, {}
+
+        return build
+
+    head = "dataset: mine-valid\nkind: retrieval\nsplit: {split}\nsources: {{r: measured}}\ntolerance: {{fp32: {{t2i: {{abs: 1, why: w}}}}}}\n"
+    out.append(
+        Fault(
+            "project: expected file names a model without a card",
+            "project",
+            expected(head.format(split="test") + "models: {ghost: {gate: r, r: {t2i_r1: 50}}}\n"),
+            (4,),
+            ("mine.yaml", "models.ghost: no model card of that name"),
+        )
+    )
+    out.append(
+        Fault(
+            "project: expected file of another split",
+            "project",
+            expected(head.format(split="valid") + "models: {mine: {gate: r, r: {t2i_r1: 50}}}\n"),
+            (4,),
+            ("mine.yaml", "split 'valid' is not the published split of mine-valid"),
+        )
+    )
+    # qaclip record
+    project(
+        "project: record --runs unknown",
+        (2,),
+        ("--runs", "fp64"),
+        argv=[
+            "-m",
+            "qaclip_harness",
+            "record",
+            "--model",
+            "mine",
+            "--dataset",
+            "mine-valid",
+            "--out",
+            "exp",
+            "--runs",
+            "fp32,fp64",
+        ],
+    )
+
+    def recorded_twice(d: Path):
+        base.data_copy(d)
+        _project(d)
+        (d / "exp").mkdir()
+        (d / "exp" / "mine-valid-mine.yaml").write_text("recorded before\n", encoding="utf-8")
+        return ["-m", "qaclip_harness", "record", "--model", "mine", "--dataset", "mine-valid", "--out", "exp"], {}
+
+    out.append(
+        Fault(
+            "project: record over a recorded file",
+            "cli",
+            recorded_twice,
+            (2,),
+            ("mine-valid-mine.yaml exists", "--force"),
+        )
+    )
     return out
 
 
@@ -1236,7 +1573,7 @@ def _prepare(fault: Fault, workdir: Path) -> tuple[Path, list[str], Path, dict[s
         }
     )
     env.update(extra)
-    return d, argv, (d if fault.surface == "cli" else REPO), env
+    return d, argv, (d if fault.surface in ("cli", "project") else REPO), env
 
 
 # Popen objects stay referenced: one that is garbage-collected while its process runs is reaped by

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TREE = ("qaclip_core", "qaclip_harness", "benchmarks", "expected", "pyproject.toml", "conftest.py")
+TREE = ("qaclip_core", "qaclip_harness", "benchmarks", "expected", "pyproject.toml")
 REPRODUCTION = ("test_retrieval", "test_zeroshot")
 
 

@@ -161,6 +161,10 @@ class TransformersAltCLIPReference:
         return normalise(self._projected(out).cpu())
 
 
+# the backends whose models have an independent reference implementation here (parity-<model> cases)
+REFERENCED_BACKENDS = ("native", "altclip")
+
+
 def reference_source(card: ModelCard, weights: str | Path, device: str | torch.device = "cpu", batch_size: int = 32):
     """The reference feature source for ``card``'s weights; MissingDependencyError (naming the package) when it is missing."""
     if card.adapter == "native":

@@ -9,7 +9,7 @@ The source digest covers every file of ``qaclip_core`` and ``qaclip_harness`` ex
 ones of ``keys.yaml`` (each shown by ``tests/harness/test_cache_keys.py`` never to run while a
 model is loaded, data is read or features are made), and every other Python module the process
 has loaded from outside an installed distribution: ``conftest.py`` files, ``benchmarks/``, plugins.
-Names in it are relative (``qaclip_core/transforms.py``, ``benchmarks.plugin``), so two copies of
+Names in it are relative (``qaclip_core/transforms.py``, ``benchmarks.conftest``), so two copies of
 one tree in different folders have one key.
 """
 
@@ -140,6 +140,31 @@ def source_digest() -> dict[str, str]:
     for name in sorted(outside):
         h.update(f"{name}\0{_file_digest(outside[name])}\n".encode())
     return {"packages": package_digest(), "outside": h.hexdigest(), "modules": ",".join(sorted(outside))}
+
+
+def foreign_source_digest(obj: object) -> str | None:
+    """sha256 of the source of the package ``obj``'s class comes from, when that is not this project's (else None).
+
+    A project's own encoder (a backend registered by another package, or named by ``module:attribute``)
+    is on the feature path too: an edit of its package must recompute features, as an edit of ours does.
+    """
+    import sys
+
+    module = sys.modules.get(type(obj).__module__)
+    path = Path(getattr(module, "__file__", "") or "")
+    if not path.is_file():
+        return None
+    path = path.resolve()
+    if _CORE in path.parents or _HARNESS in path.parents:
+        return None
+    top = sys.modules.get(type(obj).__module__.split(".")[0])
+    top_file = Path(getattr(top, "__file__", "") or "")
+    if top_file.name == "__init__.py" and top_file.is_file():  # a package: all of it
+        root = top_file.resolve().parent
+        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts}
+    else:
+        files = {path.name: path}
+    return digest_files(files)
 
 
 def module_digest(*modules: object) -> str:

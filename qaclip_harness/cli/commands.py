@@ -65,14 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         help="flickr30k-cn, muge, coco-cn, imagenet, an ELEVATER dataset (cifar-10, "
-        "cifar100, dtd, eurosat, fer-2013, fgvc-aircraft, kitti-distance, mnist, patch-camelyon, voc-2007) "
-        "or a fixture dataset",
+        "cifar100, dtd, eurosat, fer-2013, fgvc-aircraft, kitti-distance, mnist, patch-camelyon, voc-2007), "
+        "a fixture dataset, or one of the project's dataset cards",
     )
     ev.add_argument(
         "--data-root",
         type=_checked(options.folder, "--data-root"),
-        required=True,
-        help="${DATAPATH} holding datasets/, or the datasets folder",
+        default=None,
+        help="${DATAPATH} holding datasets/, or the datasets folder (required for built-in datasets; "
+        "a project's dataset card names its own folder)",
     )
     ev.add_argument("--split", help="split to evaluate (default: the dataset's published split)")
     ev.add_argument(
@@ -125,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["pytorch", "onnx"],
         help="onnx: export into the cache and evaluate through ONNX Runtime (the 'onnx' extra)",
     )
-    sub.add_parser("models", help="list registry names")
+    from qaclip_harness.cli.record import add_project_options, add_record_parser
+
+    add_project_options(ev)
+    add_project_options(sub.add_parser("models", help="list registry names (the project's cards included)"))
+    add_record_parser(sub, _checked, _workers)
     cal = sub.add_parser(
         "calibrate", help="measure how each case's metrics move with precision, TF32 and the reference"
     )
@@ -291,11 +296,17 @@ def _device(name: str):
 
 
 def _eval(args, shard) -> tuple:
+    from qaclip_harness.cli.record import load_project
     from qaclip_harness.data.catalog import get_dataset
     from qaclip_harness.eval.runner import evaluate_card
     from qaclip_harness.fetch.datasets import resolve_dataset
 
+    load_project(args)  # the project's cards and datasets ([tool.qaclip], --cards, --datasets) first
     card = get_dataset(args.dataset)
+    if args.data_root is None and card.location is None:
+        raise UsageError(
+            f"--data-root is required for the built-in dataset {card.name} (${{DATAPATH}} holding datasets/)"
+        )
     if args.model:
         from qaclip_core.registry import get_card
 
@@ -433,18 +444,29 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if args.command == "calibrate":
         return _calibrate(args)
+    if args.command == "record":
+        from qaclip_harness.cli.record import run_record
+
+        return run_record(args, argv)
     if args.command in ("history", "keep-run"):
         from qaclip_harness.cli.history import run_history, run_keep
 
         return run_history(args) if args.command == "history" else run_keep(args)
     if args.command == "models":
         from qaclip_core.registry import all_cards, available_models
+        from qaclip_harness.cli.record import load_project
+
+        try:
+            load_project(args)
+        except QAClipError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
         print("\n".join(available_models()))
         # models evaluated through another backend (transformers formats): eval --model takes them too
         print(
             "\n".join(
-                f"{c.name}  ({c.adapter}: {c.hub_repo})"
+                f"{c.name}  ({c.adapter}: {c.hub_repo or c.checkpoint})"
                 for c in all_cards(include_test_only=False)
                 if c.adapter != "native"
             )

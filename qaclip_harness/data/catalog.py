@@ -1,10 +1,18 @@
-"""Dataset cards (``datasets.yaml`` beside this module): where each evaluation set lives and how to get it."""
+"""Dataset cards (``datasets.yaml`` beside this module, and a project's own): where each evaluation set lives and how to get it.
+
+A project adds cards for data already on disk with :func:`register_datasets` (a YAML file of
+``datasets: [...]``; docs/own-models.md): a retrieval set in Chinese-CLIP's layout (``lmdb/<split>/imgs``
+and ``<split>_texts.jsonl``, as its fine-tuning scripts produce) or class folders (``<split>/<class>/``)
+with a label file, at a ``path`` relative to the card file.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qaclip_harness.documents import key_text, read_yaml
 from qaclip_harness.errors import DatasetError
@@ -51,6 +59,9 @@ class DatasetCard:
     # table the dataset's column belongs to (the class count is in split_size)
     layout: str | None = None
     report_table: str | None = None
+    # a project's dataset card: the folder itself (absolute), and its own prompt templates file, if any
+    location: str | None = None
+    templates: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -59,6 +70,8 @@ class DatasetCard:
 
 
 _CARDS: dict[str, DatasetCard] = {}
+_SOURCES: dict[str, Path] = {}  # dataset name -> the card file that registered it
+_FILES: dict[Path, list[DatasetCard]] = {}
 _FIELDS = set(DatasetCard.__dataclass_fields__)
 ORIGIN_FILE = ".qaclip-origin.json"  # written into a folder unpacked by --download: which archive it came from
 
@@ -150,10 +163,116 @@ def load_dataset_cards(path: str | Path) -> list[DatasetCard]:
 
 
 def all_datasets() -> list[DatasetCard]:
-    """Every dataset card, in file order."""
+    """Every dataset card, in file order (the package's, then a project's)."""
     if not _CARDS:
-        _CARDS.update({c.name: c for c in load_dataset_cards(CARDS_FILE)})
+        for card in load_dataset_cards(CARDS_FILE):
+            _CARDS[card.name] = card
+            _SOURCES[card.name] = CARDS_FILE
     return list(_CARDS.values())
+
+
+PROJECT_KEYS = ("name", "kind", "path", "split", "display", "labels", "split_size", "templates")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_SIZES = {"retrieval": ("images", "texts"), "zeroshot": ("images", "classes")}
+
+
+def dataset_source(name: str) -> Path | None:
+    """The card file that registered dataset ``name``."""
+    all_datasets()
+    return _SOURCES.get(name)
+
+
+def _project_card(raw: Any, index: int, path: Path) -> DatasetCard:
+    """One dataset card of a project's file, every key checked; a DatasetError names the file and the key."""
+    where = f"{path}: datasets[{index}]"
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{where} must be a mapping of keys ({', '.join(PROJECT_KEYS)}), got {raw!r:.60}")
+    name = raw.get("name")
+    if isinstance(name, str):
+        where = f"{path}: dataset {name!r}"
+    unknown = sorted(set(raw) - set(PROJECT_KEYS))
+    if unknown:
+        raise DatasetError(f"{where} has unknown keys {unknown} (known: {', '.join(PROJECT_KEYS)})")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DatasetError(
+            f"{where}: name must be lower-case letters, digits and . _ - (it starts each case id), got {name!r}"
+        )
+    kind = raw.get("kind")
+    if kind not in _SIZES:
+        raise DatasetError(
+            f"{where}: kind must be retrieval (Chinese-CLIP's LMDB layout) or zeroshot (class folders), got {kind!r}"
+        )
+    folder = raw.get("path")
+    if not isinstance(folder, str) or not folder.strip():
+        raise DatasetError(f"{where}: path must name the dataset's folder (relative to the card file), got {folder!r}")
+    location = (path.parent / Path(folder).expanduser()).resolve()
+    split = raw.get("split", "test")
+    if not isinstance(split, str) or not split or "/" in split:
+        raise DatasetError(f"{where}: split must be a folder name (test, valid...), got {split!r}")
+    sizes = raw.get("split_size")
+    if sizes is not None:
+        allowed = _SIZES[kind]
+        if (
+            not isinstance(sizes, dict)
+            or set(sizes) - set(allowed)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values())
+        ):
+            raise DatasetError(
+                f"{where}: split_size must map {' and '.join(allowed)} to positive counts, got {sizes!r:.80}"
+            )
+    labels = raw.get("labels")
+    if kind == "zeroshot":
+        if not isinstance(labels, str) or not labels.strip():
+            raise DatasetError(
+                f"{where}: labels must name the label file (one class name per line, relative to the card file)"
+            )
+        labels_info: dict | None = {"filename": str((path.parent / Path(labels).expanduser()).resolve())}
+    elif labels is not None:
+        raise DatasetError(f"{where}: labels applies to zeroshot datasets only")
+    else:
+        labels_info = None
+    templates = raw.get("templates")
+    if templates is not None:
+        if kind != "zeroshot" or not isinstance(templates, str) or not templates.strip():
+            raise DatasetError(f"{where}: templates must name a file of prompt templates (zeroshot datasets only)")
+        templates = str((path.parent / Path(templates).expanduser()).resolve())
+    display = raw.get("display", name)
+    return DatasetCard(
+        name=name,
+        display=str(display),
+        kind=kind,
+        dirname=location.name,
+        split=split,
+        labels=labels_info,
+        split_size=dict(sizes) if sizes else None,
+        how_to_get=f"the dataset card {path} names this folder: put the data there or change the card's path",
+        location=str(location),
+        templates=templates,
+    )
+
+
+def register_datasets(path: str | Path) -> list[DatasetCard]:
+    """Add a project's dataset cards (a YAML file of ``datasets: [...]``); a file registered before is not read again."""
+    path = Path(path).resolve()
+    all_datasets()
+    if path in _FILES:
+        return _FILES[path]
+    doc = read_yaml(path, DatasetError)  # strict: a key given twice, deep nesting or bad bytes are refused
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list) or set(doc) - {"datasets"}:
+        raise DatasetError(f"{path}: expected one key, datasets: [<dataset card>, ...]")
+    cards = [_project_card(raw, i, path) for i, raw in enumerate(doc["datasets"])]
+    seen: dict[str, Path] = {}
+    for card in cards:
+        other = _SOURCES.get(card.name) or seen.get(card.name)
+        if other is not None:
+            built_in = " (a built-in dataset)" if other == CARDS_FILE else ""
+            raise DatasetError(f"{path}: dataset {card.name!r}: the name is already taken by {other}{built_in}")
+        seen[card.name] = path
+    for card in cards:
+        _CARDS[card.name] = card
+        _SOURCES[card.name] = path
+    _FILES[path] = cards
+    return cards
 
 
 def read_origin(folder: Path) -> dict | None:
@@ -201,7 +320,9 @@ def datasets_dir(data_root: str | Path) -> Path:
 
 
 def dataset_dir(card: DatasetCard, data_root: str | Path) -> Path:
-    """Folder of ``card`` under ``data_root``."""
+    """Folder of ``card`` under ``data_root`` (a project's card names its folder itself)."""
+    if card.location is not None:
+        return Path(card.location)
     return datasets_dir(data_root) / card.dirname
 
 

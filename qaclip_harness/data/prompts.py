@@ -94,3 +94,36 @@ def templates_for(folder_name: str) -> list[str]:
 def special_folders() -> dict[str, str]:
     """Every folder name with a list of its own, and that list's name."""
     return dict(_load()[0])
+
+
+def read_templates(path: str | Path) -> list[str]:
+    """A project's prompt templates: a YAML (or JSON) list of ``str.format`` strings, each with one ``{}``."""
+    import yaml
+
+    from qaclip_harness.errors import DatasetError
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DatasetError(f"{path}: the templates file cannot be read as YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, list) or not doc:
+        raise DatasetError(f"{path}: expected a non-empty list of prompt templates such as '{{}}的照片'")
+    for i, t in enumerate(doc):
+        if (
+            not isinstance(t, str)
+            or t.count("{}") != 1
+            or t.replace("{}", "").count("{")
+            or t.replace("{}", "").count("}")
+        ):
+            raise DatasetError(
+                f"{path}: template {i} must be a string with exactly one {{}} for the class name, got {t!r:.60}"
+            )
+    return list(doc)
+
+
+def dataset_templates(folder_name: str, templates_file: str | None = None) -> tuple[list[str], str]:
+    """(templates, the name of their set): a project's own file when its card names one, else the reference's rule."""
+    if templates_file:
+        return read_templates(templates_file), str(templates_file)
+    return templates_for(folder_name), template_set(folder_name)

@@ -26,7 +26,7 @@ import torch
 
 from qaclip_harness.cache import Cache, Provenance
 from qaclip_harness.cache.features import Arrays
-from qaclip_harness.cache.keys import device_kind, make_key, run_environment
+from qaclip_harness.cache.keys import device_kind, foreign_source_digest, make_key, run_environment
 from qaclip_harness.cache.pixels import PixelStore, decode_definition, probe_pixels
 from qaclip_harness.cache.space import say
 from qaclip_harness.data.fingerprint import images_digest
@@ -57,7 +57,7 @@ def model_fields(
     card_doc = (
         dataclasses.asdict(card) if dataclasses.is_dataclass(card) and not isinstance(card, type) else (card or {})
     )
-    return {
+    fields: dict[str, object] = {
         "checkpoint": checkpoint_sha256,
         "model": getattr(encoder, "name", None),
         "card": hashlib.sha256(json.dumps(card_doc, sort_keys=True, default=str).encode("utf-8")).hexdigest(),
@@ -69,6 +69,10 @@ def model_fields(
         "compile": bool(compile),
         **run_environment(),
     }
+    foreign = foreign_source_digest(encoder)  # a project's own encoder: its package's source, as ours is above
+    if foreign is not None:
+        fields["backend_source"] = foreign
+    return fields
 
 
 def text_digest(texts: Sequence[str]) -> str:

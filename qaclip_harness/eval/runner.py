@@ -204,7 +204,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     (:mod:`qaclip_harness.data.prompts`).
     """
     from qaclip_harness.data.imagenet import IndexedImages, read_labels
-    from qaclip_harness.data.prompts import template_set, templates_for
+    from qaclip_harness.data.prompts import dataset_templates
     from qaclip_harness.eval.zeroshot import param_counts
     from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
 
@@ -216,7 +216,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     counts = {"images": len(folder.samples), "classes": len(classnames)}
     check = _split_check(card, split, counts, opts)  # before any image is decoded
     images = IndexedImages(folder)
-    templates = templates_for(card.dirname)
+    templates, template_name = dataset_templates(card.dirname, card.templates)
     parts = {"labels": labels_digest(classnames)}
     known = _identify(card, data.folder, "zeroshot", images, parts, opts)
     t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
         metrics=dict(metrics),
         counts={**counts, "templates": len(templates)},
         seconds={"classifier": t1 - t0, "images": t2 - t1},
-        diagnostics={"templates": template_set(card.dirname)},
+        diagnostics={"templates": template_name},
         provenance=_data_provenance(
             card,
             data.folder,

@@ -58,11 +58,31 @@ LAYOUTS: dict[str, FolderLayout] = {
             "special_tokens_map.json, sentencepiece.bpe.model)"
         ),
     ),
+    # ZH-CLIP (qaclip_harness/backends/zhclip.py): its config, CLIPImageProcessor and BertTokenizer files
+    "zhclip": FolderLayout(
+        family="ZH-CLIP",
+        config_files=(
+            "config.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "vocab.txt",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+        ),
+        tokenizer_files=("vocab.txt", "tokenizer.json"),
+        manual_files=(
+            "config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
+            "special_tokens_map.json)"
+        ),
+    ),
 }
 # the extra that installs transformers for each folder family, and the version it needs
 _TRANSFORMERS = {
     "chineseclip": ("ChineseCLIP", "chineseclip", optional.MIN_TRANSFORMERS),
     "altclip": ("AltCLIP", "altclip", optional.MIN_TRANSFORMERS),
+    "zhclip": ("ZH-CLIP", "zhclip", optional.MIN_TRANSFORMERS),
 }
 
 
@@ -74,15 +94,45 @@ def folder_complete(card_adapter: str, folder: PathLike) -> bool:
 def fetch_weights(card: ModelCard, download_root: PathLike | None = None, endpoint: str | None = None) -> Path:
     """Local path of ``card``'s weights (a file, or a folder for transformers-format models), fetched when absent.
 
-    ``endpoint`` overrides the Hub address for this call (the fixture's local hub).
+    ``endpoint`` overrides the Hub address for this call (the fixture's local hub). A card whose
+    ``checkpoint`` names a local path gets that path, checked against the card's size and sha256.
     """
+    if card.checkpoint is not None:
+        return local_checkpoint(card)
     if card.adapter in LAYOUTS:
         family, extra, minimum = _TRANSFORMERS[card.adapter]
         optional.import_transformers(family, f"pip install 'qaclip-core[{extra}]'", minimum, extra=extra)
         return fetch_folder(card, LAYOUTS[card.adapter], download_root=download_root, endpoint=endpoint)
-    if card.adapter != "native":
-        raise DownloadError(f"model {card.name!r}: no way to fetch weights of adapter {card.adapter!r}")
+    if card.adapter != "native" and not card.hub_filename and not card.url:
+        raise DownloadError(
+            f"model {card.name!r}: backend {card.adapter!r} has no folder layout to fetch, so its card must name "
+            "a local checkpoint, or a hub repo with a filename"
+        )
     if not card.hub_repo and card.url:  # a checkpoint published at a plain URL only
         root = Path(download_root).expanduser() if download_root is not None else cache_root()
         return fetch_url(card.url, root / card.filename, sha256=card.sha256)
     return fetch_checkpoint(card, download_root=download_root, endpoint=endpoint)
+
+
+def local_checkpoint(card: ModelCard) -> Path:
+    """The local checkpoint (file or folder) a card names; absent is a DownloadError (the case skips), a mismatch a ChecksumError."""
+    from qaclip_core.errors import ChecksumError
+    from qaclip_core.pretrained import cached_sha256, check_size
+    from qaclip_core.registry import card_source
+
+    path = Path(str(card.checkpoint))
+    source = card_source(card.name)
+    named = f"model {card.name!r} (card {source})" if source else f"model {card.name!r}"
+    if not path.exists():
+        raise DownloadError(f"{named}: checkpoint {path} not found; put it there or change the card's checkpoint")
+    if path.is_file():
+        check_size(path, card.size, named)
+        if card.sha256 is not None:
+            actual = cached_sha256(path)
+            if actual != card.sha256:
+                raise ChecksumError(
+                    f"{path}: sha256 {actual}, but {named} pins {card.sha256}: not the checkpoint the card describes"
+                )
+    elif card.sha256 is not None or card.size is not None:
+        raise ChecksumError(f"{named}: sha256 and size pin a file, but checkpoint {path} is a folder")
+    return path

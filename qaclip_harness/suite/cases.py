@@ -7,25 +7,37 @@ from pathlib import Path
 
 import pytest
 
-from qaclip_harness.expected import ExpectedCase, load_expected
+from qaclip_harness.expected import ExpectedCase, load_expected_paths
 
-# The suite runs from a checkout (benchmarks/ is not installed): expected/ sits beside the package.
-REPO = Path(__file__).resolve().parents[2]
+# The built-in expected numbers ship inside the package: qaclip_harness/expected_numbers is the repository's
+# expected/ folder (a link in a checkout, its files in a wheel).
+BUILT_IN = Path(__file__).resolve().parents[1] / "expected_numbers"
 
 
 def expected_dir() -> Path:
-    """``$QACLIP_EXPECTED_DIR`` or the repository's ``expected/`` (read when called)."""
-    return Path(os.environ.get("QACLIP_EXPECTED_DIR") or REPO / "expected").expanduser()
+    """``$QACLIP_EXPECTED_DIR`` or the package's built-in expected numbers (read when called)."""
+    return Path(os.environ.get("QACLIP_EXPECTED_DIR") or BUILT_IN).expanduser()
 
 
-_EXPECTED: dict[str, list[ExpectedCase]] = {}
+_EXPECTED: dict[tuple[str, ...], list[ExpectedCase]] = {}
+_PROJECT_EXPECTED: list[Path] = []  # the project's expected files and folders ([tool.qaclip] expected)
+
+
+def set_project_expected(paths: list[Path]) -> None:
+    """The project's expected files and folders, read beside the built-in ones (the plugin sets them at configure)."""
+    _PROJECT_EXPECTED[:] = list(paths)
+
+
+def expected_sources() -> list[Path]:
+    """Where expected numbers are read from: the built-in folder (or ``$QACLIP_EXPECTED_DIR``), then the project's."""
+    return [expected_dir(), *_PROJECT_EXPECTED]
 
 
 def all_expected() -> list[ExpectedCase]:
     """Every expected case, parsed and validated once per process (a QAClipError names file and key)."""
-    key = str(expected_dir())
+    key = tuple(str(p) for p in expected_sources())
     if key not in _EXPECTED:
-        _EXPECTED[key] = load_expected(expected_dir())
+        _EXPECTED[key] = load_expected_paths(expected_sources())
     return _EXPECTED[key]
 
 

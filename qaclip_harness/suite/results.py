@@ -65,6 +65,27 @@ def describe_flip(row: dict) -> str:
     return Flip(row["metric"], row["item"], row["reference"], row["ours"], row.get("margin"), False).describe()
 
 
+def recorded_notes(case: ExpectedCase, checkpoint_sha256: str | None, data_fingerprint: str | None) -> list[str]:
+    """For numbers written by ``qaclip record``: whether this run's checkpoint and data are the ones they were recorded on."""
+    rec = case.recorded
+    if not rec:
+        return []
+    notes = []
+    was = (rec.get("checkpoint") or {}).get("sha256")
+    if was and checkpoint_sha256 and was != checkpoint_sha256:
+        notes.append(
+            f"the checkpoint is not the one these numbers were recorded from (sha256 {was[:12]}..., now "
+            f"{checkpoint_sha256[:12]}...)"
+        )
+    was = (rec.get("data") or {}).get("fingerprint")
+    if was and data_fingerprint and was != data_fingerprint:
+        notes.append(
+            f"the data is not the data these numbers were recorded on (fingerprint {was[:12]}..., now "
+            f"{data_fingerprint[:12]}...)"
+        )
+    return notes
+
+
 def junit_properties(result: CaseResult) -> list[tuple[str, object]]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
     props: list[tuple[str, object]] = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]

@@ -27,6 +27,7 @@ from qaclip_harness.suite.results import (
     failure_message,
     features_summary,
     junit_properties,
+    recorded_notes,
     report_reason,
 )
 from qaclip_harness.suite.terminal import terminal_progress
@@ -111,8 +112,8 @@ class Suite:
         """The transformers-format copy of the fixture, converted into this run's folder (offline runs)."""
         from qaclip_harness.backends import backend
 
-        backend(card.adapter).import_transformers()  # a missing transformers skips, naming the extra
-        folder = self._tmp / "fixture-converted" / str(card.hub_repo)  # the copy's card names its repo
+        backend(card.adapter).module.import_transformers()  # a missing transformers skips, naming the extra
+        folder = self._tmp / "fixture-converted" / str(card.hub_repo)
         if not folder.is_dir():
             from qaclip_harness.fixture.hf import write_converted
 
@@ -270,6 +271,8 @@ class Suite:
         )
         checks = case.check(out.metrics, self.precision, decision, on_cpu)
         verdict = case_verdict(case, out, self.precision, on_cpu)  # every decision, where the reference's exist
+        # numbers written by `qaclip record`: whether this run's checkpoint and data are the ones they were recorded on
+        recorded = recorded_notes(case, self.checkpoint_digest(model_card), out.provenance.get("data_fingerprint"))
         result = CaseResult.from_checks(
             device=str(encoder.device),
             measured=out.metrics,
@@ -283,7 +286,8 @@ class Suite:
                 f"; near-ties (each metric's tolerance says which it excuses on this device): {case.near_tie_note()}"
                 if case.near_ties
                 else ""
-            ),
+            )
+            + "".join(f"; {note}" for note in recorded),
             sources=case.source_deltas(out.metrics),
             checkpoint_sha256=self.checkpoint_digest(model_card),
             data_fingerprint=out.provenance.get("data_fingerprint"),

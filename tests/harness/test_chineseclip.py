@@ -484,8 +484,8 @@ def test_models_command_lists_the_new_cards():
 
 def test_throughput_model_holds_the_benchmarked_weights(tf):
     """The transformers model of the throughput cases computes what our model of the same group computes."""
-    from benchmarks.test_throughput_chineseclip import _model, _tokenizer
-    from benchmarks.throughput_support import models, realistic_captions
+    from qaclip_harness.pytest_plugin.test_throughput_chineseclip import _model, _tokenizer
+    from qaclip_harness.pytest_plugin.throughput_support import models, realistic_captions
 
     ours, _ = models(FIXTURE_ARCH, "cpu", "fp32")
     theirs = _model(FIXTURE_ARCH, "cpu", "fp32")

@@ -106,7 +106,9 @@ def test_reports_are_uploaded_and_summarised(workflow):
     assert upload.get("if") == "always()"
     # report.md reaches the job summary through the suite itself (GITHUB_STEP_SUMMARY), passed on by tox
     assert "GITHUB_STEP_SUMMARY" in (REPO / "tox.ini").read_text(encoding="utf-8")
-    assert "GITHUB_STEP_SUMMARY" in (REPO / "benchmarks" / "plugin.py").read_text(encoding="utf-8")
+    assert "GITHUB_STEP_SUMMARY" in (REPO / "qaclip_harness" / "pytest_plugin" / "plugin.py").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_every_qaclip_command_named_exists(workflow):

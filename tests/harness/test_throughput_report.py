@@ -125,7 +125,7 @@ def test_flop_shares_against_bound_and_measured_matmul(report, tmp_path):
 
 def test_nominal_flops_are_the_design_figures():
     """DESIGN.md section 5: ViT-B/16 about 35 GFLOPs per image and ViT-L/14 about 162, every token computed."""
-    from benchmarks.throughput_support import nominal_image_gflops
+    from qaclip_harness.pytest_plugin.throughput_support import nominal_image_gflops
 
     assert nominal_image_gflops("ViT-B-16@RoBERTa-wwm-ext-base-chinese") == pytest.approx(35.1, abs=0.1)
     assert nominal_image_gflops("ViT-L-14@RoBERTa-wwm-ext-large-chinese") == pytest.approx(162.0, abs=0.1)

@@ -1,6 +1,9 @@
 """The suite's pytest hooks: options, the session fixture, case ordering, the report at the end.
 
-Everything else (the session's state, the cases, their results) lives in :mod:`qaclip_harness.suite`.
+Registered when the suite is enabled (``--qaclip``, or a conftest mounting it: see the package's
+docstring). Everything else (the session's state, the cases, their results) lives in
+:mod:`qaclip_harness.suite`; the project's own cards, datasets and expected numbers are read at
+configure time (:mod:`qaclip_harness.suite.project`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Optional
 import pytest
 
 from qaclip_core.errors import QAClipError
-from qaclip_harness.expected import check_against_catalog
+from qaclip_harness.expected import check_against_cards, check_against_catalog
 from qaclip_harness.files import OutputError
 from qaclip_harness.report.tables import CaseResult, render_text
 from qaclip_harness.suite.cases import all_expected, case_of, expected_dir, report_identity
 from qaclip_harness.suite.options import CPU_OPT_IN, SuiteOptions, add_options, option_source, validated_options
+from qaclip_harness.suite.project import MARKERS, add_project_options, configure_project
 from qaclip_harness.suite.reports import write_html_and_history
 from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
 from qaclip_harness.suite.run_report import interrupted_result, write_run_report
@@ -39,6 +43,7 @@ _WORKER_OUTPUT = "qaclip_results"
 
 def pytest_addoption(parser):
     add_options(parser)
+    add_project_options(parser)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -48,7 +53,10 @@ def pytest_configure(config):
     config.stash[_BENCH_KEY] = {}
     config.stash[_RUNNING_KEY] = None
     config.stash[_WRITTEN_KEY] = []
+    for marker in MARKERS:  # a project's --strict-markers knows the suite's marks
+        config.addinivalue_line("markers", marker)
     try:
+        configure_project(config)  # the project's cards and datasets registered, its expected files named
         worker = getattr(config, "workerinput", None)
         config.stash[_OPTIONS_KEY] = o = validated_options(
             config.getoption,
@@ -66,6 +74,7 @@ def pytest_configure(config):
         if not all_expected():  # a malformed expected file stops the run here, naming the file and key
             raise QAClipError(f"QACLIP_EXPECTED_DIR {str(expected_dir())!r}: holds no expected *.yaml files")
         check_against_catalog(all_expected())
+        check_against_cards(all_expected())
     except QAClipError as e:
         raise pytest.UsageError(str(e)) from None
     # plain -n N would scatter a model's cases over workers and load it N times
