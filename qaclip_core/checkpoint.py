@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -138,12 +138,12 @@ def _infer_vision(sd: Mapping[str, torch.Tensor]) -> str | None:
         width = sd["visual.conv3.weight"].shape[0] if "visual.conv3.weight" in sd else None
         for name in vision_names():
             cfg = vision_config(name)
-            if cfg.kind == "resnet" and tuple(cfg.layers) == layers and cfg.width == width:
+            if cfg.kind == "resnet" and cfg.layers == layers and cfg.width == width:
                 return name
         return f"ModifiedResNet(layers={list(layers)}, width={width})"
     if "visual.conv1.weight" in sd and "visual.positional_embedding" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
-        layers = _count(sd, r"visual\.transformer\.resblocks\.(\d+)\.")
+        depth = _count(sd, r"visual\.transformer\.resblocks\.(\d+)\.")
         tokens = sd["visual.positional_embedding"].shape[0]
         res = round((tokens - 1) ** 0.5) * patch
         embed = sd["visual.proj"].shape[1] if "visual.proj" in sd else None
@@ -153,12 +153,12 @@ def _infer_vision(sd: Mapping[str, torch.Tensor]) -> str | None:
                 cfg.kind == "vit"
                 and cfg.width == width
                 and cfg.patch_size == patch
-                and cfg.layers == layers
+                and cfg.layers == depth
                 and cfg.image_size == res
                 and cfg.embed_dim == embed
             ):
                 return name
-        return f"ViT(width={width}, patch={patch}, layers={layers}, resolution={res})"
+        return f"ViT(width={width}, patch={patch}, layers={depth}, resolution={res})"
     return None
 
 
@@ -177,7 +177,7 @@ def _infer_text(sd: Mapping[str, torch.Tensor]) -> str | None:
     return f"BERT(hidden={hidden}, layers={layers})"
 
 
-def _preview(keys) -> str:
+def _preview(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
     return ", ".join(keys[:_SHOW]) + more
@@ -224,7 +224,7 @@ def load_state_dict_strict(model: CLIP, sd: Mapping[str, torch.Tensor], source: 
         )
 
 
-def non_finite_weights(model: torch.nn.Module) -> list:
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
     """Names of the floating-point tensors of ``model`` that hold NaN or infinity."""
     bad = []
     with torch.no_grad():

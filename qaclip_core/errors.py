@@ -29,3 +29,7 @@ class DownloadError(QAClipError, OSError):
 
 class DeviceError(QAClipError, ValueError):
     """A device this machine does not have (``cuda`` without a GPU, ``cuda:7`` on a machine with fewer)."""
+
+
+class CardError(QAClipError, ValueError):
+    """A model card file that cannot be read or does not follow the card format."""

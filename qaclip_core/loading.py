@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 
 from .checkpoint import load_checkpoint
 from .errors import UnknownModelError
@@ -23,7 +24,7 @@ def load_from_name(
     text_model_name: str | None = None,
     input_resolution: int | None = None,
     precision: str = "fp32",
-) -> tuple[CLIP, Callable]:
+) -> tuple[CLIP, Callable[[Image.Image], torch.Tensor]]:
     """Fetch (or find) a checkpoint by registry name, or open a local file, and load it.
 
     Returns ``(model, preprocess)``. The model is in eval mode, in ``precision`` (fp32 as the

@@ -20,6 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -47,12 +48,12 @@ class ChecksumLock:
     def _guard(self) -> FileLock:
         return FileLock(str(self.path) + ".lock")
 
-    def _read(self) -> dict[str, dict]:
+    def _read(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():
             return {}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
             raise LockFileError(
                 f"lock file {self.path} cannot be read as JSON ({e}); fix it or delete it to record anew"
             ) from None
@@ -68,12 +69,12 @@ class ChecksumLock:
                 raise LockFileError(f"lock file {self.path}: entry {key!r} needs 'sha256' (hex) and 'size' (bytes)")
         return files
 
-    def entry(self, key: str) -> dict | None:
+    def entry(self, key: str) -> dict[str, Any] | None:
         """The recorded ``{"sha256", "size", ...}`` of ``key``, or None."""
         with self._guard():
             return self._read().get(key)
 
-    def record(self, key: str, sha256: str, size: int) -> dict:
+    def record(self, key: str, sha256: str, size: int) -> dict[str, Any]:
         """Record ``key`` unless it is recorded already; returns the entry in force (a mismatch raises)."""
         with self._guard():
             files = self._read()
@@ -88,7 +89,7 @@ class ChecksumLock:
             self._write({"version": VERSION, "files": dict(sorted(files.items()))})
             return files[key]
 
-    def _write(self, doc: dict) -> None:
+    def _write(self, doc: dict[str, Any]) -> None:
         # A temporary beside the file, then one rename (the harness's files.py does the same; the
         # core cannot import it). Temporaries of writers that died are removed first.
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check(entry: dict, key: str, sha256: str, size: int, lock_path: Path, where: str = "") -> None:
+def check(entry: dict[str, Any], key: str, sha256: str, size: int, lock_path: Path, where: str = "") -> None:
     """Raise ChecksumError naming both values when a file differs from its lock entry."""
     if entry["sha256"] != sha256 or entry["size"] != size:
         raise ChecksumError(

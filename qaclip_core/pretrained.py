@@ -49,8 +49,8 @@ PUBLIC_HUB = "https://huggingface.co"
 
 
 def cache_root() -> Path:
-    """The package's cache folder: ``$QACLIP_CACHE`` or ``~/.cache/qaclip`` (read at call time)."""
-    return Path(os.environ.get("QACLIP_CACHE", Path.home() / ".cache" / "qaclip")).expanduser()
+    """The package's cache folder: ``$QACLIP_CACHE`` or ``~/.cache/qaclip`` (read at call time; empty is unset)."""
+    return Path(os.environ.get("QACLIP_CACHE", "").strip() or Path.home() / ".cache" / "qaclip").expanduser()
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +109,8 @@ def cached_sha256(path: Path) -> str:
         try:
             rec = json.loads(record_path(path).read_text())
             if rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns and _SHA256.match(rec["sha256"]):
-                return rec["sha256"]
+                out: str = rec["sha256"]
+                return out
         except (OSError, ValueError, KeyError, TypeError):
             pass
     digest = sha256_file(real)
@@ -283,10 +284,15 @@ def failure_reason(exc: BaseException) -> str:
     return detail
 
 
-def hub_exceptions() -> tuple:
+def hub_exceptions() -> tuple[type[BaseException], ...]:
     from huggingface_hub import errors as hf_errors
 
-    excs = [hf_errors.HfHubHTTPError, hf_errors.EntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError]
+    excs: list[type[BaseException]] = [
+        hf_errors.HfHubHTTPError,
+        hf_errors.EntryNotFoundError,
+        hf_errors.OfflineModeIsEnabled,
+        OSError,
+    ]
     try:
         import httpx2  # the HTTP client huggingface_hub 2.x uses
 
@@ -414,9 +420,10 @@ def fetch_hub_file(
             )
         # what the file must be: the card's pin, else the lock file's record, else the Hub's ETag
         entry = lock.entry(key) if lock is not None else None
+        want: str | None
         if expected:
             want, origin = expected, "the model card"
-        elif entry is not None:
+        elif entry is not None and lock is not None:
             want, origin = entry["sha256"], f"the lock file {lock.path}, entry {key!r}"
         else:
             want, origin = _hub_lfs_sha256(repo_id, filename, repo_type, revision, path, endpoint), "the Hub's LFS ETag"
@@ -436,7 +443,7 @@ def fetch_hub_file(
         return path
 
 
-def _orphaned_partials(local_dir: Path | None, filename: str, path: Path) -> list:
+def _orphaned_partials(local_dir: Path | None, filename: str, path: Path) -> list[Path]:
     """Partial downloads of this file left by killed processes (huggingface_hub never resumes them).
 
     huggingface_hub writes each download to a process-unique ``*.incomplete`` file and cannot

@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .errors import UnknownModelError
+from .errors import CardError, UnknownModelError
 
 CARDS_DIR = Path(__file__).parent / "cards"
 _CARD_DIRS: list[Path] = [CARDS_DIR]
@@ -37,13 +38,13 @@ class ModelCard:
     size: int | None = None  # bytes of the checkpoint file, pinned with sha256 (checked first: no hashing)
     checksum_source: str | None = None  # where sha256 and size were published
     params_m: float | None = None
-    aliases: tuple = ()
+    aliases: tuple[str, ...] = ()
     adapter: str = "native"  # the backend: a name of the entry-point group qaclip.backends, or module:attribute
     protocol: str | None = None
     test_only: bool = False
     preprocessing: str | None = None  # transformers-format models: "reference" or "processor"
     original: str | None = None  # the native card of the same weights (a transformers-format copy's .pt)
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def arch(self) -> str:
@@ -86,55 +87,77 @@ _KNOWN_KEYS = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
-def _card_from_yaml(raw: dict, source: Path) -> ModelCard:
+# a key's type when it is not a string (an optional key may be null)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "resolution": int,
+    "size": int,
+    "hub": dict,
+    "params_m": (int, float),
+    "aliases": list,
+    "test_only": bool,
+}
+
+
+def _card_from_yaml(raw: object, source: Path, index: int = 0) -> ModelCard:
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: models: each card must be a mapping of keys, got {type(raw).__name__} {raw!r:.60}")
+        raise CardError(f"{source}: models[{index}] must be a mapping (a card), got {type(raw).__name__} {raw!r:.60}")
     where = f"{source}: card {raw.get('name')!r}"
     unknown = set(raw) - _KNOWN_KEYS
     if unknown:
-        raise ValueError(f"{where} has unknown keys {sorted(unknown)} (known: {', '.join(sorted(_KNOWN_KEYS))})")
+        raise CardError(
+            f"{where} has unknown keys {sorted(map(str, unknown))} (known: {', '.join(sorted(_KNOWN_KEYS))})"
+        )
+    for key, value in raw.items():
+        kind = _TYPES.get(key, str)
+        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            raise CardError(
+                f"{source}: models[{index}].{key} must be {getattr(kind, '__name__', 'a number')}, got {value!r:.60}"
+            )
+    hub_values = (raw.get("hub") or {}).values()
+    if not all(isinstance(v, str) for v in [*hub_values, *(raw.get("aliases") or [])]):
+        raise CardError(f"{source}: models[{index}]: hub values and aliases must be strings")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"{where}: name must be letters, digits and . _ + - (it becomes a test id), got {name!r}")
+        raise CardError(f"{where}: name must be letters, digits and . _ + - (it becomes a test id), got {name!r}")
     if "adapter" in raw and "backend" in raw:
-        raise ValueError(f"{where}: give backend or its older spelling adapter, not both")
+        raise CardError(f"{where}: give backend or its older spelling adapter, not both")
     backend = raw.get("backend", raw.get("adapter", "native"))
     if not isinstance(backend, str) or not backend:
-        raise ValueError(f"{where}: backend must be a backend name or module:attribute, got {backend!r}")
+        raise CardError(f"{where}: backend must be a backend name or module:attribute, got {backend!r}")
     raw = dict(raw)
     if "arch" in raw:
         arch = raw.pop("arch")
         if "vision" in raw or "text" in raw or not isinstance(arch, str) or arch.count("@") != 1:
-            raise ValueError(f"{where}: arch must be VISION@TEXT (and replaces vision and text), got {arch!r}")
+            raise CardError(f"{where}: arch must be VISION@TEXT (and replaces vision and text), got {arch!r}")
         raw["vision"], raw["text"] = arch.split("@")
     if backend == "native":  # the core builds the model: its towers must exist, and fix the resolution
         from .model.config import arch_config
 
         if "vision" not in raw or "text" not in raw:
-            raise ValueError(f"{where} needs arch: VISION@TEXT (or vision and text), or a backend that builds it")
+            raise CardError(f"{where} needs arch: VISION@TEXT (or vision and text), or a backend that builds it")
         try:
             config = arch_config(f"{raw.get('vision')}@{raw.get('text')}")
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{where}: arch (or vision and text): {e.args[0] if e.args else e}") from None
+            raise CardError(f"{where}: arch (or vision and text): {e.args[0] if e.args else e}") from None
         raw.setdefault("resolution", config.vision.image_size)
     if raw.get("preprocessing") not in (None, "reference", "processor"):
-        raise ValueError(f"{where} has preprocessing {raw['preprocessing']!r}; expected 'reference' or 'processor'")
+        raise CardError(f"{where} has preprocessing {raw['preprocessing']!r}; expected 'reference' or 'processor'")
     sha256, size = raw.get("sha256"), raw.get("size")
     if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
-        raise ValueError(f"{where}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
+        raise CardError(f"{where}: sha256 must be 64 lower-case hex digits, got {sha256!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"{where}: size must be a positive number of bytes, got {size!r}")
+        raise CardError(f"{where}: size must be a positive number of bytes, got {size!r}")
     hub = raw.get("hub") or {}
     if not isinstance(hub, dict) or set(hub) - {"repo", "filename", "revision"}:
-        raise ValueError(f"{where}: hub must be {{repo, filename, revision}}, got {hub!r:.80}")
+        raise CardError(f"{where}: hub must be {{repo, filename, revision}}, got {hub!r:.80}")
     checkpoint = raw.get("checkpoint")
     if checkpoint is not None:
         if not isinstance(checkpoint, str) or not checkpoint.strip() or hub or raw.get("url"):
-            raise ValueError(f"{where}: checkpoint must be one local path (instead of hub or url), got {checkpoint!r}")
+            raise CardError(f"{where}: checkpoint must be one local path (instead of hub or url), got {checkpoint!r}")
         checkpoint = str((source.parent / Path(checkpoint).expanduser()).resolve())  # relative to the card file
     resolution = raw.get("resolution", 0)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
-        raise ValueError(f"{where}: resolution must be a number of pixels, got {resolution!r}")
+        raise CardError(f"{where}: resolution must be a number of pixels, got {resolution!r}")
     return ModelCard(
         name=name,
         family=str(raw.get("family", "custom")),
@@ -177,6 +200,23 @@ def register_card_dir(path: str | Path) -> None:
             _register_file(file)
 
 
+def load_card_file(path: str | Path) -> list[ModelCard]:
+    """The cards of a YAML file (``models: [...]``), checked; CardError naming the file and the card otherwise."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.MarkedYAMLError as e:
+        at = f" at line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        raise CardError(f"{path}: is not valid YAML{at}: {e.problem or e}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as e:
+        raise CardError(
+            f"{path}: cannot be read as YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models", []), list):
+        raise CardError(f"{path}: expected a mapping with a list under 'models' (models: [<card>, ...])")
+    return [_card_from_yaml(raw, path, i) for i, raw in enumerate(doc.get("models") or [])]
+
+
 def card_source(name: str) -> Path | None:
     """The card file that registered ``name`` (a card name or alias)."""
     return _SOURCES.get(name)
@@ -186,17 +226,13 @@ def _register_file(path: Path) -> list[ModelCard]:
     path = path.resolve()
     if path in _FILES:
         return _FILES[path]
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("models", []), list):
-        raise ValueError(f"{path}: expected a mapping with models: [<card>, ...]")
-    cards = [_card_from_yaml(raw, path) for raw in doc.get("models", [])]
+    cards = load_card_file(path)
     taken: dict[str, Path] = {}
     for card in cards:
         for label in (card.name, *card.aliases):
             if label in _SOURCES or label in taken:
                 other = _SOURCES.get(label) or taken[label]
-                raise ValueError(f"{path}: card {card.name!r}: name {label!r} is already taken by {other}")
+                raise CardError(f"{path}: card {card.name!r}: name {label!r} is already taken by {other}")
             taken[label] = path
     for card in cards:
         _CARDS[card.name] = card

@@ -125,7 +125,7 @@ class Tokenizer:
         self.sep_id = self.vocab["[SEP]"]
         self._word_ids = lru_cache(maxsize=262144)(self._wordpiece_ids)
 
-    def _wordpiece_ids(self, word: str) -> tuple:
+    def _wordpiece_ids(self, word: str) -> tuple[int, ...]:
         if len(word) > MAX_CHARS_PER_WORD:
             return (self.unk_id,)
         ids = []
@@ -156,7 +156,7 @@ class Tokenizer:
         """WordPiece tokens of ``text``."""
         return [self.inv_vocab[i] for i in self.encode(text)]
 
-    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
+    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
         """[N, context_length] ids: [CLS] + ids[:context_length - 2] + [SEP], zero padded."""
         if isinstance(texts, (str, bytes)):
             texts = [texts]
@@ -195,6 +195,6 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.LongTensor:
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
     """Token ids [N, context_length] for a string or a list of strings, as ``cn_clip.tokenize`` gives."""
     return default_tokenizer()(texts, context_length)

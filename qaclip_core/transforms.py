@@ -27,14 +27,14 @@ class ClipImageTransform(Compose):
         self.image_size = image_size
         self.resize = Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
         self.normalize = Normalize(MEAN, STD)
-        super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])
+        super().__init__([self.resize, to_rgb, ToTensor(), self.normalize])  # type: ignore[no-untyped-call]  # torchvision: no annotations
         # the same float32 constants and the same three rounded operations as ToTensor + Normalize
         self._mean = np.asarray(self.normalize.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.normalize.std, dtype=np.float32).reshape(3, 1, 1)
-        self._tables: dict = {}  # device -> the [3 * 256] lookup table of from_pixels
+        self._tables: dict[torch.device, torch.Tensor] = {}  # device -> the [3 * 256] lookup table of from_pixels
 
     @property
-    def output_shape(self) -> tuple:
+    def output_shape(self) -> tuple[int, int, int]:
         """Shape of one transformed image."""
         return (3, self.image_size, self.image_size)
 
@@ -70,7 +70,8 @@ class ClipImageTransform(Compose):
             table = self.normalize(ToTensor()(Image.fromarray(ramp))).reshape(3 * 256).to(batch.device)
             self._tables[batch.device] = table
         offsets = torch.arange(0, 3 * 256, 256, device=batch.device).view(1, 3, 1, 1)
-        return table.take(batch.permute(0, 3, 1, 2).to(torch.int64) + offsets)
+        out: torch.Tensor = table.take(batch.permute(0, 3, 1, 2).to(torch.int64) + offsets)
+        return out
 
 
 def image_transform(image_size: int = 224) -> ClipImageTransform:

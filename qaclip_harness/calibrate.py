@@ -171,9 +171,9 @@ def _calibrate_each(
                 from qaclip_harness.fixture.hf import write_converted
 
                 backend(card.adapter).module.import_transformers()
-                if not (scratch / "converted" / card.hub_repo).is_dir():
+                if not (scratch / "converted" / str(card.hub_repo)).is_dir():
                     write_converted(scratch / "converted")
-                path = scratch / "converted" / card.hub_repo
+                path = scratch / "converted" / str(card.hub_repo)
             else:
                 path = fetch_weights(card, download_root=checkpoint_dir)
         except (DatasetMissingError, DownloadError, MissingDependencyError) as e:

@@ -22,5 +22,9 @@ class ExportError(QAClipError, ValueError):
     """An ONNX export that cannot be made, or an export folder that is missing, damaged or not the one asked for."""
 
 
+class ExportParityError(ExportError):
+    """A fresh ONNX export whose features disagree with the eager model's (the export parity gate's verdict)."""
+
+
 class UnsupportedError(QAClipError):
     """A combination this run cannot do (a backend for another model family, a precision it has no export for)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_yaml
 
 METRIC_ORDER = {
     "retrieval": [
@@ -71,6 +72,15 @@ class Source:
     build: str | None = None
 
 
+@dataclass(frozen=True)
+class DecisionsRef:
+    """The reference's per-item decisions of a case (``decisions: {file, sha256}``, the file relative to the YAML)."""
+
+    path: Path
+    sha256: str
+    key: str  # where the expected file names it (models.<model>.decisions)
+
+
 CROSS_BUILD = "cross_build"  # tolerance group used when the data is not the gate source's build
 
 
@@ -106,8 +116,10 @@ class ExpectedCase:
     # near-ties of the measured CPU noise for the qaclip_core model run eagerly on the CPU (which reference-<model>
     # holds to that noise), and those of the wider parity bound for any other run (a GPU, ONNX, transformers, compile)
     off_cpu: dict[str, dict[str, Tolerance]] = field(default_factory=dict, repr=False)
+    # the reference's decision for every item (qaclip_harness.gates.decisions); None: only totals exist
+    decisions: DecisionsRef | None = None
     # the provenance block of numbers written by `qaclip record` (checkpoint sha256, data fingerprint, ...)
-    recorded: dict = field(default_factory=dict, repr=False)
+    recorded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gate_for(self, build: str | None) -> GateDecision:
         """The gate source for data of ``build`` (None: unknown).
@@ -239,21 +251,27 @@ def _mapping(value: object, where: str, path: Path) -> dict:
 def _number(value: object, where: str, path: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ExpectedFileError(f"{path}: {where} must be a number, got {value!r:.60}")
+    if not math.isfinite(value):
+        raise ExpectedFileError(f"{path}: {where} must be a finite number, got {value!r:.60}")
     return float(value)
 
 
+def _name(key: object, where: str, path: Path) -> str:
+    """A key that names something (a model, source, precision, metric): one printable line, as a string."""
+    text = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else ""
+    if not text or not text.isprintable() or text.strip() != text:
+        raise ExpectedFileError(f"{path}: {where} holds the key {key!r:.60}, which is not a name (one printable line)")
+    return text
+
+
+def _text(value: object, where: str, path: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ExpectedFileError(f"{path}: {where} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExpectedFileError(f"{path}: cannot be read ({e})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ExpectedFileError(f"{path}: is not valid YAML{where}: {problem}") from None
+    doc = read_yaml(path, ExpectedFileError)  # strict: a key given twice, deep nesting, expanding aliases refused
     if doc is None:
         raise ExpectedFileError(f"{path}: is empty; expected the keys {', '.join(_TOP_KEYS)}")
     if not isinstance(doc, dict):
@@ -263,20 +281,21 @@ def _read_yaml(path: Path) -> dict:
     return doc
 
 
-_ENTRY_KEYS = ("gate", "report_only", "tolerance", "tolerance_off_cpu", "near_ties")
+_ENTRY_KEYS = ("gate", "report_only", "tolerance", "tolerance_off_cpu", "near_ties", "decisions")
 REQUIREMENTS = ("backend", "precision")  # run settings an expected file may require
 
 
 def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
     """``id: citation`` or ``id: {cite: ..., build: <data build>}``."""
     out: dict[str, Source] = {}
-    for name, raw_value in _mapping(raw, "sources", path).items():
+    for key, raw_value in _mapping(raw, "sources", path).items():
+        name = _name(key, "sources", path)
         if isinstance(raw_value, str):
             out[str(name)] = Source(raw_value)
             continue
         value = _mapping(raw_value, f"sources.{name}", path)
         unknown = set(value) - {"cite", "build"}
-        if unknown or not isinstance(value.get("cite"), str):
+        if unknown or not isinstance(value.get("cite"), str) or not isinstance(value.get("build") or "", str):
             raise ExpectedFileError(
                 f"{path}: sources.{name} must be a citation or {{cite: <text>, build: <data build>}}"
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
@@ -287,9 +306,11 @@ def _parse_sources(raw: object, path: Path) -> dict[str, Source]:
 
 def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict[str, dict[str, Tolerance]]:
     out: dict[str, dict[str, Tolerance]] = {}
-    for prec, table in _mapping(raw, where, path).items():
+    for prec_key, table in _mapping(raw, where, path).items():
+        prec = _name(prec_key, where, path)
         out[str(prec)] = {}
-        for name, raw_tol in _mapping(table, f"{where}.{prec}", path).items():
+        for key, raw_tol in _mapping(table, f"{where}.{prec}", path).items():
+            name = _name(key, f"{where}.{prec}", path)
             where_tol = f"{where}.{prec}.{name}"
             tol = _mapping(raw_tol, where_tol, path)
             if "abs" not in tol or "why" not in tol:
@@ -299,8 +320,8 @@ def _parse_tolerances(raw: object, path: Path, where: str = "tolerance") -> dict
             value = _number(tol["abs"], f"{where_tol}.abs", path)
             if value < 0:
                 raise ExpectedFileError(f"{path}: {where_tol}.abs must not be negative, got {value}")
-            if not str(tol["why"]).strip():
-                raise ExpectedFileError(f"{path}: {where_tol}.why is empty: a tolerance needs its reason")
+            if not isinstance(tol["why"], str) or not tol["why"].strip():
+                raise ExpectedFileError(f"{path}: {where_tol}.why must say where the number comes from (a string)")
             out[str(prec)][str(name)] = Tolerance(value, str(tol["why"]))
     return out
 
@@ -311,7 +332,9 @@ def _parse(path: Path) -> list[ExpectedCase]:
     if missing:
         raise ExpectedFileError(f"{path}: missing top-level key(s) {', '.join(repr(k) for k in missing)}")
     if doc["kind"] not in _KINDS:
-        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r}")
+        raise ExpectedFileError(f"{path}: kind must be one of {', '.join(_KINDS)}, got {doc['kind']!r:.60}")
+    for key in ("dataset", "split"):
+        _text(doc[key], key, path)
     sources = _parse_sources(doc["sources"], path)
     tolerances = _parse_tolerances(doc["tolerance"], path)
     requires = doc.get("requires") or {}
@@ -321,23 +344,29 @@ def _parse(path: Path) -> list[ExpectedCase]:
             f"(e.g. backend: onnx), got {requires!r}"
         )
     cases = []
-    for model, raw_entry in _mapping(doc["models"], "models", path).items():
+    for model_key, raw_entry in _mapping(doc["models"], "models", path).items():
+        model = _name(model_key, "models", path)
         entry = _mapping(raw_entry, f"models.{model}", path)
         if "measured_only" in entry:
             cases.append(_measured_only_case(doc, str(model), entry, dict(sources), tolerances, path))
             continue
-        gate = entry.get("gate")
+        gate = _text(entry.get("gate"), f"models.{model}.gate", path)
         report_only = entry.get("report_only")
+        if report_only is not None and not isinstance(report_only, str):
+            raise ExpectedFileError(
+                f"{path}: models.{model}.report_only must say why (a string), got {report_only!r:.60}"
+            )
         case_tolerances = tolerances
         if "tolerance" in entry:  # a model's own tolerances (its protocol is less certain), over the file's
             own = _parse_tolerances(entry["tolerance"], path, where=f"models.{model}.tolerance")
             case_tolerances = {p: {**tolerances.get(p, {}), **own.get(p, {})} for p in set(tolerances) | set(own)}
         values: dict[str, dict[str, float]] = {}
-        for source, vals in entry.items():
-            if source in _ENTRY_KEYS:
+        for source_key, vals in entry.items():
+            if source_key in _ENTRY_KEYS:
                 continue
+            source = _name(source_key, f"models.{model}", path)
             values[source] = {
-                str(m): _number(v, f"models.{model}.{source}.{m}", path)
+                _name(m, f"models.{model}.{source}", path): _number(v, f"models.{model}.{source}.{m}", path)
                 for m, v in _mapping(vals, f"models.{model}.{source}", path).items()
             }
         if gate not in values:
@@ -357,6 +386,7 @@ def _parse(path: Path) -> list[ExpectedCase]:
             raise ExpectedFileError(
                 f"{path}: models.{model}.near_ties must map metrics to lists of items, got {near!r:.60}"
             )
+        decisions = _parse_decisions(entry.get("decisions"), f"models.{model}.decisions", path)
         case = ExpectedCase(
             str(doc["dataset"]),
             str(model),
@@ -369,8 +399,14 @@ def _parse(path: Path) -> list[ExpectedCase]:
             path,
             report_only=str(report_only).strip() if report_only else None,
             requires=dict(requires),
-            near_ties={str(k): [str(i) for i in v] for k, v in near.items()},
+            near_ties={
+                _name(k, f"models.{model}.near_ties", path): [
+                    _name(i, f"models.{model}.near_ties.{k}", path) for i in v
+                ]
+                for k, v in near.items()
+            },
             off_cpu=off_cpu,
+            decisions=decisions,
             recorded=doc["recorded"] if isinstance(doc.get("recorded"), dict) else {},
         )
         for prec in case_tolerances:
@@ -384,6 +420,20 @@ def _parse(path: Path) -> list[ExpectedCase]:
                     ) from None
         cases.append(case)
     return cases
+
+
+def _parse_decisions(raw: object, where: str, path: Path) -> DecisionsRef | None:
+    """``decisions: {file: <path relative to the expected file>, sha256: <64 hex digits>}``, or absent."""
+    if raw is None:
+        return None
+    ok = isinstance(raw, dict) and set(raw) == {"file", "sha256"} and isinstance(raw.get("file"), str)
+    digest = str(raw.get("sha256", "")) if isinstance(raw, dict) else ""
+    if not ok or not isinstance(raw, dict) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ExpectedFileError(
+            f"{path}: {where} must be {{file: <reference-decisions file, relative to this file>, sha256: <64 hex "
+            f"digits>}}, got {raw!r:.80}"
+        )
+    return DecisionsRef(path.parent / raw["file"], digest, where)
 
 
 def check_against_catalog(cases: list[ExpectedCase]) -> None:

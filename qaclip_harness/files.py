@@ -31,7 +31,8 @@ def temp_path(target: PathLike, folder: bool = False) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp{'dir' if folder else ''}")
 
 
-def _why(e: OSError) -> str:
+def why_not_written(e: OSError) -> str:
+    """Why a write failed, in words (a full disk and a file size limit named as such)."""
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
     if e.errno == errno.EFBIG:
@@ -52,7 +53,7 @@ def atomic_write_bytes(target: PathLike, data: bytes) -> Path:
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {target}: {_why(e)}") from None
+        raise OutputError(f"cannot write {target}: {why_not_written(e)}") from None
     return target
 
 
@@ -76,16 +77,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: PathLike) -> list[Path]:
-    """Remove the temporaries in ``folder`` whose writing process no longer exists; returns what was removed."""
+def remove_stale_temporaries(folder: PathLike, pattern: re.Pattern[str] = _TEMP) -> list[Path]:
+    """Remove the temporaries in ``folder`` whose writing process no longer exists; returns what was removed.
+
+    ``pattern`` matches a temporary's name and captures its writer's process id as ``pid`` (by default
+    this module's ``.<name>.<pid>.tmp`` and ``.tmpdir``).
+    """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP.match(entry.name)
+        m = pattern.match(entry.name)
         if m is None or int(m.group("pid")) == os.getpid() or _alive(int(m.group("pid"))):
             continue
         try:

@@ -12,7 +12,7 @@ MIN_TRANSFORMERS = "4.40"
 
 def version_tuple(version: str) -> tuple[int, ...]:
     """Leading release numbers only: ``"4.40.0.dev0"`` -> (4, 40, 0), ``"5.0.0rc1"`` -> (5, 0, 0)."""
-    return tuple(int(n) for n in re.findall(r"\d+", re.match(r"^[\d.]*", version).group(0))[:3])
+    return tuple(int(n) for n in re.findall(r"\d+", re.sub(r"[^\d.].*", "", version, flags=re.S))[:3])
 
 
 def import_transformers(family: str, hint: str, minimum: str = MIN_TRANSFORMERS, extra: str = "") -> Any:

@@ -6,9 +6,11 @@ expected, before any model is built or any data is read.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from qaclip_core.errors import QAClipError
 
@@ -142,17 +144,79 @@ def output_file(value: str | Path | None, option: str) -> Path | None:
     return path
 
 
-def cache_folder(sub: str) -> Path:
-    """``<package cache>/<sub>`` (``$QACLIP_CACHE`` or ``~/.cache/qaclip``), created and probed; errors name ``QACLIP_CACHE``."""
-    import os
+CACHE_ENV = "QACLIP_CACHE"
+CACHE_BUDGET_ENV = "QACLIP_CACHE_BUDGET_GB"
 
+
+def _cache_name() -> str:
+    root = os.environ.get(CACHE_ENV, "").strip()
+    return CACHE_ENV if root else "the package cache (QACLIP_CACHE unset, default ~/.cache/qaclip)"
+
+
+def package_cache(write: bool) -> Path:
+    """The package cache folder (``$QACLIP_CACHE`` or ``~/.cache/qaclip``), checked now: never a file or under one;
+    with ``write`` created and probed (a read-only folder fails here, not inside a case). Errors name QACLIP_CACHE."""
     from qaclip_core.pretrained import cache_root
 
-    root = os.environ.get("QACLIP_CACHE", "").strip()
-    name = "QACLIP_CACHE" if root else "the package cache (QACLIP_CACHE unset, default ~/.cache/qaclip)"
-    if root and Path(root).expanduser().is_file():
-        raise OptionError(name, root, f"expected a folder, but {Path(root).expanduser()} is a file")
-    return new_output_folder(cache_root() / sub, name)
+    path, name = cache_root(), _cache_name()
+    value = os.environ.get(CACHE_ENV, "").strip() or str(path)
+    if path.exists() and not path.is_dir():
+        raise OptionError(name, value, f"expected a folder, but {path} is a file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise OptionError(name, value, f"cannot create the folder {path}: {ancestor} is a file, not a folder")
+    if write:
+        new_output_folder(path, name)
+    return path
+
+
+def cache_budget_gb() -> float | None:
+    """``QACLIP_CACHE_BUDGET_GB`` checked: a finite number of gigabytes, at least 0 (None when unset)."""
+    import math
+
+    raw = os.environ.get(CACHE_BUDGET_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OptionError(CACHE_BUDGET_ENV, raw, "expected a number of gigabytes >= 0 (e.g. 64)") from None
+    if not math.isfinite(value * 1e9) or value < 0:
+        raise OptionError(CACHE_BUDGET_ENV, raw, "expected a finite number of gigabytes >= 0 (e.g. 64)")
+    return value
+
+
+def cache_folder(sub: str) -> Path:
+    """``<package cache>/<sub>`` (``$QACLIP_CACHE`` or ``~/.cache/qaclip``), created and probed; errors name ``QACLIP_CACHE``."""
+    folder = new_output_folder(package_cache(write=False) / sub, _cache_name())
+    return cast(Path, folder)  # a value gives a folder, never None
+
+
+RUN_NAME_MAX = 200  # bytes: with the time stamp before it, within a file system's 255 per folder name
+
+
+def run_name(value: str, option: str = "--name") -> str:
+    """One folder name for a kept run (``<time>-<name>``): not empty, no path separator, no control character."""
+    text = str(value)
+    if not text.strip():
+        raise OptionError(option, value, "expected a name for the run (e.g. the commit), got an empty one")
+    bad = sorted({c for c in text if c in "/\\" or not c.isprintable()})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise OptionError(
+            option,
+            value,
+            f"must be one folder name, without path separators or control characters (found {shown}); "
+            "replace them, e.g. '/' with '-'",
+        )
+    if text.strip(".") == "":
+        raise OptionError(option, value, "expected a name (e.g. the commit), not only dots")
+    size = len(text.encode("utf-8"))
+    if size > RUN_NAME_MAX:
+        raise OptionError(option, value[:40] + "...", f"is {size} bytes long; at most {RUN_NAME_MAX}")
+    return text
 
 
 def architecture(value: str, option: str = "--arch") -> str:

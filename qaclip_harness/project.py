@@ -57,9 +57,10 @@ def _toml() -> Any:
         import tomllib
 
         return tomllib
-    import tomli  # the same parser, for Python 3.9 and 3.10 (a dependency there)
+    else:  # the same parser, for Python 3.9 and 3.10 (a dependency there); mypy checks one version's branch
+        import tomli  # type: ignore[import-not-found,unused-ignore]  # installed only on Python < 3.11
 
-    return tomli
+        return tomli
 
 
 def find_pyproject(start: str | Path) -> Path | None:

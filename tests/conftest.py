@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
 from pathlib import Path
 
 import huggingface_hub.constants  # noqa: F401
+import pytest
 from PIL import Image, ImageDraw
 
 from .data import EXAMPLE_IMAGE
@@ -15,6 +18,30 @@ from .data import EXAMPLE_IMAGE
 # leave every later download of the session offline.
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE_INSTALL = "pip install --no-deps cn_clip==1.6.0 six"
+
+
+def require_reference(allow_module_level: bool = False) -> None:
+    """Skip, naming it, unless cn_clip (the reference implementation, the tests' oracle) is installed.
+
+    Under QACLIP_REQUIRE_REFERENCE=1, which .ci/run sets after tox has installed it, its absence fails instead:
+    CI must not pass by skipping every comparison with the reference. Tests that import it inside call this (or
+    carry the ``reference`` marker, which does the same before they run); modules that import it at the top call
+    it first, with ``allow_module_level=True``.
+    """
+    if importlib.util.find_spec("cn_clip") is not None:
+        return
+    reason = f"needs cn_clip, the reference implementation (the test oracle): {REFERENCE_INSTALL}"
+    if os.environ.get("QACLIP_REQUIRE_REFERENCE", "") not in ("", "0"):
+        pytest.fail(f"QACLIP_REQUIRE_REFERENCE is set but this test {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``reference`` skip (or, under QACLIP_REQUIRE_REFERENCE=1, fail) without cn_clip."""
+    if item.get_closest_marker("reference") is not None:
+        require_reference()
+
 
 CAPTIONS = [
     "杰尼龟",

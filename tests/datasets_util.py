@@ -17,6 +17,8 @@ import lmdb
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tests.conftest import require_reference
+
 # ids on both sides of 9 / 99 / 999 so that byte order differs from numeric order
 IMAGE_IDS = [
     3,
@@ -104,6 +106,7 @@ def _quiet_run_module(module: str, argv: list[str]) -> None:
 
 def build_with_reference(data_dir: Path, split: str, images: Mapping[int, bytes], texts: Iterable[dict]) -> Path:
     """Write ``<split>_imgs.tsv`` + ``<split>_texts.jsonl`` and run cn_clip's build_lmdb_dataset on them."""
+    require_reference()
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / f"{split}_imgs.tsv", "w", encoding="utf-8") as f:
         for image_id, data in images.items():
@@ -117,6 +120,7 @@ def build_with_reference(data_dir: Path, split: str, images: Mapping[int, bytes]
 
 def reference_tr_annotation(texts_jsonl: Path) -> list[dict]:
     """cn_clip's transform_ir_annotation_to_tr output for ``texts_jsonl`` (image_id -> text_ids lines)."""
+    require_reference()
     _quiet_run_module("cn_clip.eval.transform_ir_annotation_to_tr", ["--input", str(texts_jsonl)])
     out = Path(str(texts_jsonl).replace(".jsonl", "") + ".tr.jsonl")
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -152,6 +156,7 @@ def write_features(path: Path, key: str, ids: Sequence[int], feats: np.ndarray) 
 
 def run_reference_topk(script: str, image_feats: Path, text_feats: Path, out: Path, k: int = 10) -> list[dict]:
     """Run cn_clip's make_topk_predictions(_tr) on the CPU (``Tensor.cuda`` patched to a no-op)."""
+    require_reference()
     import torch
 
     cuda = torch.Tensor.cuda
@@ -177,6 +182,7 @@ def run_reference_topk(script: str, image_feats: Path, text_feats: Path, out: Pa
 
 def reference_functions(module: str, names: Sequence[str], namespace: dict | None = None) -> dict:
     """Compile just the named top-level functions of a cn_clip module (whose imports may be unavailable)."""
+    require_reference()
     import importlib.util
 
     spec = importlib.util.find_spec(module)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import require_reference
+
 # name fragments of normalisation layers (their weight is a scale, so it is drawn around 1)
 _NORM_MARKERS = ("bn", "ln_", "LayerNorm", "downsample.1", "layer_norm", "layernorm", "layrnorm")
 
@@ -64,6 +66,7 @@ def reference_model(arch: str, seed: int = 0) -> torch.nn.Module:
     Architectures cn_clip ships no config for (the fixture) are built from our config through
     :func:`qaclip_core.model.config.reference_kwargs`.
     """
+    require_reference()
     from cn_clip.clip.model import CLIP as RefCLIP
     from cn_clip.clip.model import convert_weights
     from cn_clip.clip.utils import create_model
@@ -99,6 +102,7 @@ def save_reference_checkpoint(model: torch.nn.Module, path: Path, ddp_prefix: bo
 
 def reference_with_checkpoint(arch: str, path: Path, seed: int = 0) -> tuple[torch.nn.Module, Path]:
     """A random reference model in fp32 (as its eval scripts run it) and its checkpoint on disk."""
+    require_reference()
     model = reference_model(arch, seed)
     save_reference_checkpoint(model, path)
     return model.float(), path

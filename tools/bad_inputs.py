@@ -40,8 +40,10 @@ import torch  # noqa: E402
 
 from qaclip_harness.fixture import ARCH, CHECKPOINT  # noqa: E402
 from qaclip_harness.fixture.shapes import write_shapes_dataset  # noqa: E402
+from tests.hostile import HOSTILE, hostile_report, markdown_problems, markup_problems  # noqa: E402
 
 TRACEBACK = "Traceback (most recent call last)"
+SERVERS: list = []  # local hubs the faults' builds started, closed at the end
 HF_MODEL = "hf-fixture-tiny"  # the fixture's transformers-format copy
 LEFTOVER_PATTERNS = ("*.incomplete", "*.tmp", "*.tmpdir", ".*.tmp-*", ".*.extract-*", "*.part", ".qaclip-write-test-*")
 
@@ -57,6 +59,13 @@ class Fault:
     needles: tuple[str, ...] = ()
     must_not_exist: tuple[str, ...] = ()  # paths (relative to the fault's folder) that must not appear
     read_only: bool = False  # runs where mode bits bind: a fresh interpreter without root's overriding capabilities
+    forbidden: tuple[str, ...] = ()  # text the output must not hold (a message blaming the wrong thing)
+    verify: Callable[[Path], list[str]] | None = None  # problems in what the run wrote into the fault's folder
+    file_size_limit: int | None = None  # RLIMIT_FSIZE of the child (bytes): a disk that fills up
+    # a fresh interpreter even under --isolation fork: a forked child holds this tool's modules, which the
+    # feature cache's key counts (every loaded module from outside a distribution), so it would miss what a
+    # fresh run stored
+    fresh: bool = False
 
 
 @dataclass
@@ -70,11 +79,18 @@ class Outcome:
     leftovers: list[str]
     seconds: float
     output: str = field(repr=False, default="")
+    problems: list[str] = field(default_factory=list)  # forbidden text in the output, what verify found
 
     @property
     def clean(self) -> bool:
-        """Expected exit code, no traceback, the culprit named, nothing left behind."""
-        return self.code in self.fault.codes and not self.traceback and not self.missing_needles and not self.leftovers
+        """Expected exit code, no traceback, the culprit named, nothing left behind, nothing else wrong."""
+        return (
+            self.code in self.fault.codes
+            and not self.traceback
+            and not self.missing_needles
+            and not self.leftovers
+            and not self.problems
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,12 +238,12 @@ def faults(base: Base) -> list[Fault]:
     F = Fault
     out: list[Fault] = []
 
-    def cli(name, args_fn, codes=(2,), needles=(), must_not_exist=(), env=None):
+    def cli(name, args_fn, codes=(2,), needles=(), must_not_exist=(), env=None, **more):
         def build(d: Path):
             data = base.data_copy(d)
             return args_fn(d, data), dict(env or {})
 
-        out.append(F(name, "cli", build, codes, needles, must_not_exist))
+        out.append(F(name, "cli", build, codes, needles, must_not_exist, **more))
 
     # options, checked when parsed
     cli("--batch-size 0", lambda d, data: _cli(data, "--batch-size", "0"), needles=("--batch-size",))
@@ -790,8 +806,8 @@ def faults(base: Base) -> list[Fault]:
     )
 
     # the suite
-    def suite(name, build, codes, needles=(), must_not_exist=(), read_only=False):
-        out.append(F(name, "suite", build, codes, needles, must_not_exist, read_only))
+    def suite(name, build, codes, needles=(), must_not_exist=(), read_only=False, **more):
+        out.append(F(name, "suite", build, codes, needles, must_not_exist, read_only, **more))
 
     suite(
         "suite --batch-size 0", lambda d: (_suite("--collect-only", "--batch-size", "0"), {}), (4,), ("--batch-size",)
@@ -977,6 +993,7 @@ def faults(base: Base) -> list[Fault]:
         (1,),
         ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"),
     )
+    round_four(base, cli, suite, a_file, read_only_dir)
     return out + project_faults(base) + shard_faults()
 
 
@@ -1415,6 +1432,175 @@ def project_faults(base: Base) -> list[Fault]:
     return out
 
 
+def round_four(base: Base, cli: Callable, suite: Callable, a_file: Callable, read_only_dir: Callable) -> None:
+    """Round four: markup from report.json and cache records, keep-run names, the cache's settings, fetch debris."""
+
+    # ---- markup read from a report reaches no page, summary or table --------------------------------
+    def history_args(d: Path, *extra: str) -> list[str]:
+        # one run: its page shows every field (tests/harness/test_report_escaping.py draws two, with what moved)
+        run = hostile_report(d / "current", time="2026-05-02T00:00:00")
+        return ["-m", "qaclip_harness", "history", str(run), *extra]
+
+    def page_problems(d: Path) -> list[str]:
+        page = markup_problems((d / "page.html").read_text(encoding="utf-8"))
+        return page + markdown_problems((d / "history.md").read_text(encoding="utf-8"), expect="")
+
+    cli(
+        "history --html of a report.json full of markup",
+        lambda d, data: history_args(d, "--html", str(d / "page.html"), "--markdown", str(d / "history.md")),
+        codes=(0,),
+        needles=("written: ", "page.html"),
+        verify=page_problems,
+    )
+    cli(
+        "history --html FILE is a folder",
+        lambda d, data: history_args(d, "--html", str(d)),
+        needles=("--html", "is a folder"),
+    )
+
+    def hostile_cache_records(d: Path):
+        """One run fills the cache; its feature records' ``run`` is then markup: the next run's report.md shows it."""
+        selection = ["-k", "test_retrieval and fixture-shapes-fixture-tiny and not rn"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
+        env.update(HF_HUB_OFFLINE="1", QACLIP_CACHE=str(d / "qaclip-cache"), OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # as the fault's run
+        first = subprocess.run(
+            [sys.executable, *_suite(*selection)], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        )
+        if first.returncode != 0:
+            raise RuntimeError(f"the run filling the cache failed:\n{first.stdout[-2000:]}")
+        for record in (d / "qaclip-cache" / "features").glob("*.json"):
+            doc = json.loads(record.read_text(encoding="utf-8"))
+            doc["run"] = f"{HOSTILE[0]} | {HOSTILE[5]}"
+            record.write_text(json.dumps(doc), encoding="utf-8")
+        return _suite(*selection, "--report", str(d / "report")), {}
+
+    def report_md_problems(d: Path) -> list[str]:
+        text = (d / "report" / "report.md").read_text(encoding="utf-8")
+        found = markdown_problems(text)
+        return found + ([] if "features reused from" in text else ["report.md does not say the features were reused"])
+
+    suite(
+        "suite report.md from a cache record whose run is markup",
+        hostile_cache_records,
+        (0,),
+        ("1 passed",),
+        verify=report_md_problems,
+        fresh=True,
+    )
+
+    # ---- keep-run: --name is one folder name, STORE a folder --------------------------------------
+    def keep(d: Path, name: str, store: Path | None = None) -> list[str]:
+        hostile_report(d / "run")
+        return ["-m", "qaclip_harness", "keep-run", str(d / "run"), str(store or d / "h" / "store"), "--name", name]
+
+    def nothing_kept(d: Path) -> list[str]:
+        store = d / "h" / "store"
+        kept = sorted(str(p.relative_to(d)) for p in store.rglob("*")) if store.is_dir() else []
+        outside = sorted(str(p.relative_to(d)) for p in d.rglob("x") if "run" not in p.parts)
+        return [f"kept: {p}" for p in kept + outside]
+
+    for name in ("../../x", "../../../x", "a/b", "/abs/x", ""):
+        cli(
+            f"keep-run --name {name!r}",
+            lambda d, data, name=name: keep(d, name),
+            needles=("--name",),
+            verify=nothing_kept,
+        )
+    cli(
+        "keep-run STORE is a file",
+        lambda d, data: keep(d, "main-1", a_file(d)),
+        needles=("STORE", "is a file"),
+    )
+
+    # ---- the cache's settings: one line at configure, for every backend ---------------------------
+    suite(
+        "suite QACLIP_CACHE a file (default backend)",
+        lambda d: (_suite("--collect-only"), {"QACLIP_CACHE": str(a_file(d))}),
+        (4,),
+        ("QACLIP_CACHE", "is a file"),
+    )
+    suite(
+        "suite QACLIP_CACHE under a read-only folder",
+        lambda d: (_suite("--collect-only"), {"QACLIP_CACHE": str(read_only_dir(d) / "cache")}),
+        (4,),
+        ("QACLIP_CACHE", "Permission denied"),
+        read_only=True,
+    )
+    for value in ("abc", "-1", "nan"):
+        suite(
+            f"suite QACLIP_CACHE_BUDGET_GB={value}",
+            lambda d, value=value: (_suite("--collect-only"), {"QACLIP_CACHE_BUDGET_GB": value}),
+            (4,),
+            ("QACLIP_CACHE_BUDGET_GB", repr(value)),
+        )
+
+    # ---- debris: a full disk, a killed fetch, a server that ignores Range ---------------------------
+    suite(
+        "suite fixture data on a full disk",
+        lambda d: (_suite("-k", "test_retrieval and fixture-shapes-fixture-tiny and not rn"), {}),
+        (1,),
+        ("cannot write the fixture data into", "fixture-data", "1 failed"),
+        forbidden=("lmdb.Error",),
+        file_size_limit=100_000,
+    )
+
+    def elevater_hub(d: Path, **faults) -> str:
+        from qaclip_harness.fetch.local_hub import serve_directory
+        from tests.datasets_util import elevater_all_zip
+
+        archive = d / "hub" / "datasets" / "OFA-Sys" / "chinese-clip-eval" / "ELEVATER_all.zip"
+        elevater_all_zip({"kitti-distance": _elevater(base.data)}, archive)
+        hub = serve_directory(d / "hub", **faults)
+        SERVERS.append(hub)
+        return hub.endpoint
+
+    online = {"HF_HUB_OFFLINE": "0"}
+
+    def killed_fetch(d: Path, data: Path) -> list[str]:
+        """A fetch of kitti-distance killed with kill -9 while it unpacks; the next run (this fault) fetches again."""
+        shutil.rmtree(_elevater(data))
+        endpoint = elevater_hub(d, chunk_delay=30.0)  # the first range request hangs: time to kill it
+        env = {**os.environ, **online, "QACLIP_HF_ENDPOINT": endpoint}
+        code = (
+            "import sys; from qaclip_harness.data.catalog import get_dataset\n"
+            "from qaclip_harness.fetch.datasets import ensure_dataset\n"
+            "ensure_dataset(get_dataset('kitti-distance'), sys.argv[1], download=True)\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code, str(data)], cwd=REPO, env=env)
+        deadline = time.monotonic() + 120
+        while not list((data / "datasets").glob(".kitti-distance.extract-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.kill()  # SIGKILL: no clean-up runs
+        child.wait()
+        if not list((data / "datasets").glob(f".kitti-distance.extract-{child.pid}")):
+            raise RuntimeError("the killed fetch left no staging folder: the fault was not set up")
+        SERVERS[-1].set_faults()
+        return _cli(data, "--download", "--json", dataset="kitti-distance")
+
+    cli(
+        "ELEVATER fetch killed with kill -9, run again",
+        killed_fetch,
+        codes=(0,),
+        needles=('"top1"',),
+        env={**online, "QACLIP_HF_ENDPOINT": "__ENDPOINT__"},
+    )
+
+    def ignored_range(d: Path, data: Path) -> list[str]:
+        shutil.rmtree(_elevater(data))
+        elevater_hub(d, ignore_range=True)
+        return _cli(data, "--download", dataset="kitti-distance")
+
+    cli(
+        "ELEVATER server ignores Range",
+        ignored_range,
+        needles=("ignored the byte range", "ELEVATER_all.zip", "download ELEVATER_all.zip whole"),
+        must_not_exist=("data/datasets/kitti-distance",),
+        forbidden=("damaged", "Bad magic number"),
+        env={**online, "QACLIP_HF_ENDPOINT": "__ENDPOINT__"},
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # running
 
@@ -1425,13 +1611,24 @@ def _leftovers(d: Path, fault: Fault) -> list[str]:
     return sorted(found)
 
 
-def _forked_child(argv: list[str], cwd: Path, env: dict[str, str], out: Path) -> None:
+def _limit_file_size(limit: int | None) -> None:
+    """RLIMIT_FSIZE for this process (a disk that fills up); SIGXFSZ ignored, as Python's own startup does."""
+    if limit is not None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def _forked_child(argv: list[str], cwd: Path, env: dict[str, str], out: Path, file_size_limit: int | None) -> None:
     """In a forked child: ``python -m <module> <args>`` emulated, output to ``out``; never returns."""
     import runpy
     import traceback
 
     code = 1
     try:
+        _limit_file_size(file_size_limit)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -1459,6 +1656,8 @@ def _prepare(fault: Fault, workdir: Path) -> tuple[Path, list[str], Path, dict[s
     d = workdir / "".join(c if c.isalnum() else "-" for c in fault.name).strip("-")
     d.mkdir(parents=True)
     argv, extra = fault.build(d)
+    if any("__ENDPOINT__" in v for v in extra.values()):  # the local hub the build started
+        extra = {k: v.replace("__ENDPOINT__", SERVERS[-1].endpoint) for k, v in extra.items()}
     if any("__FILE__" in v for v in extra.values()):  # a variable naming a file where a folder must be
         (d / "a-file").write_text("not a folder")
         extra = {k: v.replace("__FILE__", str(d / "a-file")) for k, v in extra.items()}
@@ -1514,7 +1713,15 @@ def _drop_root_overrides_now() -> None:
         raise OSError(ctypes.get_errno(), "capset failed")
 
 
-def _start(argv: list[str], cwd: Path, env: dict[str, str], out: Path, isolation: str, read_only: bool = False) -> int:
+def _start(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    out: Path,
+    isolation: str,
+    read_only: bool = False,
+    file_size_limit: int | None = None,
+) -> int:
     """Start one child: forked from this process (torch already imported: fast) or a fresh interpreter.
 
     ``read_only``: the child runs without root's capabilities that override mode bits, so that a
@@ -1526,8 +1733,14 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], out: Path, isolation
         if pid == 0:
             if drop:
                 _drop_root_overrides_now()
-            _forked_child(argv, cwd, env, out)
+            _forked_child(argv, cwd, env, out, file_size_limit)
         return pid
+
+    def before_exec() -> None:
+        if drop:
+            _without_root_overrides()
+        _limit_file_size(file_size_limit)
+
     with open(out, "wb") as f:
         child = subprocess.Popen(
             [sys.executable, *argv],
@@ -1536,7 +1749,7 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], out: Path, isolation
             stdout=f,
             stderr=subprocess.STDOUT,
             # run_all starts children from its one thread (see its docstring), so no lock is held at the fork
-            preexec_fn=_without_root_overrides if drop else None,  # noqa: PLW1509
+            preexec_fn=before_exec if drop or file_size_limit else None,  # noqa: PLW1509
         )
     _CHILDREN.append(child)
     return child.pid
@@ -1558,7 +1771,11 @@ def run_all(
             index, fault = pending.pop(0)
             d, argv, cwd, env = _prepare(fault, workdir)
             out = workdir / f"{d.name}.out"
-            running[_start(argv, cwd, env, out, isolation, fault.read_only)] = (
+            running[
+                _start(
+                    argv, cwd, env, out, "exec" if fault.fresh else isolation, fault.read_only, fault.file_size_limit
+                )
+            ] = (
                 index,
                 fault,
                 d,
@@ -1574,6 +1791,12 @@ def run_all(
             if done:
                 finished.append(pid)
                 text = out.read_text(encoding="utf-8", errors="replace")
+                problems = [f"the output says {f!r}" for f in fault.forbidden if f in text]
+                if fault.verify is not None:
+                    try:
+                        problems += fault.verify(d)
+                    except Exception as e:  # noqa: BLE001 -- a check that cannot read what it checks: a problem
+                        problems.append(f"verify failed: {type(e).__name__}: {e}")
                 outcomes[index] = Outcome(
                     fault,
                     os.waitstatus_to_exitcode(status),
@@ -1582,6 +1805,7 @@ def run_all(
                     _leftovers(d, fault),
                     time.perf_counter() - t0,
                     text,
+                    problems,
                 )
         for pid in finished:
             del running[pid]
@@ -1611,6 +1835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = [f for f in faults(base) if not args.only or any(o in f.name for o in args.only)]
         outcomes = run_all(selected, workdir, args.jobs, args.isolation)
     finally:
+        for hub in SERVERS:
+            hub.close()
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
     width = max(len(o.fault.name) for o in outcomes) + 2
@@ -1625,7 +1851,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{left[:13]:<14}{named:<7}{'yes' if o.clean else 'NO':<6}{o.seconds:>6.1f}"
         )
         if not o.clean and args.verbose:
-            print(f"    expected exit {o.fault.codes}; missing in output: {o.missing_needles}; left: {o.leftovers}")
+            print(
+                f"    expected exit {o.fault.codes}; missing in output: {o.missing_needles}; left: {o.leftovers}; "
+                f"problems: {o.problems}"
+            )
             print("    " + "\n    ".join(o.output.strip().splitlines()[-12:]))
     clean = sum(o.clean for o in outcomes)
     print(f"{len(outcomes)} bad inputs, {clean} handled cleanly")

@@ -33,16 +33,24 @@ its evaluation scripts run it, for each fixture model (``fixture-tiny``: ViT,
 7. the README example: its ``image_transform``, ``tokenize`` and ``get_similarity`` on the
    fixture's example image and labels, softmax.
 
-Exact gates: every recall and accuracy decision is a comparison of two scores; an item whose
-decision margin is below the largest score change an implementation within the parity
-tolerance can cause (``2 * sqrt(D) * max_abs``: features move by at most max_abs per component)
-is a near-tie, listed by name under its model's ``near_ties`` and allowed to flip (one query of
-tolerance each); every other item must come out as the reference's, so the fp32 tolerance is 0.
+Per-item decisions: from the reference's own outputs, every item's decision: hit or miss of every
+retrieval query at k = 1, 5, 10 as ``compute_score`` counts them (from its prediction files; the
+totals they give are checked against its scores), and the predicted class and top-5 hit of every
+zero-shot image; each with its margin in cosine units, from the reference's features in float64
+(``|best positive - k-th best negative|``; top-1 against the runner-up; the true class against the
+fifth best other; 0 where the reference's fp32 softmax probabilities of the two tie, which its
+ranking then orders arbitrarily). The suite gates every item and excuses only near-ties: margins
+below the run's bound (``qaclip_harness.gates.decisions``, where the bound is derived: a decision
+is the difference of two scores). The near-ties at the widest (parity) bound are also listed under
+each model's ``near_ties``, and earn one query of tolerance each in the totals, whose fp32
+tolerance is otherwise the rounding of the written value.
 
 Writes ``expected/fixture-shapes.yaml``, ``expected/fixture-shapes-cls.yaml``,
-``expected/example/fixture-example.yaml`` and ``expected/reference-features/`` (``.npy`` files
-and their ``MANIFEST.yaml`` with sha256s). ``--check`` recomputes everything except the
-reduced-precision drift and exits 1 on any difference (CI: a hand edit cannot pass).
+``expected/example/fixture-example.yaml``, ``expected/reference-features/`` (``.npy`` files
+and their ``MANIFEST.yaml`` with sha256s) and ``expected/reference-decisions/`` (one JSON file per
+dataset and model, pinned by sha256 under its model's ``decisions`` in the expected file).
+``--check`` recomputes everything except the reduced-precision drift and exits 1 on any
+difference (CI: a hand edit cannot pass).
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ CONTEXT_LENGTH = 52
 BATCH = 64
 REDUCED = {"fp16": torch.float16, "bf16": torch.bfloat16}
 FEATURES_DIRNAME = "reference-features"
+DECISIONS_DIRNAME = "reference-decisions"
 EXAMPLE_FILE = Path("example") / "fixture-example.yaml"
 EXAMPLE_IMAGE = "shapes-cn-red-circle.png"
 # the seed example's labels, then labels with Latin capitals (and an accent) that the fixture reads
@@ -229,16 +238,13 @@ def read_features(path: Path, key: str) -> tuple[list[int], torch.Tensor]:
     return ids, torch.tensor(feats, dtype=torch.float64)
 
 
-def _ranking_margins(
-    scores: torch.Tensor, row_names: list[str], positives: list[set], bound: float, direction: str
-) -> tuple[float, dict[str, list[str]]]:
-    """Smallest decision margin, and the near-ties (margin < ``bound``) per recall metric, of one direction.
+def _ranking_margins(scores: torch.Tensor, row_names: list[str], positives: list[set], direction: str) -> dict:
+    """Decision margin of every query at every k of one direction: metric -> item -> margin (cosine units).
 
     A query's hit at k flips when its k-th best negative crosses its best positive, so the
     decision margin at k is |best positive - k-th best negative|.
     """
-    smallest = float("inf")
-    near: dict[str, list[str]] = {}
+    out: dict[str, dict[str, float]] = {}
     for r, name in enumerate(row_names):
         row = scores[r]
         pos = torch.tensor(sorted(positives[r]), dtype=torch.long)
@@ -247,18 +253,17 @@ def _ranking_margins(
         top_pos = row[pos].max()
         negs = row[mask].sort(descending=True).values
         for k in (1, 5, 10):
-            if k <= len(negs):
-                gap = abs(float(top_pos - negs[k - 1]))
-                smallest = min(smallest, gap)
-                if gap < bound:
-                    near.setdefault(f"{direction}_r{k}", []).append(f"{name} (margin {gap:.1e})")
-    return smallest, near
+            # with fewer than k negatives the query hits at k whatever the scores: nothing can flip it
+            gap = abs(float(top_pos - negs[k - 1])) if k <= len(negs) else math.inf
+            out.setdefault(f"{direction}_r{k}", {})[name] = gap
+    return out
 
 
-def retrieval_decisions(
-    img_feats: Path, txt_feats: Path, texts_jsonl: Path, bound: float
-) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Smallest decision margins both ways and the near-tie queries per metric (names: ``text <id>``, ``image <id>``)."""
+def retrieval_margins(img_feats: Path, txt_feats: Path, texts_jsonl: Path) -> dict[str, dict[str, float]]:
+    """Decision margins of every query both ways (names: ``text <id>``, ``image <id>``), from the reference's features.
+
+    Images that no text describes are text-to-image candidates and no image-to-text query.
+    """
     img_ids, img = read_features(img_feats, "image_id")
     txt_ids, txt = read_features(txt_feats, "text_id")
     gt: dict[int, set] = {}
@@ -273,24 +278,50 @@ def retrieval_decisions(
         for i in ims:
             inverse.setdefault(i, set()).add(t)
     scores = txt @ img.t()
-    t2i, near = _ranking_margins(
-        scores, [f"text {t}" for t in txt_ids], [{col_img[i] for i in gt[t]} for t in txt_ids], bound, "t2i"
+    margins = _ranking_margins(
+        scores, [f"text {t}" for t in txt_ids], [{col_img[i] for i in gt[t]} for t in txt_ids], "t2i"
     )
-    described = [c for c, i in enumerate(img_ids) if i in inverse]  # images without a caption are no i2t query
-    i2t, near_i = _ranking_margins(
-        scores.t()[described],
-        [f"image {img_ids[c]}" for c in described],
-        [{col_txt[t] for t in inverse[img_ids[c]]} for c in described],
-        bound,
-        "i2t",
+    described = [c for c, i in enumerate(img_ids) if i in inverse]
+    margins.update(
+        _ranking_margins(
+            scores.t()[described],
+            [f"image {img_ids[c]}" for c in described],
+            [{col_txt[t] for t in inverse[img_ids[c]]} for c in described],
+            "i2t",
+        )
     )
-    near.update(near_i)
-    return {"t2i": t2i, "i2t": i2t}, near
+    return margins
 
 
-def retrieval_metrics(model, root: Path, resolution: int, work: Path, bound: float = 0.0):
-    """t2i/i2t R@1/5/10 and mean recalls (percent) from the reference scripts, counts, margins and near-ties."""
+def reference_hits(predictions: Path, truth: Path, key: str, value: str, noun: str, direction: str) -> dict:
+    """Hit or miss at every k of every query the reference scores, from its prediction and ground-truth files.
+
+    The queries are those of the ground truth (``compute_score`` iterates over it): every text
+    one way, the images that some text describes the other way.
+    """
+    from qaclip_harness.gates.decisions import HIT, MISS
+
+    preds = {}
+    with open(predictions, encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            preds[o[key]] = o[value]
+    out: dict[str, dict[str, str]] = {}
+    with open(truth, encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            wanted = set(o[value])
+            for k in (1, 5, 10):
+                hit = any(i in preds[o[key]][:k] for i in wanted)
+                out.setdefault(f"{direction}_r{k}", {})[f"{noun} {o[key]}"] = HIT if hit else MISS
+    return out
+
+
+def retrieval_metrics(model, root: Path, resolution: int, work: Path):
+    """t2i/i2t R@1/5/10 and mean recalls (percent) from the reference scripts; counts; per-item decisions and margins."""
     from cn_clip.eval import evaluation, evaluation_tr
+
+    from qaclip_harness.gates.decisions import HIT
 
     folder = root / RETRIEVAL_DIRNAME
     texts_jsonl = work / "test_texts.jsonl"
@@ -324,19 +355,54 @@ def retrieval_metrics(model, root: Path, resolution: int, work: Path, bound: flo
         "i2t_mean_recall": i2t_mean,
         "mean_recall": (t2i_r1 + t2i_r5 + t2i_r10 + i2t_r1 + i2t_r5 + i2t_r10) / 6,
     }
-    n_texts = sum(1 for _ in open(texts_jsonl, encoding="utf-8"))
-    n_images = sum(1 for _ in open(tr_truth, encoding="utf-8"))
-    margins, near = retrieval_decisions(img_feats, txt_feats, texts_jsonl, bound)
-    return metrics, {"texts": n_texts, "images": n_images}, margins, near
+    decisions = reference_hits(t2i_pred, texts_jsonl, "text_id", "image_ids", "text", "t2i")
+    decisions.update(reference_hits(i2t_pred, tr_truth, "image_id", "text_ids", "image", "i2t"))
+    for metric, items in decisions.items():  # the decisions are the ones compute_score counted
+        counted = sum(d == HIT for d in items.values()) * 1.0 / len(items) * 100
+        if counted != metrics[metric]:
+            raise RuntimeError(f"{metric}: the per-item decisions give {counted}, compute_score {metrics[metric]}")
+    n_images = sum(1 for _ in open(img_feats, encoding="utf-8"))
+    counts = {
+        "texts": sum(1 for _ in open(texts_jsonl, encoding="utf-8")),
+        "images": n_images,
+        "i2t_queries": sum(1 for _ in open(tr_truth, encoding="utf-8")),
+    }
+    counts["distractors"] = n_images - counts["i2t_queries"]
+    margins = retrieval_margins(img_feats, txt_feats, texts_jsonl)
+    return metrics, counts, decisions, margins
+
+
+class _ClassNorms:
+    """Stands in for the model in cn_clip's ``zero_shot_classifier``: runs it, and keeps each class's prompt-mean norm.
+
+    The classifier renormalises the mean of a class's normalised prompt features; how short that
+    mean is (before renormalising) sets how much a feature drift moves the class vector (the
+    zero-shot near-tie bound, :mod:`qaclip_harness.gates.decisions`).
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.norms: list[float] = []
+        self.prompts = 0
+
+    def __call__(self, image, text):
+        out = self.model(image, text)
+        unit = out.double() / out.double().norm(dim=-1, keepdim=True)
+        self.norms.append(float(unit.mean(dim=0).norm()))
+        self.prompts = len(text)
+        return out
 
 
 @torch.no_grad()
-def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
-    """Zero-shot top-1, top-5 and true-class probability (percent) as zeroshot_evaluation.py computes them; count, margin, near-ties."""
+def zeroshot_metrics(model, root: Path, resolution: int):
+    """Zero-shot top-1, top-5 and true-class probability (percent) as zeroshot_evaluation.py computes them; count,
+    per-image decisions and margins, the smallest prompt-mean norm and the prompts per class."""
     from cn_clip.clip.utils import image_transform
     from cn_clip.eval.cvinw_zeroshot_templates import openai_templates
     from cn_clip.eval.data import get_zeroshot_dataset
     from cn_clip.eval.zeroshot_evaluation import zero_shot_classifier
+
+    from qaclip_harness.gates.decisions import HIT, MISS
 
     folder = root / ZEROSHOT_DIRNAME
     args = SimpleNamespace(
@@ -350,8 +416,9 @@ def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
     data = get_zeroshot_dataset(args, image_transform(resolution))
     with open(folder / "label_cn.txt", encoding="utf8") as f:
         classnames = [line.strip() for line in f.readlines()]
+    norms = _ClassNorms(model)
     with contextlib.redirect_stderr(io.StringIO()):
-        classifier = zero_shot_classifier(model, classnames, openai_templates, args)
+        classifier = zero_shot_classifier(norms, classnames, openai_templates, args)
     # The steps of its ``run``. (Its ``run`` itself cannot execute under numpy 2: its ``accuracy``
     # calls float() on a one-element array, which numpy 2 rejects.)
     outputs, targets, cosines = [], [], []
@@ -368,20 +435,34 @@ def zeroshot_metrics(model, root: Path, resolution: int, bound: float = 0.0):
     top1 = correct[:1].reshape(-1).float().sum().item()
     top5 = correct[:5].reshape(-1).float().sum().item()
     true_prob = outputs.double().gather(1, targets.view(-1, 1)).mean().item()
-    # decision margins in cosine units: the true class against the best (top-1) and 5th best (top-5) other class
     names = [str(Path(p).relative_to(folder / "test").as_posix()) for p, _ in data.dataloader.dataset.samples]
-    smallest, near = float("inf"), {}
-    for r in range(n):
-        row = cosines[r]
-        others = torch.cat([row[: targets[r]], row[targets[r] + 1 :]]).sort(descending=True).values
-        for metric, k in (("top1", 1), ("top5", 5)):
-            if k <= len(others):
-                gap = abs(float(row[targets[r]] - others[k - 1]))
-                smallest = min(smallest, gap)
-                if gap < bound:
-                    near.setdefault(metric, []).append(f"{names[r]} (margin {gap:.1e})")
+    # the reference's decisions: its predicted class and whether the true class is in its top five; margins in
+    # cosine units: top-1 against the runner-up (what decides the predicted class), the true class against the
+    # fifth best other (top-5), and for the totals the true class against the best other (top-1 right or wrong).
+    # The reference ranks fp32 softmax probabilities, which underflow to 0 for a class more than about 103 logits
+    # (1.03 in cosine, at the logit scale of 100) below the best: two such classes tie at 0 and its topk orders
+    # them as it happens to, whatever their cosines. A decision that rests on such a tie has margin 0: no run can
+    # be held to it.
+    decisions: dict[str, dict[str, str]] = {"top1": {}, "top5": {}}
+    margins: dict[str, dict[str, float]] = {"top1": {}, "top5": {}}
+    total_margins: dict[str, dict[str, float]] = {"top1": {}, "top5": {}}
+
+    def margin(row: torch.Tensor, probs: torch.Tensor, a: int, b: int) -> float:
+        return 0.0 if bool(probs[a] == probs[b]) else abs(float(row[a] - row[b]))
+
+    for r, name in enumerate(names):
+        row, probs, t = cosines[r], outputs[r], int(targets[r])
+        ranked = row.sort(descending=True).indices.tolist()
+        others = [c for c in ranked if c != t]
+        decisions["top1"][name] = classnames[int(pred[0, r])]
+        decisions["top5"][name] = HIT if bool(correct[:5, r].any()) else MISS
+        margins["top1"][name] = margin(row, probs, ranked[0], ranked[1])
+        margins["top5"][name] = margin(row, probs, t, others[4]) if len(others) >= 5 else math.inf
+        total_margins["top1"][name] = margin(row, probs, t, others[0])
+        total_margins["top5"][name] = margins["top5"][name]
     metrics = {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "true_prob": 100.0 * true_prob}
-    return metrics, n, smallest, near
+    shape = {"class_norm_min": min(norms.norms), "templates": norms.prompts}
+    return metrics, n, decisions, margins, total_margins, shape
 
 
 @torch.no_grad()
@@ -474,7 +555,8 @@ TRUE_PROB_WHY = (
 def model_entries(per_model: dict[str, dict]) -> dict:
     """``models`` of an expected document: each fixture model and its transformers-format copies (cards whose original it is).
 
-    ``per_model``: name -> {"values", "near" (metric -> items), "tolerance" (fp32 overrides)}. The
+    ``per_model``: name -> {"values", "near" (metric -> items), "tolerance" (fp32 overrides), "decisions" (the
+    reference-decisions file and its sha256)}. The
     copy evaluated with the reference protocol is gated like its original; the one evaluated with
     ChineseCLIPProcessor is report-only.
     """
@@ -490,6 +572,7 @@ def model_entries(per_model: dict[str, dict]) -> dict:
             out["tolerance_off_cpu"] = {"fp32": copy.deepcopy(info["tolerance_off_cpu"])}
         if info["near"]:
             out["near_ties"] = copy.deepcopy(info["near"])
+        out["decisions"] = dict(info["decisions"])
         out[SOURCE_ID] = {k: round(v, DECIMALS) for k, v in info["values"].items()}
         return out
 
@@ -500,6 +583,73 @@ def model_entries(per_model: dict[str, dict]) -> dict:
             if card.original == name:
                 models[card.name] = entry(name, report_only=card.preprocessing == "processor")
     return models
+
+
+def near_items(margins: dict[str, dict[str, float]], bound: float) -> dict[str, list[str]]:
+    """metric -> the items whose margin is below ``bound``, named with their margins (``text 98 (margin 1.2e-04)``)."""
+    out = {m: [f"{i} (margin {v:.1e})" for i, v in items.items() if v < bound] for m, items in margins.items()}
+    return {m: items for m, items in out.items() if items}
+
+
+def _floor_sig(x: float, digits: int = 6) -> float:
+    """``x`` rounded down to ``digits`` significant digits (a written bound's input must not round up)."""
+    scale = 10 ** (digits - 1 - math.floor(math.log10(abs(x))))  # a power of ten: the division below rounds once
+    return math.floor(x * scale) / scale
+
+
+def decisions_document(
+    dataset: str,
+    model: str,
+    kind: str,
+    build: str,
+    data_digest: str,
+    checkpoint_sha256: str,
+    dim: int,
+    decisions: dict[str, dict[str, str]],
+    margins: dict[str, dict[str, float]],
+    bounds: list[float],
+    extra: dict,
+) -> str:
+    """The reference-decisions file of one (dataset, model): every item's decision and margin, as text."""
+    from qaclip_harness.gates.decisions import dumps_decisions
+
+    if {m: set(v) for m, v in decisions.items()} != {m: set(v) for m, v in margins.items()}:
+        raise RuntimeError(f"{dataset} {model}: the decisions and the margins name different items")
+    what = (
+        "hit or miss of every query at k = 1, 5, 10 (text-to-image: every text; image-to-text: every image some text "
+        "describes), from the reference's prediction files as its compute_score counts them"
+        if kind == "retrieval"
+        else "the predicted class (top1) and whether the true class is among the top five (top5) of every image, "
+        "from the reference's zero-shot outputs"
+    )
+    margin = (
+        "|best positive - k-th best negative| of the query's scores"
+        if kind == "retrieval"
+        else "top1: best - second best class score; top5: |true class - fifth best other class|; 0 where the "
+        "reference's fp32 softmax probabilities of the two tie (both underflow to 0: its ranking is arbitrary there)"
+    )
+    header = {
+        "about": (
+            f"The reference's decision for every item of {dataset} with {model}: {what}. GENERATED by "
+            "tools/fixture_expected.py -- do not edit; pinned by sha256 in the expected file that names it."
+        ),
+        "source": SOURCE,
+        "dataset": dataset,
+        "model": model,
+        "kind": kind,
+        "build": build,
+        "data_digest": data_digest,
+        "checkpoint_sha256": checkpoint_sha256,
+        "dim": dim,
+        **extra,
+        "margin": f"cosine units, float64 from the reference's features: {margin}",
+        "bound": (
+            f"an item may differ from the reference's only when its margin is below the run's near-tie bound "
+            f"(qaclip_harness/gates/decisions.py, where it is derived): for this model {bounds[1]:.2e} on the CPU "
+            f"(features within 1e-6 of the reference's), {bounds[0]:.2e} elsewhere (within 1e-5)"
+        ),
+    }
+    return dumps_decisions(header, {m: {i: (decisions[m][i], margins[m][i]) for i in decisions[m]} for m in decisions})
 
 
 def near_margin(item: str) -> float:
@@ -570,16 +720,37 @@ FEATURES_HEADER = """\
 """
 
 
+def bound_words(kind: str, cpu_bound: float, bound: float) -> str:
+    """What a near-tie is, in words, with both bounds (the derivation: qaclip_harness/gates/decisions.py)."""
+    if kind == "retrieval":
+        how = (
+            "4 sqrt(D) d + 2 D d^2 + 2 g(D): a decision is the difference of two scores (best positive against k-th "
+            "best negative), and a score of features within d per component moves by at most 2 sqrt(D) d + D d^2; "
+            "g(D) = D u / (1 - D u) is the fp32 rounding of a score on either side"
+        )
+    else:
+        how = (
+            "2 (sqrt(D) d + e_c + sqrt(D) d e_c) + 2 g(D) + 8 u with e_c = 2 (sqrt(D) d + 2 g(T)) / mu: a decision "
+            "compares two logits, and a class vector (the renormalised mean of T prompt features, mu the shortest "
+            "such mean) moves by at most e_c"
+        )
+    return (
+        f"a near-tie is an item whose decision margin is below the most a correct run can move it ({how}; derivation "
+        f"in qaclip_harness/gates/decisions.py): d = 1e-6 on the CPU (the measured CPU noise, reference_cpu in "
+        f"qaclip_harness/gates/tolerances.yaml, which reference-<model> holds the qaclip_core model run eagerly on the "
+        f"CPU to) gives {cpu_bound:.1e}, d = 1e-5 elsewhere (the parity max_abs: a GPU, ONNX, transformers, "
+        f"torch.compile) {bound:.1e}"
+    )
+
+
 def retrieval_noise(gap: float, bound: float, cpu_bound: float) -> str:
     """Why the fp32 retrieval gate is exact."""
     return (
         f"exact (1e-6 is the rounding of the written value): the suite runs the reference's pipeline, so every hit and "
-        f"miss must come out as the reference's. An item whose decision margin is below the most a score can move "
-        f"(2 sqrt(D) x the largest feature drift the suite accepts) is a near-tie: on the CPU {cpu_bound:.1e} (the "
-        f"measured CPU noise, reference_cpu in qaclip_harness/gates/tolerances.yaml, for the qaclip_core model run "
-        f"eagerly on the CPU), elsewhere {bound:.1e} (the parity max_abs: a GPU, ONNX, transformers, torch.compile). "
-        f"Near-ties are listed under the model's near_ties, and each earns one query of tolerance (the model's "
-        f"tolerance on the CPU, tolerance_off_cpu elsewhere). Smallest margin of any model here: {gap:.1e}."
+        f"miss must come out as the reference's, and it gates each one (the model's decisions file). "
+        f"{bound_words('retrieval', cpu_bound, bound)[0].upper()}{bound_words('retrieval', cpu_bound, bound)[1:]}. "
+        f"Near-ties are listed under the model's near_ties, and each earns one query of tolerance in the totals (the "
+        f"model's tolerance on the CPU, tolerance_off_cpu elsewhere). Smallest margin of any model here: {gap:.1e}."
     )
 
 
@@ -591,16 +762,24 @@ def compute_documents(
     ``drift``: also run the reduced-precision pipelines that the fp16/bf16 reproduction
     tolerances rest on (left out by --check, which does not compare those).
     """
+    from qaclip_harness.gates.decisions import retrieval_bound, zeroshot_bound
+
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    parity = parity_tolerance()
+    drift_off, drift_cpu = parity_tolerance().max_abs, reference_cpu_tolerance().max_abs
     ret_docs: dict[str, dict] = {}
     zs_docs: dict[str, dict] = {}
     checkpoints: dict[str, dict] = {}
     features: dict[str, bytes] = {}
     feature_entries: dict[str, dict] = {}
+    decision_files: dict[str, str] = {}
     examples: dict[str, dict] = {}
     drifts: dict[str, dict[str, float]] = {p: {} for p in REDUCED}
     margins = {"t2i": float("inf"), "i2t": float("inf"), "zs": float("inf")}
+    build = f"generated-seed-{seed}"
+    digests = {
+        "fixture-shapes": split_digest(generate_split("test", seed)),
+        "fixture-shapes-cls": classification_digest(generate_classification(seed)),
+    }
     with tempfile.TemporaryDirectory(prefix="fixture-expected-") as tmp:
         root = data_root or Path(tmp) / "data"
         write_shapes_dataset(root, seed=seed)
@@ -614,22 +793,56 @@ def compute_documents(
                 "step": info["step"],
             }
             resolution = reference_kwargs(arch)["image_resolution"]
-            # a score moves at most 2 sqrt(D) x the largest feature drift: the parity gate's max_abs
-            # anywhere, the measured CPU noise (reference_cpu) on the CPU, where the suite's
-            # reference-<model> case holds ours to it
-            bound = 2 * math.sqrt(arch_config(arch).vision.embed_dim) * parity.max_abs
-            cpu_bound = 2 * math.sqrt(arch_config(arch).vision.embed_dim) * reference_cpu_tolerance().max_abs
+            dim = arch_config(arch).vision.embed_dim
             work = Path(tmp) / f"work-{name}"
             work.mkdir()
-            ret, counts, ret_margin, ret_near = retrieval_metrics(model, root, resolution, work, bound)
-            zs, n_cls, zs_margin, zs_near = zeroshot_metrics(model, root, resolution, bound)
+            ret, counts, ret_dec, ret_marg = retrieval_metrics(model, root, resolution, work)
+            zs, n_cls, zs_dec, zs_marg, zs_total_marg, zs_shape = zeroshot_metrics(model, root, resolution)
+            # near-tie bounds (qaclip_harness/gates/decisions.py): off the CPU at the parity max_abs, on the CPU
+            # at the measured CPU noise, where the suite's reference-<model> case holds ours to it
+            class_norm = _floor_sig(zs_shape["class_norm_min"])
+            ret_bounds = [retrieval_bound(dim, d) for d in (drift_off, drift_cpu)]
+            zs_bounds = [zeroshot_bound(dim, d, class_norm, zs_shape["templates"]) for d in (drift_off, drift_cpu)]
+            ret_near, zs_near = near_items(ret_marg, ret_bounds[0]), near_items(zs_total_marg, zs_bounds[0])
+            smallest = {m: min(v.values()) for m, v in {**ret_marg, **zs_marg}.items()}
             margins = {
-                "t2i": min(margins["t2i"], ret_margin["t2i"]),
-                "i2t": min(margins["i2t"], ret_margin["i2t"]),
-                "zs": min(margins["zs"], zs_margin),
+                "t2i": min(margins["t2i"], *(v for m, v in smallest.items() if m.startswith("t2i"))),
+                "i2t": min(margins["i2t"], *(v for m, v in smallest.items() if m.startswith("i2t"))),
+                "zs": min(margins["zs"], *(v for m, v in smallest.items() if m.startswith("top"))),
             }
-            ret_docs[name] = {"values": ret, "near": ret_near, "counts": counts, "bound": bound, "cpu_bound": cpu_bound}
-            zs_docs[name] = {"values": zs, "near": zs_near, "n": n_cls, "bound": bound, "cpu_bound": cpu_bound}
+            refs = {}
+            for dataset, kind, dec, marg, bounds, extra in (
+                ("fixture-shapes", "retrieval", ret_dec, ret_marg, ret_bounds, {}),
+                (
+                    "fixture-shapes-cls",
+                    "zeroshot",
+                    zs_dec,
+                    zs_marg,
+                    zs_bounds,
+                    {**zs_shape, "class_norm_min": class_norm},
+                ),
+            ):
+                fname = f"{DECISIONS_DIRNAME}/{dataset}-{name}.json"
+                decision_files[fname] = decisions_document(
+                    dataset, name, kind, build, digests[dataset], sha, dim, dec, marg, bounds, extra
+                )
+                refs[dataset] = {"file": fname, "sha256": hashlib.sha256(decision_files[fname].encode()).hexdigest()}
+            ret_docs[name] = {
+                "values": ret,
+                "near": ret_near,
+                "counts": counts,
+                "bound": ret_bounds[0],
+                "cpu_bound": ret_bounds[1],
+                "decisions": refs["fixture-shapes"],
+            }
+            zs_docs[name] = {
+                "values": zs,
+                "near": zs_near,
+                "n": n_cls,
+                "bound": zs_bounds[0],
+                "cpu_bound": zs_bounds[1],
+                "decisions": refs["fixture-shapes-cls"],
+            }
             examples[name] = {
                 "source": SOURCE_ID,
                 "probabilities": [float(f"{p:.9e}") for p in example_probabilities(model, resolution)],
@@ -650,25 +863,28 @@ def compute_documents(
                 if drift and precision != "fp32":
                     low_work = Path(tmp) / f"work-{name}-{precision}"
                     low_work.mkdir()
-                    low_ret, _, _, _ = retrieval_metrics(low, root, resolution, low_work)
-                    low_zs, _, _, _ = zeroshot_metrics(low, root, resolution)
+                    low_ret = retrieval_metrics(low, root, resolution, low_work)[0]
+                    low_zs = zeroshot_metrics(low, root, resolution)[0]
                     for k, v in {**low_ret, **low_zs}.items():
                         base = ret.get(k, zs.get(k))
                         drifts[precision][k] = max(drifts[precision].get(k, 0.0), abs(v - base))
             if verbose:
                 print(f"{name}: checkpoint {checkpoint.name} sha256 {sha[:16]}... ({info})")
                 print(
-                    f"  retrieval ({counts['texts']} texts, {counts['images']} images): "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in ret.items())
+                    f"  retrieval ({counts['texts']} texts, {counts['images']} images of which {counts['distractors']} "
+                    "no caption describes): " + ", ".join(f"{k} {v:.3f}" for k, v in ret.items())
                 )
                 print(
-                    f"  smallest decision margin: t2i {ret_margin['t2i']:.2e}, i2t {ret_margin['i2t']:.2e}; "
-                    f"near-tie bound {bound:.1e}; near ties: {ret_near or 'none'}"
+                    "  smallest decision margin: "
+                    + ", ".join(f"{m} {v:.2e}" for m, v in smallest.items() if not m.startswith("top"))
+                    + f"; near-tie bound {ret_bounds[0]:.2e} (CPU {ret_bounds[1]:.2e}); near ties: {ret_near or 'none'}"
                 )
                 print(
                     f"  zero-shot ({n_cls} images): "
                     + ", ".join(f"{k} {v:.4f}" for k, v in zs.items())
-                    + f"; smallest margin {zs_margin:.2e}; near ties: {zs_near or 'none'}"
+                    + f"; smallest margins top1 {smallest['top1']:.2e}, top5 {smallest['top5']:.2e}; shortest "
+                    f"prompt mean {class_norm}; near-tie bound {zs_bounds[0]:.2e} (CPU {zs_bounds[1]:.2e}); near ties: "
+                    f"{zs_near or 'none'}; predicted-class near-ties: {near_items(zs_marg, zs_bounds[0]) or 'none'}"
                 )
                 print(f"  example probabilities: {examples[name]['probabilities']}")
     if verbose and drift:
@@ -677,10 +893,11 @@ def compute_documents(
 
     any_ret = next(iter(ret_docs.values()))
     counts = any_ret["counts"]
-    t2i_one, i2t_one = _one(counts["texts"]), _one(counts["images"])
+    t2i_one, i2t_one = _one(counts["texts"]), _one(counts["i2t_queries"])
     any_zs = next(iter(zs_docs.values()))
     zs_one = _one(any_zs["n"])
     bound, cpu_bound = any_ret["bound"], any_ret["cpu_bound"]
+    zs_bound, zs_cpu_bound = max(d["bound"] for d in zs_docs.values()), max(d["cpu_bound"] for d in zs_docs.values())
 
     def low_tol(prec: str, metrics: list[str], one: float, unit: str) -> dict:
         if not drift:
@@ -715,15 +932,16 @@ def compute_documents(
         "i2t_mean_recall": ["i2t_r1", "i2t_r5", "i2t_r10"],
         "mean_recall": ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"],
     }
-    on_cpu = f"on the CPU (margins below {cpu_bound:.1e})"
-    off_cpu = f"off the CPU, through ONNX or transformers, or compiled (margins below {bound:.1e})"
     for docs, units, means in (
         (ret_docs, {"t2i": t2i_one, "i2t": i2t_one}, ret_means),
         (zs_docs, {"top1": zs_one, "top5": zs_one}, {}),
     ):
         for info in docs.values():
+            on_cpu = f"on the CPU (margins below {info['cpu_bound']:.1e})"
+            off_cpu = f"off the CPU, through ONNX or transformers, or compiled (margins below {info['bound']:.1e})"
             info["tolerance"] = near_tie_tolerances(near_below(info["near"], info["cpu_bound"]), units, means, on_cpu)
             info["tolerance_off_cpu"] = near_tie_tolerances(info["near"], units, means, off_cpu)
+    entry_keys = ("values", "near", "tolerance", "tolerance_off_cpu", "decisions")
 
     data_common = {"generator": "qaclip_harness.fixture.shapes", "seed": seed}
     exact = retrieval_noise(min(margins["t2i"], margins["i2t"]), bound, cpu_bound)
@@ -737,7 +955,9 @@ def compute_documents(
             **data_common,
             "texts": counts["texts"],
             "images": counts["images"],
-            "test_digest": split_digest(generate_split("test", seed)),
+            "i2t_queries": counts["i2t_queries"],
+            "distractors": counts["distractors"],
+            "test_digest": digests["fixture-shapes"],
         },
         "tolerance": {
             "fp32": {
@@ -745,7 +965,10 @@ def compute_documents(
                     ROUNDING, f"one of {counts['texts']} captions is {100 / counts['texts']:.3f} points; " + exact
                 ),
                 "i2t": _tol(
-                    ROUNDING, f"one of {counts['images']} images is {100 / counts['images']:.3f} points; " + exact
+                    ROUNDING,
+                    f"one of the {counts['i2t_queries']} images that some caption describes (the image-to-text queries; "
+                    f"the {counts['distractors']} that none describes are no query) is "
+                    f"{100 / counts['i2t_queries']:.3f} points; " + exact,
                 ),
                 "mean": _tol(ROUNDING, "exact, as its terms (1e-6: the rounding of the written value)."),
             },
@@ -758,15 +981,13 @@ def compute_documents(
                 for prec in REDUCED
             },
         },
-        "models": model_entries(
-            {n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")} for n, d in ret_docs.items()}
-        ),
+        "models": model_entries({n: {k: d[k] for k in entry_keys} for n, d in ret_docs.items()}),
     }
     zs_exact = (
         f"one of {any_zs['n']} images is {100 / any_zs['n']:.3f} points; exact (1e-6 is the rounding of the written "
-        f"value): every image's top-1 and top-5 "
-        f"decision must come out as the reference's, except near-ties (cosine margin below {cpu_bound:.1e} on the CPU, "
-        f"the measured CPU noise; below {bound:.1e} elsewhere, the parity max_abs; listed under near_ties). "
+        f"value): every image's predicted class and top-5 decision must come out as the reference's (the model's "
+        f"decisions file), except near-ties (listed under near_ties for the totals); "
+        f"{bound_words('zeroshot', zs_cpu_bound, zs_bound)} (the largest of the models here). "
         f"Smallest margin of any model here: {margins['zs']:.1e}."
     )
     zeroshot_doc = {
@@ -775,7 +996,7 @@ def compute_documents(
         "split": "test",
         "sources": {SOURCE_ID: {"cite": SOURCE, "build": f"generated-seed-{seed}"}},
         "checkpoints": checkpoints,
-        "data": {**data_common, "images": any_zs["n"], "digest": classification_digest(generate_classification(seed))},
+        "data": {**data_common, "images": any_zs["n"], "digest": digests["fixture-shapes-cls"]},
         "tolerance": {
             "fp32": {
                 "top1": _tol(ROUNDING, zs_exact),
@@ -790,9 +1011,7 @@ def compute_documents(
                 for prec in REDUCED
             },
         },
-        "models": model_entries(
-            {n: {k: d[k] for k in ("values", "near", "tolerance", "tolerance_off_cpu")} for n, d in zs_docs.items()}
-        ),
+        "models": model_entries({n: {k: d[k] for k in entry_keys} for n, d in zs_docs.items()}),
     }
     example_doc = {
         "image": EXAMPLE_IMAGE,
@@ -816,7 +1035,7 @@ def compute_documents(
         EXAMPLE_FILE.as_posix(): example_doc,
         f"{FEATURES_DIRNAME}/MANIFEST.yaml": features_doc,
     }
-    return docs, features
+    return docs, features, decision_files
 
 
 # How far a correct implementation's example probabilities land from the reference's: measured
@@ -857,6 +1076,7 @@ def _gated_facts(doc: dict) -> dict[str, object]:
                 facts[f"models.{model}.{key}.fp32.{metric}"] = tol["abs"]
         for metric, items in (entry.get("near_ties") or {}).items():
             facts[f"models.{model}.near_ties.{metric}"] = len(items)
+        facts[f"models.{model}.decisions.file"] = (entry.get("decisions") or {}).get("file")
     return facts
 
 
@@ -920,8 +1140,74 @@ def _feature_problems(fresh: dict, features: dict[str, bytes], stored: dict, fol
     return problems
 
 
+def _decision_problems(name: str, fresh_text: str, directory: Path) -> list[str]:
+    """A stored reference-decisions file against the recomputed one: header exact, every decision equal (except an
+    item whose margin is below the CPU near-tie bound, which the reference itself may flip on another CPU's kernels),
+    margins within 1e-6 plus 1% (they are written with three significant digits)."""
+    from qaclip_harness.gates.decisions import DecisionsError, read_decisions
+
+    path = directory / name
+    try:
+        stored = read_decisions(path)
+    except DecisionsError as e:
+        return [str(e)]
+    fresh_doc, stored_doc = json.loads(fresh_text), json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    for key in fresh_doc:
+        if key in ("decisions", "about", "bound", "class_norm_min"):
+            continue
+        if fresh_doc[key] != stored_doc.get(key):
+            problems.append(
+                f"{path}: {key} is {stored_doc.get(key)!r}, the reference pipeline gives {fresh_doc[key]!r}"
+            )
+    norms = (fresh_doc.get("class_norm_min"), stored_doc.get("class_norm_min"))
+    if (norms[0] is None) != (norms[1] is None) or (norms[0] is not None and abs(norms[0] - norms[1]) > 1e-5):
+        problems.append(f"{path}: class_norm_min is {norms[1]!r}, the reference pipeline gives {norms[0]!r}")
+    fresh = {m: {i: tuple(v) for i, v in items.items()} for m, items in fresh_doc["decisions"].items()}
+    cpu_drift = reference_cpu_tolerance().max_abs
+    try:
+        cpu_bound = stored.bound(cpu_drift)
+    except AssertionError:
+        return [*problems, f"{path}: a zero-shot file without class_norm_min and templates"]
+    if set(fresh) != set(stored.items):
+        return [*problems, f"{path}: metrics {sorted(stored.items)}, the reference pipeline gives {sorted(fresh)}"]
+    for metric, items in fresh.items():
+        have = stored.items[metric]
+        if set(items) != set(have):
+            gone, new = sorted(set(have) - set(items))[:5], sorted(set(items) - set(have))[:5]
+            problems.append(f"{path}: {metric} items differ (only stored: {gone}; only recomputed: {new})")
+            continue
+        for item, (decision, margin) in items.items():
+            old_decision, old_margin = have[item]
+            if decision != old_decision and min(margin, old_margin) >= cpu_bound:
+                problems.append(
+                    f"{path}: {metric} {item} is {old_decision!r}, the reference pipeline gives {decision!r}"
+                )
+            if not math.isclose(margin, old_margin, rel_tol=1e-2, abs_tol=1e-6):
+                problems.append(
+                    f"{path}: {metric} {item} margin {old_margin!r}, the reference pipeline gives {margin!r}"
+                )
+    return problems
+
+
+def _pinned_decisions(doc: dict, directory: Path, path: Path) -> list[str]:
+    """Each model's decisions file exists and has the sha256 the expected file pins."""
+    problems = []
+    for model, entry in (doc.get("models") or {}).items():
+        ref = entry.get("decisions") or {}
+        target = directory / str(ref.get("file"))
+        if not target.is_file():
+            problems.append(f"{path}: models.{model}.decisions names {ref.get('file')!r}, which does not exist")
+        elif hashlib.sha256(target.read_bytes()).hexdigest() != ref.get("sha256"):
+            problems.append(f"{path}: models.{model}.decisions.sha256 is not the sha256 of {target}")
+    return problems
+
+
 def compare_documents(
-    computed: dict[str, dict], directory: Path, features: dict[str, bytes] | None = None
+    computed: dict[str, dict],
+    directory: Path,
+    features: dict[str, bytes] | None = None,
+    decisions: dict[str, str] | None = None,
 ) -> list[str]:
     """Differences between recomputed documents and the files in ``directory`` (empty when they agree).
 
@@ -954,6 +1240,9 @@ def compare_documents(
                 problems.append(
                     f"{path}: {key} is {stored.get(key)!r}, the reference pipeline gives {fresh.get(key)!r}"
                 )
+        problems += _pinned_decisions(on_disk, directory, path)
+    for name, text in (decisions or {}).items():
+        problems += _decision_problems(name, text, directory)
     return problems
 
 
@@ -971,11 +1260,11 @@ def main() -> int:
         help="compare with the files in --out-dir and exit 1 on any difference (CI: a hand edit cannot pass)",
     )
     args = p.parse_args()
-    docs, features = compute_documents(args.seed, args.data_root, drift=not args.check)
+    docs, features, decisions = compute_documents(args.seed, args.data_root, drift=not args.check)
     if args.dry_run:
         return 0
     if args.check:
-        problems = compare_documents(docs, args.out_dir, features)
+        problems = compare_documents(docs, args.out_dir, features, decisions)
         for line in problems:
             print(line)
         print(
@@ -994,6 +1283,11 @@ def main() -> int:
         else:
             what = "Shapes-CN retrieval, test split" if doc["kind"] == "retrieval" else "shapes-cls zero-shot"
             write_yaml(path, doc, HEADER.format(what=what))
+        print(f"wrote {path}")
+    for name, text in decisions.items():
+        path = args.out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     return 0
 

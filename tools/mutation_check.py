@@ -1,27 +1,38 @@
-"""Does the default suite run catch realistic single-point regressions on its own? A kill table.
+"""Does the default suite run catch realistic single-point regressions, and does a warm cache give the same verdicts?
 
-    python tools/mutation_check.py                 # the unmutated tree, then every mutant
-    python tools/mutation_check.py --only tok-lower,vit-gelu --keep
+    python tools/mutation_check.py                 # the unmutated tree, then every mutant, cold and warm
+    python tools/mutation_check.py --only tok-no-lower,suite-encoder-reuse --keep
+    python tools/mutation_check.py --ci            # the subset CI runs (tests/harness/test_cache_mutations.py)
     python tools/mutation_check.py --list
 
 Each mutant is one realistic regression (preprocessing, tokenizer, both vision towers, the text
-tower, evaluation code, precision), written as one replacement in one file. It is applied to a
-COPY of the tree (the files git tracks plus untracked ones it does not ignore; never the working
-tree), and ``python -m pytest benchmarks -m "not throughput"`` runs there with that copy first
-on ``sys.path`` (``tests/`` is not run, and cn_clip is hidden unless ``--with-cn-clip``: the
-gate must not need it). A mutant is killed when the run is red; the table names the first
-case that went red (``-x`` stops there; ``--all-cases`` runs every case and lists them all).
-The unmutated copy must be green, else nothing is measured. Every run shares one package cache
-(``QACLIP_CACHE``) that the unmutated run fills, so the table also shows that no cached feature or
-pixel of the correct code hides a regression. About 10 s a mutant on two cores (with ``-x``);
-run it with ``nice``.
+tower, evaluation code, precision, and outside what a hand-kept key would name: loading, the
+suite, the export, decoding, data identity, an environment variable), written as one replacement
+in one file or as one variable of the run's environment. It is applied to a COPY of the tree (the
+files git tracks plus untracked ones it does not ignore; never the working tree), and
+``python -m pytest benchmarks -m "not throughput" --report DIR`` runs there twice: cold (an empty
+package cache) and warm (a copy of the cache the unmutated tree's run filled, so every feature,
+pixel, export, identity record and fixture dataset of the correct code is there to be wrongly
+reused). ``tests/`` is not run, and cn_clip is hidden unless ``--with-cn-clip`` (the gate must not
+need it). Every case runs (no ``-x``): verdicts are compared case by case.
+
+A mutant is killed only when a gate case fails with a verdict (its status in report.json is
+``failed``: a gate compared numbers and said no). A run that crashes, fails to import, errors in
+a case or times out is listed apart (``broken``), never counted as a kill. For every mutant the
+warm run must give each case the cold run's verdict, the same numbers, the same data fingerprint
+and bit-equal features (the sha256 of each step's features in report.json). Mutants marked
+``same`` (data identity, an environment variable) need not turn the gate red: what they show is
+that a cache does not hide them. The unmutated copy must be green cold and warm, else nothing is
+measured. Exit status 0 only when every mutant is killed (or, for ``same``, matched) with warm
+equal to cold. Run it with ``nice``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Mutant:
-    """One regression: replace ``old`` (which must occur exactly once) by ``new`` in ``path``."""
+    """One regression: replace ``old`` (which must occur exactly once) by ``new`` in ``path``, or set ``env``."""
 
     name: str
     area: str
@@ -44,9 +55,11 @@ class Mutant:
     old: str
     new: str
     what: str
+    env: tuple[tuple[str, str], ...] = ()  # variables set for the mutant's runs (path, old and new empty)
+    expect: str = "killed"  # or "same": the gate need not go red; warm must equal cold
 
 
-T, V, TX, TK, E, P, D = (
+T, V, TX, TK, E, P, D, S = (
     "qaclip_core/transforms.py",
     "qaclip_core/model/vision.py",
     "qaclip_core/model/text.py",
@@ -54,6 +67,7 @@ T, V, TX, TK, E, P, D = (
     "qaclip_harness/eval/zeroshot.py",
     "qaclip_core/checkpoint.py",
     "qaclip_harness/data/retrieval.py",
+    "qaclip_harness/suite/session.py",
 )
 
 MUTANTS: list[Mutant] = [
@@ -114,16 +128,16 @@ MUTANTS: list[Mutant] = [
         "tok-no-lower",
         "tokenizer",
         TK,
-        "        word = _strip_accents(word.lower())",
-        "        word = _strip_accents(word)",
+        "words.extend(_split_punct(_strip_accents(word.lower())))",
+        "words.extend(_split_punct(_strip_accents(word)))",
         "the basic tokenizer no longer lower-cases",
     ),
     Mutant(
         "tok-no-accents",
         "tokenizer",
         TK,
-        "        word = _strip_accents(word.lower())",
-        "        word = word.lower()",
+        "words.extend(_split_punct(_strip_accents(word.lower())))",
+        "words.extend(_split_punct(word.lower()))",
         "accents are no longer stripped",
     ),
     Mutant(
@@ -323,6 +337,14 @@ MUTANTS: list[Mutant] = [
         "    return {k: int(hits[:, : max(1, k - 1)].any(axis=1).sum()) for k in ks}",
         "R@k counts the first k-1 predictions",
     ),
+    Mutant(
+        "eval-i2t-all-images",
+        "evaluation",
+        "qaclip_harness/metrics/retrieval.py",
+        "    i2t_frac = [i2t_counts[r] * 1.0 / len(query_ids) for r in ks]",
+        "    i2t_frac = [i2t_counts[r] * 1.0 / len(image_ids) for r in ks]",
+        "image-to-text recall divided by every image, not by the images some caption describes (the distractors')",
+    ),
     # ---- precision
     Mutant(
         "prec-ln-no-cast",
@@ -346,7 +368,73 @@ MUTANTS: list[Mutant] = [
         "    return model.to(device=device).eval()",
         "the precision is ignored (stays fp32)",
     ),
+    # ---- outside what a hand-kept feature path named: loading, the suite, the export, decoding,
+    # data identity, the environment
+    Mutant(
+        "load-cpu-bf16",
+        "loading",
+        S,
+        "                device=self.device,\n                precision=self.precision,",
+        '                device=self.device,\n                precision="bf16" if self.device in ("auto", "cpu") else self.precision,',
+        "the suite loads models in bf16 on the CPU (to save memory), whatever --precision says",
+    ),
+    Mutant(
+        "suite-encoder-reuse",
+        "suite",
+        S,
+        "key = (card.name, self.device, self.precision, self.compile, backend)",
+        "key = (self.device, self.precision, self.compile, backend)",
+        "the suite keeps the loaded model for the next card (its key forgets the card)",
+    ),
+    Mutant(
+        "export-image-flip",
+        "export",
+        "qaclip_harness/export/onnx.py",
+        "        return self.model.encode_image(image)",
+        "        return self.model.encode_image(image.flip(-1))",
+        "the exported image tower mirrors its input (a layout slip in the export wrapper)",
+    ),
+    Mutant(
+        "decode-draft",
+        "decoding",
+        "qaclip_harness/data/imagenet.py",
+        '        return image.convert("RGB")',
+        '        image.draft("RGB", (image.width // 2, image.height // 2))\n        return image.convert("RGB")',
+        "class-folder JPEGs decoded at half scale (PIL's draft mode, a speed-up)",
+    ),
+    Mutant(
+        "identity-head",
+        "data identity",
+        "qaclip_harness/data/fingerprint.py",
+        "    return hashlib.sha256(data).digest()",
+        "    return hashlib.sha256(data[:4096]).digest()",
+        "an image's digest hashes its first 4 KB only (a speed-up): the data fingerprint changes",
+        expect="same",
+    ),
+    Mutant(
+        "env-aten-default",
+        "environment",
+        "",
+        "",
+        "",
+        "ATEN_CPU_CAPABILITY=default: ATen's scalar kernels instead of AVX2 (other low bits everywhere)",
+        env=(("ATEN_CPU_CAPABILITY", "default"),),
+        expect="same",
+    ),
 ]
+# The subset CI runs (tests/harness/test_cache_mutations.py): one mutant of every area a hand-kept
+# key missed, and one of the metrics (an inert file: its warm run reuses every feature). Each runs,
+# cold and warm, the cases of the area it touches (CPU time: a whole suite run cold and warm for
+# each would cost CI about twenty minutes); the unmutated runs that fill the warm cache run them all.
+CI = {
+    "load-cpu-bf16": "reference or fixture-shapes and not hf",
+    "suite-encoder-reuse": "fixture-shapes and not hf",
+    "export-image-flip": "onnx-parity",
+    "decode-draft": "fixture-shapes-cls and not hf",
+    "identity-head": "fixture-shapes and not hf",
+    "env-aten-default": "reference or fixture-shapes and not hf",
+    "eval-recall-off-by-one": "fixture-shapes and not hf",
+}
 
 
 def copy_tree(dest: Path) -> None:
@@ -373,7 +461,9 @@ def copy_tree(dest: Path) -> None:
 
 
 def apply(tree: Path, mutant: Mutant) -> None:
-    """Apply ``mutant`` to the copy ``tree`` (ValueError unless its text occurs exactly once)."""
+    """Apply ``mutant`` to the copy ``tree`` (ValueError unless its text occurs exactly once); nothing for a variable."""
+    if not mutant.path:
+        return
     path = tree / mutant.path
     text = path.read_text(encoding="utf-8")
     n = text.count(mutant.old)
@@ -387,14 +477,69 @@ HIDE_CN_CLIP = (
 )
 
 
-def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, cache: Path) -> tuple:
-    """(return code, red case ids, seconds, output tail) of ``pytest benchmarks -m "not throughput"`` in ``tree``."""
+@dataclass
+class Run:
+    """One suite run: its exit code, each case's verdict, its seconds and the tail of its output."""
+
+    rc: int
+    cases: dict[str, dict]  # case id -> {status, measured, data, features}
+    seconds: float
+    tail: str
+    cpu: float = 0.0  # CPU seconds (user + system) of the run: on a shared machine, steadier than its wall time
+
+    @property
+    def red(self) -> list[str]:
+        """Cases a gate failed (a verdict)."""
+        return sorted(c for c, v in self.cases.items() if v["status"] == "failed")
+
+    @property
+    def broken(self) -> list[str]:
+        """Why the run gave no verdict where it should: an import or collection error, a crash, a timeout, errored cases."""
+        why = [f"{c}: error" for c, v in sorted(self.cases.items()) if v["status"] == "error"]
+        if self.rc == -1:
+            why.insert(0, "timed out")
+        elif self.rc not in (0, 1):
+            why.insert(0, f"pytest exit code {self.rc} (collection, import or usage error)")
+        elif not self.cases:
+            why.insert(0, "no report (the run crashed)")
+        return why
+
+
+def verdicts(report: Path) -> dict[str, dict]:
+    """Each case of ``report/report.json``: its status, numbers, data fingerprint and features' digests."""
+    try:
+        results = json.loads((report / "report.json").read_text(encoding="utf-8"))["results"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {}
+    for r in results:
+        case = "-".join(str(r.get(k)) for k in ("dataset", "model", "variant") if r.get(k))
+        steps = (r.get("features") or {}).get("steps") or {}
+        out[case] = {
+            "status": r.get("status"),
+            "measured": r.get("measured") or {},
+            "checks": [(c.get("metric"), c.get("measured"), c.get("ok")) for c in r.get("checks") or []],
+            "data": r.get("data_fingerprint"),
+            "features": {step: p.get("sha256") for step, p in sorted(steps.items())},
+        }
+    return out
+
+
+def run_suite(
+    tree: Path,
+    cache: Path,
+    report: Path,
+    with_cn_clip: bool,
+    timeout: int,
+    env_extra: dict[str, str],
+    select: str = "",
+) -> Run:
+    """``pytest benchmarks -m "not throughput" [-k select] --report report`` in ``tree`` with the package cache ``cache``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
-    # one package cache for every run, warmed by the unmutated tree: a mutant must turn the run red
-    # although the features and pixels of the correct code are there to be (wrongly) reused
     env["QACLIP_CACHE"] = str(cache)
     env["PYTHONPATH"] = str(tree)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(env_extra)
     if not with_cn_clip:
         (tree / "_hide_cn_clip").mkdir(exist_ok=True)
         (tree / "_hide_cn_clip" / "sitecustomize.py").write_text(HIDE_CN_CLIP, encoding="utf-8")
@@ -411,15 +556,34 @@ def run_suite(tree: Path, stop_first: bool, with_cn_clip: bool, timeout: int, ca
         "-q",
         "-rfE",
         "--no-header",
-    ] + (["-x"] if stop_first else [])
-    start = time.perf_counter()
+        "--report",
+        str(report),
+    ] + (["-k", select] if select else [])
+    start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         rc, text = out.returncode, out.stdout + out.stderr
     except subprocess.TimeoutExpired as e:
         rc, text = -1, f"timed out after {timeout}s\n{e.stdout or ''}"
-    red = re.findall(r"^(?:FAILED|ERROR) \S+?\[([^\]]+)\]", text, flags=re.M)
-    return rc, red, time.perf_counter() - start, "\n".join(text.splitlines()[-15:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
+    return Run(rc, verdicts(report), time.perf_counter() - start, "\n".join(text.splitlines()[-15:]), cpu)
+
+
+def differences(cold: Run, warm: Run) -> list[str]:
+    """Where the warm run differs from the cold one, case by case: verdict, numbers, data, features."""
+    out = []
+    for case in sorted(set(cold.cases) | set(warm.cases)):
+        c, w = cold.cases.get(case), warm.cases.get(case)
+        if c is None or w is None:
+            out.append(f"{case}: only in the {'warm' if c is None else 'cold'} run")
+            continue
+        for what in ("status", "measured", "checks", "data", "features"):
+            if c[what] != w[what]:
+                out.append(f"{case}: {what} cold {c[what]!r}, warm {w[what]!r}"[:400])
+    if (cold.rc == 0) != (warm.rc == 0):
+        out.append(f"exit code cold {cold.rc}, warm {warm.rc}")
+    return out
 
 
 def check_imports(tree: Path) -> None:
@@ -438,78 +602,174 @@ def check_imports(tree: Path) -> None:
             raise SystemExit(f"the copy imports {line}, not its own files: cannot measure mutants")
 
 
+@dataclass
+class Row:
+    """One mutant's outcome."""
+
+    mutant: Mutant
+    cold: Run
+    warm: Run
+    diff: list[str]
+
+    @property
+    def verdict(self) -> str:
+        """killed, survived, broken (no verdict: listed apart) or matched (a ``same`` mutant)."""
+        if self.cold.red:
+            return "killed"
+        if self.cold.broken:
+            return "broken"
+        return "matched" if self.mutant.expect == "same" else "survived"
+
+    @property
+    def ok(self) -> bool:
+        """Killed (or matched, for a ``same`` mutant) with the warm run equal to the cold one."""
+        return not self.diff and self.verdict in ("killed", "matched") and not self.cold.broken
+
+
+def selected(only: str, ci: bool) -> list[Mutant]:
+    """The mutants asked for (all, ``--only`` names, or the CI subset)."""
+    names = set(CI) if ci else set(only.split(",")) if only else None
+    if names is None:
+        return list(MUTANTS)
+    unknown = names - {m.name for m in MUTANTS}
+    if unknown:
+        raise SystemExit(f"unknown mutants {sorted(unknown)}; --list shows them")
+    return [m for m in MUTANTS if m.name in names]
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table of the outcomes."""
+    lines = [
+        "| mutant | area | regression | cold | red case(s) | warm = cold | seconds cold, warm (CPU seconds) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        red = ", ".join(r.cold.red) or ("; ".join(r.cold.broken)[:120] if r.cold.broken else "-")
+        same = "yes" if not r.diff else f"**no** ({len(r.diff)} differences)"
+        verdict = r.verdict if r.verdict in ("killed", "matched") else f"**{r.verdict}**"
+        lines.append(
+            f"| {r.mutant.name} | {r.mutant.area} | {r.mutant.what} | {verdict} | {red} | {same} | "
+            f"{r.cold.seconds:.0f}, {r.warm.seconds:.0f} ({r.cold.cpu:.0f}, {r.warm.cpu:.0f}) |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the unmutated tree and the mutants; print the kill table."""
+    """Run the unmutated tree and the mutants, each cold and warm; print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", default="", help="comma-separated mutant names")
-    p.add_argument("--list", action="store_true", help="list the mutants and exit")
-    p.add_argument("--skip-baseline", action="store_true", help="do not run the unmutated tree first")
     p.add_argument(
-        "--all-cases", action="store_true", help="run every case of each mutant (no -x): every red case is listed"
+        "--ci",
+        action="store_true",
+        help="the subset CI runs: one mutant of each area outside the old key, and the metrics, each on its cases",
     )
+    p.add_argument("--select", default="", help="a pytest -k expression: run only these cases (cold and warm)")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument(
         "--with-cn-clip", action="store_true", help="leave cn_clip importable (the live parity-* cases then run)"
     )
-    p.add_argument("--timeout", type=int, default=1800)
-    p.add_argument("--keep", action="store_true", help="keep the copies (their paths are printed)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds for one suite run")
+    p.add_argument("--keep", action="store_true", help="keep the copies and reports (their folder is printed)")
+    p.add_argument("--json", type=Path, help="also write every outcome (verdicts, differences) to this file")
     args = p.parse_args(argv)
-    mutants = MUTANTS
-    if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {m.name for m in MUTANTS}
-        if unknown:
-            raise SystemExit(f"unknown mutants {sorted(unknown)}; --list shows them")
-        mutants = [m for m in MUTANTS if m.name in wanted]
+    mutants = selected(args.only, args.ci)
+    select = args.select
     if args.list:
         for m in mutants:
-            print(f"{m.name:<24}{m.area:<14}{m.path}: {m.what}")
+            print(f"{m.name:<24}{m.area:<15}{m.path or dict(m.env)}: {m.what}{' [same]' if m.expect == 'same' else ''}")
         return 0
     work = Path(tempfile.mkdtemp(prefix="qaclip-mutants-"))
-    rows = []
+    rows: list[Row] = []
     try:
         base = work / "base"  # one snapshot: later edits of the working tree do not leak into the run
         copy_tree(base)
         for m in mutants:  # every mutant must still apply before an hour of runs starts
-            count = (base / m.path).read_text(encoding="utf-8").count(m.old)
-            if count != 1:
-                raise SystemExit(f"{m.name}: {m.path} holds its text {count} times (expected once): update the mutant")
-        if not args.skip_baseline:
-            tree = work / "unmutated"
-            shutil.copytree(base, tree)
-            check_imports(tree)
-            rc, red, secs, tail = run_suite(tree, False, args.with_cn_clip, args.timeout, work / "cache")
-            print(f"unmutated: {'green' if rc == 0 else 'RED'} in {secs:.0f}s\n{tail}", flush=True)
-            if rc != 0:
-                print("the unmutated tree is not green: nothing to measure")
-                return 2
+            if m.path and (base / m.path).read_text(encoding="utf-8").count(m.old) != 1:
+                raise SystemExit(f"{m.name}: {m.path} no longer holds its text exactly once: update the mutant")
+        tree = work / "unmutated"
+        shutil.copytree(base, tree)
+        check_imports(tree)
+        warm_cache = work / "warm-cache"
+        reports = work / "reports"
+        cold = run_suite(tree, warm_cache, reports / "unmutated-cold", args.with_cn_clip, args.timeout, {}, select)
+        warm = run_suite(tree, warm_cache, reports / "unmutated-warm", args.with_cn_clip, args.timeout, {}, select)
+        diff = differences(cold, warm)
+        print(
+            f"unmutated: cold {'green' if cold.rc == 0 else 'RED'} in {cold.seconds:.0f}s ({cold.cpu:.0f} CPU s), warm "
+            f"{'green' if warm.rc == 0 else 'RED'} in {warm.seconds:.0f}s ({warm.cpu:.0f} CPU s), {len(cold.cases)} cases, "
+            f"warm {'=' if not diff else '!='} cold",
+            flush=True,
+        )
+        if cold.rc != 0 or warm.rc != 0 or diff or not cold.cases:
+            print(cold.tail if cold.rc else warm.tail)
+            print("\n".join(diff[:20]))
+            print("the unmutated tree is not green and equal warm and cold: nothing to measure")
+            return 2
         for m in mutants:
             tree = work / m.name
             shutil.copytree(base, tree)
             apply(tree, m)
-            rc, red, secs, tail = run_suite(tree, not args.all_cases, args.with_cn_clip, args.timeout, work / "cache")
-            killed = rc not in (0, 5)
-            rows.append((m, killed, red, secs))
+            env = dict(m.env)
+            reports = work / "reports" / m.name
+            cold_cache = work / f"{m.name}-cold-cache"
+            cases = select or (CI[m.name] if args.ci else "")
+            cold = run_suite(tree, cold_cache, reports / "cold", args.with_cn_clip, args.timeout, env, cases)
+            cache = work / f"{m.name}-warm-cache"
+            shutil.copytree(warm_cache, cache, symlinks=True)  # the correct code's cache, fresh for each mutant
+            warm = run_suite(tree, cache, reports / "warm", args.with_cn_clip, args.timeout, env, cases)
+            row = Row(m, cold, warm, differences(cold, warm))
+            rows.append(row)
             print(
-                f"{m.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {', '.join(red) or '-'}", flush=True
+                f"{m.name}: {row.verdict} ({', '.join(cold.red) or '; '.join(cold.broken) or '-'}); warm "
+                f"{'= cold' if not row.diff else '!= cold'} [{cold.seconds:.0f}s + {warm.seconds:.0f}s]",
+                flush=True,
             )
-            if not killed or not red:
-                print(tail, flush=True)
+            for line in row.diff[:10]:
+                print(f"    {line}")
+            if row.verdict in ("broken", "survived"):
+                print(cold.tail, flush=True)
             if not args.keep:
-                shutil.rmtree(tree, ignore_errors=True)
+                for path in (tree, cold_cache, cache):
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         if args.keep:
-            print(f"copies kept in {work}")
+            print(f"copies and reports kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| mutant | area | regression | killed | red case(s) |\n|---|---|---|---|---|")
-    for m, killed, red, _ in rows:
-        print(f"| {m.name} | {m.area} | {m.what} | {'yes' if killed else '**no**'} | {', '.join(red) or '-'} |")
-    survivors = [m.name for m, killed, _, _ in rows if not killed]
+    print("\n" + table(rows))
+    killed = [r for r in rows if r.verdict == "killed"]
+    matched = [r for r in rows if r.verdict == "matched"]
+    broken = [r.mutant.name for r in rows if r.verdict == "broken"]
+    survived = [r.mutant.name for r in rows if r.verdict == "survived"]
+    unequal = [r.mutant.name for r in rows if r.diff]
     print(
-        f"\n{len(rows) - len(survivors)} of {len(rows)} killed"
-        + (f"; survivors: {', '.join(survivors)}" if survivors else "")
+        f"\n{len(killed)} of {len(rows) - len(matched)} killed by a gate's verdict"
+        + (f"; {len(matched)} cache mutants matched" if matched else "")
+        + (f"; survived: {', '.join(survived)}" if survived else "")
+        + (f"; broken (no verdict, not counted): {', '.join(broken)}" if broken else "")
+        + f"; warm = cold for {len(rows) - len(unequal)} of {len(rows)}"
+        + (f" (differs: {', '.join(unequal)})" if unequal else "")
     )
-    return 1 if survivors else 0
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        "mutant": r.mutant.name,
+                        "verdict": r.verdict,
+                        "red": r.cold.red,
+                        "broken": r.cold.broken,
+                        "differences": r.diff,
+                        "seconds": [round(r.cold.seconds, 1), round(r.warm.seconds, 1)],
+                        "cpu_seconds": [round(r.cold.cpu, 1), round(r.warm.cpu, 1)],
+                    }
+                    for r in rows
+                ],
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+    return 0 if all(r.ok for r in rows) else 1
 
 
 if __name__ == "__main__":

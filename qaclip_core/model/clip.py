@@ -41,9 +41,8 @@ class CLIP(nn.Module):
         float rounding (tested), only the work differs. Returns the model.
         """
         self.text_fast_path = enabled
-        pool = getattr(self.visual, "attnpool", None)
-        if pool is not None:
-            pool.first_query_only = enabled
+        if isinstance(self.visual, ModifiedResNet):
+            self.visual.attnpool.first_query_only = enabled
         else:
             self.visual.first_token_only = enabled
         return self
@@ -65,12 +64,14 @@ class CLIP(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Unnormalised image features, [N, embed_dim]."""
-        return self.visual(image.to(self.dtype))
+        out: torch.Tensor = self.visual(image.to(self.dtype))
+        return out
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features from [N, L] token ids, [N, embed_dim]."""
         if not self.text_fast_path:
-            return self.bert(text, attention_mask=text != PAD_ID)[:, 0, :] @ self.text_projection
+            out: torch.Tensor = self.bert(text, attention_mask=text != PAD_ID)[:, 0, :] @ self.text_projection
+            return out
         text = trim_padding(text)
         mask = text != PAD_ID
         if bool(mask[:, 0].all()):

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import UnknownModelError
 
@@ -65,7 +66,7 @@ class ArchConfig:
 
     vision: VisionConfig
     text: TextConfig
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
@@ -87,14 +88,15 @@ def text_names() -> list[str]:
     return _names("text")
 
 
-def _read(kind: str, name: str) -> dict:
+def _read(kind: str, name: str) -> dict[str, Any]:
     candidates = [d / kind / f"{name.replace('/', '-')}.json" for d in _CONFIG_DIRS]
     path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         known = ", ".join(_names(kind))
         raise UnknownModelError(f"unknown {kind} tower {name!r}; known {kind} towers: {known}")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        out: dict[str, Any] = json.load(f)
+        return out
 
 
 @cache
@@ -124,7 +126,7 @@ def arch_config(arch: str) -> ArchConfig:
     return ArchConfig(vision=vision_config(vision), text=text_config(text))
 
 
-def reference_kwargs(arch: str) -> dict:
+def reference_kwargs(arch: str) -> dict[str, Any]:
     """Keyword arguments of the reference's ``cn_clip.clip.model.CLIP`` for ``arch``.
 
     For architectures the reference ships no config for (the fixture), so that tests and

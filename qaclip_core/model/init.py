@@ -10,6 +10,7 @@ receive a checkpoint skips all this (``create_model(..., random_init=False)``).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ def init_weights(model: nn.Module, std: float = STD) -> nn.Module:
             module.reset_parameters()
         if isinstance(module, _OWN_INIT):
             if getattr(module, "bias", None) is not None and not isinstance(module, _NORMS):
-                nn.init.zeros_(module.bias)
+                nn.init.zeros_(cast(torch.Tensor, module.bias))
             continue
         # parameters registered directly on this module: embeddings, packed projections, the scale
         for name, param in module.named_parameters(recurse=False):

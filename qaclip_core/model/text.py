@@ -7,6 +7,8 @@ wanted, come from :func:`qaclip_core.model.init.init_weights` for the whole CLIP
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,8 @@ class BertEmbeddings(nn.Module):
         pos = self.position_embeddings.weight[:length]
         # token type 0 everywhere, as in the reference
         x = self.word_embeddings(ids) + pos + self.token_type_embeddings.weight[0]
-        return self.LayerNorm(x)
+        out: torch.Tensor = self.LayerNorm(x)
+        return out
 
 
 class BertSelfAttention(nn.Module):
@@ -84,7 +87,8 @@ class _DenseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """LayerNorm(dense(x) + residual)."""
-        return self.LayerNorm(self.dense(x) + residual)
+        out: torch.Tensor = self.LayerNorm(self.dense(x) + residual)
+        return out
 
 
 class BertAttention(nn.Module):
@@ -97,12 +101,14 @@ class BertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Post-norm attention sub-layer."""
-        return self.output(self.self(x, mask), x)
+        out: torch.Tensor = self.output(self.self(x, mask), x)
+        return out
 
     def forward_packed(self, x: torch.Tensor, layout: PackedLayout, queries: torch.Tensor) -> torch.Tensor:
         """Packed variant: rows ``queries`` of the output only."""
         residual = x if queries is layout.all_rows else x[queries]
-        return self.output(self.self.forward_packed(x, layout, queries), residual)
+        out: torch.Tensor = self.output(self.self.forward_packed(x, layout, queries), residual)
+        return out
 
 
 class BertIntermediate(nn.Module):
@@ -129,12 +135,14 @@ class BertLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention then feed-forward."""
         x = self.attention(x, mask)
-        return self.output(self.intermediate(x), x)
+        out: torch.Tensor = self.output(self.intermediate(x), x)
+        return out
 
     def forward_packed(self, x: torch.Tensor, layout: PackedLayout, queries: torch.Tensor) -> torch.Tensor:
         """Packed variant: rows ``queries`` of the output only."""
         x = self.attention.forward_packed(x, layout, queries)
-        return self.output(self.intermediate(x), x)
+        out: torch.Tensor = self.output(self.intermediate(x), x)
+        return out
 
 
 class BertEncoder(nn.Module):
@@ -163,7 +171,8 @@ class BertModel(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode [N, L] ids; ``attention_mask`` is 1 for real tokens and 0 for padding."""
         x = self.embeddings(ids)
-        return self.encoder(x, _additive_mask(attention_mask, x.dtype))
+        out: torch.Tensor = self.encoder(x, _additive_mask(attention_mask, x.dtype))
+        return out
 
     def encode_first_token(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden state of token 0 ([CLS]), [N, D]: the same values as ``forward(...)[:, 0]``.
@@ -176,7 +185,7 @@ class BertModel(nn.Module):
         x = self.embeddings(ids)
         layout = PackedLayout(attention_mask.bool(), _additive_mask(attention_mask, x.dtype))
         h = layout.pack(x)
-        layers = self.encoder.layer
+        layers = cast("list[BertLayer]", self.encoder.layer)
         for i, layer in enumerate(layers):
             h = layer.forward_packed(h, layout, layout.first_rows if i == len(layers) - 1 else layout.all_rows)
         return h

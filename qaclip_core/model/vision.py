@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,10 @@ def resnet_plan(cfg: VisionConfig) -> ResNetPlan:
     The stem halves the width twice (three 3x3 convolutions, the first strided); stage ``i``
     has inner width ``width * 2**i`` and, from the second stage on, starts with stride 2.
     """
+    if not isinstance(cfg.layers, tuple):
+        raise ValueError(
+            f"vision config {cfg.name!r}: a ResNet's layers must be a list of stage depths, got {cfg.layers!r}"
+        )
     base = cfg.width
     stem = (ConvSpec(3, base // 2, 3, stride=2), ConvSpec(base // 2, base // 2, 3), ConvSpec(base // 2, base, 3))
     stages: list[tuple[BlockSpec, ...]] = []
@@ -156,8 +161,9 @@ class Shortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` to the block's output shape."""
-        conv, norm = self._modules["0"], self._modules["1"]
-        return norm(conv(self.pool(x)))
+        conv, norm = cast(nn.Conv2d, self._modules["0"]), cast(nn.BatchNorm2d, self._modules["1"])
+        out: torch.Tensor = norm(conv(self.pool(x)))
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -213,11 +219,14 @@ class AttentionPool(nn.Module):
         out = F.scaled_dot_product_attention(
             heads(self.q_proj(queries)), heads(self.k_proj(tokens)), heads(self.v_proj(tokens))
         )
-        return self.c_proj(out[:, :, 0].reshape(n, c))
+        pooled: torch.Tensor = self.c_proj(out[:, :, 0].reshape(n, c))
+        return pooled
 
 
 class ModifiedResNet(nn.Module):
     """CLIP's ResNet (three-convolution stem, pooled strides, attention pooling), built from a :class:`ResNetPlan`."""
+
+    conv1: nn.Conv2d  # the stem's first convolution, registered by _add_conv_bn under the checkpoint's name
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -242,7 +251,8 @@ class ModifiedResNet(nn.Module):
         x = self.stem_pool(x)
         for number in range(1, self.stages + 1):
             x = getattr(self, f"layer{number}")(x)
-        return self.attnpool(x)
+        out: torch.Tensor = self.attnpool(x)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +274,8 @@ class SelfAttention(nn.Module):
         n, length, width = x.shape
         h = self.heads
         if first_query_only:
-            w_q, w_kv = self.in_proj_weight.split([width, 2 * width])
-            b_q, b_kv = self.in_proj_bias.split([width, 2 * width])
+            w_q, w_kv = torch.split(self.in_proj_weight, [width, 2 * width])
+            b_q, b_kv = torch.split(self.in_proj_bias, [width, 2 * width])
             q = F.linear(x[:, :1], w_q, b_q).view(n, 1, h, -1).transpose(1, 2)
             k, v = F.linear(x, w_kv, b_kv).view(n, length, 2, h, -1).permute(2, 0, 3, 1, 4)
         else:
@@ -273,7 +283,7 @@ class SelfAttention(nn.Module):
                 F.linear(x, self.in_proj_weight, self.in_proj_bias).view(n, length, 3, h, -1).permute(2, 0, 3, 1, 4)
             )
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(n, q.shape[2], width))
+        return self.out_proj(out.transpose(1, 2).reshape(n, q.shape[2], width))  # type: ignore[no-any-return]  # nn.Module calls return Any; kept one line for the vit-attn-scale mutant
 
 
 class FeedForward(nn.Module):
@@ -286,7 +296,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """c_proj(quick_gelu(c_fc(x)))."""
-        return self.c_proj(quick_gelu(self.c_fc(x)))
+        out: torch.Tensor = self.c_proj(quick_gelu(self.c_fc(x)))
+        return out
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -303,7 +314,8 @@ class ResidualAttentionBlock(nn.Module):
         """One block; with ``first_query_only`` the output holds token 0 only."""
         y = self.attn(self.ln_1(x), first_query_only)
         x = (x[:, :1] if first_query_only else x) + y
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class Transformer(nn.Module):
@@ -333,6 +345,8 @@ class VisionTransformer(nn.Module):
                 f"vision config {cfg.name!r}: image_size {cfg.image_size} is not a multiple of "
                 f"patch_size {cfg.patch_size}"
             )
+        if not isinstance(cfg.layers, int):
+            raise ValueError(f"vision config {cfg.name!r}: a ViT's layers must be one number, got {cfg.layers!r}")
         side = cfg.image_size // cfg.patch_size
         self.input_resolution = cfg.image_size
         self.grid_size = (side, side)
@@ -352,13 +366,17 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x), first_token_only=self.first_token_only)
-        return self.ln_post(x[:, 0]) @ self.proj
+        out: torch.Tensor = self.ln_post(x[:, 0]) @ self.proj
+        return out
 
 
-BUILDERS = {"resnet": ModifiedResNet, "vit": VisionTransformer}
+BUILDERS: dict[str, type[ModifiedResNet] | type[VisionTransformer]] = {
+    "resnet": ModifiedResNet,
+    "vit": VisionTransformer,
+}
 
 
-def build_vision(cfg: VisionConfig) -> nn.Module:
+def build_vision(cfg: VisionConfig) -> ModifiedResNet | VisionTransformer:
     """Instantiate the vision tower that ``cfg`` describes (parameters uninitialised)."""
     if cfg.kind not in BUILDERS:
         raise ValueError(

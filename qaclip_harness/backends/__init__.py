@@ -55,9 +55,10 @@ class Backend:
         device: str | torch.device = "auto",
         precision: str = "fp32",
         compile: bool = False,
+        **options: Any,
     ) -> Any:
-        """Call the loader (the encoder is checked by :func:`load_encoder`, not here)."""
-        return self.loader(card, checkpoint, device=device, precision=precision, compile=compile)
+        """Call the loader with the backend's own ``options`` (the encoder is checked by :func:`load_encoder`)."""
+        return self.loader(card, checkpoint, device=device, precision=precision, compile=compile, **options)
 
 
 @lru_cache(maxsize=1)
@@ -143,14 +144,18 @@ def load_encoder(
     precision: str = "fp32",
     compile: bool = False,
     backend_name: str | None = None,
+    cache_mode: str | None = None,
 ) -> Encoder:
     """Load ``checkpoint`` as the model ``card`` describes, behind the Encoder interface (checked before it is returned).
 
     ``compile`` runs the vision tower through ``torch.compile`` (native models only).
     ``backend_name`` runs it on another backend than the card's own (``onnx``: exported, run by ONNX Runtime).
+    ``cache_mode`` is the export cache's mode for the onnx backend (default: from the QACLIP_* cache variables).
     """
-    chosen = backend(backend_name or card.adapter)
-    encoder = chosen.load(card, checkpoint, device=device, precision=precision, compile=compile)
+    name = backend_name or card.adapter
+    chosen = backend(name)
+    extra = {"cache_mode": cache_mode} if name == "onnx" else {}
+    encoder = chosen.load(card, checkpoint, device=device, precision=precision, compile=compile, **extra)
     check_encoder(encoder, chosen.describe(), card.name)
     return encoder
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 from PIL import Image
@@ -212,7 +212,7 @@ class ChineseCLIPEncoder(hf_common.TransformersEncoder):
         if protocol == "reference":
             self.pad_id = PAD_ID
             # the transform object itself, so loaders can use its ``into``
-            self.preprocess = image_transform(self.image_size)
+            self.preprocess: Callable[[Image.Image], torch.Tensor] = image_transform(self.image_size)
         else:
             tok = processor.tokenizer
             if tok.pad_token_id is None:

@@ -86,9 +86,9 @@ def _probe(encoder: Any) -> None:
         raise _Refused(f"the encoder ({type(encoder).__name__}) has no {', '.join(missing)}")
     if not isinstance(encoder.dtype, torch.dtype):
         raise _Refused(f"its dtype is {encoder.dtype!r}, expected a torch.dtype")
-    pixels = []
-    for i, image in enumerate(probe_images()):
-        px = _tensor(_call(encoder, "preprocess", image), "preprocess")
+    pixels: list[torch.Tensor] = []
+    for i, picture in enumerate(probe_images()):
+        px = _tensor(_call(encoder, "preprocess", picture), "preprocess")
         if px.dim() != 3 or px.shape[0] != 3 or not px.is_floating_point():
             raise _Refused(
                 f"preprocess returned shape {_shape(px)} {px.dtype} for image {i}, expected a float tensor [3, H, W]"

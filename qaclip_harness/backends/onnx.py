@@ -1,8 +1,10 @@
 """An ONNX export run by ONNX Runtime, behind the :class:`~qaclip_harness.backends.base.Encoder` interface.
 
 ``load`` exports the checkpoint into the cache (:mod:`qaclip_harness.export.cache`, keyed by the
-checkpoint's sha256, opset, precision and package version) and opens it with the execution
-provider of the device: CPU, or CUDA with ``onnxruntime-gpu``. Preprocessing and tokenisation
+checkpoint's sha256, opset, precision, the project's source and the exporting libraries' versions)
+and opens it with the execution provider of the device: CPU, or CUDA with ``onnxruntime-gpu``. A
+cached export is used only when its files hash to its manifest and ONNX Runtime reproduces, on
+this device, the canary recorded when it was made. Preprocessing and tokenisation
 are the package's own, with the resolution and context length the export's manifest records.
 Needs the ``onnx`` extra (``pip install 'qaclip-core[onnx]'``).
 """
@@ -22,7 +24,7 @@ from qaclip_core.model.clip import CLIP
 from qaclip_core.registry import ModelCard
 from qaclip_core.tokenizer import preprocess_text, tokenize
 from qaclip_core.transforms import MEAN, STD, image_transform
-from qaclip_harness.errors import ExportError, UnsupportedError
+from qaclip_harness.errors import ExportError, ExportParityError, UnsupportedError
 
 PathLike = Union[str, "os.PathLike[str]"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -39,6 +41,7 @@ class OnnxEncoder:
         checkpoint_sha256: str | None = None,
         precision: str | None = None,
         threads: int | None = None,
+        verify_files: bool = True,
     ):
         from qaclip_harness.export.manifest import read_manifest
         from qaclip_harness.export.runtime import resolve_providers, session
@@ -60,7 +63,8 @@ class OnnxEncoder:
         norm = manifest.normalisation
         if not (np.allclose(norm.get("mean", ()), MEAN, atol=0) and np.allclose(norm.get("std", ()), STD, atol=0)):
             raise ExportError(f"{where}: normalisation {norm} is not this package's (mean {MEAN}, std {STD})")
-        manifest.verify_files(self.directory)
+        if verify_files:  # False only right after the export cache hashed every file
+            manifest.verify_files(self.directory)
         self.manifest = manifest
         self.name = name or manifest.model
         self.context_length = manifest.context_length
@@ -140,9 +144,12 @@ def load(
     precision: str = "fp32",
     compile: bool = False,
     opset: int | None = None,
+    cache_mode: str | None = None,
 ) -> OnnxEncoder:
-    """Export ``path`` into the cache (or reuse a valid export there) and open it with ONNX Runtime."""
-    from qaclip_harness.export.cache import cached_export
+    """Export ``path`` into the cache (or reuse a valid export there, canary checked) and open it with ONNX Runtime.
+
+    ``cache_mode`` (use, read-only, refresh, off; default from the QACLIP_* cache variables) is the suite's.
+    """
     from qaclip_harness.export.deps import require
 
     if card.adapter != "native":
@@ -154,10 +161,8 @@ def load(
         warnings.warn(f"{card.name}: compile does not apply to the onnx backend; ignored", UserWarning, stacklevel=3)
     if precision not in DTYPES:
         raise UnsupportedError(f"{card.name}: the onnx backend exports {' and '.join(DTYPES)}, not {precision}")
-    directory, sha = cached_export(
-        path, arch=card.arch, precision=precision, opset=opset, name=card.name, verify=verify_export
-    )
-    return OnnxEncoder(directory, device=device, name=card.name, checkpoint_sha256=sha, precision=precision)
+    make = {"arch": card.arch, "precision": precision, "opset": opset, "name": card.name}
+    return open_cached(path, make, device, card.name, cache_mode)
 
 
 def load_checkpoint_encoder(
@@ -166,18 +171,67 @@ def load_checkpoint_encoder(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     opset: int | None = None,
+    cache_mode: str | None = None,
 ) -> OnnxEncoder:
     """A local checkpoint file exported into the cache (``arch`` inferred from its weights when None) and opened."""
-    from qaclip_harness.export.cache import cached_export
     from qaclip_harness.export.deps import require
 
     require()
     if precision not in DTYPES:
         raise ExportError(f"{checkpoint}: the onnx backend exports {' and '.join(DTYPES)}, not {precision}")
-    directory, sha = cached_export(
-        checkpoint, arch=arch, precision=precision, opset=opset, name=Path(checkpoint).name, verify=verify_export
-    )
-    return OnnxEncoder(directory, device=device, name=Path(checkpoint).name, checkpoint_sha256=sha, precision=precision)
+    make = {"arch": arch, "precision": precision, "opset": opset, "name": Path(checkpoint).name}
+    return open_cached(checkpoint, make, device, Path(checkpoint).name, cache_mode)
+
+
+def runtime_canary(encoder: OnnxEncoder) -> dict[str, np.ndarray]:
+    """The probe set's features through ONNX Runtime (images in batches of 7, captions in batches of 16): the export's canary."""
+    from qaclip_harness.cache.pixels import quiet_probe
+    from qaclip_harness.probe.probe_set import load_probe_set
+
+    probe = load_probe_set()
+    with quiet_probe():
+        images = torch.stack([encoder.preprocess(im) for im in probe.images])
+    tokens = encoder.tokenize(list(probe.captions))
+    return {
+        "images": torch.cat([encoder.encode_image(images[s : s + 7]) for s in range(0, len(images), 7)]).numpy(),
+        "texts": torch.cat([encoder.encode_text(tokens[s : s + 16]) for s in range(0, len(tokens), 16)]).numpy(),
+    }
+
+
+def open_cached(
+    checkpoint: PathLike, make: dict[str, Any], device: str | torch.device, name: str, cache_mode: str | None
+) -> OnnxEncoder:
+    """The export of ``checkpoint`` from the cache (files hashed, canary through ONNX Runtime required), else a fresh one."""
+    from qaclip_harness.cache.keys import device_kind
+    from qaclip_harness.export.cache import cached_export, canary_digest
+
+    entry = cached_export(checkpoint, verify=verify_export, mode=cache_mode, **make)
+
+    def opened(found: Any) -> OnnxEncoder:
+        return OnnxEncoder(
+            found.directory,
+            device=device,
+            name=name,
+            checkpoint_sha256=found.sha256,
+            precision=make["precision"],
+            verify_files=False,
+        )
+
+    encoder = opened(entry)
+    kind = f"{device_kind(encoder.device)} {','.join(encoder.providers)}"
+    digest = canary_digest(runtime_canary(encoder))
+    stored = entry.canary(kind)
+    if entry.reused and stored is not None and stored != digest:
+        msg = (
+            f"ONNX export {entry.directory} checks out but ONNX Runtime does not reproduce its canary on {kind}: "
+            "something the key does not name changed; exported again"
+        )
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        entry = cached_export(checkpoint, verify=verify_export, mode="refresh" if entry.writes else "off", **make)
+        encoder = opened(entry)
+        digest = canary_digest(runtime_canary(encoder))
+    entry.record_canary(kind, digest)
+    return encoder
 
 
 def verify_export(directory: Path, model: CLIP) -> dict[str, Any]:
@@ -206,7 +260,7 @@ def verify_export(directory: Path, model: CLIP) -> dict[str, Any]:
         ) from e
     towers = list(report.towers)
     if not all(t.ok for t in towers):
-        raise ExportError(
+        raise ExportParityError(
             f"the export of {manifest.model} at opset {manifest.opset} disagrees with PyTorch:\n{report.table()}"
         )
     return {

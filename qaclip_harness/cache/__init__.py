@@ -7,12 +7,32 @@ written), ``refresh`` (everything recomputed and overwritten) or ``off`` (nothin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from qaclip_harness.cache.features import MODES, FeatureStore, Provenance
 from qaclip_harness.cache.identity import IdentityRecords
 from qaclip_harness.cache.pixels import PixelStore
+
+# the suite's cache flags as environment variables, in the order their modes are named
+MODE_VARIABLES = (
+    ("QACLIP_NO_CACHE", "off"),
+    ("QACLIP_REFRESH_CACHE", "refresh"),
+    ("QACLIP_CACHE_READ_ONLY", "read-only"),
+)
+
+
+def mode_from_environment() -> str:
+    """The cache mode the variables set (``use`` when none is): for code run outside the suite (the CLI, the ONNX backend)."""
+    on = [
+        (name, mode)
+        for name, mode in MODE_VARIABLES
+        if os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+    ]
+    if len(on) > 1:
+        raise ValueError(f"{on[1][0]} cannot be combined with {on[0][0]}: choose one cache mode")
+    return on[0][1] if on else "use"
 
 
 @dataclass
@@ -46,4 +66,4 @@ class Cache:
         )
 
 
-__all__ = ["MODES", "Cache", "FeatureStore", "IdentityRecords", "PixelStore", "Provenance"]
+__all__ = ["MODES", "Cache", "FeatureStore", "IdentityRecords", "PixelStore", "Provenance", "mode_from_environment"]

@@ -33,16 +33,10 @@ def say(message: str) -> None:
 
 def budget_bytes() -> int:
     """The budget of the feature and pixel caches, from ``QACLIP_CACHE_BUDGET_GB`` (read at call time)."""
-    raw = os.environ.get(BUDGET_ENV, "").strip()
-    if not raw:
-        return int(DEFAULT_BUDGET_GB * 1e9)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a number of gigabytes >= 0")
-    return int(value * 1e9)
+    from qaclip_harness.options import cache_budget_gb
+
+    value = cache_budget_gb()  # checked at configure time; an OptionError (a ValueError) naming the variable
+    return int((DEFAULT_BUDGET_GB if value is None else value) * 1e9)
 
 
 def gb(n: int) -> str:
@@ -92,9 +86,10 @@ def entries(root: Path) -> list[Entry]:
     """The feature and pixel entries under the cache root ``root``."""
     found = []
     for record in sorted((root / "features").glob("*.json")):
-        found.append(Entry(record, [record.with_suffix(".pt")]))
+        # .pt: the payload of entries written before schema 2 (never read now; evicted like any other)
+        found.append(Entry(record, [record.with_suffix(".npz"), record.with_suffix(".pt")]))
     for record in sorted((root / "pixels").glob("*/meta.json")):
-        found.append(Entry(record, [record.parent / "pixels.npy"], record.parent))
+        found.append(Entry(record, [record.parent / "pixels.npy", record.parent / "rows.npy"], record.parent))
     return found
 
 

@@ -194,12 +194,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     hist.add_argument(
         "--html",
-        type=Path,
+        type=_checked(options.output_file, "--html"),
         metavar="FILE",
         help="write the current run's report with the history of every number drawn (e.g. reports/report.html)",
     )
     hist.add_argument(
-        "--markdown", type=Path, metavar="FILE", help="also write the table as Markdown (for a job summary)"
+        "--markdown",
+        type=_checked(options.output_file, "--markdown"),
+        metavar="FILE",
+        help="also write the table as Markdown (for a job summary)",
     )
     hist.add_argument("--json", action="store_true", help="print every moved number as one JSON object")
     hist.add_argument(
@@ -209,9 +212,19 @@ def _parser() -> argparse.ArgumentParser:
         help="rows per section in the printed and Markdown tables (default 25)",
     )
     keep = sub.add_parser("keep-run", help="copy a run folder into a history folder (whole or not at all)")
-    keep.add_argument("run", type=Path, help="the run folder (the suite's --report folder)")
-    keep.add_argument("store", type=Path, help="the history folder (created when missing)")
-    keep.add_argument("--name", required=True, help="the run's name, e.g. the commit; the folder is <time>-<name>")
+    keep.add_argument("run", type=Path, metavar="RUN", help="the run folder (the suite's --report folder)")
+    keep.add_argument(
+        "store",
+        type=_checked(options.output_folder_later, "STORE"),
+        metavar="STORE",
+        help="the history folder (created when missing)",
+    )
+    keep.add_argument(
+        "--name",
+        required=True,
+        type=_checked(options.run_name, "--name"),
+        help="the run's name, e.g. the commit (one folder name: no '/'); the folder is <time>-<name>",
+    )
     keep.add_argument(
         "--keep-last",
         type=_checked(options.positive_int, "--keep-last"),
@@ -243,6 +256,8 @@ def _check_before_work(args, card) -> None:
         options.new_output_folder(args.dump_predictions, "--dump-predictions")
     if args.lock_file is None and os.environ.get("QACLIP_LOCK_FILE", "").strip():
         options.output_file(os.environ["QACLIP_LOCK_FILE"].strip(), "QACLIP_LOCK_FILE")  # the hub writes it
+    # checkpoints of --model are downloaded into the package cache by default, ONNX exports always
+    options.package_cache(write=False)
     if args.backend == "onnx":  # exports are written into the package cache
         options.cache_folder("onnx")
 
@@ -311,7 +326,7 @@ def _eval(args, shard) -> tuple:
         split=args.split,
         shard=shard,
     )
-    report = {k: float(v) for k, v in out.metrics.items()}
+    report: dict[str, object] = {k: float(v) for k, v in out.metrics.items()}
     report.update({f"num_{k}": v for k, v in out.counts.items()})
     report.update(
         {
@@ -425,9 +440,9 @@ def _main(argv: list[str] | None) -> int:
         except QAClipError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(
-            json.dumps(diff, ensure_ascii=False, default=str) if args.json else render(diff, str(args.a), str(args.b))
-        )
+        from qaclip_harness.report.escape import json_text, terminal
+
+        print(json_text(diff, default=str) if args.json else terminal(render(diff, str(args.a), str(args.b))))
         return 0
     if args.command == "calibrate":
         return _calibrate(args)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import cast
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def _output_folder(value: str) -> Path:
     from qaclip_harness import options
 
     try:
-        path = options.output_folder_later(value, "--out")
+        path = cast(Path, options.output_folder_later(value, "--out"))  # a value gives a folder, never None
     except options.OptionError as e:
         raise argparse.ArgumentTypeError(f"{value!r}: {e.detail}") from None
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from qaclip_core.errors import QAClipError
@@ -11,6 +10,7 @@ from qaclip_harness.files import atomic_write_text
 
 def run_history(args) -> int:
     """Print what moved between the last two runs; write the report page with every number's history."""
+    from qaclip_harness.report.escape import json_text, terminal
     from qaclip_harness.report.history import build, load_runs, render_markdown, render_text, to_json
     from qaclip_harness.report.html import write_html
 
@@ -30,7 +30,8 @@ def run_history(args) -> int:
     except QAClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(to_json(history), ensure_ascii=False) if args.json else render_text(history, args.limit), end="")
+    # names read from runs reach a terminal: no control sequence from them is obeyed
+    print(json_text(to_json(history)) if args.json else terminal(render_text(history, args.limit)), end="")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from qaclip_core.errors import QAClipError
 
@@ -106,7 +106,7 @@ def run_record(args: argparse.Namespace, argv: list[str] | None) -> int:
         load_project(args)
         cards = [get_card(m) for m in args.model]  # every name checked before any work
         datasets = [get_dataset(d) for d in args.dataset]
-        out = new_output_folder(args.out, "--out")
+        out = cast(Path, new_output_folder(args.out, "--out"))  # a value gives a folder, never None
         if not args.force:
             taken = [out / f"{d.name}-{c.name}.yaml" for c in cards for d in datasets]
             taken = [p for p in taken if p.exists()]

@@ -20,7 +20,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Union, cast
 
 import torch
 
@@ -60,7 +60,9 @@ def _transpose(name: str) -> Callable[[str, torch.Tensor], dict[str, torch.Tenso
 
 def _split_in_proj(key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
     # nn.MultiheadAttention packs the query, key and value projections as rows [q; k; v]
-    layer, kind = _IN_PROJ.match(key).groups()
+    m = _IN_PROJ.match(key)
+    assert m is not None, key  # called only for the keys _IN_PROJ matched
+    layer, kind = m.groups()
     q, k, v = t.chunk(3, dim=0)
     prefix = f"vision_model.encoder.layers.{layer}.self_attn"
     return {
@@ -106,7 +108,7 @@ def hf_config(arch: str | ArchConfig) -> dict:
         "vision_config": {
             "hidden_size": v.width,
             "intermediate_size": 4 * v.width,
-            "num_hidden_layers": int(v.layers),
+            "num_hidden_layers": int(cast(int, v.layers)),  # a ViT: _arch refuses the ResNets
             "num_attention_heads": v.heads,
             "patch_size": v.patch_size,
             "image_size": v.image_size,

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from qaclip_harness.documents import key_text, read_yaml
 from qaclip_harness.errors import DatasetError
 
 CARDS_FILE = Path(__file__).resolve().parent / "datasets.yaml"
@@ -77,16 +76,98 @@ _FIELDS = set(DatasetCard.__dataclass_fields__)
 ORIGIN_FILE = ".qaclip-origin.json"  # written into a folder unpacked by --download: which archive it came from
 
 
+_REQUIRED = ("name", "display", "kind", "dirname", "split")
+_MAPPINGS = {"hub", "labels", "split_size", "builds"}  # every other field is a string
+_HUB = {"repo", "filename", "repo_type", "revision", "member", "size", "sha256"}
+_LABELS = {"filename", "url", "sha256"}
+
+
+def _one_name(value: object) -> bool:
+    """A single folder or file name (of at most 255 bytes): never a path that could lead out of the data root."""
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and "\x00" not in value
+        and len(value.encode("utf-8", "surrogatepass")) <= 255
+    )
+
+
+def _check_card(raw: object, where: str, path: Path) -> DatasetCard:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: {where} must be a mapping (a dataset card), got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in set(raw) - _FIELDS)
+    missing = [k for k in _REQUIRED if k not in raw]
+    if unknown or missing:
+        raise DatasetError(f"{path}: {where} ({raw.get('name')!r:.40}): unknown keys {unknown}, missing keys {missing}")
+    for key, value in raw.items():
+        kind = dict if key in _MAPPINGS else str
+        if (value is not None or key in _REQUIRED) and not isinstance(value, kind):
+            raise DatasetError(f"{path}: {where}.{key_text(key)} must be a {kind.__name__}, got {value!r:.60}")
+    if raw["kind"] not in ("retrieval", "zeroshot"):
+        raise DatasetError(f"{path}: {where}.kind must be retrieval or zeroshot, got {raw['kind']!r:.60}")
+    for key in ("dirname", "split"):
+        if not _one_name(raw[key]):
+            raise DatasetError(f"{path}: {where}.{key} must be one folder name, got {raw[key]!r:.60}")
+    hub, labels = raw.get("hub"), raw.get("labels")
+    if hub is not None and (set(hub) - _HUB or not all(isinstance(hub.get(k), str) for k in ("repo", "filename"))):
+        raise DatasetError(f"{path}: {where}.hub needs repo and filename (strings) and takes only {sorted(_HUB)}")
+    if hub is not None and (not all(isinstance(v, str) for v in hub.values()) or not _one_name(hub["filename"])):
+        raise DatasetError(f"{path}: {where}.hub values must be strings, its filename one file name")
+    if hub is not None and hub.get("repo_type", "model") not in ("model", "dataset", "space"):
+        raise DatasetError(f"{path}: {where}.hub.repo_type must be model, dataset or space")
+    if hub is not None and "member" in hub and not _one_name(hub["member"]):
+        raise DatasetError(f"{path}: {where}.hub.member must be one file name, got {hub['member']!r:.60}")
+    if raw["kind"] == "zeroshot" and labels is None:
+        raise DatasetError(f"{path}: {where}: a zero-shot dataset needs labels: {{filename: ...}}")
+    if labels is not None and (
+        set(labels) - _LABELS
+        or not _one_name(labels.get("filename"))
+        or not all(isinstance(v, str) for v in labels.values())
+    ):
+        raise DatasetError(f"{path}: {where}.labels needs filename (one file name) and takes only {sorted(_LABELS)}")
+    for key, value in (raw.get("split_size") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(
+                f"{path}: {where}.split_size.{key_text(key)} must be a positive integer, got {value!r:.60}"
+            )
+    for name, build in (raw.get("builds") or {}).items():
+        fingerprints = build.get("fingerprints") if isinstance(build, dict) else None
+        if (
+            not isinstance(build, dict)
+            or set(build) - {"archive", "note", "fingerprints"}
+            or not isinstance(fingerprints or [], list)
+            or not all(isinstance(f, str) for f in fingerprints or [])
+            or not isinstance(build.get("archive", ""), str)
+        ):
+            raise DatasetError(
+                f"{path}: {where}.builds.{key_text(name)} must be {{archive: <repo/file>, note: ..., fingerprints: "
+                "[<sha256>...]}"
+            )
+    return DatasetCard(**raw)
+
+
+def load_dataset_cards(path: str | Path) -> list[DatasetCard]:
+    """The dataset cards of a YAML file (``datasets: [...]``), read strictly and checked."""
+    path = Path(path)
+    doc = read_yaml(path, DatasetError)
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list):
+        raise DatasetError(f"{path}: expected a mapping with a list of cards under 'datasets'")
+    cards = [_check_card(raw, f"datasets[{i}]", path) for i, raw in enumerate(doc["datasets"])]
+    names = [c.name for c in cards]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DatasetError(f"{path}: dataset name(s) {twice} given twice")
+    return cards
+
+
 def all_datasets() -> list[DatasetCard]:
     """Every dataset card, in file order (the package's, then a project's)."""
     if not _CARDS:
-        with open(CARDS_FILE, encoding="utf-8") as f:
-            for raw in yaml.safe_load(f)["datasets"]:
-                unknown = set(raw) - _FIELDS
-                if unknown:
-                    raise DatasetError(f"{CARDS_FILE}: dataset {raw.get('name')!r} has unknown keys {sorted(unknown)}")
-                _CARDS[raw["name"]] = DatasetCard(**raw)
-                _SOURCES[raw["name"]] = CARDS_FILE
+        for card in load_dataset_cards(CARDS_FILE):
+            _CARDS[card.name] = card
+            _SOURCES[card.name] = CARDS_FILE
     return list(_CARDS.values())
 
 
@@ -176,14 +257,7 @@ def register_datasets(path: str | Path) -> list[DatasetCard]:
     all_datasets()
     if path in _FILES:
         return _FILES[path]
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot be read ({e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise DatasetError(f"{path}: is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    doc = read_yaml(path, DatasetError)  # strict: a key given twice, deep nesting or bad bytes are refused
     if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list) or set(doc) - {"datasets"}:
         raise DatasetError(f"{path}: expected one key, datasets: [<dataset card>, ...]")
     cards = [_project_card(raw, i, path) for i, raw in enumerate(doc["datasets"])]
@@ -204,9 +278,10 @@ def register_datasets(path: str | Path) -> list[DatasetCard]:
 def read_origin(folder: Path) -> dict | None:
     """The archive a dataset folder was unpacked from (``{"archive", "sha256"}``), if --download did it."""
     try:
-        return json.loads((Path(folder) / ORIGIN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = json.loads((Path(folder) / ORIGIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return doc if isinstance(doc, dict) else None  # a record that is not one says nothing
 
 
 def identify_build(card: DatasetCard, folder: Path, fingerprint: str | None) -> str | None:
@@ -254,7 +329,9 @@ def dataset_dir(card: DatasetCard, data_root: str | Path) -> Path:
 def is_present(card: DatasetCard, folder: Path) -> bool:
     if card.kind == "retrieval":
         return (folder / "lmdb" / card.split / "imgs").is_dir() and (folder / f"{card.split}_texts.jsonl").is_file()
-    return (folder / card.split).is_dir() and (not _labels_inside(card) or (folder / card.labels["filename"]).is_file())
+    return (folder / card.split).is_dir() and (
+        not _labels_inside(card) or (folder / (card.labels or {})["filename"]).is_file()
+    )
 
 
 def _labels_inside(card: DatasetCard) -> bool:
@@ -270,8 +347,8 @@ def missing_parts(card: DatasetCard, folder: Path) -> list:
     else:
         parts, present = [f"{card.split}/<class folders>"], [(folder / card.split).is_dir()]
         if _labels_inside(card):
-            parts.append(card.labels["filename"])
-            present.append((folder / card.labels["filename"]).is_file())
+            parts.append((card.labels or {})["filename"])
+            present.append((folder / (card.labels or {})["filename"]).is_file())
     return [p for p, ok in zip(parts, present) if not ok]
 
 
@@ -289,7 +366,7 @@ def missing_reason(card: DatasetCard, data_root: str | Path) -> str:
 
 def nested_how_to_get(card: DatasetCard, datasets_folder: Path) -> str:
     """Where to get a nested dataset and where to put it, in one line."""
-    hub = card.hub
+    hub = card.hub or {}
     size = f" ({hub['size']})" if hub.get("size") else ""
     where = f"the Hugging Face dataset {hub['repo']}" + (f" or {card.url}" if card.url else "")
     return (
@@ -320,8 +397,8 @@ def locate(card: DatasetCard, data_root: str | Path) -> DatasetOnDisk:
         raise DatasetMissingError(missing_reason(card, data_root))
     labels = None
     if card.kind == "zeroshot":
-        labels = folder / card.labels["filename"]
+        labels = folder / (card.labels or {})["filename"]
         if not labels.is_file():
-            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            how = "run with --download" if (card.labels or {}).get("url") else "generate or place it there"
             raise DatasetMissingError(f"{card.display} label file {labels} not found; {how}")
     return DatasetOnDisk(card, folder, labels)

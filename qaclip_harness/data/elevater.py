@@ -15,7 +15,6 @@ that breaks this would silently pair images with the wrong class names, so it is
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from qaclip_harness.data.imagenet import _checked_loader, class_samples
+from qaclip_harness.documents import read_json
 from qaclip_harness.errors import DatasetError
 
 PathLike = Union[str, Path]
@@ -131,16 +131,13 @@ def read_index(dataset_dir: PathLike, num_images: int | None = None) -> list[int
     path = Path(dataset_dir) / INDEX_FILE
     if not path.is_file():
         return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot be read as JSON ({e})") from None
+    index = read_json(path, DatasetError)  # strict: a duplicate key, deep nesting, a bad byte named with the place
     if not isinstance(index, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
         raise DatasetError(f"{path}: expected a JSON list of sample numbers (integers), got {type(index).__name__}")
     bad = [i for i in index if i < 0 or (num_images is not None and i >= num_images)]
     if bad and num_images is None:
         raise DatasetError(f"{path}: sample number {bad[0]} is negative")
-    if bad:
+    if bad and num_images is not None:
         raise DatasetError(
             f"{path}: sample number {bad[0]} is outside 0 to {num_images - 1} (the split has {num_images} images)"
         )

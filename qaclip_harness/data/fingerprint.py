@@ -34,6 +34,7 @@ def images_digest(items: Iterable[tuple[Key, bytes | None]]) -> str:
         raise ValueError(f"{len(missing)} images were not read (e.g. {missing[:3]}); no fingerprint")
     h = hashlib.sha256()
     for key, digest in pairs:
+        assert digest is not None  # refused above
         h.update(f"{key}\0".encode())
         h.update(digest)
     return h.hexdigest()

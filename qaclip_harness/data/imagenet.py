@@ -7,7 +7,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Union, cast
 
 import torch
 from PIL import Image
@@ -62,7 +62,7 @@ def _checked_loader(path: str) -> Any:
 
 
 def class_samples(
-    directory: str,
+    directory: str | Path,
     class_to_idx: dict[str, int],
     extensions: tuple[str, ...] | None = None,
     is_valid_file: Callable[[str], bool] | None = None,
@@ -77,7 +77,11 @@ def class_samples(
     """
 
     def valid(path: str) -> bool:
-        return is_valid_file(path) if is_valid_file is not None else has_file_allowed_extension(path, extensions)
+        return (
+            is_valid_file(path)
+            if is_valid_file is not None
+            else has_file_allowed_extension(path, cast(tuple[str, ...], extensions))
+        )
 
     samples: list[tuple[str, int]] = []
     seen: dict[str, str] = {}

@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -126,7 +127,7 @@ class ImageBatchLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch: int = 2,
-        pixels: np.ndarray | None = None,
+        pixels: Any = None,
         pixel_writer: Any = None,
     ):
         if num_workers < 0:
@@ -141,7 +142,8 @@ class ImageBatchLoader:
         self.pin_memory = pin_memory
         self.prefetch = max(1, prefetch) if num_workers else 0
         self.into_slots = writes_into_slots(dataset)
-        # a complete cached array to copy from, or a writer (``put(i, pixels)``) of one being built
+        # a complete cached array to copy from (an array, or a checked entry whose damaged rows are
+        # decoded instead), or a writer (``put(i, pixels)``) of one being built
         self.pixels = pixels
         self.pixel_writer = pixel_writer
         if (pixels is not None or pixel_writer is not None) and not yields_pixels(dataset):
@@ -158,9 +160,14 @@ class ImageBatchLoader:
         slots = list(enumerate(indices))
         chunks = [slots[start : start + size] for start in range(0, len(slots), size)]
         if not self.into_slots:
-            return _Pending([], None, [lambda c=c: [ds[i] for _, i in c] for c in chunks], submit)
+
+            def items(chunk: list[tuple[int, int]]) -> list:
+                return [ds[i] for _, i in chunk]
+
+            return _Pending([], None, [partial(items, c) for c in chunks], submit)
         if self.pixels is not None or self.pixel_writer is not None:
-            return _Pending([int(ds.item_id(i)) for i in indices], *self._pixel_jobs(indices, chunks), submit)
+            buffer, jobs = self._pixel_jobs(indices, chunks)
+            return _Pending([int(ds.item_id(i)) for i in indices], buffer, jobs, submit)
         buffer = torch.empty(
             (len(indices), *ds.transform.output_shape), dtype=torch.float32, pin_memory=self.pin_memory
         )
@@ -170,9 +177,11 @@ class ImageBatchLoader:
                 ds.transform.into(ds.load_image(i), buffer[slot])
             return []
 
-        return _Pending([int(ds.item_id(i)) for i in indices], buffer, [lambda c=c: fill(c) for c in chunks], submit)
+        return _Pending([int(ds.item_id(i)) for i in indices], buffer, [partial(fill, c) for c in chunks], submit)
 
-    def _pixel_jobs(self, indices: list[int], chunks: list[list[tuple[int, int]]]) -> tuple:
+    def _pixel_jobs(
+        self, indices: list[int], chunks: list[list[tuple[int, int]]]
+    ) -> tuple[torch.Tensor, list[Callable[[], list]]]:
         """A uint8 batch buffer and the jobs that fill it: copies from the cached array, or decodes kept in the new one."""
         ds, cached, writer = self.dataset, self.pixels, self.pixel_writer
         _, height, width = ds.transform.output_shape
@@ -180,19 +189,25 @@ class ImageBatchLoader:
         out = buffer.numpy()
 
         def fill(chunk: list[tuple[int, int]]) -> list:
-            s0, i0 = chunk[0]
-            if cached is not None and all(i - i0 == slot - s0 for slot, i in chunk):  # consecutive items: one copy
-                np.copyto(out[s0 : s0 + len(chunk)], cached[i0 : i0 + len(chunk)])
-                return []
-            for slot, i in chunk:
-                if cached is not None:
-                    out[slot] = cached[i]
-                else:
+            if cached is None:
+                for slot, i in chunk:
                     out[slot] = ds.transform.pixels(ds.load_image(i))
                     writer.put(i, out[slot])
+                return []
+            s0, i0 = chunk[0]
+            # consecutive items: one copy; a checked entry (cache.pixels.CachedPixels) names the rows
+            # whose digest is wrong, and those are decoded instead
+            runs = [chunk] if all(i - i0 == slot - s0 for slot, i in chunk) else [[c] for c in chunk]
+            for run in runs:
+                (first_slot, first), n = run[0], len(run)
+                if hasattr(cached, "copy_into"):
+                    for i in cached.copy_into(out[first_slot : first_slot + n], first):
+                        out[first_slot + i - first] = ds.transform.pixels(ds.load_image(i))
+                else:
+                    np.copyto(out[first_slot : first_slot + n], cached[first : first + n])
             return []
 
-        return buffer, [lambda c=c: fill(c) for c in chunks]
+        return buffer, [partial(fill, c) for c in chunks]
 
     def __iter__(self) -> Iterator[Batch]:
         pool = (

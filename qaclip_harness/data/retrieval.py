@@ -140,8 +140,8 @@ _HANDLES_PID = os.getpid()
 def _shared_handle(path: Path) -> _EnvHandle:
     global _HANDLES_PID
     if os.getpid() != _HANDLES_PID:
-        for handle in list(_HANDLES.values()):
-            handle.env.close()
+        for stale in list(_HANDLES.values()):
+            stale.env.close()
         _HANDLES.clear()
         _HANDLES_PID = os.getpid()
     key = str(path.resolve())
@@ -308,6 +308,9 @@ def read_texts(path: PathLike) -> list[TextRecord]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}:{lineno}: invalid JSON ({e})") from e
+            except (ValueError, RecursionError) as e:  # more digits than Python converts, or nesting too deep
+                detail = "nesting too deep" if isinstance(e, RecursionError) else "a number with too many digits"
+                raise DatasetError(f"{path}:{lineno}: invalid JSON ({detail})") from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             for name in ("text_id", "text", "image_ids"):

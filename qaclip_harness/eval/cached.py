@@ -1,12 +1,14 @@
 """The evaluation's side of the cache: what names a model's features, and the lookups around each encoding step.
 
 Every step that produces features (images, captions, a zero-shot classifier) first looks its key
-up; a hit returns the stored tensors with where they came from, a miss computes them as without
-a cache and stores them. The key holds the model (checkpoint sha256, card, precision, device
-kind, backend, compilation), the input (the data's content digest and split, or the exact texts),
-the batch size, library versions, numeric settings, and the digest of the source of every module
-on the feature path (:data:`qaclip_harness.cache.keys.FEATURE_PATH`): a change to any of them
-misses, a change to the metrics, a gate, a tolerance or the report hits.
+up; an entry is used only when it checks out (its record, payload digest, arrays and shapes, see
+:mod:`qaclip_harness.cache.features`) and this run reproduces its canary
+(:mod:`qaclip_harness.eval.canary`); anything else computes the features as without a cache and
+stores them with their canary. The key holds the model (checkpoint sha256, card, encoder class,
+precision and dtype, device and its numeric flags, backend, compilation), the input (the data's
+content digest and split, or the exact texts), the batch size, and the run's environment
+(:func:`qaclip_harness.cache.keys.run_environment`: the project's source, library versions, the
+CPU's instruction set, torch's numeric settings, the variables that change numerics).
 """
 
 from __future__ import annotations
@@ -14,26 +16,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from qaclip_harness.cache import Cache, Provenance
-from qaclip_harness.cache.keys import (
-    device_kind,
-    feature_path_digest,
-    foreign_source_digest,
-    library_versions,
-    make_key,
-    module_digest,
-    numeric_settings,
-)
-from qaclip_harness.cache.pixels import PixelStore
+from qaclip_harness.cache.features import Arrays
+from qaclip_harness.cache.keys import device_kind, foreign_source_digest, make_key, run_environment
+from qaclip_harness.cache.pixels import PixelStore, decode_definition, probe_pixels
+from qaclip_harness.cache.space import say
 from qaclip_harness.data.fingerprint import images_digest
 from qaclip_harness.data.loader import yields_pixels
+from qaclip_harness.data.probe_twin import probe_twin
+from qaclip_harness.eval.canary import classifier_canary, image_canary, once, text_canary
 from qaclip_harness.eval.distributed import Shard, gather_indexed
 from qaclip_harness.eval.features import encode_image_dataset, encode_texts
 
@@ -47,27 +46,28 @@ class CaseCache:
 
 
 def model_fields(
-    encoder,
+    encoder: Any,
     checkpoint_sha256: str | None,
     card: object = None,
     precision: str = "fp32",
     backend: str = "pytorch",
     compile: bool = False,
 ) -> dict[str, object]:
-    """The fields of a cache key that name the model and the machinery that runs it."""
-    card_doc = dataclasses.asdict(card) if dataclasses.is_dataclass(card) else (card or {})
-    fields = {
+    """The fields of a cache key that name the model, the machinery that runs it and the run's environment."""
+    card_doc = (
+        dataclasses.asdict(card) if dataclasses.is_dataclass(card) and not isinstance(card, type) else (card or {})
+    )
+    fields: dict[str, object] = {
         "checkpoint": checkpoint_sha256,
         "model": getattr(encoder, "name", None),
         "card": hashlib.sha256(json.dumps(card_doc, sort_keys=True, default=str).encode("utf-8")).hexdigest(),
         "encoder": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
         "precision": precision,
+        "dtype": str(getattr(encoder, "dtype", None)),  # what the loaded model holds, not only what was asked for
         "device": device_kind(encoder.device),
         "backend": backend,
         "compile": bool(compile),
-        "versions": library_versions(),
-        "numerics": numeric_settings(),
-        "source": feature_path_digest(),
+        **run_environment(),
     }
     foreign = foreign_source_digest(encoder)  # a project's own encoder: its package's source, as ours is above
     if foreign is not None:
@@ -80,7 +80,7 @@ def text_digest(texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def gathered_digests(dataset, shard: Shard) -> list:
+def gathered_digests(dataset: Any, shard: Shard) -> list:
     """Every item's (key, digest): each rank read its share of the images, so the shares are merged."""
     local = dataset.item_digests()
     if shard.world == 1:
@@ -91,12 +91,12 @@ def gathered_digests(dataset, shard: Shard) -> list:
     return [(k, merged.get(k)) for k, _ in local]
 
 
-def can_identify(dataset) -> bool:
+def can_identify(dataset: Any) -> bool:
     """Whether the dataset can be hashed before it is decoded (``read_bytes`` and ``source_files``)."""
     return all(hasattr(dataset, n) for n in ("read_bytes", "source_files", "item_digests"))
 
 
-def identify_images(cc: CaseCache, dataset, kind: str, shard: Shard, batch_size: int, num_workers: int) -> str:
+def identify_images(cc: CaseCache, dataset: Any, kind: str, shard: Shard, batch_size: int, num_workers: int) -> str:
     """The images' content digest before any decoding: from the identity record, else by reading (and hashing) every file."""
 
     def compute() -> str:
@@ -110,20 +110,32 @@ def identify_images(cc: CaseCache, dataset, kind: str, shard: Shard, batch_size:
     return cc.cache.identity.images_digest(f"{kind}:{type(dataset).__name__}", dataset.source_files(), compute)
 
 
-def pixel_definition(dataset) -> dict[str, object]:
-    """How a dataset's images become its pixels: the reader, the transform, and the source of both."""
-    transform = dataset.transform
-    reader, steps = sys.modules[type(dataset).__module__], sys.modules[type(transform).__module__]
-    return {
-        "reader": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
-        "transform": repr(transform),
-        "source": module_digest(reader, steps),
-        "torchvision": library_versions()["torchvision"],
-    }
+def _features_check(rows: int, dim: Callable[[], int], ids: list[int] | None = None) -> Callable[[Arrays], str | None]:
+    """What a features entry must hold: a float32 matrix of ``rows`` x ``dim()`` (the canary's width), and these ids."""
+
+    def check(arrays: Arrays) -> str | None:
+        feats = arrays.get("features")
+        if feats is None or feats.dtype != np.float32 or feats.ndim != 2:
+            return "it holds no float32 feature matrix"
+        if feats.shape != (rows, dim()):
+            return f"its features are {feats.shape[0]} x {feats.shape[1]}, this run's are {rows} x {dim()}"
+        if ids is not None:
+            got = arrays.get("ids")
+            if got is None or got.shape != (rows,) or not np.array_equal(got, np.asarray(ids, dtype=got.dtype)):
+                return "its item ids are not this dataset's, in its order"
+        return None
+
+    return check
+
+
+def _item_ids(dataset: Any) -> list[int] | None:
+    if not hasattr(dataset, "item_id"):
+        return None
+    return [int(dataset.item_id(i)) for i in range(len(dataset))]
 
 
 def image_features(
-    cc: CaseCache | None, encoder, dataset, opts, desc: str, data: dict[str, object] | None = None
+    cc: CaseCache | None, encoder: Any, dataset: Any, opts: Any, desc: str, data: dict[str, Any] | None = None
 ) -> tuple[list[int], torch.Tensor, Provenance | None]:
     """``encode_image_dataset`` through the feature cache and, for a known data build, the pixel cache.
 
@@ -146,30 +158,41 @@ def image_features(
         "split": data["split"],
         "batch_size": opts.batch_size,
     }
-    hit = cc.cache.features.lookup(fields)
-    if hit is not None:
-        payload, prov = hit
-        return [int(i) for i in payload["ids"].tolist()], payload["features"], prov
-    pixels, writer, pixel_note = None, None, "no pixel cache: this preprocessing has no uint8 split point"
+    pfields, pixel_note = None, "no pixel cache: this preprocessing has no uint8 split point"
     if yields_pixels(dataset):
         if not data.get("build"):
             pixel_note = "no pixel cache: the data build is unknown"
         else:
-            item_keys = [k for k, _ in dataset.item_digests()]
             pfields = PixelStore.fields(
-                data["images"],
-                dataset.transform.output_shape[-1],
-                pixel_definition(dataset),
-                library_versions()["Pillow"],
+                str(data["images"]), dataset.transform.output_shape[-1], decode_definition(dataset), None
             )
-            pixels = cc.cache.pixels.open(pfields, item_keys)
-            if pixels is not None:
-                pixel_note = "pixels read from the pixel cache"
-            elif opts.shard.world == 1:
-                writer = cc.cache.pixels.writer(pfields, item_keys, desc)
-                pixel_note = "pixels decoded" + (" and stored in the pixel cache" if writer else "")
-            else:
-                pixel_note = "pixels decoded (a sharded run does not write the pixel cache)"
+    # the path a computation here would take: uint8 pixels (cached or being cached) or floats
+    pixel_path = pfields is not None and (
+        opts.shard.world == 1 or (cc.cache.pixels.folder / make_key(pfields) / "meta.json").is_file()
+    )
+    if probe_twin(dataset) is None:  # a reader without a probe twin has no canary: nothing is reused or stored
+        ids, feats = encode_image_dataset(encoder, dataset, **run)
+        note = f"not cached: no canary for the reader {type(dataset).__name__}"
+        return ids, feats, Provenance("computed", make_key(fields), note=note)
+    canary = once(lambda: image_canary(encoder, dataset, pixel_path, opts.num_workers))
+    check = _features_check(len(dataset), lambda: canary()["images"].shape[1], _item_ids(dataset))
+    arrays, why = cc.cache.features.lookup(fields, check, canary)
+    if arrays is not None and isinstance(why, Provenance):  # a hit always comes with its provenance
+        return [int(i) for i in arrays["ids"].tolist()], torch.from_numpy(arrays["features"]), why.of(arrays)
+    pixels, writer = None, None
+    if pfields is not None:
+        item_keys = [k for k, _ in dataset.item_digests()]
+        pixel_canary = once(lambda: probe_pixels(dataset, opts.num_workers))
+        pixels = cc.cache.pixels.open(pfields, item_keys, pixel_canary)
+        if pixels is not None:
+            pixel_note = "pixels read from the pixel cache"
+        elif opts.shard.world == 1:
+            writer = cc.cache.pixels.writer(
+                pfields, item_keys, desc, pixel_canary() if cc.cache.pixels.writes else None
+            )
+            pixel_note = "pixels decoded" + (" and stored in the pixel cache" if writer else "")
+        else:
+            pixel_note = "pixels decoded (a sharded run does not write the pixel cache)"
     try:
         ids, feats = encode_image_dataset(encoder, dataset, pixels=pixels, pixel_writer=writer, **run)
     except BaseException:
@@ -178,13 +201,23 @@ def image_features(
         raise
     if writer is not None and writer.commit() is None:
         pixel_note = "pixels decoded; the pixel cache was not stored"
-    prov = _save(cc, fields, {"ids": torch.tensor(ids, dtype=torch.long), "features": feats}, desc, opts.shard)
+    if pixels is not None and pixels.damaged:
+        say(
+            f"pixel cache {pixels.folder}: {len(pixels.damaged)} images' pixels do not match their digest "
+            f"(e.g. item {pixels.damaged[0]}); decoded instead"
+            + ("; the entry is removed and the next run rebuilds it" if cc.cache.pixels.writes else "")
+        )
+        if cc.cache.pixels.writes:
+            cc.cache.pixels.remove(pixels.folder)
+        pixel_note = f"pixels read from the pixel cache, {len(pixels.damaged)} damaged ones decoded"
+    arrays = {"ids": np.asarray(ids, dtype=np.int64), "features": feats.numpy()}
+    prov = _save(cc, fields, arrays, desc, opts.shard, canary, why).of(arrays)
     prov.note = "; ".join(p for p in (pixel_note, prov.note) if p)
     return ids, feats, prov
 
 
 def text_features(
-    cc: CaseCache | None, encoder, texts: Sequence[str], opts, desc: str
+    cc: CaseCache | None, encoder: Any, texts: Sequence[str], opts: Any, desc: str
 ) -> tuple[torch.Tensor, Provenance | None]:
     """``encode_texts`` through the feature cache."""
     run = {"batch_size": opts.text_batch_size, "progress": opts.progress, "desc": desc, "shard": opts.shard}
@@ -197,20 +230,24 @@ def text_features(
         "count": len(texts),
         "batch_size": opts.text_batch_size,
     }
-    hit = cc.cache.features.lookup(fields)
-    if hit is not None:
-        return hit[0]["features"], hit[1]
+    canary = once(lambda: text_canary(encoder))
+    arrays, why = cc.cache.features.lookup(
+        fields, _features_check(len(texts), lambda: canary()["texts"].shape[1]), canary
+    )
+    if arrays is not None and isinstance(why, Provenance):  # a hit always comes with its provenance
+        return torch.from_numpy(arrays["features"]), why.of(arrays)
     feats = encode_texts(encoder, texts, **run)
-    return feats, _save(cc, fields, {"features": feats}, desc, opts.shard)
+    computed = {"features": feats.numpy()}
+    return feats, _save(cc, fields, computed, desc, opts.shard, canary, why).of(computed)
 
 
 def classifier(
-    cc: CaseCache | None, encoder, classnames: Sequence[str], templates: Sequence[str], opts, desc: str
+    cc: CaseCache | None, encoder: Any, classnames: Sequence[str], templates: Sequence[Any], opts: Any, desc: str
 ) -> tuple[torch.Tensor, Provenance | None]:
     """The zero-shot classifier (:func:`qaclip_harness.eval.zeroshot.cached_classifier`) through the feature cache."""
     from qaclip_harness.eval.zeroshot import cached_classifier
 
-    def build():
+    def build() -> torch.Tensor:
         return cached_classifier(
             encoder,
             classnames,
@@ -227,15 +264,41 @@ def classifier(
         json.dumps([list(classnames), [str(t) for t in templates]], ensure_ascii=False).encode("utf-8")
     ).hexdigest()
     fields = {**cc.model, "what": "zero-shot classifier", "prompts": prompts, "batch_size": opts.text_batch_size}
-    hit = cc.cache.features.lookup(fields)
-    if hit is not None:
-        return hit[0]["features"], hit[1]
+    canary = once(lambda: classifier_canary(encoder, templates))
+    check = _classifier_check(len(classnames), lambda: canary()["classifier"].shape[0])
+    arrays, why = cc.cache.features.lookup(fields, check, canary)
+    if arrays is not None and isinstance(why, Provenance):  # a hit always comes with its provenance
+        return torch.from_numpy(arrays["features"]), why.of(arrays)
     weights = build()
-    return weights, _save(cc, fields, {"features": weights}, desc, opts.shard)
+    computed = {"features": weights.numpy()}
+    return weights, _save(cc, fields, computed, desc, opts.shard, canary, why).of(computed)
 
 
-def _save(cc: CaseCache, fields: dict, payload: dict, what: str, shard: Shard) -> Provenance:
-    """Store a computed result (rank 0 only: every rank holds the same gathered tensors)."""
+def _classifier_check(classes: int, dim: Callable[[], int]) -> Callable[[Arrays], str | None]:
+    """A classifier entry: a float32 [D, C] matrix, D the canary's, one column per class."""
+
+    def check(arrays: Arrays) -> str | None:
+        feats = arrays.get("features")
+        if feats is None or feats.dtype != np.float32 or feats.ndim != 2:
+            return "it holds no float32 classifier matrix"
+        if feats.shape != (dim(), classes):
+            return f"its classifier is {feats.shape[0]} x {feats.shape[1]}, this run's is {dim()} x {classes}"
+        return None
+
+    return check
+
+
+def _save(
+    cc: CaseCache,
+    fields: dict,
+    arrays: Arrays,
+    what: str,
+    shard: Shard,
+    canary: Callable[[], Arrays | None],
+    note: object = "",
+) -> Provenance:
+    """Store a computed result with its canary (rank 0 only: every rank holds the same gathered tensors)."""
+    why = note if isinstance(note, str) else ""
     if not shard.is_main:
-        return Provenance("computed", make_key(fields), note="stored by rank 0")
-    return cc.cache.features.save(fields, payload, what)
+        return Provenance("computed", make_key(fields), note="; ".join(p for p in (why, "stored by rank 0") if p))
+    return cc.cache.features.save(fields, arrays, what, canary, why)

@@ -63,7 +63,7 @@ def gather_indexed(shard: Shard, local: list[tuple[int, Any]]) -> list[Any]:
     """Every rank's (index, payload) pairs, merged in index order (on every rank)."""
     if shard.world == 1:
         return [p for _, p in sorted(local, key=lambda x: x[0])]
-    parts: list[list[tuple[int, Any]] | None] = [None] * shard.world
+    parts: list[Any] = [None] * shard.world  # all_gather_object fills every slot
     dist.all_gather_object(parts, local)
     merged = sorted((pair for part in parts for pair in part), key=lambda x: x[0])
     indices = [i for i, _ in merged]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from qaclip_harness.data.loader import ImageBatchLoader
 from qaclip_harness.eval.distributed import SINGLE, Shard, gather_indexed
@@ -48,13 +46,13 @@ def _run_halving(
 
 def encode_image_dataset(
     encoder,
-    dataset: Dataset,
+    dataset: Any,  # a map-style Dataset: __len__, items; with a pixel cache, .transform
     batch_size: int = 64,
     num_workers: int = 0,
     progress: Progress = True,
     desc: str = "images",
     shard: Shard = SINGLE,
-    pixels: np.ndarray | None = None,
+    pixels: Any = None,
     pixel_writer=None,
 ) -> tuple[list[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.

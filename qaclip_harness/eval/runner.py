@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,8 +43,8 @@ class EvalOutput:
     metrics: dict[str, float]
     counts: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
-    diagnostics: dict[str, object] = field(default_factory=dict)
-    provenance: dict[str, object] = field(default_factory=dict)  # data fingerprint, split check, build...
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # data fingerprint, split check, build...
     raw: object = None
 
 
@@ -208,7 +209,8 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
     from qaclip_harness.metrics.accuracy import accuracy, true_class_probability
 
     card, labels_path = data.card, data.labels
-    classnames = read_labels(labels_path, expected_sha256=card.labels.get("sha256"))
+    assert labels_path is not None  # locate() gives a zero-shot dataset its label file
+    classnames = read_labels(labels_path, expected_sha256=(card.labels or {}).get("sha256"))
     split = opts.split or card.split
     folder = _zeroshot_folder(card, data.folder / split, encoder.preprocess, classnames, labels_path)
     counts = {"images": len(folder.samples), "classes": len(classnames)}
@@ -255,6 +257,8 @@ def evaluate_zeroshot_card(encoder, data: DatasetOnDisk, opts: EvalOptions) -> E
         raw={
             "logits": logits,
             "targets": targets,
+            "names": [key for key, _ in images.item_digests()],  # each image's path under the split folder
+            "classnames": classnames,
             "dataset_dir": data.folder,
             "folder": card.dirname,
             "params": param_counts(encoder),

@@ -8,13 +8,13 @@ another precision, opset or package version.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from qaclip_harness.documents import key_text, read_json
 from qaclip_harness.errors import ExportError
 
 MANIFEST_NAME = "manifest.json"
@@ -64,8 +64,12 @@ class Manifest:
         return atomic_write_json(Path(directory) / MANIFEST_NAME, self.to_dict(), indent=2, ensure_ascii=False)
 
     def verify_files(self, directory: PathLike) -> None:
-        """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256."""
-        from qaclip_core.pretrained import cached_sha256
+        """Raise ExportError when a listed file is missing, of another size (truncated) or of another sha256.
+
+        Every file is hashed in full (no ``.sha256`` record is trusted): a file rewritten with its
+        size and modification time kept is caught.
+        """
+        from qaclip_core.pretrained import sha256_file
 
         directory = Path(directory)
         for tower in TOWERS:
@@ -82,14 +86,14 @@ class Manifest:
             if size != rec["bytes"]:
                 what = "truncated" if size < rec["bytes"] else "longer than exported"
                 raise ExportError(f"{path}: {size:,} bytes, the manifest lists {rec['bytes']:,} ({what}); export again")
-            digest = cached_sha256(path)
+            digest = sha256_file(path)
             if digest != rec["sha256"]:
                 raise ExportError(
                     f"{path}: sha256 {digest}, the manifest lists {rec['sha256']} (corrupt); export again"
                 )
 
 
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
     "arch": str,
     "precision": str,
@@ -112,7 +116,11 @@ def _tower_ok(path: Path, tower: str, rec: Any) -> None:
     for key in ("file", "input", "output"):
         if key not in rec:
             raise ExportError(f"{path}: towers.{tower} lacks {key!r}")
+    if not isinstance(rec["file"], str):
+        raise ExportError(f"{path}: towers.{tower}.file must be a file name, got {rec['file']!r:.60}")
     for side in ("input", "output"):
+        if not isinstance(rec[side], Mapping):
+            raise ExportError(f"{path}: towers.{tower}.{side} must be a mapping, got {type(rec[side]).__name__}")
         for key in ("name", "shape", "dtype"):
             if key not in rec[side]:
                 raise ExportError(f"{path}: towers.{tower}.{side} lacks {key!r}")
@@ -125,10 +133,7 @@ def read_manifest(directory: PathLike) -> Manifest:
         raise ExportError(f"{directory}: no such export folder")
     if not path.is_file():
         raise ExportError(f"{path}: missing; {directory} is not a complete qaclip_core ONNX export")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ExportError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from e
+    doc = read_json(path, ExportError)  # strict: a duplicate key, deep nesting, a bad byte named with the place
     if not isinstance(doc, dict):
         raise ExportError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
@@ -150,9 +155,11 @@ def read_manifest(directory: PathLike) -> Manifest:
             or not isinstance(rec.get("bytes"), int)
             or not isinstance(rec.get("sha256"), str)
         ):
-            raise ExportError(f"{path}: files.{name} must hold 'bytes' (int) and 'sha256' (hex)")
-        if Path(name).name != name:
-            raise ExportError(f"{path}: files.{name}: file names must not contain folders")
+            raise ExportError(f"{path}: files.{key_text(name)} must hold 'bytes' (int) and 'sha256' (hex)")
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ExportError(f"{path}: files.{key_text(name)}: file names must not contain folders")
+        if rec["bytes"] < 0 or isinstance(rec["bytes"], bool):
+            raise ExportError(f"{path}: files.{key_text(name)}.bytes must be a size in bytes, got {rec['bytes']!r}")
     known = set(Manifest.__dataclass_fields__)
     unknown = set(doc) - known
     if unknown:

@@ -150,6 +150,7 @@ def _export_tower(
                 dynamo=True,
                 verbose=False,
             )
+            assert program is not None  # dynamo=True always returns the program
             program.save(os.fspath(path), external_data=True)
     except OSError as e:  # a full disk or a size limit while the model and its weights are written
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
@@ -163,7 +164,7 @@ def _export_tower(
         quiet.setLevel(level)
 
 
-def _os_error(e: BaseException) -> OSError | None:
+def _os_error(e: BaseException | None) -> OSError | None:
     """The OSError at the root of an exporter's exception, if any (it wraps what the file system said)."""
     seen = 0
     while e is not None and seen < 10:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import shutil
 import time
 import zipfile
@@ -25,15 +26,28 @@ from typing import IO, Union
 
 from filelock import FileLock
 
-from qaclip_core.errors import DownloadError
+from qaclip_core.errors import DownloadError, QAClipError
 from qaclip_harness.data.catalog import ORIGIN_FILE
 from qaclip_harness.errors import DatasetError
-from qaclip_harness.fetch.zip_safety import check_members
+from qaclip_harness.fetch.zip_safety import DAMAGED, extract_all
+from qaclip_harness.files import remove_stale_temporaries
 
 Outer = Union[Path, IO[bytes]]
 RANGE_BLOCK = 8 << 20  # bytes per range request: few requests for a large member, little waste for the directory
 
 DOWNLOADS = ".downloads"
+# the staging folder an archive is unpacked into, beside its target: .<dataset folder>.extract-<pid>
+STAGING = re.compile(r"^\.(?P<name>.+)\.extract-(?P<pid>\d+)$")
+
+
+def staging_folder(parent: Path, dirname: str) -> Path:
+    """Where this process unpacks ``parent/dirname`` before its one rename."""
+    return parent / f".{dirname}.extract-{os.getpid()}"
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging folders in ``parent`` of processes that are gone (a fetch killed with kill -9)."""
+    return remove_stale_temporaries(parent, STAGING)
 
 
 def member_name(card) -> str | None:
@@ -67,7 +81,7 @@ def _copy_member(outer: Outer, wanted: str, dest: Path, label: str = "") -> dict
             with zf.open(info) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
             return {"member": info.filename, "member_crc32": f"{info.CRC:08x}", "member_bytes": info.file_size}
-    except (zipfile.BadZipFile, EOFError) as e:
+    except DAMAGED as e:
         advice = (
             "delete the archive and download again"
             if isinstance(outer, Path)
@@ -80,12 +94,11 @@ def _unpack_checked(archive: Path, target: Path, label: str) -> None:
     """Extract ``archive`` into ``target``, refusing members that would land outside it."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            check_members(zf, target, label)
-            zf.extractall(target)
-    except zipfile.BadZipFile as e:
+            extract_all(zf, target, label)
+    except DAMAGED as e:
         raise DatasetError(
             f"{label} is not a valid zip archive or is damaged ({e}); delete the outer archive and download again"
-        ) from e
+        ) from None
 
 
 def _dataset_root(content: Path, split: str, label: str) -> Path:
@@ -125,7 +138,8 @@ def extract_member(
     """
     label = label or str(outer)
     final = parent / dirname
-    staging = parent / f".{dirname}.extract-{os.getpid()}"
+    remove_stale_staging(parent)
+    staging = staging_folder(parent, dirname)
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "content").mkdir(parents=True)
     try:
@@ -159,11 +173,42 @@ def open_by_ranges(hub: dict, endpoint: str | None = None):
     revision = f"@{hub['revision']}" if hub.get("revision") else ""
     fs = HfFileSystem(endpoint=endpoint or hub_endpoint(), skip_instance_cache=True)
     try:
-        return fs.open(
+        remote = fs.open(
             f"{prefix}{hub['repo']}{revision}/{hub['filename']}", "rb", block_size=RANGE_BLOCK, cache_type="readahead"
         )
     except Exception as e:  # huggingface_hub's and the transport's errors: the file could not be reached
         raise DownloadError(f"{where}: cannot open it on the Hub for range requests ({type(e).__name__}: {e})") from e
+    _refuse_ignored_ranges(remote, where, hub["filename"])
+    return remote
+
+
+class RangesIgnoredError(QAClipError):
+    """The server answered a byte-range request with other bytes (not an OSError: zipfile would call it a bad zip)."""
+
+
+def _refuse_ignored_ranges(remote, where: str, filename: str) -> None:
+    """Make every byte-range read of ``remote`` check that the server sent that range, not more.
+
+    A server that ignores ``Range`` answers 200 with the whole file: read as the range asked for, those
+    bytes would be taken for the archive's directory or member and blamed on the archive ("damaged").
+    """
+    cache = getattr(remote, "cache", None)  # fsspec's block cache reads through its fetcher(start, end)
+    fetch = getattr(cache, "fetcher", None)
+    if cache is None or fetch is None:
+        return
+
+    def checked(start: int, end: int) -> bytes:
+        data = fetch(start, end)
+        want = max(0, min(end, remote.size) - start)
+        if len(data) > want:
+            raise RangesIgnoredError(
+                f"{where}: the server ignored the byte range it was asked for (bytes {start:,} to {end - 1:,}, "
+                f"{want:,} bytes) and sent {len(data):,} bytes (the whole file?): it cannot serve one member of "
+                f"the archive; download {filename} whole into .downloads/ instead"
+            )
+        return data
+
+    cache.fetcher = checked
 
 
 def fetch_member_by_ranges(card, datasets_folder: Path, endpoint: str | None = None) -> Path:
@@ -180,6 +225,8 @@ def fetch_member_by_ranges(card, datasets_folder: Path, endpoint: str | None = N
             return extract_member(remote, hub["member"], datasets_folder, card.dirname, card.split, label, origin)
         except (DatasetError, DownloadError):
             raise
+        except RangesIgnoredError as e:
+            raise DownloadError(str(e)) from None
         except Exception as e:  # a cut connection, a server that lies about the size or the bytes: nothing is kept
             raise DownloadError(
                 f"{label}: reading {hub['member']} failed ({type(e).__name__}: {e}); run again to retry, "

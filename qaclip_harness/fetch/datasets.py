@@ -27,26 +27,32 @@ from qaclip_harness.data.catalog import (
     missing_reason,
 )
 from qaclip_harness.errors import DatasetError
-from qaclip_harness.fetch.archives import fetch_nested
+from qaclip_harness.fetch.archives import fetch_nested, remove_stale_staging, staging_folder
 from qaclip_harness.fetch.digests import sha256_of
 from qaclip_harness.fetch.urls import fetch_url
-from qaclip_harness.fetch.zip_safety import check_members
+from qaclip_harness.fetch.zip_safety import DAMAGED, check_members, extract_all
 
 
 def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: dict | None = None) -> None:
     """Unpack ``archive`` so that ``target_parent/<dirname>`` appears atomically."""
-    staging = target_parent / f".{card.dirname}.extract-{os.getpid()}"
+    remove_stale_staging(target_parent)
+    staging = staging_folder(target_parent, card.dirname)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as zf:
             check_members(zf, staging, str(archive))
-            bad = zf.testzip()
+            try:
+                bad = zf.testzip()
+            except DAMAGED as e:
+                raise DatasetError(
+                    f"{archive}: damaged ({type(e).__name__}: {e}); delete it and download again"
+                ) from None
             if bad:
                 raise DatasetError(
                     f"{archive}: member {bad!r} is corrupt (CRC mismatch); delete the archive and download again"
                 )
-            zf.extractall(staging)
+            extract_all(zf, staging, str(archive))
         entries = [p for p in staging.iterdir() if not p.name.startswith("__MACOSX")]
         inner = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
         final = target_parent / card.dirname
@@ -55,46 +61,49 @@ def _extract_zip(archive: Path, card: DatasetCard, target_parent: Path, origin: 
         if origin is not None:  # travels with the folder's atomic rename: the build can be told later
             (inner / ORIGIN_FILE).write_text(json.dumps(origin, indent=1), encoding="utf-8")
         os.replace(inner, final)
-    except zipfile.BadZipFile as e:
-        raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and download again") from e
+    except DAMAGED as e:  # the directory itself (the members were read above)
+        raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and download again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_labels(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """Path of the zero-shot label file, fetched (checksummed) with ``download`` when absent."""
-    path = dataset_dir(card, data_root) / card.labels["filename"]
-    if path.is_file() or not download or not card.labels.get("url"):
+    labels = card.labels or {}
+    path = dataset_dir(card, data_root) / labels["filename"]
+    if path.is_file() or not download or not labels.get("url"):
         if not path.is_file():
-            how = "run with --download" if card.labels.get("url") else "generate or place it there"
+            how = "run with --download" if labels.get("url") else "generate or place it there"
             raise DatasetMissingError(f"{card.display} label file {path} not found; {how}")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return fetch_url(card.labels["url"], path, sha256=card.labels.get("sha256"))
+    return fetch_url(labels["url"], path, sha256=labels.get("sha256"))
 
 
 def ensure_dataset(card: DatasetCard, data_root: str | Path, download: bool = False) -> Path:
     """The dataset's folder, downloading and unpacking it first when allowed and possible."""
     folder = dataset_dir(card, data_root)
+    remove_stale_staging(folder.parent)  # what a fetch killed while unpacking left (its process is gone)
     if is_present(card, folder):
         return folder
-    if download and card.downloadable and card.hub.get("member"):
+    hub = card.hub or {}
+    if download and card.downloadable and hub.get("member"):
         fetch_nested(card, datasets_dir(data_root), lambda f: is_present(card, f))
         if is_present(card, folder):
             return folder
-        raise DatasetError(f"{card.hub['member']} was unpacked but {missing_reason(card, data_root)}")
+        raise DatasetError(f"{hub['member']} was unpacked but {missing_reason(card, data_root)}")
     if download and card.downloadable:
         parent = datasets_dir(data_root)
         parent.mkdir(parents=True, exist_ok=True)
         archive = fetch_hub_file(
-            card.hub["repo"],
-            card.hub["filename"],
-            repo_type=card.hub.get("repo_type", "model"),
+            hub["repo"],
+            hub["filename"],
+            repo_type=hub.get("repo_type", "model"),
             local_dir=parent / ".downloads",
-            sha256=card.hub.get("sha256"),
+            sha256=hub.get("sha256"),
         )
         origin = {
-            "archive": f"{card.hub['repo']}/{card.hub['filename']}",
+            "archive": f"{hub['repo']}/{hub['filename']}",
             "sha256": sha256_of(Path(archive)),
             "unpacked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

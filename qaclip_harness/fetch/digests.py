@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Union
 
@@ -10,10 +11,10 @@ import qaclip_core
 import qaclip_harness
 from qaclip_core.pretrained import cached_sha256, sha256_file
 
-PathLike = Union[str, Path]
+PathLike = Union[str, "os.PathLike[str]"]
 # Files shipped inside the installed packages (the fixture): hashed in full, never given a record
 # beside them, since the package folder may be read-only and is not ours to write into.
-_PACKAGES = tuple(Path(p.__file__).resolve().parent for p in (qaclip_core, qaclip_harness))
+_PACKAGES = tuple(Path(str(p.__file__)).resolve().parent for p in (qaclip_core, qaclip_harness))
 
 
 def sha256_of(path: PathLike) -> str:

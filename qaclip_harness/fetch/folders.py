@@ -139,9 +139,10 @@ def fetch_folder(
     local_dir = folder_for(card, download_root)
     if layout.complete(local_dir):
         return local_dir
+    repo = str(card.hub_repo)  # folder_for refused a card without one
     ep = endpoint.rstrip("/") if endpoint else hub.hub_endpoint()
     where = ep or hub.PUBLIC_HUB
-    manual = layout.manual_instructions(card.hub_repo, card.hub_revision, local_dir)
+    manual = layout.manual_instructions(repo, card.hub_revision, local_dir)
 
     def failed(reason: str) -> DownloadError:
         return DownloadError(
@@ -162,9 +163,7 @@ def fetch_folder(
         if layout.complete(local_dir):
             return local_dir
         try:
-            info = huggingface_hub.HfApi(endpoint=ep).model_info(
-                card.hub_repo, revision=card.hub_revision, files_metadata=True
-            )
+            info = huggingface_hub.HfApi(endpoint=ep).model_info(repo, revision=card.hub_revision, files_metadata=True)
             siblings = list(info.siblings or [])
             names = [s.rfilename for s in siblings]
             weights = choose_weights(names)
@@ -174,7 +173,7 @@ def fetch_folder(
                     + manual
                 )
             huggingface_hub.snapshot_download(
-                repo_id=card.hub_repo,
+                repo_id=repo,
                 revision=card.hub_revision,
                 local_dir=str(local_dir),
                 allow_patterns=list(layout.config_files) + weights,

@@ -221,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         rev = m.group("tree_rev") or m.group("rev") or "main"
         if m.group("tree_rev") is not None:
             prefix = (m.group("path") or "").strip("/")
-            doc = [dict(e, type="file") for e in files if not prefix or e["path"].startswith(prefix + "/")]
+            doc: object = [dict(e, type="file") for e in files if not prefix or e["path"].startswith(prefix + "/")]
         else:
             sibs = [
                 {
@@ -358,7 +358,7 @@ class LocalHub:
     def endpoint(self) -> str:
         """Base URL to use as ``HF_ENDPOINT``, e.g. ``http://127.0.0.1:PORT``."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def faults(self) -> Faults:

@@ -65,7 +65,7 @@ def fetch_url(url: str, dest: PathLike, *, sha256: str | None = None, progress: 
         want = expected or (entry["sha256"] if entry else None)
         if want is not None and actual != want:
             remove_files(part)
-            origin = "expected" if expected else f"recorded in the lock file {lock.path}"
+            origin = "expected" if expected or lock is None else f"recorded in the lock file {lock.path}"
             raise ChecksumError(
                 f"{dest.name} from {url}: sha256 mismatch: {origin} {want}, got {actual}; "
                 f"the downloaded data was removed and {dest} was not written."
@@ -92,7 +92,11 @@ def _download_resumable(url: str, part: Path, dest: Path, progress: bool) -> Non
         try:
             resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_URL_TIMEOUT)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and offset and (exc.headers or {}).get("Content-Range", "") == f"bytes */{offset}":
+            if (
+                exc.code == 416
+                and offset
+                and (exc.headers.get("Content-Range", "") if exc.headers else "") == f"bytes */{offset}"
+            ):
                 return  # already complete: an earlier run died between the last byte and the rename
             if exc.code == 416 and offset and not restarted:
                 # Our partial file is not a prefix the server recognises: start over once.

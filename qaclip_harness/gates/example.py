@@ -208,7 +208,8 @@ def check_example(spec: ExampleSpec, probabilities: Sequence[float], precision: 
                 "delta": delta,
                 "tolerance": spec.tolerance if gated else None,
                 "gated": gated,
-                "ok": (not gated) or abs(delta) <= spec.tolerance,
+                "ok": (not gated)
+                or (delta is not None and spec.tolerance is not None and abs(delta) <= spec.tolerance),
             }
         )
     return report

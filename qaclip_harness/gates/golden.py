@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
-import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Union
 import torch
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import key_text, read_json
 from qaclip_harness.files import OutputError, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from qaclip_harness.gates.drift import TOWERS, TowerDrift, drift_table, top1_agreement, tower_drift
 from qaclip_harness.gates.features import ProbeFeatures
@@ -129,16 +130,13 @@ def read_manifest(directory: PathLike) -> dict:
     path = _manifest_path(Path(directory))
     if not path.is_file():
         return {"format": FORMAT, "goldens": {}}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GoldenError(f"{path}: cannot read the golden manifest ({type(e).__name__}: {e})") from e
+    doc = read_json(path, GoldenError)  # strict: a duplicate key, deep nesting, a bad byte named with the place
     if not isinstance(doc, dict) or not isinstance(doc.get("goldens"), dict):
         raise GoldenError(f"{path}: expected an object with a 'goldens' mapping (file name -> how it was recorded)")
     for name, entry in doc["goldens"].items():
         if not isinstance(entry, dict):
             raise GoldenError(
-                f"{path}: goldens.{name}: expected an object saying how the file was recorded "
+                f"{path}: goldens.{key_text(name)}: expected an object saying how the file was recorded "
                 f"(checkpoint_sha256, file_sha256, probe_digest, ...), got a {type(entry).__name__}"
             )
     return doc
@@ -287,7 +285,7 @@ class GoldenReport:
             + ("" if self.tower_ok(tower) else " FAIL")
             for tower in self.drifts
         }
-        extra = {tower: (f"top-1 {a}/{n}",) for tower, (a, n) in self.top1.items()}
+        extra: dict[str, Sequence[str]] = {tower: (f"top-1 {a}/{n}",) for tower, (a, n) in self.top1.items()}
         return "\n".join([drift_table(self.drifts, limits, extra), *self.notes])
 
     def measured(self) -> dict[str, float]:

@@ -173,7 +173,8 @@ def cpu_supports(dtype: torch.dtype) -> str | None:
         torch.nn.functional.conv2d(x, torch.randn(4, 3, 3, 3).to(dtype))
         torch.nn.functional.layer_norm(torch.randn(2, 8).to(dtype), (8,))
         torch.randn(4, 8).to(dtype) @ torch.randn(8, 4).to(dtype)
-        torch.nn.functional.scaled_dot_product_attention(*(torch.randn(1, 2, 4, 8).to(dtype) for _ in range(3)))
+        q, k, v = (torch.randn(1, 2, 4, 8).to(dtype) for _ in range(3))
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
     except (RuntimeError, NotImplementedError) as e:
         return f"this CPU or torch build has no {dtype} kernels for the fixture's layers ({str(e).splitlines()[0]})"
     return None

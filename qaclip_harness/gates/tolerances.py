@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import yaml
-
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import key_text, read_yaml
 
 TOLERANCES = Path(__file__).with_name("tolerances.yaml")
 
@@ -42,10 +42,70 @@ class PrecisionTolerance:
     why: str = ""
 
 
+class ToleranceFileError(QAClipError, ValueError):
+    """A tolerances file that cannot be read or does not follow its format (the message names the file and key)."""
+
+
+def _number(table: dict, key: str, where: str, path: Path, minimum: float = 0.0) -> float:
+    value = table.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ToleranceFileError(
+            f"{path}: {where}.{key_text(key)} must be a finite number >= {minimum:g}, got {value!r:.60}"
+        )
+    return float(value)
+
+
+def _table(doc: dict, key: str, where: str, path: Path) -> dict:
+    value = doc.get(key)
+    if not isinstance(value, dict) or not value:
+        raise ToleranceFileError(
+            f"{path}: {where}{key_text(key)} must be a non-empty mapping, got {type(value).__name__}"
+        )
+    return value
+
+
+def _why(table: dict, where: str, path: Path) -> None:
+    if not isinstance(table.get("why"), str) or not table["why"].strip():
+        raise ToleranceFileError(f"{path}: {where}.why must say where the number comes from")
+
+
+def load_tolerances(path: str | Path) -> dict:
+    """A tolerances file, read strictly and checked: every number the gates use, finite, with its why."""
+    path = Path(path)
+    doc = read_yaml(path, ToleranceFileError)
+    if not isinstance(doc, dict):
+        raise ToleranceFileError(
+            f"{path}: expected a mapping (parity, golden, reference_cpu, ...), got {type(doc).__name__}"
+        )
+    parity = _table(doc, "parity", "", path)
+    for key in ("max_abs", "tie_gap"):
+        _number(parity, key, "parity", path)
+    top_k = parity.get("top_k")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ToleranceFileError(f"{path}: parity.top_k must be a positive integer, got {top_k!r:.60}")
+    _why(parity, "parity", path)
+    for precision, raw in _table(doc, "golden", "", path).items():
+        where = f"golden.{key_text(precision)}"
+        table = _table({precision: raw}, precision, "golden.", path)
+        _number(table, "max_abs", where, path)
+        _number(table, "min_cos", where, path, minimum=-1.0)
+        _why(table, where, path)
+    cpu = _table(doc, "reference_cpu", "", path)
+    _number(cpu, "max_abs", "reference_cpu", path)
+    _why(cpu, "reference_cpu", path)
+    if "reference_precision" in doc:  # optional: the reference-<model> gates in bf16 and fp16
+        for precision, raw in _table(doc, "reference_precision", "", path).items():
+            where = f"reference_precision.{key_text(precision)}"
+            table = _table({precision: raw}, precision, "reference_precision.", path)
+            for model in _table(table, "max_abs", f"{where}.", path):
+                _number(table["max_abs"], model, f"{where}.max_abs", path)
+            _why(table, where, path)
+    return doc
+
+
 @cache
 def _doc() -> dict:
-    with open(TOLERANCES, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return load_tolerances(TOLERANCES)
 
 
 def parity_tolerance() -> ParityTolerance:

@@ -137,7 +137,7 @@ def _rank_both(
 
 def topk_desc(
     queries: torch.Tensor | np.ndarray, keys: torch.Tensor | np.ndarray, k: int, chunk_size: int | None = None
-) -> torch.LongTensor:
+) -> torch.Tensor:
     """[Q, min(k, K)] indices of each query's highest dot products; equal scores rank the lower key index first."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -151,7 +152,7 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 
 
 @pytest.fixture(scope="session")
-def suite(request) -> Suite:
+def suite(request) -> Iterator[Suite]:
     """The session's :class:`~qaclip_harness.suite.session.Suite`."""
     config = request.config
     s = Suite(config, config.stash[_OPTIONS_KEY], config.stash[_RESULTS_KEY])

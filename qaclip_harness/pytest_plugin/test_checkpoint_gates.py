@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 import pytest
 
@@ -78,10 +78,10 @@ class GateCase:
 
     def __init__(self, suite: Suite, item: pytest.Item, gate: str, card: ModelCard, precision: str):
         self.suite, self.item, self.gate, self.card = suite, item, gate, card
-        self.base = {"dataset": gate, "model": card.name, "kind": gate, "precision": precision}
+        self.base: dict[str, Any] = {"dataset": gate, "model": card.name, "kind": gate, "precision": precision}
         self.start = time.perf_counter()
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str) -> NoReturn:
         """Record and skip with the first line of ``reason``."""
         reason = reason.splitlines()[0]
         self.suite.record(self.item, CaseResult(status="skipped", reason=reason, **self.base))

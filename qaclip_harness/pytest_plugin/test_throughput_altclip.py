@@ -104,7 +104,7 @@ def _encoder(device: str, precision: str, checkpoint_dir: str):
     torch.manual_seed(0)
     with torch.device(device):  # initialise where it runs: much faster on a GPU
         model = tf.AltCLIPModel(config)
-    model = model.to(dtype=resolve_dtype(precision)).eval()
+    model = model.to(dtype=resolve_dtype(precision)).eval()  # type: ignore[call-arg]  # transformers wraps .to in a decorator mypy reads as unbound
     tokenizer, label = _tokenizer(tf, Path(checkpoint_dir))
     image_processor = pil_image_processor_class(tf)(
         size={"shortest_edge": RES}, crop_size={"height": RES, "width": RES}

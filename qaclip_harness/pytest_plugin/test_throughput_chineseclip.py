@@ -29,7 +29,7 @@ SKIP_REASON = "ChineseCLIP throughput needs transformers: pip install 'qaclip-co
 
 def _architectures() -> list:
     """(id, VISION@TEXT) of the transformers-format cards, ids as test_throughput.py names them."""
-    seen = {}
+    seen: dict[str, str] = {}
     for card in all_cards():
         if card.adapter == "chineseclip" and card.arch not in seen.values():
             seen["fixture" if card.test_only else card.vision.lower()] = card.arch

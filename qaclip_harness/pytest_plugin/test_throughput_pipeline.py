@@ -47,7 +47,7 @@ def photo_lmdb(tmp_path_factory) -> Path:
     images = {}
     for i in range(N_IMAGES):
         base = rng.integers(0, 255, (47, 63, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((500, 375), Image.BICUBIC)
+        img = Image.fromarray(base).resize((500, 375), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=90)
         images[1000 + i] = buf.getvalue()
@@ -70,8 +70,9 @@ def _time_passes(benchmark, group: str, run, impl: str, workers: int) -> None:
     count = benchmark.pedantic(run, rounds=4, iterations=1, warmup_rounds=1)
     assert count == N_IMAGES
     benchmark.extra_info.update(impl=impl, workers=workers)
-    if mean_seconds(benchmark) is not None:
-        benchmark.extra_info["items_per_s"] = round(N_IMAGES / mean_seconds(benchmark), 1)
+    seconds = mean_seconds(benchmark)
+    if seconds is not None:
+        benchmark.extra_info["items_per_s"] = round(N_IMAGES / seconds, 1)
 
 
 LOADERS = {

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ IMPL = "zhclip"
 SKIP_REASON = "ZH-CLIP throughput needs transformers: pip install 'qaclip-core[zhclip]'"
 
 # (arch, vision config, text config, joint width): the published model and a fixture-size twin
-SIZES = {
+SIZES: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "ZH-CLIP-ViT-L-14": (
         {
             "hidden_size": 1024,

@@ -151,7 +151,12 @@ def _onnx_encoder(arch: str, device: str, precision: str):
 
     ours, _ = models(arch, device, precision)
     if not _EXPORT_DIRS:
-        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _EXPORT_DIRS])
+
+        def remove_exports() -> None:
+            for d in _EXPORT_DIRS:
+                shutil.rmtree(d, ignore_errors=True)
+
+        atexit.register(remove_exports)
     directory = tempfile.mkdtemp(prefix="qaclip-onnx-bench-")
     _EXPORT_DIRS.append(directory)
     export_model(ours, directory, name=arch, verify=verify_export)

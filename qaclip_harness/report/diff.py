@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import key_text, read_json
 
 # per-case fields compared besides the metrics (provenance keys are flattened with dots)
 CASE_FIELDS = ("status", "precision", "device", "checkpoint_sha256", "data_fingerprint", "gate")
@@ -27,7 +28,7 @@ class ReportError(QAClipError, ValueError):
 def _where(path_parts) -> str:
     out = ""
     for part in path_parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{key_text(part)}" if out else key_text(part))
     return out or "the top level"
 
 
@@ -38,9 +39,9 @@ def validate_report(doc: object, path: str | Path) -> None:
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
+        message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
         raise ReportError(
-            f"{path} is not a qaclip report.json: {_where(error.absolute_path)}: {error.message} "
-            f"(the schema is {SCHEMA.name})"
+            f"{path} is not a qaclip report.json: {_where(error.absolute_path)}: {message} (the schema is {SCHEMA.name})"
         )
 
 
@@ -49,10 +50,7 @@ def load_report(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"cannot read the report {path}: {e}") from None
+    doc = read_json(path, ReportError)  # strict: a duplicate key, deep nesting, a bad byte: one error naming it
     validate_report(doc, path)
     return doc
 
@@ -94,7 +92,7 @@ def compare(a: dict, b: dict) -> dict:
         if k != "time"
     }
     ca, cb = _cases(a), _cases(b)
-    cases = []
+    cases: list[dict[str, object]] = []
     for key in sorted(set(ca) | set(cb)):
         ra, rb = ca.get(key), cb.get(key)
         if ra is None or rb is None:

@@ -9,6 +9,9 @@ listed under the grid); a measured-only row (no published value) shows the measu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from qaclip_harness.report.escape import markdown_cell, markdown_inline, number_text
 
 GRID_TITLES = {"elevater": "Zero-shot classification, ELEVATER (Chinese), top-1"}
 GRID_METRIC = "top1"
@@ -24,7 +27,7 @@ class Grid:
     results: list = field(default_factory=list)
 
 
-def _cards() -> dict[str, object]:
+def _cards() -> dict[str, Any]:
     try:
         from qaclip_harness.data.catalog import all_datasets
 
@@ -67,10 +70,10 @@ def cell(r) -> str:
         return ""
     check = next((c for c in r.checks if c["metric"] == GRID_METRIC), None)
     if check is not None:
-        flag = "*" if r.status == "reported" else ("" if check["ok"] else "!")
-        return f"{check['measured']:.1f} ({check['delta']:+.1f}){flag}"
+        flag = "*" if r.status == "reported" else ("" if check.get("ok") else "!")
+        return f"{number_text(check.get('measured'), '.1f')} ({number_text(check.get('delta'), '+.1f')}){flag}"
     if r.status == "reported" and GRID_METRIC in r.measured:
-        return f"{r.measured[GRID_METRIC]:.1f}"
+        return number_text(r.measured[GRID_METRIC], ".1f")
     return {"skipped": "skipped", "error": "error"}.get(r.status, r.status)
 
 
@@ -128,13 +131,18 @@ def render_grid_text(grid: Grid) -> str:
 def render_grid_markdown(grid: Grid) -> str:
     """The grid as a Markdown section."""
     header, rows = _rows(grid)
-    out = [f"## {grid.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out.extend("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+    out = [
+        f"## {markdown_inline(grid.title)}",
+        "",
+        "| " + " | ".join(markdown_inline(c) for c in header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    out.extend("| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows)
     out.append("")
-    out.append(LEGEND[0].upper() + LEGEND[1:] + ".")
+    out.append(markdown_inline(LEGEND[0].upper() + LEGEND[1:] + "."))
     out.append("")
     found = notes(grid)
-    out.extend(f"- {n.lstrip('* ')}" if n.startswith("* ") else f"- {n}" for n in found)
+    out.extend(f"- {markdown_inline(n[2:] if n.startswith('* ') else n)}" for n in found)
     if found:
         out.append("")
     return "\n".join(out)

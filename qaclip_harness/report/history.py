@@ -10,17 +10,18 @@ last run kept on main).
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_json
 from qaclip_harness.files import remove_stale_temporaries, temp_path
 from qaclip_harness.report.diff import load_report
+from qaclip_harness.report.escape import markdown_cell, markdown_fence, markdown_inline
 from qaclip_harness.report.ranks import RankDiff, rank_changes
-from qaclip_harness.report.throughput import is_benchmark_json, records
+from qaclip_harness.report.throughput import check_benchmark_json, is_benchmark_json, records
 
 ACCURACY_KINDS = ("retrieval", "zeroshot")
 SECTIONS = ("accuracy", "gate", "throughput")
@@ -53,10 +54,11 @@ class Run:
         return next((str((b.get("commit_info") or {}).get("id", ""))[:12] for b in self.benchmarks), "")
 
 
-def _json(path: Path) -> dict | None:
+def _json(path: Path) -> object:
+    """A JSON file's document, or None when it cannot be read as JSON (then it is not a run's file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json(path)
+    except QAClipError:
         return None
 
 
@@ -71,12 +73,12 @@ def load_run(folder: str | Path) -> Run:
     """One run folder (a bad report.json is an error naming it; other JSON files that are not benchmarks are ignored)."""
     folder = Path(folder)
     report = load_report(folder / "report.json") if (folder / "report.json").is_file() else None
-    benches = [
-        doc
+    benches = [  # a file that looks like pytest-benchmark's is checked as one (an error names it and the key)
+        check_benchmark_json(doc, p)
         for p in sorted(folder.glob("*.json"))
-        if p.name != "report.json"
+        if p.name != "report.json" and p.is_file()
         for doc in [_json(p)]
-        if is_benchmark_json(doc)
+        if doc is not None and is_benchmark_json(doc)
     ]
     if report is None and not benches:
         raise QAClipError(f"{folder}: not a run (no report.json and no pytest-benchmark JSON file)")
@@ -176,7 +178,7 @@ class Move:
     @property
     def alert(self) -> bool:
         """Throughput that fell by more than the alert threshold."""
-        return (
+        return bool(
             self.key.section == "throughput"
             and self.change is not None
             and self.before
@@ -219,7 +221,7 @@ def build(runs: list[Run]) -> History:
             if a is None and b is None:
                 continue
             if a is None or b is None or a.value != b.value:
-                tol = (b or a).tolerance
+                tol = b.tolerance if b is not None else a.tolerance if a is not None else None
                 moves.append(Move(k, a.value if a else None, b.value if b else None, tol))
         moves.sort(
             key=lambda m: (SECTIONS.index(m.key.section), m.share is None, -(m.share or 0.0), m.key.case, m.key.metric)
@@ -314,17 +316,18 @@ def render_text(history: History, limit: int = 25) -> str:
 
 def render_markdown(history: History, limit: int = 25) -> str:
     """The same table for a job summary (GITHUB_STEP_SUMMARY)."""
-    out = ["## What moved since the last run", "", _intro(history) + ".", ""]
-    out.extend(f"- status of {c}: {a} -> **{b}**" for c, a, b in history.status_changes)
+    md = markdown_inline  # every string from a run (case names, statuses, run and folder names) escaped
+    out = ["## What moved since the last run", "", md(_intro(history) + "."), ""]
+    out.extend(f"- status of {md(c)}: {md(a)} -> **{md(b)}**" for c, a, b in history.status_changes)
     rows, more = summary_rows(history, limit)
     if rows:
         out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        out += ["| " + " | ".join(markdown_cell(c) for c in r) + " |" for r in rows]
         if more:
             out.append(f"\n... and {more} more (report.html draws every number).")
     ranks = _rank_lines(history, 10)
     if ranks:
-        out += ["", "```", *ranks, "```"]
+        out += ["", *markdown_fence(ranks)]
     out.append("")
     out.append(
         "share: the change as a share of the number's tolerance (accuracy, gates) or of its value before "
@@ -367,12 +370,26 @@ def to_json(history: History) -> dict:
 
 def keep_run(run: str | Path, store: str | Path, name: str, keep_last: int | None = None) -> Path:
     """Copy the run folder ``run`` into ``store`` as ``<time>-<name>`` (whole or not at all); keep the newest ``keep_last``."""
+    from qaclip_harness.options import OptionError, run_name
+
+    try:
+        run_name(name)
+    except OptionError as e:
+        raise QAClipError(str(e)) from None
     src = load_run(run)  # checks it is a run before anything is written
     store = Path(store)
-    store.mkdir(parents=True, exist_ok=True)
+    if store.exists() and not store.is_dir():
+        raise QAClipError(f"STORE {store}: expected a folder of runs, but it is a file")
+    inside = src.path.resolve()
+    if store.resolve() == inside or inside in store.resolve().parents:
+        raise QAClipError(f"STORE {store} is inside the run {src.path}: the copy would hold itself")
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QAClipError(f"STORE {store}: cannot create the folder ({e.strerror or e})") from None
     remove_stale_temporaries(store)
-    stamp = "".join(ch for ch in src.time if ch.isalnum()) or "undated"
-    target = store / f"{stamp}-{name}"
+    stamp = "".join(ch for ch in src.time if ch.isalnum() and ch.isascii()) or "undated"
+    target = store / f"{stamp[:32]}-{name}"
     if target.exists():
         raise QAClipError(f"{target} exists already: a run is kept once (give another --name)")
     tmp = temp_path(target, folder=True)

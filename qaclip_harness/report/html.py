@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
-from html import escape
 from pathlib import Path
 
 from qaclip_harness.files import atomic_write_text
 from qaclip_harness.report import plots
 from qaclip_harness.report.diff import flatten, load_report
+from qaclip_harness.report.escape import css_class, number_text, scrub
+from qaclip_harness.report.escape import html_text as escape
 from qaclip_harness.report.grid import LEGEND as GRID_LEGEND
 from qaclip_harness.report.grid import _model_order, split_grids
 from qaclip_harness.report.grid import cell as grid_cell
@@ -27,7 +28,17 @@ from qaclip_harness.report.grid import notes as grid_notes
 from qaclip_harness.report.history import HEADER as HISTORY_HEADER
 from qaclip_harness.report.history import History, summary_rows
 from qaclip_harness.report.history import render_text as history_text
-from qaclip_harness.report.tables import SHORT, CaseResult, _cell, _columns, _details, _note, _other_sources, _tables
+from qaclip_harness.report.tables import (
+    SHORT,
+    CaseResult,
+    _cell,
+    _columns,
+    _decision_lines,
+    _details,
+    _note,
+    _other_sources,
+    _tables,
+)
 from qaclip_harness.report.throughput import Group
 from qaclip_harness.report.throughput import groups as benchmark_groups
 
@@ -70,7 +81,7 @@ def _case_attrs(r: CaseResult) -> str:
 
 
 def _status_class(status: str) -> str:
-    return status.replace(" ", "-")
+    return css_class(status)  # one class name: a status read from a report.json is not markup
 
 
 def _figure(svg: str | None, missing: str | None) -> str:
@@ -193,7 +204,7 @@ def _provenance_table(rows: list[CaseResult]) -> str:
 
 def _dataset_section(name: str, rows: list[CaseResult], missing: str | None) -> str:
     out = [f'<section class="dataset" id="ds-{escape(name)}"><h3>{escape(name)}</h3>', _seed_table(rows)]
-    notes = _details(rows) + _other_sources(rows)
+    notes = _details(rows) + _other_sources(rows) + _decision_lines(rows)
     out += [f'<p class="note">{escape(m)}: {escape(t)}</p>' for m, t in notes]
     pts = _tolerance_points(rows)
     if pts:
@@ -337,7 +348,7 @@ def _throughput_section(docs: Sequence[dict], baseline: dict | None, missing: st
             attrs = _attrs(data_group=g.name, data_impl=r.impl, data_per_s=_num(r.per_s), data_baseline=_num(base))
             body.append(
                 f'<tr class="bench"{attrs}><td class="l">{escape(g.name)}</td><td class="l">{escape(r.impl)}</td>'
-                f'<td class="l">{r.role}</td><td>{_fmt_speed(r.per_s)}</td><td class="l">{r.unit}</td>'
+                f'<td class="l">{escape(r.role)}</td><td>{_fmt_speed(r.per_s)}</td><td class="l">{escape(r.unit)}</td>'
                 f"<td>{_fmt_speed(base)}</td><td>{'' if not base else f'{r.per_s / base:.2f}x'}</td>"
                 f'<td class="l">{escape(mine)}</td></tr>'
             )
@@ -494,7 +505,7 @@ def _history_section(history: History, missing: str | None) -> str:
 
 def _why_failed(r: CaseResult) -> str:
     outside = [
-        f"{SHORT.get(c['metric'], c['metric'])} {c['delta']:+.3g} (tolerance {c['tolerance']:.3g})"
+        f"{SHORT.get(c['metric'], c['metric'])} {number_text(c['delta'], '+.3g')} (tolerance {number_text(c['tolerance'], '.3g')})"
         for c in r.checks
         if not c.get("ok") and c.get("delta") is not None and c.get("tolerance") is not None
     ]
@@ -577,7 +588,7 @@ def render_html(
     if history is not None:
         out.append(_history_section(history, missing))
     out.append("</body></html>\n")
-    return "\n".join(out)
+    return scrub("\n".join(out))  # the figures' text too: a lone surrogate cannot be written as UTF-8
 
 
 def write_html(

@@ -10,7 +10,10 @@ import io
 import itertools
 import math
 import re
+import warnings
 from collections.abc import Sequence
+
+from qaclip_harness.report.escape import terminal
 
 INSTALL_HINT = "pip install 'qaclip-core[report]'"
 COLOURS = {
@@ -24,6 +27,7 @@ COLOURS = {
     "baseline": "#000000",
 }
 NEAR = 0.8  # a value beyond this share of its tolerance is drawn as near the edge
+LABEL_MAX = 60  # characters of a label or title drawn (every glyph is a path: a long name would cost seconds)
 _counter = itertools.count()
 
 
@@ -46,7 +50,9 @@ def _svg(fig) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "path"}):
+    with matplotlib.rc_context({"svg.fonttype": "path"}), warnings.catch_warnings():
+        # long labels can leave no room for the axes: the figure is still drawn, the warning says nothing more
+        warnings.filterwarnings("ignore", message="constrained_layout not applied", category=UserWarning)
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg") :]  # no XML declaration or DOCTYPE inside HTML
@@ -58,6 +64,15 @@ def _svg(fig) -> str:
         )
         text = pattern.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", text)
     return text
+
+
+def _plain(text: object, limit: int = LABEL_MAX) -> str:
+    """Text drawn as it is, at most ``limit`` characters (the tables show it whole): matplotlib reads a string with
+    two unescaped ``$`` as math, and fails on bad math; control characters are shown escaped."""
+    text = terminal(text)  # no lone surrogate (the font code refuses it) and no control character
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _state(ratio: float, ok: bool) -> str:
@@ -84,15 +99,15 @@ def tolerance_plot(title: str, points: Sequence[tuple[str, str, float, bool]]) -
         ys = [models.index(p[0]) + offset for p in mine]
         colours = [COLOURS[_state(p[2], p[3])] for p in mine]
         ax.scatter(xs, ys, c=colours, marker=markers[j % len(markers)], s=28, zorder=3, edgecolors="none")
-    ax.set_yticks(range(len(models)), models)
+    ax.set_yticks(range(len(models)), [_plain(m) for m in models])
     ax.set_ylim(len(models) - 0.5, -0.5)
     ax.set_xlim(-span, span)
     ax.set_xlabel(f"(measured - published) / tolerance; orange: beyond {NEAR:.0%} of it, red: outside", fontsize=8)
-    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_title(_plain(title, 2 * LABEL_MAX), loc="left", fontsize=10)
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], linestyle="", marker=markers[j % len(markers)], color="#444444", label=m)
+        Line2D([], [], linestyle="", marker=markers[j % len(markers)], color="#444444", label=_plain(m))
         for j, m in enumerate(metrics)
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -102,10 +117,10 @@ def tolerance_plot(title: str, points: Sequence[tuple[str, str, float, bool]]) -
 def _log_bars(fig, ax, labels: Sequence[str], xlabel: str, title: str) -> str:
     """Finish a horizontal bar chart on a log x axis, one labelled row per bar, the first at the top, as SVG."""
     ax.set_xscale("log")
-    ax.set_yticks(range(len(labels)), list(labels))
+    ax.set_yticks(range(len(labels)), [_plain(label) for label in labels])
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlabel(xlabel)
-    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_title(_plain(title, 2 * LABEL_MAX), loc="left", fontsize=10)
     return _svg(fig)
 
 
@@ -159,12 +174,12 @@ def history_plot(
     for name, values in lines.items():
         pts = [(x, v) for x, v in zip(xs, values) if v is not None and (not log or v > 0)]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1, label=_plain(name))
     if log:
         ax.set_yscale("log")
-    ax.set_xticks(xs, [r if len(r) <= 14 else r[:13] + "…" for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(xs, [_plain(r, 14) for r in runs], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_title(_plain(title, 2 * LABEL_MAX), loc="left", fontsize=10)
     if lines:
         ax.legend(fontsize=6, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _svg(fig)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_json
 
 
 @dataclass(frozen=True)
@@ -70,19 +72,46 @@ def _key(rank: int | None) -> float:
 def _jsonl(path: Path) -> list[dict]:
     rows = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise QAClipError(f"{path}, line {n}: not JSON ({e.msg})") from None
+        data = path.read_bytes()
     except OSError as e:
         raise QAClipError(f"cannot read the predictions {path}: {e.strerror or e}") from None
+    for n, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            try:
+                text = line.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise QAClipError(f"{path}, line {n}: not UTF-8") from None
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise QAClipError(f"{path}, line {n}: not JSON ({e.msg}, column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # more digits than Python converts, or nesting too deep
+                raise QAClipError(f"{path}, line {n}: not JSON ({type(e).__name__})") from None
+            if not isinstance(row, dict):
+                raise QAClipError(f"{path}, line {n}: not JSON of a row (expected an object, got {type(row).__name__})")
+            rows.append(row)
     return rows
 
 
-def _field(row: dict, key: str, path: Path) -> object:
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _id(row: dict, key: str, path: Path) -> int:
+    value = _field(row, key, path)
+    if not _is_id(value):
+        raise QAClipError(f"{path}: a row's {key!r} is {value!r:.40}, expected an integer id")
+    return value
+
+
+def _ids(row: dict, key: str, path: Path) -> list[int]:
+    value = _field(row, key, path)
+    if not isinstance(value, list) or not all(_is_id(v) for v in value):
+        raise QAClipError(f"{path}: a row's {key!r} is {value!r:.40}, expected a list of integer ids")
+    return value
+
+
+def _field(row: dict, key: str, path: Path) -> Any:
     if key not in row:
         raise QAClipError(f"{path}: a row has no {key!r} (expected the format qaclip eval --dump-predictions writes)")
     return row[key]
@@ -90,14 +119,14 @@ def _field(row: dict, key: str, path: Path) -> object:
 
 def _retrieval(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None]]]:
     """direction -> query -> (rank of the first correct item, first item)."""
-    (gt_path,) = sorted(folder.glob("*_texts.tr.jsonl"))[:1] or [None]
+    gt_path = next(iter(sorted(folder.glob("*_texts.tr.jsonl"))), None)
     if gt_path is None:
         raise QAClipError(f"{folder}: no <split>_texts.tr.jsonl beside the predictions (the correct answers)")
-    image_texts = {int(_field(r, "image_id", gt_path)): set(_field(r, "text_ids", gt_path)) for r in _jsonl(gt_path)}
+    image_texts = {_id(r, "image_id", gt_path): set(_ids(r, "text_ids", gt_path)) for r in _jsonl(gt_path)}
     text_images: dict[int, set] = {}
     for image, texts in image_texts.items():
         for t in texts:
-            text_images.setdefault(int(t), set()).add(image)
+            text_images.setdefault(t, set()).add(image)
     out: dict[str, dict[int, tuple[int | None, int | None]]] = {"t2i": {}, "i2t": {}}
     for path in sorted(folder.glob("*_predictions.jsonl")):
         direction, qkey, lkey, truth = (
@@ -106,7 +135,7 @@ def _retrieval(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None
             else ("t2i", "text_id", "image_ids", text_images)
         )
         for row in _jsonl(path):
-            query, ranked = int(_field(row, qkey, path)), list(_field(row, lkey, path))
+            query, ranked = _id(row, qkey, path), _ids(row, lkey, path)
             correct = truth.get(query, set())
             rank = next((i + 1 for i, item in enumerate(ranked) if item in correct), None)
             out[direction][query] = (rank, ranked[0] if ranked else None)
@@ -114,12 +143,15 @@ def _retrieval(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None
 
 
 def _zeroshot(path: Path) -> dict[int, tuple[int | None, int | None]]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        probs = doc["predictions"][0]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-        raise QAClipError(f"{path}: not an ELEVATER predictions file ({type(e).__name__}: {e})") from None
-    return {i: (None, max(range(len(row)), key=row.__getitem__) if row else None) for i, row in enumerate(probs)}
+    doc = read_json(path, QAClipError)
+    probs = doc.get("predictions") if isinstance(doc, dict) else None
+    rows = probs[0] if isinstance(probs, list) and probs else None
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not isinstance(rows, list) or not all(isinstance(r, list) and all(number(v) for v in r) for r in rows):
+        raise QAClipError(
+            f"{path}: not an ELEVATER predictions file (expected {{'predictions': [[[probability, ...], ...]]}})"
+        )
+    return {i: (None, max(range(len(row)), key=row.__getitem__) if row else None) for i, row in enumerate(rows)}
 
 
 def read_predictions(folder: Path) -> dict[str, dict[int, tuple[int | None, int | None]]]:

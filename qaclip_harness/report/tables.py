@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qaclip_harness.expected import METRIC_ORDER, MetricCheck
 from qaclip_harness.files import atomic_write_text, remove_stale_temporaries
+from qaclip_harness.report.escape import json_text, markdown_cell, markdown_inline, number_text
 
 SHORT = {
     "t2i_r1": "T2I R@1",
@@ -51,11 +52,13 @@ class CaseResult:
     sources: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # source -> metric -> expected, delta
     checkpoint_sha256: str | None = None
     data_fingerprint: str | None = None
-    provenance: dict[str, object] = field(default_factory=dict)  # data build, split check, batch size, label file...
+    provenance: dict[str, Any] = field(default_factory=dict)  # data build, split check, batch size, label file...
     backend: str = "pytorch"
     variant: str = ""  # the settings an expected entry was published for ("onnx fp16"): its own table
     # computed here or reused from a cache: {"status", "cache": mode, "steps": {images|texts|classifier: {status, key, run, date}}}
-    features: dict[str, object] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
+    # per item against the reference's decisions, or on totals, and why (qaclip_harness.gates.decisions)
+    decisions: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_checks(
@@ -99,16 +102,16 @@ def _columns(results: list[CaseResult]) -> list[str]:
 def _cell(res: CaseResult, metric: str) -> str:
     for r in res.checks:
         if r["metric"] == metric:
-            flag = "" if r["ok"] else "!"
+            flag = "" if r.get("ok") else "!"
             if "cell" in r:  # a check that formats its own value (checkpoint gates)
                 return f"{r['cell']}{flag}"
             spec = r.get("format")  # e.g. ".1e" for feature differences of parity cases
             if res.kind == "parity":  # feature differences near 1e-7 or counts, held against 0: no delta
-                return f"{r['measured']:{spec or '.1e'}}{flag}"
+                return f"{number_text(r.get('measured'), spec or '.1e')}{flag}"
             spec = spec or ".1f"
-            return f"{r['measured']:{spec}} ({r['delta']:+{spec}}){flag}"
+            return f"{number_text(r.get('measured'), spec)} ({number_text(r.get('delta'), '+' + spec)}){flag}"
     if res.status == "reported" and not res.checks and metric in res.measured:  # measured only: no published value
-        return f"{res.measured[metric]:.1f}"
+        return number_text(res.measured[metric], ".1f")
     return ""
 
 
@@ -145,7 +148,9 @@ def _other_sources(rows: list[CaseResult]) -> list[tuple]:
             continue  # one source, measured on this very data: nothing to explain
         parts = [f"gate {r.gate} ({r.gate_reason})"] if r.gate else []
         for src, deltas in sorted(others.items()):
-            parts.append(f"{src}: " + ", ".join(f"{_short(m)} {v['delta']:+.1f}" for m, v in deltas.items()))
+            parts.append(
+                f"{src}: " + ", ".join(f"{_short(m)} {number_text(v['delta'], '+.1f')}" for m, v in deltas.items())
+            )
         out.append((r.model, "; ".join(parts)))
     return out
 
@@ -179,7 +184,7 @@ def _provenance_rows(rows: list[CaseResult]) -> list[list[str]]:
     return out
 
 
-def describe_features(features: dict[str, object]) -> str:
+def describe_features(features: dict[str, Any]) -> str:
     """One line: the case's features computed in this run, or reused from which run, date and key (per step)."""
     steps = features.get("steps") or {}
     if not steps:
@@ -201,6 +206,14 @@ def describe_features(features: dict[str, object]) -> str:
 
 def _features_lines(rows: list[CaseResult]) -> list[tuple]:
     return [(r.model, describe_features(r.features)) for r in rows if r.features and describe_features(r.features)]
+
+
+def _decision_lines(rows: list[CaseResult]) -> list[tuple]:
+    """(model, text): each row's decision gate, per item or on totals (one line when every row says the same)."""
+    lines = [(r.model, str(r.decisions.get("summary"))) for r in rows if r.decisions.get("summary")]
+    if len(lines) > 1 and len({text for _, text in lines}) == 1:
+        return [("every model", lines[0][1])]
+    return lines
 
 
 def _details(rows: list[CaseResult]) -> list[tuple]:
@@ -232,13 +245,18 @@ def render_text(results: list[CaseResult]) -> str:
             for row in _provenance_rows(rows)
         )
         out.extend(f"  {model}: {text}" for model, text in _features_lines(rows))
+        out.extend(f"  {model}: {text}" for model, text in _decision_lines(rows))
         out.append("")
     out.extend(render_grid_text(g) for g in grids)
     return "\n".join(out)
 
 
+def _md_row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
+
+
 def render_markdown(results: list[CaseResult]) -> str:
-    """The same tables in Markdown."""
+    """The same tables in Markdown (every string from a result escaped for the cell, item or heading it lands in)."""
     from qaclip_harness.report.grid import render_grid_markdown, split_grids
 
     grids, results = split_grids(results)
@@ -246,17 +264,16 @@ def render_markdown(results: list[CaseResult]) -> str:
     for ds, rows in _tables(results).items():
         measured = [r for r in rows if r.checks or r.measured]
         cols = _columns(measured) if measured else []
-        out.append(f"## {ds}")
+        out.append(f"## {markdown_inline(ds)}")
         out.append("")
         header = ["model", *(SHORT.get(c, c) for c in cols), "status"]
-        out.append("| " + " | ".join(header) + " |")
+        out.append(_md_row(header))
         out.append("|" + "---|" * len(header))
         for r in rows:
-            cells = [r.model, *(_cell(r, c) for c in cols), _note(r)]
-            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+            out.append(_md_row([r.model, *(_cell(r, c) for c in cols), _note(r)]))
         out.append("")
         notes = _details(rows) + _other_sources(rows)
-        out.extend(f"- {model}: {text}" for model, text in notes)
+        out.extend(f"- {markdown_inline(model)}: {markdown_inline(text)}" for model, text in notes)
         if notes:
             out.append("")
         prov = _provenance_rows(rows)
@@ -274,13 +291,13 @@ def render_markdown(results: list[CaseResult]) -> str:
             ]
             out.append("Provenance (first 12 hex digits; full values in report.json):")
             out.append("")
-            out.append("| " + " | ".join(header) + " |")
+            out.append(_md_row(header))
             out.append("|" + "---|" * len(header))
-            out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in prov)
+            out.extend(_md_row(row) for row in prov)
             out.append("")
-        reuse = _features_lines(rows)
+        reuse = _features_lines(rows) + _decision_lines(rows)
         if reuse:
-            out.extend(f"- {model}: {text}" for model, text in reuse)
+            out.extend(f"- {markdown_inline(model)}: {markdown_inline(text)}" for model, text in reuse)
             out.append("")
     out.extend(render_grid_markdown(g) for g in grids)
     out.append("Cells: measured (measured - expected); ! marks a value outside its tolerance.")
@@ -315,7 +332,8 @@ def write_reports(
     remove_stale_temporaries(directory)
     meta = meta or {}
     doc = {"meta": meta, "environment": environment or {}, "results": [asdict(r) for r in results]}
-    js = atomic_write_text(directory / "report.json", json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    # json_text: a lone surrogate (a name read from a file) is written as its \uXXXX escape, the same JSON value
+    js = atomic_write_text(directory / "report.json", json_text(doc, indent=2, default=str))
     text = render_markdown(results)
     if meta.get("interrupted"):
         ran = sum(r.status not in ("skipped", "interrupted") for r in results)
@@ -326,6 +344,7 @@ def write_reports(
             1,
         )
     if environment:
-        text += "\n## Environment\n\n" + "\n".join(_environment_lines(environment)) + "\n"
+        lines = (f"- {markdown_inline(line[2:])}" for line in _environment_lines(environment))
+        text += "\n## Environment\n\n" + "\n".join(lines) + "\n"
     md = atomic_write_text(directory / "report.md", text)
     return [js, md]

@@ -8,11 +8,12 @@ photos), else calls per second (``1 / stats.mean``). Records are matched with a 
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from qaclip_core.errors import QAClipError
+from qaclip_harness.documents import read_json
 
 OURS = "qaclip_core"
 REFERENCE = "cn_clip"
@@ -41,16 +42,49 @@ def is_benchmark_json(doc: object) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list) and "machine_info" in doc
 
 
+class BenchmarkFileError(QAClipError, ValueError):
+    """A pytest-benchmark JSON file that cannot be read or holds a value of the wrong kind (file and key named)."""
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_benchmark_json(doc: object, path: str | Path) -> dict:
+    """``doc`` if it is pytest-benchmark JSON whose every value used here has its kind, else BenchmarkFileError."""
+    if not is_benchmark_json(doc):
+        raise BenchmarkFileError(
+            f"{path} is not pytest-benchmark JSON (expected 'machine_info' and a 'benchmarks' list)"
+        )
+    assert isinstance(doc, dict)
+    if not isinstance(doc.get("commit_info") or {}, dict) or not isinstance(doc.get("datetime") or "", str):
+        raise BenchmarkFileError(f"{path}: commit_info must be a mapping and datetime a string")
+    for i, bench in enumerate(doc["benchmarks"]):
+        where = f"{path}: benchmarks[{i}]"
+        if not isinstance(bench, dict):
+            raise BenchmarkFileError(f"{where} must be a mapping, got {type(bench).__name__}")
+        for key in ("group", "name", "fullname"):
+            if not isinstance(bench.get(key) or "", str):
+                raise BenchmarkFileError(f"{where}.{key} must be a string, got {bench[key]!r:.60}")
+        stats, info = bench.get("stats") or {}, bench.get("extra_info") or {}
+        if not isinstance(stats, dict) or not isinstance(info, dict):
+            raise BenchmarkFileError(f"{where}: stats and extra_info must be mappings")
+        for table, key, name in (
+            (stats, "mean", "stats"),
+            (info, "items_per_s", "extra_info"),
+            (info, "reference_seconds_scaled", "extra_info"),
+        ):
+            if table.get(key) not in (None, 0) and not _positive(table[key]):
+                raise BenchmarkFileError(f"{where}.{name}.{key} must be a positive number, got {table[key]!r:.60}")
+        for key in ("impl", "workers"):
+            if isinstance(info.get(key), (dict, list)):
+                raise BenchmarkFileError(f"{where}.extra_info.{key} must be a name or a number, got {info[key]!r:.60}")
+    return doc
+
+
 def load_benchmark_json(path: str | Path) -> dict:
     """A pytest-benchmark JSON file, checked for its shape (one clear error naming the file otherwise)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QAClipError(f"cannot read the benchmark file {path}: {e}") from None
-    if not is_benchmark_json(doc):
-        raise QAClipError(f"{path} is not pytest-benchmark JSON (expected 'machine_info' and a 'benchmarks' list)")
-    return doc
+    return check_benchmark_json(read_json(path, BenchmarkFileError), path)
 
 
 def records(doc: dict) -> list[Record]:

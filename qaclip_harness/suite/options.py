@@ -104,7 +104,11 @@ FLAGS = [
         "QACLIP_EVALUATE_ANY_SPLIT",
         "evaluate data whose size is not the published split's anyway; the result is marked not comparable",
     ),
-    ("--verify", "QACLIP_VERIFY", "hash every cached checkpoint and archive in full (ignore the .sha256 records)"),
+    (
+        "--verify",
+        "QACLIP_VERIFY",
+        "hash every cached checkpoint, archive and dataset in full (ignore the .sha256 and data identity records)",
+    ),
     (
         "--cpu-peer-throughput",
         "QACLIP_CPU_PEER_THROUGHPUT",
@@ -271,6 +275,11 @@ def validated_options(
         raise opts.OptionError(source("--backend"), backend, f"expected one of {', '.join(BACKEND_CHOICES)}")
     golden_save = bool(get("--golden-save"))
     golden_check = opts.new_output_folder if golden_save else opts.folder
+    mode = cache_mode(bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only")), source)
+    # the package cache, for every backend: features, pixels and the fixture data are written there (use,
+    # refresh), read (read-only), and checkpoints downloaded there by default (every mode)
+    opts.package_cache(write=mode in ("use", "refresh"))
+    opts.cache_budget_gb()
     if backend == "onnx":  # exports are written into the package cache
         opts.cache_folder("onnx")
     return SuiteOptions(
@@ -291,9 +300,7 @@ def validated_options(
         evaluate_any_split=bool(get("--evaluate-any-split")),
         backend=backend,
         history=opts.folder(get("--history"), source("--history")),
-        cache_mode=cache_mode(
-            bool(get("--no-cache")), bool(get("--refresh-cache")), bool(get("--cache-read-only")), source
-        ),
+        cache_mode=mode,
         golden_dir=golden_check(get("--golden-dir"), source("--golden-dir")),
         golden_save=golden_save,
     )

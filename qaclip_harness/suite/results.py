@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qaclip_harness.expected import ExpectedCase
+from qaclip_harness.gates.decisions import Flip
 from qaclip_harness.report.tables import CaseResult, failure_table
 
 
@@ -21,10 +22,21 @@ def features_summary(steps: dict | None, mode: str) -> dict:
 
 def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: str) -> str:
     """Why a case failed: the table against the gate, the data it ran on, and the sources it does match."""
-    lines = [
-        f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
-        failure_table(checks),
-    ]
+    flipped = [f for f in result.decisions.get("flipped") or [] if not f.get("excused")]
+    outside = any(not c.ok for c in checks)
+    if outside or not flipped:
+        lines = [
+            f"{case.id} ({precision}) is outside tolerance (gate: {result.gate}; {result.gate_reason}):",
+            failure_table(checks),
+        ]
+    else:
+        lines = [f"{case.id} ({precision}): every total is within tolerance, but decisions differ from the reference's"]
+    if flipped:
+        lines.append(
+            f"{len(flipped)} decision(s) differ from the reference's (per-item gate; near-ties below "
+            f"{result.decisions.get('bound'):.1e} excused):"
+        )
+        lines += [f"  {describe_flip(f)}" for f in flipped]
     prov = result.provenance or {}
     lines.append(
         f"data: {prov.get('folder')} (fingerprint {str(result.data_fingerprint)[:16]}..., build "
@@ -48,6 +60,11 @@ def failure_message(case: ExpectedCase, result: CaseResult, checks, precision: s
     return "\n".join(lines)
 
 
+def describe_flip(row: dict) -> str:
+    """One flipped item of report.json's ``decisions.flipped``, in words (query, k, the reference's decision and ours)."""
+    return Flip(row["metric"], row["item"], row["reference"], row["ours"], row.get("margin"), False).describe()
+
+
 def recorded_notes(case: ExpectedCase, checkpoint_sha256: str | None, data_fingerprint: str | None) -> list[str]:
     """For numbers written by ``qaclip record``: whether this run's checkpoint and data are the ones they were recorded on."""
     rec = case.recorded
@@ -69,14 +86,16 @@ def recorded_notes(case: ExpectedCase, checkpoint_sha256: str | None, data_finge
     return notes
 
 
-def junit_properties(result: CaseResult) -> list[tuple]:
+def junit_properties(result: CaseResult) -> list[tuple[str, object]]:
     """(name, value) pairs for JUnit XML: the case's status, and per metric its four numbers."""
-    props = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
+    props: list[tuple[str, object]] = [("qaclip.status", result.status), ("qaclip.precision", result.precision)]
     if result.reason:
         props.append(("qaclip.reason", result.reason))
     for name in ("gate", "checkpoint_sha256", "data_fingerprint"):
         if getattr(result, name):
             props.append((f"qaclip.{name}", getattr(result, name)))
+    if result.decisions.get("summary"):
+        props.append(("qaclip.decisions", result.decisions["summary"]))
     for c in result.checks:
         for field in ("measured", "expected", "delta", "tolerance"):
             if c.get(field) is not None:  # checkpoint gates hold some rows against nothing published

@@ -50,4 +50,5 @@ def write_run_report(
         meta["shard"] = shard
     if interrupted:
         meta["interrupted"] = True
+    assert options.report is not None  # called only with --report
     return write_reports(results, options.report, meta, environment=environment(resolved_device(options.device)))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +18,8 @@ from qaclip_harness.data.catalog import DatasetCard, DatasetMissingError, get_da
 from qaclip_harness.errors import MissingDependencyError, UnsupportedError
 from qaclip_harness.expected import ExpectedCase
 from qaclip_harness.fetch.datasets import resolve_dataset
+from qaclip_harness.files import OutputError
+from qaclip_harness.gates.decisions import case_verdict
 from qaclip_harness.report.tables import CaseResult
 from qaclip_harness.suite.options import SuiteOptions
 from qaclip_harness.suite.results import (
@@ -27,6 +31,9 @@ from qaclip_harness.suite.results import (
     report_reason,
 )
 from qaclip_harness.suite.terminal import terminal_progress
+
+if TYPE_CHECKING:
+    from qaclip_harness.backends.base import Encoder
 
 # Why a case may skip instead of fail: what it needs is absent on this machine. Anything else
 # (a bug, a corrupt file, a broken import inside the package) is an error.
@@ -51,7 +58,7 @@ class Suite:
         self.results = results
         self.progress = terminal_progress(config)
         self._encoder_key: tuple | None = None
-        self._encoder = None
+        self._encoder: Encoder | None = None
         self._tmp = Path(tempfile.mkdtemp(prefix="qaclip-suite-"))
         self._fixture_root: Path | None = None
         self._local_hub = None
@@ -106,7 +113,7 @@ class Suite:
         from qaclip_harness.backends import backend
 
         backend(card.adapter).module.import_transformers()  # a missing transformers skips, naming the extra
-        folder = self._tmp / "fixture-converted" / card.hub_repo
+        folder = self._tmp / "fixture-converted" / str(card.hub_repo)
         if not folder.is_dir():
             from qaclip_harness.fixture.hf import write_converted
 
@@ -153,6 +160,7 @@ class Suite:
                 precision=self.precision,
                 compile=self.compile,
                 backend_name=None if backend == "pytorch" else backend,
+                cache_mode=self.cache.mode,
             )
             self._encoder_key = key
         return self._encoder
@@ -219,8 +227,12 @@ class Suite:
 
         ds = get_dataset(case.dataset)
         model_card = get_card(case.model)
-        root = self.data_root_for(ds)
         self.skip_unless_met(item, case)
+        try:
+            root = self.data_root_for(ds)
+        except OutputError as e:  # the fixture data could not be written (a full disk): one line naming the folder
+            self.record(item, CaseResult(status="error", reason=str(e), **self._base(case)))
+            pytest.fail(f"{case.id}: {e}", pytrace=False)
         try:
             data = resolve_dataset(ds, root, download=self.download)  # fetched first: evaluation never downloads
             encoder = self.encoder_for(model_card)
@@ -258,33 +270,35 @@ class Suite:
             and not self.compile
         )
         checks = case.check(out.metrics, self.precision, decision, on_cpu)
+        verdict = case_verdict(case, out, self.precision, on_cpu)  # every decision, where the reference's exist
+        # numbers written by `qaclip record`: whether this run's checkpoint and data are the ones they were recorded on
         recorded = recorded_notes(case, self.checkpoint_digest(model_card), out.provenance.get("data_fingerprint"))
-        result = self.record(
-            item,
-            CaseResult.from_checks(
-                device=str(encoder.device),
-                measured=out.metrics,
-                counts=out.counts,
-                seconds=round(time.perf_counter() - start, 2),
-                checks=checks,
-                report_only=report_reason(case.report_only, encoder),
-                gate=decision.source,
-                gate_reason=decision.reason
-                + (
-                    f"; near-ties (each metric's tolerance says which it excuses on this device): "
-                    f"{case.near_tie_note()}"
-                    if case.near_ties
-                    else ""
-                )
-                + "".join(f"; {note}" for note in recorded),
-                sources=case.source_deltas(out.metrics),
-                checkpoint_sha256=self.checkpoint_digest(model_card),
-                data_fingerprint=out.provenance.get("data_fingerprint"),
-                provenance=case_provenance(out.provenance),
-                features=features_summary(out.provenance.get("features"), self.cache.mode),
-                **self._base(case),
-            ),
+        result = CaseResult.from_checks(
+            device=str(encoder.device),
+            measured=out.metrics,
+            counts=out.counts,
+            seconds=round(time.perf_counter() - start, 2),
+            checks=checks,
+            report_only=report_reason(case.report_only, encoder),
+            gate=decision.source,
+            gate_reason=decision.reason
+            + (
+                f"; near-ties (each metric's tolerance says which it excuses on this device): {case.near_tie_note()}"
+                if case.near_ties
+                else ""
+            )
+            + "".join(f"; {note}" for note in recorded),
+            sources=case.source_deltas(out.metrics),
+            checkpoint_sha256=self.checkpoint_digest(model_card),
+            data_fingerprint=out.provenance.get("data_fingerprint"),
+            provenance=case_provenance(out.provenance),
+            features=features_summary(out.provenance.get("features"), self.cache.mode),
+            decisions=verdict.as_dict(),
+            **self._base(case),
         )
+        if verdict.failed and result.status == "passed":  # totals within tolerance, but items flipped
+            result = dataclasses.replace(result, status="failed")
+        self.record(item, result)
         if result.status == "failed":
             pytest.fail(failure_message(case, result, checks, self.precision), pytrace=False)
         return result

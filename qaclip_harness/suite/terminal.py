@@ -25,7 +25,7 @@ def terminal_progress(config: pytest.Config) -> ProgressFactory | None:
     if reporter is None:
         return None
     live = bool(reporter.isatty)
-    started = set()
+    started: set[bool] = set()
 
     def write(text: str, final: bool) -> None:
         ctx = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()

@@ -6,16 +6,18 @@ import gc
 
 import pytest
 import torch
-from cn_clip.clip import image_transform as ref_transform
-from cn_clip.clip import tokenize as ref_tokenize
 
 import qaclip_core
-from tests.conftest import CAPTIONS, real_images
+from tests.conftest import CAPTIONS, real_images, require_reference
 from tests.reference_models import reference_with_checkpoint
+
+require_reference(allow_module_level=True)
+from cn_clip.clip import image_transform as ref_transform  # noqa: E402 -- after require_reference, which names the oracle when it is missing
+from cn_clip.clip import tokenize as ref_tokenize  # noqa: E402 -- after require_reference, which names the oracle when it is missing
 
 # (architecture, images, captions): the large architectures on a few inputs here (building the
 # two models is most of their cost); on the whole probe set, through the suite, they are
-# tests/harness/test_checkpoint_gates.py's `large` cases (tox -e large).
+# tests/harness/test_checkpoint_gates.py's slow cases.
 ARCHS = [
     ("RN50@RBT3-chinese", None, None),
     ("ViT-B-16@RoBERTa-wwm-ext-base-chinese", None, None),

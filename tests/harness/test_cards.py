@@ -87,8 +87,8 @@ def test_a_card_with_a_backend_reference_needs_no_architecture(tmp_path):
             "models:\n  - {name: mine, backend: zhclip, hub: {repo: a/b, file: c}}\n",
             "hub must be {repo, filename, revision}",
         ),
-        ("models:\n  - just-a-name\n", "each card must be a mapping"),
-        ("models: {name: mine}\n", "expected a mapping with models: [<card>, ...]"),
+        ("models:\n  - just-a-name\n", "models[0] must be a mapping (a card)"),
+        ("models: {name: mine}\n", "a list under 'models' (models: [<card>, ...])"),
     ],
 )
 def test_a_bad_card_is_one_line_naming_the_file_and_key(tmp_path, body, needle):

@@ -25,11 +25,11 @@ from tests.conftest import REPO
 from tests.reference_models import reference_model, save_reference_checkpoint, write_tiny_altclip
 
 # One registry card per architecture (the QA-CLIP and CN-CLIP cards of an architecture share its
-# code). The large ones take minutes each on a CPU (both models in fp32 on 30 images): they are
-# `large` tests, run by `tox -e large`; tests/core/test_parity_model.py covers them on a few inputs.
+# code). The large ones take minutes each on a CPU (both models in fp32 on 30 images): `slow`, and run
+# in tox -e tests (CI) like every other case; tests/core/test_parity_model.py covers them on a few inputs.
 # The CN-CLIP cards: the QA-CLIP cards pin their files' sha256 and size, which a random
 # checkpoint put in their place cannot match (and must not).
-LARGE = [pytest.mark.slow, pytest.mark.large]
+LARGE = [pytest.mark.slow]
 ARCH_CARDS = [
     "cn-clip-rn50",
     pytest.param("cn-clip-vit-b-16", marks=LARGE),  # 40 s; ViT-B/16 parity on every input: test_parity_model

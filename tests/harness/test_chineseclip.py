@@ -27,7 +27,7 @@ from PIL import Image
 
 from qaclip_core.errors import CheckpointError
 from qaclip_core.registry import get_card
-from tests.conftest import CAPTIONS, real_images
+from tests.conftest import CAPTIONS, real_images, require_reference
 from tests.random_weights import randomise_
 
 SKIP = "needs transformers: pip install 'qaclip-core[chineseclip]'"
@@ -264,13 +264,14 @@ def test_unknown_protocol(tiny_dir):
 
 def _reference_checkpoint(arch: str, path: Path, seed: int = 0):
     """A cn_clip model of ``arch`` with every float tensor drawn, saved as its training code saves it."""
-    pytest.importorskip("cn_clip", reason="needs the reference implementation: pip install --no-deps cn_clip==1.6.0")
+    require_reference()
     from tests.reference_models import reference_model, save_reference_checkpoint
 
     if arch == FIXTURE_ARCH:  # no cn_clip config for the fixture: its CLIP class from our config
         import contextlib
         import io
 
+        require_reference()
         from cn_clip.clip.model import CLIP as RefCLIP
 
         from qaclip_core.model.config import reference_kwargs
@@ -286,7 +287,7 @@ def _reference_checkpoint(arch: str, path: Path, seed: int = 0):
 
 @pytest.mark.parametrize(
     "arch",
-    [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese", marks=[pytest.mark.slow, pytest.mark.large])],
+    [FIXTURE_ARCH, pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese", marks=pytest.mark.slow)],
 )
 def test_conversion_gives_the_same_features_through_both_backends(tf, arch, tmp_path, offline):
     """A real-size architecture too (about a minute here: most of it drawing, saving and converting 188M weights)."""

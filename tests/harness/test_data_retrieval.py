@@ -23,6 +23,7 @@ from qaclip_harness.data.retrieval import (
     write_retrieval_split,
 )
 from qaclip_harness.errors import DatasetError
+from tests.conftest import require_reference
 from tests.datasets_util import (
     IMAGE_IDS,
     build_with_reference,
@@ -48,6 +49,7 @@ def ref_dataset(tmp_path_factory):
 
 
 def test_ids_and_tensors_equal_cn_clip(ref_dataset):
+    require_reference()
     from cn_clip.eval.data import EvalImgDataset
 
     ref = EvalImgDataset(str(ref_dataset["lmdb"]), resolution=RES)

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import qaclip_core
+from tests.conftest import require_reference
 from tests.datasets_util import (
     build_with_reference,
     make_imagenet,
@@ -51,6 +52,7 @@ def world(tmp_path_factory):
 
 
 def _reference_model(ckpt: Path):
+    require_reference()
     from cn_clip.clip.utils import create_model
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -69,6 +71,7 @@ def _cli(*args: str) -> dict:
 
 
 def _reference_retrieval(root: Path, ckpt: Path, work: Path):
+    require_reference()
     from cn_clip.eval.data import EvalImgDataset, EvalTxtDataset
     from cn_clip.eval.evaluation import compute_score
     from cn_clip.eval.evaluation_tr import compute_score as compute_score_tr
@@ -160,6 +163,8 @@ def test_retrieval_cli_equals_reference_pipeline(world, tmp_path):
 @pytest.mark.parity
 def test_zeroshot_cli_equals_reference_pipeline(world):
     import numpy as np
+
+    require_reference()
     from cn_clip.clip import image_transform, tokenize
     from cn_clip.eval.cvinw_zeroshot_templates import openai_templates
     from cn_clip.eval.data import _preprocess_text

@@ -221,3 +221,46 @@ def test_inner_zip_without_a_test_folder(tmp_path, monkeypatch):
         with pytest.raises(DatasetError, match=r"dtd\.zip: no test/ folder inside"):
             ensure_dataset(get_dataset("dtd"), root, download=True)
     assert not _leftovers(root)
+
+
+def test_a_server_that_ignores_range_is_named_not_the_archive(hub_root, tmp_path, monkeypatch):
+    """A server answering Range with 200 and the whole file: the message says so and blames no archive."""
+    from qaclip_core.errors import DownloadError
+
+    root = tmp_path / "data"
+    with serve_directory(hub_root, ignore_range=True) as hub:
+        monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
+        with pytest.raises(DownloadError, match=r"ignored the byte range") as e:
+            ensure_dataset(get_dataset("cifar-10"), root, download=True)
+    assert "ELEVATER_all.zip" in str(e.value) and "damaged" not in str(e.value) and "whole" in str(e.value)
+    assert not (root / "datasets" / "cifar-10").exists() and not _leftovers(root)
+
+
+def test_the_staging_folder_of_a_killed_fetch_is_removed_by_the_next_run(hub_root, tmp_path, monkeypatch):
+    """A fetch killed with kill -9 while unpacking leaves datasets/.<name>.extract-<pid>/: the next run removes it
+    (a staging folder of a process still alive is left alone)."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    datasets = root / "datasets"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    stale = datasets / f".cifar-10.extract-{int(dead.stdout)}"
+    (stale / "content" / "cifar-10" / "test").mkdir(parents=True)
+    live = datasets / f".mnist.extract-{os.getppid()}"  # this test's parent process: alive
+    live.mkdir()
+    with pytest.raises(DatasetMissingError):  # the next run, even one that does not download
+        ensure_dataset(get_dataset("cifar-10"), root)
+    assert not stale.exists() and live.is_dir()
+    stale.mkdir()
+    with serve_directory(hub_root) as hub:
+        monkeypatch.setenv("QACLIP_HF_ENDPOINT", hub.endpoint)
+        ensure_dataset(get_dataset("cifar-10"), root, download=True)
+    assert not stale.exists() and sorted(p.name for p in datasets.iterdir()) == [
+        ".cifar-10.lock",
+        ".mnist.extract-" + str(os.getppid()),
+        "cifar-10",
+    ]

@@ -26,6 +26,7 @@ from qaclip_core.tokenizer import preprocess_text
 from qaclip_core.transforms import MEAN, STD, image_transform
 from qaclip_harness.fixture import ARCH, CHECKPOINT, MODELS, shapes
 from qaclip_harness.fixture.train import storage_dtype
+from tests.conftest import require_reference
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = REPO / "expected"
@@ -111,6 +112,39 @@ def test_captions_and_ground_truth_look_like_the_real_sets(test_split):
     assert len(set(truncated)) == shapes.TEST_LONG, "the long captions (and only they) reach the context length"
 
 
+def test_distractors_no_caption_describes_in_every_split_mode_and_size(test_split):
+    """Images without a caption, as MUGE has thousands: in each split, in every storage mode and canvas size."""
+    described = {i for _, _, gt in test_split.texts for i in gt}
+    for split, distractors in (("test", test_split.distractors), ("train", shapes._distractors("train", 0, set()))):
+        assert len(distractors) == shapes.DISTRACTORS[split]
+        pairs = {(d.encoding, d.size) for d in distractors}
+        assert (
+            {e for e, _ in pairs}
+            == set(shapes.DISTRACTOR_ENCODINGS)
+            == {e for e, _, _ in shapes.COLOUR_ENCODINGS + shapes.MONO_ENCODINGS}
+        )
+        assert {s for _, s in pairs} == set(shapes.CANVAS_SIZES)
+        if split == "train":
+            assert len(pairs) == len(shapes.DISTRACTOR_ENCODINGS) * len(shapes.CANVAS_SIZES)  # every pair
+        for d in distractors:
+            im = Image.open(io.BytesIO(d.data))
+            assert im.size == d.size and len({s for s, _ in d.parts}) == 2  # two different shapes: no caption's scene
+    ids = [d.image_id for d in test_split.distractors]
+    assert len(set(ids)) == len(ids) and not set(ids) & {i.image_id for i in test_split.images}
+    assert not set(ids) & described, "a distractor is some caption's ground truth"
+    modes = {Image.open(io.BytesIO(d.data)).mode for d in test_split.distractors}
+    assert {"RGB", "RGBA", "P", "CMYK", "L", "LA", "1", "I;16"} <= modes
+
+
+def test_distractors_leave_the_captioned_split_as_it_was(test_split, monkeypatch):
+    """Drawn from a stream of their own after the rest: the captioned images and texts (what the fixture models were
+    trained and measured on) are those of the split without them."""
+    monkeypatch.setattr(shapes, "DISTRACTORS", {"train": 0, "test": 0})
+    plain = shapes.generate_split("test")
+    assert not plain.distractors and plain.texts == test_split.texts
+    assert [(i.image_id, i.data) for i in plain.images] == [(i.image_id, i.data) for i in test_split.images]
+
+
 @pytest.mark.parametrize("kind", sorted(shapes.LONG_KINDS))
 def test_long_captions_put_the_telling_character_where_the_cut_matters(kind):
     combo = shapes.Combo(1, 0, 1, 0, 0)  # a cross: 十字形
@@ -167,6 +201,7 @@ def test_write_shapes_dataset_layout(tmp_path):
             first = txn.get(keys[0])
         env.close()
         assert n == len(keys) == info["splits"][split]["images"]
+        assert info["splits"][split]["distractors"] == shapes.DISTRACTORS[split] > 0  # in the LMDB, in no caption
         assert all(k.decode().isdigit() for k in keys)
         import base64
 
@@ -205,7 +240,7 @@ def test_checkpoint_has_the_reference_format(name):
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_checkpoint_dtype_layout_is_the_reference_fp16_layout(name):
-    pytest.importorskip("cn_clip")
+    require_reference()
     from cn_clip.clip.model import CLIP, convert_weights
 
     from qaclip_core.model.config import reference_kwargs

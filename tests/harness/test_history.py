@@ -262,3 +262,57 @@ def test_a_store_s_runs_are_taken_oldest_first_whatever_their_names(tmp_path):
     assert [r.name for r in runs] == ["20260301T000000-zzz", "20260302T000000-aaa"]
     history = build(copy.copy(runs))
     assert history.moves == [] and len(history.series) > 0
+
+
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("../../x", "path separators"),
+        ("a/b", "path separators"),
+        ("/abs/path", "path separators"),
+        ("..", "only dots"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("tab\there", "control characters"),
+        ("esc\x1b[31m", "control characters"),
+        ("x" * 201, "at most 200"),
+    ],
+)
+def test_keep_run_refuses_a_name_that_is_not_one_folder_name(tmp_path, capsys, name, needle):
+    """--name is one folder name: a path would keep the run outside the store or where history does not look."""
+    run = _run(tmp_path / "run", "2026-04-01T00:00:00")
+    store = tmp_path / "deep" / "er" / "store"
+    with pytest.raises(SystemExit) as e:
+        main(["keep-run", str(run), str(store), "--name", name])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --name" in err and needle in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()
+    assert not store.exists() or list(store.iterdir()) == []
+    with pytest.raises(Exception, match="--name"):  # the library call checks it too
+        keep_run(run, store, name)
+    assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_keep_run_store_that_is_a_file_or_inside_the_run(tmp_path, capsys):
+    run = _run(tmp_path / "run", "2026-04-01T00:00:00")
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    for store in (tmp_path / "a-file", tmp_path / "a-file" / "under"):
+        with pytest.raises(SystemExit) as e:
+            main(["keep-run", str(run), str(store), "--name", "ok"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "argument STORE" in err and "a-file" in err and "is a file" in err
+    assert main(["keep-run", str(run), str(run / "store"), "--name", "ok"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is inside the run" in err[0] and not (run / "store").exists()
+    assert main(["keep-run", str(run), str(tmp_path / "store"), "--name", "中文 name-1.2"]) == 0
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["20260401T000000-中文 name-1.2"]
+
+
+def test_history_html_that_is_a_folder_names_the_option(store, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["history", str(store), "--html", str(store)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --html" in err and "is a folder" in err

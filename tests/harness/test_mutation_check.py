@@ -20,6 +20,9 @@ def _tool():
 def test_every_mutant_applies_exactly_once():
     tool = _tool()
     for m in tool.MUTANTS:
+        if not m.path:  # a variable of the run's environment
+            assert m.env and m.expect == "same"
+            continue
         text = (REPO / m.path).read_text(encoding="utf-8")
         assert text.count(m.old) == 1, f"{m.name}: its text occurs {text.count(m.old)} times in {m.path}"
         assert m.old != m.new
@@ -37,6 +40,12 @@ def test_the_set_covers_every_area_with_at_least_25_mutants():
         "ResNet",
         "evaluation",
         "precision",
+        "loading",
+        "suite",
+        "export",
+        "decoding",
+        "data identity",
+        "environment",
     }
 
 

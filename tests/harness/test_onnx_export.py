@@ -166,7 +166,7 @@ def test_manifest_missing_or_malformed(copy):
     with pytest.raises(ExportError, match=r"manifest\.json: missing key 'opset'"):
         OnnxEncoder(copy, device="cpu")
     (copy / MANIFEST_NAME).write_text("{not json")
-    with pytest.raises(ExportError, match="not readable JSON"):
+    with pytest.raises(ExportError, match="is not valid JSON at line 1"):
         read_manifest(copy)
     (copy / MANIFEST_NAME).unlink()
     with pytest.raises(ExportError, match=r"manifest.json: missing"):
@@ -225,11 +225,13 @@ def test_wrong_resolution_and_shapes(exported):
 @pytest.fixture
 def cache(tmp_path, monkeypatch, exported):
     """An empty export cache whose exporter copies the module's export (the exporter itself is tested above)."""
+    for name in ("QACLIP_NO_CACHE", "QACLIP_REFRESH_CACHE", "QACLIP_CACHE_READ_ONLY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QACLIP_CACHE", str(tmp_path / "cache"))
     calls = []
 
     def fake_export(checkpoint, out_dir, **kw):
-        calls.append(kw)
+        calls.append(out_dir)
         shutil.copytree(exported, out_dir)
         return read_manifest(out_dir)
 
@@ -237,39 +239,92 @@ def cache(tmp_path, monkeypatch, exported):
     return calls
 
 
-def _cached():
-    return export_cache.cached_export(CHECKPOINT, arch=ARCH)
+def _cached(mode=None):
+    return export_cache.cached_export(CHECKPOINT, arch=ARCH, mode=mode)
 
 
 def test_cache_reuses_a_valid_export(cache):
-    first, sha = _cached()
-    assert sha == get_card("fixture-tiny").sha256 and len(cache) == 1
-    assert first.name == export_cache.cache_key(sha, DEFAULT_OPSET, "fp32")
-    second, _ = _cached()
-    assert second == first and len(cache) == 1
+    first = _cached()
+    sha = first.sha256
+    assert sha == get_card("fixture-tiny").sha256 and len(cache) == 1 and not first.reused
+    assert first.directory.name == export_cache.cache_key(sha, DEFAULT_OPSET, "fp32")
+    second = _cached()
+    assert second.directory == first.directory and second.reused and len(cache) == 1
     # the digest of the checkpoint shipped in the package is not remembered beside it (no write into the package)
     assert not CHECKPOINT.with_name(CHECKPOINT.name + ".sha256").exists()
 
 
-@pytest.mark.parametrize("damage", ["other checkpoint", "other version", "truncated", "no manifest"])
+def test_the_key_holds_the_source_and_the_exporting_libraries(monkeypatch):
+    sha = get_card("fixture-tiny").sha256
+    fields = export_cache.export_fields(sha, DEFAULT_OPSET, "fp32")
+    assert {"torch", "onnx", "onnxscript", "onnxruntime"} <= set(fields["versions"])
+    before = export_cache.cache_key(sha, DEFAULT_OPSET, "fp32")
+    monkeypatch.setattr(export_cache, "source_digest", lambda: {"packages": "edited", "outside": "", "modules": ""})
+    assert export_cache.cache_key(sha, DEFAULT_OPSET, "fp32") != before  # an edit of the exporter or the model code
+
+
+@pytest.mark.parametrize(
+    "damage", ["other checkpoint", "truncated", "zeroed, size and time kept", "no manifest", "no record", "foreign"]
+)
 def test_cache_rebuilds_a_stale_export(cache, damage):
-    directory, _ = _cached()
+    import os
+
+    entry = _cached()
+    directory = entry.directory
     manifest = directory / MANIFEST_NAME
     doc = json.loads(manifest.read_text())
+    record = directory.with_name(directory.name + ".json")
     if damage == "other checkpoint":
         doc["checkpoint_sha256"] = "cd" * 32
         manifest.write_text(json.dumps(doc))
-    elif damage == "other version":
-        doc["versions"]["qaclip_core"] = "0.0.1"
-        manifest.write_text(json.dumps(doc))
     elif damage == "truncated":
         (directory / "text.onnx").write_bytes(b"\x08")
-    else:
+    elif damage == "zeroed, size and time kept":
+        weights = next(p for p in directory.iterdir() if p.name.endswith(".data"))
+        st = weights.stat()
+        weights.write_bytes(bytes(st.st_size))
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif damage == "no manifest":
         manifest.unlink()
+    elif damage == "no record":
+        record.unlink()
+    else:
+        doc = json.loads(record.read_text())
+        doc["fields"]["opset"] = 17  # a record of another export placed under this key
+        record.write_text(json.dumps(doc))
     with pytest.warns(RuntimeWarning, match="stale ONNX export in the cache, rebuilt"):
-        again, sha = _cached()
-    assert again == directory and len(cache) == 2
-    assert export_cache.stale_reason(again, sha, DEFAULT_OPSET, "fp32") is None
+        again = _cached()
+    assert again.directory == directory and not again.reused and len(cache) == 2
+    assert export_cache.stale_reason(directory, again.sha256, DEFAULT_OPSET, "fp32") is None
+
+
+def test_cache_modes_off_refresh_and_read_only(cache, tmp_path):
+    root = tmp_path / "cache" / "onnx"
+    off = _cached("off")
+    assert not off.reused and not off.directory.is_relative_to(root) and not root.exists()
+    ro = _cached("read-only")  # nothing cached yet: exported into a temporary folder, the cache untouched
+    assert not ro.reused and not ro.directory.is_relative_to(root) and not root.exists()
+    first = _cached()
+    (first.directory / "left by the first export").touch()  # an inode number may be reused: a marker is not
+    ro = _cached("read-only")
+    assert ro.reused and ro.directory == first.directory and not ro.writes
+    refreshed = _cached("refresh")
+    assert not refreshed.reused and refreshed.directory == first.directory
+    assert not (first.directory / "left by the first export").exists() and len(cache) == 4
+    (first.directory / "text.onnx").write_bytes(b"\x08")
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.warns(RuntimeWarning, match="not used \\(read-only cache"):
+        ro = _cached("read-only")
+    assert not ro.directory.is_relative_to(root) and sorted(p.name for p in root.iterdir()) == before
+
+
+def test_the_environment_variables_set_the_mode(cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("QACLIP_CACHE_READ_ONLY", "1")
+    assert not _cached().directory.is_relative_to(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "onnx").exists()  # not even a lock file
+    monkeypatch.setenv("QACLIP_NO_CACHE", "1")
+    with pytest.raises(ValueError, match="QACLIP_CACHE_READ_ONLY cannot be combined with QACLIP_NO_CACHE"):
+        _cached()
 
 
 def test_suite_option_loads_through_the_cache(cache):
@@ -281,6 +336,25 @@ def test_suite_option_loads_through_the_cache(cache):
         load_encoder(get_card("fixture-tiny"), CHECKPOINT, device="cpu", precision="bf16", backend_name="onnx")
     with pytest.raises(UnsupportedError, match="is a altclip model"):
         load_encoder(get_card("altclip-vit-l-14"), CHECKPOINT, device="cpu", backend_name="onnx")
+
+
+def test_a_reused_export_must_reproduce_its_canary_through_onnx_runtime(cache):
+    from qaclip_harness.backends import load_encoder
+
+    load_encoder(get_card("fixture-tiny"), CHECKPOINT, device="cpu", backend_name="onnx", cache_mode="use")
+    entry = _cached()
+    record = entry.directory.with_name(entry.directory.name + ".json")
+    doc = json.loads(record.read_text())
+    assert list(doc["canaries"]) == ["cpu CPUExecutionProvider"] and len(cache) == 1
+    load_encoder(get_card("fixture-tiny"), CHECKPOINT, device="cpu", backend_name="onnx", cache_mode="use")
+    assert len(cache) == 1  # reproduced: reused
+    doc["canaries"]["cpu CPUExecutionProvider"] = (
+        "0" * 64
+    )  # what this ONNX Runtime computed is not what it computes now
+    record.write_text(json.dumps(doc))
+    with pytest.warns(RuntimeWarning, match="ONNX Runtime does not reproduce its canary on cpu"):
+        load_encoder(get_card("fixture-tiny"), CHECKPOINT, device="cpu", backend_name="onnx", cache_mode="use")
+    assert len(cache) == 2 and json.loads(record.read_text())["canaries"]["cpu CPUExecutionProvider"] != "0" * 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,8 +389,12 @@ def test_cli_eval_on_the_onnx_backend_reuses_the_cached_export(tmp_path, monkeyp
     from qaclip_harness.fixture.shapes import write_shapes_dataset
 
     monkeypatch.setenv("QACLIP_CACHE", str(tmp_path / "cache"))
-    sha = get_card("fixture-tiny").sha256
-    shutil.copytree(exported, export_cache.export_cache_root() / export_cache.cache_key(sha, DEFAULT_OPSET, "fp32"))
+    monkeypatch.setattr(
+        "qaclip_harness.export.onnx.export_checkpoint", lambda c, out, **k: shutil.copytree(exported, out)
+    )
+    from qaclip_harness.backends.onnx import load_checkpoint_encoder
+
+    load_checkpoint_encoder(CHECKPOINT, ARCH, device="cpu")  # into the cache, with its record and canary
     monkeypatch.setattr("qaclip_harness.export.onnx.export_checkpoint", lambda *a, **k: pytest.fail("exported again"))
     write_shapes_dataset(tmp_path / "data")
     code = cli.main(

@@ -16,14 +16,14 @@ from tests.reference_models import randomise_
 
 
 @pytest.mark.slow
-# Real architectures take 30 s (RN50) and 90 s (ViT-B/16) on 2 CPU cores: `large` tests (tox -e large),
+# Real architectures take 30 s (RN50) and 90 s (ViT-B/16) on 2 CPU cores; both run in tox -e tests (CI),
 # for CI's time. The tests env exports the fixture's ViT (tests/harness/test_onnx_export.py and the
 # onnx-parity-fixture-tiny suite case).
 @pytest.mark.parametrize(
     "arch",
     [
-        pytest.param("RN50@RBT3-chinese", marks=pytest.mark.large),
-        pytest.param("ViT-B-16@RoBERTa-wwm-ext-base-chinese", marks=pytest.mark.large),
+        "RN50@RBT3-chinese",
+        "ViT-B-16@RoBERTa-wwm-ext-base-chinese",
     ],
 )
 def test_onnx_parity_random_weights_fp32(arch, tmp_path):

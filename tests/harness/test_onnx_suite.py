@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,4 +71,11 @@ def test_fixture_cases_pass_through_onnx_runtime(tmp_path):
     # each fixture's export went into the cache, under its checkpoint's key
     exports = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir() if p.is_dir())
     shas = sorted(get_card(m).sha256[:24] for m in ("fixture-tiny", "fixture-tiny-rn"))
-    assert [e.split("-")[0] for e in exports] == shas and all(e.endswith("-opset20-fp32-qaclip0.1.0") for e in exports)
+    assert [e.split("-")[0] for e in exports] == shas
+    assert all(re.fullmatch(r"[0-9a-f]{24}-opset20-fp32-[0-9a-f]{16}", e) for e in exports), exports
+    # each with its record: the key's fields and the canary ONNX Runtime computed on this device
+    for e in exports:
+        record = json.loads((tmp_path / "cache" / "onnx" / f"{e}.json").read_text(encoding="utf-8"))
+        assert record["fields"]["checkpoint"][:24] == e[:24] and list(record["canaries"]) == [
+            "cpu CPUExecutionProvider"
+        ]

@@ -126,13 +126,44 @@ def test_suite_names_the_variable_end_to_end(tmp_path):
     assert "--device 'cuda:7'" not in out.stderr
 
 
-def test_onnx_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["onnx", "pytorch"])
+@pytest.mark.parametrize("mode", [{}, {"--no-cache": True}, {"--cache-read-only": True}, {"--refresh-cache": True}])
+def test_a_cache_that_is_a_file_is_named_at_configure_for_every_backend(tmp_path, monkeypatch, backend, mode):
     f = tmp_path / "cache"
     f.write_text("x")
-    monkeypatch.setenv("QACLIP_CACHE", str(f))
-    with pytest.raises(options.OptionError, match=r"^QACLIP_CACHE .*expected a folder, but .* is a file"):
-        suite_options.validated_options(_get({"--backend": "onnx"}))
-    suite_options.validated_options(_get({"--backend": "pytorch"}))  # only the onnx backend writes there
+    for value, needle in [(f, r"expected a folder, but .* is a file"), (f / "sub", r"cache/sub: .*cache is a file")]:
+        monkeypatch.setenv("QACLIP_CACHE", str(value))
+        with pytest.raises(options.OptionError, match=rf"^QACLIP_CACHE .*{needle}"):
+            suite_options.validated_options(_get({"--backend": backend, **mode}))
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "-inf", "1e400", " "])
+def test_the_cache_budget_is_checked_at_configure(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("QACLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QACLIP_CACHE_BUDGET_GB", value)
+    if not value.strip():  # unset: the default
+        suite_options.validated_options(_get({}))
+        return
+    with pytest.raises(options.OptionError, match=rf"^QACLIP_CACHE_BUDGET_GB '{value}': expected a"):
+        suite_options.validated_options(_get({}))
+
+
+def test_a_cache_under_a_read_only_folder_is_named_at_configure(tmp_path):
+    """Written in use and refresh mode (the default backend too), so probed then; read-only mode only reads it."""
+    folder = _read_only(tmp_path)
+    code = (
+        "import os, sys\nfrom qaclip_harness import options\nfrom qaclip_harness.suite import options as so\n"
+        "os.environ['QACLIP_CACHE'] = sys.argv[1]\n"
+        "get = {'--num-workers': '0', '--backend': 'pytorch', '--device': 'cpu', '--precision': 'fp32', "
+        "'--batch-size': '8', sys.argv[2]: True}.get\n"
+        "try:\n    so.validated_options(get)\n    print('accepted')\nexcept options.OptionError as e:\n    print(e)\n"
+    )
+    for flag in ("--refresh-cache", "--none"):
+        out = _as_user(code, str(folder / "cache"), flag)
+        assert out.stdout.startswith("QACLIP_CACHE ") and "Permission denied" in out.stdout, out.stdout + out.stderr
+    out = _as_user(code, str(folder / "cache"), "--cache-read-only")
+    assert out.stdout.strip() == "accepted", out.stdout + out.stderr
+    assert sorted(folder.iterdir()) == []
 
 
 def test_lock_file_under_a_file_is_refused(tmp_path):
@@ -379,3 +410,31 @@ def test_a_report_cut_by_a_file_size_limit_leaves_the_old_one_whole(tmp_path):
     assert "report.json: file too large" in out.stdout, out.stdout + out.stderr
     assert json.loads((tmp_path / "report.json").read_text()) == {"meta": {}, "environment": {}, "results": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_fixture_data_cut_by_a_file_size_limit_is_one_error_and_leaves_nothing(tmp_path):
+    """A full disk (here ulimit -f in a child) while the fixture data is generated into the cache: an OutputError naming
+    the cache entry, no raw lmdb.Error, no .<key>.<pid>.tmpdir left; a later run removes a killed run's temporary."""
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from pathlib import Path\n"
+        "from qaclip_harness.suite.fixture_data import fixture_data\n"
+        "from qaclip_harness.files import OutputError\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "try:\n    fixture_data('use', Path(sys.argv[1]), Path(sys.argv[1]) / 'scratch')\n"
+        "except OutputError as e:\n    print('OutputError:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO, check=False
+    )
+    assert out.stdout.startswith("OutputError: cannot write the fixture data into " + str(tmp_path / "fixture-data")), (
+        out.stdout + out.stderr
+    )
+    assert "Traceback" not in out.stderr
+    assert list((tmp_path / "fixture-data").iterdir()) == []
+    from qaclip_harness.suite.fixture_data import fixture_data
+
+    killed = tmp_path / "fixture-data" / f".{'0' * 32}.{_dead_pid()}.tmpdir"  # a run killed while generating
+    (killed / "Shapes-CN").mkdir(parents=True)
+    final = fixture_data("use", tmp_path, tmp_path / "scratch")
+    assert sorted(p.name for p in (tmp_path / "fixture-data").iterdir()) == [final.name]

@@ -4,7 +4,10 @@ refused on a full disk, within its budget, and never used for data of an unknown
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -85,7 +88,7 @@ def test_loader_through_the_pixel_cache_is_bit_equal_to_decoding(tmp_path, resol
     built = _floats(images, 2, pixel_writer=writer)
     assert writer.commit() is not None
     cached = store.open(fields, keys)
-    assert isinstance(cached, np.memmap) and not cached.flags.writeable
+    assert isinstance(cached.array, np.memmap) and not cached.array.flags.writeable
     read = _floats(images, 2, pixels=cached)
     read_inline = _floats(images, 0, pixels=cached)
     for (ids, want), *others in zip(decoded, built, read, read_inline):
@@ -126,8 +129,9 @@ def test_an_entry_appears_whole_or_not_at_all(tmp_path):
     assert writer.commit() is None and not writer.tmp.exists() and store.open(fields, keys) is None
     fields, keys, writer = _entry(store, "a")
     assert writer.commit() is not None
-    assert store.open(fields, keys)[3].max() == 3
-    assert store.open(fields, keys[:-1]) is None  # other items: not this entry
+    assert store.open(fields, keys).array[3].max() == 3
+    with pytest.warns(CacheWarning, match="holds other items|other items than the 3"):
+        assert store.open(fields, keys[:-1]) is None  # other items: not this entry
 
 
 _OTHER_WORKER = """
@@ -160,7 +164,7 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path):
         assert first.commit() == first.final
     assert not first.tmp.exists()
     assert [p.name for p in (tmp_path / "pixels").iterdir()] == [first.final.name]
-    assert int(store.open(fields, keys)[1, 0, 0, 0]) == 1
+    assert int(store.open(fields, keys).array[1, 0, 0, 0]) == 1
 
 
 def test_a_full_disk_is_refused_with_one_line(tmp_path, monkeypatch):
@@ -169,7 +173,7 @@ def test_a_full_disk_is_refused_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: type("U", (), {"free": 2 << 30})())
     with pytest.warns(
         CacheWarning,
-        match=r"pixel cache of MUGE \(4\.60 GB\) not cached: it needs 4\.60 GB and the disk .* has 2\.15 GB free",
+        match=r"pixel cache of MUGE \(4\.61 GB\) not cached: it needs 4\.61 GB and the disk .* has 2\.15 GB free",
     ):
         assert store.writer(fields, list(range(30588)), "MUGE") is None
     assert not list((tmp_path / "pixels").iterdir())
@@ -205,7 +209,7 @@ def test_budget_evicts_the_least_recently_used_first(tmp_path, monkeypatch):
 
 def test_a_bad_budget_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(space.BUDGET_ENV, "lots")
-    with pytest.raises(ValueError, match="QACLIP_CACHE_BUDGET_GB='lots': expected a number of gigabytes"):
+    with pytest.raises(ValueError, match="QACLIP_CACHE_BUDGET_GB 'lots': expected a number of gigabytes"):
         space.budget_bytes()
 
 
@@ -235,3 +239,165 @@ def test_data_of_an_unknown_build_is_not_pixel_cached(tmp_path):
     )
     assert prov.note == "pixels decoded and stored in the pixel cache" and torch.equal(known, unknown)
     assert len(list((tmp_path / "cache" / "pixels").iterdir())) == 1
+
+
+# ---- every entry checked on read; the key the same in every process
+
+
+def _built(tmp_path, resolution=32):
+    """A pixel entry of the probe LMDB built as the suite builds it (decode definition and canary), and its parts."""
+    from qaclip_harness.cache.pixels import decode_definition, probe_pixels
+
+    images = _probe_lmdb(tmp_path / "data", resolution)
+    store = PixelStore(tmp_path / "cache")
+    keys = [k for k, _ in images.item_digests()]
+    fields = PixelStore.fields("f" * 64, resolution, decode_definition(images), None)
+    writer = store.writer(fields, keys, "probe", probe_pixels(images))
+    decoded = _floats(images, 2, pixel_writer=writer)
+    assert writer.commit() is not None
+    return images, store, keys, fields, decoded
+
+
+def test_a_damaged_row_is_decoded_instead_and_named(tmp_path):
+    from qaclip_harness.cache.pixels import probe_pixels
+
+    images, store, keys, fields, decoded = _built(tmp_path)
+    folder = store.folder / next(p.name for p in store.folder.iterdir())
+    array = np.load(folder / "pixels.npy", mmap_mode="r+")
+    array[5] = np.roll(array[5], 1, axis=0)  # one image's rows shifted: the size and the record untouched
+    array.flush()
+    del array
+    cached = store.open(fields, keys, lambda: probe_pixels(images))
+    assert cached is not None  # the record and the canary check out; the damage shows row by row
+    read = _floats(images, 2, pixels=cached)
+    for (ids, want), (got_ids, got) in zip(decoded, read):
+        assert ids == got_ids and torch.equal(got, want)  # item 5 decoded again, bit-equal
+    assert cached.damaged == [5]
+
+
+@pytest.mark.parametrize("damage", ["meta", "foreign", "rows", "shape", "canary"])
+def test_a_damaged_or_foreign_entry_is_one_warning_then_decoded(tmp_path, damage):
+    import json
+
+    from qaclip_harness.cache.pixels import probe_pixels
+
+    images, store, keys, fields, _ = _built(tmp_path)
+    folder = next(store.folder.iterdir())
+    meta = json.loads((folder / "meta.json").read_text())
+    canary = lambda: probe_pixels(images)  # noqa: E731
+    if damage == "meta":
+        (folder / "meta.json").write_text("{not json")
+    elif damage == "foreign":
+        meta["fields"]["data"] = "0" * 64  # a record of another entry placed under this key
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif damage == "rows":
+        rows = np.load(folder / "rows.npy")
+        rows[0, 0] ^= 1
+        np.save(folder / "rows.npy", rows)
+    elif damage == "shape":
+        np.save(folder / "pixels.npy", np.zeros((len(keys), 8, 8, 3), dtype=np.uint8))
+    else:  # the decoding of this run is not the one that built the entry
+        canary = lambda: probe_pixels(images)[:, ::-1]  # noqa: E731
+    with pytest.warns(CacheWarning, match=rf"pixel cache {folder} cannot be used .*decoding instead"):
+        assert store.open(fields, keys, canary) is None
+    assert not folder.exists()  # taken out of use, so that a rebuilt entry can be installed
+
+
+def test_the_decode_definition_holds_the_decoding_code_and_nothing_process_specific(tmp_path):
+    from qaclip_harness.cache.pixels import decode_definition
+
+    images = _probe_lmdb(tmp_path / "data", 32)
+    definition = decode_definition(images)
+    assert " at 0x" in repr(images.transform)  # the transform's repr holds a function's address...
+    assert " at 0x" not in json.dumps(definition)  # ...which the key leaves out
+    code = (
+        "import json, sys\n"
+        "from qaclip_core.transforms import image_transform\n"
+        "from qaclip_harness.data.retrieval import LmdbImages\n"
+        "from qaclip_harness.cache.pixels import decode_definition\n"
+        "print(json.dumps(decode_definition(LmdbImages(sys.argv[1], image_transform(32))), sort_keys=True))\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(images.path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert other.returncode == 0, other.stderr
+    mine = {k: v for k, v in definition.items() if k != "outside"}  # pytest's process loads its test modules
+    theirs = {k: v for k, v in json.loads(other.stdout).items() if k != "outside"}
+    assert theirs == json.loads(json.dumps(mine))
+
+
+def test_the_decode_definition_moves_with_the_readers_transforms_and_loaders_source(tmp_path, monkeypatch):
+    from qaclip_harness.cache import pixels
+
+    images = _probe_lmdb(tmp_path / "data", 32)
+    seen = []
+    monkeypatch.setattr(pixels, "module_digest", lambda *mods: seen.extend(m.__name__ for m in mods) or "x")
+    pixels.decode_definition(images)
+    assert {"qaclip_harness.data.retrieval", "qaclip_core.transforms", "qaclip_harness.data.loader"} <= set(seen)
+
+
+_SECOND_PROCESS = """
+import sys, warnings
+import torch
+from qaclip_harness.cache import Cache
+from qaclip_harness.eval.cached import CaseCache, image_features
+from qaclip_harness.eval.runner import EvalOptions
+from qaclip_harness.data.retrieval import LmdbImages
+from qaclip_core.transforms import image_transform
+
+class Tiny:
+    name, device, dtype = "tiny", torch.device("cpu"), torch.float32
+
+    def encode_image(self, x):
+        return x.mean(dim=(2, 3)) + 1.0
+
+images = LmdbImages(sys.argv[1], image_transform(32))
+from qaclip_harness.cache.space import CacheWarning
+cc = CaseCache(Cache.at(sys.argv[2]), {"model": "tiny"})
+opts = EvalOptions(progress=False, batch_size=8)
+warnings.simplefilter("error", CacheWarning)
+_, feats, prov = image_features(cc, Tiny(), images, opts, "probe", {"images": "y" * 64, "split": "test", "build": "b"})
+print(prov.status, "|", prov.note, "|", float(feats.sum()))
+"""
+
+
+def test_a_second_process_reuses_the_pixel_cache_and_adds_no_entry(tmp_path):
+    """Two processes (two runs of the suite) on one cache: the second reads the first one's pixels and writes none."""
+    import shutil
+
+    images = _probe_lmdb(tmp_path / "data", 32)
+    path, cache = str(images.path), tmp_path / "cache"
+    del images  # py-lmdb: one open environment per file and process
+
+    def run():
+        out = subprocess.run(
+            [sys.executable, "-c", _SECOND_PROCESS, path, str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [part.strip() for part in out.stdout.strip().splitlines()[-1].split("|")]
+
+    first = run()
+    assert first[:2] == ["computed", "pixels decoded and stored in the pixel cache"]
+    entries = sorted(p.name for p in (cache / "pixels").iterdir())
+    assert len(entries) == 1
+    shutil.rmtree(cache / "features")  # the features again, so that the pixels are needed
+    second = run()
+    assert second[:2] == ["computed", "pixels read from the pixel cache"] and second[2] == first[2]
+    assert sorted(p.name for p in (cache / "pixels").iterdir()) == entries
+
+
+def test_refresh_rebuilds_the_pixel_entry(tmp_path):
+    from qaclip_harness.cache.pixels import probe_pixels
+
+    images, store, keys, fields, _ = _built(tmp_path)
+    folder = next(store.folder.iterdir())
+    (folder / "left by the first build").touch()
+    refresh = PixelStore(tmp_path / "cache", reads=False, writes=True)  # --refresh-cache
+    writer = refresh.writer(fields, keys, "probe", probe_pixels(images))
+    _floats(images, 2, pixel_writer=writer)
+    assert writer.commit() == folder and not (folder / "left by the first build").exists()
+    assert store.open(fields, keys, lambda: probe_pixels(images)) is not None

@@ -22,6 +22,7 @@ from qaclip_harness.expected import ExpectedFileError, check_against_catalog, lo
 from qaclip_harness.fetch.datasets import ensure_dataset
 from qaclip_harness.fetch.local_hub import serve_directory
 from qaclip_harness.fixture.shapes import write_shapes_dataset
+from tests.conftest import require_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def shapes_root(tmp_path_factory) -> Path:
 
 
 def _flickr_from_shapes(shapes_root: Path, target: Path) -> Path:
-    """A Chinese-CLIP-format split of the fixture's 120 test images and its captions but one, placed where Flickr30K-CN belongs.
+    """A Chinese-CLIP-format split of the fixture's 180 test images and its captions but one, placed where Flickr30K-CN belongs.
 
     It is the fixture's test split less one caption: not a build the cards know (the fixture's own
     data in this folder would be named as misplaced instead).
@@ -83,11 +84,11 @@ def test_wrong_split_size_fails_before_encoding_and_can_be_evaluated_anyway(tmp_
     out = _suite("-k", "flickr30k-cn-fixture-tiny", "--data-root", str(data), "--report", str(tmp_path / "r1"), env=env)
     assert out.returncode == 1, out.stdout[-3000:]
     texts = sum(1 for _ in (data / "datasets" / "Flickr30k-CN" / "test_texts.jsonl").open(encoding="utf-8"))
-    assert "images: expected 1,000, found 120" in out.stdout and f"texts: expected 5,000, found {texts:,}" in out.stdout
+    assert "images: expected 1,000, found 180" in out.stdout and f"texts: expected 5,000, found {texts:,}" in out.stdout
     assert "likely cause:" in out.stdout and "--evaluate-any-split" in out.stdout
     assert "encode flickr30k-cn images" not in out.stdout  # stopped before any encoding
     (res,) = json.loads((tmp_path / "r1" / "report.json").read_text(encoding="utf-8"))["results"]
-    assert res["status"] == "error" and res["provenance"]["split_check"]["found"] == {"images": 120, "texts": texts}
+    assert res["status"] == "error" and res["provenance"]["split_check"]["found"] == {"images": 180, "texts": texts}
 
     out = _suite(
         "-k",
@@ -160,7 +161,7 @@ def test_fixture_report_holds_provenance_and_compare_reports_names_the_differenc
     (res,) = [r for r in doc["results"] if r["model"] == "fixture-tiny"]
     assert res["checkpoint_sha256"] == get_card("fixture-tiny").sha256  # the file the card pins
     assert len(res["data_fingerprint"]) == 64 and res["provenance"]["build"] == "generated-seed-0"
-    assert res["provenance"]["counts"] == {"images": 120, "texts": 386} and res["provenance"]["batch_size"] == 64
+    assert res["provenance"]["counts"] == {"images": 180, "texts": 386} and res["provenance"]["batch_size"] == 64
     assert res["gate"] == "cn-clip-reference" and res["sources"]["cn-clip-reference"]["t2i_r1"][
         "delta"
     ] == pytest.approx(0, abs=0.3)
@@ -278,6 +279,7 @@ def test_empty_split_folder_is_named(tmp_path, shapes_root):
 
 
 def test_calibration_on_the_fixture(tmp_path, capsys):
+    require_reference()  # its reference-fp32 run is cn_clip's
     out = tmp_path / "calibration.yaml"
     code = cli.main(
         [

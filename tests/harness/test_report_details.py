@@ -63,3 +63,21 @@ def test_plugin_adds_the_encoder_differences_to_a_report_only_reason():
     )
     assert _report_reason(None, enc) is None  # a gated case stays gated
     assert _report_reason("why", SimpleNamespace()) == "why"
+
+
+def test_a_report_written_outside_a_git_checkout_reads_back(tmp_path, monkeypatch):
+    """A run from an installed package or a copied tree has no commit: its report.json must still load."""
+    from qaclip_harness import environment as env_module
+    from qaclip_harness.report.diff import load_report
+    from qaclip_harness.report.tables import write_reports
+
+    monkeypatch.setattr(env_module, "git_commit", lambda *a, **k: None)
+    env = env_module.environment("cpu")
+    assert env["git"] is None
+    rows = [
+        CaseResult(dataset="fixture-shapes", model="fixture-tiny", status="passed"),
+        CaseResult("d", "m", "skipped"),
+    ]
+    write_reports(rows, tmp_path, {"precision": "fp32"}, environment=env)
+    doc = load_report(tmp_path)
+    assert doc["environment"]["git"] is None and [r["status"] for r in doc["results"]] == ["passed", "skipped"]

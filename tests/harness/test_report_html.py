@@ -17,6 +17,7 @@ import pytest
 from qaclip_harness.report.html import render_html
 from qaclip_harness.report.throughput import records
 from qaclip_harness.suite.options import env_flag
+from tests.conftest import require_reference
 
 from .report_page import Element, parse
 
@@ -39,6 +40,7 @@ def _needs_plots() -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """One fixture run of the suite with --report and --benchmark-json (offline, as on an air-gapped runner)."""
+    require_reference()  # its parity case compares with cn_clip, and the page's numbers include its drifts
     out_dir = tmp_path_factory.mktemp("run") / "report"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QACLIP_")}
     # a first run on a fresh runner: the history folder does not exist yet; the job summary is a file

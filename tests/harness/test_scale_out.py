@@ -32,7 +32,7 @@ def _run(cmd, **env):
 
 @pytest.mark.parametrize("dataset", ["fixture-shapes", "fixture-shapes-cls"])
 def test_torchrun_gloo_equals_single_process(shapes_root, tmp_path, dataset):
-    # 120 images in batches of 7 (17 full batches and one of 1) and 386 texts in batches of
+    # 180 retrieval (120 zero-shot) images in batches of 7 and 386 texts in batches of
     # 100: neither is a multiple of 2 x batch size, so the last shard is uneven
     args = [
         "eval",

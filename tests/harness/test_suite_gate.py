@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_case_outside_tolerance_fails_with_table(tmp_path):
     expected = tmp_path / "expected"
     expected.mkdir()
+    # the reference's per-item decisions, which the fixture's expected files name beside them
+    shutil.copytree(REPO / "expected" / "reference-decisions", expected / "reference-decisions")
     doc = yaml.safe_load((REPO / "expected" / "fixture-shapes.yaml").read_text(encoding="utf-8"))
     entry = doc["models"]["fixture-tiny"]
     # one point more than the model gives: four captions, where on the CPU t2i R@1 has no near-tie to excuse
@@ -62,6 +64,8 @@ def test_case_outside_tolerance_fails_with_table(tmp_path):
 def test_report_only_case_is_measured_and_shown_but_never_fails(tmp_path):
     expected = tmp_path / "expected"
     expected.mkdir()
+    # the reference's per-item decisions, which the fixture's expected files name beside them
+    shutil.copytree(REPO / "expected" / "reference-decisions", expected / "reference-decisions")
     doc = yaml.safe_load((REPO / "expected" / "fixture-shapes-cls.yaml").read_text(encoding="utf-8"))
     entry = doc["models"]["fixture-tiny"]
     entry[entry["gate"]]["top1"] -= 5.0  # far outside tolerance

@@ -42,7 +42,7 @@ def test_offline_fixture_run_with_progress_junit_properties_and_report(tmp_path)
     assert out.returncode == 0, out.stdout[-3000:]
     assert "4 passed" in out.stdout  # the ViT and the ResNet fixture, two cases each
     # progress outside a terminal: one line per stage, with count, time and rate
-    assert "encode fixture-shapes images: 120 images in" in out.stdout
+    assert "encode fixture-shapes images: 180 images in" in out.stdout
     assert "encode fixture-shapes-cls prompts: 1,098 texts in" in out.stdout
     # JUnit: per metric, measured, expected, delta and tolerance
     case = next(
