@@ -72,7 +72,8 @@ def split_names(value: str) -> list[str]:
 
 def resolve_models(value: str, option: str) -> frozenset[str]:
     """Card names for the names (or aliases) in ``value``; an unknown one is an OptionError listing the known names."""
-    from qaclip_core.registry import UnknownModelError, all_cards, get_card
+    from qaclip_core.errors import UnknownModelError
+    from qaclip_core.registry import all_cards, get_card
 
     names = split_names(value)
     if not names:
