@@ -28,8 +28,9 @@ def sweep() -> dict:
     return yaml.safe_load(SWEEP.read_text(encoding="utf-8"))
 
 
-def test_actionlint_finds_nothing_unexplained(on_sweep):
-    ci.test_actionlint_finds_nothing_unexplained()
+def test_actionlint_finds_nothing(on_sweep):
+    ci.test_actionlint_finds_nothing()
+    ci.test_every_actionlint_suppression_says_why()
 
 
 def test_zizmor_finds_nothing_and_every_ignore_says_why(on_sweep):
