@@ -963,8 +963,10 @@ def faults(base: Base) -> list[Fault]:
             edit(store)
             return (
                 _suite(
+                    "--select-models",
+                    "fixture-tiny",
                     "-k",
-                    "golden-fixture-tiny and not hf and not fixture-tiny-rn",
+                    "golden-",
                     "--golden-dir",
                     str(store),
                     "--device",
@@ -992,7 +994,105 @@ def faults(base: Base) -> list[Fault]:
         ("goldens.fixture-tiny-fp32-cpu.pt", "got a list", "1 failed"),
     )
     round_four(base, cli, suite, a_file, read_only_dir)
-    return out + project_faults(base)
+    return out + project_faults(base) + shard_faults()
+
+
+# ------------------------------------------------------------------------------------------------
+# exact selection, --shard and qaclip merge-reports (issue 32)
+
+
+def _shard_report(folder: Path, index: int, count: int, selection: list[str], ran: list[str], **meta: object) -> Path:
+    """A shard's report folder as the suite writes it (report.json with meta.shard), for the merge faults."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = [
+        {"dataset": name.rsplit("-fixture-tiny", 1)[0], "model": "fixture-tiny", "status": "passed"} for name in ran
+    ]
+    shard = {"index": index, "count": count, "selection": selection, "expected_sha256": "a" * 64, **meta}
+    doc = {"meta": {"shard": shard}, "environment": {"git": {"commit": "c" * 40}}, "results": results}
+    (folder / "report.json").write_text(json.dumps(doc), encoding="utf-8")
+    return folder
+
+
+def shard_faults() -> list[Fault]:
+    """Bad selection and shard options of the suite, and shard folders qaclip merge-reports refuses."""
+    out: list[Fault] = []
+    sel = ["fixture-shapes-fixture-tiny", "fixture-shapes-cls-fixture-tiny"]
+
+    def suite(name: str, args: list[str], needles: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+        out.append(Fault(name, "suite", lambda d: (_suite("--collect-only", *args), dict(env or {})), (4,), needles))
+
+    suite("suite --select-models unknown", ["--select-models", "fixture-tiny,fixture-tin"], ("'fixture-tin'", "known"))
+    suite(
+        "suite QACLIP_SELECT_DATASETS unknown",
+        [],
+        ("QACLIP_SELECT_DATASETS", "'flickr'"),
+        {"QACLIP_SELECT_DATASETS": "flickr"},
+    )
+    suite("suite --shard 0/2", ["--shard", "0/2"], ("--shard", "from 1 to N"))
+    suite("suite --shard 3/2", ["--shard", "3/2"], ("--shard", "3/2"))
+    suite("suite QACLIP_SHARD half", [], ("QACLIP_SHARD", "expected K/N"), {"QACLIP_SHARD": "half"})
+    suite("suite --shard-durations missing", ["--shard", "1/2", "--shard-durations", "nope.json"], ("nope.json",))
+    suite("suite --shard-durations without --shard", ["--shard-durations", "x.json"], ("applies to --shard",))
+
+    def merge(name: str, make: Callable[[Path], list[Path]], needles: tuple[str, ...]) -> None:
+        def build(d: Path) -> tuple[list[str], dict[str, str]]:
+            folders = make(d)
+            return ["-m", "qaclip_harness", "merge-reports", *map(str, folders), "--out", str(d / "merged")], {}
+
+        out.append(Fault(name, "cli", build, (2,), needles, ("merged/report.json",)))
+
+    merge("merge-reports no such folder", lambda d: [d / "nope"], ("nope", "no such folder"))
+    merge(
+        "merge-reports a report that is not a shard's",
+        lambda d: [_plain_report(d / "plain")],
+        ("plain", "no meta.shard", "--shard K/N"),
+    )
+    merge(
+        "merge-reports a shard missing",
+        lambda d: [_shard_report(d / "s1", 1, 2, sel, sel[:1])],
+        ("ran nowhere", "2/2 not given", sel[1]),
+    )
+    merge(
+        "merge-reports a shard given twice",
+        lambda d: [
+            _shard_report(d / "s1", 1, 2, sel, sel[:1]),
+            _shard_report(d / "s2", 2, 2, sel, sel[1:]),
+            _shard_report(d / "again", 2, 2, sel, sel[1:]),
+        ],
+        ("shard 2/2 given twice", "ran twice", sel[1]),
+    )
+    merge(
+        "merge-reports shards of different selections",
+        lambda d: [_shard_report(d / "s1", 1, 2, sel, sel[:1]), _shard_report(d / "s2", 2, 2, sel[1:], sel[1:])],
+        ("different selections", sel[0]),
+    )
+    merge(
+        "merge-reports shards of different tolerance files",
+        lambda d: [
+            _shard_report(d / "s1", 1, 2, sel, sel[:1]),
+            _shard_report(d / "s2", 2, 2, sel, sel[1:], expected_sha256="b" * 64),
+        ],
+        ("different tolerance files",),
+    )
+    merge(
+        "merge-reports report.json is not JSON",
+        lambda d: [_broken_report(d / "bad")],
+        ("report.json",),
+    )
+    return out
+
+
+def _plain_report(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    doc = {"meta": {}, "results": [{"dataset": "fixture-shapes", "model": "fixture-tiny", "status": "passed"}]}
+    (folder / "report.json").write_text(json.dumps(doc), encoding="utf-8")
+    return folder
+
+
+def _broken_report(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text('{"meta": {"shard": ', encoding="utf-8")
+    return folder
 
 
 # ------------------------------------------------------------------------------------------------

@@ -232,8 +232,10 @@ def _parser() -> argparse.ArgumentParser:
         help="then remove all but the newest N runs of the folder",
     )
     from qaclip_harness.cli.export_onnx import add_export_parser
+    from qaclip_harness.cli.merge import add_merge_parser
 
     add_export_parser(sub)
+    add_merge_parser(sub)
     return p
 
 
@@ -472,6 +474,10 @@ def _main(argv: list[str] | None) -> int:
             )
         )
         return 0
+    if args.command == "merge-reports":
+        from qaclip_harness.cli.merge import run_merge
+
+        return run_merge(args)
     if args.command == "export-onnx":
         from qaclip_harness.cli.export_onnx import run_export
 

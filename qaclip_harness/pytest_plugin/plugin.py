@@ -28,6 +28,7 @@ from qaclip_harness.suite.reports import write_html_and_history
 from qaclip_harness.suite.results import error_reason, junit_properties, skip_reason
 from qaclip_harness.suite.run_report import interrupted_result, write_run_report
 from qaclip_harness.suite.session import Suite, runs_on_cuda
+from qaclip_harness.suite.shard import SHARD_OUTPUT, ShardPlan, apply_shard, plan_from
 
 _SUITE_KEY = pytest.StashKey[Suite]()
 _OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
@@ -39,6 +40,7 @@ _BENCH_KEY = pytest.StashKey[
 _RUNNING_KEY = pytest.StashKey[Optional[pytest.Item]]()  # the case running now (the one a Ctrl-C interrupts)
 _WRITTEN_KEY = pytest.StashKey[list[str]]()  # lines saying where the report went, or why it could not
 _WORKER_OUTPUT = "qaclip_results"
+_PLAN_KEY = pytest.StashKey[ShardPlan]()  # --select-models/--select-datasets and --shard (qaclip_harness.suite.shard)
 
 
 def pytest_addoption(parser):
@@ -64,6 +66,7 @@ def pytest_configure(config):
             is_worker=worker is not None,
             source=option_source(config.option),
         )
+        config.stash[_PLAN_KEY] = plan_from(config.getoption, option_source(config.option))
         # the hub reads these at call time (and xdist workers inherit them)
         if o.lock_file is not None:
             os.environ["QACLIP_LOCK_FILE"] = str(o.lock_file)
@@ -100,15 +103,21 @@ def pytest_sessionfinish(session, exitstatus):
         result = interrupted_result(running, config.stash[_OPTIONS_KEY])
         if result is not None:
             results[running.nodeid] = result
+    plan = config.stash.get(_PLAN_KEY, None)
     if hasattr(config, "workeroutput"):
         config.workeroutput[_WORKER_OUTPUT] = json.dumps({k: asdict(r) for k, r in results.items()})
+        if plan is not None and plan.record is not None:
+            config.workeroutput[SHARD_OUTPUT] = json.dumps(plan.record)
         return
+    if plan is not None and plan.empty_shard and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # a shard the split left empty did its part: nothing
     options = config.stash.get(_OPTIONS_KEY, None)
-    if options is None or options.report is None or not results:
+    shard = plan.record if plan is not None else None
+    if options is None or options.report is None or not (results or (shard and not config.option.collectonly)):
         return
     ordered = sorted(results.values(), key=lambda r: (r.dataset, r.model))
     try:
-        paths = write_run_report(ordered, options, interrupted=interrupted)
+        paths = write_run_report(ordered, options, interrupted=interrupted, shard=shard)
     except OutputError as e:  # a full disk: one line naming the path, and the run fails
         config.stash[_WRITTEN_KEY] = [f"qaclip: the report was not written: {e}"]
         if session.exitstatus == pytest.ExitCode.OK:
@@ -124,6 +133,10 @@ def pytest_testnodedown(node, error):
     data = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
     if data:
         node.config.stash[_RESULTS_KEY].update({k: CaseResult(**r) for k, r in json.loads(data).items()})
+    shard = getattr(node, "workeroutput", {}).get(SHARD_OUTPUT)
+    plan = node.config.stash.get(_PLAN_KEY, None)
+    if shard and plan is not None and plan.record is None:  # the controller collects nothing: a worker's split
+        plan.record = json.loads(shard)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hooks: report.html shows the run's throughput
@@ -177,6 +190,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected: count only what would have run
 def pytest_collection_modifyitems(session, config, items):
+    plan = config.stash[_PLAN_KEY]
+    plan.selection.apply(items, config)  # exact names, before anything counts what is left
     # Off CUDA, CPU throughput of the large towers (minutes per case) and of the other backends'
     # twins of the real architectures (their export or conversion) is opt-in: the default suite fits
     # a CPU job. Each group left out is named in the summary with its option.
@@ -190,6 +205,7 @@ def pytest_collection_modifyitems(session, config, items):
                 ids = {id(i) for i in left}
                 items[:] = [i for i in items if id(i) not in ids]
                 config.stash[_LEFT_OUT_KEY].append((marker, len(left)))
+    apply_shard(plan, items, config)  # after every other selection: the split is of what would run
     # Reproduction cases of one model run back to back, so its weights load once.
     repro = [i for i in items if case_of(i) is not None]
     if repro:
@@ -206,8 +222,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     ]
     if parts:
         terminalreporter.write_line(f"qaclip: left out CPU throughput cases: {'; '.join(parts)}")
+    plan = config.stash.get(_PLAN_KEY, None)
+    if plan is not None and plan.record is not None:
+        terminalreporter.write_line(plan.summary())
     results = sorted(config.stash.get(_RESULTS_KEY, {}).values(), key=lambda r: (r.dataset, r.model))
     if not results:
+        for line in config.stash.get(_WRITTEN_KEY, []):
+            terminalreporter.write_line(line, red=line.startswith("qaclip:"))
         return
     terminalreporter.section("QA-CLIP reproduction report")
     terminalreporter.write_line(render_text(results))

@@ -53,6 +53,37 @@ OPTIONS = [
         "pytorch (each model's own) or onnx (exported into the cache, run by ONNX Runtime)",
     ),
     ("--golden-dir", "QACLIP_GOLDEN_DIR", None, "folder of golden probe features for the golden-<model> cases"),
+    # exact selection and shards (qaclip_harness.suite.selection, .shard; docs/reproducing.md, docs/gpu-runner.md)
+    (
+        "--select-models",
+        "QACLIP_SELECT_MODELS",
+        None,
+        (
+            "run only the cases of these models: exact registry names or aliases, comma-separated (unlike -k, "
+            "fixture-tiny does not select fixture-tiny-rn)"
+        ),
+    ),
+    (
+        "--select-datasets",
+        "QACLIP_SELECT_DATASETS",
+        None,
+        "run only the reproduction cases on these datasets: exact registry names, comma-separated",
+    ),
+    (
+        "--shard",
+        "QACLIP_SHARD",
+        None,
+        (
+            "K/N: run shard K of N of the selected cases (all cases of a model on one shard, balanced by estimated "
+            "cost); qaclip merge-reports joins the shards' --report folders"
+        ),
+    ),
+    (
+        "--shard-durations",
+        "QACLIP_SHARD_DURATIONS",
+        None,
+        "report.json (or its folder) of an earlier run: --shard balances by its case durations instead of the estimate",
+    ),
 ]
 
 FLAGS = [

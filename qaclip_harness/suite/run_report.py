@@ -29,8 +29,13 @@ def interrupted_result(item: pytest.Item, options: SuiteOptions) -> CaseResult |
     )
 
 
-def write_run_report(results: list[CaseResult], options: SuiteOptions, interrupted: bool = False) -> list[Path]:
-    """Write report.json and report.md into ``options.report`` (atomically; OutputError when that fails)."""
+def write_run_report(
+    results: list[CaseResult], options: SuiteOptions, interrupted: bool = False, shard: dict | None = None
+) -> list[Path]:
+    """Write report.json and report.md into ``options.report`` (atomically; OutputError when that fails).
+
+    ``shard``: the ``--shard`` record (K/N, the whole selection's case names), kept as ``meta.shard``.
+    """
     from qaclip_harness.environment import environment
 
     meta = {
@@ -41,6 +46,8 @@ def write_run_report(results: list[CaseResult], options: SuiteOptions, interrupt
         "batch_size": options.batch_size,
         "evaluate_any_split": options.evaluate_any_split,
     }
+    if shard is not None:
+        meta["shard"] = shard
     if interrupted:
         meta["interrupted"] = True
     assert options.report is not None  # called only with --report

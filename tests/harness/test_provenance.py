@@ -146,7 +146,16 @@ def test_likely_causes():
 
 def test_fixture_report_holds_provenance_and_compare_reports_names_the_difference(tmp_path, capsys):
     for name, precision in (("a", "fp32"), ("b", "bf16")):
-        out = _suite("-k", "fixture-shapes-fixture-tiny", "--report", str(tmp_path / name), "--precision", precision)
+        out = _suite(
+            "--select-models",
+            "fixture-tiny",
+            "--select-datasets",
+            "fixture-shapes",
+            "--report",
+            str(tmp_path / name),
+            "--precision",
+            precision,
+        )
         assert out.returncode == 0, out.stdout[-3000:]
     doc = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
     (res,) = [r for r in doc["results"] if r["model"] == "fixture-tiny"]
