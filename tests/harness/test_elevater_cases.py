@@ -112,7 +112,7 @@ def test_measured_only_schema(tmp_path):
         ),
         ("qa-clip-rn50:\n  measured_only: ''\n", "models.qa-clip-rn50.measured_only must say why"),
         ("qa-clip-rn50:\n  measured_only: [a]\n", "models.qa-clip-rn50.measured_only must say why"),
-        ("qa-clip-rn50:\n  a: {top1: 1}\n", "models.qa-clip-rn50.gate None is not one of its sources"),
+        ("qa-clip-rn50:\n  a: {top1: 1}\n", "models.qa-clip-rn50.gate must be a non-empty string, got None"),
     ]:
         with pytest.raises(ExpectedFileError) as e:
             _load(tmp_path, body)

@@ -184,7 +184,11 @@ def world(tmp_path_factory):
         site = Path(purelib.stdout.strip())
         # after the environment's own packages: the heavy dependencies of this test environment, as they are
         (site / "zz_reuse_test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
-        out = _run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], root, base_env)
+        # --ignore-installed: the reused test environment holds an editable qaclip-core of the same version, which pip
+        # would otherwise take as already installed (and install nothing into the fresh environment)
+        out = _run(
+            [*pip, "--python", str(python), "install", "--no-deps", "--ignore-installed", str(wheel)], root, base_env
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return env_dir / "bin"
 
