@@ -15,6 +15,7 @@ from typing import cast
 from qaclip_core.errors import QAClipError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+RESUME_CHUNK_IMAGES = 2048  # a GPU encodes this in seconds; ImageNet's 50,000 images are 25 chunks
 
 
 class OptionError(QAClipError, ValueError):
@@ -65,6 +66,17 @@ def positive_int(value: str | int, option: str) -> int:
         raise OptionError(option, value, "expected a positive integer") from None
     if n < 1:
         raise OptionError(option, value, "expected a positive integer (at least 1)")
+    return n
+
+
+def count(value: str | int, option: str) -> int:
+    """An integer of at least 0."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise OptionError(option, value, "expected an integer >= 0") from None
+    if n < 0:
+        raise OptionError(option, value, "expected an integer >= 0")
     return n
 
 

@@ -58,6 +58,8 @@ class Provenance:
     date: str | None = None
     note: str = ""  # why the cache was not used or not written, when it was not
     sha256: str | None = None  # of the result's arrays: a warm and a cold run can be compared bit for bit
+    # image features partly reused from the chunks of an interrupted run (qaclip_harness.eval.resume)
+    resumed: dict[str, object] | None = None
 
     def of(self, arrays: Mapping[str, np.ndarray]) -> Provenance:
         """This provenance with the digest of ``arrays`` (the result it describes)."""
@@ -232,6 +234,19 @@ class FeatureStore:
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise EntryError(f"{name} holds NaN or infinity")
         return arrays
+
+    def remove(self, fields: Mapping[str, object]) -> bool:
+        """Delete the entry of ``fields`` (record first, so no reader sees a record without its payload); whether one was there."""
+        found = False
+        for path in self.paths(make_key(fields)):
+            try:
+                path.unlink()
+                found = True
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # left for the space budget to evict: never a failed case
+                say(f"feature cache entry {path} not removed: {e.strerror or e}")
+        return found
 
     def save(
         self,

@@ -101,6 +101,23 @@ class MemoryPixels:
         self.array[index] = pixels
 
 
+class DiscardPixels:
+    """A pixel writer that keeps nothing: a resumed run decodes only some items, on the uint8 path all the same."""
+
+    def put(self, index: int, pixels: np.ndarray) -> None:
+        """Drop the pixels of item ``index``."""
+
+    def commit(self) -> Path | None:
+        """Nothing is stored: no entry."""
+        return None
+
+    def abort(self) -> None:
+        """Nothing to drop."""
+
+
+DISCARD_PIXELS = DiscardPixels()
+
+
 def probe_pixels(dataset: Any, num_workers: int = 0) -> np.ndarray | None:
     """The probe images' pixels through ``dataset``'s reader, transform and the batch loader (the pixel canary)."""
     from qaclip_harness.data.loader import ImageBatchLoader

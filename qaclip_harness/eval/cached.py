@@ -27,7 +27,14 @@ import torch
 from qaclip_harness.cache import Cache, Provenance
 from qaclip_harness.cache.features import Arrays
 from qaclip_harness.cache.keys import device_kind, foreign_source_digest, make_key, run_environment
-from qaclip_harness.cache.pixels import PixelStore, decode_definition, probe_pixels
+from qaclip_harness.cache.pixels import (
+    DISCARD_PIXELS,
+    DiscardPixels,
+    PixelStore,
+    PixelWriter,
+    decode_definition,
+    probe_pixels,
+)
 from qaclip_harness.cache.space import say
 from qaclip_harness.data.fingerprint import images_digest
 from qaclip_harness.data.loader import yields_pixels
@@ -35,6 +42,7 @@ from qaclip_harness.data.probe_twin import probe_twin
 from qaclip_harness.eval.canary import classifier_canary, image_canary, once, text_canary
 from qaclip_harness.eval.distributed import Shard, gather_indexed
 from qaclip_harness.eval.features import encode_image_dataset, encode_texts
+from qaclip_harness.eval.resume import ChunkPlan, ChunkWriter, drop_chunks, reuse_chunks
 
 
 @dataclass
@@ -176,16 +184,38 @@ def image_features(
         return ids, feats, Provenance("computed", make_key(fields), note=note)
     canary = once(lambda: image_canary(encoder, dataset, pixel_path, opts.num_workers))
     check = _features_check(len(dataset), lambda: canary()["images"].shape[1], _item_ids(dataset))
-    arrays, why = cc.cache.features.lookup(fields, check, canary)
+    store = cc.cache.features
+    arrays, why = store.lookup(fields, check, canary)
+    plan = ChunkPlan.of(len(dataset), opts.batch_size, opts.resume_chunk) if opts.shard.world == 1 else None
     if arrays is not None and isinstance(why, Provenance):  # a hit always comes with its provenance
+        if plan is not None and store.writes:
+            drop_chunks(store, fields, plan)  # left by a run killed between storing the entry and dropping them
         return [int(i) for i in arrays["ids"].tolist()], torch.from_numpy(arrays["features"]), why.of(arrays)
-    pixels, writer = None, None
+    resumed, on_batch = None, None
+    if plan is not None:
+        item_ids = _item_ids(dataset)
+        dim = lambda: canary()["images"].shape[1]  # noqa: E731 -- read only for a chunk that passed its record checks
+        resumed = reuse_chunks(
+            store,
+            fields,
+            plan,
+            lambda s, e: _features_check(e - s, dim, None if item_ids is None else item_ids[s:e]),
+            canary,
+        )
+        if store.writes:
+            on_batch = ChunkWriter(store, fields, plan, desc, canary)
+    done = resumed.batches if resumed is not None else {}
+    pixels = None
+    writer: PixelWriter | DiscardPixels | None = None
     if pfields is not None:
         item_keys = [k for k, _ in dataset.item_digests()]
         pixel_canary = once(lambda: probe_pixels(dataset, opts.num_workers))
         pixels = cc.cache.pixels.open(pfields, item_keys, pixel_canary)
         if pixels is not None:
             pixel_note = "pixels read from the pixel cache"
+        elif done:  # only the missing chunks are decoded: not a whole entry, but the same uint8 path as the first run
+            writer = DISCARD_PIXELS
+            pixel_note = "pixels decoded (a resumed run does not write the pixel cache)"
         elif opts.shard.world == 1:
             writer = cc.cache.pixels.writer(
                 pfields, item_keys, desc, pixel_canary() if cc.cache.pixels.writes else None
@@ -194,12 +224,14 @@ def image_features(
         else:
             pixel_note = "pixels decoded (a sharded run does not write the pixel cache)"
     try:
-        ids, feats = encode_image_dataset(encoder, dataset, pixels=pixels, pixel_writer=writer, **run)
+        ids, feats = encode_image_dataset(
+            encoder, dataset, pixels=pixels, pixel_writer=writer, done=done, on_batch=on_batch, **run
+        )
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    if writer is not None and writer.commit() is None:
+    if writer is not None and writer is not DISCARD_PIXELS and writer.commit() is None:
         pixel_note = "pixels decoded; the pixel cache was not stored"
     if pixels is not None and pixels.damaged:
         say(
@@ -212,7 +244,11 @@ def image_features(
         pixel_note = f"pixels read from the pixel cache, {len(pixels.damaged)} damaged ones decoded"
     arrays = {"ids": np.asarray(ids, dtype=np.int64), "features": feats.numpy()}
     prov = _save(cc, fields, arrays, desc, opts.shard, canary, why).of(arrays)
-    prov.note = "; ".join(p for p in (pixel_note, prov.note) if p)
+    if plan is not None and store.writes and store.paths(make_key(fields))[0].is_file():
+        drop_chunks(store, fields, plan)  # the split's entry holds them all now
+    if resumed is not None:
+        prov.resumed = resumed.as_dict()
+    prov.note = "; ".join(p for p in (resumed and resumed.note(), pixel_note, prov.note) if p)
     return ids, feats, prov
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -54,6 +54,8 @@ def encode_image_dataset(
     shard: Shard = SINGLE,
     pixels: Any = None,
     pixel_writer=None,
+    done: Mapping[int, tuple[list[int], torch.Tensor]] | None = None,
+    on_batch: Callable[[int, list[int], torch.Tensor], None] | None = None,
 ) -> tuple[list[int], torch.Tensor]:
     """Encode every ``(id, image tensor)`` item of ``dataset`` in order; returns ids and normalised fp32 features.
 
@@ -61,12 +63,17 @@ def encode_image_dataset(
     each rank encodes its share of the batches and all ranks receive everything. With a pixel
     cache (``pixels``, a complete cached array, or ``pixel_writer``, one being built) batches
     travel as uint8 and become floats on the encoder's device (on the GPU where there is one).
+    ``done``: the ids and features of batches known already (resumed chunks), neither read nor
+    encoded; ``on_batch(index, ids, features)`` sees each batch encoded here.
     """
     cuda = encoder.device.type == "cuda"
     batches = [
         list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)
     ]
-    mine = shard.mine(batches)
+    done = done or {}
+    if done and shard.world > 1:
+        raise ValueError("resumed batches need a single-process run: each rank holds only its share")
+    mine = [(index, b) for index, b in shard.mine(batches) if index not in done]
     loader = ImageBatchLoader(
         dataset,
         [b for _, b in mine],
@@ -88,8 +95,11 @@ def encode_image_dataset(
     shown = track(loader, progress, f"encode {desc}", total, "images", size=lambda batch: len(batch[0]))
     # the tracked loader first: zip then draws from it once more at the end, so the last batch is counted
     for (batch_ids, images), (index, _) in zip(shown, mine):
-        out = _run_halving(encode, images, state, desc)
-        local.append((index, ([int(i) for i in batch_ids], normalise(out).cpu())))
+        batch = [int(i) for i in batch_ids], normalise(_run_halving(encode, images, state, desc)).cpu()
+        local.append((index, batch))
+        if on_batch is not None:
+            on_batch(index, *batch)
+    local.extend(done.items())  # merged in batch order below
     parts = gather_indexed(shard, local)
     ids = [i for part_ids, _ in parts for i in part_ids]
     feats = torch.cat([f for _, f in parts]) if parts else torch.empty(0)

@@ -29,6 +29,7 @@ from qaclip_harness.eval.cached import (
     text_features,
 )
 from qaclip_harness.eval.distributed import SINGLE, Shard
+from qaclip_harness.eval.resume import DEFAULT_CHUNK_IMAGES
 from qaclip_harness.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class EvalOptions:
     split_policy: str = "warn"
     # the feature and pixel caches with the fields naming the model (qaclip_harness.eval.cached); None: no cache
     cache: CaseCache | None = None
+    # images per resumable chunk of a split's features (qaclip_harness.eval.resume); 0: none
+    resume_chunk: int = DEFAULT_CHUNK_IMAGES
 
 
 def _split_check(card: DatasetCard, split: str, found: dict[str, int], opts: EvalOptions) -> dict | None:

@@ -201,6 +201,15 @@ def describe_features(features: dict[str, Any]) -> str:
             f"{name} reused from {s.get('run')}, {s.get('date')}" if s.get("status") == "reused" else f"{name} computed"
             for name, s in steps.items()
         )
+    for name, s in steps.items():
+        resumed = s.get("resumed")
+        if isinstance(resumed, dict):  # an interrupted run's chunks: how much of the split was not encoded again
+            sources = resumed.get("from")
+            head += (
+                f"; {name}: {resumed.get('images')} of {resumed.get('of_images')} resumed from an interrupted run "
+                f"({resumed.get('chunks')} of {resumed.get('of_chunks')} chunks, "
+                f"{'; '.join(map(str, sources)) if isinstance(sources, list) else sources})"
+            )
     return f"{head} (cache {features.get('cache')}; keys {keys})"
 
 

@@ -30,6 +30,12 @@ OPTIONS = [
     ("--precision", "QACLIP_PRECISION", "fp32", "fp32 (as the published numbers), fp16 or bf16"),
     ("--batch-size", "QACLIP_BATCH_SIZE", "64", "image batch size (halved automatically on out-of-memory)"),
     ("--num-workers", "QACLIP_NUM_WORKERS", "auto", "image-decoding threads (auto: one per core, at most 8)"),
+    (
+        "--resume-chunk",
+        "QACLIP_RESUME_CHUNK",
+        str(opts.RESUME_CHUNK_IMAGES),
+        "images per chunk of image features stored as they are computed, so a killed run resumes (whole batches; 0: none)",
+    ),
     ("--report", "QACLIP_REPORT", None, "folder for report.json, report.md and report.html"),
     (
         "--history",
@@ -234,6 +240,7 @@ class SuiteOptions:
     cache_mode: str = "use"  # use, read-only, refresh, off (qaclip_harness.cache)
     golden_dir: Path | None = None
     golden_save: bool = False
+    resume_chunk: int = opts.RESUME_CHUNK_IMAGES  # images a chunk (qaclip_harness.eval.resume); 0: no chunks
 
 
 def cache_mode(no_cache: bool, refresh: bool, read_only: bool, source: Callable[[str], str] = lambda flag: flag) -> str:
@@ -303,6 +310,7 @@ def validated_options(
         cache_mode=mode,
         golden_dir=golden_check(get("--golden-dir"), source("--golden-dir")),
         golden_save=golden_save,
+        resume_chunk=opts.count(get("--resume-chunk"), source("--resume-chunk")),
     )
 
 

@@ -15,7 +15,8 @@ def case_provenance(data: dict) -> dict:
 def features_summary(steps: dict | None, mode: str) -> dict:
     """What the report says of a case's features: per step computed or reused (run, date, key), and the cache mode."""
     steps = dict(steps or {})
-    statuses = {s.get("status") for s in steps.values()}
+    # a step resumed from an interrupted run's chunks was computed here only in part
+    statuses = {"resumed" if s.get("resumed") else s.get("status") for s in steps.values()}
     status = "reused" if statuses == {"reused"} else "computed" if statuses <= {"computed"} else "partly reused"
     return {"status": status, "cache": mode, "steps": steps}
 

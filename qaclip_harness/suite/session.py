@@ -248,6 +248,7 @@ class Suite:
                 progress=self.progress,
                 split_policy="warn" if self.options.evaluate_any_split else "strict",
                 cache=self.case_cache(model_card, encoder),
+                resume_chunk=self.options.resume_chunk,
             )
         except SplitMismatchError as e:  # wrong data: stopped before any encoding, nothing to compare
             self.record(

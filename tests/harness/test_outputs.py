@@ -76,6 +76,7 @@ def _get(values: dict):
         "--device": "cpu",
         "--precision": "fp32",
         "--batch-size": "8",
+        "--resume-chunk": "2048",
     }
     return lambda flag: values.get(flag, defaults.get(flag))
 
@@ -155,7 +156,7 @@ def test_a_cache_under_a_read_only_folder_is_named_at_configure(tmp_path):
         "import os, sys\nfrom qaclip_harness import options\nfrom qaclip_harness.suite import options as so\n"
         "os.environ['QACLIP_CACHE'] = sys.argv[1]\n"
         "get = {'--num-workers': '0', '--backend': 'pytorch', '--device': 'cpu', '--precision': 'fp32', "
-        "'--batch-size': '8', sys.argv[2]: True}.get\n"
+        "'--batch-size': '8', '--resume-chunk': '2048', sys.argv[2]: True}.get\n"
         "try:\n    so.validated_options(get)\n    print('accepted')\nexcept options.OptionError as e:\n    print(e)\n"
     )
     for flag in ("--refresh-cache", "--none"):
