@@ -16,7 +16,6 @@ trained and how its published numbers were produced:
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -137,8 +136,5 @@ def load(
     card: ModelCard, path: PathLike, device: str | torch.device = "auto", precision: str = "fp32", compile: bool = False
 ) -> AltCLIPEncoder:
     """Load the folder at ``path``; ``compile`` is not supported here and runs eagerly with a warning."""
-    if compile:
-        warnings.warn(
-            f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3
-        )
+    hf_common.eager_only(card.name, compile)
     return AltCLIPEncoder.from_pretrained(path, name=card.name, device=device, precision=precision)

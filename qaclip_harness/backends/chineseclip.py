@@ -18,7 +18,6 @@ Two protocols, named by the model card's ``preprocessing``:
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Union
 
@@ -281,10 +280,7 @@ def load(
     card: ModelCard, path: PathLike, device: str | torch.device = "auto", precision: str = "fp32", compile: bool = False
 ) -> ChineseCLIPEncoder:
     """Load the folder at ``path`` with the card's protocol; ``compile`` runs eagerly with a warning."""
-    if compile:
-        warnings.warn(
-            f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3
-        )
+    hf_common.eager_only(card.name, compile)
     protocol = card.preprocessing or "reference"
     encoder = ChineseCLIPEncoder.from_pretrained(
         path, protocol=protocol, name=card.name, device=device, precision=precision

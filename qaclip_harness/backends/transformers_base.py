@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -25,6 +26,12 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 _SHOW = 4
+
+
+def eager_only(name: str, compile: bool) -> None:
+    """Warn that ``compile`` is not applied: it covers qaclip_core models only, and a transformers folder runs eagerly."""
+    if compile:
+        warnings.warn(f"{name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=4)
 
 
 def dtype_kwarg(transformers: Any) -> str:

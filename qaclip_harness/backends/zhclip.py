@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -276,8 +275,5 @@ def load(
     card: ModelCard, path: PathLike, device: str | torch.device = "auto", precision: str = "fp32", compile: bool = False
 ) -> ZhCLIPEncoder:
     """Load the ZH-CLIP folder at ``path``; ``compile`` is not supported here and runs eagerly with a warning."""
-    if compile:
-        warnings.warn(
-            f"{card.name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=3
-        )
+    hf_common.eager_only(card.name, compile)
     return ZhCLIPEncoder.from_pretrained(path, name=card.name, device=device, precision=precision)

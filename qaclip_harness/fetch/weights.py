@@ -14,70 +14,35 @@ from qaclip_core.errors import DownloadError
 from qaclip_core.pretrained import cache_root, fetch_checkpoint
 from qaclip_core.registry import ModelCard
 from qaclip_harness import optional
+from qaclip_harness.documents import DocumentError, read_yaml
 from qaclip_harness.fetch.folders import FolderLayout, fetch_folder
 from qaclip_harness.fetch.urls import fetch_url
 
 PathLike = Union[str, Path]
 
-# Files of a transformers repo that loading needs (the weights are chosen by fetch.folders; the
-# OFA-Sys repos also hold the original .pt, which is not fetched for these cards).
-LAYOUTS: dict[str, FolderLayout] = {
-    "chineseclip": FolderLayout(
-        family="ChineseCLIP",
-        config_files=(
-            "config.json",
-            "preprocessor_config.json",
-            "processor_config.json",
-            "vocab.txt",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "added_tokens.json",
-        ),
-        tokenizer_files=("vocab.txt", "tokenizer.json"),
-        manual_files=(
-            "config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
-            "special_tokens_map.json)"
-        ),
-    ),
-    "altclip": FolderLayout(
-        family="AltCLIP",
-        config_files=(
-            "config.json",
-            "preprocessor_config.json",
-            "processor_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "added_tokens.json",
-            "sentencepiece.bpe.model",
-        ),
-        tokenizer_files=("tokenizer.json", "sentencepiece.bpe.model"),
-        manual_files=(
-            "config.json, preprocessor_config.json, the tokenizer files (tokenizer.json, tokenizer_config.json, "
-            "special_tokens_map.json, sentencepiece.bpe.model)"
-        ),
-    ),
-    # ZH-CLIP (qaclip_harness/backends/zhclip.py): its config, CLIPImageProcessor and BertTokenizer files
-    "zhclip": FolderLayout(
-        family="ZH-CLIP",
-        config_files=(
-            "config.json",
-            "preprocessor_config.json",
-            "processor_config.json",
-            "vocab.txt",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "added_tokens.json",
-        ),
-        tokenizer_files=("vocab.txt", "tokenizer.json"),
-        manual_files=(
-            "config.json, preprocessor_config.json, the tokenizer files (vocab.txt, tokenizer_config.json, "
-            "special_tokens_map.json)"
-        ),
-    ),
-}
+LAYOUTS_FILE = Path(__file__).with_name("layouts.yaml")
+
+
+def load_layouts(path: Path = LAYOUTS_FILE) -> dict[str, FolderLayout]:
+    """The transformers folder layout of each adapter, from ``layouts.yaml`` (the files each family's folder needs)."""
+    doc = read_yaml(path)
+    layouts = {}
+    for adapter, entry in doc["layouts"].items():
+        files = doc["files"].get(entry["files"])
+        if files is None:
+            known = ", ".join(sorted(doc["files"]))
+            raise DocumentError(f"{path}: layout {adapter} names the file set {entry['files']!r}; known: {known}")
+        layouts[adapter] = FolderLayout(
+            family=entry["family"],
+            config_files=tuple(files["config_files"]),
+            tokenizer_files=tuple(files["tokenizer_files"]),
+            manual_files=files["manual_files"],
+        )
+    return layouts
+
+
+LAYOUTS: dict[str, FolderLayout] = load_layouts()
+
 # the extra that installs transformers for each folder family, and the version it needs
 _TRANSFORMERS = {
     "chineseclip": ("ChineseCLIP", "chineseclip", optional.MIN_TRANSFORMERS),

@@ -89,3 +89,44 @@ def test_pickled_code_in_pytorch_model_bin_is_refused_by_name(folder, tmp_path, 
     with pytest.raises(CheckpointError, match=r"hf-fixture/pytorch_model\.bin: refused: it holds pickled objects"):
         _load(folder)
     assert not (tmp_path / "PWNED").exists()
+
+
+# ---- the folder layouts (qaclip_harness/fetch/layouts.yaml) and the backends' shared load path
+
+
+def test_every_folder_layout_is_read_from_its_file_and_names_files_it_fetches():
+    from qaclip_harness.fetch.weights import LAYOUTS
+
+    assert set(LAYOUTS) == {"chineseclip", "altclip", "zhclip"}
+    assert LAYOUTS["zhclip"].config_files == LAYOUTS["chineseclip"].config_files  # one BERT file set
+    for adapter, layout in LAYOUTS.items():
+        assert {"config.json", "preprocessor_config.json"} <= set(layout.config_files), adapter
+        assert layout.tokenizer_files and set(layout.tokenizer_files) <= set(layout.config_files), adapter
+
+
+def test_a_layout_naming_an_unknown_file_set_is_one_line(tmp_path):
+    from qaclip_harness.documents import DocumentError
+    from qaclip_harness.fetch.weights import LAYOUTS_FILE, load_layouts
+
+    text = LAYOUTS_FILE.read_text(encoding="utf-8").replace("files: xlm-roberta}", "files: xlmr}")
+    (tmp_path / "layouts.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(
+        DocumentError, match=r"layouts.yaml: layout altclip names the file set 'xlmr'; known: bert, xlm"
+    ):
+        load_layouts(tmp_path / "layouts.yaml")
+
+
+@pytest.mark.parametrize("adapter", ["chineseclip", "altclip", "zhclip"])
+def test_compile_on_a_transformers_folder_warns_and_runs_eagerly(adapter, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"qaclip_harness.backends.{adapter}")
+    encoder_class = next(v for k, v in vars(module).items() if k.endswith("Encoder") and hasattr(v, "from_pretrained"))
+    loaded = object()
+    monkeypatch.setattr(encoder_class, "from_pretrained", classmethod(lambda cls, *a, **k: loaded))
+    card = get_card("hf-fixture-tiny")
+    if adapter == "chineseclip":  # checks the loaded image size against the card's
+        loaded = type("Loaded", (), {"image_size": card.resolution})()
+        monkeypatch.setattr(encoder_class, "from_pretrained", classmethod(lambda cls, *a, **k: loaded))
+    with pytest.warns(UserWarning, match=f"{card.name}: compile applies to qaclip_core models only; running eagerly"):
+        assert module.load(card, "unused", compile=True) is loaded
