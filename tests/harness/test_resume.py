@@ -171,6 +171,18 @@ def test_another_chunk_size_or_batch_size_starts_again(tmp_path, lmdb):
     assert images.read == list(range(30)) and prov.resumed is None
 
 
+def test_chunks_left_beside_a_stored_split_are_dropped_by_the_next_hit(tmp_path, lmdb):
+    """A run killed after storing the split's entry but before dropping its chunks: the next run reuses the entry and drops them."""
+    import shutil
+
+    _interrupt(lmdb, tmp_path / "cache", None)
+    _run(lmdb, tmp_path / "cold", None)
+    for entry in (tmp_path / "cold" / "features").iterdir():
+        shutil.copy2(entry, tmp_path / "cache" / "features" / entry.name)
+    images, (_, _, prov) = _run(lmdb, tmp_path / "cache", None)
+    assert prov.status == "reused" and images.read == [] and _chunks(tmp_path / "cache") == {}
+
+
 def test_no_chunks_are_written_when_chunks_are_off(tmp_path, lmdb):
     with pytest.raises(KeyboardInterrupt):
         _run(lmdb, tmp_path / "cache", None, stop_at=STOP_AT, chunk=0)
