@@ -1033,6 +1033,13 @@ def shard_faults() -> list[Fault]:
     suite("suite QACLIP_SHARD half", [], ("QACLIP_SHARD", "expected K/N"), {"QACLIP_SHARD": "half"})
     suite("suite --shard-durations missing", ["--shard", "1/2", "--shard-durations", "nope.json"], ("nope.json",))
     suite("suite --shard-durations without --shard", ["--shard-durations", "x.json"], ("applies to --shard",))
+    suite("suite --resume-chunk -1", ["--resume-chunk", "-1"], ("--resume-chunk", "'-1'", "integer >= 0"))
+    suite(
+        "suite QACLIP_RESUME_CHUNK abc",
+        [],
+        ("QACLIP_RESUME_CHUNK", "'abc'", "integer >= 0"),
+        {"QACLIP_RESUME_CHUNK": "abc"},
+    )
 
     def merge(name: str, make: Callable[[Path], list[Path]], needles: tuple[str, ...]) -> None:
         def build(d: Path) -> tuple[list[str], dict[str, str]]:
