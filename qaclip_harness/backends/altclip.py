@@ -118,14 +118,7 @@ class AltCLIPEncoder(hf_common.TransformersEncoder):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """XLM-R ids padded to ``context_length``; no lower-casing (AltCLIP's own tokenisation)."""
-        enc = self.tokenizer(
-            [str(t) for t in texts],
-            padding="max_length",
-            truncation=True,
-            max_length=self.context_length,
-            return_tensors="pt",
-        )
-        return enc["input_ids"].long()
+        return hf_common.padded_ids(self.tokenizer, texts, self.context_length)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -32,6 +33,14 @@ def eager_only(name: str, compile: bool) -> None:
     """Warn that ``compile`` is not applied: it covers qaclip_core models only, and a transformers folder runs eagerly."""
     if compile:
         warnings.warn(f"{name}: compile applies to qaclip_core models only; running eagerly", UserWarning, stacklevel=4)
+
+
+def padded_ids(tokenizer: Any, texts: Sequence[str], length: int) -> torch.Tensor:
+    """A transformers tokenizer's ids of ``texts``, truncated and padded to ``length`` tokens."""
+    enc = tokenizer(
+        [str(t) for t in texts], padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+    )
+    return enc["input_ids"].long()
 
 
 def dtype_kwarg(transformers: Any) -> str:

@@ -257,14 +257,7 @@ class ZhCLIPEncoder(hf_common.TransformersEncoder):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Its BERT tokenizer, truncated and padded to 77 tokens (the mean pooling is masked: padding changes nothing)."""
-        enc = self.tokenizer(
-            [str(t) for t in texts],
-            padding="max_length",
-            truncation=True,
-            max_length=CONTEXT_LENGTH,
-            return_tensors="pt",
-        )
-        return enc["input_ids"].long()
+        return hf_common.padded_ids(self.tokenizer, texts, CONTEXT_LENGTH)
 
 
 # --------------------------------------------------------------------------------------------
