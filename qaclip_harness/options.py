@@ -58,26 +58,25 @@ def precision(value: str, option: str = "--precision") -> str:
     return value
 
 
-def positive_int(value: str | int, option: str) -> int:
-    """An integer of at least 1."""
+def _integer(value: str | int, option: str, minimum: int, expected: str, below: str) -> int:
+    """``value`` as an integer of at least ``minimum``: ``expected`` when it is not an integer, ``below`` when smaller."""
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise OptionError(option, value, "expected a positive integer") from None
-    if n < 1:
-        raise OptionError(option, value, "expected a positive integer (at least 1)")
+        raise OptionError(option, value, expected) from None
+    if n < minimum:
+        raise OptionError(option, value, below)
     return n
+
+
+def positive_int(value: str | int, option: str) -> int:
+    """An integer of at least 1."""
+    return _integer(value, option, 1, "expected a positive integer", "expected a positive integer (at least 1)")
 
 
 def count(value: str | int, option: str) -> int:
     """An integer of at least 0."""
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise OptionError(option, value, "expected an integer >= 0") from None
-    if n < 0:
-        raise OptionError(option, value, "expected an integer >= 0")
-    return n
+    return _integer(value, option, 0, "expected an integer >= 0", "expected an integer >= 0")
 
 
 def folder(value: str | Path | None, option: str, must_exist: bool = False) -> Path | None:
