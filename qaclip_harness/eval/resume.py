@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from qaclip_harness.cache.features import Arrays, FeatureStore
+from qaclip_harness.cache.features import Arrays, Check, FeatureStore
 from qaclip_harness.options import RESUME_CHUNK_IMAGES
 
 DEFAULT_CHUNK_IMAGES = RESUME_CHUNK_IMAGES  # --resume-chunk's default
 BatchResult = tuple[list[int], torch.Tensor]  # one batch's item ids and features
-Check = Callable[[Arrays], "str | None"]
 
 
 @dataclass(frozen=True)
